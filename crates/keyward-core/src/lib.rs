@@ -1,0 +1,20 @@
+//! keyward's domain types: the key format, typed ids, money and the price table.
+//!
+//! Invariant: this crate does no I/O (no files, no network, no clock reads except
+//! through [`Clock`]); everything here is pure and unit-testable.
+#![warn(missing_docs)]
+
+pub mod base62;
+pub mod clock;
+pub mod ids;
+pub mod key;
+pub mod money;
+pub mod prices;
+pub mod secret;
+
+pub use clock::Clock;
+pub use ids::{AuditId, KeyId, OrgId, ProjectId};
+pub use key::{KeyFormat, KeyHash, KeyKind, KeyParseError, ParsedKey};
+pub use money::Micros;
+pub use prices::{ModelPrice, PriceTable, PricesError, TokenUsage};
+pub use secret::Secret;

@@ -1,0 +1,1 @@
+//! keyward's leak scanner. Filled in by the scanner work (issue 4).

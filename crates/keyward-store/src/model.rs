@@ -1,0 +1,281 @@
+//! The records the store keeps.
+
+use keyward_core::{AuditId, KeyId, Micros, OrgId, ProjectId};
+use serde::{Deserialize, Serialize};
+
+/// An organization.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Org {
+    /// Its id.
+    pub id: OrgId,
+    /// Unique name.
+    pub name: String,
+    /// Creation time, ms since the epoch.
+    pub created_at: i64,
+}
+
+/// A project inside an organization.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Project {
+    /// Its id.
+    pub id: ProjectId,
+    /// The owning organization.
+    pub org_id: OrgId,
+    /// Name, unique within the organization.
+    pub name: String,
+    /// Creation time, ms since the epoch.
+    pub created_at: i64,
+}
+
+/// A key's lifecycle state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    /// Usable.
+    Active,
+    /// Revoked by a person or API call.
+    Revoked,
+    /// Past its expiry.
+    Expired,
+    /// Found exposed; disabled until an admin explicitly clears it.
+    Leaked,
+    /// Temporarily disabled (lockdown).
+    Suspended,
+}
+
+impl KeyStatus {
+    /// Name used in storage and APIs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Revoked => "revoked",
+            KeyStatus::Expired => "expired",
+            KeyStatus::Leaked => "leaked",
+            KeyStatus::Suspended => "suspended",
+        }
+    }
+
+    /// Parses a stored or requested status.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "active" => KeyStatus::Active,
+            "revoked" => KeyStatus::Revoked,
+            "expired" => KeyStatus::Expired,
+            "leaked" => KeyStatus::Leaked,
+            "suspended" => KeyStatus::Suspended,
+            _ => return None,
+        })
+    }
+}
+
+/// What is needed to create a gateway key. The secret itself is not here: only its
+/// hash (hex SHA-256) and display hint.
+#[derive(Clone, Debug)]
+pub struct NewKey {
+    /// The new key's id.
+    pub id: KeyId,
+    /// Its project.
+    pub project_id: ProjectId,
+    /// Human name.
+    pub name: String,
+    /// SHA-256 of the full key, lowercase hex.
+    pub hash_hex: String,
+    /// Prefix and last four characters, e.g. `kwk_…x9Qa`.
+    pub hint: String,
+    /// Labels for usage reports (feature, team, product).
+    pub tags: Vec<String>,
+    /// Who created it (an admin key id or user), for the record.
+    pub created_by: Option<String>,
+    /// Creation time, ms since the epoch.
+    pub created_at: i64,
+    /// When it stops working, if ever.
+    pub expires_at: Option<i64>,
+}
+
+/// A gateway key as stored (never its secret).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KeyRecord {
+    /// Its id.
+    pub id: KeyId,
+    /// Its project.
+    pub project_id: ProjectId,
+    /// The project's organization.
+    pub org_id: OrgId,
+    /// Human name.
+    pub name: String,
+    /// Display hint of the current secret.
+    pub hint: String,
+    /// Lifecycle state.
+    pub status: KeyStatus,
+    /// Labels for usage reports.
+    pub tags: Vec<String>,
+    /// Who created it.
+    pub created_by: Option<String>,
+    /// Creation time, ms.
+    pub created_at: i64,
+    /// Last time the gateway accepted it, ms (updated in batches).
+    pub last_used_at: Option<i64>,
+    /// When it left `active`, ms.
+    pub revoked_at: Option<i64>,
+    /// When the key stops working, ms.
+    pub expires_at: Option<i64>,
+    /// When the particular secret used for a lookup stops working (rotation grace),
+    /// ms; `None` outside `key_by_hash` or for a current secret.
+    #[serde(skip)]
+    pub secret_expires_at: Option<i64>,
+}
+
+/// What is needed to create an admin key.
+#[derive(Clone, Debug)]
+pub struct NewAdminKey {
+    /// Id (a `KeyId`: admin keys share the id space).
+    pub id: KeyId,
+    /// Human name.
+    pub name: String,
+    /// SHA-256 of the full key, lowercase hex.
+    pub hash_hex: String,
+    /// Display hint.
+    pub hint: String,
+    /// Creation time, ms.
+    pub created_at: i64,
+}
+
+/// A management key as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AdminKey {
+    /// Its id.
+    pub id: KeyId,
+    /// Human name.
+    pub name: String,
+    /// Display hint.
+    pub hint: String,
+    /// `active` or `revoked`.
+    pub status: KeyStatus,
+    /// Creation time, ms.
+    pub created_at: i64,
+}
+
+/// One metered request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UsageEvent {
+    /// The key used.
+    pub key_id: KeyId,
+    /// Its project.
+    pub project_id: ProjectId,
+    /// Its organization.
+    pub org_id: OrgId,
+    /// When the request arrived, ms.
+    pub at: i64,
+    /// Path, e.g. `/v1/chat/completions`.
+    pub endpoint: String,
+    /// Model named by the request or response; empty when none.
+    pub model: String,
+    /// HTTP status returned to the client.
+    pub status: u16,
+    /// Input tokens, cached included.
+    pub input_tokens: i64,
+    /// Cached input tokens.
+    pub cached_input_tokens: i64,
+    /// Output tokens, reasoning included.
+    pub output_tokens: i64,
+    /// Reasoning tokens.
+    pub reasoning_tokens: i64,
+    /// Cost.
+    pub cost_micros: Micros,
+    /// Time to the upstream's response headers, ms.
+    pub upstream_latency_ms: i64,
+    /// Time until the response was fully sent, ms.
+    pub total_latency_ms: i64,
+    /// Client address as seen by the gateway.
+    pub client_ip: Option<String>,
+    /// The response was streamed.
+    pub streamed: bool,
+    /// The stream ended before the upstream reported usage (tokens estimated).
+    pub incomplete: bool,
+}
+
+/// Which usage to count. Empty fields match everything.
+#[derive(Clone, Debug, Default)]
+pub struct UsageFilter {
+    /// Only this key.
+    pub key: Option<KeyId>,
+    /// Only this project.
+    pub project: Option<ProjectId>,
+    /// Only this organization.
+    pub org: Option<OrgId>,
+    /// From this time on (inclusive, ms; rounded down to the bucket).
+    pub from: Option<i64>,
+    /// Before this time (exclusive, ms).
+    pub to: Option<i64>,
+}
+
+/// Sums over usage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UsageTotals {
+    /// Requests.
+    pub requests: i64,
+    /// Requests answered with a status >= 400.
+    pub errors: i64,
+    /// Input tokens.
+    pub input_tokens: i64,
+    /// Cached input tokens.
+    pub cached_input_tokens: i64,
+    /// Output tokens.
+    pub output_tokens: i64,
+    /// Reasoning tokens.
+    pub reasoning_tokens: i64,
+    /// Cost, micro-dollars.
+    pub cost_micros: i64,
+}
+
+/// Bucket width for time series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bucket {
+    /// One UTC hour.
+    Hour,
+    /// One UTC day.
+    Day,
+}
+
+/// Totals for one time bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct UsageBucket {
+    /// Bucket start, ms.
+    pub start: i64,
+    /// Totals in it.
+    #[serde(flatten)]
+    pub totals: UsageTotals,
+}
+
+/// An audit event to append.
+#[derive(Clone, Debug)]
+pub struct NewAuditEvent {
+    /// When, ms.
+    pub at: i64,
+    /// Who: an admin key id, a user id, or `system`.
+    pub actor: String,
+    /// What, e.g. `key.created`, `key.revoked`, `key.deleted`.
+    pub action: String,
+    /// The object acted on, e.g. a key id.
+    pub target: String,
+    /// Structured detail (never secrets).
+    pub detail: serde_json::Value,
+}
+
+/// An audit event as stored.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AuditEvent {
+    /// Its id.
+    pub id: AuditId,
+    /// When, ms.
+    pub at: i64,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// On what.
+    pub target: String,
+    /// Structured detail.
+    pub detail: serde_json::Value,
+}

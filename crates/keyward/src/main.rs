@@ -1,0 +1,3 @@
+//! The `keyward` binary: parses flags and hands over to the library crates.
+mod cli;
+fn main() {}
