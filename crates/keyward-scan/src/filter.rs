@@ -1,0 +1,215 @@
+//! Value checks applied after a rule's regex matched: entropy, placeholders,
+//! documentation examples, and the extra checks generic rules must pass.
+
+use memchr::memmem;
+
+/// Shannon entropy of `bytes`, in bits per byte.
+pub(crate) fn shannon_entropy(bytes: &[u8]) -> f64 {
+    if bytes.is_empty() {
+        return 0.0;
+    }
+    let mut counts = [0u32; 256];
+    for &b in bytes {
+        counts[b as usize] += 1;
+    }
+    let len = bytes.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / len;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+/// Well-known values published in provider documentation. They are not
+/// secrets anyone can use, and flagging them trains people to ignore findings.
+const DOCUMENTATION_VALUES: &[&[u8]] = &[
+    b"AKIAIOSFODNN7EXAMPLE",
+    b"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    b"sk_test_4eC39HqLyjWDarjtT1zdp7dc",
+    b"sk_test_BQokikJOvBiI2HlWgH4olfQ2",
+    b"pk_test_TYooMQauvdEDq54NiTphI7jx",
+    b"ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+    b"gho_16C7e42F292c6912E7710c838347Ae178B4a",
+];
+
+/// Substrings (matched case-insensitively) that mark a value as a placeholder,
+/// a template or an environment-variable reference rather than a secret.
+const PLACEHOLDER_MARKERS: &[&[u8]] = &[
+    b"example",
+    b"xxxx",
+    b"****",
+    b"...",
+    b"${",
+    b"{{",
+    b"<",
+    b">",
+    b"%s",
+    b"process.env",
+    b"os.environ",
+    b"getenv",
+    b"env[",
+    b"env(",
+    b"your_",
+    b"your-",
+    b"yourkey",
+    b"yourtoken",
+    b"yoursecret",
+    b"placeholder",
+    b"changeme",
+    b"change_me",
+    b"redacted",
+    b"dummy",
+    b"not-a-real",
+    b"notreal",
+    b"insert_",
+    b"replace_me",
+    b"replaceme",
+];
+
+/// Whole values (case-insensitive) that are stand-ins, not passwords.
+const PLACEHOLDER_WORDS: &[&[u8]] = &[
+    b"password",
+    b"passwd",
+    b"pass",
+    b"secret",
+    b"changeit",
+    b"admin",
+    b"root",
+    b"test",
+    b"user",
+    b"username",
+    b"pwd",
+    b"token",
+    b"guest",
+    b"postgres",
+    b"mysql",
+    b"redis",
+    b"rabbitmq",
+    b"example",
+    b"default",
+    b"none",
+    b"null",
+    b"empty",
+    b"foo",
+    b"bar",
+    b"password123",
+    b"secret123",
+    b"letmein",
+];
+
+/// Whether the secret is a known documentation value, a placeholder or an
+/// environment reference.
+pub(crate) fn is_placeholder(secret: &[u8]) -> bool {
+    if DOCUMENTATION_VALUES.contains(&secret) {
+        return true;
+    }
+    let lower = secret.to_ascii_lowercase();
+    if PLACEHOLDER_WORDS.contains(&lower.as_slice()) {
+        return true;
+    }
+    if PLACEHOLDER_MARKERS
+        .iter()
+        .any(|m| memmem::find(&lower, m).is_some())
+    {
+        return true;
+    }
+    // `aaaaaaaa`, `12121212`: too few distinct bytes to be random.
+    let mut seen = [false; 256];
+    let mut distinct = 0;
+    for &b in secret {
+        if !seen[b as usize] {
+            seen[b as usize] = true;
+            distinct += 1;
+        }
+    }
+    secret.len() >= 8 && distinct <= 3
+}
+
+/// Extra checks for generic rules ("some key = some value"): the value must
+/// look random, not like code, a path, a URL, a version or prose.
+pub(crate) fn generic_value_ok(secret: &[u8]) -> bool {
+    if secret.len() < 12 {
+        return false;
+    }
+    let digits = secret.iter().filter(|b| b.is_ascii_digit()).count();
+    let letters = secret.iter().filter(|b| b.is_ascii_alphabetic()).count();
+    if digits == 0 || letters == 0 {
+        return false;
+    }
+    // Identifiers, dotted names, paths and URLs.
+    if secret.starts_with(b"http") || secret.contains(&b' ') || secret.starts_with(b"/") {
+        return false;
+    }
+    let lower = secret.to_ascii_lowercase();
+    // Hex digests of files and lock entries are rarely secrets in assignments
+    // named like these, but hex API keys are common: keep hex, drop UUIDs,
+    // which are mostly ids.
+    if looks_like_uuid(&lower) {
+        return false;
+    }
+    // A run of lowercase words joined by separators (`my_secret_key_name_2`).
+    let separators = secret
+        .iter()
+        .filter(|&&b| b == b'_' || b == b'-' || b == b'.')
+        .count();
+    if separators >= 2 && digits <= 2 {
+        return false;
+    }
+    // camelCase or snake_case identifiers: few digits, mostly lowercase.
+    let upper = secret.iter().filter(|b| b.is_ascii_uppercase()).count();
+    if digits * 10 < secret.len() && upper * 5 < secret.len() && !is_hex(&lower) {
+        return false;
+    }
+    true
+}
+
+fn is_hex(lower: &[u8]) -> bool {
+    lower.iter().all(|b| b.is_ascii_hexdigit())
+}
+
+fn looks_like_uuid(lower: &[u8]) -> bool {
+    lower.len() == 36
+        && lower.iter().enumerate().all(|(i, &b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entropy_bounds() {
+        assert_eq!(shannon_entropy(b"aaaa"), 0.0);
+        assert!((shannon_entropy(b"abcd") - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn placeholders() {
+        for p in [
+            &b"AKIAIOSFODNN7EXAMPLE"[..],
+            b"sk-proj-xxxxxxxxxxxxxxxxxxxxxxxx",
+            b"${OPENAI_API_KEY}",
+            b"<your-key>",
+            b"process.env.OPENAI_API_KEY",
+            b"aaaaaaaaaaaaaaaa",
+        ] {
+            assert!(is_placeholder(p), "{}", String::from_utf8_lossy(p));
+        }
+        assert!(!is_placeholder(b"sk-proj-8fK2mQ9xLp4RtZ7wVb3NcY6h"));
+    }
+
+    #[test]
+    fn generic_values() {
+        assert!(generic_value_ok(b"8fK2mQ9xLp4RtZ7wVb3NcY6h"));
+        assert!(generic_value_ok(b"3f9a0c7e1b2d4f6a8c0e2b4d6f8a0c1e"));
+        assert!(!generic_value_ok(b"my_secret_key_name"));
+        assert!(!generic_value_ok(b"getUserAccessToken"));
+        assert!(!generic_value_ok(b"123e4567-e89b-12d3-a456-426614174000"));
+        assert!(!generic_value_ok(b"https://example.org/x1"));
+    }
+}

@@ -1,0 +1,236 @@
+//! The two-stage matcher.
+//!
+//! Stage one runs a single Aho-Corasick automaton over all keywords of all rules
+//! (ASCII case-insensitive). Only rules whose keyword occurs in the haystack go
+//! to stage two, where that rule's own regex finds the match and its captures.
+//! Then the secret passes the value checks (entropy, placeholders, checksum
+//! validator, generic-rule context) and overlapping matches are resolved so
+//! that each secret location is reported once, by the most specific rule.
+//!
+//! A [`Matcher`] is shared by all threads; each thread owns a [`Scratch`] (regex
+//! caches, capture slots, the triggered-rule set) so that matching allocates
+//! nothing in steady state and threads never contend.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+use regex_automata::meta;
+use regex_automata::util::captures::Captures;
+use regex_automata::Input;
+
+use crate::filter;
+use crate::rules::RuleSet;
+use crate::Validation;
+
+/// Extra values and patterns a `.keyward.toml` declares as not secret.
+#[derive(Debug, Default, Clone)]
+pub struct ValueAllowlist {
+    /// Exact values.
+    pub values: Vec<Vec<u8>>,
+    /// Regexes matched against the whole secret.
+    pub patterns: Vec<regex_automata::meta::Regex>,
+}
+
+impl ValueAllowlist {
+    fn allows(&self, secret: &[u8]) -> bool {
+        self.values.iter().any(|v| v == secret) || self.patterns.iter().any(|p| p.is_match(secret))
+    }
+}
+
+/// A rule match that passed every value check. Offsets are into the haystack
+/// given to [`Matcher::find`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawMatch {
+    /// Index of the rule in the [`RuleSet`].
+    pub rule: usize,
+    /// Start of the secret.
+    pub start: usize,
+    /// End of the secret (exclusive).
+    pub end: usize,
+    /// Set when a checksum validator confirmed the secret.
+    pub validated: Option<Validation>,
+}
+
+/// The compiled matcher: rules plus the keyword prefilter.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    rules: Arc<RuleSet>,
+    prefilter: AhoCorasick,
+    /// For each prefilter pattern, the rules it triggers.
+    keyword_rules: Vec<Vec<usize>>,
+    allow: ValueAllowlist,
+}
+
+/// Per-thread scratch space for [`Matcher::find`].
+#[derive(Debug)]
+pub struct Scratch {
+    caches: Vec<Option<meta::Cache>>,
+    captures: Vec<Option<Captures>>,
+    /// First keyword hit offset per rule, `usize::MAX` when not triggered.
+    first_hit: Vec<usize>,
+    triggered: Vec<usize>,
+    matches: Vec<RawMatch>,
+    kept: Vec<RawMatch>,
+}
+
+impl Matcher {
+    /// Builds the prefilter over the rules' keywords.
+    pub fn new(rules: RuleSet, allow: ValueAllowlist) -> Self {
+        let mut keywords: Vec<String> = Vec::new();
+        let mut keyword_rules: Vec<Vec<usize>> = Vec::new();
+        for (i, rule) in rules.rules().iter().enumerate() {
+            for kw in &rule.spec.keywords {
+                let kw = kw.to_ascii_lowercase();
+                match keywords.iter().position(|k| *k == kw) {
+                    Some(p) => {
+                        if !keyword_rules[p].contains(&i) {
+                            keyword_rules[p].push(i);
+                        }
+                    }
+                    None => {
+                        keywords.push(kw);
+                        keyword_rules.push(vec![i]);
+                    }
+                }
+            }
+        }
+        let prefilter = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::Standard)
+            .kind(Some(AhoCorasickKind::DFA))
+            .build(&keywords)
+            .expect("keywords are plain literals and always compile");
+        Self {
+            rules: Arc::new(rules),
+            prefilter,
+            keyword_rules,
+            allow,
+        }
+    }
+
+    /// The rules this matcher runs.
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    /// Fresh scratch space for one thread.
+    pub fn scratch(&self) -> Scratch {
+        let n = self.rules.len();
+        Scratch {
+            caches: (0..n).map(|_| None).collect(),
+            captures: (0..n).map(|_| None).collect(),
+            first_hit: vec![usize::MAX; n],
+            triggered: Vec::new(),
+            matches: Vec::new(),
+            kept: Vec::new(),
+        }
+    }
+
+    /// Finds the secrets in `hay`, sorted by start offset, one per location.
+    pub fn find<'s>(&self, scratch: &'s mut Scratch, hay: &[u8]) -> &'s [RawMatch] {
+        scratch.matches.clear();
+        scratch.kept.clear();
+        scratch.triggered.clear();
+        for hit in self.prefilter.find_overlapping_iter(hay) {
+            for &rule in &self.keyword_rules[hit.pattern().as_usize()] {
+                if scratch.first_hit[rule] == usize::MAX {
+                    scratch.first_hit[rule] = hit.start();
+                    scratch.triggered.push(rule);
+                }
+            }
+        }
+        if scratch.triggered.is_empty() {
+            return &scratch.kept;
+        }
+        for t in 0..scratch.triggered.len() {
+            let rule_idx = scratch.triggered[t];
+            let first = std::mem::replace(&mut scratch.first_hit[rule_idx], usize::MAX);
+            self.run_rule(scratch, rule_idx, hay, first);
+        }
+        resolve_overlaps(&self.rules, &mut scratch.matches, &mut scratch.kept);
+        &scratch.kept
+    }
+
+    fn run_rule(&self, scratch: &mut Scratch, rule_idx: usize, hay: &[u8], first_hit: usize) {
+        let rule = &self.rules.rules()[rule_idx];
+        let cache = scratch.caches[rule_idx].get_or_insert_with(|| rule.regex.create_cache());
+        let caps = scratch.captures[rule_idx].get_or_insert_with(|| rule.regex.create_captures());
+        // A match contains its keyword, and no pattern reaches further back
+        // than one secret's length before it, so the search can start there.
+        let mut pos = first_hit.saturating_sub(crate::rules::MAX_SECRET_LEN);
+        while pos <= hay.len() {
+            let input = Input::new(hay).range(pos..);
+            rule.regex.search_captures_with(cache, &input, caps);
+            let Some(whole) = caps.get_match() else { break };
+            pos = if whole.end() > whole.start() {
+                whole.end()
+            } else {
+                whole.end() + 1
+            };
+            let Some(span) = caps.get_group(rule.secret_group) else {
+                continue;
+            };
+            let secret = &hay[span.start..span.end];
+            if secret.is_empty() || secret.len() > crate::rules::MAX_SECRET_LEN {
+                continue;
+            }
+            if let Some(min) = rule.spec.min_entropy {
+                if filter::shannon_entropy(secret) < min {
+                    continue;
+                }
+            }
+            if filter::is_placeholder(secret) || self.allow.allows(secret) {
+                continue;
+            }
+            // `user:user@host` style credentials are defaults, not secrets.
+            if let Some(user) = rule.user_group.and_then(|g| caps.get_group(g)) {
+                if hay[user.start..user.end].eq_ignore_ascii_case(secret) {
+                    continue;
+                }
+            }
+            if rule.spec.generic && !filter::generic_value_ok(secret) {
+                continue;
+            }
+            let validated = match rule.spec.validator {
+                Some(v) if v.validate(secret) => Some(Validation::Checksum),
+                Some(_) => continue,
+                None => None,
+            };
+            scratch.matches.push(RawMatch {
+                rule: rule_idx,
+                start: span.start,
+                end: span.end,
+                validated,
+            });
+        }
+    }
+}
+
+/// Keeps one match per location: specific rules beat generic ones, then the
+/// longer match wins, then the earlier rule. Output is sorted by start.
+fn resolve_overlaps(rules: &RuleSet, matches: &mut [RawMatch], kept: &mut Vec<RawMatch>) {
+    let rules = rules.rules();
+    matches.sort_by_key(|m| {
+        (
+            rules[m.rule].spec.generic,
+            usize::MAX - (m.end - m.start),
+            m.rule,
+            m.start,
+        )
+    });
+    // start -> end of accepted matches, to find overlaps in O(log n).
+    let mut accepted: BTreeMap<usize, usize> = BTreeMap::new();
+    for m in matches.iter() {
+        let overlaps_before = accepted
+            .range(..=m.start)
+            .next_back()
+            .is_some_and(|(_, &end)| end > m.start);
+        let overlaps_after = accepted.range(m.start..m.end).next().is_some();
+        if !overlaps_before && !overlaps_after {
+            accepted.insert(m.start, m.end);
+            kept.push(*m);
+        }
+    }
+    kept.sort_by_key(|m| (m.start, m.end, m.rule));
+}

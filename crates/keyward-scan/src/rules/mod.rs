@@ -1,0 +1,199 @@
+//! Detection rules as data.
+//!
+//! Each provider has one TOML file under `crates/keyward-scan/rules/`, embedded
+//! in the binary (see [`builtin`]). A file looks like:
+//!
+//! ```toml
+//! provider = "OpenAI"
+//!
+//! [[rules]]
+//! id = "openai.project-key"
+//! name = "OpenAI project API key"
+//! pattern = '''\bsk-proj-[A-Za-z0-9_-]{20,200}T3BlbkFJ[A-Za-z0-9_-]{20,200}'''
+//! keywords = ["sk-proj-"]
+//! examples = ["..."]
+//! negative_examples = ["..."]
+//! ```
+//!
+//! Fields: `id` (stable, `provider.kind`), `name`, `pattern` (a byte regex,
+//! ASCII semantics; when it has a capture group named `secret`, that group is
+//! the secret, otherwise the whole match), `keywords` (literals, matched
+//! case-insensitively by the prefilter — every match must contain one),
+//! `min_entropy` (Shannon bits per byte of the secret), `validator`
+//! (`crc32-base62`), `generic` (a broad rule that yields to specific ones and
+//! gets the extra context checks), `references`, `examples`, `negative_examples`.
+
+pub mod builtin;
+mod check;
+mod validator;
+
+pub use check::{check, CheckFailure};
+pub use validator::ValidatorKind;
+
+use regex_automata::meta;
+use regex_automata::util::syntax;
+use serde::Deserialize;
+
+use crate::ScanError;
+
+/// The longest secret a rule may match, in bytes. The scanner's block overlap is
+/// larger than this, so no secret is lost at a block boundary.
+pub const MAX_SECRET_LEN: usize = 16 * 1024;
+
+/// A rule as written in a rules file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Stable id, e.g. `github.classic-pat`.
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// The regex.
+    pub pattern: String,
+    /// Prefilter literals (case-insensitive); at least one.
+    pub keywords: Vec<String>,
+    /// Minimum Shannon entropy of the secret, bits per byte.
+    #[serde(default)]
+    pub min_entropy: Option<f64>,
+    /// Optional checksum validator.
+    #[serde(default)]
+    pub validator: Option<ValidatorKind>,
+    /// A broad rule: yields to specific rules on overlap and must pass the
+    /// context checks that keep ordinary code quiet.
+    #[serde(default)]
+    pub generic: bool,
+    /// Documentation links.
+    #[serde(default)]
+    pub references: Vec<String>,
+    /// Texts that must produce a finding for this rule.
+    #[serde(default)]
+    pub examples: Vec<String>,
+    /// Texts that must not produce a finding for this rule.
+    #[serde(default)]
+    pub negative_examples: Vec<String>,
+}
+
+/// A rules file: one provider, many rules.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    /// The provider the rules are about.
+    pub provider: String,
+    /// The rules.
+    pub rules: Vec<RuleSpec>,
+}
+
+/// A compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// The rule as written.
+    pub spec: RuleSpec,
+    /// The provider (from its file).
+    pub provider: String,
+    /// `spec.id` shared cheaply with findings.
+    pub id: std::sync::Arc<str>,
+    /// `spec.name` shared cheaply with findings.
+    pub name: std::sync::Arc<str>,
+    pub(crate) regex: meta::Regex,
+    /// Index of the capture group holding the secret (0 = whole match).
+    pub(crate) secret_group: usize,
+    /// Index of a capture group named `user`: a secret equal to it is a
+    /// default credential, not a finding.
+    pub(crate) user_group: Option<usize>,
+}
+
+impl Rule {
+    /// Compiles one rule.
+    pub fn compile(spec: RuleSpec, provider: &str) -> Result<Self, ScanError> {
+        let err = |message: String| ScanError::Rule {
+            rule_id: spec.id.clone(),
+            message,
+        };
+        if spec.keywords.is_empty() || spec.keywords.iter().any(|k| k.len() < 2) {
+            return Err(err("needs keywords of at least 2 bytes".into()));
+        }
+        let regex = meta::Regex::builder()
+            .syntax(syntax::Config::new().unicode(false).utf8(false))
+            .configure(meta::Config::new().utf8_empty(false))
+            .build(&spec.pattern)
+            .map_err(|e| err(format!("bad pattern: {e}")))?;
+        let secret_group = regex
+            .group_info()
+            .to_index(regex_automata::PatternID::ZERO, "secret")
+            .unwrap_or(0);
+        let user_group = regex
+            .group_info()
+            .to_index(regex_automata::PatternID::ZERO, "user");
+        Ok(Self {
+            user_group,
+            provider: provider.to_string(),
+            id: spec.id.as_str().into(),
+            name: spec.name.as_str().into(),
+            spec,
+            regex,
+            secret_group,
+        })
+    }
+}
+
+/// An ordered set of compiled rules. Order matters only to break ties when two
+/// rules of equal priority match the same text: the earlier rule wins.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+}
+
+impl RuleSet {
+    /// The rules shipped with keyward.
+    pub fn builtin() -> Result<Self, ScanError> {
+        let mut set = Self::default();
+        for (file, text) in builtin::FILES {
+            set.add_toml(file, text)?;
+        }
+        Ok(set)
+    }
+
+    /// Adds every rule of a TOML rules file. Ids must stay unique.
+    pub fn add_toml(&mut self, file: &str, text: &str) -> Result<(), ScanError> {
+        let parsed: RuleFile = toml::from_str(text).map_err(|e| ScanError::RuleFile {
+            file: file.to_string(),
+            message: e.to_string(),
+        })?;
+        for spec in parsed.rules {
+            self.add(Rule::compile(spec, &parsed.provider)?)?;
+        }
+        Ok(())
+    }
+
+    /// Adds one compiled rule.
+    pub fn add(&mut self, rule: Rule) -> Result<(), ScanError> {
+        if self.rules.iter().any(|r| r.spec.id == rule.spec.id) {
+            return Err(ScanError::Rule {
+                rule_id: rule.spec.id.clone(),
+                message: "duplicate rule id".into(),
+            });
+        }
+        self.rules.push(rule);
+        Ok(())
+    }
+
+    /// Removes the rules with these ids (a `.keyward.toml` can disable rules).
+    pub fn disable(&mut self, ids: &[String]) {
+        self.rules.retain(|r| !ids.contains(&r.spec.id));
+    }
+
+    /// The rules, in order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Number of rules.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether there are no rules.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
