@@ -18,3 +18,4 @@ pub use key::{KeyFormat, KeyHash, KeyKind, KeyParseError, ParsedKey};
 pub use money::Micros;
 pub use prices::{ModelPrice, PriceTable, PricesError, TokenUsage};
 pub use secret::Secret;
+pub mod duration;

@@ -1,3 +1,61 @@
 //! The `keyward` binary: parses flags and hands over to the library crates.
+//! Errors are printed with their context chain and exit with code 2.
+
 mod cli;
-fn main() {}
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "keyward", version, about = "API key safety: gateway, key management and leak scanner")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway, management API and metrics endpoint.
+    Serve(cli::serve::ServeArgs),
+    /// Run the simulated OpenAI-compatible upstream on its own (for trials and benchmarks).
+    Simulate(cli::serve::SimulateArgs),
+    /// Manage gateway keys through the management API.
+    Keys {
+        #[command(subcommand)]
+        command: cli::keys::KeysCommand,
+    },
+    /// Show metered usage.
+    Usage(cli::usage::UsageArgs),
+    /// Scan files, git history, archives or stdin for leaked secrets.
+    Scan(cli::scan::ScanArgs),
+    /// Inspect and check the scanner's rules.
+    Rules {
+        #[command(subcommand)]
+        command: cli::scan::RulesCommand,
+    },
+    /// Install integrations such as the git pre-commit hook.
+    Hook {
+        #[command(subcommand)]
+        command: cli::scan::HookCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => cli::serve::run(args).map(|()| 0),
+        Command::Simulate(args) => cli::serve::simulate(args).map(|()| 0),
+        Command::Keys { command } => cli::keys::run(command).map(|()| 0),
+        Command::Usage(args) => cli::usage::run(args).map(|()| 0),
+        Command::Scan(args) => cli::scan::run(args),
+        Command::Rules { command } => cli::scan::run_rules(command),
+        Command::Hook { command } => cli::scan::run_hook(command),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

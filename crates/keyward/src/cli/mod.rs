@@ -1,1 +1,8 @@
+//! One module per subcommand family.
+
+pub mod api;
+pub mod keys;
 pub mod scan;
+pub mod serve;
+pub mod table;
+pub mod usage;

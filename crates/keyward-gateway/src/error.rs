@@ -1,0 +1,72 @@
+//! The gateway's one error type and its one status mapping, in OpenAI's shape.
+//!
+//! Every `/v1` refusal goes through [`GatewayError`], so clients see
+//! `{"error":{"message","type","param","code"}}` with the status OpenAI would send.
+//! Messages never contain the key the client sent.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Why the gateway refused or failed a request.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// No key in `Authorization`, `api-key` or `x-api-key`.
+    #[error("You didn't provide an API key. Send your keyward key in the Authorization header as `Bearer KEY` (or in `api-key` / `x-api-key`).")]
+    MissingKey,
+    /// The key is not usable; the message says why without echoing it.
+    #[error("{0}")]
+    InvalidKey(String),
+    /// The request body is not what the endpoint needs.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request body is over the size limit.
+    #[error("The request body is larger than the gateway's limit of {limit} bytes.")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The upstream could not be reached.
+    #[error("The upstream API could not be reached. Try again later.")]
+    UpstreamUnreachable,
+    /// The upstream did not answer in time.
+    #[error("The upstream API did not respond in time.")]
+    UpstreamTimeout,
+    /// A bug or storage failure; details go to the log, not the client.
+    #[error("The gateway had an internal error.")]
+    Internal,
+}
+
+impl GatewayError {
+    fn parts(&self) -> (StatusCode, &'static str, Option<&'static str>) {
+        match self {
+            GatewayError::MissingKey | GatewayError::InvalidKey(_) => {
+                (StatusCode::UNAUTHORIZED, "invalid_request_error", Some("invalid_api_key"))
+            }
+            GatewayError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", None),
+            GatewayError::TooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", Some("request_too_large"))
+            }
+            GatewayError::UpstreamUnreachable => (StatusCode::BAD_GATEWAY, "api_error", Some("upstream_unreachable")),
+            GatewayError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "api_error", Some("upstream_timeout")),
+            GatewayError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "api_error", Some("internal_error")),
+        }
+    }
+
+    /// The HTTP status this error is sent with.
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let (status, kind, code) = self.parts();
+        let body = json!({"error": {"message": self.to_string(), "type": kind, "param": null, "code": code}});
+        let mut resp = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,122 @@
+//! The key cache: a hot key costs no storage read.
+//!
+//! Entries are keyed by the key's SHA-256 and also indexed by key id, so a revoke
+//! (which knows only the id) drops every cached secret of that key at once.
+//! Entries older than `ttl` are re-read from storage: this bounds how long another
+//! node's revocation can go unseen when no broadcast channel is configured.
+
+use keyward_core::{KeyHash, KeyId};
+use keyward_store::KeyRecord;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+struct Entry {
+    record: Arc<KeyRecord>,
+    loaded_at: i64,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_hash: HashMap<KeyHash, Entry>,
+    by_id: HashMap<KeyId, Vec<KeyHash>>,
+}
+
+/// Cached key records by secret hash.
+pub struct KeyCache {
+    inner: RwLock<Inner>,
+    ttl_ms: i64,
+}
+
+impl KeyCache {
+    /// A cache whose entries are trusted for `ttl_ms` milliseconds.
+    pub fn new(ttl_ms: i64) -> Self {
+        Self { inner: RwLock::default(), ttl_ms }
+    }
+
+    /// The cached record for `hash`, if present and fresh at `now_ms`.
+    pub fn get(&self, hash: &KeyHash, now_ms: i64) -> Option<Arc<KeyRecord>> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let e = inner.by_hash.get(hash)?;
+        (now_ms - e.loaded_at < self.ttl_ms).then(|| e.record.clone())
+    }
+
+    /// Caches `record` as the owner of `hash`.
+    pub fn insert(&self, hash: KeyHash, record: Arc<KeyRecord>, now_ms: i64) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let hashes = inner.by_id.entry(record.id.clone()).or_default();
+        if !hashes.contains(&hash) {
+            hashes.push(hash);
+        }
+        inner.by_hash.insert(hash, Entry { record, loaded_at: now_ms });
+    }
+
+    /// Forgets every secret of key `id`; the next request reads storage.
+    pub fn invalidate(&self, id: &KeyId) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(hashes) = inner.by_id.remove(id) {
+            for h in hashes {
+                inner.by_hash.remove(&h);
+            }
+        }
+    }
+
+    /// Number of cached secrets.
+    pub fn len(&self) -> usize {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).by_hash.len()
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyward_core::{OrgId, ProjectId};
+    use keyward_store::KeyStatus;
+
+    fn record(id: &KeyId) -> Arc<KeyRecord> {
+        Arc::new(KeyRecord {
+            id: id.clone(),
+            project_id: ProjectId::generate(),
+            org_id: OrgId::generate(),
+            name: "k".into(),
+            hint: "kwk_…abcd".into(),
+            status: KeyStatus::Active,
+            tags: vec![],
+            created_by: None,
+            created_at: 0,
+            last_used_at: None,
+            revoked_at: None,
+            expires_at: None,
+            secret_expires_at: None,
+        })
+    }
+
+    #[test]
+    fn invalidate_drops_every_secret_of_the_key() {
+        let cache = KeyCache::new(1_000);
+        let id = KeyId::generate();
+        let (a, b) = (KeyHash::of("a"), KeyHash::of("b"));
+        cache.insert(a, record(&id), 0);
+        cache.insert(b, record(&id), 0);
+        let other = KeyId::generate();
+        cache.insert(KeyHash::of("c"), record(&other), 0);
+        assert!(cache.get(&a, 10).is_some());
+        cache.invalidate(&id);
+        assert!(cache.get(&a, 10).is_none());
+        assert!(cache.get(&b, 10).is_none());
+        assert!(cache.get(&KeyHash::of("c"), 10).is_some());
+    }
+
+    #[test]
+    fn entries_expire_after_ttl() {
+        let cache = KeyCache::new(1_000);
+        let id = KeyId::generate();
+        cache.insert(KeyHash::of("a"), record(&id), 0);
+        assert!(cache.get(&KeyHash::of("a"), 999).is_some());
+        assert!(cache.get(&KeyHash::of("a"), 1_000).is_none());
+    }
+}

@@ -1,0 +1,28 @@
+//! keyward's server: the OpenAI-compatible gateway (`/v1`), metering, and the
+//! management API (`/api/v1`).
+//!
+//! Invariant: no handler logs, returns or puts in a metric label the client's key
+//! or the upstream key; the upstream key appears only in the outgoing
+//! `Authorization` header, marked sensitive.
+#![warn(missing_docs)]
+
+pub mod bootstrap;
+pub mod config;
+pub mod credentials;
+pub mod error;
+pub mod key_cache;
+pub mod management;
+pub mod meter;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod simulated;
+pub mod sse_tap;
+pub mod state;
+pub mod upstream;
+pub mod usage_parse;
+pub mod usage_writer;
+pub mod verify;
+
+pub use config::{GatewayConfig, UpstreamConfig};
+pub use server::Server;

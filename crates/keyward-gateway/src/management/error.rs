@@ -1,0 +1,59 @@
+//! The management API's one error type: `{"error":{"code","message"}}`.
+
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use keyward_store::StoreError;
+use serde_json::json;
+
+/// A management API failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No valid admin key.
+    #[error("a valid admin key (kwa_…) is required in the Authorization header")]
+    Unauthorized,
+    /// The object does not exist (or is not visible to the caller).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The request is malformed; the message says how.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request conflicts with existing state.
+    #[error("{0}")]
+    Conflict(String),
+    /// Storage failed; details are logged.
+    #[error("internal error")]
+    Internal,
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => ApiError::NotFound(what),
+            StoreError::Duplicate(what) => ApiError::Conflict(format!("{what} already exists")),
+            StoreError::Backend(detail) => {
+                tracing::error!(error = %detail, "storage failed in the management API");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError::BadRequest(format!("invalid JSON body: {}", e.body_text()))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        (status, axum::Json(json!({"error": {"code": code, "message": self.to_string()}}))).into_response()
+    }
+}

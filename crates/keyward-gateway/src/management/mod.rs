@@ -1,0 +1,63 @@
+//! The management API under `/api/v1`, authenticated by admin keys (`kwa_`).
+
+mod audit;
+mod error;
+mod keys;
+pub(crate) mod orgs;
+mod usage;
+
+pub use error::ApiError;
+
+use crate::state::{AppState, SharedState};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use axum::Router;
+use keyward_core::{KeyId, KeyKind};
+use keyward_store::KeyStatus;
+use std::sync::Arc;
+
+/// The routes of the management API.
+pub fn router() -> Router<SharedState> {
+    Router::new()
+        .route("/api/v1/orgs", get(orgs::list_orgs).post(orgs::create_org))
+        .route("/api/v1/projects", get(orgs::list_projects).post(orgs::create_project))
+        .route("/api/v1/keys", get(keys::list).post(keys::create))
+        .route("/api/v1/keys/{id}", get(keys::get).delete(keys::delete))
+        .route("/api/v1/keys/{id}/revoke", post(keys::revoke))
+        .route("/api/v1/usage", get(usage::usage))
+        .route("/api/v1/audit", get(audit::list))
+        .fallback(|| async { ApiError::NotFound("route") })
+}
+
+/// The admin key that authenticated a management request.
+pub struct Admin {
+    /// Its id, recorded as the actor in audit events.
+    pub id: KeyId,
+}
+
+impl FromRequestParts<SharedState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, ApiError> {
+        let presented = crate::credentials::presented_key(&parts.headers).ok_or(ApiError::Unauthorized)?;
+        authenticate(state, presented).await
+    }
+}
+
+async fn authenticate(state: &Arc<AppState>, presented: &str) -> Result<Admin, ApiError> {
+    let parsed = state.config.key_format.parse(presented).map_err(|_| ApiError::Unauthorized)?;
+    if parsed.kind != KeyKind::Admin {
+        return Err(ApiError::Unauthorized);
+    }
+    let admin = state.store.admin_key_by_hash(&parsed.hash).await?.ok_or(ApiError::Unauthorized)?;
+    if admin.status != KeyStatus::Active {
+        return Err(ApiError::Unauthorized);
+    }
+    Ok(Admin { id: admin.id })
+}
+
+/// Name of the organization created on first start.
+pub fn orgs_default_name() -> &'static str {
+    orgs::DEFAULT_ORG
+}

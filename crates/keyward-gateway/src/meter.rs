@@ -1,0 +1,200 @@
+//! Metering one request: a [`RequestMeter`] travels with the request and turns
+//! into exactly one usage event, whether the response completes, fails, or the
+//! client hangs up ([`MeteredBody`] reports on drop).
+
+use crate::sse_tap::SseTap;
+use crate::usage_parse::{model_in, usage_in};
+use crate::usage_writer::UsageWriter;
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming};
+use keyward_core::{Micros, ModelPrice, TokenUsage};
+use keyward_store::{KeyRecord, UsageEvent};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+/// The largest non-streamed response kept in memory to read its usage; larger
+/// responses are forwarded but counted as incomplete.
+const MAX_JSON_TAP: usize = 16 * 1024 * 1024;
+
+/// Everything needed to write the request's usage event.
+pub struct RequestMeter {
+    /// Where the event goes.
+    pub writer: UsageWriter,
+    /// The key that made the request.
+    pub key: Arc<KeyRecord>,
+    /// Request path.
+    pub endpoint: String,
+    /// Model named by the request (replaced by the response's when it names one).
+    pub model: String,
+    /// Price of the model, when known.
+    pub price: Option<ModelPrice>,
+    /// Arrival time, ms since the epoch.
+    pub at_ms: i64,
+    /// Arrival instant, for latency.
+    pub started: Instant,
+    /// Time to the upstream's headers.
+    pub upstream_latency_ms: i64,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Client address.
+    pub client_ip: Option<String>,
+    /// Whether the response is a stream.
+    pub streamed: bool,
+    /// Input tokens to charge if the upstream never reports usage: an upper bound
+    /// from the request body's size (a token is at least one byte).
+    pub input_estimate: i64,
+}
+
+impl RequestMeter {
+    /// Writes the event. `usage` is what the upstream reported; when absent and
+    /// `produced` tokens were seen, the request is charged for those plus its input
+    /// estimate and marked incomplete, never silently zero.
+    pub fn finish(mut self, usage: Option<TokenUsage>, produced: i64, model: Option<&str>) {
+        if let Some(m) = model.filter(|m| !m.is_empty()) {
+            if self.model.is_empty() {
+                self.model = m.to_owned();
+            }
+        }
+        let reached_upstream = self.upstream_latency_ms >= 0 && self.status < 500;
+        let incomplete = usage.is_none() && reached_upstream && (self.streamed || produced > 0);
+        let usage = usage.unwrap_or(if incomplete {
+            TokenUsage { input: self.input_estimate, output: produced, ..Default::default() }
+        } else {
+            TokenUsage::default()
+        });
+        let cost = self.price.map_or(Micros::ZERO, |p| p.cost(&usage));
+        self.writer.record(UsageEvent {
+            key_id: self.key.id.clone(),
+            project_id: self.key.project_id.clone(),
+            org_id: self.key.org_id.clone(),
+            at: self.at_ms,
+            endpoint: self.endpoint,
+            model: self.model,
+            status: self.status,
+            input_tokens: usage.input,
+            cached_input_tokens: usage.cached_input,
+            output_tokens: usage.output,
+            reasoning_tokens: usage.reasoning,
+            cost_micros: cost,
+            upstream_latency_ms: self.upstream_latency_ms.max(0),
+            total_latency_ms: self.started.elapsed().as_millis() as i64,
+            client_ip: self.client_ip,
+            streamed: self.streamed,
+            incomplete,
+        });
+    }
+}
+
+enum Tap {
+    Sse(SseTap),
+    Json { copy: Vec<u8>, overflow: bool },
+}
+
+/// The upstream's response body on its way to the client, watched for usage.
+pub struct MeteredBody {
+    inner: Incoming,
+    tap: Tap,
+    meter: Option<RequestMeter>,
+    ended: bool,
+}
+
+impl MeteredBody {
+    /// Wraps an SSE body; `strip_usage_chunk` as in [`SseTap::new`].
+    pub fn sse(inner: Incoming, meter: RequestMeter, strip_usage_chunk: bool) -> Self {
+        Self { inner, tap: Tap::Sse(SseTap::new(strip_usage_chunk)), meter: Some(meter), ended: false }
+    }
+
+    /// Wraps any other body; usage is read from it as JSON at the end.
+    pub fn json(inner: Incoming, meter: RequestMeter) -> Self {
+        let copy = Vec::with_capacity(inner.size_hint().lower().min(64 * 1024) as usize);
+        Self { inner, tap: Tap::Json { copy, overflow: false }, meter: Some(meter), ended: false }
+    }
+
+    fn settle(&mut self) {
+        let Some(meter) = self.meter.take() else { return };
+        match &self.tap {
+            Tap::Sse(tap) => meter.finish(tap.usage, tap.text_events, None),
+            Tap::Json { copy, overflow } => {
+                // hyper may drop a body of known length right after its last byte,
+                // without polling for the end: a copy that parses is complete.
+                let value = (!overflow).then(|| serde_json::from_slice::<serde_json::Value>(copy).ok()).flatten();
+                let usage = value.as_ref().and_then(usage_in);
+                let model = value.as_ref().and_then(model_in).map(str::to_owned);
+                meter.finish(usage, 0, model.as_deref());
+            }
+        }
+    }
+}
+
+impl Body for MeteredBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        loop {
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(other) => return Poll::Ready(Some(Ok(other))),
+                    };
+                    match &mut this.tap {
+                        Tap::Sse(tap) => {
+                            let out = tap.push(&data);
+                            if out.is_empty() {
+                                continue;
+                            }
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                        Tap::Json { copy, overflow } => {
+                            if !*overflow && copy.len() + data.len() <= MAX_JSON_TAP {
+                                copy.extend_from_slice(&data);
+                            } else {
+                                *overflow = true;
+                                copy.clear();
+                            }
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    // The upstream broke off: charge what was seen; the client sees
+                    // a truncated response, not a clean end.
+                    this.ended = true;
+                    this.settle();
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => {
+                    this.ended = true;
+                    let rest = match &mut this.tap {
+                        Tap::Sse(tap) => tap.finish(),
+                        Tap::Json { .. } => Bytes::new(),
+                    };
+                    this.settle();
+                    if rest.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(rest))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+}
+
+impl Drop for MeteredBody {
+    /// The client hung up (or the server is shutting down): dropping `inner`
+    /// closes the upstream connection, and what was seen is charged.
+    fn drop(&mut self) {
+        self.settle();
+    }
+}

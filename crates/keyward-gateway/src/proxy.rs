@@ -1,0 +1,233 @@
+//! `/v1/*`: verify the key, meter, and forward to the upstream with its key.
+
+use crate::credentials::{presented_key, KEY_HEADERS};
+use crate::error::GatewayError;
+use crate::meter::{MeteredBody, RequestMeter};
+use crate::state::{AppState, SharedState};
+use crate::verify::verify_key;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// Headers that describe one hop and must not be forwarded.
+const HOP_BY_HOP: [&str; 8] =
+    ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+
+/// Headers that name the upstream account: a client may not choose it, and a
+/// client is never shown it.
+const UPSTREAM_ACCOUNT_HEADERS: [&str; 3] = ["openai-organization", "openai-project", "set-cookie"];
+
+/// The `/v1/*` handler.
+pub async fn forward(State(state): State<SharedState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
+    let response = match handle(&state, peer, req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            if e.status() == http::StatusCode::UNAUTHORIZED {
+                state.metrics.auth_refusals.inc();
+            }
+            e.into_response()
+        }
+    };
+    state.metrics.response(response.status().as_u16());
+    response
+}
+
+/// What the gateway learned from a JSON request body.
+struct RequestFacts {
+    model: String,
+    stream: bool,
+    /// The client asked for the usage chunk itself.
+    client_wants_usage: bool,
+}
+
+async fn handle(state: &AppState, peer: SocketAddr, req: Request) -> Result<Response, GatewayError> {
+    let started = Instant::now();
+    let at_ms = state.clock.now_ms();
+    let key = verify_key(state, presented_key(req.headers()).ok_or(GatewayError::MissingKey)?).await?;
+
+    let (parts, body) = req.into_parts();
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let endpoint = parts.uri.path().to_owned();
+    let mut meter = RequestMeter {
+        writer: state.usage.clone(),
+        key: key.clone(),
+        endpoint,
+        model: String::new(),
+        price: None,
+        at_ms,
+        started,
+        upstream_latency_ms: -1,
+        status: 0,
+        client_ip: Some(peer.ip().to_string()),
+        streamed: false,
+        input_estimate: 0,
+    };
+
+    let body = match read_body(body, parts.headers.get(header::CONTENT_LENGTH), state.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return Err(refused(meter, e)),
+    };
+    meter.input_estimate = body.len() as i64;
+    let (body, facts) = match inspect_json(&parts.headers, body) {
+        Ok(x) => x,
+        Err(e) => return Err(refused(meter, e)),
+    };
+    if let Some(f) = &facts {
+        meter.model = f.model.clone();
+        meter.price = state.config.prices.get(&f.model).copied();
+        meter.streamed = f.stream;
+    }
+
+    let upstream_req = match build_upstream_request(state, &parts, &path_and_query, body) {
+        Ok(r) => r,
+        Err(e) => return Err(refused(meter, e)),
+    };
+    let upstream_resp = match state.upstream.send(upstream_req).await {
+        Ok(r) => r,
+        Err(e) => {
+            state.metrics.upstream_failures.inc();
+            return Err(refused(meter, e));
+        }
+    };
+    meter.upstream_latency_ms = started.elapsed().as_millis() as i64;
+    meter.status = upstream_resp.status().as_u16();
+
+    let (mut resp_parts, upstream_body) = upstream_resp.into_parts();
+    clean_response_headers(&mut resp_parts.headers);
+    let is_sse = resp_parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let body = if is_sse {
+        meter.streamed = true;
+        let strip = facts.as_ref().is_some_and(|f| f.stream && !f.client_wants_usage);
+        // Chunks may be removed, so the length is no longer known.
+        resp_parts.headers.remove(header::CONTENT_LENGTH);
+        Body::new(MeteredBody::sse(upstream_body, meter, strip))
+    } else {
+        Body::new(MeteredBody::json(upstream_body, meter))
+    };
+    Ok(Response::from_parts(resp_parts, body))
+}
+
+/// Records the usage event of a request that never got an upstream answer, and
+/// passes the error on.
+fn refused(mut meter: RequestMeter, e: GatewayError) -> GatewayError {
+    meter.status = e.status().as_u16();
+    meter.finish(None, 0, None);
+    e
+}
+
+async fn read_body(body: Body, declared: Option<&HeaderValue>, limit: usize) -> Result<Bytes, GatewayError> {
+    let declared = declared.and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(GatewayError::TooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::TooLarge { limit }),
+        Err(_) => Err(GatewayError::BadRequest("The request body could not be read.".into())),
+    }
+}
+
+/// Reads model and stream flags from a JSON body, and asks a streaming upstream
+/// for usage (`stream_options.include_usage`) when the client did not.
+fn inspect_json(headers: &HeaderMap, body: Bytes) -> Result<(Bytes, Option<RequestFacts>), GatewayError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if !is_json || body.is_empty() {
+        return Ok((body, None));
+    }
+    let mut value: Value = serde_json::from_slice(&body).map_err(|e| {
+        GatewayError::BadRequest(format!(
+            "We could not parse the JSON body of your request ({}, line {} column {}).",
+            json_error_kind(&e),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let Some(obj) = value.as_object_mut() else {
+        return Err(GatewayError::BadRequest("The request body must be a JSON object.".into()));
+    };
+    let model = match obj.get("model") {
+        None => String::new(),
+        Some(Value::String(m)) => m.clone(),
+        Some(_) => return Err(GatewayError::BadRequest("`model` must be a string.".into())),
+    };
+    let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let client_wants_usage = obj
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let facts = RequestFacts { model, stream, client_wants_usage };
+    // The Responses API always reports usage in its final event; chat and legacy
+    // completions only when asked.
+    if stream && !client_wants_usage && !obj.contains_key("input") {
+        let options = obj.entry("stream_options").or_insert_with(|| Value::Object(Default::default()));
+        if let Some(o) = options.as_object_mut() {
+            o.insert("include_usage".into(), Value::Bool(true));
+        }
+        let rewritten = serde_json::to_vec(&value).map_err(|_| GatewayError::Internal)?;
+        return Ok((Bytes::from(rewritten), Some(facts)));
+    }
+    Ok((body, Some(facts)))
+}
+
+fn json_error_kind(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Eof => "unexpected end of input",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "unexpected data",
+        serde_json::error::Category::Io => "read error",
+    }
+}
+
+fn build_upstream_request(
+    state: &AppState,
+    parts: &http::request::Parts,
+    path_and_query: &str,
+    body: Bytes,
+) -> Result<http::Request<Full<Bytes>>, GatewayError> {
+    let uri = state.upstream.url_for(path_and_query)?;
+    let mut req = http::Request::builder().method(parts.method.clone()).uri(uri);
+    let headers = req.headers_mut().ok_or(GatewayError::Internal)?;
+    for (name, value) in &parts.headers {
+        if forwardable_request_header(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    // Ask for an identity body so usage can be read from it.
+    headers.remove(header::ACCEPT_ENCODING);
+    if let Some(k) = &state.config.upstream.api_key {
+        let mut v = HeaderValue::from_str(&format!("Bearer {}", k.expose())).map_err(|_| GatewayError::Internal)?;
+        v.set_sensitive(true);
+        headers.insert(header::AUTHORIZATION, v);
+    }
+    req.body(Full::new(body)).map_err(|_| GatewayError::Internal)
+}
+
+fn forwardable_request_header(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    !(HOP_BY_HOP.contains(&n)
+        || KEY_HEADERS.contains(&n)
+        || n == "host"
+        || n == "content-length"
+        || n == "cookie"
+        || UPSTREAM_ACCOUNT_HEADERS.contains(&n))
+}
+
+fn clean_response_headers(headers: &mut HeaderMap) {
+    for h in HOP_BY_HOP.iter().chain(UPSTREAM_ACCOUNT_HEADERS.iter()) {
+        headers.remove(*h);
+    }
+}

@@ -1,0 +1,112 @@
+//! Assembling and running the server: routes, state, graceful shutdown.
+
+use crate::bootstrap::{bootstrap, BootstrapError};
+use crate::config::GatewayConfig;
+use crate::key_cache::KeyCache;
+use crate::metrics::Metrics;
+use crate::state::{AppState, SharedState};
+use crate::upstream::Upstream;
+use crate::usage_writer::UsageWriter;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{any, get};
+use axum::serve::ListenerExt;
+use axum::Router;
+use keyward_core::Clock;
+use keyward_store::SharedStore;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// A server ready to run: state built, first-start setup done.
+pub struct Server {
+    state: SharedState,
+}
+
+impl Server {
+    /// Builds the state and runs first-start setup. Call inside a Tokio runtime.
+    pub async fn new(config: GatewayConfig, store: SharedStore, clock: Clock) -> Result<Self, BootstrapError> {
+        if let Some(path) = bootstrap(&store, &config.data_dir, &config.key_format, &clock).await? {
+            tracing::info!(path = %path.display(), "first start: wrote the initial admin key (mode 0600)");
+        }
+        let metrics = Arc::new(Metrics::default());
+        let usage = UsageWriter::spawn(store.clone(), config.usage_batch, metrics.clone());
+        let upstream = Upstream::new(&config.upstream, config.connect_timeout, config.upstream_timeout);
+        let keys = KeyCache::new(config.key_cache_ttl.as_millis() as i64);
+        Ok(Self { state: Arc::new(AppState { config, store, keys, usage, metrics, clock, upstream }) })
+    }
+
+    /// The shared state (tests use it to reach the store and metrics).
+    pub fn state(&self) -> SharedState {
+        self.state.clone()
+    }
+
+    /// The application's routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v1", any(crate::proxy::forward))
+            .route("/v1/{*rest}", any(crate::proxy::forward))
+            .merge(crate::management::router())
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .with_state(self.state.clone())
+    }
+
+    /// Serves on `listener` (and metrics on `metrics`, when given) until `shutdown`
+    /// resolves; then lets in-flight requests finish for the configured grace
+    /// period and writes every buffered usage event before returning.
+    pub async fn run(self, listener: TcpListener, metrics: Option<TcpListener>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        if let Some(m) = metrics {
+            let state = self.state.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let app = Router::new().route("/metrics", get(render_metrics)).with_state(state);
+                let _ = axum::serve(m, app).with_graceful_shutdown(async move { let _ = stop.wait_for(|s| *s).await; }).await;
+            });
+        }
+        let app = self.router().into_make_service_with_connect_info::<SocketAddr>();
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let mut stop = stop_rx.clone();
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        let grace = self.state.config.shutdown_grace;
+        let mut stop = stop_rx;
+        let result = tokio::select! {
+            r = serve => r,
+            _ = async {
+                let _ = stop.wait_for(|s| *s).await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!("shutdown grace period over; cutting the remaining connections");
+                Ok(())
+            }
+        };
+        self.state.usage.flush().await;
+        tracing::info!("usage flushed; stopped");
+        result
+    }
+}
+
+async fn readyz(State(state): State<SharedState>) -> impl IntoResponse {
+    match state.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable")
+        }
+    }
+}
+
+async fn render_metrics(State(state): State<SharedState>) -> String {
+    state.metrics.render()
+}

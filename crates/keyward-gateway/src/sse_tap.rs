@@ -1,0 +1,160 @@
+//! Watching a server-sent-events stream on its way to the client.
+//!
+//! The tap forwards complete events as soon as they are complete (an event is of no
+//! use to a client before its blank line arrives, so this adds no latency), reads
+//! usage from whichever event carries it, and drops the usage-only chunk the
+//! gateway asked for when the client did not.
+
+use crate::usage_parse::usage_in;
+use bytes::{Bytes, BytesMut};
+use keyward_core::TokenUsage;
+
+/// Stream state between frames.
+pub struct SseTap {
+    pending: BytesMut,
+    strip_usage_chunk: bool,
+    /// Usage reported by the upstream, once seen.
+    pub usage: Option<TokenUsage>,
+    /// Events that carried generated text: a lower bound on output tokens if the
+    /// stream is cut off before usage arrives (OpenAI sends about one token per event).
+    pub text_events: i64,
+    /// Bytes of generated text seen.
+    pub text_bytes: i64,
+}
+
+impl SseTap {
+    /// A tap; `strip_usage_chunk` removes a usage-only chunk (`choices: []`) that the
+    /// gateway requested on the client's behalf.
+    pub fn new(strip_usage_chunk: bool) -> Self {
+        Self { pending: BytesMut::new(), strip_usage_chunk, usage: None, text_events: 0, text_bytes: 0 }
+    }
+
+    /// Takes one frame from the upstream and returns what to send to the client now.
+    pub fn push(&mut self, frame: &[u8]) -> Bytes {
+        self.pending.extend_from_slice(frame);
+        let mut out = BytesMut::with_capacity(self.pending.len());
+        while let Some(end) = event_end(&self.pending) {
+            let event = self.pending.split_to(end);
+            if self.keep(&event) {
+                out.extend_from_slice(&event);
+            }
+        }
+        out.freeze()
+    }
+
+    /// Whatever is left when the upstream ends (an unterminated last event).
+    pub fn finish(&mut self) -> Bytes {
+        let rest = self.pending.split().freeze();
+        if !rest.is_empty() && self.keep(&rest) {
+            rest
+        } else {
+            Bytes::new()
+        }
+    }
+
+    /// Inspects one complete event; false when it must not reach the client.
+    fn keep(&mut self, event: &[u8]) -> bool {
+        let data = event_data(event);
+        if data.is_empty() || data == b"[DONE]" {
+            return true;
+        }
+        if has_text(data) {
+            self.text_events += 1;
+            self.text_bytes += data.len() as i64;
+        }
+        if memchr::memmem::find(data, b"\"usage\"").is_none() {
+            return true;
+        }
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
+            return true;
+        };
+        let Some(usage) = usage_in(&value) else {
+            return true;
+        };
+        self.usage = Some(usage);
+        let usage_only = value
+            .get("choices")
+            .and_then(|c| c.as_array())
+            .is_some_and(|c| c.is_empty());
+        !(self.strip_usage_chunk && usage_only)
+    }
+}
+
+/// End (exclusive) of the first complete event: after a blank line.
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let lf = memchr::memmem::find(buf, b"\n\n").map(|i| i + 2);
+    let crlf = memchr::memmem::find(buf, b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The `data:` payload of an event (multi-line data joined is not needed for JSON
+/// chunks, which OpenAI-compatible servers send on one line).
+fn event_data(event: &[u8]) -> &[u8] {
+    for line in event.split(|&b| b == b'\n') {
+        if let Some(rest) = line.strip_prefix(b"data:") {
+            let rest = rest.strip_suffix(b"\r").unwrap_or(rest);
+            return rest.strip_prefix(b" ").unwrap_or(rest);
+        }
+    }
+    &[]
+}
+
+/// Whether a chunk carries generated text (chat `content`, completions `text`,
+/// Responses `delta`).
+fn has_text(data: &[u8]) -> bool {
+    [&b"\"content\":\""[..], b"\"text\":\"", b"\"delta\":\""].iter().any(|needle| {
+        memchr::memmem::find_iter(data, needle).any(|i| data.get(i + needle.len()) != Some(&b'"'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHUNK: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+    const USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n";
+    const DONE: &str = "data: [DONE]\n\n";
+
+    #[test]
+    fn strips_the_usage_chunk_the_client_did_not_ask_for() {
+        let mut tap = SseTap::new(true);
+        let out = tap.push(format!("{CHUNK}{USAGE}{DONE}").as_bytes());
+        assert_eq!(out, format!("{CHUNK}{DONE}").as_bytes());
+        assert_eq!(tap.usage, Some(TokenUsage { input: 3, output: 2, ..Default::default() }));
+        assert_eq!(tap.text_events, 1);
+    }
+
+    #[test]
+    fn keeps_the_usage_chunk_when_asked_and_handles_split_frames() {
+        let mut tap = SseTap::new(false);
+        let all = format!("{CHUNK}{USAGE}{DONE}");
+        let mut out = Vec::new();
+        for piece in all.as_bytes().chunks(7) {
+            out.extend_from_slice(&tap.push(piece));
+        }
+        out.extend_from_slice(&tap.finish());
+        assert_eq!(out, all.as_bytes());
+        assert_eq!(tap.usage.unwrap().output, 2);
+    }
+
+    #[test]
+    fn reads_usage_from_a_final_chunk_that_also_has_choices() {
+        let mut tap = SseTap::new(true);
+        let last = "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":4}}\r\n\r\n";
+        let out = tap.push(last.as_bytes());
+        assert_eq!(out, last.as_bytes(), "a chunk with choices is never dropped");
+        assert_eq!(tap.usage.unwrap().output, 4);
+    }
+
+    #[test]
+    fn counts_text_events_without_usage() {
+        let mut tap = SseTap::new(true);
+        tap.push(CHUNK.repeat(5).as_bytes());
+        tap.push(b"data: {\"choices\":[{\"delta\":{\"content\":\"\"}}]}\n\n");
+        assert_eq!(tap.text_events, 5);
+        assert_eq!(tap.usage, None);
+    }
+}

@@ -1,0 +1,87 @@
+//! The pooled HTTP client that talks to the upstream API.
+
+use crate::config::UpstreamConfig;
+use crate::error::GatewayError;
+use bytes::Bytes;
+use http::uri::{PathAndQuery, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::time::Duration;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A connection pool to one upstream base URL.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<Connector, Full<Bytes>>,
+    base: Uri,
+    timeout: Duration,
+}
+
+impl Upstream {
+    /// A client for `config`, with the given connect and response-header timeouts.
+    pub fn new(config: &UpstreamConfig, connect_timeout: Duration, timeout: Duration) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(https);
+        Self { client, base: config.base_url.clone(), timeout }
+    }
+
+    /// The upstream URL for a client path under `/v1` (`/v1/chat/completions?x`
+    /// becomes `<base>/chat/completions?x`).
+    pub fn url_for(&self, path_and_query: &str) -> Result<Uri, GatewayError> {
+        let rest = path_and_query.strip_prefix("/v1").unwrap_or(path_and_query);
+        let base_path = self.base.path().trim_end_matches('/');
+        let pq: PathAndQuery = format!("{base_path}{rest}")
+            .parse()
+            .map_err(|_| GatewayError::BadRequest("The request path is not valid.".into()))?;
+        let mut parts = self.base.clone().into_parts();
+        parts.path_and_query = Some(pq);
+        Uri::from_parts(parts).map_err(|_| GatewayError::BadRequest("The request path is not valid.".into()))
+    }
+
+    /// Sends a request, mapping failures to 502 (unreachable) and 504 (no answer in time).
+    pub async fn send(&self, req: http::Request<Full<Bytes>>) -> Result<http::Response<Incoming>, GatewayError> {
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => Err(GatewayError::UpstreamTimeout),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => {
+                // Never log the request: it carries the upstream key.
+                tracing::warn!(error = %e, connect = e.is_connect(), "upstream request failed");
+                if is_timeout(&e) {
+                    Err(GatewayError::UpstreamTimeout)
+                } else {
+                    Err(GatewayError::UpstreamUnreachable)
+                }
+            }
+        }
+    }
+}
+
+fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        source = s.source();
+    }
+    false
+}

@@ -1,0 +1,70 @@
+//! Turning a presented key into a key record, or a refusal that says why.
+//!
+//! Order matters for cost: the checksum rejects made-up and mistyped keys with no
+//! storage read; the cache answers hot keys; storage answers the rest.
+
+use crate::error::GatewayError;
+use crate::state::AppState;
+use keyward_core::{KeyKind, KeyParseError};
+use keyward_store::{KeyRecord, KeyStatus};
+use std::sync::Arc;
+
+/// The key record behind `presented`, if it may call the gateway now.
+pub async fn verify_key(state: &AppState, presented: &str) -> Result<Arc<KeyRecord>, GatewayError> {
+    let parsed = state.config.key_format.parse(presented).map_err(|e| match e {
+        KeyParseError::Prefix => GatewayError::InvalidKey(format!(
+            "Incorrect API key provided: this gateway accepts only its own keys (prefix {}). Use the keyward key you were given, not an upstream provider key.",
+            state.config.key_format.prefix(KeyKind::Standard)
+        )),
+        KeyParseError::Malformed => GatewayError::InvalidKey("Incorrect API key provided: the key is malformed (wrong length or characters).".into()),
+        KeyParseError::Checksum => GatewayError::InvalidKey("Incorrect API key provided: the key's checksum does not match; it may have been mistyped or truncated.".into()),
+    })?;
+    if parsed.kind == KeyKind::Admin {
+        return Err(GatewayError::InvalidKey(
+            "Admin keys manage keyward and cannot call the gateway; use a standard key.".into(),
+        ));
+    }
+    let now = state.clock.now_ms();
+    let record = match state.keys.get(&parsed.hash, now) {
+        Some(r) => {
+            state.metrics.key_cache_hits.inc();
+            r
+        }
+        None => {
+            state.metrics.key_cache_misses.inc();
+            let found = state.store.key_by_hash(&parsed.hash).await.map_err(|e| {
+                tracing::error!(error = %e, "key lookup failed");
+                GatewayError::Internal
+            })?;
+            let Some(record) = found else {
+                return Err(GatewayError::InvalidKey("Incorrect API key provided: no such key exists.".into()));
+            };
+            let record = Arc::new(record);
+            state.keys.insert(parsed.hash, record.clone(), now);
+            record
+        }
+    };
+    usable(&record, now)?;
+    Ok(record)
+}
+
+/// Refuses keys that exist but may not be used, saying which state they are in.
+fn usable(record: &KeyRecord, now: i64) -> Result<(), GatewayError> {
+    let refuse = |why: &str| Err(GatewayError::InvalidKey(format!("This API key ({}) {why}", record.id)));
+    match record.status {
+        KeyStatus::Active => {}
+        KeyStatus::Revoked => return refuse("has been revoked."),
+        KeyStatus::Expired => return refuse("has expired."),
+        KeyStatus::Suspended => return refuse("is suspended by an administrator."),
+        KeyStatus::Leaked => {
+            return refuse("was disabled because it was found exposed. See the key's audit log for where it was found, and rotate it.")
+        }
+    }
+    if record.expires_at.is_some_and(|t| now >= t) {
+        return refuse("has expired.");
+    }
+    if record.secret_expires_at.is_some_and(|t| now >= t) {
+        return refuse("was rotated and its grace period has ended; use the new key.");
+    }
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! The management API client behind `keyward keys` and `keyward usage`.
+//! Server URL from `KEYWARD_URL`, admin key from `KEYWARD_ADMIN_KEY`.
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+/// A connection to one keyward server.
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    admin_key: String,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Api {
+    /// Reads `KEYWARD_URL` (default `http://127.0.0.1:8080`) and `KEYWARD_ADMIN_KEY`.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let base = std::env::var("KEYWARD_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into());
+        let admin_key = std::env::var("KEYWARD_ADMIN_KEY")
+            .ok()
+            .filter(|k| !k.trim().is_empty())
+            .context("KEYWARD_ADMIN_KEY is not set: export the admin key (first start writes one to <data-dir>/initial-admin-key)")?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
+        Ok(Self { http, base: base.trim_end_matches('/').to_owned(), admin_key: admin_key.trim().to_owned(), runtime })
+    }
+
+    /// GET `path` (under the server URL) with query pairs.
+    pub fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+        self.send(self.http.get(self.url(path)).query(query))
+    }
+
+    /// POST a JSON body.
+    pub fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.post(self.url(path)).json(body))
+    }
+
+    /// DELETE.
+    pub fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.http.delete(self.url(path)))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        self.runtime.block_on(async {
+            let resp = req
+                .bearer_auth(&self.admin_key)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the keyward server at {} (set KEYWARD_URL)", self.base))?;
+            let status = resp.status();
+            let text = resp.text().await.context("reading the server's answer")?;
+            let body: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+            if !status.is_success() {
+                let msg = body.pointer("/error/message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| body.to_string());
+                bail!("server answered {status}: {msg}");
+            }
+            Ok(body)
+        })
+    }
+}

@@ -1,0 +1,221 @@
+//! `keyward serve` and `keyward simulate`.
+//!
+//! Every setting comes from a flag, a `KEYWARD_*` variable, or the TOML config
+//! file, in that order of precedence. Secrets are never settings: the config names
+//! the environment variable that holds the upstream key.
+
+use anyhow::{bail, Context};
+use clap::Args;
+use keyward_core::{Clock, KeyFormat, PriceTable, Secret};
+use keyward_gateway::{GatewayConfig, Server, UpstreamConfig};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Flags of `keyward serve`. Unset ones fall back to the config file, then defaults.
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML config file (same names as the flags, with underscores).
+    #[arg(long, env = "KEYWARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address for the gateway and management API [default: 127.0.0.1:8080].
+    #[arg(long, env = "KEYWARD_LISTEN")]
+    listen: Option<String>,
+    /// Directory for the SQLite database and the initial admin key [default: ./keyward-data].
+    #[arg(long, env = "KEYWARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Database URL: postgres://… for shared state [default: SQLite in the data directory].
+    #[arg(long, env = "KEYWARD_DATABASE")]
+    database: Option<String>,
+    /// Upstream base URL including /v1, or `simulated` for the built-in simulated upstream
+    /// [default: https://api.openai.com/v1].
+    #[arg(long, env = "KEYWARD_UPSTREAM")]
+    upstream: Option<String>,
+    /// Name of the environment variable holding the upstream key [default: OPENAI_API_KEY].
+    #[arg(long, env = "KEYWARD_UPSTREAM_KEY_ENV")]
+    upstream_key_env: Option<String>,
+    /// TOML price file that extends or replaces the embedded price table.
+    #[arg(long, env = "KEYWARD_PRICES")]
+    prices: Option<PathBuf>,
+    /// Key prefix stem: `acme` issues `acmek_…` keys [default: kw].
+    #[arg(long, env = "KEYWARD_KEY_PREFIX")]
+    key_prefix: Option<String>,
+    /// Largest request body accepted, bytes [default: 8388608].
+    #[arg(long, env = "KEYWARD_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Seconds to wait for the upstream's response headers [default: 600].
+    #[arg(long, env = "KEYWARD_UPSTREAM_TIMEOUT_SECS")]
+    upstream_timeout_secs: Option<u64>,
+    /// Address of the Prometheus /metrics listener, or `off` [default: 127.0.0.1:9464].
+    #[arg(long, env = "KEYWARD_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// Milliseconds between usage batch writes [default: 200].
+    #[arg(long, env = "KEYWARD_USAGE_FLUSH_MS")]
+    usage_flush_ms: Option<u64>,
+    /// Seconds in-flight requests get to finish at shutdown [default: 30].
+    #[arg(long, env = "KEYWARD_SHUTDOWN_GRACE_SECS")]
+    shutdown_grace_secs: Option<u64>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "KEYWARD_LOG_FORMAT")]
+    log_format: Option<String>,
+}
+
+/// The config file: the same settings as the flags.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    database: Option<String>,
+    upstream: Option<String>,
+    upstream_key_env: Option<String>,
+    prices: Option<PathBuf>,
+    key_prefix: Option<String>,
+    max_body_bytes: Option<usize>,
+    upstream_timeout_secs: Option<u64>,
+    metrics_listen: Option<String>,
+    usage_flush_ms: Option<u64>,
+    shutdown_grace_secs: Option<u64>,
+    log_format: Option<String>,
+}
+
+impl ServeArgs {
+    /// Fills unset flags from the config file.
+    fn merge_file(mut self) -> anyhow::Result<Self> {
+        let Some(path) = &self.config else { return Ok(self) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+        let f: FileConfig = toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?;
+        macro_rules! fill {
+            ($($field:ident),*) => { $( if self.$field.is_none() { self.$field = f.$field; } )* };
+        }
+        fill!(listen, data_dir, database, upstream, upstream_key_env, prices, key_prefix, max_body_bytes,
+              upstream_timeout_secs, metrics_listen, usage_flush_ms, shutdown_grace_secs, log_format);
+        Ok(self)
+    }
+}
+
+/// Flags of `keyward simulate`.
+#[derive(Args, Debug)]
+pub struct SimulateArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    listen: String,
+}
+
+/// Runs the server until SIGTERM or Ctrl-C.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let args = args.merge_file()?;
+    init_logging(args.log_format.as_deref().unwrap_or("text"))?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("keyward-data"));
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    let database = match &args.database {
+        Some(url) => url.clone(),
+        None => format!("sqlite://{}", data_dir.join("keyward.db").display()),
+    };
+    let store = keyward_store::open(&database).await.context("opening the database")?;
+    tracing::info!(backend = store.backend(), "database ready");
+
+    let upstream_arg = args.upstream.clone().unwrap_or_else(|| "https://api.openai.com/v1".into());
+    let upstream = if upstream_arg == "simulated" {
+        let sim = TcpListener::bind("127.0.0.1:0").await.context("binding the simulated upstream")?;
+        let addr = sim.local_addr()?;
+        tokio::spawn(keyward_gateway::simulated::serve(sim));
+        tracing::warn!(%addr, "SIMULATED upstream: answers are generated by keyward, no real model is called");
+        UpstreamConfig { base_url: format!("http://{addr}/v1").parse()?, api_key: None }
+    } else {
+        let base_url: http::Uri = upstream_arg.parse().with_context(|| format!("invalid upstream URL {upstream_arg:?}"))?;
+        if !matches!(base_url.scheme_str(), Some("http" | "https")) || base_url.authority().is_none() {
+            bail!("invalid upstream URL {upstream_arg:?}: expected http(s)://host[:port]/v1");
+        }
+        let var = args.upstream_key_env.clone().unwrap_or_else(|| "OPENAI_API_KEY".into());
+        let api_key = std::env::var(&var).ok().filter(|v| !v.is_empty()).map(Secret::new);
+        if api_key.is_none() {
+            tracing::warn!(variable = %var, "the upstream key variable is not set; requests are forwarded without upstream credentials");
+        }
+        UpstreamConfig { base_url, api_key }
+    };
+
+    let mut config = GatewayConfig::new(upstream, data_dir);
+    if let Some(path) = &args.prices {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading price file {}", path.display()))?;
+        let overrides = PriceTable::parse(&text).with_context(|| format!("price file {}", path.display()))?;
+        config.prices = PriceTable::embedded().extended_with(overrides);
+    }
+    if let Some(stem) = &args.key_prefix {
+        config.key_format = KeyFormat::new(stem)
+            .with_context(|| format!("invalid key prefix {stem:?}: use 1-16 lowercase letters or digits"))?;
+    }
+    if let Some(n) = args.max_body_bytes {
+        config.max_body_bytes = n;
+    }
+    if let Some(s) = args.upstream_timeout_secs {
+        config.upstream_timeout = Duration::from_secs(s);
+    }
+    if let Some(ms) = args.usage_flush_ms {
+        config.usage_batch.interval = Duration::from_millis(ms.max(1));
+    }
+    if let Some(s) = args.shutdown_grace_secs {
+        config.shutdown_grace = Duration::from_secs(s);
+    }
+
+    let listen = args.listen.clone().unwrap_or_else(|| "127.0.0.1:8080".into());
+    let listener = TcpListener::bind(&listen).await.with_context(|| format!("binding {listen}"))?;
+    let metrics = match args.metrics_listen.as_deref().unwrap_or("127.0.0.1:9464") {
+        "off" => None,
+        addr => Some(TcpListener::bind(addr).await.with_context(|| format!("binding metrics listener {addr}"))?),
+    };
+    let server = Server::new(config, store, Clock::system()).await?;
+    tracing::info!(addr = %listener.local_addr()?, metrics = ?metrics.as_ref().and_then(|m| m.local_addr().ok()), "keyward is serving");
+    server.run(listener, metrics, shutdown_signal()).await.context("serving")
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}
+
+/// Runs the simulated upstream alone.
+pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    init_logging("text")?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+        tracing::warn!(addr = %listener.local_addr()?, "SIMULATED upstream serving: no real model is called");
+        tokio::select! {
+            r = keyward_gateway::simulated::serve(listener) => r.context("serving"),
+            _ = shutdown_signal() => Ok(()),
+        }
+    })
+}
+
+fn init_logging(format: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        "text" => builder.init(),
+        "json" => builder.json().init(),
+        other => bail!("unknown log format {other:?}: use text or json"),
+    }
+    Ok(())
+}
