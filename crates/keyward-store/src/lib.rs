@@ -4,6 +4,7 @@
 //! records and [`StoreError`]; each backend maps its database errors into it.
 #![warn(missing_docs)]
 
+mod common;
 mod model;
 pub mod postgres;
 pub mod sqlite;
@@ -72,7 +73,12 @@ pub trait Store: Send + Sync + 'static {
     async fn list_keys(&self, project: Option<&ProjectId>) -> StoreResult<Vec<KeyRecord>>;
     /// Sets a key's status (and `revoked_at` when it leaves `active`); `NotFound`
     /// when there is no such key. Returns the updated record.
-    async fn set_key_status(&self, id: &KeyId, status: KeyStatus, now_ms: i64) -> StoreResult<KeyRecord>;
+    async fn set_key_status(
+        &self,
+        id: &KeyId,
+        status: KeyStatus,
+        now_ms: i64,
+    ) -> StoreResult<KeyRecord>;
     /// Deletes a key and its secrets; its usage history stays. `NotFound` if absent.
     async fn delete_key(&self, id: &KeyId) -> StoreResult<()>;
     /// Records when keys were last used (batched by the usage writer).
@@ -95,7 +101,11 @@ pub trait Store: Send + Sync + 'static {
     /// Totals over the rollups matching `filter`.
     async fn usage_totals(&self, filter: &UsageFilter) -> StoreResult<UsageTotals>;
     /// Totals per hour or per day (UTC), oldest first, empty buckets omitted.
-    async fn usage_buckets(&self, filter: &UsageFilter, bucket: Bucket) -> StoreResult<Vec<UsageBucket>>;
+    async fn usage_buckets(
+        &self,
+        filter: &UsageFilter,
+        bucket: Bucket,
+    ) -> StoreResult<Vec<UsageBucket>>;
     /// Raw events matching `filter`, newest first, at most `limit`.
     async fn usage_events(&self, filter: &UsageFilter, limit: i64) -> StoreResult<Vec<UsageEvent>>;
 
@@ -116,7 +126,9 @@ pub async fn open(url: &str) -> StoreResult<SharedStore> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(postgres::PgStore::connect(url).await?))
     } else if let Some(path) = url.strip_prefix("sqlite://") {
-        Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(path)).await?))
+        Ok(Arc::new(
+            sqlite::SqliteStore::open(std::path::Path::new(path)).await?,
+        ))
     } else {
         Err(StoreError::Backend(
             "unsupported database URL: use sqlite://PATH or postgres://…".into(),

@@ -1,1 +1,660 @@
-//! PostgreSQL backend. To be written.
+//! PostgreSQL backend, for several gateway nodes sharing durable state.
+//!
+//! Batches travel as arrays (`UNNEST`), so a usage batch of any size is two
+//! statements. Rows that concurrent transactions both update (rollups, keys'
+//! `last_used_at`) are always locked in key order, so batches cannot deadlock.
+
+use crate::common::{self, backend, write_error, HOUR_MS};
+use crate::{
+    AdminKey, AuditEvent, Bucket, KeyRecord, KeyStatus, NewAdminKey, NewAuditEvent, NewKey, Org,
+    Project, Store, StoreError, StoreResult, UsageBucket, UsageEvent, UsageFilter, UsageTotals,
+};
+use async_trait::async_trait;
+use keyward_core::{AuditId, KeyHash, KeyId, OrgId, ProjectId};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, QueryBuilder};
+use std::str::FromStr;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Connections per node; PostgreSQL's own default limit is 100 for all clients.
+const MAX_CONNECTIONS: u32 = 10;
+
+/// The PostgreSQL store. Cheap to clone (a pool).
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to `url` and brings the schema up to date, in the server's default
+    /// `search_path` (normally `public`).
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        Self::connect_options(parse_url(url)?).await
+    }
+
+    /// Connects to `url` with every table in `schema` (created if missing) instead
+    /// of the default `search_path`, and brings that schema up to date.
+    ///
+    /// Tests use it to give each test its own schema in one database, so they can
+    /// run in parallel and be dropped afterwards (`DROP SCHEMA … CASCADE`); a
+    /// deployment could use it to share a database with other applications. The
+    /// name must be a plain lowercase identifier (`[a-z_][a-z0-9_]*`, at most 63
+    /// characters).
+    pub async fn connect_with_schema(url: &str, schema: &str) -> StoreResult<Self> {
+        let plain = schema.len() <= 63
+            && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !plain {
+            return Err(StoreError::Backend(format!(
+                "invalid PostgreSQL schema name {schema:?}"
+            )));
+        }
+        let options = parse_url(url)?.options([("search_path", schema)]);
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        // The name was checked above, so it can be spliced in unquoted.
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .execute(&pool)
+            .await
+            .map_err(backend)?;
+        Self::migrate(pool).await
+    }
+
+    async fn connect_options(options: PgConnectOptions) -> StoreResult<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        Self::migrate(pool).await
+    }
+
+    async fn migrate(pool: PgPool) -> StoreResult<Self> {
+        MIGRATOR.run(&pool).await.map_err(common::migrate_error)?;
+        Ok(Self { pool })
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Parses a connection URL. The error never repeats the URL: it may hold a password.
+fn parse_url(url: &str) -> StoreResult<PgConnectOptions> {
+    PgConnectOptions::from_str(url)
+        .map_err(|_| StoreError::Backend("invalid PostgreSQL connection URL".into()))
+}
+
+/// A rollup query: the summed counters, optionally with a bucket start column.
+fn rollup_query<'a>(bucket_expr: Option<&str>) -> QueryBuilder<'a, Postgres> {
+    let mut qb = QueryBuilder::new("SELECT ");
+    if let Some(expr) = bucket_expr {
+        qb.push(expr).push(" AS bucket_start, ");
+    }
+    for (i, c) in common::COUNTERS.iter().enumerate() {
+        if i > 0 {
+            qb.push(", ");
+        }
+        // SUM(BIGINT) is NUMERIC in PostgreSQL.
+        qb.push(format_args!("CAST(COALESCE(SUM({c}), 0) AS BIGINT) AS {c}"));
+    }
+    qb.push(" FROM usage_hourly");
+    qb
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn create_org(&self, name: &str, now_ms: i64) -> StoreResult<Org> {
+        let org = Org {
+            id: OrgId::generate(),
+            name: name.to_owned(),
+            created_at: now_ms,
+        };
+        sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3)")
+            .bind(org.id.as_str())
+            .bind(&org.name)
+            .bind(org.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| write_error(e, "org", "org"))?;
+        Ok(org)
+    }
+
+    async fn org_by_name(&self, name: &str) -> StoreResult<Option<Org>> {
+        let sql = format!("SELECT {} FROM orgs WHERE name = $1", common::ORG_COLUMNS);
+        let row = sqlx::query(&sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(common::org).transpose()
+    }
+
+    async fn get_org(&self, id: &OrgId) -> StoreResult<Option<Org>> {
+        let sql = format!("SELECT {} FROM orgs WHERE id = $1", common::ORG_COLUMNS);
+        let row = sqlx::query(&sql)
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(common::org).transpose()
+    }
+
+    async fn list_orgs(&self) -> StoreResult<Vec<Org>> {
+        let sql = format!(
+            "SELECT {} FROM orgs ORDER BY created_at, id",
+            common::ORG_COLUMNS
+        );
+        let rows = sqlx::query(&sql)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(common::org).collect()
+    }
+
+    async fn create_project(&self, org: &OrgId, name: &str, now_ms: i64) -> StoreResult<Project> {
+        let project = Project {
+            id: ProjectId::generate(),
+            org_id: org.clone(),
+            name: name.to_owned(),
+            created_at: now_ms,
+        };
+        sqlx::query("INSERT INTO projects (id, org_id, name, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(project.id.as_str())
+            .bind(project.org_id.as_str())
+            .bind(&project.name)
+            .bind(project.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| write_error(e, "project", "org"))?;
+        Ok(project)
+    }
+
+    async fn project_by_name(&self, org: &OrgId, name: &str) -> StoreResult<Option<Project>> {
+        let sql = format!(
+            "SELECT {} FROM projects WHERE org_id = $1 AND name = $2",
+            common::PROJECT_COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(org.as_str())
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(common::project).transpose()
+    }
+
+    async fn get_project(&self, id: &ProjectId) -> StoreResult<Option<Project>> {
+        let sql = format!(
+            "SELECT {} FROM projects WHERE id = $1",
+            common::PROJECT_COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(common::project).transpose()
+    }
+
+    async fn list_projects(&self, org: Option<&OrgId>) -> StoreResult<Vec<Project>> {
+        let mut qb = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {} FROM projects",
+            common::PROJECT_COLUMNS
+        ));
+        if let Some(org) = org {
+            qb.push(" WHERE org_id = ").push_bind(org.as_str());
+        }
+        qb.push(" ORDER BY created_at, id");
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter().map(common::project).collect()
+    }
+
+    async fn create_key(&self, key: &NewKey) -> StoreResult<KeyRecord> {
+        let hash_hex = common::canonical_hash(&key.hash_hex)?;
+        let tags = common::encode_tags(&key.tags)?;
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // The org is taken from the project, so a key can never disagree with it.
+        let org_id: Option<String> = sqlx::query_scalar(
+            "INSERT INTO keys (id, project_id, org_id, name, hint, status, tags, created_by, created_at, expires_at) \
+             SELECT $1, p.id, p.org_id, $2, $3, 'active', $4, $5, $6, $7 FROM projects p WHERE p.id = $8 \
+             RETURNING org_id",
+        )
+        .bind(key.id.as_str())
+        .bind(&key.name)
+        .bind(&key.hint)
+        .bind(&tags)
+        .bind(key.created_by.as_deref())
+        .bind(key.created_at)
+        .bind(key.expires_at)
+        .bind(key.project_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| write_error(e, "key", "project"))?;
+        let org_id = org_id.ok_or(StoreError::NotFound("project"))?;
+        sqlx::query(
+            "INSERT INTO key_secrets (hash_hex, key_id, hint, created_at, expires_at) VALUES ($1, $2, $3, $4, NULL)",
+        )
+        .bind(&hash_hex)
+        .bind(key.id.as_str())
+        .bind(&key.hint)
+        .bind(key.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| write_error(e, "key", "key"))?;
+        tx.commit().await.map_err(backend)?;
+        Ok(KeyRecord {
+            id: key.id.clone(),
+            project_id: key.project_id.clone(),
+            org_id: OrgId::from_trusted(org_id),
+            name: key.name.clone(),
+            hint: key.hint.clone(),
+            status: KeyStatus::Active,
+            tags: key.tags.clone(),
+            created_by: key.created_by.clone(),
+            created_at: key.created_at,
+            last_used_at: None,
+            revoked_at: None,
+            expires_at: key.expires_at,
+            secret_expires_at: None,
+        })
+    }
+
+    async fn key_by_hash(&self, hash: &KeyHash) -> StoreResult<Option<KeyRecord>> {
+        let sql = format!(
+            "SELECT {}, s.secret_expires_at FROM keys \
+             JOIN (SELECT key_id, expires_at AS secret_expires_at FROM key_secrets WHERE hash_hex = $1) s \
+             ON s.key_id = keys.id",
+            common::KEY_COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(hash.to_hex())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(|r| common::key(r, true)).transpose()
+    }
+
+    async fn get_key(&self, id: &KeyId) -> StoreResult<Option<KeyRecord>> {
+        let sql = format!("SELECT {} FROM keys WHERE id = $1", common::KEY_COLUMNS);
+        let row = sqlx::query(&sql)
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(|r| common::key(r, false)).transpose()
+    }
+
+    async fn list_keys(&self, project: Option<&ProjectId>) -> StoreResult<Vec<KeyRecord>> {
+        let mut qb =
+            QueryBuilder::<Postgres>::new(format!("SELECT {} FROM keys", common::KEY_COLUMNS));
+        if let Some(project) = project {
+            qb.push(" WHERE project_id = ").push_bind(project.as_str());
+        }
+        qb.push(" ORDER BY created_at, id");
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter().map(|r| common::key(r, false)).collect()
+    }
+
+    async fn set_key_status(
+        &self,
+        id: &KeyId,
+        status: KeyStatus,
+        now_ms: i64,
+    ) -> StoreResult<KeyRecord> {
+        // `revoked_at` records when the key first left `active`; going back to
+        // `active` clears it.
+        let sql = format!(
+            "UPDATE keys SET status = $1, \
+             revoked_at = CASE WHEN $1 = 'active' THEN NULL ELSE COALESCE(revoked_at, $2) END \
+             WHERE id = $3 RETURNING {}",
+            common::KEY_COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(status.as_str())
+            .bind(now_ms)
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        let row = row.ok_or(StoreError::NotFound("key"))?;
+        common::key(&row, false)
+    }
+
+    async fn delete_key(&self, id: &KeyId) -> StoreResult<()> {
+        // Secrets go with the key (ON DELETE CASCADE); usage has no foreign key.
+        let done = sqlx::query("DELETE FROM keys WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("key"));
+        }
+        Ok(())
+    }
+
+    async fn touch_keys(&self, last_used: &[(KeyId, i64)]) -> StoreResult<()> {
+        let uses = common::latest_uses(last_used);
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let (ids, times): (Vec<&str>, Vec<i64>) = uses.into_iter().unzip();
+        // Lock the rows in id order first: two nodes touching overlapping keys then
+        // queue instead of deadlocking.
+        sqlx::query(
+            "WITH v AS (SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[]) AS v (id, at)), \
+             locked AS (SELECT keys.id FROM keys JOIN v ON v.id = keys.id ORDER BY keys.id FOR UPDATE OF keys) \
+             UPDATE keys SET last_used_at = v.at FROM v, locked \
+             WHERE keys.id = v.id AND locked.id = v.id \
+             AND (keys.last_used_at IS NULL OR keys.last_used_at < v.at)",
+        )
+        .bind(&ids)
+        .bind(&times)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn create_admin_key(&self, key: &NewAdminKey) -> StoreResult<AdminKey> {
+        let hash_hex = common::canonical_hash(&key.hash_hex)?;
+        sqlx::query(
+            "INSERT INTO admin_keys (id, name, hash_hex, hint, status, created_at) \
+             VALUES ($1, $2, $3, $4, 'active', $5)",
+        )
+        .bind(key.id.as_str())
+        .bind(&key.name)
+        .bind(&hash_hex)
+        .bind(&key.hint)
+        .bind(key.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| write_error(e, "admin key", "admin key"))?;
+        Ok(AdminKey {
+            id: key.id.clone(),
+            name: key.name.clone(),
+            hint: key.hint.clone(),
+            status: KeyStatus::Active,
+            created_at: key.created_at,
+        })
+    }
+
+    async fn admin_key_by_hash(&self, hash: &KeyHash) -> StoreResult<Option<AdminKey>> {
+        let sql = format!(
+            "SELECT {} FROM admin_keys WHERE hash_hex = $1",
+            common::ADMIN_KEY_COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(hash.to_hex())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(common::admin_key).transpose()
+    }
+
+    async fn count_admin_keys(&self) -> StoreResult<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM admin_keys")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)
+    }
+
+    async fn insert_usage(&self, events: &[UsageEvent]) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let deltas = common::hourly_deltas(events);
+        let events = EventColumns::new(events);
+        let rollups = RollupColumns::new(&deltas);
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query(&format!(
+            "INSERT INTO usage_events ({}) SELECT * FROM UNNEST(\
+             $1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[], $7::INTEGER[], \
+             $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], $13::BIGINT[], \
+             $14::BIGINT[], $15::TEXT[], $16::BOOLEAN[], $17::BOOLEAN[])",
+            common::USAGE_EVENT_COLUMNS
+        ))
+        .bind(&events.key_id)
+        .bind(&events.project_id)
+        .bind(&events.org_id)
+        .bind(&events.at)
+        .bind(&events.endpoint)
+        .bind(&events.model)
+        .bind(&events.status)
+        .bind(&events.input_tokens)
+        .bind(&events.cached_input_tokens)
+        .bind(&events.output_tokens)
+        .bind(&events.reasoning_tokens)
+        .bind(&events.cost_micros)
+        .bind(&events.upstream_latency_ms)
+        .bind(&events.total_latency_ms)
+        .bind(&events.client_ip)
+        .bind(&events.streamed)
+        .bind(&events.incomplete)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        // ORDER BY makes the row-lock order explicit (see the module docs).
+        let counters = common::COUNTERS.join(", ");
+        let updates: Vec<String> = common::COUNTERS
+            .iter()
+            .map(|c| format!("{c} = usage_hourly.{c} + excluded.{c}"))
+            .collect();
+        sqlx::query(&format!(
+            "INSERT INTO usage_hourly (key_id, hour_start, project_id, org_id, {counters}) \
+             SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[], \
+             $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[]) \
+             AS v (key_id, hour_start, project_id, org_id, {counters}) \
+             ORDER BY key_id, hour_start \
+             ON CONFLICT (key_id, hour_start) DO UPDATE SET {}",
+            updates.join(", ")
+        ))
+        .bind(&rollups.key_id)
+        .bind(&rollups.hour_start)
+        .bind(&rollups.project_id)
+        .bind(&rollups.org_id)
+        .bind(&rollups.requests)
+        .bind(&rollups.errors)
+        .bind(&rollups.input_tokens)
+        .bind(&rollups.cached_input_tokens)
+        .bind(&rollups.output_tokens)
+        .bind(&rollups.reasoning_tokens)
+        .bind(&rollups.cost_micros)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn usage_totals(&self, filter: &UsageFilter) -> StoreResult<UsageTotals> {
+        let mut qb = rollup_query(None);
+        common::push_usage_filter(
+            &mut qb,
+            filter,
+            "hour_start",
+            common::rounded_from(filter, HOUR_MS),
+        );
+        let row = qb.build().fetch_one(&self.pool).await.map_err(backend)?;
+        common::totals(&row)
+    }
+
+    async fn usage_buckets(
+        &self,
+        filter: &UsageFilter,
+        bucket: Bucket,
+    ) -> StoreResult<Vec<UsageBucket>> {
+        let (expr, width) = match bucket {
+            Bucket::Hour => ("hour_start", HOUR_MS),
+            Bucket::Day => ("hour_start - hour_start % 86400000", common::DAY_MS),
+        };
+        let mut qb = rollup_query(Some(expr));
+        common::push_usage_filter(
+            &mut qb,
+            filter,
+            "hour_start",
+            common::rounded_from(filter, width),
+        );
+        qb.push(" GROUP BY bucket_start ORDER BY bucket_start");
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok(UsageBucket {
+                    start: common::Columns::int(r, "bucket_start")?,
+                    totals: common::totals(r)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn usage_events(&self, filter: &UsageFilter, limit: i64) -> StoreResult<Vec<UsageEvent>> {
+        let mut qb = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {} FROM usage_events",
+            common::USAGE_EVENT_COLUMNS
+        ));
+        common::push_usage_filter(&mut qb, filter, "at", filter.from);
+        qb.push(" ORDER BY at DESC, seq DESC LIMIT ")
+            .push_bind(limit.max(0));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter().map(common::usage_event).collect()
+    }
+
+    async fn append_audit(&self, event: &NewAuditEvent) -> StoreResult<AuditEvent> {
+        let id = AuditId::generate();
+        sqlx::query(
+            "INSERT INTO audit_events (id, at, actor, action, target, detail) \
+             VALUES ($1, $2, $3, $4, $5, CAST($6 AS JSONB))",
+        )
+        .bind(id.as_str())
+        .bind(event.at)
+        .bind(&event.actor)
+        .bind(&event.action)
+        .bind(&event.target)
+        .bind(common::encode_detail(&event.detail)?)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| write_error(e, "audit event", "audit event"))?;
+        Ok(AuditEvent {
+            id,
+            at: event.at,
+            actor: event.actor.clone(),
+            action: event.action.clone(),
+            target: event.target.clone(),
+            detail: event.detail.clone(),
+        })
+    }
+
+    async fn list_audit(&self, target: Option<&str>, limit: i64) -> StoreResult<Vec<AuditEvent>> {
+        let mut qb = QueryBuilder::<Postgres>::new(
+            "SELECT id, at, actor, action, target, CAST(detail AS TEXT) AS detail FROM audit_events",
+        );
+        if let Some(target) = target {
+            qb.push(" WHERE target = ").push_bind(target);
+        }
+        qb.push(" ORDER BY at DESC, seq DESC LIMIT ")
+            .push_bind(limit.max(0));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter().map(common::audit_event).collect()
+    }
+}
+
+/// A usage batch as one array per column, for `UNNEST`.
+struct EventColumns<'a> {
+    key_id: Vec<&'a str>,
+    project_id: Vec<&'a str>,
+    org_id: Vec<&'a str>,
+    at: Vec<i64>,
+    endpoint: Vec<&'a str>,
+    model: Vec<&'a str>,
+    status: Vec<i32>,
+    input_tokens: Vec<i64>,
+    cached_input_tokens: Vec<i64>,
+    output_tokens: Vec<i64>,
+    reasoning_tokens: Vec<i64>,
+    cost_micros: Vec<i64>,
+    upstream_latency_ms: Vec<i64>,
+    total_latency_ms: Vec<i64>,
+    client_ip: Vec<Option<&'a str>>,
+    streamed: Vec<bool>,
+    incomplete: Vec<bool>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn new(events: &'a [UsageEvent]) -> Self {
+        let col = |f: fn(&'a UsageEvent) -> i64| events.iter().map(f).collect::<Vec<_>>();
+        Self {
+            key_id: events.iter().map(|e| e.key_id.as_str()).collect(),
+            project_id: events.iter().map(|e| e.project_id.as_str()).collect(),
+            org_id: events.iter().map(|e| e.org_id.as_str()).collect(),
+            at: col(|e| e.at),
+            endpoint: events.iter().map(|e| e.endpoint.as_str()).collect(),
+            model: events.iter().map(|e| e.model.as_str()).collect(),
+            status: events.iter().map(|e| i32::from(e.status)).collect(),
+            input_tokens: col(|e| e.input_tokens),
+            cached_input_tokens: col(|e| e.cached_input_tokens),
+            output_tokens: col(|e| e.output_tokens),
+            reasoning_tokens: col(|e| e.reasoning_tokens),
+            cost_micros: col(|e| e.cost_micros.0),
+            upstream_latency_ms: col(|e| e.upstream_latency_ms),
+            total_latency_ms: col(|e| e.total_latency_ms),
+            client_ip: events.iter().map(|e| e.client_ip.as_deref()).collect(),
+            streamed: events.iter().map(|e| e.streamed).collect(),
+            incomplete: events.iter().map(|e| e.incomplete).collect(),
+        }
+    }
+}
+
+/// Rollup deltas as one array per column, for `UNNEST`.
+struct RollupColumns<'a> {
+    key_id: Vec<&'a str>,
+    hour_start: Vec<i64>,
+    project_id: Vec<&'a str>,
+    org_id: Vec<&'a str>,
+    requests: Vec<i64>,
+    errors: Vec<i64>,
+    input_tokens: Vec<i64>,
+    cached_input_tokens: Vec<i64>,
+    output_tokens: Vec<i64>,
+    reasoning_tokens: Vec<i64>,
+    cost_micros: Vec<i64>,
+}
+
+impl<'a> RollupColumns<'a> {
+    fn new(deltas: &std::collections::BTreeMap<(&'a str, i64), common::HourlyDelta<'a>>) -> Self {
+        let col =
+            |f: fn(&UsageTotals) -> i64| deltas.values().map(|d| f(&d.totals)).collect::<Vec<_>>();
+        Self {
+            key_id: deltas.keys().map(|(k, _)| *k).collect(),
+            hour_start: deltas.keys().map(|(_, h)| *h).collect(),
+            project_id: deltas.values().map(|d| d.project_id).collect(),
+            org_id: deltas.values().map(|d| d.org_id).collect(),
+            requests: col(|t| t.requests),
+            errors: col(|t| t.errors),
+            input_tokens: col(|t| t.input_tokens),
+            cached_input_tokens: col(|t| t.cached_input_tokens),
+            output_tokens: col(|t| t.output_tokens),
+            reasoning_tokens: col(|t| t.reasoning_tokens),
+            cost_micros: col(|t| t.cost_micros),
+        }
+    }
+}

@@ -1,1 +1,550 @@
-//! SQLite backend (the embedded default). To be written.
+//! SQLite backend, the single-node default.
+//!
+//! The file is in WAL mode and is opened twice: a pool of one writer connection and
+//! a small pool of readers. Every write goes through the single writer, so writes
+//! from the server's tasks queue in-process instead of contending for SQLite's file
+//! lock (the source of `SQLITE_BUSY`), while readers proceed concurrently, as WAL
+//! allows. Every write transaction starts with a write, so it takes the lock at once
+//! and the busy timeout covers the rare other process (the CLI) writing the file.
+
+use crate::common::{self, backend, write_error, HOUR_MS};
+use crate::{
+    AdminKey, AuditEvent, Bucket, KeyRecord, KeyStatus, NewAdminKey, NewAuditEvent, NewKey, Org,
+    Project, Store, StoreError, StoreResult, UsageBucket, UsageEvent, UsageFilter, UsageTotals,
+};
+use async_trait::async_trait;
+use keyward_core::{AuditId, KeyHash, KeyId, OrgId, ProjectId};
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Sqlite};
+use std::path::Path;
+use std::time::Duration;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long a connection waits for another process's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Reader connections; reads in WAL mode do not block each other or the writer.
+const READERS: u32 = 4;
+/// Rows per multi-row INSERT: 17 columns × 1,000 stays well under SQLite's limit of
+/// 32,766 bound parameters.
+const ROWS_PER_INSERT: usize = 1_000;
+
+/// The SQLite store. Cheap to clone (two pools).
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its directory if missing) the database at `path` and
+    /// brings its schema up to date.
+    pub async fn open(path: &Path) -> StoreResult<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        // The writer is kept open for the life of the store: it also keeps the WAL
+        // and its index alive between bursts.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await
+            .map_err(backend)?;
+        MIGRATOR.run(&writer).await.map_err(common::migrate_error)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(options.pragma("query_only", "ON"))
+            .await
+            .map_err(backend)?;
+        Ok(Self { writer, reader })
+    }
+
+    /// Closes both pools, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+/// A rollup query: the summed counters, optionally with a bucket start column.
+fn rollup_query<'a>(bucket_expr: Option<&str>) -> QueryBuilder<'a, Sqlite> {
+    let mut qb = QueryBuilder::new("SELECT ");
+    if let Some(expr) = bucket_expr {
+        qb.push(expr).push(" AS bucket_start, ");
+    }
+    for (i, c) in common::COUNTERS.iter().enumerate() {
+        if i > 0 {
+            qb.push(", ");
+        }
+        qb.push(format_args!("COALESCE(SUM({c}), 0) AS {c}"));
+    }
+    qb.push(" FROM usage_hourly");
+    qb
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn create_org(&self, name: &str, now_ms: i64) -> StoreResult<Org> {
+        let org = Org {
+            id: OrgId::generate(),
+            name: name.to_owned(),
+            created_at: now_ms,
+        };
+        sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES (?, ?, ?)")
+            .bind(org.id.as_str())
+            .bind(&org.name)
+            .bind(org.created_at)
+            .execute(&self.writer)
+            .await
+            .map_err(|e| write_error(e, "org", "org"))?;
+        Ok(org)
+    }
+
+    async fn org_by_name(&self, name: &str) -> StoreResult<Option<Org>> {
+        let sql = format!("SELECT {} FROM orgs WHERE name = ?", common::ORG_COLUMNS);
+        let row = sqlx::query(&sql)
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(common::org).transpose()
+    }
+
+    async fn get_org(&self, id: &OrgId) -> StoreResult<Option<Org>> {
+        let sql = format!("SELECT {} FROM orgs WHERE id = ?", common::ORG_COLUMNS);
+        let row = sqlx::query(&sql)
+            .bind(id.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(common::org).transpose()
+    }
+
+    async fn list_orgs(&self) -> StoreResult<Vec<Org>> {
+        let sql = format!(
+            "SELECT {} FROM orgs ORDER BY created_at, id",
+            common::ORG_COLUMNS
+        );
+        let rows = sqlx::query(&sql)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(common::org).collect()
+    }
+
+    async fn create_project(&self, org: &OrgId, name: &str, now_ms: i64) -> StoreResult<Project> {
+        let project = Project {
+            id: ProjectId::generate(),
+            org_id: org.clone(),
+            name: name.to_owned(),
+            created_at: now_ms,
+        };
+        sqlx::query("INSERT INTO projects (id, org_id, name, created_at) VALUES (?, ?, ?, ?)")
+            .bind(project.id.as_str())
+            .bind(project.org_id.as_str())
+            .bind(&project.name)
+            .bind(project.created_at)
+            .execute(&self.writer)
+            .await
+            .map_err(|e| write_error(e, "project", "org"))?;
+        Ok(project)
+    }
+
+    async fn project_by_name(&self, org: &OrgId, name: &str) -> StoreResult<Option<Project>> {
+        let sql = format!(
+            "SELECT {} FROM projects WHERE org_id = ? AND name = ?",
+            common::PROJECT_COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(org.as_str())
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(common::project).transpose()
+    }
+
+    async fn get_project(&self, id: &ProjectId) -> StoreResult<Option<Project>> {
+        let sql = format!(
+            "SELECT {} FROM projects WHERE id = ?",
+            common::PROJECT_COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(id.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(common::project).transpose()
+    }
+
+    async fn list_projects(&self, org: Option<&OrgId>) -> StoreResult<Vec<Project>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {} FROM projects",
+            common::PROJECT_COLUMNS
+        ));
+        if let Some(org) = org {
+            qb.push(" WHERE org_id = ").push_bind(org.as_str());
+        }
+        qb.push(" ORDER BY created_at, id");
+        let rows = qb.build().fetch_all(&self.reader).await.map_err(backend)?;
+        rows.iter().map(common::project).collect()
+    }
+
+    async fn create_key(&self, key: &NewKey) -> StoreResult<KeyRecord> {
+        let hash_hex = common::canonical_hash(&key.hash_hex)?;
+        let tags = common::encode_tags(&key.tags)?;
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        // The org is taken from the project, so a key can never disagree with it.
+        let org_id: Option<String> = sqlx::query_scalar(
+            "INSERT INTO keys (id, project_id, org_id, name, hint, status, tags, created_by, created_at, expires_at) \
+             SELECT ?, p.id, p.org_id, ?, ?, 'active', ?, ?, ?, ? FROM projects p WHERE p.id = ? \
+             RETURNING org_id",
+        )
+        .bind(key.id.as_str())
+        .bind(&key.name)
+        .bind(&key.hint)
+        .bind(&tags)
+        .bind(key.created_by.as_deref())
+        .bind(key.created_at)
+        .bind(key.expires_at)
+        .bind(key.project_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| write_error(e, "key", "project"))?;
+        let org_id = org_id.ok_or(StoreError::NotFound("project"))?;
+        sqlx::query("INSERT INTO key_secrets (hash_hex, key_id, hint, created_at, expires_at) VALUES (?, ?, ?, ?, NULL)")
+            .bind(&hash_hex)
+            .bind(key.id.as_str())
+            .bind(&key.hint)
+            .bind(key.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| write_error(e, "key", "key"))?;
+        tx.commit().await.map_err(backend)?;
+        Ok(KeyRecord {
+            id: key.id.clone(),
+            project_id: key.project_id.clone(),
+            org_id: OrgId::from_trusted(org_id),
+            name: key.name.clone(),
+            hint: key.hint.clone(),
+            status: KeyStatus::Active,
+            tags: key.tags.clone(),
+            created_by: key.created_by.clone(),
+            created_at: key.created_at,
+            last_used_at: None,
+            revoked_at: None,
+            expires_at: key.expires_at,
+            secret_expires_at: None,
+        })
+    }
+
+    async fn key_by_hash(&self, hash: &KeyHash) -> StoreResult<Option<KeyRecord>> {
+        let sql = format!(
+            "SELECT {}, s.secret_expires_at FROM keys \
+             JOIN (SELECT key_id, expires_at AS secret_expires_at FROM key_secrets WHERE hash_hex = ?) s \
+             ON s.key_id = keys.id",
+            common::KEY_COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(hash.to_hex())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(|r| common::key(r, true)).transpose()
+    }
+
+    async fn get_key(&self, id: &KeyId) -> StoreResult<Option<KeyRecord>> {
+        let sql = format!("SELECT {} FROM keys WHERE id = ?", common::KEY_COLUMNS);
+        let row = sqlx::query(&sql)
+            .bind(id.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(|r| common::key(r, false)).transpose()
+    }
+
+    async fn list_keys(&self, project: Option<&ProjectId>) -> StoreResult<Vec<KeyRecord>> {
+        let mut qb =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {} FROM keys", common::KEY_COLUMNS));
+        if let Some(project) = project {
+            qb.push(" WHERE project_id = ").push_bind(project.as_str());
+        }
+        qb.push(" ORDER BY created_at, id");
+        let rows = qb.build().fetch_all(&self.reader).await.map_err(backend)?;
+        rows.iter().map(|r| common::key(r, false)).collect()
+    }
+
+    async fn set_key_status(
+        &self,
+        id: &KeyId,
+        status: KeyStatus,
+        now_ms: i64,
+    ) -> StoreResult<KeyRecord> {
+        // `revoked_at` records when the key first left `active`; going back to
+        // `active` clears it.
+        let sql = format!(
+            "UPDATE keys SET status = ?1, \
+             revoked_at = CASE WHEN ?1 = 'active' THEN NULL ELSE COALESCE(revoked_at, ?2) END \
+             WHERE id = ?3 RETURNING {}",
+            common::KEY_COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(status.as_str())
+            .bind(now_ms)
+            .bind(id.as_str())
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(backend)?;
+        let row = row.ok_or(StoreError::NotFound("key"))?;
+        common::key(&row, false)
+    }
+
+    async fn delete_key(&self, id: &KeyId) -> StoreResult<()> {
+        // Secrets go with the key (ON DELETE CASCADE); usage has no foreign key.
+        let done = sqlx::query("DELETE FROM keys WHERE id = ?")
+            .bind(id.as_str())
+            .execute(&self.writer)
+            .await
+            .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("key"));
+        }
+        Ok(())
+    }
+
+    async fn touch_keys(&self, last_used: &[(KeyId, i64)]) -> StoreResult<()> {
+        let uses = common::latest_uses(last_used);
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        for (id, at) in uses {
+            sqlx::query("UPDATE keys SET last_used_at = ?1 WHERE id = ?2 AND (last_used_at IS NULL OR last_used_at < ?1)")
+                .bind(at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn create_admin_key(&self, key: &NewAdminKey) -> StoreResult<AdminKey> {
+        let hash_hex = common::canonical_hash(&key.hash_hex)?;
+        sqlx::query(
+            "INSERT INTO admin_keys (id, name, hash_hex, hint, status, created_at) VALUES (?, ?, ?, ?, 'active', ?)",
+        )
+        .bind(key.id.as_str())
+        .bind(&key.name)
+        .bind(&hash_hex)
+        .bind(&key.hint)
+        .bind(key.created_at)
+        .execute(&self.writer)
+        .await
+        .map_err(|e| write_error(e, "admin key", "admin key"))?;
+        Ok(AdminKey {
+            id: key.id.clone(),
+            name: key.name.clone(),
+            hint: key.hint.clone(),
+            status: KeyStatus::Active,
+            created_at: key.created_at,
+        })
+    }
+
+    async fn admin_key_by_hash(&self, hash: &KeyHash) -> StoreResult<Option<AdminKey>> {
+        let sql = format!(
+            "SELECT {} FROM admin_keys WHERE hash_hex = ?",
+            common::ADMIN_KEY_COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(hash.to_hex())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(common::admin_key).transpose()
+    }
+
+    async fn count_admin_keys(&self) -> StoreResult<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM admin_keys")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(backend)
+    }
+
+    async fn insert_usage(&self, events: &[UsageEvent]) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let deltas = common::hourly_deltas(events);
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        for chunk in events.chunks(ROWS_PER_INSERT) {
+            let mut qb = QueryBuilder::<Sqlite>::new(format!(
+                "INSERT INTO usage_events ({}) ",
+                common::USAGE_EVENT_COLUMNS
+            ));
+            qb.push_values(chunk, |mut row, e| {
+                row.push_bind(e.key_id.as_str())
+                    .push_bind(e.project_id.as_str())
+                    .push_bind(e.org_id.as_str())
+                    .push_bind(e.at)
+                    .push_bind(e.endpoint.as_str())
+                    .push_bind(e.model.as_str())
+                    .push_bind(i32::from(e.status))
+                    .push_bind(e.input_tokens)
+                    .push_bind(e.cached_input_tokens)
+                    .push_bind(e.output_tokens)
+                    .push_bind(e.reasoning_tokens)
+                    .push_bind(e.cost_micros.0)
+                    .push_bind(e.upstream_latency_ms)
+                    .push_bind(e.total_latency_ms)
+                    .push_bind(e.client_ip.as_deref())
+                    .push_bind(e.streamed)
+                    .push_bind(e.incomplete);
+            });
+            qb.build().execute(&mut *tx).await.map_err(backend)?;
+        }
+        let deltas: Vec<_> = deltas.into_iter().collect();
+        for chunk in deltas.chunks(ROWS_PER_INSERT) {
+            let mut qb = QueryBuilder::<Sqlite>::new(format!(
+                "INSERT INTO usage_hourly (key_id, hour_start, project_id, org_id, {}) ",
+                common::COUNTERS.join(", ")
+            ));
+            qb.push_values(chunk, |mut row, ((key, hour), d)| {
+                let t = &d.totals;
+                row.push_bind(*key)
+                    .push_bind(*hour)
+                    .push_bind(d.project_id)
+                    .push_bind(d.org_id)
+                    .push_bind(t.requests)
+                    .push_bind(t.errors)
+                    .push_bind(t.input_tokens)
+                    .push_bind(t.cached_input_tokens)
+                    .push_bind(t.output_tokens)
+                    .push_bind(t.reasoning_tokens)
+                    .push_bind(t.cost_micros);
+            });
+            qb.push(" ON CONFLICT (key_id, hour_start) DO UPDATE SET ");
+            for (i, c) in common::COUNTERS.iter().enumerate() {
+                if i > 0 {
+                    qb.push(", ");
+                }
+                qb.push(format_args!("{c} = usage_hourly.{c} + excluded.{c}"));
+            }
+            qb.build().execute(&mut *tx).await.map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn usage_totals(&self, filter: &UsageFilter) -> StoreResult<UsageTotals> {
+        let mut qb = rollup_query(None);
+        common::push_usage_filter(
+            &mut qb,
+            filter,
+            "hour_start",
+            common::rounded_from(filter, HOUR_MS),
+        );
+        let row = qb.build().fetch_one(&self.reader).await.map_err(backend)?;
+        common::totals(&row)
+    }
+
+    async fn usage_buckets(
+        &self,
+        filter: &UsageFilter,
+        bucket: Bucket,
+    ) -> StoreResult<Vec<UsageBucket>> {
+        let (expr, width) = match bucket {
+            Bucket::Hour => ("hour_start", HOUR_MS),
+            Bucket::Day => ("hour_start - hour_start % 86400000", common::DAY_MS),
+        };
+        let mut qb = rollup_query(Some(expr));
+        common::push_usage_filter(
+            &mut qb,
+            filter,
+            "hour_start",
+            common::rounded_from(filter, width),
+        );
+        qb.push(" GROUP BY bucket_start ORDER BY bucket_start");
+        let rows = qb.build().fetch_all(&self.reader).await.map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok(UsageBucket {
+                    start: common::Columns::int(r, "bucket_start")?,
+                    totals: common::totals(r)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn usage_events(&self, filter: &UsageFilter, limit: i64) -> StoreResult<Vec<UsageEvent>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {} FROM usage_events",
+            common::USAGE_EVENT_COLUMNS
+        ));
+        common::push_usage_filter(&mut qb, filter, "at", filter.from);
+        qb.push(" ORDER BY at DESC, seq DESC LIMIT ")
+            .push_bind(limit.max(0));
+        let rows = qb.build().fetch_all(&self.reader).await.map_err(backend)?;
+        rows.iter().map(common::usage_event).collect()
+    }
+
+    async fn append_audit(&self, event: &NewAuditEvent) -> StoreResult<AuditEvent> {
+        let id = AuditId::generate();
+        sqlx::query("INSERT INTO audit_events (id, at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(id.as_str())
+            .bind(event.at)
+            .bind(&event.actor)
+            .bind(&event.action)
+            .bind(&event.target)
+            .bind(common::encode_detail(&event.detail)?)
+            .execute(&self.writer)
+            .await
+            .map_err(|e| write_error(e, "audit event", "audit event"))?;
+        Ok(AuditEvent {
+            id,
+            at: event.at,
+            actor: event.actor.clone(),
+            action: event.action.clone(),
+            target: event.target.clone(),
+            detail: event.detail.clone(),
+        })
+    }
+
+    async fn list_audit(&self, target: Option<&str>, limit: i64) -> StoreResult<Vec<AuditEvent>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT id, at, actor, action, target, detail FROM audit_events",
+        );
+        if let Some(target) = target {
+            qb.push(" WHERE target = ").push_bind(target);
+        }
+        qb.push(" ORDER BY at DESC, seq DESC LIMIT ")
+            .push_bind(limit.max(0));
+        let rows = qb.build().fetch_all(&self.reader).await.map_err(backend)?;
+        rows.iter().map(common::audit_event).collect()
+    }
+}

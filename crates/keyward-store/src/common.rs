@@ -1,0 +1,413 @@
+//! What the two backends share: error mapping, row decoding, and the Rust side of
+//! usage batching. SQL stays in each backend's module, in its own dialect.
+
+use crate::{
+    AdminKey, AuditEvent, KeyRecord, KeyStatus, Org, Project, StoreError, StoreResult, UsageEvent,
+    UsageFilter, UsageTotals,
+};
+use keyward_core::{AuditId, KeyHash, KeyId, Micros, OrgId, ProjectId};
+use sqlx::error::ErrorKind;
+use sqlx::{Database, Encode, QueryBuilder, Row, Type};
+use std::collections::BTreeMap;
+
+/// Milliseconds in an hour and in a day, the rollup and bucket widths.
+pub(crate) const HOUR_MS: i64 = 3_600_000;
+pub(crate) const DAY_MS: i64 = 86_400_000;
+
+/// Any database failure without a domain meaning. The text is for logs: it holds
+/// SQL error messages, never key material (the store only ever sees hashes).
+pub(crate) fn backend(e: sqlx::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// Maps a failed write: a unique violation means `duplicate` already exists, a
+/// foreign-key violation means the parent record `missing` does not.
+pub(crate) fn write_error(
+    e: sqlx::Error,
+    duplicate: &'static str,
+    missing: &'static str,
+) -> StoreError {
+    if let sqlx::Error::Database(db) = &e {
+        match db.kind() {
+            ErrorKind::UniqueViolation => return StoreError::Duplicate(duplicate),
+            ErrorKind::ForeignKeyViolation => return StoreError::NotFound(missing),
+            _ => {}
+        }
+    }
+    backend(e)
+}
+
+pub(crate) fn migrate_error(e: sqlx::migrate::MigrateError) -> StoreError {
+    StoreError::Backend(format!("running migrations: {e}"))
+}
+
+/// The canonical (lowercase hex) form of a secret hash, so that lookups by
+/// [`KeyHash::to_hex`] always find what was stored.
+pub(crate) fn canonical_hash(hash_hex: &str) -> StoreResult<String> {
+    KeyHash::from_hex(hash_hex)
+        .map(|h| h.to_hex())
+        .ok_or_else(|| StoreError::Backend("key hash is not 64 hex characters".into()))
+}
+
+pub(crate) fn encode_tags(tags: &[String]) -> StoreResult<String> {
+    serde_json::to_string(tags).map_err(|e| StoreError::Backend(format!("encoding tags: {e}")))
+}
+
+pub(crate) fn encode_detail(detail: &serde_json::Value) -> StoreResult<String> {
+    serde_json::to_string(detail)
+        .map_err(|e| StoreError::Backend(format!("encoding audit detail: {e}")))
+}
+
+/// Typed column access with errors already mapped, implemented for both backends'
+/// rows so that records are decoded by one function each.
+pub(crate) trait Columns {
+    fn text(&self, col: &str) -> StoreResult<String>;
+    fn opt_text(&self, col: &str) -> StoreResult<Option<String>>;
+    fn int(&self, col: &str) -> StoreResult<i64>;
+    fn opt_int(&self, col: &str) -> StoreResult<Option<i64>>;
+    fn int32(&self, col: &str) -> StoreResult<i32>;
+    fn flag(&self, col: &str) -> StoreResult<bool>;
+}
+
+macro_rules! impl_columns {
+    ($row:ty) => {
+        impl Columns for $row {
+            fn text(&self, col: &str) -> StoreResult<String> {
+                self.try_get(col).map_err(backend)
+            }
+            fn opt_text(&self, col: &str) -> StoreResult<Option<String>> {
+                self.try_get(col).map_err(backend)
+            }
+            fn int(&self, col: &str) -> StoreResult<i64> {
+                self.try_get(col).map_err(backend)
+            }
+            fn opt_int(&self, col: &str) -> StoreResult<Option<i64>> {
+                self.try_get(col).map_err(backend)
+            }
+            fn int32(&self, col: &str) -> StoreResult<i32> {
+                self.try_get(col).map_err(backend)
+            }
+            fn flag(&self, col: &str) -> StoreResult<bool> {
+                self.try_get(col).map_err(backend)
+            }
+        }
+    };
+}
+
+impl_columns!(sqlx::sqlite::SqliteRow);
+impl_columns!(sqlx::postgres::PgRow);
+
+fn status(row: &impl Columns) -> StoreResult<KeyStatus> {
+    let s = row.text("status")?;
+    KeyStatus::parse(&s)
+        .ok_or_else(|| StoreError::Backend(format!("unknown key status {s:?} in storage")))
+}
+
+/// Columns selected for an [`Org`].
+pub(crate) const ORG_COLUMNS: &str = "id, name, created_at";
+
+pub(crate) fn org(row: &impl Columns) -> StoreResult<Org> {
+    Ok(Org {
+        id: OrgId::from_trusted(row.text("id")?),
+        name: row.text("name")?,
+        created_at: row.int("created_at")?,
+    })
+}
+
+/// Columns selected for a [`Project`].
+pub(crate) const PROJECT_COLUMNS: &str = "id, org_id, name, created_at";
+
+pub(crate) fn project(row: &impl Columns) -> StoreResult<Project> {
+    Ok(Project {
+        id: ProjectId::from_trusted(row.text("id")?),
+        org_id: OrgId::from_trusted(row.text("org_id")?),
+        name: row.text("name")?,
+        created_at: row.int("created_at")?,
+    })
+}
+
+/// Columns selected for a [`KeyRecord`], all from `keys`.
+pub(crate) const KEY_COLUMNS: &str =
+    "id, project_id, org_id, name, hint, status, tags, created_by, \
+     created_at, last_used_at, revoked_at, expires_at";
+
+/// Decodes a key; `secret_expires_at` is read only when the query looked the key up
+/// by one of its secrets (and then selected that column).
+pub(crate) fn key(row: &impl Columns, with_secret: bool) -> StoreResult<KeyRecord> {
+    let tags = row.text("tags")?;
+    Ok(KeyRecord {
+        id: KeyId::from_trusted(row.text("id")?),
+        project_id: ProjectId::from_trusted(row.text("project_id")?),
+        org_id: OrgId::from_trusted(row.text("org_id")?),
+        name: row.text("name")?,
+        hint: row.text("hint")?,
+        status: status(row)?,
+        tags: serde_json::from_str(&tags)
+            .map_err(|e| StoreError::Backend(format!("decoding stored key tags: {e}")))?,
+        created_by: row.opt_text("created_by")?,
+        created_at: row.int("created_at")?,
+        last_used_at: row.opt_int("last_used_at")?,
+        revoked_at: row.opt_int("revoked_at")?,
+        expires_at: row.opt_int("expires_at")?,
+        secret_expires_at: if with_secret {
+            row.opt_int("secret_expires_at")?
+        } else {
+            None
+        },
+    })
+}
+
+/// Columns selected for an [`AdminKey`].
+pub(crate) const ADMIN_KEY_COLUMNS: &str = "id, name, hint, status, created_at";
+
+pub(crate) fn admin_key(row: &impl Columns) -> StoreResult<AdminKey> {
+    Ok(AdminKey {
+        id: KeyId::from_trusted(row.text("id")?),
+        name: row.text("name")?,
+        hint: row.text("hint")?,
+        status: status(row)?,
+        created_at: row.int("created_at")?,
+    })
+}
+
+/// Columns of `usage_events` in the order both backends insert them.
+pub(crate) const USAGE_EVENT_COLUMNS: &str =
+    "key_id, project_id, org_id, at, endpoint, model, status, \
+     input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, cost_micros, \
+     upstream_latency_ms, total_latency_ms, client_ip, streamed, incomplete";
+
+pub(crate) fn usage_event(row: &impl Columns) -> StoreResult<UsageEvent> {
+    let status = row.int32("status")?;
+    Ok(UsageEvent {
+        key_id: KeyId::from_trusted(row.text("key_id")?),
+        project_id: ProjectId::from_trusted(row.text("project_id")?),
+        org_id: OrgId::from_trusted(row.text("org_id")?),
+        at: row.int("at")?,
+        endpoint: row.text("endpoint")?,
+        model: row.text("model")?,
+        status: u16::try_from(status).map_err(|_| {
+            StoreError::Backend(format!("HTTP status {status} out of range in storage"))
+        })?,
+        input_tokens: row.int("input_tokens")?,
+        cached_input_tokens: row.int("cached_input_tokens")?,
+        output_tokens: row.int("output_tokens")?,
+        reasoning_tokens: row.int("reasoning_tokens")?,
+        cost_micros: Micros(row.int("cost_micros")?),
+        upstream_latency_ms: row.int("upstream_latency_ms")?,
+        total_latency_ms: row.int("total_latency_ms")?,
+        client_ip: row.opt_text("client_ip")?,
+        streamed: row.flag("streamed")?,
+        incomplete: row.flag("incomplete")?,
+    })
+}
+
+/// The counters of `usage_hourly`, each summed as a column of the same name.
+pub(crate) const COUNTERS: [&str; 7] = [
+    "requests",
+    "errors",
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost_micros",
+];
+
+pub(crate) fn totals(row: &impl Columns) -> StoreResult<UsageTotals> {
+    Ok(UsageTotals {
+        requests: row.int("requests")?,
+        errors: row.int("errors")?,
+        input_tokens: row.int("input_tokens")?,
+        cached_input_tokens: row.int("cached_input_tokens")?,
+        output_tokens: row.int("output_tokens")?,
+        reasoning_tokens: row.int("reasoning_tokens")?,
+        cost_micros: row.int("cost_micros")?,
+    })
+}
+
+/// Columns selected for an [`AuditEvent`]; `detail` must come back as JSON text.
+pub(crate) fn audit_event(row: &impl Columns) -> StoreResult<AuditEvent> {
+    let detail = row.text("detail")?;
+    Ok(AuditEvent {
+        id: AuditId::from_trusted(row.text("id")?),
+        at: row.int("at")?,
+        actor: row.text("actor")?,
+        action: row.text("action")?,
+        target: row.text("target")?,
+        detail: serde_json::from_str(&detail)
+            .map_err(|e| StoreError::Backend(format!("decoding stored audit detail: {e}")))?,
+    })
+}
+
+/// One row of `usage_hourly` to add to.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct HourlyDelta<'a> {
+    pub project_id: &'a str,
+    pub org_id: &'a str,
+    pub totals: UsageTotals,
+}
+
+/// Sums a batch per (key, hour) so that each rollup row is written once per batch.
+/// Sorted by key then hour: every transaction then locks rollup rows in the same
+/// order, so concurrent batches cannot deadlock on PostgreSQL.
+pub(crate) fn hourly_deltas(events: &[UsageEvent]) -> BTreeMap<(&str, i64), HourlyDelta<'_>> {
+    let mut out: BTreeMap<(&str, i64), HourlyDelta<'_>> = BTreeMap::new();
+    for e in events {
+        let hour = keyward_core::clock::hour_start(e.at);
+        let d = out
+            .entry((e.key_id.as_str(), hour))
+            .or_insert_with(|| HourlyDelta {
+                project_id: e.project_id.as_str(),
+                org_id: e.org_id.as_str(),
+                totals: UsageTotals::default(),
+            });
+        let t = &mut d.totals;
+        t.requests += 1;
+        t.errors += i64::from(e.status >= 400);
+        t.input_tokens += e.input_tokens;
+        t.cached_input_tokens += e.cached_input_tokens;
+        t.output_tokens += e.output_tokens;
+        t.reasoning_tokens += e.reasoning_tokens;
+        t.cost_micros += e.cost_micros.0;
+    }
+    out
+}
+
+/// The latest use per key, sorted by key id (a stable lock order).
+pub(crate) fn latest_uses(last_used: &[(KeyId, i64)]) -> BTreeMap<&str, i64> {
+    let mut out: BTreeMap<&str, i64> = BTreeMap::new();
+    for (id, at) in last_used {
+        let t = out.entry(id.as_str()).or_insert(*at);
+        *t = (*t).max(*at);
+    }
+    out
+}
+
+/// Appends ` WHERE …` for the filter's key, project and org, and for `time_col` in
+/// `[from, to)`. Only present conditions are written, so each shape of filter gets
+/// a plan that uses the matching index.
+pub(crate) fn push_usage_filter<'a, DB>(
+    qb: &mut QueryBuilder<'a, DB>,
+    filter: &'a UsageFilter,
+    time_col: &str,
+    from: Option<i64>,
+) where
+    DB: Database,
+    &'a str: Encode<'a, DB> + Type<DB>,
+    i64: Encode<'a, DB> + Type<DB>,
+{
+    let mut first = true;
+    let mut and = |qb: &mut QueryBuilder<'a, DB>| {
+        qb.push(if first { " WHERE " } else { " AND " });
+        first = false;
+    };
+    if let Some(key) = &filter.key {
+        and(qb);
+        qb.push("key_id = ").push_bind(key.as_str());
+    }
+    if let Some(project) = &filter.project {
+        and(qb);
+        qb.push("project_id = ").push_bind(project.as_str());
+    }
+    if let Some(org) = &filter.org {
+        and(qb);
+        qb.push("org_id = ").push_bind(org.as_str());
+    }
+    if let Some(from) = from {
+        and(qb);
+        qb.push(time_col).push(" >= ").push_bind(from);
+    }
+    if let Some(to) = filter.to {
+        and(qb);
+        qb.push(time_col).push(" < ").push_bind(to);
+    }
+}
+
+/// Where a rollup query starts: `from` rounded down to the bucket width.
+pub(crate) fn rounded_from(filter: &UsageFilter, width_ms: i64) -> Option<i64> {
+    filter.from.map(|f| f - f.rem_euclid(width_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(key: &KeyId, at: i64, status: u16, input: i64) -> UsageEvent {
+        UsageEvent {
+            key_id: key.clone(),
+            project_id: ProjectId::from_trusted("prj_a".into()),
+            org_id: OrgId::from_trusted("org_a".into()),
+            at,
+            endpoint: "/v1/chat/completions".into(),
+            model: "m".into(),
+            status,
+            input_tokens: input,
+            cached_input_tokens: 1,
+            output_tokens: 2,
+            reasoning_tokens: 0,
+            cost_micros: Micros(10),
+            upstream_latency_ms: 0,
+            total_latency_ms: 0,
+            client_ip: None,
+            streamed: false,
+            incomplete: false,
+        }
+    }
+
+    #[test]
+    fn deltas_sum_per_key_and_hour() {
+        let (a, b) = (
+            KeyId::from_trusted("key_a".into()),
+            KeyId::from_trusted("key_b".into()),
+        );
+        let events = [
+            event(&b, HOUR_MS + 5, 200, 3),
+            event(&a, 10, 500, 1),
+            event(&a, HOUR_MS - 1, 404, 2),
+            event(&a, HOUR_MS, 200, 4),
+        ];
+        let d = hourly_deltas(&events);
+        let keys: Vec<_> = d.keys().copied().collect();
+        assert_eq!(keys, [("key_a", 0), ("key_a", HOUR_MS), ("key_b", HOUR_MS)]);
+        let first = &d[&("key_a", 0)].totals;
+        assert_eq!(
+            (
+                first.requests,
+                first.errors,
+                first.input_tokens,
+                first.cost_micros
+            ),
+            (2, 2, 3, 20)
+        );
+        assert_eq!(d[&("key_a", HOUR_MS)].totals.errors, 0);
+    }
+
+    #[test]
+    fn latest_use_wins() {
+        let a = KeyId::from_trusted("key_a".into());
+        let reports = [(a.clone(), 5), (a.clone(), 9), (a, 7)];
+        assert_eq!(
+            latest_uses(&reports).into_iter().collect::<Vec<_>>(),
+            [("key_a", 9)]
+        );
+    }
+
+    #[test]
+    fn hashes_are_stored_lowercase() {
+        let h = KeyHash::of("kwk_x");
+        assert_eq!(
+            canonical_hash(&h.to_hex().to_uppercase()).ok(),
+            Some(h.to_hex())
+        );
+        assert!(matches!(canonical_hash("zz"), Err(StoreError::Backend(_))));
+    }
+
+    #[test]
+    fn from_rounds_down_to_the_bucket() {
+        let f = UsageFilter {
+            from: Some(DAY_MS + HOUR_MS + 5),
+            ..Default::default()
+        };
+        assert_eq!(rounded_from(&f, HOUR_MS), Some(DAY_MS + HOUR_MS));
+        assert_eq!(rounded_from(&f, DAY_MS), Some(DAY_MS));
+    }
+}

@@ -1,0 +1,512 @@
+//! Usage events and their hourly rollups.
+
+use crate::support::{event, key_in_new_project};
+use keyward_core::clock::hour_start;
+use keyward_core::Micros;
+use keyward_store::{
+    Bucket, KeyRecord, SharedStore, UsageBucket, UsageEvent, UsageFilter, UsageTotals,
+};
+use std::collections::BTreeMap;
+
+store_tests!(
+    rollups_are_exact_across_hours_and_days,
+    rollup_time_bounds_count_whole_hours,
+    filters_scope_usage_to_key_project_and_org,
+    raw_events_round_trip_newest_first,
+    a_batch_of_5000_events_is_counted_exactly_once,
+    concurrent_batches_are_all_counted,
+);
+
+const H: i64 = 3_600_000;
+/// 2026-11-26T00:00:00Z.
+const DAY: i64 = 1_795_737_600_000;
+
+fn with(key: &KeyRecord, at: i64, status: u16, input: i64, cost: i64) -> UsageEvent {
+    UsageEvent {
+        status,
+        input_tokens: input,
+        cost_micros: Micros(cost),
+        ..event(key, at)
+    }
+}
+
+/// What the store should report for `events`: a reference implementation.
+fn expected_totals<'a>(events: impl IntoIterator<Item = &'a UsageEvent>) -> UsageTotals {
+    let mut t = UsageTotals::default();
+    for e in events {
+        t.requests += 1;
+        t.errors += i64::from(e.status >= 400);
+        t.input_tokens += e.input_tokens;
+        t.cached_input_tokens += e.cached_input_tokens;
+        t.output_tokens += e.output_tokens;
+        t.reasoning_tokens += e.reasoning_tokens;
+        t.cost_micros += e.cost_micros.0;
+    }
+    t
+}
+
+fn expected_hours(events: &[UsageEvent]) -> Vec<UsageBucket> {
+    let mut by_hour: BTreeMap<i64, Vec<&UsageEvent>> = BTreeMap::new();
+    for e in events {
+        by_hour.entry(hour_start(e.at)).or_default().push(e);
+    }
+    by_hour
+        .into_iter()
+        .map(|(start, es)| UsageBucket {
+            start,
+            totals: expected_totals(es),
+        })
+        .collect()
+}
+
+/// Five events over four hours of two days.
+fn two_days(key: &KeyRecord) -> Vec<UsageEvent> {
+    vec![
+        with(key, DAY + H, 200, 10_000, 50_000),
+        with(key, DAY + 23 * H + 600_000, 200, 1, 1),
+        with(key, DAY + 24 * H - 1, 500, 10, 20),
+        with(key, DAY + 24 * H, 404, 100, 300),
+        with(key, DAY + 26 * H + 1, 200, 1_000, 4_000),
+    ]
+}
+
+async fn rollups_are_exact_across_hours_and_days(store: SharedStore) {
+    let key = key_in_new_project(&store, "acme", "web").await;
+    let events = two_days(&key);
+    store.insert_usage(&events).await.unwrap();
+    let all = UsageFilter::default();
+
+    let totals = store.usage_totals(&all).await.unwrap();
+    assert_eq!(
+        totals,
+        UsageTotals {
+            requests: 5,
+            errors: 2,
+            input_tokens: 11_111,
+            cached_input_tokens: 100,
+            output_tokens: 250,
+            reasoning_tokens: 25,
+            cost_micros: 54_321,
+        }
+    );
+
+    let hours = store.usage_buckets(&all, Bucket::Hour).await.unwrap();
+    let starts: Vec<i64> = hours.iter().map(|b| b.start).collect();
+    assert_eq!(starts, [DAY + H, DAY + 23 * H, DAY + 24 * H, DAY + 26 * H]);
+    assert_eq!(hours, expected_hours(&events));
+    assert_eq!(
+        (
+            hours[1].totals.requests,
+            hours[1].totals.errors,
+            hours[1].totals.cost_micros
+        ),
+        (2, 1, 21)
+    );
+
+    let days = store.usage_buckets(&all, Bucket::Day).await.unwrap();
+    assert_eq!(
+        days,
+        [
+            UsageBucket {
+                start: DAY,
+                totals: expected_totals(&events[..3])
+            },
+            UsageBucket {
+                start: DAY + 24 * H,
+                totals: expected_totals(&events[3..])
+            },
+        ]
+    );
+    assert_eq!(
+        (
+            days[0].totals.requests,
+            days[1].totals.requests,
+            days[1].totals.input_tokens
+        ),
+        (3, 2, 1_100)
+    );
+
+    // `from` rounds down to the bucket: mid-day still gets the whole first day.
+    let from_evening = UsageFilter {
+        from: Some(DAY + 23 * H + 5),
+        ..Default::default()
+    };
+    let days = store
+        .usage_buckets(&from_evening, Bucket::Day)
+        .await
+        .unwrap();
+    assert_eq!(
+        days.iter()
+            .map(|b| (b.start, b.totals.requests))
+            .collect::<Vec<_>>(),
+        [(DAY, 3), (DAY + 24 * H, 2)]
+    );
+    let hours = store
+        .usage_buckets(&from_evening, Bucket::Hour)
+        .await
+        .unwrap();
+    assert_eq!(
+        hours.iter().map(|b| b.start).collect::<Vec<_>>(),
+        [DAY + 23 * H, DAY + 24 * H, DAY + 26 * H]
+    );
+
+    // A second batch adds to the same rollup rows.
+    store.insert_usage(&events[..2]).await.unwrap();
+    let totals = store.usage_totals(&all).await.unwrap();
+    assert_eq!((totals.requests, totals.input_tokens), (7, 11_111 + 10_001));
+
+    // Nothing matches: zeros, and no buckets.
+    let before = UsageFilter {
+        to: Some(DAY),
+        ..Default::default()
+    };
+    assert_eq!(
+        store.usage_totals(&before).await.unwrap(),
+        UsageTotals::default()
+    );
+    assert_eq!(
+        store.usage_buckets(&before, Bucket::Day).await.unwrap(),
+        vec![]
+    );
+}
+
+async fn rollup_time_bounds_count_whole_hours(store: SharedStore) {
+    let key = key_in_new_project(&store, "acme", "web").await;
+    store.insert_usage(&two_days(&key)).await.unwrap();
+    let requests = |from: Option<i64>, to: Option<i64>| {
+        let store = store.clone();
+        async move {
+            store
+                .usage_totals(&UsageFilter {
+                    from,
+                    to,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .requests
+        }
+    };
+    // `from` rounds down to the hour, so the 23:10 event counts from 23:30.
+    assert_eq!(requests(Some(DAY + 23 * H + 1_800_000), None).await, 4);
+    assert_eq!(requests(Some(DAY + 24 * H + 1), None).await, 2);
+    assert_eq!(requests(Some(DAY + 27 * H), None).await, 0);
+    // `to` is exclusive and applies to hour starts.
+    assert_eq!(requests(None, Some(DAY + 24 * H)).await, 3);
+    assert_eq!(requests(None, Some(DAY + 24 * H + 1)).await, 4);
+    assert_eq!(requests(Some(DAY + 23 * H), Some(DAY + 26 * H)).await, 3);
+
+    // Raw events use the bounds exactly.
+    let raw = store
+        .usage_events(
+            &UsageFilter {
+                from: Some(DAY + 23 * H + 1_800_000),
+                to: Some(DAY + 24 * H),
+                ..Default::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        raw.iter().map(|e| e.at).collect::<Vec<_>>(),
+        [DAY + 24 * H - 1]
+    );
+}
+
+async fn filters_scope_usage_to_key_project_and_org(store: SharedStore) {
+    let k1 = key_in_new_project(&store, "a", "p1").await;
+    let org_a = store.get_org(&k1.org_id).await.unwrap().unwrap();
+    let p1 = store.get_project(&k1.project_id).await.unwrap().unwrap();
+    let (k2_new, _) = crate::support::new_key(&p1.id, "k2", 2_000);
+    let k2 = store.create_key(&k2_new).await.unwrap();
+    let k3 = key_in_new_project(&store, "a", "p2").await;
+    let k4 = key_in_new_project(&store, "b", "p1").await;
+    assert_eq!(k3.org_id, org_a.id);
+    assert_ne!(k4.org_id, org_a.id);
+
+    let mut events = Vec::new();
+    for (key, n) in [(&k1, 1), (&k2, 2), (&k3, 3), (&k4, 4)] {
+        for i in 0..n {
+            events.push(with(key, DAY + i * H, 200, n, 1));
+        }
+    }
+    store.insert_usage(&events).await.unwrap();
+
+    let requests = |filter: UsageFilter| {
+        let store = store.clone();
+        async move { store.usage_totals(&filter).await.unwrap().requests }
+    };
+    assert_eq!(requests(UsageFilter::default()).await, 10);
+    assert_eq!(
+        requests(UsageFilter {
+            key: Some(k2.id.clone()),
+            ..Default::default()
+        })
+        .await,
+        2
+    );
+    assert_eq!(
+        requests(UsageFilter {
+            project: Some(p1.id.clone()),
+            ..Default::default()
+        })
+        .await,
+        3
+    );
+    assert_eq!(
+        requests(UsageFilter {
+            project: Some(k3.project_id.clone()),
+            ..Default::default()
+        })
+        .await,
+        3
+    );
+    assert_eq!(
+        requests(UsageFilter {
+            org: Some(org_a.id.clone()),
+            ..Default::default()
+        })
+        .await,
+        6
+    );
+    assert_eq!(
+        requests(UsageFilter {
+            org: Some(k4.org_id.clone()),
+            ..Default::default()
+        })
+        .await,
+        4
+    );
+    // Conditions combine: k1 is not in p2.
+    let contradictory = UsageFilter {
+        key: Some(k1.id.clone()),
+        project: Some(k3.project_id.clone()),
+        ..Default::default()
+    };
+    assert_eq!(requests(contradictory).await, 0);
+    let org_late = UsageFilter {
+        org: Some(org_a.id.clone()),
+        from: Some(DAY + H),
+        ..Default::default()
+    };
+    assert_eq!(
+        requests(org_late.clone()).await,
+        3,
+        "k2's second and k3's second and third"
+    );
+
+    let tokens = store
+        .usage_totals(&UsageFilter {
+            org: Some(org_a.id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(tokens.input_tokens, 1 + 2 * 2 + 3 * 3);
+
+    let hours = store.usage_buckets(&org_late, Bucket::Hour).await.unwrap();
+    assert_eq!(
+        hours
+            .iter()
+            .map(|b| (b.start, b.totals.requests))
+            .collect::<Vec<_>>(),
+        [(DAY + H, 2), (DAY + 2 * H, 1)]
+    );
+
+    let raw = store
+        .usage_events(
+            &UsageFilter {
+                project: Some(k3.project_id.clone()),
+                ..Default::default()
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(raw.len(), 3);
+    assert!(raw.iter().all(|e| e.key_id == k3.id));
+    let raw = store
+        .usage_events(
+            &UsageFilter {
+                org: Some(k4.org_id.clone()),
+                ..Default::default()
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(raw.len(), 4);
+    assert!(raw.iter().all(|e| e.key_id == k4.id));
+    let raw = store
+        .usage_events(
+            &UsageFilter {
+                key: Some(k2.id.clone()),
+                ..Default::default()
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(raw.iter().map(|e| e.at).collect::<Vec<_>>(), [DAY + H, DAY]);
+}
+
+async fn raw_events_round_trip_newest_first(store: SharedStore) {
+    let key = key_in_new_project(&store, "acme", "web").await;
+    let plain = event(&key, 1_000);
+    let odd = UsageEvent {
+        at: 2_000,
+        endpoint: "/v1/responses".into(),
+        model: String::new(),
+        status: 429,
+        client_ip: None,
+        streamed: true,
+        incomplete: true,
+        reasoning_tokens: 0,
+        ..event(&key, 0)
+    };
+    let tie = UsageEvent {
+        at: 2_000,
+        status: 599,
+        model: "o3".into(),
+        ..event(&key, 0)
+    };
+    let newest = UsageEvent {
+        at: 3_000,
+        client_ip: Some("2001:db8::1".into()),
+        ..event(&key, 0)
+    };
+    store
+        .insert_usage(&[plain.clone(), odd.clone(), tie.clone()])
+        .await
+        .unwrap();
+    store
+        .insert_usage(std::slice::from_ref(&newest))
+        .await
+        .unwrap();
+
+    let all = UsageFilter::default();
+    // Equal times: the later-inserted event comes first.
+    assert_eq!(
+        store.usage_events(&all, 10).await.unwrap(),
+        vec![newest.clone(), tie.clone(), odd.clone(), plain]
+    );
+    assert_eq!(
+        store.usage_events(&all, 2).await.unwrap(),
+        vec![newest, tie]
+    );
+    assert_eq!(store.usage_events(&all, 0).await.unwrap(), vec![]);
+    assert_eq!(store.usage_totals(&all).await.unwrap().errors, 2);
+    store.insert_usage(&[]).await.unwrap();
+    assert_eq!(store.usage_totals(&all).await.unwrap().requests, 4);
+}
+
+async fn a_batch_of_5000_events_is_counted_exactly_once(store: SharedStore) {
+    let keys = [
+        key_in_new_project(&store, "acme", "a").await,
+        key_in_new_project(&store, "acme", "b").await,
+        key_in_new_project(&store, "other", "c").await,
+    ];
+    let events: Vec<UsageEvent> = (0..5_000i64)
+        .map(|i| {
+            let key = &keys[(i % 3) as usize];
+            let status = if i % 7 == 0 { 500 } else { 200 };
+            UsageEvent {
+                reasoning_tokens: i % 5,
+                ..with(key, DAY + (i % 10) * H + i, status, i, i % 13)
+            }
+        })
+        .collect();
+    store.insert_usage(&events).await.unwrap();
+
+    let all = UsageFilter::default();
+    let totals = store.usage_totals(&all).await.unwrap();
+    assert_eq!(totals, expected_totals(&events));
+    assert_eq!((totals.requests, totals.errors), (5_000, 715));
+    assert_eq!(
+        store.usage_buckets(&all, Bucket::Hour).await.unwrap(),
+        expected_hours(&events)
+    );
+    for key in &keys {
+        let mine = store
+            .usage_totals(&UsageFilter {
+                key: Some(key.id.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            mine,
+            expected_totals(events.iter().filter(|e| e.key_id == key.id))
+        );
+    }
+    assert_eq!(store.usage_events(&all, 10_000).await.unwrap().len(), 5_000);
+
+    store.insert_usage(&events).await.unwrap();
+    assert_eq!(store.usage_totals(&all).await.unwrap().requests, 10_000);
+}
+
+async fn concurrent_batches_are_all_counted(store: SharedStore) {
+    let a = key_in_new_project(&store, "acme", "a").await;
+    let b = key_in_new_project(&store, "acme", "b").await;
+    const TASKS: i64 = 16;
+    const BATCHES: i64 = 8;
+    const PER_BATCH: i64 = 25;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..TASKS {
+        let (store, a, b) = (store.clone(), a.clone(), b.clone());
+        tasks.spawn(async move {
+            for n in 0..BATCHES {
+                // Every batch hits the same few rollup rows, in different orders.
+                let batch: Vec<UsageEvent> = (0..PER_BATCH)
+                    .map(|i| {
+                        let key = if (i + t) % 2 == 0 { &a } else { &b };
+                        with(key, DAY + ((t + n + i) % 3) * H, 200, 1, 2)
+                    })
+                    .rev()
+                    .collect();
+                store.insert_usage(&batch).await.unwrap();
+                let touches = if t % 2 == 0 {
+                    [(a.id.clone(), t * 100 + n), (b.id.clone(), t * 100 + n)]
+                } else {
+                    [(b.id.clone(), t * 100 + n), (a.id.clone(), t * 100 + n)]
+                };
+                store.touch_keys(&touches).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+
+    let totals = store.usage_totals(&UsageFilter::default()).await.unwrap();
+    let n = TASKS * BATCHES * PER_BATCH;
+    assert_eq!(
+        (totals.requests, totals.input_tokens, totals.cost_micros),
+        (n, n, 2 * n)
+    );
+    let hours = store
+        .usage_buckets(&UsageFilter::default(), Bucket::Hour)
+        .await
+        .unwrap();
+    assert_eq!(hours.iter().map(|b| b.totals.requests).sum::<i64>(), n);
+    assert_eq!(hours.len(), 3);
+    assert_eq!(
+        store
+            .usage_events(&UsageFilter::default(), 100_000)
+            .await
+            .unwrap()
+            .len() as i64,
+        n
+    );
+    let last = (TASKS - 1) * 100 + BATCHES - 1;
+    assert_eq!(
+        store
+            .get_key(&a.id)
+            .await
+            .unwrap()
+            .and_then(|k| k.last_used_at),
+        Some(last)
+    );
+}
