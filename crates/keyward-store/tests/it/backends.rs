@@ -1,10 +1,13 @@
 //! What is particular to one backend: opening, files, schemas.
 
-use crate::support::{event, fresh_schema, key_in_new_project, postgres_url};
+use crate::support::{event, fresh_schema, key_in_new_project, new_key, postgres_url};
+use keyward_core::KeyHash;
 use keyward_store::postgres::PgStore;
 use keyward_store::sqlite::SqliteStore;
-use keyward_store::{SharedStore, Store, StoreError, UsageFilter};
+use keyward_store::{KeyRecord, SharedStore, Store, StoreError, UsageFilter};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::Connection;
+use std::str::FromStr;
 use std::sync::Arc;
 
 #[tokio::test]
@@ -139,6 +142,164 @@ async fn postgres_schemas_keep_stores_apart() {
     store_b.close().await;
     crate::support::drop_schema(&url, &a).await;
     crate::support::drop_schema(&url, &b).await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// Rotation (not in the trait yet) will add a secret and move the hint in one
+/// transaction; `key_by_hash` must then find the key by either secret, each with its
+/// own expiry, and deleting the key must remove both. The second secret is written
+/// here with SQL, as that future code would.
+const ROTATED_HINT: &str = "kwk_…new1";
+const GRACE_ENDS: i64 = 90_000;
+
+async fn check_rotated_key(store: &dyn Store, key: &KeyRecord, old_secret: &str, new_secret: &str) {
+    let by_old = store
+        .key_by_hash(&KeyHash::of(old_secret))
+        .await
+        .unwrap()
+        .unwrap();
+    let by_new = store
+        .key_by_hash(&KeyHash::of(new_secret))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (by_old.id.clone(), by_old.secret_expires_at),
+        (key.id.clone(), Some(GRACE_ENDS))
+    );
+    assert_eq!(
+        (by_new.id.clone(), by_new.secret_expires_at),
+        (key.id.clone(), None)
+    );
+    assert_eq!(
+        (by_old.hint.as_str(), by_new.hint.as_str()),
+        (ROTATED_HINT, ROTATED_HINT)
+    );
+    let plain = store.get_key(&key.id).await.unwrap().unwrap();
+    assert_eq!(plain.secret_expires_at, None);
+    assert_eq!(
+        KeyRecord {
+            secret_expires_at: None,
+            ..by_old
+        },
+        plain
+    );
+
+    store.delete_key(&key.id).await.unwrap();
+    assert_eq!(
+        store.key_by_hash(&KeyHash::of(old_secret)).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.key_by_hash(&KeyHash::of(new_secret)).await.unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn sqlite_finds_a_rotated_key_by_either_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyward.db");
+    let store: SharedStore = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let key = key_in_new_project(&store, "acme", "web").await;
+    let (old, old_secret) = new_key(&key.project_id, "rotating", 2_000);
+    let key = store.create_key(&old).await.unwrap();
+    let new_secret = format!("{old_secret}2");
+
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("UPDATE key_secrets SET expires_at = ? WHERE key_id = ?")
+        .bind(GRACE_ENDS)
+        .bind(key.id.as_str())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO key_secrets (hash_hex, key_id, hint, created_at) VALUES (?, ?, ?, ?)")
+        .bind(KeyHash::of(&new_secret).to_hex())
+        .bind(key.id.as_str())
+        .bind(ROTATED_HINT)
+        .bind(3_000)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE keys SET hint = ? WHERE id = ?")
+        .bind(ROTATED_HINT)
+        .bind(key.id.as_str())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    drop(conn);
+
+    check_rotated_key(store.as_ref(), &key, &old_secret, &new_secret).await;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM key_secrets WHERE key_id = ?")
+        .bind(key.id.as_str())
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}
+
+#[tokio::test]
+async fn postgres_finds_a_rotated_key_by_either_secret() {
+    let Some(url) = postgres_url() else { return };
+    let schema = fresh_schema();
+    let pg = PgStore::connect_with_schema(&url, &schema).await.unwrap();
+    let (url2, schema2, store) = (url.clone(), schema.clone(), pg.clone());
+    let outcome = tokio::spawn(async move {
+        let store: SharedStore = Arc::new(store);
+        let key = key_in_new_project(&store, "acme", "web").await;
+        let (old, old_secret) = new_key(&key.project_id, "rotating", 2_000);
+        let key = store.create_key(&old).await.unwrap();
+        let new_secret = format!("{old_secret}2");
+
+        let options = PgConnectOptions::from_str(&url2)
+            .unwrap()
+            .options([("search_path", schema2.as_str())]);
+        let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query("UPDATE key_secrets SET expires_at = $1 WHERE key_id = $2")
+            .bind(GRACE_ENDS)
+            .bind(key.id.as_str())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO key_secrets (hash_hex, key_id, hint, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(KeyHash::of(&new_secret).to_hex())
+        .bind(key.id.as_str())
+        .bind(ROTATED_HINT)
+        .bind(3_000i64)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        sqlx::query("UPDATE keys SET hint = $1 WHERE id = $2")
+            .bind(ROTATED_HINT)
+            .bind(key.id.as_str())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
+        check_rotated_key(store.as_ref(), &key, &old_secret, &new_secret).await;
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM key_secrets WHERE key_id = $1")
+            .bind(key.id.as_str())
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
+    })
+    .await;
+    pg.close().await;
+    crate::support::drop_schema(&url, &schema).await;
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }
