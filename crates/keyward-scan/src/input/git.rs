@@ -55,7 +55,7 @@ impl Scanner {
         }
         let (commits, jobs) = list_history(repo, since)?;
         // Only the earliest occurrence of (rule, secret, path) is reported.
-        let first: Mutex<HashMap<(Arc<str>, String, String), (usize, Finding)>> = Mutex::default();
+        let first: Mutex<FirstSeen> = Mutex::default();
         let order: HashMap<&str, usize> = commits
             .iter()
             .enumerate()
@@ -234,9 +234,12 @@ impl Scanner {
     }
 }
 
+/// (rule, secret hash, path) -> (commit order, finding) of the earliest sighting.
+type FirstSeen = HashMap<(Arc<str>, String, String), (usize, Finding)>;
+
 /// Forwards findings to a deduplicating map; diagnostics go straight through.
 struct DedupSink<'a> {
-    first: &'a Mutex<HashMap<(Arc<str>, String, String), (usize, Finding)>>,
+    first: &'a Mutex<FirstSeen>,
     order: &'a HashMap<&'a str, usize>,
     outer: &'a dyn Sink,
 }
