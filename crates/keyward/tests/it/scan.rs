@@ -1,0 +1,198 @@
+//! `keyward scan`, `keyward rules`, `keyward hook` as users run them: exit
+//! codes, the JSON contract, stdin, SARIF, baselines, the pre-commit flow.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+const AWS_ID: &str = "AKIAZ7QW3ERT5YUI2OPA"; // keyward:allow test fixture
+const KEYWARD_KEY: &str = "kwk_Zr4Qw8Ep2Ty6Ui0Oa3Sd7Fg1Hj5Kl9Xc3uw547"; // keyward:allow test fixture
+
+fn keyward(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .current_dir(dir)
+        .args(args)
+        .env_remove("KEYWARD_SCAN_FORMAT")
+        .env_remove("KEYWARD_SCAN_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("keyward runs")
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("exited")
+}
+
+fn stdout_json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(["-c", "user.name=Ada", "-c", "user.email=ada@example.org", "-c", "commit.gpgsign=false"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn exit_codes_are_0_clean_1_findings_2_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("clean.rs"), "fn main() { println!(\"hi\"); }\n").unwrap();
+    assert_eq!(code(&keyward(dir.path(), &["scan", "."])), 0);
+    std::fs::write(dir.path().join(".env"), format!("AWS_ACCESS_KEY_ID={AWS_ID}\n")).unwrap();
+    let found = keyward(dir.path(), &["scan", "."]);
+    assert_eq!(code(&found), 1);
+    let human = String::from_utf8_lossy(&found.stdout);
+    assert!(human.contains("aws.access-key-id") && !human.contains(AWS_ID), "redacted by default: {human}");
+    assert_eq!(code(&keyward(dir.path(), &["scan", "does-not-exist"])), 2);
+    assert_eq!(code(&keyward(dir.path(), &["scan", "--format", "xml", "."])), 2);
+    assert_eq!(code(&keyward(dir.path(), &["scan", "--git", "."])), 2, "not a git repository");
+}
+
+#[test]
+fn json_output_is_the_stable_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("src")).unwrap();
+    std::fs::write(dir.path().join("src/app.py"), format!("import os\nKEY = \"{KEYWARD_KEY}\"\n")).unwrap();
+    let out = keyward(dir.path(), &["scan", "--format", "json", "src"]);
+    assert_eq!(code(&out), 1);
+    let v = stdout_json(&out);
+    let f = &v.as_array().unwrap()[0];
+    assert_eq!(f["rule_id"], "keyward.standard-key");
+    assert_eq!(f["path"], "src/app.py");
+    assert_eq!((f["line"].as_u64(), f["column"].as_u64()), (Some(2), Some(8)));
+    assert_eq!(f["end_column"].as_u64(), Some(8 + KEYWARD_KEY.len() as u64));
+    assert_eq!(f["validated"], "checksum");
+    assert_eq!(f["commit"], Value::Null);
+    assert_eq!(f["secret_sha256"].as_str().unwrap().len(), 64);
+    assert!(f.get("secret").is_none());
+    let shown = stdout_json(&keyward(dir.path(), &["scan", "--format", "json", "--show-secrets", "src"]));
+    assert_eq!(shown[0]["secret"], KEYWARD_KEY);
+}
+
+#[test]
+fn stdin_is_scanned_with_a_dash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .current_dir(dir.path())
+        .args(["scan", "--format", "jsonl", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("x\ny = {AWS_ID}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 1);
+    let line: Value = serde_json::from_slice(out.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(line["path"], "-");
+    assert_eq!(line["line"], 2);
+}
+
+#[test]
+fn sarif_output_is_a_sarif_2_1_0_log() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.env"), format!("AWS={AWS_ID}\n")).unwrap();
+    let report = dir.path().join("out.sarif");
+    let out = keyward(dir.path(), &["scan", "--format", "sarif", "-o", report.to_str().unwrap(), "a.env"]);
+    assert_eq!(code(&out), 1);
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(v["version"], "2.1.0");
+    assert!(v["$schema"].as_str().unwrap().contains("sarif-2.1.0"));
+    let run = &v["runs"][0];
+    assert_eq!(run["tool"]["driver"]["name"], "keyward");
+    let result = &run["results"][0];
+    assert_eq!(result["ruleId"], "aws.access-key-id");
+    let idx = result["ruleIndex"].as_u64().unwrap() as usize;
+    assert_eq!(run["tool"]["driver"]["rules"][idx]["id"], "aws.access-key-id");
+    let location = &result["locations"][0]["physicalLocation"];
+    assert_eq!(location["artifactLocation"]["uri"], "a.env");
+    assert_eq!(location["region"]["startLine"], 1);
+    assert_eq!(location["region"]["startColumn"], 5);
+}
+
+#[test]
+fn a_baseline_suppresses_known_secrets_only() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.env"), format!("AWS={AWS_ID}\n")).unwrap();
+    let write = keyward(dir.path(), &["scan", "--write-baseline", "baseline.json", "."]);
+    assert_eq!(code(&write), 0);
+    assert_eq!(code(&keyward(dir.path(), &["scan", "--baseline", "baseline.json", "a.env"])), 0);
+    std::fs::write(dir.path().join("a.env"), format!("\n\nAWS={AWS_ID}\nKW={KEYWARD_KEY}\n")).unwrap();
+    let out = keyward(dir.path(), &["scan", "--format", "json", "--baseline", "baseline.json", "a.env"]);
+    assert_eq!(code(&out), 1);
+    let v = stdout_json(&out);
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["rule_id"], "keyward.standard-key");
+}
+
+#[test]
+fn staged_mode_and_the_installed_hook() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    git(d, &["init", "-q"]);
+    let hook = keyward(d, &["hook", "install"]);
+    assert_eq!(code(&hook), 0, "{}", String::from_utf8_lossy(&hook.stderr));
+    let script = std::fs::read_to_string(d.join(".git/hooks/pre-commit")).unwrap();
+    assert!(script.contains("keyward scan --staged"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.join(".git/hooks/pre-commit")).unwrap().permissions().mode();
+        assert!(mode & 0o111 != 0, "hook is executable");
+    }
+    // Re-installing our own hook is fine; replacing someone else's needs --force.
+    assert_eq!(code(&keyward(d, &["hook", "install"])), 0);
+    std::fs::write(d.join(".git/hooks/pre-commit"), "#!/bin/sh\nexit 0\n").unwrap();
+    assert_eq!(code(&keyward(d, &["hook", "install"])), 2);
+    assert_eq!(code(&keyward(d, &["hook", "install", "--force"])), 0);
+
+    assert_eq!(code(&keyward(d, &["scan", "--staged"])), 0);
+    std::fs::write(d.join("creds.txt"), format!("{AWS_ID}\n")).unwrap();
+    assert_eq!(code(&keyward(d, &["scan", "--staged"])), 0, "not staged yet");
+    git(d, &["add", "creds.txt"]);
+    assert_eq!(code(&keyward(d, &["scan", "--staged"])), 1);
+}
+
+#[test]
+fn git_history_reports_the_introducing_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    git(d, &["init", "-q"]);
+    std::fs::write(d.join("k.txt"), format!("{AWS_ID}\n")).unwrap();
+    git(d, &["add", "k.txt"]);
+    git(d, &["commit", "-q", "-m", "oops"]);
+    git(d, &["rm", "-q", "k.txt"]);
+    git(d, &["commit", "-q", "-m", "fix"]);
+    assert_eq!(code(&keyward(d, &["scan", "."])), 0);
+    let out = keyward(d, &["scan", "--git", "--format", "json"]);
+    assert_eq!(code(&out), 1);
+    let v = stdout_json(&out);
+    assert_eq!(v[0]["path"], "k.txt");
+    assert_eq!(v[0]["author"], "Ada");
+    assert_eq!(v[0]["commit"].as_str().unwrap().len(), 40);
+}
+
+#[test]
+fn rules_check_and_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = keyward(dir.path(), &["rules", "check"]);
+    assert_eq!(code(&check), 0, "{}", String::from_utf8_lossy(&check.stderr));
+    let list = stdout_json(&keyward(dir.path(), &["rules", "list", "--json"]));
+    let list = list.as_array().unwrap();
+    assert!(list.len() >= 150);
+    assert!(list.iter().any(|r| r["id"] == "openai.project-key"));
+    // A broken custom rule in .keyward.toml makes the check fail.
+    std::fs::write(
+        dir.path().join(".keyward.toml"),
+        "[[rules]]\nid = \"x.t\"\nname = \"x\"\npattern = 'xt_[0-9]{8}'\nkeywords = [\"xt_\"]\nexamples = [\"xt_12\"]\nnegative_examples = [\"no\"]\n",
+    )
+    .unwrap();
+    assert_eq!(code(&keyward(dir.path(), &["rules", "check"])), 1);
+}
