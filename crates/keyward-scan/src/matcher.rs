@@ -2,7 +2,10 @@
 //!
 //! Stage one runs a single Aho-Corasick automaton over all keywords of all rules
 //! (ASCII case-insensitive). Only rules whose keyword occurs in the haystack go
-//! to stage two, where that rule's own regex finds the match and its captures.
+//! to stage two, where that rule's own regex finds the match and its captures —
+//! and only in windows around the keyword hits (`WINDOW_BACK` bytes before a
+//! hit to `WINDOW_FORWARD` after it, overlapping windows merged), so a rare
+//! keyword costs a few KiB of regex work, not a pass over the whole block.
 //! Then the secret passes the value checks (entropy, placeholders, checksum
 //! validator, generic-rule context) and overlapping matches are resolved so
 //! that each secret location is reported once, by the most specific rule.
@@ -22,6 +25,13 @@ use regex_automata::Input;
 use crate::filter;
 use crate::rules::RuleSet;
 use crate::Validation;
+
+/// How far before a keyword hit a match may start. Rules keep their keyword
+/// near the start of the pattern; `rules::check` proves it for every example.
+pub const WINDOW_BACK: usize = 256;
+
+/// How far after a keyword hit a match may end.
+pub const WINDOW_FORWARD: usize = crate::rules::MAX_SECRET_LEN + WINDOW_BACK;
 
 /// Extra values and patterns a `.keyward.toml` declares as not secret.
 #[derive(Debug, Default, Clone)]
@@ -67,8 +77,8 @@ pub struct Matcher {
 pub struct Scratch {
     caches: Vec<Option<meta::Cache>>,
     captures: Vec<Option<Captures>>,
-    /// First keyword hit offset per rule, `usize::MAX` when not triggered.
-    first_hit: Vec<usize>,
+    /// Per rule, the merged haystack windows around its keyword hits.
+    windows: Vec<Vec<(usize, usize)>>,
     triggered: Vec<usize>,
     matches: Vec<RawMatch>,
     kept: Vec<RawMatch>,
@@ -120,7 +130,7 @@ impl Matcher {
         Scratch {
             caches: (0..n).map(|_| None).collect(),
             captures: (0..n).map(|_| None).collect(),
-            first_hit: vec![usize::MAX; n],
+            windows: vec![Vec::new(); n],
             triggered: Vec::new(),
             matches: Vec::new(),
             kept: Vec::new(),
@@ -133,10 +143,20 @@ impl Matcher {
         scratch.kept.clear();
         scratch.triggered.clear();
         for hit in self.prefilter.find_overlapping_iter(hay) {
+            let start = hit.start().saturating_sub(WINDOW_BACK);
+            let end = (hit.start() + WINDOW_FORWARD).min(hay.len());
             for &rule in &self.keyword_rules[hit.pattern().as_usize()] {
-                if scratch.first_hit[rule] == usize::MAX {
-                    scratch.first_hit[rule] = hit.start();
-                    scratch.triggered.push(rule);
+                let windows = &mut scratch.windows[rule];
+                match windows.last_mut() {
+                    Some(last) if start <= last.1 => {
+                        last.0 = last.0.min(start);
+                        last.1 = last.1.max(end);
+                    }
+                    Some(_) => windows.push((start, end)),
+                    None => {
+                        windows.push((start, end));
+                        scratch.triggered.push(rule);
+                    }
                 }
             }
         }
@@ -145,22 +165,34 @@ impl Matcher {
         }
         for t in 0..scratch.triggered.len() {
             let rule_idx = scratch.triggered[t];
-            let first = std::mem::replace(&mut scratch.first_hit[rule_idx], usize::MAX);
-            self.run_rule(scratch, rule_idx, hay, first);
+            let windows = std::mem::take(&mut scratch.windows[rule_idx]);
+            for &(start, end) in &windows {
+                self.run_rule(scratch, rule_idx, hay, start, end);
+            }
+            // Give the allocation back for the next haystack.
+            scratch.windows[rule_idx] = windows;
+            scratch.windows[rule_idx].clear();
         }
         resolve_overlaps(&self.rules, &mut scratch.matches, &mut scratch.kept);
         &scratch.kept
     }
 
-    fn run_rule(&self, scratch: &mut Scratch, rule_idx: usize, hay: &[u8], first_hit: usize) {
+    /// Runs one rule's regex over `hay[start..end]` (the context of
+    /// `hay` stays visible to look-arounds such as `\b`).
+    fn run_rule(
+        &self,
+        scratch: &mut Scratch,
+        rule_idx: usize,
+        hay: &[u8],
+        start: usize,
+        end: usize,
+    ) {
         let rule = &self.rules.rules()[rule_idx];
         let cache = scratch.caches[rule_idx].get_or_insert_with(|| rule.regex.create_cache());
         let caps = scratch.captures[rule_idx].get_or_insert_with(|| rule.regex.create_captures());
-        // A match contains its keyword, and no pattern reaches further back
-        // than one secret's length before it, so the search can start there.
-        let mut pos = first_hit.saturating_sub(crate::rules::MAX_SECRET_LEN);
-        while pos <= hay.len() {
-            let input = Input::new(hay).range(pos..);
+        let mut pos = start;
+        while pos <= end {
+            let input = Input::new(hay).range(pos..end);
             rule.regex.search_captures_with(cache, &input, caps);
             let Some(whole) = caps.get_match() else { break };
             pos = if whole.end() > whole.start() {
