@@ -17,7 +17,9 @@ impl Clock {
 
     /// A clock frozen at `now_ms` that tests move with [`Clock::advance`].
     pub fn manual(now_ms: i64) -> Self {
-        Self { fixed: Some(Arc::new(AtomicI64::new(now_ms))) }
+        Self {
+            fixed: Some(Arc::new(AtomicI64::new(now_ms))),
+        }
     }
 
     /// Moves a manual clock forward; no effect on the system clock.
@@ -64,8 +66,8 @@ mod tests {
     #[test]
     fn buckets_align_to_utc() {
         // 2026-11-26T18:15:03.123Z
-        let t = 1_795_803_303_123;
-        assert_eq!(hour_start(t), 1_795_802_400_000);
-        assert_eq!(day_start(t), 1_795_737_600_000);
+        let t = 1_795_716_903_123;
+        assert_eq!(hour_start(t), 1_795_716_000_000);
+        assert_eq!(day_start(t), 1_795_651_200_000);
     }
 }

@@ -7,16 +7,24 @@ pub fn parse_ms(s: &str) -> Result<i64, String> {
     if s == "0" {
         return Ok(0);
     }
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| format!("duration {s:?} needs a unit: s, m, h, d or w (e.g. 24h)"))?;
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("duration {s:?} needs a unit: s, m, h, d or w (e.g. 24h)"))?;
     let (num, unit) = s.split_at(split);
-    let n: i64 = num.parse().map_err(|_| format!("duration {s:?} must start with a whole number (e.g. 30d)"))?;
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("duration {s:?} must start with a whole number (e.g. 30d)"))?;
     let unit_ms: i64 = match unit {
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
         "w" => 7 * 86_400_000,
-        _ => return Err(format!("duration {s:?} has an unknown unit {unit:?}: use s, m, h, d or w")),
+        _ => {
+            return Err(format!(
+                "duration {s:?} has an unknown unit {unit:?}: use s, m, h, d or w"
+            ))
+        }
     };
     n.checked_mul(unit_ms)
         .filter(|&ms| ms <= 100 * 365 * 86_400_000)

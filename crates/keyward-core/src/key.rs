@@ -93,8 +93,12 @@ impl KeyFormat {
     /// A format with a custom stem: 1-16 ASCII lowercase letters or digits.
     pub fn new(stem: &str) -> Option<Self> {
         let ok = (1..=16).contains(&stem.len())
-            && stem.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        ok.then(|| Self { stem: stem.to_owned() })
+            && stem
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        ok.then(|| Self {
+            stem: stem.to_owned(),
+        })
     }
 
     /// The stem.
@@ -110,12 +114,19 @@ impl KeyFormat {
     /// A fresh key of `kind` from the OS CSPRNG.
     pub fn generate(&self, kind: KeyKind) -> Secret {
         let random = base62::random(RANDOM_LEN);
-        Secret::new(format!("{}{}{}", self.prefix(kind), random, checksum(&random)))
+        Secret::new(format!(
+            "{}{}{}",
+            self.prefix(kind),
+            random,
+            checksum(&random)
+        ))
     }
 
     /// Validates prefix, length, alphabet and checksum, and hashes the key.
     pub fn parse(&self, key: &str) -> Result<ParsedKey, KeyParseError> {
-        let rest = key.strip_prefix(self.stem.as_str()).ok_or(KeyParseError::Prefix)?;
+        let rest = key
+            .strip_prefix(self.stem.as_str())
+            .ok_or(KeyParseError::Prefix)?;
         let (&letter, rest) = rest.as_bytes().split_first().ok_or(KeyParseError::Prefix)?;
         let kind = KeyKind::from_letter(letter).ok_or(KeyParseError::Prefix)?;
         let body = rest.strip_prefix(b"_").ok_or(KeyParseError::Prefix)?;
@@ -127,7 +138,10 @@ impl KeyFormat {
         if !bool::from(checksum(random).as_bytes().ct_eq(sum)) {
             return Err(KeyParseError::Checksum);
         }
-        Ok(ParsedKey { kind, hash: KeyHash::of(key) })
+        Ok(ParsedKey {
+            kind,
+            hash: KeyHash::of(key),
+        })
     }
 }
 
@@ -208,10 +222,19 @@ mod tests {
         let key = f.generate(KeyKind::Admin);
         let k = key.expose();
         assert!(k.starts_with("kwa_"));
-        assert_eq!(f.parse(&k.replacen("kwa_", "kwx_", 1)), Err(KeyParseError::Prefix));
-        assert_eq!(f.parse(&k.replacen("kwa_", "sk-", 1)), Err(KeyParseError::Prefix));
+        assert_eq!(
+            f.parse(&k.replacen("kwa_", "kwx_", 1)),
+            Err(KeyParseError::Prefix)
+        );
+        assert_eq!(
+            f.parse(&k.replacen("kwa_", "sk-", 1)),
+            Err(KeyParseError::Prefix)
+        );
         assert_eq!(f.parse(&k[..k.len() - 1]), Err(KeyParseError::Malformed));
-        assert_eq!(f.parse(&format!("{}-", &k[..k.len() - 1])), Err(KeyParseError::Malformed));
+        assert_eq!(
+            f.parse(&format!("{}-", &k[..k.len() - 1])),
+            Err(KeyParseError::Malformed)
+        );
         assert_eq!(f.parse(""), Err(KeyParseError::Prefix));
         assert_eq!(f.parse("kw"), Err(KeyParseError::Prefix));
     }
@@ -222,7 +245,10 @@ mod tests {
         let k = acme.generate(KeyKind::Standard);
         assert!(k.expose().starts_with("acmek_"));
         assert!(acme.parse(k.expose()).is_ok());
-        assert_eq!(KeyFormat::default().parse(k.expose()), Err(KeyParseError::Prefix));
+        assert_eq!(
+            KeyFormat::default().parse(k.expose()),
+            Err(KeyParseError::Prefix)
+        );
         assert!(KeyFormat::new("Bad-Stem").is_none());
         assert!(KeyFormat::new("").is_none());
     }

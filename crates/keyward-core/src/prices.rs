@@ -95,9 +95,13 @@ impl PriceTable {
         let mut models = BTreeMap::new();
         for (name, e) in file.models {
             let to_micros = |usd: f64| {
-                (usd.is_finite() && usd >= 0.0 && usd < 1e6).then(|| (usd * 1e6).round() as i64)
+                (0.0..1e6)
+                    .contains(&usd)
+                    .then(|| (usd * 1e6).round() as i64)
             };
-            let invalid = || PricesError::Invalid { model: name.clone() };
+            let invalid = || PricesError::Invalid {
+                model: name.clone(),
+            };
             let input = to_micros(e.input_per_million).ok_or_else(invalid)?;
             let price = ModelPrice {
                 input,
@@ -155,7 +159,10 @@ mod tests {
     fn embedded_table_prices_current_models() {
         let t = PriceTable::embedded();
         let mini = t.get("gpt-4o-mini").unwrap();
-        assert_eq!((mini.input, mini.cached_input, mini.output), (150_000, 75_000, 600_000));
+        assert_eq!(
+            (mini.input, mini.cached_input, mini.output),
+            (150_000, 75_000, 600_000)
+        );
         assert_eq!(t.get("gpt-4o-mini-2024-07-18"), Some(mini));
         assert_eq!(t.get("gpt-4o-2024-08-06"), t.get("gpt-4o"));
         assert!(t.get("gpt-4omni").is_none());
@@ -167,10 +174,21 @@ mod tests {
         let p = PriceTable::embedded().get("gpt-4o-mini").copied().unwrap();
         // 1000 input (200 cached) + 500 output:
         // 800*0.15 + 200*0.075 + 500*0.60 = 120 + 15 + 300 = 435 micro-dollars.
-        let u = TokenUsage { input: 1000, cached_input: 200, output: 500, reasoning: 0 };
+        let u = TokenUsage {
+            input: 1000,
+            cached_input: 200,
+            output: 500,
+            reasoning: 0,
+        };
         assert_eq!(p.cost(&u), Micros(435));
         // One input token costs 0.15 micro-dollars: rounded up to 1.
-        assert_eq!(p.cost(&TokenUsage { input: 1, ..Default::default() }), Micros(1));
+        assert_eq!(
+            p.cost(&TokenUsage {
+                input: 1,
+                ..Default::default()
+            }),
+            Micros(1)
+        );
         assert_eq!(p.cost(&TokenUsage::default()), Micros(0));
     }
 
@@ -183,15 +201,23 @@ mod tests {
         .unwrap();
         let t = PriceTable::embedded().extended_with(o);
         let mini = t.get("gpt-4o-mini").unwrap();
-        assert_eq!((mini.input, mini.cached_input, mini.output), (1_000_000, 1_000_000, 2_000_000));
+        assert_eq!(
+            (mini.input, mini.cached_input, mini.output),
+            (1_000_000, 1_000_000, 2_000_000)
+        );
         assert_eq!(t.get("custom").unwrap().cached_input, 1_000_000);
     }
 
     #[test]
     fn bad_price_files_are_refused() {
-        assert!(PriceTable::parse("[models.x]\ninput_per_million = -1\noutput_per_million = 1").is_err());
+        assert!(
+            PriceTable::parse("[models.x]\ninput_per_million = -1\noutput_per_million = 1")
+                .is_err()
+        );
         assert!(PriceTable::parse("[models.x]\ninput_per_million = 1").is_err());
-        assert!(PriceTable::parse("[models.x]\ninput_per_milion = 1\noutput_per_million = 1").is_err());
+        assert!(
+            PriceTable::parse("[models.x]\ninput_per_milion = 1\noutput_per_million = 1").is_err()
+        );
         assert!(PriceTable::parse("not toml").is_err());
     }
 }

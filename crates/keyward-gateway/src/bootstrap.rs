@@ -25,7 +25,12 @@ pub enum BootstrapError {
 
 /// Creates the default organization and, when no admin key exists yet, the initial
 /// admin key. Returns the key file's path when one was written.
-pub async fn bootstrap(store: &SharedStore, data_dir: &Path, format: &KeyFormat, clock: &Clock) -> Result<Option<PathBuf>, BootstrapError> {
+pub async fn bootstrap(
+    store: &SharedStore,
+    data_dir: &Path,
+    format: &KeyFormat,
+    clock: &Clock,
+) -> Result<Option<PathBuf>, BootstrapError> {
     let now = clock.now_ms();
     if store.org_by_name(orgs_default_name()).await?.is_none() {
         match store.create_org(orgs_default_name(), now).await {
@@ -40,7 +45,12 @@ pub async fn bootstrap(store: &SharedStore, data_dir: &Path, format: &KeyFormat,
     let path = data_dir.join("initial-admin-key");
     // Write the file first: a key that was stored but could not be handed over
     // would lock the operator out.
-    write_private(&path, &format!("{}\n", secret.expose())).map_err(|source| BootstrapError::KeyFile { path: path.clone(), source })?;
+    write_private(&path, &format!("{}\n", secret.expose())).map_err(|source| {
+        BootstrapError::KeyFile {
+            path: path.clone(),
+            source,
+        }
+    })?;
     let admin = store
         .create_admin_key(&NewAdminKey {
             id: KeyId::generate(),

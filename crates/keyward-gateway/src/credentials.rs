@@ -39,12 +39,33 @@ mod tests {
 
     #[test]
     fn finds_the_key_in_each_header() {
-        assert_eq!(presented_key(&headers(&[("authorization", "Bearer kwk_x")])), Some("kwk_x"));
-        assert_eq!(presented_key(&headers(&[("authorization", "bearer  kwk_x ")])), Some("kwk_x"));
-        assert_eq!(presented_key(&headers(&[("api-key", "kwk_y")])), Some("kwk_y"));
-        assert_eq!(presented_key(&headers(&[("x-api-key", "kwk_z")])), Some("kwk_z"));
-        assert_eq!(presented_key(&headers(&[("authorization", "Basic abc"), ("x-api-key", "kwk_z")])), Some("kwk_z"));
-        assert_eq!(presented_key(&headers(&[("authorization", "Bearer ")])), None);
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Bearer kwk_x")])),
+            Some("kwk_x")
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "bearer  kwk_x ")])),
+            Some("kwk_x")
+        );
+        assert_eq!(
+            presented_key(&headers(&[("api-key", "kwk_y")])),
+            Some("kwk_y")
+        );
+        assert_eq!(
+            presented_key(&headers(&[("x-api-key", "kwk_z")])),
+            Some("kwk_z")
+        );
+        assert_eq!(
+            presented_key(&headers(&[
+                ("authorization", "Basic abc"),
+                ("x-api-key", "kwk_z")
+            ])),
+            Some("kwk_z")
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Bearer ")])),
+            None
+        );
         assert_eq!(presented_key(&headers(&[])), None);
     }
 }

@@ -40,16 +40,32 @@ pub enum GatewayError {
 impl GatewayError {
     fn parts(&self) -> (StatusCode, &'static str, Option<&'static str>) {
         match self {
-            GatewayError::MissingKey | GatewayError::InvalidKey(_) => {
-                (StatusCode::UNAUTHORIZED, "invalid_request_error", Some("invalid_api_key"))
-            }
+            GatewayError::MissingKey | GatewayError::InvalidKey(_) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                Some("invalid_api_key"),
+            ),
             GatewayError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", None),
-            GatewayError::TooLarge { .. } => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", Some("request_too_large"))
-            }
-            GatewayError::UpstreamUnreachable => (StatusCode::BAD_GATEWAY, "api_error", Some("upstream_unreachable")),
-            GatewayError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "api_error", Some("upstream_timeout")),
-            GatewayError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "api_error", Some("internal_error")),
+            GatewayError::TooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                Some("request_too_large"),
+            ),
+            GatewayError::UpstreamUnreachable => (
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                Some("upstream_unreachable"),
+            ),
+            GatewayError::UpstreamTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "api_error",
+                Some("upstream_timeout"),
+            ),
+            GatewayError::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "api_error",
+                Some("internal_error"),
+            ),
         }
     }
 
@@ -65,7 +81,8 @@ impl IntoResponse for GatewayError {
         let body = json!({"error": {"message": self.to_string(), "type": kind, "param": null, "code": code}});
         let mut resp = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            resp.headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
         }
         resp
     }

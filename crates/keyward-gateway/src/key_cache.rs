@@ -30,7 +30,10 @@ pub struct KeyCache {
 impl KeyCache {
     /// A cache whose entries are trusted for `ttl_ms` milliseconds.
     pub fn new(ttl_ms: i64) -> Self {
-        Self { inner: RwLock::default(), ttl_ms }
+        Self {
+            inner: RwLock::default(),
+            ttl_ms,
+        }
     }
 
     /// The cached record for `hash`, if present and fresh at `now_ms`.
@@ -47,7 +50,13 @@ impl KeyCache {
         if !hashes.contains(&hash) {
             hashes.push(hash);
         }
-        inner.by_hash.insert(hash, Entry { record, loaded_at: now_ms });
+        inner.by_hash.insert(
+            hash,
+            Entry {
+                record,
+                loaded_at: now_ms,
+            },
+        );
     }
 
     /// Forgets every secret of key `id`; the next request reads storage.
@@ -62,7 +71,11 @@ impl KeyCache {
 
     /// Number of cached secrets.
     pub fn len(&self) -> usize {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).by_hash.len()
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_hash
+            .len()
     }
 
     /// True when nothing is cached.

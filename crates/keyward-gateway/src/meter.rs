@@ -60,7 +60,11 @@ impl RequestMeter {
         let reached_upstream = self.upstream_latency_ms >= 0 && self.status < 500;
         let incomplete = usage.is_none() && reached_upstream && (self.streamed || produced > 0);
         let usage = usage.unwrap_or(if incomplete {
-            TokenUsage { input: self.input_estimate, output: produced, ..Default::default() }
+            TokenUsage {
+                input: self.input_estimate,
+                output: produced,
+                ..Default::default()
+            }
         } else {
             TokenUsage::default()
         });
@@ -103,23 +107,40 @@ pub struct MeteredBody {
 impl MeteredBody {
     /// Wraps an SSE body; `strip_usage_chunk` as in [`SseTap::new`].
     pub fn sse(inner: Incoming, meter: RequestMeter, strip_usage_chunk: bool) -> Self {
-        Self { inner, tap: Tap::Sse(SseTap::new(strip_usage_chunk)), meter: Some(meter), ended: false }
+        Self {
+            inner,
+            tap: Tap::Sse(SseTap::new(strip_usage_chunk)),
+            meter: Some(meter),
+            ended: false,
+        }
     }
 
     /// Wraps any other body; usage is read from it as JSON at the end.
     pub fn json(inner: Incoming, meter: RequestMeter) -> Self {
         let copy = Vec::with_capacity(inner.size_hint().lower().min(64 * 1024) as usize);
-        Self { inner, tap: Tap::Json { copy, overflow: false }, meter: Some(meter), ended: false }
+        Self {
+            inner,
+            tap: Tap::Json {
+                copy,
+                overflow: false,
+            },
+            meter: Some(meter),
+            ended: false,
+        }
     }
 
     fn settle(&mut self) {
-        let Some(meter) = self.meter.take() else { return };
+        let Some(meter) = self.meter.take() else {
+            return;
+        };
         match &self.tap {
             Tap::Sse(tap) => meter.finish(tap.usage, tap.text_events, None),
             Tap::Json { copy, overflow } => {
                 // hyper may drop a body of known length right after its last byte,
                 // without polling for the end: a copy that parses is complete.
-                let value = (!overflow).then(|| serde_json::from_slice::<serde_json::Value>(copy).ok()).flatten();
+                let value = (!overflow)
+                    .then(|| serde_json::from_slice::<serde_json::Value>(copy).ok())
+                    .flatten();
                 let usage = value.as_ref().and_then(usage_in);
                 let model = value.as_ref().and_then(model_in).map(str::to_owned);
                 meter.finish(usage, 0, model.as_deref());
@@ -132,7 +153,10 @@ impl Body for MeteredBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         loop {
             if this.ended {

@@ -76,17 +76,43 @@ impl Metrics {
                 ("{class=\"5xx\"}", self.responses_5xx.get()),
             ],
         );
-        counter("keyward_gateway_auth_refusals_total", "Requests refused because of their key.", &[("", self.auth_refusals.get())]);
-        counter("keyward_upstream_failures_total", "Upstream connection failures and timeouts.", &[("", self.upstream_failures.get())]);
-        counter("keyward_usage_events_queued_total", "Usage events queued for writing.", &[("", self.usage_queued.get())]);
-        counter("keyward_usage_events_written_total", "Usage events stored.", &[("", self.usage_written.get())]);
-        counter("keyward_usage_write_failures_total", "Failed usage batch writes (retried).", &[("", self.usage_write_failures.get())]);
+        counter(
+            "keyward_gateway_auth_refusals_total",
+            "Requests refused because of their key.",
+            &[("", self.auth_refusals.get())],
+        );
+        counter(
+            "keyward_upstream_failures_total",
+            "Upstream connection failures and timeouts.",
+            &[("", self.upstream_failures.get())],
+        );
+        counter(
+            "keyward_usage_events_queued_total",
+            "Usage events queued for writing.",
+            &[("", self.usage_queued.get())],
+        );
+        counter(
+            "keyward_usage_events_written_total",
+            "Usage events stored.",
+            &[("", self.usage_written.get())],
+        );
+        counter(
+            "keyward_usage_write_failures_total",
+            "Failed usage batch writes (retried).",
+            &[("", self.usage_write_failures.get())],
+        );
         counter(
             "keyward_key_cache_lookups_total",
             "Key lookups by outcome.",
-            &[("{result=\"hit\"}", self.key_cache_hits.get()), ("{result=\"miss\"}", self.key_cache_misses.get())],
+            &[
+                ("{result=\"hit\"}", self.key_cache_hits.get()),
+                ("{result=\"miss\"}", self.key_cache_misses.get()),
+            ],
         );
-        let pending = self.usage_queued.get().saturating_sub(self.usage_written.get());
+        let pending = self
+            .usage_queued
+            .get()
+            .saturating_sub(self.usage_written.get());
         let _ = writeln!(
             out,
             "# HELP keyward_usage_events_pending Usage events waiting to be written.\n# TYPE keyward_usage_events_pending gauge\nkeyward_usage_events_pending {pending}"

@@ -16,15 +16,27 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 /// Headers that describe one hop and must not be forwarded.
-const HOP_BY_HOP: [&str; 8] =
-    ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// Headers that name the upstream account: a client may not choose it, and a
 /// client is never shown it.
 const UPSTREAM_ACCOUNT_HEADERS: [&str; 3] = ["openai-organization", "openai-project", "set-cookie"];
 
 /// The `/v1/*` handler.
-pub async fn forward(State(state): State<SharedState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
+pub async fn forward(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
     let response = match handle(&state, peer, req).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -46,13 +58,25 @@ struct RequestFacts {
     client_wants_usage: bool,
 }
 
-async fn handle(state: &AppState, peer: SocketAddr, req: Request) -> Result<Response, GatewayError> {
+async fn handle(
+    state: &AppState,
+    peer: SocketAddr,
+    req: Request,
+) -> Result<Response, GatewayError> {
     let started = Instant::now();
     let at_ms = state.clock.now_ms();
-    let key = verify_key(state, presented_key(req.headers()).ok_or(GatewayError::MissingKey)?).await?;
+    let key = verify_key(
+        state,
+        presented_key(req.headers()).ok_or(GatewayError::MissingKey)?,
+    )
+    .await?;
 
     let (parts, body) = req.into_parts();
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
     let endpoint = parts.uri.path().to_owned();
     let mut meter = RequestMeter {
         writer: state.usage.clone(),
@@ -69,7 +93,13 @@ async fn handle(state: &AppState, peer: SocketAddr, req: Request) -> Result<Resp
         input_estimate: 0,
     };
 
-    let body = match read_body(body, parts.headers.get(header::CONTENT_LENGTH), state.config.max_body_bytes).await {
+    let body = match read_body(
+        body,
+        parts.headers.get(header::CONTENT_LENGTH),
+        state.config.max_body_bytes,
+    )
+    .await
+    {
         Ok(b) => b,
         Err(e) => return Err(refused(meter, e)),
     };
@@ -107,7 +137,9 @@ async fn handle(state: &AppState, peer: SocketAddr, req: Request) -> Result<Resp
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
     let body = if is_sse {
         meter.streamed = true;
-        let strip = facts.as_ref().is_some_and(|f| f.stream && !f.client_wants_usage);
+        let strip = facts
+            .as_ref()
+            .is_some_and(|f| f.stream && !f.client_wants_usage);
         // Chunks may be removed, so the length is no longer known.
         resp_parts.headers.remove(header::CONTENT_LENGTH);
         Body::new(MeteredBody::sse(upstream_body, meter, strip))
@@ -125,21 +157,34 @@ fn refused(mut meter: RequestMeter, e: GatewayError) -> GatewayError {
     e
 }
 
-async fn read_body(body: Body, declared: Option<&HeaderValue>, limit: usize) -> Result<Bytes, GatewayError> {
-    let declared = declared.and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+async fn read_body(
+    body: Body,
+    declared: Option<&HeaderValue>,
+    limit: usize,
+) -> Result<Bytes, GatewayError> {
+    let declared = declared
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(GatewayError::TooLarge { limit });
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::TooLarge { limit }),
-        Err(_) => Err(GatewayError::BadRequest("The request body could not be read.".into())),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(GatewayError::TooLarge { limit })
+        }
+        Err(_) => Err(GatewayError::BadRequest(
+            "The request body could not be read.".into(),
+        )),
     }
 }
 
 /// Reads model and stream flags from a JSON body, and asks a streaming upstream
 /// for usage (`stream_options.include_usage`) when the client did not.
-fn inspect_json(headers: &HeaderMap, body: Bytes) -> Result<(Bytes, Option<RequestFacts>), GatewayError> {
+fn inspect_json(
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<(Bytes, Option<RequestFacts>), GatewayError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -156,7 +201,9 @@ fn inspect_json(headers: &HeaderMap, body: Bytes) -> Result<(Bytes, Option<Reque
         ))
     })?;
     let Some(obj) = value.as_object_mut() else {
-        return Err(GatewayError::BadRequest("The request body must be a JSON object.".into()));
+        return Err(GatewayError::BadRequest(
+            "The request body must be a JSON object.".into(),
+        ));
     };
     let model = match obj.get("model") {
         None => String::new(),
@@ -169,11 +216,17 @@ fn inspect_json(headers: &HeaderMap, body: Bytes) -> Result<(Bytes, Option<Reque
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let facts = RequestFacts { model, stream, client_wants_usage };
+    let facts = RequestFacts {
+        model,
+        stream,
+        client_wants_usage,
+    };
     // The Responses API always reports usage in its final event; chat and legacy
     // completions only when asked.
     if stream && !client_wants_usage && !obj.contains_key("input") {
-        let options = obj.entry("stream_options").or_insert_with(|| Value::Object(Default::default()));
+        let options = obj
+            .entry("stream_options")
+            .or_insert_with(|| Value::Object(Default::default()));
         if let Some(o) = options.as_object_mut() {
             o.insert("include_usage".into(), Value::Bool(true));
         }
@@ -199,7 +252,9 @@ fn build_upstream_request(
     body: Bytes,
 ) -> Result<http::Request<Full<Bytes>>, GatewayError> {
     let uri = state.upstream.url_for(path_and_query)?;
-    let mut req = http::Request::builder().method(parts.method.clone()).uri(uri);
+    let mut req = http::Request::builder()
+        .method(parts.method.clone())
+        .uri(uri);
     let headers = req.headers_mut().ok_or(GatewayError::Internal)?;
     for (name, value) in &parts.headers {
         if forwardable_request_header(name) {
@@ -209,11 +264,13 @@ fn build_upstream_request(
     // Ask for an identity body so usage can be read from it.
     headers.remove(header::ACCEPT_ENCODING);
     if let Some(k) = &state.config.upstream.api_key {
-        let mut v = HeaderValue::from_str(&format!("Bearer {}", k.expose())).map_err(|_| GatewayError::Internal)?;
+        let mut v = HeaderValue::from_str(&format!("Bearer {}", k.expose()))
+            .map_err(|_| GatewayError::Internal)?;
         v.set_sensitive(true);
         headers.insert(header::AUTHORIZATION, v);
     }
-    req.body(Full::new(body)).map_err(|_| GatewayError::Internal)
+    req.body(Full::new(body))
+        .map_err(|_| GatewayError::Internal)
 }
 
 fn forwardable_request_header(name: &HeaderName) -> bool {

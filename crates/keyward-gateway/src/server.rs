@@ -27,15 +27,33 @@ pub struct Server {
 
 impl Server {
     /// Builds the state and runs first-start setup. Call inside a Tokio runtime.
-    pub async fn new(config: GatewayConfig, store: SharedStore, clock: Clock) -> Result<Self, BootstrapError> {
+    pub async fn new(
+        config: GatewayConfig,
+        store: SharedStore,
+        clock: Clock,
+    ) -> Result<Self, BootstrapError> {
         if let Some(path) = bootstrap(&store, &config.data_dir, &config.key_format, &clock).await? {
             tracing::info!(path = %path.display(), "first start: wrote the initial admin key (mode 0600)");
         }
         let metrics = Arc::new(Metrics::default());
         let usage = UsageWriter::spawn(store.clone(), config.usage_batch, metrics.clone());
-        let upstream = Upstream::new(&config.upstream, config.connect_timeout, config.upstream_timeout);
+        let upstream = Upstream::new(
+            &config.upstream,
+            config.connect_timeout,
+            config.upstream_timeout,
+        );
         let keys = KeyCache::new(config.key_cache_ttl.as_millis() as i64);
-        Ok(Self { state: Arc::new(AppState { config, store, keys, usage, metrics, clock, upstream }) })
+        Ok(Self {
+            state: Arc::new(AppState {
+                config,
+                store,
+                keys,
+                usage,
+                metrics,
+                clock,
+                upstream,
+            }),
+        })
     }
 
     /// The shared state (tests use it to reach the store and metrics).
@@ -57,7 +75,12 @@ impl Server {
     /// Serves on `listener` (and metrics on `metrics`, when given) until `shutdown`
     /// resolves; then lets in-flight requests finish for the configured grace
     /// period and writes every buffered usage event before returning.
-    pub async fn run(self, listener: TcpListener, metrics: Option<TcpListener>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        metrics: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
@@ -67,11 +90,19 @@ impl Server {
             let state = self.state.clone();
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
-                let app = Router::new().route("/metrics", get(render_metrics)).with_state(state);
-                let _ = axum::serve(m, app).with_graceful_shutdown(async move { let _ = stop.wait_for(|s| *s).await; }).await;
+                let app = Router::new()
+                    .route("/metrics", get(render_metrics))
+                    .with_state(state);
+                let _ = axum::serve(m, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
             });
         }
-        let app = self.router().into_make_service_with_connect_info::<SocketAddr>();
+        let app = self
+            .router()
+            .into_make_service_with_connect_info::<SocketAddr>();
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });

@@ -9,7 +9,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-const REPLY: &str = "This is a simulated response from keyward's built-in upstream; no real model was called.";
+const REPLY: &str =
+    "This is a simulated response from keyward's built-in upstream; no real model was called.";
 const FINGERPRINT: &str = "keyward-simulated";
 
 /// The simulator's routes (`/v1/...`).
@@ -31,15 +32,21 @@ pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
 
 fn labelled(r: impl IntoResponse) -> Response {
     let mut r = r.into_response();
-    r.headers_mut().insert("x-keyward-simulated", HeaderValue::from_static("true"));
+    r.headers_mut()
+        .insert("x-keyward-simulated", HeaderValue::from_static("true"));
     r
 }
 
 async fn models() -> Response {
-    let data: Vec<Value> = ["keyward-simulated", "gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
-        .iter()
-        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "keyward-simulated"}))
-        .collect();
+    let data: Vec<Value> = [
+        "keyward-simulated",
+        "gpt-4o-mini",
+        "gpt-4o",
+        "text-embedding-3-small",
+    ]
+    .iter()
+    .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "keyward-simulated"}))
+    .collect();
     labelled(Json(json!({"object": "list", "data": data})))
 }
 
@@ -54,14 +61,21 @@ struct Ask {
 
 fn ask(body: &Value, input: i64) -> Ask {
     Ask {
-        model: body.get("model").and_then(Value::as_str).unwrap_or("keyward-simulated").to_owned(),
+        model: body
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("keyward-simulated")
+            .to_owned(),
         input_tokens: input,
         max_tokens: body
             .get("max_completion_tokens")
             .or_else(|| body.get("max_tokens"))
             .and_then(Value::as_i64),
         stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
-        include_usage: body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false),
+        include_usage: body
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
     }
 }
 
@@ -74,37 +88,56 @@ fn text_of(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Array(items) => items.iter().map(text_of).collect::<Vec<_>>().join(" "),
-        Value::Object(o) => o.get("content").or_else(|| o.get("text")).map(text_of).unwrap_or_default(),
+        Value::Object(o) => o
+            .get("content")
+            .or_else(|| o.get("text"))
+            .map(text_of)
+            .unwrap_or_default(),
         _ => String::new(),
     }
 }
 
 /// The reply's tokens (one per word), cut to the request's output cap.
 fn reply_tokens(max: Option<i64>) -> Vec<String> {
-    let words: Vec<String> = REPLY.split(' ').enumerate().map(|(i, w)| if i == 0 { w.to_owned() } else { format!(" {w}") }).collect();
+    let words: Vec<String> = REPLY
+        .split(' ')
+        .enumerate()
+        .map(|(i, w)| {
+            if i == 0 {
+                w.to_owned()
+            } else {
+                format!(" {w}")
+            }
+        })
+        .collect();
     let n = max.map_or(words.len(), |m| (m.max(0) as usize).min(words.len()));
     words.into_iter().take(n).collect()
 }
 
-fn parse(body: &[u8]) -> Result<Value, Response> {
-    serde_json::from_slice(body).map_err(|_| {
-        labelled((StatusCode::BAD_REQUEST, Json(json!({"error": {"message": "invalid JSON", "type": "invalid_request_error", "param": null, "code": null}}))))
-    })
+fn parse(body: &[u8]) -> Option<Value> {
+    serde_json::from_slice(body).ok()
+}
+
+fn bad_json() -> Response {
+    labelled((
+        StatusCode::BAD_REQUEST,
+        Json(
+            json!({"error": {"message": "invalid JSON", "type": "invalid_request_error", "param": null, "code": null}}),
+        ),
+    ))
 }
 
 async fn chat(body: axum::body::Bytes) -> Response {
-    let body = match parse(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
+    let Some(body) = parse(&body) else {
+        return bad_json();
     };
     let input = tokens_in(&text_of(body.get("messages").unwrap_or(&Value::Null)));
     generate(ask(&body, input), "chat.completion")
 }
 
 async fn completions(body: axum::body::Bytes) -> Response {
-    let body = match parse(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
+    let Some(body) = parse(&body) else {
+        return bad_json();
     };
     let input = tokens_in(&text_of(body.get("prompt").unwrap_or(&Value::Null)));
     generate(ask(&body, input), "text_completion")
@@ -113,7 +146,11 @@ async fn completions(body: axum::body::Bytes) -> Response {
 fn generate(a: Ask, object: &str) -> Response {
     let tokens = reply_tokens(a.max_tokens);
     let output = tokens.len() as i64;
-    let finish = if output < reply_tokens(None).len() as i64 { "length" } else { "stop" };
+    let finish = if output < reply_tokens(None).len() as i64 {
+        "length"
+    } else {
+        "stop"
+    };
     let usage = json!({"prompt_tokens": a.input_tokens, "completion_tokens": output, "total_tokens": a.input_tokens + output});
     let chat = object == "chat.completion";
     let id = format!("sim-{}", keyward_core::base62::random(12));
@@ -128,7 +165,11 @@ fn generate(a: Ask, object: &str) -> Response {
             "choices": [choice], "usage": usage,
         })));
     }
-    let chunk_object = if chat { "chat.completion.chunk" } else { "text_completion" };
+    let chunk_object = if chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
     let chunk = |choices: Value| json!({"id": id, "object": chunk_object, "created": 0, "model": a.model, "system_fingerprint": FINGERPRINT, "choices": choices});
     let mut events = Vec::new();
     if chat {
@@ -160,15 +201,20 @@ fn generate(a: Ask, object: &str) -> Response {
         sse.push_str("\n\n");
     }
     sse.push_str("data: [DONE]\n\n");
-    labelled(([(header::CONTENT_TYPE, "text/event-stream")], Body::from(sse)))
+    labelled((
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        Body::from(sse),
+    ))
 }
 
 async fn embeddings(body: axum::body::Bytes) -> Response {
-    let body = match parse(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
+    let Some(body) = parse(&body) else {
+        return bad_json();
     };
-    let model = body.get("model").and_then(Value::as_str).unwrap_or("text-embedding-3-small");
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("text-embedding-3-small");
     let inputs: Vec<String> = match body.get("input") {
         Some(Value::Array(items)) => items.iter().map(text_of).collect(),
         Some(v) => vec![text_of(v)],
@@ -180,13 +226,19 @@ async fn embeddings(body: axum::body::Bytes) -> Response {
         .enumerate()
         .map(|(i, s)| {
             let seed = crc(s);
-            let v: Vec<f64> = (0..8).map(|j| f64::from((seed >> (j * 4)) & 0xF) / 15.0 - 0.5).collect();
+            let v: Vec<f64> = (0..8)
+                .map(|j| f64::from((seed >> (j * 4)) & 0xF) / 15.0 - 0.5)
+                .collect();
             json!({"object": "embedding", "index": i, "embedding": v})
         })
         .collect();
-    labelled(Json(json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})))
+    labelled(Json(
+        json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
+    ))
 }
 
 fn crc(s: &str) -> u32 {
-    s.bytes().fold(0x811C_9DC5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+    s.bytes().fold(0x811C_9DC5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }

@@ -26,7 +26,13 @@ impl SseTap {
     /// A tap; `strip_usage_chunk` removes a usage-only chunk (`choices: []`) that the
     /// gateway requested on the client's behalf.
     pub fn new(strip_usage_chunk: bool) -> Self {
-        Self { pending: BytesMut::new(), strip_usage_chunk, usage: None, text_events: 0, text_bytes: 0 }
+        Self {
+            pending: BytesMut::new(),
+            strip_usage_chunk,
+            usage: None,
+            text_events: 0,
+            text_bytes: 0,
+        }
     }
 
     /// Takes one frame from the upstream and returns what to send to the client now.
@@ -105,9 +111,12 @@ fn event_data(event: &[u8]) -> &[u8] {
 /// Whether a chunk carries generated text (chat `content`, completions `text`,
 /// Responses `delta`).
 fn has_text(data: &[u8]) -> bool {
-    [&b"\"content\":\""[..], b"\"text\":\"", b"\"delta\":\""].iter().any(|needle| {
-        memchr::memmem::find_iter(data, needle).any(|i| data.get(i + needle.len()) != Some(&b'"'))
-    })
+    [&b"\"content\":\""[..], b"\"text\":\"", b"\"delta\":\""]
+        .iter()
+        .any(|needle| {
+            memchr::memmem::find_iter(data, needle)
+                .any(|i| data.get(i + needle.len()) != Some(&b'"'))
+        })
 }
 
 #[cfg(test)]
@@ -115,7 +124,8 @@ mod tests {
     use super::*;
 
     const CHUNK: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n";
-    const USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n";
+    const USAGE: &str =
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n";
     const DONE: &str = "data: [DONE]\n\n";
 
     #[test]
@@ -123,7 +133,14 @@ mod tests {
         let mut tap = SseTap::new(true);
         let out = tap.push(format!("{CHUNK}{USAGE}{DONE}").as_bytes());
         assert_eq!(out, format!("{CHUNK}{DONE}").as_bytes());
-        assert_eq!(tap.usage, Some(TokenUsage { input: 3, output: 2, ..Default::default() }));
+        assert_eq!(
+            tap.usage,
+            Some(TokenUsage {
+                input: 3,
+                output: 2,
+                ..Default::default()
+            })
+        );
         assert_eq!(tap.text_events, 1);
     }
 
@@ -145,7 +162,11 @@ mod tests {
         let mut tap = SseTap::new(true);
         let last = "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":4}}\r\n\r\n";
         let out = tap.push(last.as_bytes());
-        assert_eq!(out, last.as_bytes(), "a chunk with choices is never dropped");
+        assert_eq!(
+            out,
+            last.as_bytes(),
+            "a chunk with choices is never dropped"
+        );
         assert_eq!(tap.usage.unwrap().output, 4);
     }
 

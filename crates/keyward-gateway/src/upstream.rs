@@ -39,7 +39,11 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
             .build(https);
-        Self { client, base: config.base_url.clone(), timeout }
+        Self {
+            client,
+            base: config.base_url.clone(),
+            timeout,
+        }
     }
 
     /// The upstream URL for a client path under `/v1` (`/v1/chat/completions?x`
@@ -52,11 +56,15 @@ impl Upstream {
             .map_err(|_| GatewayError::BadRequest("The request path is not valid.".into()))?;
         let mut parts = self.base.clone().into_parts();
         parts.path_and_query = Some(pq);
-        Uri::from_parts(parts).map_err(|_| GatewayError::BadRequest("The request path is not valid.".into()))
+        Uri::from_parts(parts)
+            .map_err(|_| GatewayError::BadRequest("The request path is not valid.".into()))
     }
 
     /// Sends a request, mapping failures to 502 (unreachable) and 504 (no answer in time).
-    pub async fn send(&self, req: http::Request<Full<Bytes>>) -> Result<http::Response<Incoming>, GatewayError> {
+    pub async fn send(
+        &self,
+        req: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<Incoming>, GatewayError> {
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout),
             Ok(Ok(resp)) => Ok(resp),

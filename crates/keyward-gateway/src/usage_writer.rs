@@ -34,7 +34,10 @@ pub struct BatchPolicy {
 
 impl Default for BatchPolicy {
     fn default() -> Self {
-        Self { interval: Duration::from_millis(200), max_events: 2_000 }
+        Self {
+            interval: Duration::from_millis(200),
+            max_events: 2_000,
+        }
     }
 }
 
@@ -65,7 +68,12 @@ impl UsageWriter {
     }
 }
 
-async fn run(store: SharedStore, policy: BatchPolicy, mut rx: mpsc::UnboundedReceiver<Msg>, metrics: Arc<Metrics>) {
+async fn run(
+    store: SharedStore,
+    policy: BatchPolicy,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    metrics: Arc<Metrics>,
+) {
     let mut batch: Vec<UsageEvent> = Vec::new();
     let mut tick = tokio::time::interval(policy.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

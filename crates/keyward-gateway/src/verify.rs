@@ -37,7 +37,9 @@ pub async fn verify_key(state: &AppState, presented: &str) -> Result<Arc<KeyReco
                 GatewayError::Internal
             })?;
             let Some(record) = found else {
-                return Err(GatewayError::InvalidKey("Incorrect API key provided: no such key exists.".into()));
+                return Err(GatewayError::InvalidKey(
+                    "Incorrect API key provided: no such key exists.".into(),
+                ));
             };
             let record = Arc::new(record);
             state.keys.insert(parsed.hash, record.clone(), now);
@@ -50,7 +52,12 @@ pub async fn verify_key(state: &AppState, presented: &str) -> Result<Arc<KeyReco
 
 /// Refuses keys that exist but may not be used, saying which state they are in.
 fn usable(record: &KeyRecord, now: i64) -> Result<(), GatewayError> {
-    let refuse = |why: &str| Err(GatewayError::InvalidKey(format!("This API key ({}) {why}", record.id)));
+    let refuse = |why: &str| {
+        Err(GatewayError::InvalidKey(format!(
+            "This API key ({}) {why}",
+            record.id
+        )))
+    };
     match record.status {
         KeyStatus::Active => {}
         KeyStatus::Revoked => return refuse("has been revoked."),

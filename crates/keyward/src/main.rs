@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "keyward", version, about = "API key safety: gateway, key management and leak scanner")]
+#[command(
+    name = "keyward",
+    version,
+    about = "API key safety: gateway, key management and leak scanner"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

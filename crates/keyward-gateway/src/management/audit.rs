@@ -13,7 +13,13 @@ pub struct AuditQuery {
     limit: Option<i64>,
 }
 
-pub async fn list(State(state): State<SharedState>, _admin: Admin, Query(q): Query<AuditQuery>) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(state): State<SharedState>,
+    _admin: Admin,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    Ok(Json(json!({ "data": state.store.list_audit(q.target.as_deref(), limit).await? })))
+    Ok(Json(
+        json!({ "data": state.store.list_audit(q.target.as_deref(), limit).await? }),
+    ))
 }

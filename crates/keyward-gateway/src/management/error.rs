@@ -54,6 +54,10 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
-        (status, axum::Json(json!({"error": {"code": code, "message": self.to_string()}}))).into_response()
+        (
+            status,
+            axum::Json(json!({"error": {"code": code, "message": self.to_string()}})),
+        )
+            .into_response()
     }
 }

@@ -54,9 +54,14 @@ pub async fn create(
     let expires_at = match req.expires_in_seconds {
         None => None,
         Some(s) if (1..=10 * 365 * 86_400).contains(&s) => Some(now + s * 1000),
-        Some(_) => return Err(ApiError::BadRequest("expires_in_seconds must be between 1 and 10 years".into())),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "expires_in_seconds must be between 1 and 10 years".into(),
+            ))
+        }
     };
-    let project = resolve_project(&state, req.org.as_deref(), &req.project, req.create_project).await?;
+    let project =
+        resolve_project(&state, req.org.as_deref(), &req.project, req.create_project).await?;
     let secret = state.config.key_format.generate(KeyKind::Standard);
     let record = state
         .store
@@ -72,8 +77,21 @@ pub async fn create(
             expires_at,
         })
         .await?;
-    audit(&state, &admin, "key.created", &record, json!({"name": record.name, "project_id": record.project_id})).await?;
-    Ok((StatusCode::CREATED, Json(CreatedKey { record, key: secret.expose().to_owned() })))
+    audit(
+        &state,
+        &admin,
+        "key.created",
+        &record,
+        json!({"name": record.name, "project_id": record.project_id}),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            record,
+            key: secret.expose().to_owned(),
+        }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -82,44 +100,95 @@ pub struct ListQuery {
     org: Option<String>,
 }
 
-pub async fn list(State(state): State<SharedState>, _admin: Admin, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(state): State<SharedState>,
+    _admin: Admin,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
     let project = match q.project.as_deref() {
-        Some(p) => Some(resolve_project(&state, q.org.as_deref(), p, false).await?.id),
+        Some(p) => Some(
+            resolve_project(&state, q.org.as_deref(), p, false)
+                .await?
+                .id,
+        ),
         None => None,
     };
-    Ok(Json(json!({ "data": state.store.list_keys(project.as_ref()).await? })))
+    Ok(Json(
+        json!({ "data": state.store.list_keys(project.as_ref()).await? }),
+    ))
 }
 
-pub async fn get(State(state): State<SharedState>, _admin: Admin, Path(id): Path<String>) -> Result<Json<KeyRecord>, ApiError> {
+pub async fn get(
+    State(state): State<SharedState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<KeyRecord>, ApiError> {
     let id = KeyId::parse(&id).ok_or(ApiError::NotFound("key"))?;
-    state.store.get_key(&id).await?.map(Json).ok_or(ApiError::NotFound("key"))
+    state
+        .store
+        .get_key(&id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("key"))
 }
 
 /// Revokes a key. Takes effect on the next request: the cache entry is dropped
 /// after the store is updated. A key that is already not active keeps its status
 /// (a leaked key stays marked leaked).
-pub async fn revoke(State(state): State<SharedState>, admin: Admin, Path(id): Path<String>) -> Result<Json<KeyRecord>, ApiError> {
+pub async fn revoke(
+    State(state): State<SharedState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<KeyRecord>, ApiError> {
     let id = KeyId::parse(&id).ok_or(ApiError::NotFound("key"))?;
-    let current = state.store.get_key(&id).await?.ok_or(ApiError::NotFound("key"))?;
+    let current = state
+        .store
+        .get_key(&id)
+        .await?
+        .ok_or(ApiError::NotFound("key"))?;
     if current.status != KeyStatus::Active {
         return Ok(Json(current));
     }
-    let record = state.store.set_key_status(&id, KeyStatus::Revoked, state.clock.now_ms()).await?;
+    let record = state
+        .store
+        .set_key_status(&id, KeyStatus::Revoked, state.clock.now_ms())
+        .await?;
     state.keys.invalidate(&id);
     audit(&state, &admin, "key.revoked", &record, json!({})).await?;
     Ok(Json(record))
 }
 
-pub async fn delete(State(state): State<SharedState>, admin: Admin, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(state): State<SharedState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let id = KeyId::parse(&id).ok_or(ApiError::NotFound("key"))?;
-    let record = state.store.get_key(&id).await?.ok_or(ApiError::NotFound("key"))?;
+    let record = state
+        .store
+        .get_key(&id)
+        .await?
+        .ok_or(ApiError::NotFound("key"))?;
     state.store.delete_key(&id).await?;
     state.keys.invalidate(&id);
-    audit(&state, &admin, "key.deleted", &record, json!({"name": record.name})).await?;
+    audit(
+        &state,
+        &admin,
+        "key.deleted",
+        &record,
+        json!({"name": record.name}),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn audit(state: &AppState, admin: &Admin, action: &str, key: &KeyRecord, detail: Value) -> Result<(), ApiError> {
+async fn audit(
+    state: &AppState,
+    admin: &Admin,
+    action: &str,
+    key: &KeyRecord,
+    detail: Value,
+) -> Result<(), ApiError> {
     state
         .store
         .append_audit(&NewAuditEvent {

@@ -21,7 +21,10 @@ use std::sync::Arc;
 pub fn router() -> Router<SharedState> {
     Router::new()
         .route("/api/v1/orgs", get(orgs::list_orgs).post(orgs::create_org))
-        .route("/api/v1/projects", get(orgs::list_projects).post(orgs::create_project))
+        .route(
+            "/api/v1/projects",
+            get(orgs::list_projects).post(orgs::create_project),
+        )
         .route("/api/v1/keys", get(keys::list).post(keys::create))
         .route("/api/v1/keys/{id}", get(keys::get).delete(keys::delete))
         .route("/api/v1/keys/{id}/revoke", post(keys::revoke))
@@ -40,17 +43,26 @@ impl FromRequestParts<SharedState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, ApiError> {
-        let presented = crate::credentials::presented_key(&parts.headers).ok_or(ApiError::Unauthorized)?;
+        let presented =
+            crate::credentials::presented_key(&parts.headers).ok_or(ApiError::Unauthorized)?;
         authenticate(state, presented).await
     }
 }
 
 async fn authenticate(state: &Arc<AppState>, presented: &str) -> Result<Admin, ApiError> {
-    let parsed = state.config.key_format.parse(presented).map_err(|_| ApiError::Unauthorized)?;
+    let parsed = state
+        .config
+        .key_format
+        .parse(presented)
+        .map_err(|_| ApiError::Unauthorized)?;
     if parsed.kind != KeyKind::Admin {
         return Err(ApiError::Unauthorized);
     }
-    let admin = state.store.admin_key_by_hash(&parsed.hash).await?.ok_or(ApiError::Unauthorized)?;
+    let admin = state
+        .store
+        .admin_key_by_hash(&parsed.hash)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
     if admin.status != KeyStatus::Active {
         return Err(ApiError::Unauthorized);
     }

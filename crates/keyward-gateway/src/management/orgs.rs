@@ -31,7 +31,10 @@ pub async fn create_org(
     Ok((StatusCode::CREATED, Json(org)))
 }
 
-pub async fn list_orgs(State(state): State<SharedState>, _admin: Admin) -> Result<Json<Value>, ApiError> {
+pub async fn list_orgs(
+    State(state): State<SharedState>,
+    _admin: Admin,
+) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "data": state.store.list_orgs().await? })))
 }
 
@@ -50,7 +53,10 @@ pub async fn create_project(
     let Json(req) = body?;
     let org = resolve_org(&state, req.org.as_deref()).await?;
     let name = valid_name(&req.name, "project")?;
-    let project = state.store.create_project(&org.id, name, state.clock.now_ms()).await?;
+    let project = state
+        .store
+        .create_project(&org.id, name, state.clock.now_ms())
+        .await?;
     Ok((StatusCode::CREATED, Json(project)))
 }
 
@@ -68,7 +74,9 @@ pub async fn list_projects(
         Some(o) => Some(resolve_org(&state, Some(o)).await?.id),
         None => None,
     };
-    Ok(Json(json!({ "data": state.store.list_projects(org.as_ref()).await? })))
+    Ok(Json(
+        json!({ "data": state.store.list_projects(org.as_ref()).await? }),
+    ))
 }
 
 /// An organization named by id or name (the default organization when `None`).
@@ -83,9 +91,18 @@ pub async fn resolve_org(state: &AppState, org: Option<&str>) -> Result<Org, Api
 
 /// A project named by id, or by name within `org`; created when `create` is set
 /// and no project has that name.
-pub async fn resolve_project(state: &AppState, org: Option<&str>, project: &str, create: bool) -> Result<Project, ApiError> {
+pub async fn resolve_project(
+    state: &AppState,
+    org: Option<&str>,
+    project: &str,
+    create: bool,
+) -> Result<Project, ApiError> {
     if let Some(id) = ProjectId::parse(project) {
-        return state.store.get_project(&id).await?.ok_or(ApiError::NotFound("project"));
+        return state
+            .store
+            .get_project(&id)
+            .await?
+            .ok_or(ApiError::NotFound("project"));
     }
     let org = resolve_org(state, org).await?;
     if let Some(p) = state.store.project_by_name(&org.id, project).await? {
@@ -95,19 +112,28 @@ pub async fn resolve_project(state: &AppState, org: Option<&str>, project: &str,
         return Err(ApiError::NotFound("project"));
     }
     let name = valid_name(project, "project")?;
-    match state.store.create_project(&org.id, name, state.clock.now_ms()).await {
+    match state
+        .store
+        .create_project(&org.id, name, state.clock.now_ms())
+        .await
+    {
         Ok(p) => Ok(p),
         // Another request created it first.
-        Err(keyward_store::StoreError::Duplicate(_)) => {
-            state.store.project_by_name(&org.id, project).await?.ok_or(ApiError::NotFound("project"))
-        }
+        Err(keyward_store::StoreError::Duplicate(_)) => state
+            .store
+            .project_by_name(&org.id, project)
+            .await?
+            .ok_or(ApiError::NotFound("project")),
         Err(e) => Err(e.into()),
     }
 }
 
 /// Names are 1-100 printable characters without leading or trailing spaces.
 pub fn valid_name<'a>(name: &'a str, what: &str) -> Result<&'a str, ApiError> {
-    let ok = !name.is_empty() && name.chars().count() <= 100 && name.trim() == name && !name.chars().any(char::is_control);
+    let ok = !name.is_empty()
+        && name.chars().count() <= 100
+        && name.trim() == name
+        && !name.chars().any(char::is_control);
     if ok {
         Ok(name)
     } else {

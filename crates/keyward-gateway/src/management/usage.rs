@@ -30,17 +30,32 @@ pub async fn usage(
     q: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let mut filter = UsageFilter { from: q.from, to: q.to, ..Default::default() };
+    let mut filter = UsageFilter {
+        from: q.from,
+        to: q.to,
+        ..Default::default()
+    };
     if let Some(k) = q.key.as_deref() {
         let id = KeyId::parse(k).ok_or(ApiError::NotFound("key"))?;
-        state.store.get_key(&id).await?.ok_or(ApiError::NotFound("key"))?;
+        state
+            .store
+            .get_key(&id)
+            .await?
+            .ok_or(ApiError::NotFound("key"))?;
         filter.key = Some(id);
     }
     if let Some(p) = q.project.as_deref() {
-        filter.project = Some(resolve_project(&state, q.org.as_deref(), p, false).await?.id);
+        filter.project = Some(
+            resolve_project(&state, q.org.as_deref(), p, false)
+                .await?
+                .id,
+        );
     } else if q.org.is_some() {
         filter.org = Some(resolve_org(&state, q.org.as_deref()).await?.id);
     }
+    // Read-your-writes on this node: events still waiting in the batch are written
+    // first, so a caller sees the request it just made.
+    state.usage.flush().await;
     let totals = state.store.usage_totals(&filter).await?;
     let mut body = json!({
         "key": filter.key, "project": filter.project, "org": filter.org,

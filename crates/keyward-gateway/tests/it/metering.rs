@@ -20,17 +20,31 @@ async fn usage_totals_are_exact_for_plain_and_streamed_calls() {
 
     // Plain.
     for _ in 0..3 {
-        let r = kw.chat(&key, json!({"model": "gpt-4o-mini", "messages": msgs})).await;
+        let r = kw
+            .chat(&key, json!({"model": "gpt-4o-mini", "messages": msgs}))
+            .await;
         assert_eq!(r.status(), 200);
     }
     // Streamed without include_usage: the gateway asks for usage and hides the chunk.
-    let r = kw.chat(&key, json!({"model": "gpt-4o-mini", "messages": msgs, "stream": true})).await;
+    let r = kw
+        .chat(
+            &key,
+            json!({"model": "gpt-4o-mini", "messages": msgs, "stream": true}),
+        )
+        .await;
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let text = r.text().await.unwrap();
-    assert!(!text.contains("\"usage\""), "the client did not ask for usage: {text}");
+    assert!(
+        !text.contains("\"usage\""),
+        "the client did not ask for usage: {text}"
+    );
     assert!(text.contains("Hel") && text.ends_with("data: [DONE]\n\n"));
     let seen = up.seen();
-    assert_eq!(seen.last().unwrap().body["stream_options"]["include_usage"], true, "the upstream is asked for usage");
+    assert_eq!(
+        seen.last().unwrap().body["stream_options"]["include_usage"],
+        true,
+        "the upstream is asked for usage"
+    );
     // Streamed with include_usage: the client gets its usage chunk.
     let r = kw
         .chat(&key, json!({"model": "gpt-4o-mini", "messages": msgs, "stream": true, "stream_options": {"include_usage": true}}))
@@ -53,16 +67,34 @@ async fn usage_is_per_key_and_per_project() {
     let (a, ka) = kw.create_key("alpha", "a").await;
     let (b, kb) = kw.create_key("beta", "b").await;
     for _ in 0..2 {
-        kw.chat(&ka, json!({"model": "gpt-4o-mini"})).await.text().await.unwrap();
+        kw.chat(&ka, json!({"model": "gpt-4o-mini"}))
+            .await
+            .text()
+            .await
+            .unwrap();
     }
-    kw.chat(&kb, json!({"model": "gpt-4o-mini"})).await.text().await.unwrap();
+    kw.chat(&kb, json!({"model": "gpt-4o-mini"}))
+        .await
+        .text()
+        .await
+        .unwrap();
     assert_eq!(kw.usage_of(&a).await["requests"], 2);
     assert_eq!(kw.usage_of(&b).await["requests"], 1);
-    let p: Value = kw.admin_get("/api/v1/usage?project=alpha&bucket=hour").await.json().await.unwrap();
+    let p: Value = kw
+        .admin_get("/api/v1/usage?project=alpha&bucket=hour")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(p["requests"], 2);
     assert_eq!(p["buckets"].as_array().unwrap().len(), 1);
     assert_eq!(p["buckets"][0]["requests"], 2);
-    let all: Value = kw.admin_get("/api/v1/usage?bucket=day").await.json().await.unwrap();
+    let all: Value = kw
+        .admin_get("/api/v1/usage?bucket=day")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(all["requests"], 3);
 }
 
@@ -71,7 +103,9 @@ async fn client_hang_up_mid_stream_ends_the_upstream_request_and_is_charged() {
     let up = Upstream::start().await;
     let kw = Keyward::start(&up.base_url()).await;
     let (id, key) = kw.create_key("app", "k1").await;
-    let r = kw.chat(&key, json!({"model": "endless", "stream": true})).await;
+    let r = kw
+        .chat(&key, json!({"model": "endless", "stream": true}))
+        .await;
     assert_eq!(r.status(), 200);
     let mut stream = r.bytes_stream();
     let mut received = 0;
@@ -81,7 +115,11 @@ async fn client_hang_up_mid_stream_ends_the_upstream_request_and_is_charged() {
     }
     let dropped = up.log.dropped.notified();
     drop(stream);
-    if !up.log.stream_dropped.load(std::sync::atomic::Ordering::SeqCst) {
+    if !up
+        .log
+        .stream_dropped
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
         // Bounded wait so a regression fails instead of hanging the suite.
         tokio::time::timeout(std::time::Duration::from_secs(30), dropped)
             .await
@@ -89,8 +127,16 @@ async fn client_hang_up_mid_stream_ends_the_upstream_request_and_is_charged() {
     }
     let u = kw.usage_of(&id).await;
     assert_eq!(u["requests"], 1);
-    assert!(u["output_tokens"].as_i64().unwrap() >= 3, "what was produced is charged: {u}");
-    let events = kw.state.store.usage_events(&keyward_store::UsageFilter::default(), 10).await.unwrap();
+    assert!(
+        u["output_tokens"].as_i64().unwrap() >= 3,
+        "what was produced is charged: {u}"
+    );
+    let events = kw
+        .state
+        .store
+        .usage_events(&keyward_store::UsageFilter::default(), 10)
+        .await
+        .unwrap();
     assert!(events[0].incomplete && events[0].streamed);
 }
 
@@ -99,7 +145,9 @@ async fn upstream_cut_off_is_charged_for_what_was_produced() {
     let up = Upstream::start().await;
     let kw = Keyward::start(&up.base_url()).await;
     let (id, key) = kw.create_key("app", "k1").await;
-    let r = kw.chat(&key, json!({"model": "cutoff", "stream": true})).await;
+    let r = kw
+        .chat(&key, json!({"model": "cutoff", "stream": true}))
+        .await;
     assert_eq!(r.status(), 200);
     // The client sees a broken stream, not a clean end.
     assert!(r.text().await.is_err());
@@ -111,15 +159,30 @@ async fn upstream_cut_off_is_charged_for_what_was_produced() {
 #[tokio::test]
 async fn graceful_shutdown_writes_every_buffered_event() {
     let up = Upstream::start().await;
-    let kw = Keyward::start_with(&up.base_url(), |c| c.usage_batch.interval = std::time::Duration::from_secs(3600)).await;
+    let kw = Keyward::start_with(&up.base_url(), |c| {
+        c.usage_batch.interval = std::time::Duration::from_secs(3600)
+    })
+    .await;
     let (id, key) = kw.create_key("app", "k1").await;
     for _ in 0..25 {
-        assert_eq!(kw.chat(&key, json!({"model": "gpt-4o-mini"})).await.status(), 200);
+        assert_eq!(
+            kw.chat(&key, json!({"model": "gpt-4o-mini"}))
+                .await
+                .status(),
+            200
+        );
     }
     let store = kw.state.store.clone();
     let id = keyward_core::KeyId::parse(&id).unwrap();
-    let filter = keyward_store::UsageFilter { key: Some(id), ..Default::default() };
-    assert_eq!(store.usage_totals(&filter).await.unwrap().requests, 0, "events are still buffered");
+    let filter = keyward_store::UsageFilter {
+        key: Some(id),
+        ..Default::default()
+    };
+    assert_eq!(
+        store.usage_totals(&filter).await.unwrap().requests,
+        0,
+        "events are still buffered"
+    );
     kw.shutdown().await;
     assert_eq!(store.usage_totals(&filter).await.unwrap().requests, 25);
 }

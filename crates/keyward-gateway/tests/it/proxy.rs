@@ -10,26 +10,52 @@ async fn upstream_sees_only_the_upstream_key_and_client_never_sees_it() {
     let kw = Keyward::start(&up.base_url()).await;
     let (_, key) = kw.create_key("app", "k1").await;
 
-    let r = kw.chat(&key, json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})).await;
+    let r = kw
+        .chat(
+            &key,
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let headers = format!("{:?}", r.headers());
     let body = r.text().await.unwrap();
     assert!(!headers.contains(UPSTREAM_KEY) && !body.contains(UPSTREAM_KEY));
 
-    let models = kw.http.get(format!("{}/v1/models", kw.url)).header("x-api-key", &key).send().await.unwrap();
+    let models = kw
+        .http
+        .get(format!("{}/v1/models", kw.url))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(models.status(), 200);
-    assert!(models.headers().get("openai-organization").is_none(), "upstream account headers are stripped");
+    assert!(
+        models.headers().get("openai-organization").is_none(),
+        "upstream account headers are stripped"
+    );
 
     let seen = up.seen();
     assert_eq!(seen.len(), 2);
     for s in &seen {
-        assert_eq!(s.header("authorization"), Some(format!("Bearer {UPSTREAM_KEY}").as_str()));
+        assert_eq!(
+            s.header("authorization"),
+            Some(format!("Bearer {UPSTREAM_KEY}").as_str())
+        );
         assert!(s.header("x-api-key").is_none() && s.header("api-key").is_none());
-        assert!(!format!("{:?}", s.headers).contains(&key), "the client's key never reaches the upstream");
+        assert!(
+            !format!("{:?}", s.headers).contains(&key),
+            "the client's key never reaches the upstream"
+        );
     }
     assert_eq!(seen[0].body["messages"][0]["content"], "hi");
-    assert_eq!((seen[0].method.as_str(), seen[0].path.as_str()), ("POST", "/v1/chat/completions"));
-    assert_eq!((seen[1].method.as_str(), seen[1].path.as_str()), ("GET", "/v1/models"));
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path.as_str()),
+        ("POST", "/v1/chat/completions")
+    );
+    assert_eq!(
+        (seen[1].method.as_str(), seen[1].path.as_str()),
+        ("GET", "/v1/models")
+    );
 }
 
 #[tokio::test]
@@ -54,8 +80,18 @@ async fn accepts_the_key_in_each_supported_header() {
     let up = Upstream::start().await;
     let kw = Keyward::start(&up.base_url()).await;
     let (_, key) = kw.create_key("app", "k1").await;
-    for (name, value) in [("authorization", format!("Bearer {key}")), ("api-key", key.clone()), ("x-api-key", key.clone())] {
-        let r = kw.http.get(format!("{}/v1/models", kw.url)).header(name, value).send().await.unwrap();
+    for (name, value) in [
+        ("authorization", format!("Bearer {key}")),
+        ("api-key", key.clone()),
+        ("x-api-key", key.clone()),
+    ] {
+        let r = kw
+            .http
+            .get(format!("{}/v1/models", kw.url))
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "key in {name}");
     }
     assert_eq!(up.seen().len(), 3);
@@ -72,15 +108,26 @@ async fn revoked_key_is_refused_on_the_next_request_and_never_reaches_the_upstre
     for _ in 0..3 {
         assert_eq!(kw.chat(&key, body.clone()).await.status(), 200);
     }
-    let r = kw.admin_post(&format!("/api/v1/keys/{id}/revoke"), json!({})).await;
+    let r = kw
+        .admin_post(&format!("/api/v1/keys/{id}/revoke"), json!({}))
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "revoked");
     let before = up.seen().len();
 
-    let msg = assert_openai_error(kw.chat(&key, body.clone()).await, 401, Some("invalid_api_key")).await;
+    let msg = assert_openai_error(
+        kw.chat(&key, body.clone()).await,
+        401,
+        Some("invalid_api_key"),
+    )
+    .await;
     assert!(msg.contains("revoked"), "{msg}");
     assert!(!msg.contains(&key));
-    assert_eq!(up.seen().len(), before, "a refused request never reaches the upstream");
+    assert_eq!(
+        up.seen().len(),
+        before,
+        "a refused request never reaches the upstream"
+    );
     // Other keys are unaffected.
     assert_eq!(kw.chat(&other, body).await.status(), 200);
 }
@@ -91,16 +138,32 @@ async fn deleted_key_is_refused() {
     let kw = Keyward::start(&up.base_url()).await;
     let (id, key) = kw.create_key("app", "k1").await;
     assert_eq!(kw.chat(&key, json!({"model": "m"})).await.status(), 200);
-    let r = kw.http.delete(format!("{}/api/v1/keys/{id}", kw.url)).bearer_auth(&kw.admin_key).send().await.unwrap();
+    let r = kw
+        .http
+        .delete(format!("{}/api/v1/keys/{id}", kw.url))
+        .bearer_auth(&kw.admin_key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
-    assert_openai_error(kw.chat(&key, json!({"model": "m"})).await, 401, Some("invalid_api_key")).await;
+    assert_openai_error(
+        kw.chat(&key, json!({"model": "m"})).await,
+        401,
+        Some("invalid_api_key"),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn admin_keys_cannot_call_the_gateway() {
     let up = Upstream::start().await;
     let kw = Keyward::start(&up.base_url()).await;
-    let msg = assert_openai_error(kw.chat(&kw.admin_key, json!({"model": "m"})).await, 401, Some("invalid_api_key")).await;
+    let msg = assert_openai_error(
+        kw.chat(&kw.admin_key, json!({"model": "m"})).await,
+        401,
+        Some("invalid_api_key"),
+    )
+    .await;
     assert!(msg.contains("Admin keys"), "{msg}");
     assert!(up.seen().is_empty());
 }

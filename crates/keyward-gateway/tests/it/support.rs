@@ -35,7 +35,10 @@ pub struct Seen {
 
 impl Seen {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -83,7 +86,10 @@ fn record(log: &UpstreamLog, method: &str, path: &str, headers: &HeaderMap, body
     log.seen.lock().unwrap().push(Seen {
         method: method.into(),
         path: path.into(),
-        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned())).collect(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+            .collect(),
         body: body.clone(),
     });
     body
@@ -91,8 +97,12 @@ fn record(log: &UpstreamLog, method: &str, path: &str, headers: &HeaderMap, body
 
 async fn models(State(log): State<Arc<UpstreamLog>>, headers: HeaderMap) -> Response {
     record(&log, "GET", "/v1/models", &headers, b"");
-    let mut r = Json(json!({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]})).into_response();
-    r.headers_mut().insert("openai-organization", "org-upstream-secret".parse().unwrap());
+    let mut r = Json(json!({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]}))
+        .into_response();
+    r.headers_mut().insert(
+        "openai-organization",
+        "org-upstream-secret".parse().unwrap(),
+    );
     r
 }
 
@@ -102,10 +112,18 @@ fn usage() -> Value {
 }
 
 fn chunk(content: &str) -> String {
-    format!("data: {}\n\n", json!({"object": "chat.completion.chunk", "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": {"content": content}}]}))
+    format!(
+        "data: {}\n\n",
+        json!({"object": "chat.completion.chunk", "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": {"content": content}}]})
+    )
 }
 
-async fn chat(State(log): State<Arc<UpstreamLog>>, uri: axum::http::Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn chat(
+    State(log): State<Arc<UpstreamLog>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let body = record(&log, "POST", &uri.to_string(), &headers, &body);
     let model = body["model"].as_str().unwrap_or("").to_owned();
     let stream = body["stream"].as_bool().unwrap_or(false);
@@ -183,9 +201,17 @@ impl Keyward {
 
     pub async fn start_with(upstream: &str, tweak: impl FnOnce(&mut GatewayConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = keyward_store::open(&format!("sqlite://{}", dir.path().join("keyward.db").display())).await.unwrap();
+        let store = keyward_store::open(&format!(
+            "sqlite://{}",
+            dir.path().join("keyward.db").display()
+        ))
+        .await
+        .unwrap();
         let mut config = GatewayConfig::new(
-            UpstreamConfig { base_url: upstream.parse().unwrap(), api_key: Some(keyward_core::Secret::new(UPSTREAM_KEY)) },
+            UpstreamConfig {
+                base_url: upstream.parse().unwrap(),
+                api_key: Some(keyward_core::Secret::new(UPSTREAM_KEY)),
+            },
             dir.path().to_owned(),
         );
         tweak(&mut config);
@@ -197,8 +223,19 @@ impl Keyward {
         let task = tokio::spawn(server.run(listener, None, async move {
             let _ = stopped.await;
         }));
-        let admin_key = std::fs::read_to_string(dir.path().join("initial-admin-key")).unwrap().trim().to_owned();
-        Self { url, admin_key, state, http: reqwest::Client::new(), _dir: dir, stop: Some(stop), task: Some(task) }
+        let admin_key = std::fs::read_to_string(dir.path().join("initial-admin-key"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            url,
+            admin_key,
+            state,
+            http: reqwest::Client::new(),
+            _dir: dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     pub fn data_dir(&self) -> &std::path::Path {
@@ -208,19 +245,36 @@ impl Keyward {
     /// Creates a key through the management API; returns (id, secret).
     pub async fn create_key(&self, project: &str, name: &str) -> (String, String) {
         let r = self
-            .admin_post("/api/v1/keys", json!({"project": project, "name": name, "create_project": true}))
+            .admin_post(
+                "/api/v1/keys",
+                json!({"project": project, "name": name, "create_project": true}),
+            )
             .await;
         assert_eq!(r.status(), StatusCode::CREATED);
         let v: Value = r.json().await.unwrap();
-        (v["id"].as_str().unwrap().to_owned(), v["key"].as_str().unwrap().to_owned())
+        (
+            v["id"].as_str().unwrap().to_owned(),
+            v["key"].as_str().unwrap().to_owned(),
+        )
     }
 
     pub async fn admin_post(&self, path: &str, body: Value) -> reqwest::Response {
-        self.http.post(format!("{}{path}", self.url)).bearer_auth(&self.admin_key).json(&body).send().await.unwrap()
+        self.http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(&self.admin_key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn admin_get(&self, path: &str) -> reqwest::Response {
-        self.http.get(format!("{}{path}", self.url)).bearer_auth(&self.admin_key).send().await.unwrap()
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.admin_key)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Usage totals of a key, after every buffered event is written.
@@ -233,7 +287,13 @@ impl Keyward {
 
     /// A chat completion with `key`.
     pub async fn chat(&self, key: &str, body: Value) -> reqwest::Response {
-        self.http.post(format!("{}/v1/chat/completions", self.url)).bearer_auth(key).json(&body).send().await.unwrap()
+        self.http
+            .post(format!("{}/v1/chat/completions", self.url))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Stops the server gracefully and waits for it.

@@ -20,9 +20,18 @@ impl Api {
             .ok()
             .filter(|k| !k.trim().is_empty())
             .context("KEYWARD_ADMIN_KEY is not set: export the admin key (first start writes one to <data-dir>/initial-admin-key)")?;
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
-        Ok(Self { http, base: base.trim_end_matches('/').to_owned(), admin_key: admin_key.trim().to_owned(), runtime })
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            admin_key: admin_key.trim().to_owned(),
+            runtime,
+        })
     }
 
     /// GET `path` (under the server URL) with query pairs.
@@ -50,12 +59,25 @@ impl Api {
                 .bearer_auth(&self.admin_key)
                 .send()
                 .await
-                .with_context(|| format!("cannot reach the keyward server at {} (set KEYWARD_URL)", self.base))?;
+                .with_context(|| {
+                    format!(
+                        "cannot reach the keyward server at {} (set KEYWARD_URL)",
+                        self.base
+                    )
+                })?;
             let status = resp.status();
             let text = resp.text().await.context("reading the server's answer")?;
-            let body: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+            let body: Value = if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap_or(Value::String(text))
+            };
             if !status.is_success() {
-                let msg = body.pointer("/error/message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| body.to_string());
+                let msg = body
+                    .pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| body.to_string());
                 bail!("server answered {status}: {msg}");
             }
             Ok(body)

@@ -69,7 +69,14 @@ pub enum KeysCommand {
 pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
     let api = Api::from_env()?;
     match cmd {
-        KeysCommand::Create { project, name, org, tags, expires_in, json } => {
+        KeysCommand::Create {
+            project,
+            name,
+            org,
+            tags,
+            expires_in,
+            json,
+        } => {
             let expires_in_seconds = expires_in
                 .map(|d| keyward_core::duration::parse_ms(&d).map(|ms| ms / 1000))
                 .transpose()
@@ -81,7 +88,12 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             if json {
                 println!("{created}");
             } else {
-                println!("Created key {} ({}) in project {}.", s(&created, "id"), s(&created, "name"), s(&created, "project_id"));
+                println!(
+                    "Created key {} ({}) in project {}.",
+                    s(&created, "id"),
+                    s(&created, "name"),
+                    s(&created, "project_id")
+                );
                 println!("\n    {}\n", s(&created, "key"));
                 println!("This is the only time the key is shown. Store it in a secret manager or an environment variable.");
             }
@@ -92,14 +104,40 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             if json {
                 println!("{}", listed["data"]);
             } else {
-                let rows: Vec<Vec<String>> = listed["data"].as_array().into_iter().flatten().map(row).collect();
-                print!("{}", table::render(&["ID", "NAME", "PROJECT", "STATUS", "KEY", "LAST USED", "CREATED"], &rows));
+                let rows: Vec<Vec<String>> = listed["data"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(row)
+                    .collect();
+                print!(
+                    "{}",
+                    table::render(
+                        &[
+                            "ID",
+                            "NAME",
+                            "PROJECT",
+                            "STATUS",
+                            "KEY",
+                            "LAST USED",
+                            "CREATED"
+                        ],
+                        &rows
+                    )
+                );
             }
         }
-        KeysCommand::Get { id, json } => show(api.get(&format!("/api/v1/keys/{}", path_segment(&id)?), &[])?, json),
-        KeysCommand::Revoke { id, json } => {
-            show(api.post(&format!("/api/v1/keys/{}/revoke", path_segment(&id)?), &json!({}))?, json)
-        }
+        KeysCommand::Get { id, json } => show(
+            api.get(&format!("/api/v1/keys/{}", path_segment(&id)?), &[])?,
+            json,
+        ),
+        KeysCommand::Revoke { id, json } => show(
+            api.post(
+                &format!("/api/v1/keys/{}/revoke", path_segment(&id)?),
+                &json!({}),
+            )?,
+            json,
+        ),
         KeysCommand::Delete { id, json } => {
             api.delete(&format!("/api/v1/keys/{}", path_segment(&id)?))?;
             if json {
@@ -116,7 +154,21 @@ fn show(key: Value, json: bool) {
     if json {
         println!("{key}");
     } else {
-        print!("{}", table::render(&["ID", "NAME", "PROJECT", "STATUS", "KEY", "LAST USED", "CREATED"], &[row(&key)]));
+        print!(
+            "{}",
+            table::render(
+                &[
+                    "ID",
+                    "NAME",
+                    "PROJECT",
+                    "STATUS",
+                    "KEY",
+                    "LAST USED",
+                    "CREATED"
+                ],
+                &[row(&key)]
+            )
+        );
     }
 }
 

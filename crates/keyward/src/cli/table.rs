@@ -9,7 +9,11 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
         padded.join("  ").trim_end().to_owned()
     };
     let mut out = line(header.iter().map(|h| h.to_string()).collect());
@@ -36,7 +40,11 @@ pub fn time(ms: Option<i64>) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", rem / 3600, rem % 3600 / 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
 }
 
 #[cfg(test)]
@@ -45,14 +53,20 @@ mod tests {
 
     #[test]
     fn aligns_columns() {
-        let t = render(&["ID", "NAME"], &[vec!["key_1".into(), "a".into()], vec!["k".into(), "longer".into()]]);
+        let t = render(
+            &["ID", "NAME"],
+            &[
+                vec!["key_1".into(), "a".into()],
+                vec!["k".into(), "longer".into()],
+            ],
+        );
         assert_eq!(t, "ID     NAME\nkey_1  a\nk      longer\n");
     }
 
     #[test]
     fn formats_utc_times() {
         assert_eq!(time(Some(0)), "1970-01-01 00:00");
-        assert_eq!(time(Some(1_795_803_303_123)), "2026-11-26 18:15");
+        assert_eq!(time(Some(1_795_716_903_123)), "2026-11-26 18:15");
         assert_eq!(time(None), "-");
     }
 }

@@ -29,7 +29,12 @@ pub struct UsageArgs {
 pub fn run(args: UsageArgs) -> anyhow::Result<()> {
     let api = Api::from_env()?;
     let mut query = Vec::new();
-    for (name, value) in [("key", args.key), ("project", args.project), ("org", args.org), ("bucket", args.bucket)] {
+    for (name, value) in [
+        ("key", args.key),
+        ("project", args.project),
+        ("org", args.org),
+        ("bucket", args.bucket),
+    ] {
         if let Some(v) = value {
             query.push((name, v));
         }
@@ -48,7 +53,13 @@ pub fn run(args: UsageArgs) -> anyhow::Result<()> {
         n("output_tokens").to_string(),
         format!("${:.6}", n("cost_micros") as f64 / 1e6),
     ]];
-    print!("{}", table::render(&["REQUESTS", "ERRORS", "INPUT", "CACHED", "OUTPUT", "COST"], &rows));
+    print!(
+        "{}",
+        table::render(
+            &["REQUESTS", "ERRORS", "INPUT", "CACHED", "OUTPUT", "COST"],
+            &rows
+        )
+    );
     if let Some(buckets) = usage["buckets"].as_array() {
         let rows: Vec<Vec<String>> = buckets
             .iter()
@@ -58,12 +69,21 @@ pub fn run(args: UsageArgs) -> anyhow::Result<()> {
                     b["requests"].to_string(),
                     b["input_tokens"].to_string(),
                     b["output_tokens"].to_string(),
-                    format!("${:.6}", b["cost_micros"].as_i64().unwrap_or(0) as f64 / 1e6),
+                    format!(
+                        "${:.6}",
+                        b["cost_micros"].as_i64().unwrap_or(0) as f64 / 1e6
+                    ),
                 ]
             })
             .collect();
         println!();
-        print!("{}", table::render(&["START (UTC)", "REQUESTS", "INPUT", "OUTPUT", "COST"], &rows));
+        print!(
+            "{}",
+            table::render(
+                &["START (UTC)", "REQUESTS", "INPUT", "OUTPUT", "COST"],
+                &rows
+            )
+        );
     }
     Ok(())
 }

@@ -1,0 +1,6 @@
+//! Tests of the `keyward` binary as users run it: real processes, real sockets.
+
+mod cli;
+mod sdk;
+mod support;
+mod tidy;

@@ -1,0 +1,182 @@
+//! Repository rules, checked inside `cargo test`: the invariants that
+//! docs/ARCHITECTURE.md states, so they cannot silently drift.
+
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn dependencies(krate: &str) -> Vec<String> {
+    let text =
+        std::fs::read_to_string(root().join("crates").join(krate).join("Cargo.toml")).unwrap();
+    let manifest: toml::Value = toml::from_str(&text).unwrap();
+    manifest
+        .get("dependencies")
+        .and_then(|d| d.as_table())
+        .map(|t| t.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn sources(krate: &str) -> Vec<(PathBuf, String)> {
+    fn walk(dir: &Path, out: &mut Vec<(PathBuf, String)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push((path.clone(), std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&root().join("crates").join(krate).join("src"), &mut out);
+    out
+}
+
+fn library_crates() -> Vec<String> {
+    std::fs::read_dir(root().join("crates"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "keyward")
+        .collect()
+}
+
+#[test]
+fn core_does_no_io() {
+    let deps = dependencies("keyward-core");
+    for forbidden in [
+        "tokio",
+        "sqlx",
+        "hyper",
+        "axum",
+        "reqwest",
+        "keyward-store",
+        "keyward-gateway",
+    ] {
+        assert!(
+            !deps.iter().any(|d| d == forbidden),
+            "keyward-core must not depend on {forbidden}"
+        );
+    }
+    for (path, text) in sources("keyward-core") {
+        for io in ["std::fs", "std::net", "std::process", "std::env"] {
+            assert!(
+                !text.contains(io),
+                "{} uses {io}: keyward-core does no I/O",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn scanner_depends_on_no_server_crate_and_no_network() {
+    let deps = dependencies("keyward-scan");
+    for forbidden in [
+        "keyward-store",
+        "keyward-gateway",
+        "keyward-auth",
+        "keyward-web",
+        "tokio",
+        "hyper",
+        "axum",
+        "reqwest",
+        "sqlx",
+    ] {
+        assert!(
+            !deps.iter().any(|d| d == forbidden),
+            "keyward-scan must not depend on {forbidden}"
+        );
+    }
+    for (path, text) in sources("keyward-scan") {
+        assert!(
+            !text.contains("std::net"),
+            "{} uses std::net: the scanner does no network I/O",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn storage_hides_sqlx_and_knows_nothing_of_the_gateway() {
+    assert!(!dependencies("keyward-store")
+        .iter()
+        .any(|d| d.starts_with("keyward-gateway")));
+    for file in ["lib.rs", "model.rs"] {
+        let text =
+            std::fs::read_to_string(root().join("crates/keyward-store/src").join(file)).unwrap();
+        let code: String = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect();
+        assert!(
+            !code.contains("sqlx::"),
+            "keyward-store's public surface ({file}) must not expose sqlx types"
+        );
+    }
+}
+
+#[test]
+fn only_the_binary_uses_anyhow_and_clap() {
+    for krate in library_crates() {
+        let deps = dependencies(&krate);
+        for binary_only in ["anyhow", "clap"] {
+            assert!(
+                !deps.iter().any(|d| d == binary_only),
+                "{krate} is a library: use typed errors, not {binary_only}"
+            );
+        }
+    }
+}
+
+#[test]
+fn no_ignored_tests() {
+    let ignore = ["#[", "ignore]"].concat();
+    for krate in std::fs::read_dir(root().join("crates")).unwrap() {
+        let dir = krate.unwrap().path();
+        for sub in ["src", "tests"] {
+            let mut stack = vec![dir.join(sub)];
+            while let Some(d) = stack.pop() {
+                let Ok(entries) = std::fs::read_dir(&d) else {
+                    continue;
+                };
+                for e in entries {
+                    let p = e.unwrap().path();
+                    if p.is_dir() {
+                        stack.push(p);
+                    } else if p.extension().is_some_and(|x| x == "rs") {
+                        let text = std::fs::read_to_string(&p).unwrap();
+                        assert!(
+                            !text.contains(&ignore),
+                            "{} has an ignored test",
+                            p.display()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn readme_commands_are_the_ones_ci_runs() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let head: String = readme.lines().take(15).collect::<Vec<_>>().join("\n");
+    assert!(
+        head.contains("cargo run --release -- serve"),
+        "the README opens with the command that runs the server"
+    );
+    assert!(
+        head.contains("scripts/test"),
+        "the README opens with the test command"
+    );
+    let ci = std::fs::read_to_string(root().join(".ci/run")).unwrap();
+    assert!(
+        ci.contains("scripts/test"),
+        ".ci/run runs the README's test command"
+    );
+}
