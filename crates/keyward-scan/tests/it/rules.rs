@@ -94,3 +94,43 @@ fn invalid_rule_files_are_errors() {
         "provider = \"X\"\n[[rules]]\nid = \"x\"\nname = \"x\"\npattern = \"x\"\nkeywords = []\n";
     assert!(rules.add_toml("x.toml", no_keywords).is_err());
 }
+
+#[test]
+fn overlapping_and_contained_keywords_all_trigger_their_rules() {
+    let mut rules = RuleSet::default();
+    let rule = |id: &str, pattern: &str, keyword: &str| {
+        format!("[[rules]]\nid = \"{id}\"\nname = \"{id}\"\npattern = '{pattern}'\nkeywords = [\"{keyword}\"]\n")
+    };
+    let text = format!(
+        "provider = \"T\"\n{}{}{}",
+        rule("t.inner", r"tok[0-9]{12}", "tok"),
+        rule("t.outer", r"mytok[0-9]{12}X", "mytok"),
+        rule("t.overlap", r"k12[0-9]{10}", "k12"),
+    );
+    rules.add_toml("t.toml", &text).unwrap();
+    let matcher = keyward_scan::matcher::Matcher::new(rules, Default::default());
+    let mut scratch = matcher.scratch();
+    // "mytok" contains "tok"; "tok" and "k12" overlap without containment.
+    let found: Vec<usize> = matcher
+        .find(&mut scratch, b"x mytok123456789012 y")
+        .iter()
+        .map(|m| m.rule)
+        .collect();
+    assert_eq!(
+        found,
+        [0],
+        "`tok` only occurs inside `mytok`, yet its rule ran"
+    );
+    let found: Vec<(usize, usize)> = matcher
+        .find(&mut scratch, b"tok123456789012")
+        .iter()
+        .map(|m| (m.rule, m.start))
+        .collect();
+    assert_eq!(found, [(0, 0)]);
+    let found: Vec<(usize, usize)> = matcher
+        .find(&mut scratch, b"== tok99 k121234567890")
+        .iter()
+        .map(|m| (m.rule, m.start))
+        .collect();
+    assert_eq!(found, [(2, 9)]);
+}
