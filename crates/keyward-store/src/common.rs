@@ -2,10 +2,12 @@
 //! usage batching. SQL stays in each backend's module, in its own dialect.
 
 use crate::{
-    AdminKey, AuditEvent, KeyRecord, KeyStatus, Org, Project, StoreError, StoreResult, UsageEvent,
-    UsageFilter, UsageTotals,
+    AdminKey, AuditEvent, KeyRecord, KeyStatus, Org, Project, ProjectPolicy, StoreError,
+    StoreResult, UsageEvent, UsageFilter, UsageGroup, UsageTotals,
 };
-use keyward_core::{AuditId, KeyHash, KeyId, Micros, OrgId, ProjectId};
+use keyward_core::{
+    AuditId, Budget, BudgetScope, KeyHash, KeyId, KeyPolicy, Micros, OrgId, Period, ProjectId,
+};
 use sqlx::error::ErrorKind;
 use sqlx::{Database, Encode, QueryBuilder, Row, Type};
 use std::collections::BTreeMap;
@@ -51,6 +53,18 @@ pub(crate) fn canonical_hash(hash_hex: &str) -> StoreResult<String> {
 
 pub(crate) fn encode_tags(tags: &[String]) -> StoreResult<String> {
     serde_json::to_string(tags).map_err(|e| StoreError::Backend(format!("encoding tags: {e}")))
+}
+
+/// Any JSON-stored value (policies, thresholds); `what` names it in the error.
+pub(crate) fn encode_json<T: serde::Serialize>(value: &T, what: &str) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("encoding {what}: {e}")))
+}
+
+/// Decodes a JSON column. A value that does not decode is an error, never a
+/// default: a policy silently read as "no restrictions" would lift them.
+fn decode_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> StoreResult<T> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Backend(format!("decoding stored {what}: {e}")))
 }
 
 pub(crate) fn encode_detail(detail: &serde_json::Value) -> StoreResult<String> {
@@ -115,7 +129,7 @@ pub(crate) fn org(row: &impl Columns) -> StoreResult<Org> {
 }
 
 /// Columns selected for a [`Project`].
-pub(crate) const PROJECT_COLUMNS: &str = "id, org_id, name, created_at";
+pub(crate) const PROJECT_COLUMNS: &str = "id, org_id, name, created_at, policy";
 
 pub(crate) fn project(row: &impl Columns) -> StoreResult<Project> {
     Ok(Project {
@@ -123,13 +137,14 @@ pub(crate) fn project(row: &impl Columns) -> StoreResult<Project> {
         org_id: OrgId::from_trusted(row.text("org_id")?),
         name: row.text("name")?,
         created_at: row.int("created_at")?,
+        policy: decode_json::<ProjectPolicy>(&row.text("policy")?, "project policy")?,
     })
 }
 
 /// Columns selected for a [`KeyRecord`], all from `keys`.
 pub(crate) const KEY_COLUMNS: &str =
     "id, project_id, org_id, name, hint, status, tags, created_by, \
-     created_at, last_used_at, revoked_at, expires_at";
+     created_at, last_used_at, revoked_at, expires_at, parent_key_id, policy, rotated_at";
 
 /// Decodes a key; `secret_expires_at` is read only when the query looked the key up
 /// by one of its secrets (and then selected that column).
@@ -149,6 +164,9 @@ pub(crate) fn key(row: &impl Columns, with_secret: bool) -> StoreResult<KeyRecor
         last_used_at: row.opt_int("last_used_at")?,
         revoked_at: row.opt_int("revoked_at")?,
         expires_at: row.opt_int("expires_at")?,
+        parent_id: row.opt_text("parent_key_id")?.map(KeyId::from_trusted),
+        policy: decode_json::<KeyPolicy>(&row.text("policy")?, "key policy")?,
+        rotated_at: row.opt_int("rotated_at")?,
         secret_expires_at: if with_secret {
             row.opt_int("secret_expires_at")?
         } else {
@@ -222,6 +240,50 @@ pub(crate) fn totals(row: &impl Columns) -> StoreResult<UsageTotals> {
         reasoning_tokens: row.int("reasoning_tokens")?,
         cost_micros: row.int("cost_micros")?,
     })
+}
+
+/// Totals for a group whose name was selected as `grp`.
+pub(crate) fn usage_group(row: &impl Columns) -> StoreResult<UsageGroup> {
+    Ok(UsageGroup {
+        group: row.text("grp")?,
+        totals: totals(row)?,
+    })
+}
+
+/// Columns selected for a [`Budget`].
+pub(crate) const BUDGET_COLUMNS: &str = "scope, scope_id, amount_micros, period, soft_thresholds";
+
+pub(crate) fn budget(row: &impl Columns) -> StoreResult<Budget> {
+    let kind = row.text("scope")?;
+    let scope = BudgetScope::from_parts(&kind, row.text("scope_id")?)
+        .ok_or_else(|| StoreError::Backend(format!("unknown budget scope {kind:?} in storage")))?;
+    let period = row.text("period")?;
+    Ok(Budget {
+        scope,
+        amount_micros: Micros(row.int("amount_micros")?),
+        period: Period::parse(&period).ok_or_else(|| {
+            StoreError::Backend(format!("unknown budget period {period:?} in storage"))
+        })?,
+        soft_thresholds: decode_json(&row.text("soft_thresholds")?, "budget thresholds")?,
+    })
+}
+
+/// The filter a query over raw events needs to count exactly what the hourly
+/// rollups count: `from` rounded down and `to` rounded up to whole hours, since a
+/// rollup row holds its whole hour. Grouping by model then adds up to the totals.
+pub(crate) fn hour_aligned(filter: &UsageFilter) -> UsageFilter {
+    UsageFilter {
+        from: rounded_from(filter, HOUR_MS),
+        to: filter.to.map(|t| {
+            let start = t - t.rem_euclid(HOUR_MS);
+            if start == t {
+                t
+            } else {
+                start.saturating_add(HOUR_MS)
+            }
+        }),
+        ..filter.clone()
+    }
 }
 
 /// Columns selected for an [`AuditEvent`]; `detail` must come back as JSON text.

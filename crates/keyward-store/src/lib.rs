@@ -5,14 +5,20 @@
 #![warn(missing_docs)]
 
 mod common;
+mod leaks;
 mod model;
 pub mod postgres;
 pub mod sqlite;
 
+pub use leaks::{
+    AttemptResult, Channel, ChannelScope, Delivery, DeliveryStatus, LeakOutcome, LeakReport,
+    NewDelivery, NewLeakReport, NewWebhook, Recipient, Webhook,
+};
 pub use model::*;
 
 use async_trait::async_trait;
-use keyward_core::{KeyHash, KeyId, OrgId, ProjectId};
+use keyward_core::{RecipientId, WebhookId};
+use keyward_core::{Budget, BudgetScope, KeyHash, KeyId, KeyPolicy, OrgId, ProjectId};
 use std::sync::Arc;
 
 /// Storage failures in domain terms.
@@ -115,6 +121,96 @@ pub trait Store: Send + Sync + 'static {
     async fn append_audit(&self, event: &NewAuditEvent) -> StoreResult<AuditEvent>;
     /// Audit events, newest first, optionally only those about one target.
     async fn list_audit(&self, target: Option<&str>, limit: i64) -> StoreResult<Vec<AuditEvent>>;
+
+    // Restrictions, budgets, rotation.
+
+    /// Replaces a key's restrictions and rate limits; `NotFound` if absent.
+    async fn set_key_policy(&self, id: &KeyId, policy: &KeyPolicy) -> StoreResult<KeyRecord>;
+    /// Replaces a project's limits and key-age policy; `NotFound` if absent.
+    async fn set_project_policy(
+        &self,
+        id: &ProjectId,
+        policy: &ProjectPolicy,
+    ) -> StoreResult<Project>;
+    /// Adds a new secret to a key in one transaction: every existing secret of the
+    /// key stops working at `old_expires_at` (or earlier if it already would), the
+    /// key's hint becomes the new secret's, `rotated_at` becomes `now_ms`, and when
+    /// `reactivate` is set the key returns to `active` (`revoked_at` cleared).
+    /// `NotFound` if absent. Returns the updated record.
+    async fn rotate_key(
+        &self,
+        id: &KeyId,
+        secret: &NewSecret,
+        now_ms: i64,
+        old_expires_at: i64,
+        reactivate: bool,
+    ) -> StoreResult<KeyRecord>;
+    /// Ephemeral tokens derived from `parent`, oldest first.
+    async fn child_keys(&self, parent: &KeyId) -> StoreResult<Vec<KeyRecord>>;
+    /// Creates or replaces the budget of `budget.scope`.
+    async fn set_budget(&self, budget: &Budget, now_ms: i64) -> StoreResult<()>;
+    /// Removes a budget; `NotFound` if there is none.
+    async fn delete_budget(&self, scope: &BudgetScope) -> StoreResult<()>;
+    /// The budgets of these scopes (those that have one).
+    async fn budgets_for(&self, scopes: &[BudgetScope]) -> StoreResult<Vec<Budget>>;
+    /// Every budget.
+    async fn list_budgets(&self) -> StoreResult<Vec<Budget>>;
+    /// Records that `threshold` percent of a budget was crossed in the period that
+    /// starts at `period_start`; true the first time only (so alerts fire once).
+    async fn record_budget_alert(
+        &self,
+        scope: &BudgetScope,
+        period_start: i64,
+        threshold: u32,
+        now_ms: i64,
+    ) -> StoreResult<bool>;
+    /// Totals grouped by key (from the rollups) or by model (from the events).
+    async fn usage_grouped(
+        &self,
+        filter: &UsageFilter,
+        by: GroupBy,
+    ) -> StoreResult<Vec<UsageGroup>>;
+
+    // Leaks, webhooks and notifications.
+
+    /// The keys owning any of these secret hashes, each with the hash it matched
+    /// (a key with several live secrets may appear more than once).
+    async fn keys_by_hashes(&self, hashes: &[KeyHash]) -> StoreResult<Vec<(KeyHash, KeyRecord)>>;
+    /// Moves a key from `active` to `leaked` (setting `revoked_at`). `Some` only
+    /// when this call made the change, so whatever follows a leak happens once
+    /// however many reports race; `None` when the key was not active or is absent.
+    async fn mark_key_leaked(&self, id: &KeyId, now_ms: i64) -> StoreResult<Option<KeyRecord>>;
+    /// Moves a key from `leaked` back to `active` (an admin's explicit decision
+    /// that the report was false). `None` when the key was not leaked.
+    async fn clear_key_leak(&self, id: &KeyId) -> StoreResult<Option<KeyRecord>>;
+    /// Records a sighting; `None` when the same secret was already reported by
+    /// the same source at the same place (a replay or a repeat).
+    async fn insert_leak_report(&self, report: &NewLeakReport) -> StoreResult<Option<LeakReport>>;
+    /// Leak reports, newest first, optionally of one key.
+    async fn list_leak_reports(&self, key: Option<&KeyId>, limit: i64) -> StoreResult<Vec<LeakReport>>;
+    /// Stores a webhook.
+    async fn create_webhook(&self, webhook: &NewWebhook) -> StoreResult<Webhook>;
+    /// All webhooks, oldest first.
+    async fn list_webhooks(&self) -> StoreResult<Vec<Webhook>>;
+    /// Deletes a webhook (its delivery log stays); `NotFound` if absent.
+    async fn delete_webhook(&self, id: &WebhookId) -> StoreResult<()>;
+    /// Stores an email recipient.
+    async fn create_recipient(&self, recipient: &Recipient) -> StoreResult<Recipient>;
+    /// All email recipients, oldest first.
+    async fn list_recipients(&self) -> StoreResult<Vec<Recipient>>;
+    /// Deletes an email recipient; `NotFound` if absent.
+    async fn delete_recipient(&self, id: &RecipientId) -> StoreResult<()>;
+    /// Queues deliveries, skipping any whose (target, event) is already queued.
+    /// Returns how many were new.
+    async fn enqueue_deliveries(&self, deliveries: &[NewDelivery]) -> StoreResult<u64>;
+    /// Takes up to `limit` pending deliveries due at `now_ms` and pushes their
+    /// next attempt to `lease_until`, atomically, so that two nodes (or two
+    /// workers) never send the same attempt at once.
+    async fn claim_due_deliveries(&self, now_ms: i64, lease_until: i64, limit: i64) -> StoreResult<Vec<Delivery>>;
+    /// Records an attempt's result (attempts + 1).
+    async fn record_attempt(&self, result: &AttemptResult) -> StoreResult<()>;
+    /// The delivery log, newest first, optionally of one webhook or recipient.
+    async fn list_deliveries(&self, target: Option<&str>, limit: i64) -> StoreResult<Vec<Delivery>>;
 }
 
 /// A store shared by every task of the server.

@@ -1,6 +1,6 @@
 //! The records the store keeps.
 
-use keyward_core::{AuditId, KeyId, Micros, OrgId, ProjectId};
+use keyward_core::{AuditId, KeyId, KeyPolicy, Micros, OrgId, ProjectId};
 use serde::{Deserialize, Serialize};
 
 /// An organization.
@@ -25,6 +25,26 @@ pub struct Project {
     pub name: String,
     /// Creation time, ms since the epoch.
     pub created_at: i64,
+    /// Limits shared by all the project's keys, and its key-age policy.
+    pub policy: ProjectPolicy,
+}
+
+/// Limits and rules for a whole project.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectPolicy {
+    /// Requests per minute across all the project's keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u32>,
+    /// Tokens per minute across all the project's keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u32>,
+    /// Requests in flight at once across all the project's keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    /// Keys whose current secret is older than this (ms) are flagged for rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_key_age_ms: Option<i64>,
 }
 
 /// A key's lifecycle state.
@@ -90,6 +110,19 @@ pub struct NewKey {
     pub created_at: i64,
     /// When it stops working, if ever.
     pub expires_at: Option<i64>,
+    /// For an ephemeral token, the key it was derived from.
+    pub parent_id: Option<KeyId>,
+    /// Restrictions and rate limits.
+    pub policy: KeyPolicy,
+}
+
+/// A new secret for an existing key (rotation).
+#[derive(Clone, Debug)]
+pub struct NewSecret {
+    /// SHA-256 of the full key, lowercase hex.
+    pub hash_hex: String,
+    /// Display hint.
+    pub hint: String,
 }
 
 /// A gateway key as stored (never its secret).
@@ -119,6 +152,12 @@ pub struct KeyRecord {
     pub revoked_at: Option<i64>,
     /// When the key stops working, ms.
     pub expires_at: Option<i64>,
+    /// For an ephemeral token (`kwe_`), the key it was derived from.
+    pub parent_id: Option<KeyId>,
+    /// Restrictions and rate limits.
+    pub policy: KeyPolicy,
+    /// When the current secret was issued by a rotation, ms.
+    pub rotated_at: Option<i64>,
     /// When the particular secret used for a lookup stops working (rotation grace),
     /// ms; `None` outside `key_by_hash` or for a current secret.
     #[serde(skip)]
@@ -278,4 +317,24 @@ pub struct AuditEvent {
     pub target: String,
     /// Structured detail.
     pub detail: serde_json::Value,
+}
+
+/// How to group usage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    /// Per key id.
+    Key,
+    /// Per model name.
+    Model,
+}
+
+/// Totals for one group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UsageGroup {
+    /// The key id or model name.
+    pub group: String,
+    /// Totals in it.
+    #[serde(flatten)]
+    pub totals: UsageTotals,
 }

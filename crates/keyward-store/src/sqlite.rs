@@ -9,11 +9,12 @@
 
 use crate::common::{self, backend, write_error, HOUR_MS};
 use crate::{
-    AdminKey, AuditEvent, Bucket, KeyRecord, KeyStatus, NewAdminKey, NewAuditEvent, NewKey, Org,
-    Project, Store, StoreError, StoreResult, UsageBucket, UsageEvent, UsageFilter, UsageTotals,
+    AdminKey, AuditEvent, Bucket, GroupBy, KeyRecord, KeyStatus, NewAdminKey, NewAuditEvent,
+    NewKey, NewSecret, Org, Project, ProjectPolicy, Store, StoreError, StoreResult, UsageBucket,
+    UsageEvent, UsageFilter, UsageGroup, UsageTotals,
 };
 use async_trait::async_trait;
-use keyward_core::{AuditId, KeyHash, KeyId, OrgId, ProjectId};
+use keyward_core::{AuditId, Budget, BudgetScope, KeyHash, KeyId, KeyPolicy, OrgId, ProjectId};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -21,6 +22,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Sqlite};
 use std::path::Path;
 use std::time::Duration;
+
+mod leaks;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -80,11 +83,12 @@ impl SqliteStore {
     }
 }
 
-/// A rollup query: the summed counters, optionally with a bucket start column.
-fn rollup_query<'a>(bucket_expr: Option<&str>) -> QueryBuilder<'a, Sqlite> {
+/// A rollup query: the summed counters, optionally with a grouping column (an
+/// expression and its alias).
+fn rollup_query<'a>(group: Option<(&str, &str)>) -> QueryBuilder<'a, Sqlite> {
     let mut qb = QueryBuilder::new("SELECT ");
-    if let Some(expr) = bucket_expr {
-        qb.push(expr).push(" AS bucket_start, ");
+    if let Some((expr, alias)) = group {
+        qb.push(expr).push(" AS ").push(alias).push(", ");
     }
     for (i, c) in common::COUNTERS.iter().enumerate() {
         if i > 0 {
@@ -164,6 +168,7 @@ impl Store for SqliteStore {
             org_id: org.clone(),
             name: name.to_owned(),
             created_at: now_ms,
+            policy: ProjectPolicy::default(),
         };
         sqlx::query("INSERT INTO projects (id, org_id, name, created_at) VALUES (?, ?, ?, ?)")
             .bind(project.id.as_str())
@@ -219,11 +224,13 @@ impl Store for SqliteStore {
     async fn create_key(&self, key: &NewKey) -> StoreResult<KeyRecord> {
         let hash_hex = common::canonical_hash(&key.hash_hex)?;
         let tags = common::encode_tags(&key.tags)?;
+        let policy = common::encode_json(&key.policy, "key policy")?;
         let mut tx = self.writer.begin().await.map_err(backend)?;
         // The org is taken from the project, so a key can never disagree with it.
         let org_id: Option<String> = sqlx::query_scalar(
-            "INSERT INTO keys (id, project_id, org_id, name, hint, status, tags, created_by, created_at, expires_at) \
-             SELECT ?, p.id, p.org_id, ?, ?, 'active', ?, ?, ?, ? FROM projects p WHERE p.id = ? \
+            "INSERT INTO keys (id, project_id, org_id, name, hint, status, tags, created_by, created_at, expires_at, \
+             parent_key_id, policy) \
+             SELECT ?, p.id, p.org_id, ?, ?, 'active', ?, ?, ?, ?, ?, ? FROM projects p WHERE p.id = ? \
              RETURNING org_id",
         )
         .bind(key.id.as_str())
@@ -233,6 +240,8 @@ impl Store for SqliteStore {
         .bind(key.created_by.as_deref())
         .bind(key.created_at)
         .bind(key.expires_at)
+        .bind(key.parent_id.as_ref().map(KeyId::as_str))
+        .bind(&policy)
         .bind(key.project_id.as_str())
         .fetch_optional(&mut *tx)
         .await
@@ -260,6 +269,9 @@ impl Store for SqliteStore {
             last_used_at: None,
             revoked_at: None,
             expires_at: key.expires_at,
+            parent_id: key.parent_id.clone(),
+            policy: key.policy.clone(),
+            rotated_at: None,
             secret_expires_at: None,
         })
     }
@@ -482,7 +494,7 @@ impl Store for SqliteStore {
             Bucket::Hour => ("hour_start", HOUR_MS),
             Bucket::Day => ("hour_start - hour_start % 86400000", common::DAY_MS),
         };
-        let mut qb = rollup_query(Some(expr));
+        let mut qb = rollup_query(Some((expr, "bucket_start")));
         common::push_usage_filter(
             &mut qb,
             filter,
@@ -546,5 +558,313 @@ impl Store for SqliteStore {
             .push_bind(limit.max(0));
         let rows = qb.build().fetch_all(&self.reader).await.map_err(backend)?;
         rows.iter().map(common::audit_event).collect()
+    }
+
+    async fn set_key_policy(&self, id: &KeyId, policy: &KeyPolicy) -> StoreResult<KeyRecord> {
+        let sql = format!(
+            "UPDATE keys SET policy = ? WHERE id = ? RETURNING {}",
+            common::KEY_COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(common::encode_json(policy, "key policy")?)
+            .bind(id.as_str())
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(backend)?;
+        common::key(&row.ok_or(StoreError::NotFound("key"))?, false)
+    }
+
+    async fn set_project_policy(
+        &self,
+        id: &ProjectId,
+        policy: &ProjectPolicy,
+    ) -> StoreResult<Project> {
+        let sql = format!(
+            "UPDATE projects SET policy = ? WHERE id = ? RETURNING {}",
+            common::PROJECT_COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(common::encode_json(policy, "project policy")?)
+            .bind(id.as_str())
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(backend)?;
+        common::project(&row.ok_or(StoreError::NotFound("project"))?)
+    }
+
+    async fn rotate_key(
+        &self,
+        id: &KeyId,
+        secret: &NewSecret,
+        now_ms: i64,
+        old_expires_at: i64,
+        reactivate: bool,
+    ) -> StoreResult<KeyRecord> {
+        let hash_hex = common::canonical_hash(&secret.hash_hex)?;
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        // The key row first: it finds out whether the key exists, and starts the
+        // transaction with a write (see the module docs).
+        let sql = format!(
+            "UPDATE keys SET hint = ?1, rotated_at = ?2, \
+             status = CASE WHEN ?3 THEN 'active' ELSE status END, \
+             revoked_at = CASE WHEN ?3 THEN NULL ELSE revoked_at END \
+             WHERE id = ?4 RETURNING {}",
+            common::KEY_COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(&secret.hint)
+            .bind(now_ms)
+            .bind(reactivate)
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let record = common::key(&row.ok_or(StoreError::NotFound("key"))?, false)?;
+        // Never extends a grace period an earlier rotation already set.
+        sqlx::query(
+            "UPDATE key_secrets SET expires_at = ?1 \
+             WHERE key_id = ?2 AND (expires_at IS NULL OR expires_at > ?1)",
+        )
+        .bind(old_expires_at)
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        sqlx::query("INSERT INTO key_secrets (hash_hex, key_id, hint, created_at, expires_at) VALUES (?, ?, ?, ?, NULL)")
+            .bind(&hash_hex)
+            .bind(id.as_str())
+            .bind(&secret.hint)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| write_error(e, "key", "key"))?;
+        tx.commit().await.map_err(backend)?;
+        Ok(record)
+    }
+
+    async fn child_keys(&self, parent: &KeyId) -> StoreResult<Vec<KeyRecord>> {
+        let sql = format!(
+            "SELECT {} FROM keys WHERE parent_key_id = ? ORDER BY created_at, id",
+            common::KEY_COLUMNS
+        );
+        let rows = sqlx::query(&sql)
+            .bind(parent.as_str())
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(|r| common::key(r, false)).collect()
+    }
+
+    async fn set_budget(&self, budget: &Budget, now_ms: i64) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO budgets (scope, scope_id, amount_micros, period, soft_thresholds, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (scope, scope_id) DO UPDATE SET amount_micros = excluded.amount_micros, \
+             period = excluded.period, soft_thresholds = excluded.soft_thresholds, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(budget.scope.kind())
+        .bind(budget.scope.id())
+        .bind(budget.amount_micros.0)
+        .bind(budget.period.as_str())
+        .bind(common::encode_json(&budget.soft_thresholds, "budget thresholds")?)
+        .bind(now_ms)
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn delete_budget(&self, scope: &BudgetScope) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let done = sqlx::query("DELETE FROM budgets WHERE scope = ? AND scope_id = ?")
+            .bind(scope.kind())
+            .bind(scope.id())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("budget"));
+        }
+        // A budget set again later starts with no alerts sent.
+        sqlx::query("DELETE FROM budget_alerts WHERE scope = ? AND scope_id = ?")
+            .bind(scope.kind())
+            .bind(scope.id())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn budgets_for(&self, scopes: &[BudgetScope]) -> StoreResult<Vec<Budget>> {
+        if scopes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {} FROM budgets WHERE ",
+            common::BUDGET_COLUMNS
+        ));
+        for (i, scope) in scopes.iter().enumerate() {
+            if i > 0 {
+                qb.push(" OR ");
+            }
+            qb.push("(scope = ")
+                .push_bind(scope.kind())
+                .push(" AND scope_id = ")
+                .push_bind(scope.id())
+                .push(")");
+        }
+        qb.push(" ORDER BY scope, scope_id");
+        let rows = qb.build().fetch_all(&self.reader).await.map_err(backend)?;
+        rows.iter().map(common::budget).collect()
+    }
+
+    async fn list_budgets(&self) -> StoreResult<Vec<Budget>> {
+        let sql = format!(
+            "SELECT {} FROM budgets ORDER BY scope, scope_id",
+            common::BUDGET_COLUMNS
+        );
+        let rows = sqlx::query(&sql)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(common::budget).collect()
+    }
+
+    async fn record_budget_alert(
+        &self,
+        scope: &BudgetScope,
+        period_start: i64,
+        threshold: u32,
+        now_ms: i64,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "INSERT INTO budget_alerts (scope, scope_id, period_start, threshold, at) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(scope.kind())
+        .bind(scope.id())
+        .bind(period_start)
+        .bind(i64::from(threshold))
+        .bind(now_ms)
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn usage_grouped(
+        &self,
+        filter: &UsageFilter,
+        by: GroupBy,
+    ) -> StoreResult<Vec<UsageGroup>> {
+        let aligned;
+        let mut qb = match by {
+            GroupBy::Key => {
+                let mut qb = rollup_query(Some(("key_id", "grp")));
+                common::push_usage_filter(
+                    &mut qb,
+                    filter,
+                    "hour_start",
+                    common::rounded_from(filter, HOUR_MS),
+                );
+                qb.push(" GROUP BY key_id");
+                qb
+            }
+            GroupBy::Model => {
+                aligned = common::hour_aligned(filter);
+                let mut qb = QueryBuilder::<Sqlite>::new(
+                    "SELECT model AS grp, COUNT(*) AS requests, SUM(status >= 400) AS errors",
+                );
+                for c in &common::COUNTERS[2..] {
+                    qb.push(format_args!(", SUM({c}) AS {c}"));
+                }
+                qb.push(" FROM usage_events");
+                common::push_usage_filter(&mut qb, &aligned, "at", aligned.from);
+                qb.push(" GROUP BY model");
+                qb
+            }
+        };
+        qb.push(" ORDER BY cost_micros DESC, grp");
+        let rows = qb.build().fetch_all(&self.reader).await.map_err(backend)?;
+        rows.iter().map(common::usage_group).collect()
+    }
+
+    // Leaks, webhooks and notifications: see `leaks.rs` next to this file.
+
+    async fn keys_by_hashes(&self, hashes: &[KeyHash]) -> StoreResult<Vec<(KeyHash, KeyRecord)>> {
+        self.leaks_keys_by_hashes(hashes).await
+    }
+
+    async fn mark_key_leaked(&self, id: &KeyId, now_ms: i64) -> StoreResult<Option<KeyRecord>> {
+        self.leaks_mark_key_leaked(id, now_ms).await
+    }
+
+    async fn clear_key_leak(&self, id: &KeyId) -> StoreResult<Option<KeyRecord>> {
+        self.leaks_clear_key_leak(id).await
+    }
+
+    async fn insert_leak_report(
+        &self,
+        report: &crate::NewLeakReport,
+    ) -> StoreResult<Option<crate::LeakReport>> {
+        self.leaks_insert_report(report).await
+    }
+
+    async fn list_leak_reports(
+        &self,
+        key: Option<&KeyId>,
+        limit: i64,
+    ) -> StoreResult<Vec<crate::LeakReport>> {
+        self.leaks_list_reports(key, limit).await
+    }
+
+    async fn create_webhook(&self, webhook: &crate::NewWebhook) -> StoreResult<crate::Webhook> {
+        self.leaks_create_webhook(webhook).await
+    }
+
+    async fn list_webhooks(&self) -> StoreResult<Vec<crate::Webhook>> {
+        self.leaks_list_webhooks().await
+    }
+
+    async fn delete_webhook(&self, id: &keyward_core::WebhookId) -> StoreResult<()> {
+        self.leaks_delete_webhook(id).await
+    }
+
+    async fn create_recipient(&self, recipient: &crate::Recipient) -> StoreResult<crate::Recipient> {
+        self.leaks_create_recipient(recipient).await
+    }
+
+    async fn list_recipients(&self) -> StoreResult<Vec<crate::Recipient>> {
+        self.leaks_list_recipients().await
+    }
+
+    async fn delete_recipient(&self, id: &keyward_core::RecipientId) -> StoreResult<()> {
+        self.leaks_delete_recipient(id).await
+    }
+
+    async fn enqueue_deliveries(&self, deliveries: &[crate::NewDelivery]) -> StoreResult<u64> {
+        self.leaks_enqueue(deliveries).await
+    }
+
+    async fn claim_due_deliveries(
+        &self,
+        now_ms: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<crate::Delivery>> {
+        self.leaks_claim_due(now_ms, lease_until, limit).await
+    }
+
+    async fn record_attempt(&self, result: &crate::AttemptResult) -> StoreResult<()> {
+        self.leaks_record_attempt(result).await
+    }
+
+    async fn list_deliveries(
+        &self,
+        target: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<crate::Delivery>> {
+        self.leaks_list_deliveries(target, limit).await
     }
 }

@@ -117,9 +117,15 @@ async fn postgres_schemas_keep_stores_apart() {
     let (a, b) = (fresh_schema(), fresh_schema());
     let store_a = PgStore::connect_with_schema(&url, &a).await.unwrap();
     let store_b = PgStore::connect_with_schema(&url, &b).await.unwrap();
-    let (store_a2, store_b2, url2, a2) = (store_a.clone(), store_b.clone(), url.clone(), a.clone());
+    let (store_a2, store_b2, url2, a2, b2) = (
+        store_a.clone(),
+        store_b.clone(),
+        url.clone(),
+        a.clone(),
+        b.clone(),
+    );
     let outcome = async move {
-        let (store_a, store_b, url, a) = (store_a2, store_b2, url2, a2);
+        let (store_a, store_b, url, a, b) = (store_a2, store_b2, url2, a2, b2);
         assert_eq!(store_a.backend(), "postgres");
         store_a.create_org("acme", 1).await.unwrap();
         assert_eq!(store_b.org_by_name("acme").await.unwrap(), None);
@@ -128,14 +134,24 @@ async fn postgres_schemas_keep_stores_apart() {
         assert!(again.org_by_name("acme").await.unwrap().is_some());
         again.close().await;
         let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-        let tables: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = $1",
-        )
-        .bind(&a)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-        assert_eq!(tables, 9, "eight tables and sqlx's migration log");
+        let mut tables = Vec::new();
+        for schema in [&a, &b] {
+            let names: Vec<String> = sqlx::query_scalar(
+                "SELECT table_name::TEXT FROM information_schema.tables \
+                 WHERE table_schema = $1 ORDER BY table_name",
+            )
+            .bind(schema)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+            tables.push(names);
+        }
+        // Every migration ran in each store's own schema.
+        for table in ["_sqlx_migrations", "orgs", "keys", "budgets"] {
+            let found = tables[0].iter().any(|t| t == table);
+            assert!(found, "{table} in {:?}", tables[0]);
+        }
+        assert_eq!(tables[0], tables[1]);
     };
     let outcome = tokio::spawn(outcome).await;
     store_a.close().await;

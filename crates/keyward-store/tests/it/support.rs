@@ -1,6 +1,6 @@
 //! The backends under test, and fixtures shared by the suite.
 
-use keyward_core::{KeyFormat, KeyHash, KeyId, KeyKind, Micros, ProjectId};
+use keyward_core::{KeyFormat, KeyHash, KeyId, KeyKind, KeyPolicy, Micros, ProjectId};
 use keyward_store::postgres::PgStore;
 use keyward_store::sqlite::SqliteStore;
 use keyward_store::{KeyRecord, NewKey, SharedStore, Store, UsageEvent};
@@ -114,6 +114,8 @@ pub fn new_key(project: &ProjectId, name: &str, created_at: i64) -> (NewKey, Str
         created_by: Some("key_admin".into()),
         created_at,
         expires_at: Some(created_at + 86_400_000),
+        parent_id: None,
+        policy: KeyPolicy::default(),
     };
     (key, secret)
 }
