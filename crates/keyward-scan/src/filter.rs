@@ -144,6 +144,21 @@ pub(crate) fn generic_value_ok(secret: &[u8]) -> bool {
         return false;
     }
     let lower = secret.to_ascii_lowercase();
+    // A value naming what it is (`sha256_password`, `secret1`, `my-token-v2`)
+    // is a label, not the secret.
+    if [
+        &b"password"[..],
+        b"passwd",
+        b"secret",
+        b"token",
+        b"apikey",
+        b"api_key",
+    ]
+    .iter()
+    .any(|w| memmem::find(&lower, w).is_some())
+    {
+        return false;
+    }
     // Hex digests of files and lock entries are rarely secrets in assignments
     // named like these, but hex API keys are common: keep hex, drop UUIDs,
     // which are mostly ids.
@@ -211,5 +226,6 @@ mod tests {
         assert!(!generic_value_ok(b"getUserAccessToken"));
         assert!(!generic_value_ok(b"123e4567-e89b-12d3-a456-426614174000"));
         assert!(!generic_value_ok(b"https://example.org/x1"));
+        assert!(!generic_value_ok(b"sha256_password"));
     }
 }
