@@ -64,6 +64,27 @@ typed_id!(
     AuditId, "aud"
 );
 
+typed_id!(
+    /// A report that a key was found exposed.
+    LeakReportId, "leak"
+);
+typed_id!(
+    /// A webhook endpoint that receives signed event notifications.
+    WebhookId, "whk"
+);
+typed_id!(
+    /// An email address that receives event notifications.
+    RecipientId, "rcp"
+);
+typed_id!(
+    /// One notification to one webhook or recipient, with its attempts.
+    DeliveryId, "dlv"
+);
+typed_id!(
+    /// An event that notifications are about (stable across retries).
+    EventId, "evt"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

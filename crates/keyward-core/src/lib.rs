@@ -5,17 +5,23 @@
 #![warn(missing_docs)]
 
 pub mod base62;
+pub mod budget;
 pub mod clock;
 pub mod ids;
 pub mod key;
 pub mod money;
+pub mod policy;
 pub mod prices;
 pub mod secret;
 
+pub use budget::{Budget, BudgetScope, Period};
 pub use clock::Clock;
-pub use ids::{AuditId, KeyId, OrgId, ProjectId};
+pub use ids::{
+    AuditId, DeliveryId, EventId, KeyId, LeakReportId, OrgId, ProjectId, RecipientId, WebhookId,
+};
 pub use key::{KeyFormat, KeyHash, KeyKind, KeyParseError, ParsedKey};
 pub use money::Micros;
+pub use policy::{EndpointRule, KeyPolicy, PolicyError};
 pub use prices::{ModelPrice, PriceTable, PricesError, TokenUsage};
 pub use secret::Secret;
 pub mod duration;

@@ -1,8 +1,10 @@
 //! The gateway's settings, already validated. The binary builds this from flags,
 //! `KEYWARD_*` variables and the config file.
 
+use crate::client_ip::ClientIpPolicy;
 use crate::usage_writer::BatchPolicy;
-use keyward_core::{KeyFormat, PriceTable, Secret};
+use keyward_core::{KeyFormat, Micros, PriceTable, Secret};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -39,6 +41,11 @@ pub struct GatewayConfig {
     pub shutdown_grace: Duration,
     /// Where the initial admin key is written on first start.
     pub data_dir: PathBuf,
+    /// How the client's address is found (trusted proxies).
+    pub client_ip: ClientIpPolicy,
+    /// Fixed costs for routes whose cost cannot be bounded otherwise (path → cost),
+    /// so they can run under a hard budget.
+    pub route_costs: HashMap<String, Micros>,
 }
 
 impl GatewayConfig {
@@ -55,6 +62,8 @@ impl GatewayConfig {
             usage_batch: BatchPolicy::default(),
             shutdown_grace: Duration::from_secs(30),
             data_dir,
+            client_ip: ClientIpPolicy::default(),
+            route_costs: HashMap::new(),
         }
     }
 }

@@ -26,6 +26,24 @@ pub enum GatewayError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The key may not call this endpoint.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The key may not use this model.
+    #[error("{0}")]
+    ModelNotAllowed(String),
+    /// The key may not be used from this address.
+    #[error("{0}")]
+    IpNotAllowed(String),
+    /// A rate limit was reached.
+    #[error("{}", .0.message)]
+    RateLimited(crate::rate_limit::RateLimited),
+    /// A hard budget cannot pay for the request.
+    #[error("{0}")]
+    InsufficientQuota(String),
+    /// The request's cost cannot be bounded, and a hard budget applies.
+    #[error("{0}")]
+    CostUnbounded(String),
     /// The upstream could not be reached.
     #[error("The upstream API could not be reached. Try again later.")]
     UpstreamUnreachable,
@@ -46,6 +64,36 @@ impl GatewayError {
                 Some("invalid_api_key"),
             ),
             GatewayError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", None),
+            GatewayError::PermissionDenied(_) => (
+                StatusCode::FORBIDDEN,
+                "invalid_request_error",
+                Some("permission_denied"),
+            ),
+            GatewayError::ModelNotAllowed(_) => (
+                StatusCode::FORBIDDEN,
+                "invalid_request_error",
+                Some("model_not_allowed"),
+            ),
+            GatewayError::IpNotAllowed(_) => (
+                StatusCode::FORBIDDEN,
+                "invalid_request_error",
+                Some("ip_not_allowed"),
+            ),
+            GatewayError::RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "requests",
+                Some("rate_limit_exceeded"),
+            ),
+            GatewayError::InsufficientQuota(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "insufficient_quota",
+                Some("insufficient_quota"),
+            ),
+            GatewayError::CostUnbounded(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("cost_not_bounded"),
+            ),
             GatewayError::TooLarge { .. } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",

@@ -104,6 +104,9 @@ mod tests {
             last_used_at: None,
             revoked_at: None,
             expires_at: None,
+            parent_id: None,
+            policy: Default::default(),
+            rotated_at: None,
             secret_expires_at: None,
         })
     }

@@ -6,7 +6,11 @@
 //! `Authorization` header, marked sensitive.
 #![warn(missing_docs)]
 
+pub mod admission;
+pub mod alerts;
 pub mod bootstrap;
+pub mod budget_ledger;
+pub mod client_ip;
 pub mod config;
 pub mod credentials;
 pub mod error;
@@ -15,10 +19,12 @@ pub mod management;
 pub mod meter;
 pub mod metrics;
 pub mod proxy;
+pub mod rate_limit;
 pub mod server;
 pub mod simulated;
 pub mod sse_tap;
 pub mod state;
+pub mod ttl_map;
 pub mod upstream;
 pub mod usage_parse;
 pub mod usage_writer;

@@ -2,9 +2,10 @@
 //! into exactly one usage event, whether the response completes, fails, or the
 //! client hangs up ([`MeteredBody`] reports on drop).
 
+use crate::admission::Admission;
 use crate::sse_tap::SseTap;
+use crate::state::SharedState;
 use crate::usage_parse::{model_in, usage_in};
-use crate::usage_writer::UsageWriter;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming};
 use keyward_core::{Micros, ModelPrice, TokenUsage};
@@ -20,8 +21,10 @@ const MAX_JSON_TAP: usize = 16 * 1024 * 1024;
 
 /// Everything needed to write the request's usage event.
 pub struct RequestMeter {
-    /// Where the event goes.
-    pub writer: UsageWriter,
+    /// Where the event goes, and the ledger and limiter to settle.
+    pub state: SharedState,
+    /// The request's hold on rate limits and budgets.
+    pub admission: Option<Admission>,
     /// The key that made the request.
     pub key: Arc<KeyRecord>,
     /// Request path.
@@ -69,7 +72,18 @@ impl RequestMeter {
             TokenUsage::default()
         });
         let cost = self.price.map_or(Micros::ZERO, |p| p.cost(&usage));
-        self.writer.record(UsageEvent {
+        if let Some(admission) = self.admission.take() {
+            if let Some(permit) = admission.permit {
+                permit.finish(usage.input + usage.output);
+            }
+            if let Some(reservation) = admission.reservation {
+                let crossed = reservation.settle(cost.0);
+                if !crossed.is_empty() {
+                    crate::alerts::budget_thresholds(self.state.clone(), crossed);
+                }
+            }
+        }
+        self.state.usage.record(UsageEvent {
             key_id: self.key.id.clone(),
             project_id: self.key.project_id.clone(),
             org_id: self.key.org_id.clone(),

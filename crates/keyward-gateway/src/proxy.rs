@@ -1,10 +1,12 @@
 //! `/v1/*`: verify the key, meter, and forward to the upstream with its key.
 
+use crate::admission::{admit, Ask};
 use crate::credentials::{presented_key, KEY_HEADERS};
 use crate::error::GatewayError;
 use crate::meter::{MeteredBody, RequestMeter};
+use crate::rate_limit::write_headers as write_rate_headers;
 use crate::state::{AppState, SharedState};
-use crate::verify::verify_key;
+use crate::verify::verify_caller;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -56,16 +58,18 @@ struct RequestFacts {
     stream: bool,
     /// The client asked for the usage chunk itself.
     client_wants_usage: bool,
+    /// The output cap the client set.
+    requested_output: Option<i64>,
 }
 
 async fn handle(
-    state: &AppState,
+    state: &SharedState,
     peer: SocketAddr,
     req: Request,
 ) -> Result<Response, GatewayError> {
     let started = Instant::now();
     let at_ms = state.clock.now_ms();
-    let key = verify_key(
+    let caller = verify_caller(
         state,
         presented_key(req.headers()).ok_or(GatewayError::MissingKey)?,
     )
@@ -78,17 +82,19 @@ async fn handle(
         .map_or("/", |p| p.as_str())
         .to_owned();
     let endpoint = parts.uri.path().to_owned();
+    let client_ip = state.config.client_ip.client_ip(peer.ip(), &parts.headers);
     let mut meter = RequestMeter {
-        writer: state.usage.clone(),
-        key: key.clone(),
-        endpoint,
+        state: state.clone(),
+        admission: None,
+        key: caller.key.clone(),
+        endpoint: endpoint.clone(),
         model: String::new(),
         price: None,
         at_ms,
         started,
         upstream_latency_ms: -1,
         status: 0,
-        client_ip: Some(peer.ip().to_string()),
+        client_ip: Some(client_ip.to_string()),
         streamed: false,
         input_estimate: 0,
     };
@@ -104,7 +110,7 @@ async fn handle(
         Err(e) => return Err(refused(meter, e)),
     };
     meter.input_estimate = body.len() as i64;
-    let (body, facts) = match inspect_json(&parts.headers, body) {
+    let (mut json, facts) = match inspect_json(&parts.headers, &body) {
         Ok(x) => x,
         Err(e) => return Err(refused(meter, e)),
     };
@@ -114,10 +120,37 @@ async fn handle(
         meter.streamed = f.stream;
     }
 
-    let upstream_req = match build_upstream_request(state, &parts, &path_and_query, body) {
-        Ok(r) => r,
+    let ask = Ask {
+        method: parts.method.as_str(),
+        path: &endpoint,
+        model: facts.as_ref().map_or("", |f| f.model.as_str()),
+        client_ip,
+        body: &body,
+        requested_output: facts.as_ref().and_then(|f| f.requested_output),
+        price: meter.price,
+    };
+    let admission = match admit(state, &caller, &ask).await {
+        Ok(a) => a,
         Err(e) => return Err(refused(meter, e)),
     };
+    let rate_headers = admission.headers;
+    let body = rewrite_body(
+        &endpoint,
+        json.as_mut(),
+        facts.as_ref(),
+        admission.output_cap,
+        body,
+    );
+    meter.admission = Some(admission);
+
+    let upstream_req =
+        match body.and_then(|b| build_upstream_request(state, &parts, &path_and_query, b)) {
+            Ok(r) => r,
+            Err(e) => return Err(refused(meter, e)),
+        };
+    if let Some(p) = meter.admission.as_mut().and_then(|a| a.permit.as_mut()) {
+        p.commit();
+    }
     let upstream_resp = match state.upstream.send(upstream_req).await {
         Ok(r) => r,
         Err(e) => {
@@ -130,6 +163,7 @@ async fn handle(
 
     let (mut resp_parts, upstream_body) = upstream_resp.into_parts();
     clean_response_headers(&mut resp_parts.headers);
+    write_rate_headers(&mut resp_parts.headers, &rate_headers);
     let is_sse = resp_parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -147,6 +181,47 @@ async fn handle(
         Body::new(MeteredBody::json(upstream_body, meter))
     };
     Ok(Response::from_parts(resp_parts, body))
+}
+
+/// Applies the gateway's changes to a JSON body: ask a stream for usage, and set
+/// the output cap a budget requires. Serializes only when something changed.
+fn rewrite_body(
+    endpoint: &str,
+    json: Option<&mut Value>,
+    facts: Option<&RequestFacts>,
+    output_cap: Option<i64>,
+    original: Bytes,
+) -> Result<Bytes, GatewayError> {
+    let (Some(Value::Object(obj)), Some(facts)) = (json, facts) else {
+        return Ok(original);
+    };
+    let mut changed = false;
+    // The Responses API always reports usage in its final event; chat and legacy
+    // completions only when asked.
+    if facts.stream && !facts.client_wants_usage && endpoint != "/v1/responses" {
+        let options = obj
+            .entry("stream_options")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(o) = options.as_object_mut() {
+            o.insert("include_usage".into(), Value::Bool(true));
+            changed = true;
+        }
+    }
+    if let Some(cap) = output_cap {
+        let field = match endpoint {
+            "/v1/completions" => "max_tokens",
+            "/v1/responses" => "max_output_tokens",
+            _ => "max_completion_tokens",
+        };
+        obj.insert(field.into(), Value::from(cap));
+        changed = true;
+    }
+    if !changed {
+        return Ok(original);
+    }
+    serde_json::to_vec(obj)
+        .map(Bytes::from)
+        .map_err(|_| GatewayError::Internal)
 }
 
 /// Records the usage event of a request that never got an upstream answer, and
@@ -179,20 +254,19 @@ async fn read_body(
     }
 }
 
-/// Reads model and stream flags from a JSON body, and asks a streaming upstream
-/// for usage (`stream_options.include_usage`) when the client did not.
+/// Parses a JSON body and reads what the gateway needs from it.
 fn inspect_json(
     headers: &HeaderMap,
-    body: Bytes,
-) -> Result<(Bytes, Option<RequestFacts>), GatewayError> {
+    body: &[u8],
+) -> Result<(Option<Value>, Option<RequestFacts>), GatewayError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/json"));
     if !is_json || body.is_empty() {
-        return Ok((body, None));
+        return Ok((None, None));
     }
-    let mut value: Value = serde_json::from_slice(&body).map_err(|e| {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
         GatewayError::BadRequest(format!(
             "We could not parse the JSON body of your request ({}, line {} column {}).",
             json_error_kind(&e),
@@ -200,7 +274,7 @@ fn inspect_json(
             e.column()
         ))
     })?;
-    let Some(obj) = value.as_object_mut() else {
+    let Some(obj) = value.as_object() else {
         return Err(GatewayError::BadRequest(
             "The request body must be a JSON object.".into(),
         ));
@@ -210,30 +284,33 @@ fn inspect_json(
         Some(Value::String(m)) => m.clone(),
         Some(_) => return Err(GatewayError::BadRequest("`model` must be a string.".into())),
     };
-    let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let client_wants_usage = obj
-        .get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let mut requested_output = None;
+    for field in ["max_completion_tokens", "max_tokens", "max_output_tokens"] {
+        match obj.get(field) {
+            None | Some(Value::Null) => {}
+            Some(v) => match v.as_i64() {
+                Some(n) if n >= 0 => {
+                    requested_output = Some(requested_output.map_or(n, |r: i64| r.min(n)))
+                }
+                _ => {
+                    return Err(GatewayError::BadRequest(format!(
+                        "`{field}` must be a non-negative integer."
+                    )))
+                }
+            },
+        }
+    }
     let facts = RequestFacts {
         model,
-        stream,
-        client_wants_usage,
+        stream: obj.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        client_wants_usage: obj
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        requested_output,
     };
-    // The Responses API always reports usage in its final event; chat and legacy
-    // completions only when asked.
-    if stream && !client_wants_usage && !obj.contains_key("input") {
-        let options = obj
-            .entry("stream_options")
-            .or_insert_with(|| Value::Object(Default::default()));
-        if let Some(o) = options.as_object_mut() {
-            o.insert("include_usage".into(), Value::Bool(true));
-        }
-        let rewritten = serde_json::to_vec(&value).map_err(|_| GatewayError::Internal)?;
-        return Ok((Bytes::from(rewritten), Some(facts)));
-    }
-    Ok((body, Some(facts)))
+    Ok((Some(value), Some(facts)))
 }
 
 fn json_error_kind(e: &serde_json::Error) -> &'static str {

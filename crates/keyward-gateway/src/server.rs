@@ -5,6 +5,7 @@ use crate::config::GatewayConfig;
 use crate::key_cache::KeyCache;
 use crate::metrics::Metrics;
 use crate::state::{AppState, SharedState};
+use crate::ttl_map::TtlMap;
 use crate::upstream::Upstream;
 use crate::usage_writer::UsageWriter;
 use axum::extract::State;
@@ -42,7 +43,8 @@ impl Server {
             config.connect_timeout,
             config.upstream_timeout,
         );
-        let keys = KeyCache::new(config.key_cache_ttl.as_millis() as i64);
+        let ttl = config.key_cache_ttl.as_millis() as i64;
+        let keys = KeyCache::new(ttl);
         Ok(Self {
             state: Arc::new(AppState {
                 config,
@@ -52,6 +54,11 @@ impl Server {
                 metrics,
                 clock,
                 upstream,
+                limiter: Arc::default(),
+                ledger: Arc::default(),
+                projects: TtlMap::new(ttl),
+                keys_by_id: TtlMap::new(ttl),
+                budgets: TtlMap::new(ttl),
             }),
         })
     }

@@ -1,12 +1,15 @@
 //! What every handler shares.
 
+use crate::budget_ledger::BudgetLedger;
 use crate::config::GatewayConfig;
 use crate::key_cache::KeyCache;
 use crate::metrics::Metrics;
+use crate::rate_limit::RateLimiter;
+use crate::ttl_map::TtlMap;
 use crate::upstream::Upstream;
 use crate::usage_writer::UsageWriter;
-use keyward_core::Clock;
-use keyward_store::SharedStore;
+use keyward_core::{Budget, BudgetScope, Clock, KeyId, ProjectId};
+use keyward_store::{KeyRecord, Project, SharedStore};
 use std::sync::Arc;
 
 /// Shared server state.
@@ -25,6 +28,16 @@ pub struct AppState {
     pub clock: Clock,
     /// Pooled upstream client.
     pub upstream: Upstream,
+    /// Rate-limit state.
+    pub limiter: Arc<RateLimiter>,
+    /// Budget accounts.
+    pub ledger: Arc<BudgetLedger>,
+    /// Projects by id (their limits), briefly cached.
+    pub projects: TtlMap<ProjectId, Arc<Project>>,
+    /// Keys by id (parents of ephemeral tokens), briefly cached.
+    pub keys_by_id: TtlMap<KeyId, Arc<KeyRecord>>,
+    /// Budgets by scope (`None`: the scope has none), briefly cached.
+    pub budgets: TtlMap<BudgetScope, Option<Budget>>,
 }
 
 /// The state as handlers receive it.

@@ -3,11 +3,47 @@
 //! Order matters for cost: the checksum rejects made-up and mistyped keys with no
 //! storage read; the cache answers hot keys; storage answers the rest.
 
+use crate::admission::Caller;
 use crate::error::GatewayError;
 use crate::state::AppState;
 use keyward_core::{KeyKind, KeyParseError};
 use keyward_store::{KeyRecord, KeyStatus};
 use std::sync::Arc;
+
+/// The key (and, for an ephemeral token, its parent) behind `presented`, if it
+/// may call the gateway now. A token whose parent is no longer usable is refused:
+/// revoking a key revokes its tokens.
+pub async fn verify_caller(state: &AppState, presented: &str) -> Result<Caller, GatewayError> {
+    let key = verify_key(state, presented).await?;
+    let Some(parent_id) = key.parent_id.clone() else {
+        return Ok(Caller { key, parent: None });
+    };
+    let now = state.clock.now_ms();
+    let parent = match state.keys_by_id.get(&parent_id, now) {
+        Some(p) => p,
+        None => {
+            let p = state.store.get_key(&parent_id).await.map_err(|e| {
+                tracing::error!(error = %e, "parent key lookup failed");
+                GatewayError::Internal
+            })?;
+            let p = Arc::new(p.ok_or_else(|| {
+                GatewayError::InvalidKey("This token's parent key no longer exists.".into())
+            })?);
+            state.keys_by_id.insert(parent_id, p.clone(), now);
+            p
+        }
+    };
+    usable(&parent, now).map_err(|_| {
+        GatewayError::InvalidKey(format!(
+            "This token ({}) was derived from a key that is no longer active.",
+            key.id
+        ))
+    })?;
+    Ok(Caller {
+        key,
+        parent: Some(parent),
+    })
+}
 
 /// The key record behind `presented`, if it may call the gateway now.
 pub async fn verify_key(state: &AppState, presented: &str) -> Result<Arc<KeyRecord>, GatewayError> {
@@ -46,6 +82,12 @@ pub async fn verify_key(state: &AppState, presented: &str) -> Result<Arc<KeyReco
             record
         }
     };
+    // A token and a key are not interchangeable even if their hashes were.
+    if (parsed.kind == KeyKind::Ephemeral) != record.parent_id.is_some() {
+        return Err(GatewayError::InvalidKey(
+            "Incorrect API key provided: no such key exists.".into(),
+        ));
+    }
     usable(&record, now)?;
     Ok(record)
 }

@@ -1,16 +1,24 @@
-//! Gateway keys: create (the secret is shown once, here), list, get, revoke, delete.
+//! Gateway keys: create (the secret is shown once, here), list, get, revoke,
+//! delete, rotate, and ephemeral tokens.
 
 use super::orgs::{resolve_project, valid_name};
+use super::policy_input::{BudgetInput, PolicyInput};
 use super::{Admin, ApiError};
 use crate::state::{AppState, SharedState};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use keyward_core::{key, KeyHash, KeyId, KeyKind};
-use keyward_store::{KeyRecord, KeyStatus, NewAuditEvent, NewKey};
+use keyward_core::{key, BudgetScope, KeyHash, KeyId, KeyKind, KeyPolicy, Secret};
+use keyward_store::{KeyRecord, KeyStatus, NewAuditEvent, NewKey, NewSecret, Project};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+/// Default and largest lifetime of an ephemeral token.
+const TOKEN_TTL_DEFAULT_S: i64 = 600;
+const TOKEN_TTL_MAX_S: i64 = 86_400;
+/// Default grace period of the old secret after a rotation.
+const ROTATION_GRACE_DEFAULT_S: i64 = 86_400;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,14 +35,42 @@ pub struct CreateKey {
     /// Create the project when no project has that name.
     #[serde(default)]
     create_project: bool,
+    /// Restrictions and rate limits.
+    policy: Option<PolicyInput>,
+    /// A budget for this key.
+    budget: Option<BudgetInput>,
 }
 
-/// A new key: the record plus its secret, which is never shown again.
+/// A key as the API shows it.
+#[derive(Serialize)]
+pub struct KeyView {
+    #[serde(flatten)]
+    record: KeyRecord,
+    /// Whether this is an ephemeral token.
+    ephemeral: bool,
+    /// The current secret is older than the project's maximum key age.
+    rotation_due: bool,
+}
+
+/// A new secret: the record plus the key, which is never shown again.
 #[derive(Serialize)]
 pub struct CreatedKey {
     #[serde(flatten)]
-    record: KeyRecord,
+    view: KeyView,
     key: String,
+}
+
+fn view(record: KeyRecord, project: Option<&Project>, now: i64) -> KeyView {
+    let issued = record.rotated_at.unwrap_or(record.created_at);
+    let rotation_due = record.status == KeyStatus::Active
+        && project
+            .and_then(|p| p.policy.max_key_age_ms)
+            .is_some_and(|max| now - issued > max);
+    KeyView {
+        ephemeral: record.parent_id.is_some(),
+        rotation_due,
+        record,
+    }
 }
 
 pub async fn create(
@@ -60,14 +96,24 @@ pub async fn create(
             ))
         }
     };
+    let policy = req
+        .policy
+        .map(PolicyInput::into_policy)
+        .transpose()?
+        .unwrap_or_default();
+    let id = KeyId::generate();
+    let budget = req
+        .budget
+        .map(|b| b.into_budget(BudgetScope::Key(id.to_string())))
+        .transpose()?;
     let project =
         resolve_project(&state, req.org.as_deref(), &req.project, req.create_project).await?;
     let secret = state.config.key_format.generate(KeyKind::Standard);
     let record = state
         .store
         .create_key(&NewKey {
-            id: KeyId::generate(),
-            project_id: project.id,
+            id,
+            project_id: project.id.clone(),
             name: name.to_owned(),
             hash_hex: KeyHash::of(secret.expose()).to_hex(),
             hint: key::hint(secret.expose()),
@@ -75,20 +121,22 @@ pub async fn create(
             created_by: Some(admin.id.to_string()),
             created_at: now,
             expires_at,
+            parent_id: None,
+            policy,
         })
         .await?;
-    audit(
-        &state,
-        &admin,
-        "key.created",
-        &record,
-        json!({"name": record.name, "project_id": record.project_id}),
-    )
-    .await?;
+    if let Some(b) = &budget {
+        if let Err(e) = state.store.set_budget(b, now).await {
+            // Do not leave a key without the budget it was asked for.
+            let _ = state.store.delete_key(&record.id).await;
+            return Err(e.into());
+        }
+    }
+    audit(&state, &admin.id.to_string(), "key.created", &record, json!({"name": record.name, "project_id": record.project_id, "policy": record.policy, "budget": budget})).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedKey {
-            record,
+            view: view(record, Some(&project), now),
             key: secret.expose().to_owned(),
         }),
     ))
@@ -113,49 +161,67 @@ pub async fn list(
         ),
         None => None,
     };
-    Ok(Json(
-        json!({ "data": state.store.list_keys(project.as_ref()).await? }),
-    ))
+    let projects = state.store.list_projects(None).await?;
+    let now = state.clock.now_ms();
+    let views: Vec<KeyView> = state
+        .store
+        .list_keys(project.as_ref())
+        .await?
+        .into_iter()
+        .map(|k| {
+            let p = projects.iter().find(|p| p.id == k.project_id);
+            view(k, p, now)
+        })
+        .collect();
+    Ok(Json(json!({ "data": views })))
 }
 
 pub async fn get(
     State(state): State<SharedState>,
     _admin: Admin,
     Path(id): Path<String>,
-) -> Result<Json<KeyRecord>, ApiError> {
-    let id = KeyId::parse(&id).ok_or(ApiError::NotFound("key"))?;
-    state
-        .store
-        .get_key(&id)
-        .await?
-        .map(Json)
-        .ok_or(ApiError::NotFound("key"))
+) -> Result<Json<KeyView>, ApiError> {
+    let record = find(&state, &id).await?;
+    let project = state.store.get_project(&record.project_id).await?;
+    Ok(Json(view(record, project.as_ref(), state.clock.now_ms())))
 }
 
-/// Revokes a key. Takes effect on the next request: the cache entry is dropped
-/// after the store is updated. A key that is already not active keeps its status
-/// (a leaked key stays marked leaked).
+/// Revokes a key and the ephemeral tokens derived from it. Takes effect on the
+/// next request: cache entries are dropped after the store is updated. A key that
+/// is already not active keeps its status (a leaked key stays marked leaked).
 pub async fn revoke(
     State(state): State<SharedState>,
     admin: Admin,
     Path(id): Path<String>,
-) -> Result<Json<KeyRecord>, ApiError> {
-    let id = KeyId::parse(&id).ok_or(ApiError::NotFound("key"))?;
-    let current = state
-        .store
-        .get_key(&id)
-        .await?
-        .ok_or(ApiError::NotFound("key"))?;
+) -> Result<Json<KeyView>, ApiError> {
+    let current = find(&state, &id).await?;
     if current.status != KeyStatus::Active {
-        return Ok(Json(current));
+        return Ok(Json(view(current, None, state.clock.now_ms())));
     }
+    let now = state.clock.now_ms();
     let record = state
         .store
-        .set_key_status(&id, KeyStatus::Revoked, state.clock.now_ms())
+        .set_key_status(&current.id, KeyStatus::Revoked, now)
         .await?;
-    state.keys.invalidate(&id);
-    audit(&state, &admin, "key.revoked", &record, json!({})).await?;
-    Ok(Json(record))
+    forget(&state, &record.id);
+    for child in state.store.child_keys(&record.id).await? {
+        if child.status == KeyStatus::Active {
+            state
+                .store
+                .set_key_status(&child.id, KeyStatus::Revoked, now)
+                .await?;
+        }
+        forget(&state, &child.id);
+    }
+    audit(
+        &state,
+        &admin.id.to_string(),
+        "key.revoked",
+        &record,
+        json!({}),
+    )
+    .await?;
+    Ok(Json(view(record, None, now)))
 }
 
 pub async fn delete(
@@ -163,17 +229,12 @@ pub async fn delete(
     admin: Admin,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let id = KeyId::parse(&id).ok_or(ApiError::NotFound("key"))?;
-    let record = state
-        .store
-        .get_key(&id)
-        .await?
-        .ok_or(ApiError::NotFound("key"))?;
-    state.store.delete_key(&id).await?;
-    state.keys.invalidate(&id);
+    let record = find(&state, &id).await?;
+    state.store.delete_key(&record.id).await?;
+    forget(&state, &record.id);
     audit(
         &state,
-        &admin,
+        &admin.id.to_string(),
         "key.deleted",
         &record,
         json!({"name": record.name}),
@@ -182,9 +243,228 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// Seconds the old secret keeps working (default 24 h; 0 ends it now).
+    grace_seconds: Option<i64>,
+}
+
+/// Issues a new secret for the same key record (same id, limits, history). The old
+/// secret works for the grace period. A leaked key's old secret stops at once and
+/// the key becomes active again with the new secret — an explicit, audited step.
+pub async fn rotate(
+    State(state): State<SharedState>,
+    admin: Admin,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<CreatedKey>, ApiError> {
+    let req: RotateKey = optional_json(&body)?;
+    let record = find(&state, &id).await?;
+    if record.parent_id.is_some() {
+        return Err(ApiError::Conflict(
+            "ephemeral tokens are not rotated; ask for a new token".into(),
+        ));
+    }
+    let leaked = record.status == KeyStatus::Leaked;
+    if !matches!(record.status, KeyStatus::Active | KeyStatus::Leaked) {
+        return Err(ApiError::Conflict(format!(
+            "a {} key cannot be rotated",
+            record.status.as_str()
+        )));
+    }
+    let grace = match req.grace_seconds {
+        None => ROTATION_GRACE_DEFAULT_S,
+        Some(g) if (0..=30 * 86_400).contains(&g) => g,
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "grace_seconds must be between 0 and 30 days".into(),
+            ))
+        }
+    };
+    let grace = if leaked { 0 } else { grace };
+    let now = state.clock.now_ms();
+    let secret = state.config.key_format.generate(KeyKind::Standard);
+    let rotated = state
+        .store
+        .rotate_key(
+            &record.id,
+            &new_secret(&secret),
+            now,
+            now + grace * 1000,
+            leaked,
+        )
+        .await?;
+    forget(&state, &rotated.id);
+    audit(
+        &state,
+        &admin.id.to_string(),
+        "key.rotated",
+        &rotated,
+        json!({"grace_seconds": grace, "previous_status": record.status}),
+    )
+    .await?;
+    let project = state.store.get_project(&rotated.project_id).await?;
+    Ok(Json(CreatedKey {
+        view: view(rotated, project.as_ref(), now),
+        key: secret.expose().to_owned(),
+    }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EphemeralRequest {
+    /// Lifetime in seconds (default 600, at most 86,400).
+    ttl_seconds: Option<i64>,
+    /// A subset of the parent's permissions.
+    policy: Option<PolicyInput>,
+    /// Its own small budget, in dollars, for its whole life.
+    budget_usd: Option<f64>,
+}
+
+/// `POST /api/v1/keys/{id}/ephemeral` (admin).
+pub async fn ephemeral(
+    State(state): State<SharedState>,
+    admin: Admin,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    let parent = find(&state, &id).await?;
+    let req: EphemeralRequest = optional_json(&body)?;
+    issue_token(&state, &parent, req, &admin.id.to_string()).await
+}
+
+/// `POST /keyward/v1/tokens`: the holder of a standard key asks for a token to
+/// hand to a browser or mobile client.
+pub async fn token_for_holder(
+    State(state): State<SharedState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    let presented = crate::credentials::presented_key(&headers).ok_or(ApiError::Unauthorized)?;
+    let caller = crate::verify::verify_caller(&state, presented)
+        .await
+        .map_err(|_| ApiError::Unauthorized)?;
+    if caller.parent.is_some() {
+        return Err(ApiError::BadRequest(
+            "an ephemeral token cannot issue tokens".into(),
+        ));
+    }
+    let req: EphemeralRequest = optional_json(&body)?;
+    let parent = (*caller.key).clone();
+    issue_token(&state, &parent, req, &parent.id.to_string()).await
+}
+
+async fn issue_token(
+    state: &AppState,
+    parent: &KeyRecord,
+    req: EphemeralRequest,
+    actor: &str,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    if parent.parent_id.is_some() || parent.status != KeyStatus::Active {
+        return Err(ApiError::Conflict(
+            "tokens can only be derived from an active standard key".into(),
+        ));
+    }
+    let ttl = match req.ttl_seconds {
+        None => TOKEN_TTL_DEFAULT_S,
+        Some(t) if (1..=TOKEN_TTL_MAX_S).contains(&t) => t,
+        Some(_) => {
+            return Err(ApiError::BadRequest(format!(
+                "ttl_seconds must be between 1 and {TOKEN_TTL_MAX_S}"
+            )))
+        }
+    };
+    let now = state.clock.now_ms();
+    let mut expires_at = now + ttl * 1000;
+    if let Some(parent_expiry) = parent.expires_at {
+        expires_at = expires_at.min(parent_expiry);
+    }
+    // The token is checked against its own policy and its parent's, so it can
+    // never exceed the parent; its own policy narrows further.
+    let policy: KeyPolicy = req
+        .policy
+        .map(PolicyInput::into_policy)
+        .transpose()?
+        .unwrap_or_default();
+    let id = KeyId::generate();
+    let budget = req
+        .budget_usd
+        .map(|usd| {
+            BudgetInput {
+                usd,
+                period: Some("none".into()),
+                soft: None,
+            }
+            .into_budget(BudgetScope::Key(id.to_string()))
+        })
+        .transpose()?;
+    let secret = state.config.key_format.generate(KeyKind::Ephemeral);
+    let record = state
+        .store
+        .create_key(&NewKey {
+            id,
+            project_id: parent.project_id.clone(),
+            name: format!("{} (ephemeral)", parent.name),
+            hash_hex: KeyHash::of(secret.expose()).to_hex(),
+            hint: key::hint(secret.expose()),
+            tags: parent.tags.clone(),
+            created_by: Some(actor.to_owned()),
+            created_at: now,
+            expires_at: Some(expires_at),
+            parent_id: Some(parent.id.clone()),
+            policy,
+        })
+        .await?;
+    if let Some(b) = &budget {
+        if let Err(e) = state.store.set_budget(b, now).await {
+            let _ = state.store.delete_key(&record.id).await;
+            return Err(e.into());
+        }
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            view: view(record, None, now),
+            key: secret.expose().to_owned(),
+        }),
+    ))
+}
+
+/// A JSON body that may be left out entirely.
+fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+fn new_secret(secret: &Secret) -> NewSecret {
+    NewSecret {
+        hash_hex: KeyHash::of(secret.expose()).to_hex(),
+        hint: key::hint(secret.expose()),
+    }
+}
+
+async fn find(state: &AppState, id: &str) -> Result<KeyRecord, ApiError> {
+    let id = KeyId::parse(id).ok_or(ApiError::NotFound("key"))?;
+    state
+        .store
+        .get_key(&id)
+        .await?
+        .ok_or(ApiError::NotFound("key"))
+}
+
+/// Drops every cached copy of a key so the next request reads storage.
+pub fn forget(state: &AppState, id: &KeyId) {
+    state.keys.invalidate(id);
+    state.keys_by_id.remove(id);
+}
+
 async fn audit(
     state: &AppState,
-    admin: &Admin,
+    actor: &str,
     action: &str,
     key: &KeyRecord,
     detail: Value,
@@ -193,7 +473,7 @@ async fn audit(
         .store
         .append_audit(&NewAuditEvent {
             at: state.clock.now_ms(),
-            actor: admin.id.to_string(),
+            actor: actor.to_owned(),
             action: action.to_owned(),
             target: key.id.to_string(),
             detail,

@@ -1,9 +1,11 @@
 //! The management API under `/api/v1`, authenticated by admin keys (`kwa_`).
 
 mod audit;
+mod budgets;
 mod error;
-mod keys;
+pub(crate) mod keys;
 pub(crate) mod orgs;
+mod policy_input;
 mod usage;
 
 pub use error::ApiError;
@@ -28,6 +30,17 @@ pub fn router() -> Router<SharedState> {
         .route("/api/v1/keys", get(keys::list).post(keys::create))
         .route("/api/v1/keys/{id}", get(keys::get).delete(keys::delete))
         .route("/api/v1/keys/{id}/revoke", post(keys::revoke))
+        .route("/api/v1/keys/{id}/rotate", post(keys::rotate))
+        .route("/api/v1/keys/{id}/ephemeral", post(keys::ephemeral))
+        .route(
+            "/api/v1/projects/{id}/policy",
+            axum::routing::put(orgs::set_project_policy),
+        )
+        .route(
+            "/api/v1/budgets",
+            get(budgets::list).put(budgets::set).delete(budgets::delete),
+        )
+        .route("/keyward/v1/tokens", post(keys::token_for_holder))
         .route("/api/v1/usage", get(usage::usage))
         .route("/api/v1/audit", get(audit::list))
         .fallback(|| async { ApiError::NotFound("route") })

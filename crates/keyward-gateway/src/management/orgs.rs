@@ -7,7 +7,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use keyward_core::{OrgId, ProjectId};
-use keyward_store::{Org, Project};
+use keyward_store::{NewAuditEvent, Org, Project, ProjectPolicy};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -141,4 +141,54 @@ pub fn valid_name<'a>(name: &'a str, what: &str) -> Result<&'a str, ApiError> {
             "{what} name must be 1-100 printable characters without leading or trailing spaces"
         )))
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectPolicyInput {
+    rpm: Option<u32>,
+    tpm: Option<u32>,
+    max_concurrent: Option<u32>,
+    /// Keys older than this many days are flagged for rotation.
+    max_key_age_days: Option<u32>,
+}
+
+/// `PUT /api/v1/projects/{id}/policy`: the project's shared limits and key-age rule.
+pub async fn set_project_policy(
+    State(state): State<SharedState>,
+    admin: Admin,
+    axum::extract::Path(project): axum::extract::Path<String>,
+    body: Result<Json<ProjectPolicyInput>, JsonRejection>,
+) -> Result<Json<Project>, ApiError> {
+    let Json(req) = body?;
+    for (name, v) in [
+        ("rpm", req.rpm),
+        ("tpm", req.tpm),
+        ("max_concurrent", req.max_concurrent),
+        ("max_key_age_days", req.max_key_age_days),
+    ] {
+        if v == Some(0) {
+            return Err(ApiError::BadRequest(format!("{name} must be at least 1")));
+        }
+    }
+    let project = resolve_project(&state, None, &project, false).await?;
+    let policy = ProjectPolicy {
+        rpm: req.rpm,
+        tpm: req.tpm,
+        max_concurrent: req.max_concurrent,
+        max_key_age_ms: req.max_key_age_days.map(|d| i64::from(d) * 86_400_000),
+    };
+    let updated = state.store.set_project_policy(&project.id, &policy).await?;
+    state.projects.remove(&project.id);
+    state
+        .store
+        .append_audit(&NewAuditEvent {
+            at: state.clock.now_ms(),
+            actor: admin.id.to_string(),
+            action: "project.policy_set".into(),
+            target: project.id.to_string(),
+            detail: json!(policy),
+        })
+        .await?;
+    Ok(Json(updated))
 }

@@ -5,8 +5,9 @@ use super::{Admin, ApiError};
 use crate::state::SharedState;
 use axum::extract::{Query, State};
 use axum::Json;
+use keyward_core::BudgetScope;
 use keyward_core::KeyId;
-use keyward_store::{Bucket, UsageFilter};
+use keyward_store::{Bucket, GroupBy, UsageFilter};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -22,6 +23,8 @@ pub struct UsageQuery {
     to: Option<i64>,
     /// `hour` or `day` to include a time series.
     bucket: Option<Bucket>,
+    /// `key`, `model` or `tag` to include totals per group.
+    group_by: Option<String>,
 }
 
 pub async fn usage(
@@ -68,5 +71,75 @@ pub async fn usage(
     if let Some(b) = q.bucket {
         body["buckets"] = json!(state.store.usage_buckets(&filter, b).await?);
     }
+    if let Some(key) = &filter.key {
+        // Money held right now by requests in flight against the key's budget.
+        let now = state.clock.now_ms();
+        let scope = BudgetScope::Key(key.to_string());
+        let reserved = match state
+            .store
+            .budgets_for(std::slice::from_ref(&scope))
+            .await?
+            .first()
+        {
+            Some(b) => state.ledger.account(&(scope, b.period.start(now))).reserved,
+            None => 0,
+        };
+        body["reserved_micros"] = json!(reserved);
+    }
+    match q.group_by.as_deref() {
+        None => {}
+        Some("key") => {
+            body["groups"] = json!(state.store.usage_grouped(&filter, GroupBy::Key).await?)
+        }
+        Some("model") => {
+            body["groups"] = json!(state.store.usage_grouped(&filter, GroupBy::Model).await?)
+        }
+        Some("tag") => body["groups"] = by_tag(&state, &filter).await?,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "unknown group_by {other:?}: use key, model or tag"
+            )))
+        }
+    }
     Ok(Json(body))
+}
+
+/// Totals per tag: each key's totals count toward every tag it carries; keys
+/// without tags are grouped under `(untagged)`.
+async fn by_tag(state: &crate::state::AppState, filter: &UsageFilter) -> Result<Value, ApiError> {
+    let per_key = state.store.usage_grouped(filter, GroupBy::Key).await?;
+    let keys = state.store.list_keys(None).await?;
+    let mut tags: std::collections::BTreeMap<String, keyward_store::UsageTotals> =
+        Default::default();
+    for g in per_key {
+        let key_tags = keys
+            .iter()
+            .find(|k| k.id.as_str() == g.group)
+            .map(|k| k.tags.clone())
+            .unwrap_or_default();
+        let names = if key_tags.is_empty() {
+            vec!["(untagged)".to_owned()]
+        } else {
+            key_tags
+        };
+        for t in names {
+            let e = tags.entry(t).or_default();
+            e.requests += g.totals.requests;
+            e.errors += g.totals.errors;
+            e.input_tokens += g.totals.input_tokens;
+            e.cached_input_tokens += g.totals.cached_input_tokens;
+            e.output_tokens += g.totals.output_tokens;
+            e.reasoning_tokens += g.totals.reasoning_tokens;
+            e.cost_micros += g.totals.cost_micros;
+        }
+    }
+    let groups: Vec<Value> = tags
+        .into_iter()
+        .map(|(tag, totals)| {
+            let mut v = json!(totals);
+            v["group"] = json!(tag);
+            v
+        })
+        .collect();
+    Ok(json!(groups))
 }

@@ -1,0 +1,346 @@
+//! Admission: between "this key is valid" and "forward it", everything that may
+//! refuse a request — restrictions, rate limits, budgets — in that order, cheapest
+//! first. Nothing here is charged unless the whole admission succeeds: the rate
+//! limit [`Permit`] and the budget [`Reservation`] give back what they took when
+//! dropped unused.
+
+use crate::budget_ledger::{CostBound, Reservation};
+use crate::error::GatewayError;
+use crate::rate_limit::{Limits, Permit, RateHeaders, Subject};
+use crate::state::AppState;
+use keyward_core::{Budget, BudgetScope, KeyPolicy, ModelPrice};
+use keyward_store::{KeyRecord, Project, UsageFilter};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Upper bound of tokens for one image in a request: a high-detail image costs at
+/// most a few hundred tokens per tile on current OpenAI models; 2,000 covers the
+/// largest tiling with room to spare.
+const TOKENS_PER_IMAGE: i64 = 2_000;
+
+/// What admission needs to know about a request.
+pub struct Ask<'a> {
+    /// HTTP method.
+    pub method: &'a str,
+    /// Path, e.g. `/v1/chat/completions`.
+    pub path: &'a str,
+    /// Model named in the body, or empty.
+    pub model: &'a str,
+    /// The client's address.
+    pub client_ip: IpAddr,
+    /// The request body.
+    pub body: &'a [u8],
+    /// The output cap the request set.
+    pub requested_output: Option<i64>,
+    /// The model's price.
+    pub price: Option<ModelPrice>,
+}
+
+/// An admitted request's hold on limits and budgets.
+pub struct Admission {
+    /// Rate-limit permit.
+    pub permit: Option<Permit>,
+    /// Budget reservation.
+    pub reservation: Option<Reservation>,
+    /// The output cap the gateway must set upstream.
+    pub output_cap: Option<i64>,
+    /// Allowances for the response headers.
+    pub headers: RateHeaders,
+}
+
+/// The key that owns a request's limits: the token itself and, for an ephemeral
+/// token, its parent.
+pub struct Caller {
+    /// The key or token presented.
+    pub key: Arc<KeyRecord>,
+    /// The parent key of an ephemeral token.
+    pub parent: Option<Arc<KeyRecord>>,
+}
+
+/// Applies restrictions, rate limits and budgets.
+pub async fn admit(
+    state: &AppState,
+    caller: &Caller,
+    ask: &Ask<'_>,
+) -> Result<Admission, GatewayError> {
+    let policies: Vec<&KeyPolicy> = std::iter::once(&caller.key.policy)
+        .chain(caller.parent.as_ref().map(|p| &p.policy))
+        .collect();
+    for p in &policies {
+        if !p.allows_ip(ask.client_ip) {
+            return Err(GatewayError::IpNotAllowed(format!(
+                "This key cannot be used from {}.",
+                ask.client_ip
+            )));
+        }
+    }
+    for p in &policies {
+        if !p.allows_endpoint(ask.method, ask.path) {
+            return Err(GatewayError::PermissionDenied(format!(
+                "This key is not allowed to call {} {}.",
+                ask.method, ask.path
+            )));
+        }
+    }
+    for p in &policies {
+        if !p.allows_model(ask.model) {
+            return Err(GatewayError::ModelNotAllowed(format!(
+                "This key is not allowed to use the model {:?}.",
+                ask.model
+            )));
+        }
+    }
+
+    let now = state.clock.now_ms();
+    let project = project(state, caller).await?;
+    let input_tokens = input_token_bound(ask.body);
+    let estimated_tokens = input_tokens + ask.requested_output.unwrap_or(0);
+    let mut subjects = vec![(
+        Subject::Key(caller.key.id.clone()),
+        limits_of(&caller.key.policy),
+    )];
+    if let Some(parent) = &caller.parent {
+        subjects.push((Subject::Key(parent.id.clone()), limits_of(&parent.policy)));
+    }
+    subjects.push((
+        Subject::Project(project.id.clone()),
+        Limits {
+            rpm: project.policy.rpm,
+            tpm: project.policy.tpm,
+            max_concurrent: project.policy.max_concurrent,
+        },
+    ));
+    let permit = state
+        .limiter
+        .admit(&subjects, estimated_tokens, now)
+        .map_err(GatewayError::RateLimited)?;
+    let headers = permit.headers;
+
+    let budgets = budgets(state, caller, now).await?;
+    if budgets.is_empty() {
+        return Ok(Admission {
+            permit: Some(permit),
+            reservation: None,
+            output_cap: None,
+            headers,
+        });
+    }
+    let Some(bound) = cost_bound(state, ask, input_tokens)? else {
+        // Costs nothing (a GET): no reservation needed.
+        return Ok(Admission {
+            permit: Some(permit),
+            reservation: None,
+            output_cap: None,
+            headers,
+        });
+    };
+    for (b, start) in &budgets {
+        ensure_loaded(state, b, *start, caller).await?;
+    }
+    let (reservation, output_cap) = state.ledger.reserve(&budgets, bound).map_err(|e| {
+        GatewayError::InsufficientQuota(format!(
+            "The {} budget ({}) is exhausted: ${:.6} of ${:.6} remains and this request may cost up to ${:.6}. Ask an administrator to raise it, or wait for the next period.",
+            e.scope.kind(),
+            e.scope.id(),
+            e.remaining.max(0) as f64 / 1e6,
+            e.amount as f64 / 1e6,
+            e.needed as f64 / 1e6,
+        ))
+    })?;
+    Ok(Admission {
+        permit: Some(permit),
+        reservation: Some(reservation),
+        output_cap,
+        headers,
+    })
+}
+
+fn limits_of(p: &KeyPolicy) -> Limits {
+    Limits {
+        rpm: p.rpm,
+        tpm: p.tpm,
+        max_concurrent: p.max_concurrent,
+    }
+}
+
+/// A safe upper bound of a request's input tokens: every token covers at least one
+/// byte of the body, plus a fixed allowance per image, which costs tokens its URL's
+/// bytes do not show.
+pub fn input_token_bound(body: &[u8]) -> i64 {
+    let images = ["\"image_url\"", "\"input_image\""]
+        .iter()
+        .map(|n| memchr::memmem::find_iter(body, n.as_bytes()).count() as i64)
+        .sum::<i64>();
+    body.len() as i64 + images * TOKENS_PER_IMAGE
+}
+
+/// The cost bound of a request, `None` when it costs nothing.
+fn cost_bound(
+    state: &AppState,
+    ask: &Ask<'_>,
+    input_tokens: i64,
+) -> Result<Option<CostBound>, GatewayError> {
+    if matches!(ask.method, "GET" | "HEAD" | "OPTIONS" | "DELETE") {
+        return Ok(None);
+    }
+    if let Some(fixed) = state.config.route_costs.get(ask.path) {
+        return Ok(Some(CostBound {
+            input_e6: i128::from(fixed.0) * 1_000_000,
+            output_price: 0,
+            requested_output: Some(0),
+            model_max_output: None,
+        }));
+    }
+    let metered = [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/responses",
+        "/v1/embeddings",
+    ];
+    if !metered.contains(&ask.path) {
+        return Err(GatewayError::CostUnbounded(format!(
+            "{} {} has no cost bound, so it cannot run under a hard budget; an administrator can give the route a fixed cost in the config.",
+            ask.method, ask.path
+        )));
+    }
+    let Some(price) = ask.price else {
+        return Err(GatewayError::CostUnbounded(format!(
+            "The model {:?} has no price in the gateway's price table, so its cost cannot be bounded under a hard budget.",
+            ask.model
+        )));
+    };
+    let embeddings = ask.path == "/v1/embeddings";
+    Ok(Some(CostBound {
+        input_e6: i128::from(input_tokens) * i128::from(price.input),
+        output_price: if embeddings { 0 } else { price.output },
+        requested_output: if embeddings {
+            Some(0)
+        } else {
+            ask.requested_output
+        },
+        model_max_output: price.max_output_tokens,
+    }))
+}
+
+async fn project(state: &AppState, caller: &Caller) -> Result<Arc<Project>, GatewayError> {
+    let now = state.clock.now_ms();
+    let id = &caller.key.project_id;
+    if let Some(p) = state.projects.get(id, now) {
+        return Ok(p);
+    }
+    let p = state
+        .store
+        .get_project(id)
+        .await
+        .map_err(internal)?
+        .ok_or(GatewayError::Internal)?;
+    let p = Arc::new(p);
+    state.projects.insert(id.clone(), p.clone(), now);
+    Ok(p)
+}
+
+/// The budgets above a request with the start of their current period.
+async fn budgets(
+    state: &AppState,
+    caller: &Caller,
+    now: i64,
+) -> Result<Vec<(Budget, i64)>, GatewayError> {
+    let mut scopes = vec![BudgetScope::Key(caller.key.id.to_string())];
+    if let Some(p) = &caller.parent {
+        scopes.push(BudgetScope::Key(p.id.to_string()));
+    }
+    scopes.push(BudgetScope::Project(caller.key.project_id.to_string()));
+    scopes.push(BudgetScope::Org(caller.key.org_id.to_string()));
+    let mut missing = Vec::new();
+    let mut found = Vec::new();
+    for s in &scopes {
+        match state.budgets.get(s, now) {
+            Some(Some(b)) => found.push(b),
+            Some(None) => {}
+            None => missing.push(s.clone()),
+        }
+    }
+    if !missing.is_empty() {
+        let loaded = state.store.budgets_for(&missing).await.map_err(internal)?;
+        for s in missing {
+            let b = loaded.iter().find(|b| b.scope == s).cloned();
+            state.budgets.insert(s, b.clone(), now);
+            found.extend(b);
+        }
+    }
+    Ok(found
+        .into_iter()
+        .map(|b| {
+            let start = b.period.start(now);
+            (b, start)
+        })
+        .collect())
+}
+
+/// Loads a budget's spend for its period from storage, once per period.
+async fn ensure_loaded(
+    state: &AppState,
+    budget: &Budget,
+    start: i64,
+    caller: &Caller,
+) -> Result<(), GatewayError> {
+    let id = (budget.scope.clone(), start);
+    if state.ledger.is_loaded(&id) {
+        return Ok(());
+    }
+    // Events still waiting in the batch must count.
+    state.usage.flush().await;
+    let spent = spent_since(state, &budget.scope, start, caller).await?;
+    state.ledger.load(id, spent);
+    Ok(())
+}
+
+async fn spent_since(
+    state: &AppState,
+    scope: &BudgetScope,
+    start: i64,
+    _caller: &Caller,
+) -> Result<i64, GatewayError> {
+    let from = (start > 0).then_some(start);
+    let mut filter = UsageFilter {
+        from,
+        ..Default::default()
+    };
+    let mut keys = Vec::new();
+    match scope {
+        BudgetScope::Org(id) => filter.org = keyward_core::OrgId::parse(id),
+        BudgetScope::Project(id) => filter.project = keyward_core::ProjectId::parse(id),
+        BudgetScope::Key(id) => {
+            let id = keyward_core::KeyId::parse(id).ok_or(GatewayError::Internal)?;
+            // A key's budget also pays for the ephemeral tokens derived from it.
+            for child in state.store.child_keys(&id).await.map_err(internal)? {
+                keys.push(child.id);
+            }
+            keys.push(id);
+        }
+    }
+    if keys.is_empty() {
+        return Ok(state
+            .store
+            .usage_totals(&filter)
+            .await
+            .map_err(internal)?
+            .cost_micros);
+    }
+    let mut total = 0;
+    for k in keys {
+        filter.key = Some(k);
+        total += state
+            .store
+            .usage_totals(&filter)
+            .await
+            .map_err(internal)?
+            .cost_micros;
+    }
+    Ok(total)
+}
+
+fn internal(e: keyward_store::StoreError) -> GatewayError {
+    tracing::error!(error = %e, "storage failed during admission");
+    GatewayError::Internal
+}

@@ -1,0 +1,144 @@
+//! Budgets on organizations, projects and keys.
+
+use super::orgs::{resolve_org, resolve_project};
+use super::policy_input::BudgetInput;
+use super::{Admin, ApiError};
+use crate::state::{AppState, SharedState};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::Json;
+use keyward_core::{BudgetScope, KeyId};
+use keyward_store::NewAuditEvent;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Names exactly one scope.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeInput {
+    org: Option<String>,
+    project: Option<String>,
+    key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetBudgetBody {
+    org: Option<String>,
+    project: Option<String>,
+    key: Option<String>,
+    usd: f64,
+    period: Option<String>,
+    soft: Option<Vec<u32>>,
+}
+
+async fn scope_of(
+    state: &AppState,
+    org: Option<&str>,
+    project: Option<&str>,
+    key: Option<&str>,
+) -> Result<BudgetScope, ApiError> {
+    match (org, project, key) {
+        (Some(o), None, None) => Ok(BudgetScope::Org(
+            resolve_org(state, Some(o)).await?.id.to_string(),
+        )),
+        (o, Some(p), None) => Ok(BudgetScope::Project(
+            resolve_project(state, o, p, false).await?.id.to_string(),
+        )),
+        (None, None, Some(k)) => {
+            let id = KeyId::parse(k).ok_or(ApiError::NotFound("key"))?;
+            state
+                .store
+                .get_key(&id)
+                .await?
+                .ok_or(ApiError::NotFound("key"))?;
+            Ok(BudgetScope::Key(id.to_string()))
+        }
+        _ => Err(ApiError::BadRequest(
+            "name exactly one of org, project (optionally with its org) or key".into(),
+        )),
+    }
+}
+
+/// `PUT /api/v1/budgets`: create or replace a budget.
+pub async fn set(
+    State(state): State<SharedState>,
+    admin: Admin,
+    body: Result<Json<SetBudgetBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(req) = body?;
+    // Validate the amount before looking anything up, so bad input stores nothing.
+    let mut budget = BudgetInput {
+        usd: req.usd,
+        period: req.period,
+        soft: req.soft,
+    }
+    .into_budget(BudgetScope::Org(String::new()))?;
+    let scope = scope_of(
+        &state,
+        req.org.as_deref(),
+        req.project.as_deref(),
+        req.key.as_deref(),
+    )
+    .await?;
+    budget.scope = scope.clone();
+    let now = state.clock.now_ms();
+    state.store.set_budget(&budget, now).await?;
+    state.budgets.remove(&scope);
+    state
+        .store
+        .append_audit(&NewAuditEvent {
+            at: now,
+            actor: admin.id.to_string(),
+            action: "budget.set".into(),
+            target: scope.id().to_owned(),
+            detail: json!(budget),
+        })
+        .await?;
+    Ok(Json(json!(budget)))
+}
+
+/// `GET /api/v1/budgets`: every budget with its spend in the current period.
+pub async fn list(
+    State(state): State<SharedState>,
+    _admin: Admin,
+) -> Result<Json<Value>, ApiError> {
+    let now = state.clock.now_ms();
+    let mut out = Vec::new();
+    for b in state.store.list_budgets().await? {
+        let start = b.period.start(now);
+        let account = state.ledger.account(&(b.scope.clone(), start));
+        out.push(json!({"budget": b, "period_start": start, "reserved_micros": account.reserved}));
+    }
+    Ok(Json(json!({ "data": out })))
+}
+
+/// `DELETE /api/v1/budgets`: removes the budget of one scope.
+pub async fn delete(
+    State(state): State<SharedState>,
+    admin: Admin,
+    body: Result<Json<ScopeInput>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(req) = body?;
+    let scope = scope_of(
+        &state,
+        req.org.as_deref(),
+        req.project.as_deref(),
+        req.key.as_deref(),
+    )
+    .await?;
+    state.store.delete_budget(&scope).await?;
+    state.budgets.remove(&scope);
+    let now = state.clock.now_ms();
+    state
+        .store
+        .append_audit(&NewAuditEvent {
+            at: now,
+            actor: admin.id.to_string(),
+            action: "budget.deleted".into(),
+            target: scope.id().to_owned(),
+            detail: json!(scope),
+        })
+        .await?;
+    Ok(Json(json!({"deleted": scope})))
+}

@@ -1,0 +1,451 @@
+//! Rate limits per key and per project: requests per minute, tokens per minute,
+//! and requests in flight.
+//!
+//! Each minute limit is a token bucket that refills continuously (capacity L,
+//! L per 60 s), which is what OpenAI's `x-ratelimit-*` headers describe. All the
+//! subjects of one request (its key and its project) are checked first and only
+//! then charged, under one lock, so a refusal by one limit consumes nothing of the
+//! others. A [`Permit`] that is dropped before [`Permit::commit`] gives everything
+//! back; a committed one gives back only its in-flight slot and the difference
+//! between estimated and actual tokens.
+
+use keyward_core::{KeyId, ProjectId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+const MINUTE_MS: f64 = 60_000.0;
+
+/// Who a limit applies to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// One key.
+    Key(KeyId),
+    /// All keys of a project.
+    Project(ProjectId),
+}
+
+/// The limits of one subject.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests per minute.
+    pub rpm: Option<u32>,
+    /// Tokens per minute.
+    pub tpm: Option<u32>,
+    /// Requests in flight.
+    pub max_concurrent: Option<u32>,
+}
+
+impl Limits {
+    fn is_empty(&self) -> bool {
+        self.rpm.is_none() && self.tpm.is_none() && self.max_concurrent.is_none()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    level: f64,
+    at_ms: i64,
+}
+
+impl Bucket {
+    fn refill(&mut self, capacity: u32, now_ms: i64) {
+        let rate = f64::from(capacity) / MINUTE_MS;
+        let elapsed = (now_ms - self.at_ms).max(0) as f64;
+        self.level = (self.level + elapsed * rate).min(f64::from(capacity));
+        self.at_ms = now_ms.max(self.at_ms);
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    requests: Option<Bucket>,
+    tokens: Option<Bucket>,
+    in_flight: u32,
+}
+
+/// What a client is told about one kind of allowance.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Allowance {
+    /// The limit.
+    pub limit: u32,
+    /// What is left now.
+    pub remaining: u32,
+    /// Milliseconds until the allowance is full again.
+    pub reset_ms: i64,
+}
+
+/// The allowances reported in `x-ratelimit-*` headers.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RateHeaders {
+    /// Requests.
+    pub requests: Option<Allowance>,
+    /// Tokens.
+    pub tokens: Option<Allowance>,
+}
+
+/// A refusal.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateLimited {
+    /// Which limit, in words.
+    pub message: String,
+    /// When to retry, ms.
+    pub retry_after_ms: i64,
+    /// Allowances to report.
+    pub headers: RateHeaders,
+}
+
+/// All rate-limit state of this node.
+#[derive(Default)]
+pub struct RateLimiter {
+    state: Mutex<HashMap<Subject, State>>,
+}
+
+/// A request's admission under the rate limits.
+pub struct Permit {
+    limiter: Arc<RateLimiter>,
+    charged: Vec<(Subject, Limits)>,
+    estimated_tokens: i64,
+    committed: bool,
+    settled: bool,
+    /// What to tell the client.
+    pub headers: RateHeaders,
+}
+
+impl RateLimiter {
+    /// Checks every subject's limits and, only if all pass, charges one request,
+    /// `estimated_tokens` tokens and one in-flight slot to each.
+    pub fn admit(
+        self: &Arc<Self>,
+        subjects: &[(Subject, Limits)],
+        estimated_tokens: i64,
+        now_ms: i64,
+    ) -> Result<Permit, RateLimited> {
+        let subjects: Vec<(Subject, Limits)> = subjects
+            .iter()
+            .filter(|(_, l)| !l.is_empty())
+            .cloned()
+            .collect();
+        let mut map = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let estimated = estimated_tokens.max(0) as f64;
+        // First pass: check only.
+        for (subject, limits) in &subjects {
+            let st = map.entry(subject.clone()).or_default();
+            refill(st, limits, now_ms);
+            let name = match subject {
+                Subject::Key(_) => "key",
+                Subject::Project(_) => "project",
+            };
+            if let (Some(rpm), Some(b)) = (limits.rpm, st.requests) {
+                if b.level < 1.0 {
+                    let wait = ((1.0 - b.level) * MINUTE_MS / f64::from(rpm)).ceil() as i64;
+                    return Err(refusal(
+                        format!("Rate limit reached for this {name}: {rpm} requests per minute."),
+                        wait,
+                        st,
+                        limits,
+                        now_ms,
+                    ));
+                }
+            }
+            if let (Some(tpm), Some(b)) = (limits.tpm, st.tokens) {
+                let need = estimated.min(f64::from(tpm));
+                if b.level < need {
+                    let wait = ((need - b.level) * MINUTE_MS / f64::from(tpm)).ceil() as i64;
+                    return Err(refusal(format!("Rate limit reached for this {name}: {tpm} tokens per minute (this request needs up to {estimated_tokens})."), wait, st, limits, now_ms));
+                }
+            }
+            if let Some(max) = limits.max_concurrent {
+                if st.in_flight >= max {
+                    return Err(refusal(
+                        format!(
+                            "Too many concurrent requests for this {name}: at most {max} at once."
+                        ),
+                        1_000,
+                        st,
+                        limits,
+                        now_ms,
+                    ));
+                }
+            }
+        }
+        // Second pass: charge.
+        let mut headers = RateHeaders::default();
+        for (subject, limits) in &subjects {
+            let st = map.get_mut(subject).expect("inserted above");
+            if let Some(b) = st.requests.as_mut() {
+                b.level -= 1.0;
+            }
+            if let Some(b) = st.tokens.as_mut() {
+                b.level -= estimated;
+            }
+            st.in_flight += 1;
+            // The key's own limits are what its holder is told about; a project's
+            // when the key has none.
+            let h = report(st, limits, now_ms);
+            if headers.requests.is_none() {
+                headers.requests = h.requests;
+            }
+            if headers.tokens.is_none() {
+                headers.tokens = h.tokens;
+            }
+        }
+        Ok(Permit {
+            limiter: self.clone(),
+            charged: subjects,
+            estimated_tokens,
+            committed: false,
+            settled: false,
+            headers,
+        })
+    }
+
+    fn release(&self, permit: &Permit, actual_tokens: Option<i64>) {
+        let mut map = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for (subject, _) in &permit.charged {
+            let Some(st) = map.get_mut(subject) else {
+                continue;
+            };
+            st.in_flight = st.in_flight.saturating_sub(1);
+            match actual_tokens {
+                // Refused before forwarding: give everything back.
+                None => {
+                    if let Some(b) = st.requests.as_mut() {
+                        b.level += 1.0;
+                    }
+                    if let Some(b) = st.tokens.as_mut() {
+                        b.level += permit.estimated_tokens as f64;
+                    }
+                }
+                // Completed: correct the estimate to what was really used.
+                Some(actual) => {
+                    if let Some(b) = st.tokens.as_mut() {
+                        b.level += (permit.estimated_tokens - actual) as f64;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Permit {
+    /// Marks the request as sent upstream: from now on it counts.
+    pub fn commit(&mut self) {
+        self.committed = true;
+    }
+
+    /// Ends the request, counting `actual_tokens` against the token limits.
+    pub fn finish(mut self, actual_tokens: i64) {
+        self.settled = true;
+        let actual = self.committed.then_some(actual_tokens);
+        self.limiter.release(&self, actual);
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.settled {
+            let actual = self.committed.then_some(self.estimated_tokens);
+            self.limiter.release(self, actual);
+        }
+    }
+}
+
+fn refill(st: &mut State, limits: &Limits, now_ms: i64) {
+    if let Some(rpm) = limits.rpm {
+        st.requests
+            .get_or_insert(Bucket {
+                level: f64::from(rpm),
+                at_ms: now_ms,
+            })
+            .refill(rpm, now_ms);
+    }
+    if let Some(tpm) = limits.tpm {
+        st.tokens
+            .get_or_insert(Bucket {
+                level: f64::from(tpm),
+                at_ms: now_ms,
+            })
+            .refill(tpm, now_ms);
+    }
+}
+
+fn allowance(bucket: Option<Bucket>, limit: Option<u32>) -> Option<Allowance> {
+    let (b, limit) = (bucket?, limit?);
+    let missing = (f64::from(limit) - b.level).max(0.0);
+    Some(Allowance {
+        limit,
+        remaining: b.level.max(0.0).floor() as u32,
+        reset_ms: (missing * MINUTE_MS / f64::from(limit)).ceil() as i64,
+    })
+}
+
+fn report(st: &State, limits: &Limits, _now_ms: i64) -> RateHeaders {
+    RateHeaders {
+        requests: allowance(st.requests, limits.rpm),
+        tokens: allowance(st.tokens, limits.tpm),
+    }
+}
+
+fn refusal(
+    message: String,
+    retry_after_ms: i64,
+    st: &State,
+    limits: &Limits,
+    now_ms: i64,
+) -> RateLimited {
+    RateLimited {
+        message,
+        retry_after_ms,
+        headers: report(st, limits, now_ms),
+    }
+}
+
+/// Adds OpenAI's `x-ratelimit-*` headers.
+pub fn write_headers(headers: &mut http::HeaderMap, allowances: &RateHeaders) {
+    for (kind, a) in [
+        ("requests", allowances.requests),
+        ("tokens", allowances.tokens),
+    ] {
+        let Some(a) = a else { continue };
+        let pairs = [
+            (format!("x-ratelimit-limit-{kind}"), a.limit.to_string()),
+            (
+                format!("x-ratelimit-remaining-{kind}"),
+                a.remaining.to_string(),
+            ),
+            (
+                format!("x-ratelimit-reset-{kind}"),
+                format_reset(a.reset_ms),
+            ),
+        ];
+        for (name, value) in pairs {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::try_from(name),
+                http::HeaderValue::try_from(value),
+            ) {
+                headers.insert(n, v);
+            }
+        }
+    }
+}
+
+/// Formats a reset time as OpenAI does (`120ms`, `1.5s`, `6m0s`).
+pub fn format_reset(ms: i64) -> String {
+    if ms < 1_000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        let s = format!("{:.3}", ms as f64 / 1000.0);
+        format!("{}s", s.trim_end_matches('0').trim_end_matches('.'))
+    } else {
+        format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> Subject {
+        Subject::Key(KeyId::generate())
+    }
+
+    #[test]
+    fn requests_per_minute_are_exact_at_the_boundary_and_refill() {
+        let rl = Arc::new(RateLimiter::default());
+        let k = key();
+        let limits = Limits {
+            rpm: Some(3),
+            ..Default::default()
+        };
+        let mut permits = Vec::new();
+        for i in 0..3 {
+            let mut p = rl.admit(&[(k.clone(), limits)], 0, 0).unwrap();
+            assert_eq!(p.headers.requests.unwrap().remaining, 2 - i);
+            p.commit();
+            permits.push(p);
+        }
+        let refused = rl.admit(&[(k.clone(), limits)], 0, 0).err().unwrap();
+        assert_eq!(refused.retry_after_ms, 20_000);
+        assert_eq!(refused.headers.requests.unwrap().remaining, 0);
+        // One request's worth refills after 20 s.
+        assert!(rl.admit(&[(k.clone(), limits)], 0, 19_999).is_err());
+        assert!(rl.admit(&[(k, limits)], 0, 20_000).is_ok());
+    }
+
+    #[test]
+    fn a_refusal_by_one_limit_consumes_nothing_of_the_others() {
+        let rl = Arc::new(RateLimiter::default());
+        let (k, p) = (key(), Subject::Project(ProjectId::generate()));
+        let key_limits = Limits {
+            rpm: Some(10),
+            ..Default::default()
+        };
+        let project_limits = Limits {
+            rpm: Some(1),
+            ..Default::default()
+        };
+        let mut first = rl
+            .admit(
+                &[(k.clone(), key_limits), (p.clone(), project_limits)],
+                0,
+                0,
+            )
+            .unwrap();
+        first.commit();
+        assert!(rl
+            .admit(
+                &[(k.clone(), key_limits), (p.clone(), project_limits)],
+                0,
+                0
+            )
+            .is_err());
+        // The key's own allowance is untouched by the refused request.
+        let alone = rl.admit(&[(k, key_limits)], 0, 0).unwrap();
+        assert_eq!(alone.headers.requests.unwrap().remaining, 8);
+    }
+
+    #[test]
+    fn uncommitted_permits_give_everything_back() {
+        let rl = Arc::new(RateLimiter::default());
+        let k = key();
+        let limits = Limits {
+            rpm: Some(1),
+            tpm: Some(100),
+            max_concurrent: Some(1),
+        };
+        drop(rl.admit(&[(k.clone(), limits)], 50, 0).unwrap());
+        let p = rl.admit(&[(k.clone(), limits)], 50, 0).unwrap();
+        assert_eq!(p.headers.tokens.unwrap().remaining, 50);
+    }
+
+    #[test]
+    fn tokens_are_corrected_to_actual_use_and_concurrency_is_held() {
+        let rl = Arc::new(RateLimiter::default());
+        let k = key();
+        let limits = Limits {
+            tpm: Some(100),
+            max_concurrent: Some(1),
+            ..Default::default()
+        };
+        let mut p = rl.admit(&[(k.clone(), limits)], 80, 0).unwrap();
+        p.commit();
+        let busy = rl.admit(&[(k.clone(), limits)], 1, 0).err().unwrap();
+        assert!(busy.message.contains("concurrent"));
+        p.finish(30);
+        let p = rl.admit(&[(k.clone(), limits)], 70, 0).unwrap();
+        assert_eq!(p.headers.tokens.unwrap().remaining, 0);
+        drop(p);
+        assert!(
+            rl.admit(&[(k, limits)], 71, 0).is_err(),
+            "70 left after the first request used 30"
+        );
+    }
+
+    #[test]
+    fn reset_format_matches_openai() {
+        assert_eq!(format_reset(120), "120ms");
+        assert_eq!(format_reset(1_500), "1.5s");
+        assert_eq!(format_reset(20_000), "20s");
+        assert_eq!(format_reset(360_000), "6m0s");
+    }
+}
