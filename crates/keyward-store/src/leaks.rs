@@ -125,7 +125,12 @@ pub struct ChannelScope {
 
 impl ChannelScope {
     /// Whether an event of `event_type` about a key in `org`/`project` is for this channel.
-    pub fn matches(&self, event_type: &str, org: Option<&OrgId>, project: Option<&ProjectId>) -> bool {
+    pub fn matches(
+        &self,
+        event_type: &str,
+        org: Option<&OrgId>,
+        project: Option<&ProjectId>,
+    ) -> bool {
         let event_ok = self.events.iter().any(|e| e == "*" || e == event_type);
         let org_ok = self.org_id.as_ref().is_none_or(|o| Some(o) == org);
         let project_ok = self.project_id.as_ref().is_none_or(|p| Some(p) == project);
@@ -379,5 +384,6 @@ pub struct AttemptResult {
 }
 
 pub(crate) fn encode_payload(payload: &serde_json::Value) -> StoreResult<String> {
-    serde_json::to_string(payload).map_err(|e| StoreError::Backend(format!("encoding payload: {e}")))
+    serde_json::to_string(payload)
+        .map_err(|e| StoreError::Backend(format!("encoding payload: {e}")))
 }

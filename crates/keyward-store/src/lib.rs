@@ -17,8 +17,8 @@ pub use leaks::{
 pub use model::*;
 
 use async_trait::async_trait;
-use keyward_core::{RecipientId, WebhookId};
 use keyward_core::{Budget, BudgetScope, KeyHash, KeyId, KeyPolicy, OrgId, ProjectId};
+use keyward_core::{RecipientId, WebhookId};
 use std::sync::Arc;
 
 /// Storage failures in domain terms.
@@ -187,7 +187,11 @@ pub trait Store: Send + Sync + 'static {
     /// the same source at the same place (a replay or a repeat).
     async fn insert_leak_report(&self, report: &NewLeakReport) -> StoreResult<Option<LeakReport>>;
     /// Leak reports, newest first, optionally of one key.
-    async fn list_leak_reports(&self, key: Option<&KeyId>, limit: i64) -> StoreResult<Vec<LeakReport>>;
+    async fn list_leak_reports(
+        &self,
+        key: Option<&KeyId>,
+        limit: i64,
+    ) -> StoreResult<Vec<LeakReport>>;
     /// Stores a webhook.
     async fn create_webhook(&self, webhook: &NewWebhook) -> StoreResult<Webhook>;
     /// All webhooks, oldest first.
@@ -206,11 +210,17 @@ pub trait Store: Send + Sync + 'static {
     /// Takes up to `limit` pending deliveries due at `now_ms` and pushes their
     /// next attempt to `lease_until`, atomically, so that two nodes (or two
     /// workers) never send the same attempt at once.
-    async fn claim_due_deliveries(&self, now_ms: i64, lease_until: i64, limit: i64) -> StoreResult<Vec<Delivery>>;
+    async fn claim_due_deliveries(
+        &self,
+        now_ms: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Delivery>>;
     /// Records an attempt's result (attempts + 1).
     async fn record_attempt(&self, result: &AttemptResult) -> StoreResult<()>;
     /// The delivery log, newest first, optionally of one webhook or recipient.
-    async fn list_deliveries(&self, target: Option<&str>, limit: i64) -> StoreResult<Vec<Delivery>>;
+    async fn list_deliveries(&self, target: Option<&str>, limit: i64)
+        -> StoreResult<Vec<Delivery>>;
 }
 
 /// A store shared by every task of the server.

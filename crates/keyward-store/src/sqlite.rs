@@ -831,7 +831,10 @@ impl Store for SqliteStore {
         self.leaks_delete_webhook(id).await
     }
 
-    async fn create_recipient(&self, recipient: &crate::Recipient) -> StoreResult<crate::Recipient> {
+    async fn create_recipient(
+        &self,
+        recipient: &crate::Recipient,
+    ) -> StoreResult<crate::Recipient> {
         self.leaks_create_recipient(recipient).await
     }
 

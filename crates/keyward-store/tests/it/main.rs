@@ -12,5 +12,6 @@ mod admin;
 mod audit;
 mod backends;
 mod keys;
+mod leaks;
 mod orgs;
 mod usage;
