@@ -472,4 +472,23 @@ mod tests {
         assert_eq!(rounded_from(&f, HOUR_MS), Some(DAY_MS + HOUR_MS));
         assert_eq!(rounded_from(&f, DAY_MS), Some(DAY_MS));
     }
+
+    #[test]
+    fn event_queries_cover_the_whole_hours_rollups_cover() {
+        let mid = UsageFilter {
+            from: Some(HOUR_MS + 5),
+            to: Some(2 * HOUR_MS + 1),
+            ..Default::default()
+        };
+        let a = hour_aligned(&mid);
+        assert_eq!((a.from, a.to), (Some(HOUR_MS), Some(3 * HOUR_MS)));
+        let exact = UsageFilter {
+            from: Some(HOUR_MS),
+            to: Some(2 * HOUR_MS),
+            ..Default::default()
+        };
+        let a = hour_aligned(&exact);
+        assert_eq!((a.from, a.to), (Some(HOUR_MS), Some(2 * HOUR_MS)));
+        assert_eq!(hour_aligned(&UsageFilter::default()).to, None);
+    }
 }

@@ -787,6 +787,8 @@ impl Store for PgStore {
         filter: &UsageFilter,
         by: GroupBy,
     ) -> StoreResult<Vec<UsageGroup>> {
+        // Ties are broken by byte order ("C"), as SQLite does, whatever the
+        // database's collation.
         let aligned;
         let mut qb = match by {
             GroupBy::Key => {
@@ -797,7 +799,7 @@ impl Store for PgStore {
                     "hour_start",
                     common::rounded_from(filter, HOUR_MS),
                 );
-                qb.push(" GROUP BY key_id");
+                qb.push(" GROUP BY key_id ORDER BY cost_micros DESC, key_id COLLATE \"C\"");
                 qb
             }
             GroupBy::Model => {
@@ -812,11 +814,10 @@ impl Store for PgStore {
                 }
                 qb.push(" FROM usage_events");
                 common::push_usage_filter(&mut qb, &aligned, "at", aligned.from);
-                qb.push(" GROUP BY model");
+                qb.push(" GROUP BY model ORDER BY cost_micros DESC, model COLLATE \"C\"");
                 qb
             }
         };
-        qb.push(" ORDER BY cost_micros DESC, grp");
         let rows = qb.build().fetch_all(&self.pool).await.map_err(backend)?;
         rows.iter().map(common::usage_group).collect()
     }
@@ -862,7 +863,10 @@ impl Store for PgStore {
         self.leaks_delete_webhook(id).await
     }
 
-    async fn create_recipient(&self, recipient: &crate::Recipient) -> StoreResult<crate::Recipient> {
+    async fn create_recipient(
+        &self,
+        recipient: &crate::Recipient,
+    ) -> StoreResult<crate::Recipient> {
         self.leaks_create_recipient(recipient).await
     }
 

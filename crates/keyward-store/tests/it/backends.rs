@@ -1,7 +1,7 @@
 //! What is particular to one backend: opening, files, schemas.
 
 use crate::support::{event, fresh_schema, key_in_new_project, new_key, postgres_url};
-use keyward_core::KeyHash;
+use keyward_core::{KeyHash, KeyPolicy};
 use keyward_store::postgres::PgStore;
 use keyward_store::sqlite::SqliteStore;
 use keyward_store::{KeyRecord, SharedStore, Store, StoreError, UsageFilter};
@@ -163,155 +163,93 @@ async fn postgres_schemas_keep_stores_apart() {
     }
 }
 
-/// Rotation (not in the trait yet) will add a secret and move the hint in one
-/// transaction; `key_by_hash` must then find the key by either secret, each with its
-/// own expiry, and deleting the key must remove both. The second secret is written
-/// here with SQL, as that future code would.
-const ROTATED_HINT: &str = "kwk_…new1";
-const GRACE_ENDS: i64 = 90_000;
+/// Policies no reader may take for "no restrictions".
+const CORRUPT_KEY_POLICY: &str = r#"{"rpn": 1}"#;
+const CORRUPT_PROJECT_POLICY: &str = "not json";
 
-async fn check_rotated_key(store: &dyn Store, key: &KeyRecord, old_secret: &str, new_secret: &str) {
-    let by_old = store
-        .key_by_hash(&KeyHash::of(old_secret))
+/// A stored policy that does not decode fails every read of its record: read as
+/// "no restrictions" it would silently lift them.
+async fn check_corrupt_policies_fail(store: &dyn Store, key: &KeyRecord, secret: &str) {
+    let is_backend = |r: Result<(), StoreError>, what: &str| match r {
+        Err(StoreError::Backend(msg)) => assert!(msg.contains(what), "{msg}"),
+        other => panic!("expected a backend error about the {what}, got {other:?}"),
+    };
+    is_backend(store.get_key(&key.id).await.map(drop), "key policy");
+    is_backend(
+        store.key_by_hash(&KeyHash::of(secret)).await.map(drop),
+        "key policy",
+    );
+    is_backend(store.list_keys(None).await.map(drop), "key policy");
+    is_backend(
+        store.get_project(&key.project_id).await.map(drop),
+        "project policy",
+    );
+    is_backend(store.list_projects(None).await.map(drop), "project policy");
+    // Writing a valid policy repairs the key.
+    let fixed = store
+        .set_key_policy(&key.id, &KeyPolicy::default())
         .await
-        .unwrap()
         .unwrap();
-    let by_new = store
-        .key_by_hash(&KeyHash::of(new_secret))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        (by_old.id.clone(), by_old.secret_expires_at),
-        (key.id.clone(), Some(GRACE_ENDS))
-    );
-    assert_eq!(
-        (by_new.id.clone(), by_new.secret_expires_at),
-        (key.id.clone(), None)
-    );
-    assert_eq!(
-        (by_old.hint.as_str(), by_new.hint.as_str()),
-        (ROTATED_HINT, ROTATED_HINT)
-    );
-    let plain = store.get_key(&key.id).await.unwrap().unwrap();
-    assert_eq!(plain.secret_expires_at, None);
-    assert_eq!(
-        KeyRecord {
-            secret_expires_at: None,
-            ..by_old
-        },
-        plain
-    );
-
-    store.delete_key(&key.id).await.unwrap();
-    assert_eq!(
-        store.key_by_hash(&KeyHash::of(old_secret)).await.unwrap(),
-        None
-    );
-    assert_eq!(
-        store.key_by_hash(&KeyHash::of(new_secret)).await.unwrap(),
-        None
-    );
+    assert_eq!(fixed.policy, KeyPolicy::default());
 }
 
 #[tokio::test]
-async fn sqlite_finds_a_rotated_key_by_either_secret() {
+async fn sqlite_refuses_a_stored_policy_that_does_not_decode() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keyward.db");
     let store: SharedStore = Arc::new(SqliteStore::open(&path).await.unwrap());
-    let key = key_in_new_project(&store, "acme", "web").await;
-    let (old, old_secret) = new_key(&key.project_id, "rotating", 2_000);
-    let key = store.create_key(&old).await.unwrap();
-    let new_secret = format!("{old_secret}2");
+    let project = key_in_new_project(&store, "acme", "web").await.project_id;
+    let (new, secret) = new_key(&project, "k2", 2_000);
+    let key = store.create_key(&new).await.unwrap();
 
     let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
         .await
         .unwrap();
-    let mut tx = conn.begin().await.unwrap();
-    sqlx::query("UPDATE key_secrets SET expires_at = ? WHERE key_id = ?")
-        .bind(GRACE_ENDS)
+    sqlx::query("UPDATE keys SET policy = ? WHERE id = ?")
+        .bind(CORRUPT_KEY_POLICY)
         .bind(key.id.as_str())
-        .execute(&mut *tx)
+        .execute(&mut conn)
         .await
         .unwrap();
-    sqlx::query("INSERT INTO key_secrets (hash_hex, key_id, hint, created_at) VALUES (?, ?, ?, ?)")
-        .bind(KeyHash::of(&new_secret).to_hex())
-        .bind(key.id.as_str())
-        .bind(ROTATED_HINT)
-        .bind(3_000)
-        .execute(&mut *tx)
+    sqlx::query("UPDATE projects SET policy = ? WHERE id = ?")
+        .bind(CORRUPT_PROJECT_POLICY)
+        .bind(project.as_str())
+        .execute(&mut conn)
         .await
         .unwrap();
-    sqlx::query("UPDATE keys SET hint = ? WHERE id = ?")
-        .bind(ROTATED_HINT)
-        .bind(key.id.as_str())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
     drop(conn);
-
-    check_rotated_key(store.as_ref(), &key, &old_secret, &new_secret).await;
-    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
-    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM key_secrets WHERE key_id = ?")
-        .bind(key.id.as_str())
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(left, 0);
+    check_corrupt_policies_fail(store.as_ref(), &key, &secret).await;
 }
 
 #[tokio::test]
-async fn postgres_finds_a_rotated_key_by_either_secret() {
+async fn postgres_refuses_a_stored_policy_that_does_not_decode() {
     let Some(url) = postgres_url() else { return };
     let schema = fresh_schema();
     let pg = PgStore::connect_with_schema(&url, &schema).await.unwrap();
     let (url2, schema2, store) = (url.clone(), schema.clone(), pg.clone());
     let outcome = tokio::spawn(async move {
         let store: SharedStore = Arc::new(store);
-        let key = key_in_new_project(&store, "acme", "web").await;
-        let (old, old_secret) = new_key(&key.project_id, "rotating", 2_000);
-        let key = store.create_key(&old).await.unwrap();
-        let new_secret = format!("{old_secret}2");
+        let project = key_in_new_project(&store, "acme", "web").await.project_id;
+        let (new, secret) = new_key(&project, "k2", 2_000);
+        let key = store.create_key(&new).await.unwrap();
 
         let options = PgConnectOptions::from_str(&url2)
             .unwrap()
             .options([("search_path", schema2.as_str())]);
         let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
-        let mut tx = conn.begin().await.unwrap();
-        sqlx::query("UPDATE key_secrets SET expires_at = $1 WHERE key_id = $2")
-            .bind(GRACE_ENDS)
+        sqlx::query("UPDATE keys SET policy = $1 WHERE id = $2")
+            .bind(CORRUPT_KEY_POLICY)
             .bind(key.id.as_str())
-            .execute(&mut *tx)
+            .execute(&mut conn)
             .await
             .unwrap();
-        sqlx::query(
-            "INSERT INTO key_secrets (hash_hex, key_id, hint, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(KeyHash::of(&new_secret).to_hex())
-        .bind(key.id.as_str())
-        .bind(ROTATED_HINT)
-        .bind(3_000i64)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-        sqlx::query("UPDATE keys SET hint = $1 WHERE id = $2")
-            .bind(ROTATED_HINT)
-            .bind(key.id.as_str())
-            .execute(&mut *tx)
+        sqlx::query("UPDATE projects SET policy = $1 WHERE id = $2")
+            .bind(CORRUPT_PROJECT_POLICY)
+            .bind(project.as_str())
+            .execute(&mut conn)
             .await
             .unwrap();
-        tx.commit().await.unwrap();
-
-        check_rotated_key(store.as_ref(), &key, &old_secret, &new_secret).await;
-        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM key_secrets WHERE key_id = $1")
-            .bind(key.id.as_str())
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(left, 0);
+        check_corrupt_policies_fail(store.as_ref(), &key, &secret).await;
     })
     .await;
     pg.close().await;

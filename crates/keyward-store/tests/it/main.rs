@@ -13,5 +13,6 @@ mod audit;
 mod backends;
 mod keys;
 mod leaks;
+mod limits;
 mod orgs;
 mod usage;
