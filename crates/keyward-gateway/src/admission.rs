@@ -30,6 +30,8 @@ pub struct Ask<'a> {
     pub client_ip: IpAddr,
     /// The request body.
     pub body: &'a [u8],
+    /// The body parsed as JSON, when it is JSON.
+    pub json: Option<&'a serde_json::Value>,
     /// The output cap the request set.
     pub requested_output: Option<i64>,
     /// The model's price.
@@ -93,7 +95,7 @@ pub async fn admit(
 
     let now = state.clock.now_ms();
     let project = project(state, caller).await?;
-    let input_tokens = input_token_bound(ask.body);
+    let input_tokens = input_token_bound(ask.json, ask.body);
     let estimated_tokens = input_tokens + ask.requested_output.unwrap_or(0);
     let mut subjects = vec![(
         Subject::Key(caller.key.id.clone()),
@@ -163,15 +165,50 @@ fn limits_of(p: &KeyPolicy) -> Limits {
     }
 }
 
-/// A safe upper bound of a request's input tokens: every token covers at least one
-/// byte of the body, plus a fixed allowance per image, which costs tokens its URL's
-/// bytes do not show.
-pub fn input_token_bound(body: &[u8]) -> i64 {
+/// A safe upper bound of a request's input tokens.
+///
+/// Every token covers at least one byte of the text it encodes (OpenAI's
+/// tokenizers are byte-level BPE), so the decoded bytes of every string in the
+/// request bound its text tokens; an integer (a token id in a pre-tokenized prompt)
+/// is one token; tool and schema definitions count their whole JSON; each message
+/// adds OpenAI's fixed framing (at most 4 tokens, plus 3 for the reply); each image
+/// adds [`TOKENS_PER_IMAGE`], since an image costs tokens its URL's bytes do not
+/// show. Without a JSON body, the body's size is the bound.
+pub fn input_token_bound(json: Option<&serde_json::Value>, body: &[u8]) -> i64 {
+    use serde_json::Value;
+    fn walk(v: &Value, n: &mut i64) {
+        match v {
+            Value::String(s) => *n += s.len() as i64,
+            Value::Number(_) => *n += 1,
+            Value::Array(items) => items.iter().for_each(|i| walk(i, n)),
+            Value::Object(o) => {
+                for (k, v) in o {
+                    if matches!(k.as_str(), "tools" | "functions" | "response_format" | "tool_choice" | "text" if !v.is_string())
+                    {
+                        *n += serde_json::to_string(v).map_or(0, |s| s.len() as i64);
+                    } else {
+                        walk(v, n);
+                    }
+                }
+            }
+            Value::Bool(_) | Value::Null => {}
+        }
+    }
     let images = ["\"image_url\"", "\"input_image\""]
         .iter()
         .map(|n| memchr::memmem::find_iter(body, n.as_bytes()).count() as i64)
         .sum::<i64>();
-    body.len() as i64 + images * TOKENS_PER_IMAGE
+    let Some(v) = json else {
+        return body.len() as i64 + images * TOKENS_PER_IMAGE;
+    };
+    let mut n = 0;
+    walk(v, &mut n);
+    let messages = ["messages", "input"]
+        .iter()
+        .filter_map(|f| v.get(*f).and_then(Value::as_array))
+        .map(|a| a.len() as i64)
+        .sum::<i64>();
+    n + 4 * messages + 3 + images * TOKENS_PER_IMAGE
 }
 
 /// The cost bound of a request, `None` when it costs nothing.
@@ -343,4 +380,25 @@ async fn spent_since(
 fn internal(e: keyward_store::StoreError) -> GatewayError {
     tracing::error!(error = %e, "storage failed during admission");
     GatewayError::Internal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::input_token_bound;
+    use serde_json::json;
+
+    #[test]
+    fn input_bound_counts_text_framing_tools_and_images() {
+        let chat = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40});
+        // "gpt-4o-mini" 11 + "user" 4 + "hi" 2 + the number 1, + 4 framing + 3 reply.
+        assert_eq!(input_token_bound(Some(&chat), b""), 25);
+        let body = br#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"u"}}]}]}"#;
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert!(input_token_bound(Some(&v), body) >= 2_000);
+        let tools = json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]});
+        assert!(input_token_bound(Some(&tools), b"") > 50);
+        let ids = json!({"prompt": [1, 2, 3]});
+        assert_eq!(input_token_bound(Some(&ids), b""), 6);
+        assert_eq!(input_token_bound(None, b"0123456789"), 10);
+    }
 }

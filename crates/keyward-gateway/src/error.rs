@@ -132,6 +132,12 @@ impl IntoResponse for GatewayError {
             resp.headers_mut()
                 .insert("www-authenticate", HeaderValue::from_static("Bearer"));
         }
+        if let GatewayError::RateLimited(r) = &self {
+            let secs = (r.retry_after_ms + 999) / 1000;
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from(secs.max(1)));
+            crate::rate_limit::write_headers(resp.headers_mut(), &r.headers);
+        }
         resp
     }
 }

@@ -126,6 +126,7 @@ async fn handle(
         model: facts.as_ref().map_or("", |f| f.model.as_str()),
         client_ip,
         body: &body,
+        json: json.as_ref(),
         requested_output: facts.as_ref().and_then(|f| f.requested_output),
         price: meter.price,
     };

@@ -63,6 +63,7 @@ pub struct CreatedKey {
 fn view(record: KeyRecord, project: Option<&Project>, now: i64) -> KeyView {
     let issued = record.rotated_at.unwrap_or(record.created_at);
     let rotation_due = record.status == KeyStatus::Active
+        && record.expires_at.is_none_or(|t| t > now)
         && project
             .and_then(|p| p.policy.max_key_age_ms)
             .is_some_and(|max| now - issued > max);

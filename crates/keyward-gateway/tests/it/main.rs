@@ -2,6 +2,8 @@
 //! test server that records what it receives, and HTTP clients on loopback.
 
 mod bad_input;
+mod budgets;
+mod limits;
 mod management;
 mod metering;
 mod proxy;

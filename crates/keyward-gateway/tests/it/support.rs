@@ -23,6 +23,13 @@ pub const UPSTREAM_KEY: &str = "sk-upstream-SECRET-0123456789";
 pub const PROMPT_TOKENS: i64 = 11;
 pub const CACHED_TOKENS: i64 = 3;
 pub const COMPLETION_TOKENS: i64 = 7;
+/// Prompt tokens the metered models report.
+pub const METERED_PROMPT: i64 = 10;
+
+/// What gpt-4o-mini charges for (prompt, completion) tokens, rounded up as keyward does.
+pub fn mini_cost(prompt: i64, completion: i64) -> i64 {
+    (prompt * 150_000 + completion * 600_000 + 999_999) / 1_000_000
+}
 
 /// One request as the upstream saw it.
 #[derive(Clone, Debug)]
@@ -45,12 +52,15 @@ impl Seen {
 #[derive(Default)]
 pub struct UpstreamLog {
     pub seen: Mutex<Vec<Seen>>,
+    /// (prompt, completion) tokens of every response the `metered`/`greedy` models served.
+    pub served: Mutex<Vec<(i64, i64)>>,
     /// Set when an endless stream's body was dropped (its client went away).
     pub stream_dropped: AtomicBool,
     pub dropped: Notify,
 }
 
-/// A fake OpenAI-compatible upstream that records requests. Behaviour by model:
+/// A fake OpenAI-compatible upstream that records requests. Behaviour by model
+/// name suffix (so a priced prefix like `gpt-4o-mini-` can be put in front):
 /// `slow` waits 5 s before answering; `endless` streams forever; `cutoff` streams
 /// three chunks and then breaks the connection; anything else answers at once.
 pub struct Upstream {
@@ -127,12 +137,32 @@ async fn chat(
     let body = record(&log, "POST", &uri.to_string(), &headers, &body);
     let model = body["model"].as_str().unwrap_or("").to_owned();
     let stream = body["stream"].as_bool().unwrap_or(false);
+    let cap = body["max_completion_tokens"]
+        .as_i64()
+        .or(body["max_tokens"].as_i64());
     match model.as_str() {
-        "slow" => {
+        // `gpt-4o-mini`-priced answers: 10 prompt tokens; `metered` writes up to 40
+        // tokens, `greedy` uses its whole cap (1,000 without one).
+        "gpt-4o-mini-metered" | "gpt-4o-mini-greedy" => {
+            let out = if model.ends_with("greedy") { cap.unwrap_or(1_000) } else { cap.unwrap_or(40).min(40) };
+            log.served.lock().unwrap().push((METERED_PROMPT, out));
+            let usage = json!({"prompt_tokens": METERED_PROMPT, "completion_tokens": out, "total_tokens": METERED_PROMPT + out});
+            if stream {
+                let mut sse = chunk("x");
+                if body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true) {
+                    sse.push_str(&format!("data: {}\n\n", json!({"choices": [], "usage": usage})));
+                }
+                sse.push_str("data: [DONE]\n\n");
+                ([("content-type", "text/event-stream")], sse).into_response()
+            } else {
+                Json(json!({"object": "chat.completion", "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"}}], "usage": usage})).into_response()
+            }
+        }
+        m if m.ends_with("slow") => {
             tokio::time::sleep(Duration::from_secs(5)).await;
             Json(json!({"usage": usage()})).into_response()
         }
-        "endless" => {
+        m if m.ends_with("endless") => {
             struct Guard(Arc<UpstreamLog>);
             impl Drop for Guard {
                 fn drop(&mut self) {
@@ -150,7 +180,7 @@ async fn chat(
             });
             ([("content-type", "text/event-stream")], Body::from_stream(s)).into_response()
         }
-        "cutoff" => {
+        m if m.ends_with("cutoff") => {
             // Three chunks, then (after they have surely been flushed) a broken connection.
             let s = futures_util::stream::unfold(0u32, |i| async move {
                 match i {
@@ -200,6 +230,16 @@ impl Keyward {
     }
 
     pub async fn start_with(upstream: &str, tweak: impl FnOnce(&mut GatewayConfig)) -> Self {
+        Self::start_full(upstream, tweak, Clock::system(), "127.0.0.1:0").await
+    }
+
+    /// A server with a given clock, listening on `listen`.
+    pub async fn start_full(
+        upstream: &str,
+        tweak: impl FnOnce(&mut GatewayConfig),
+        clock: Clock,
+        listen: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = keyward_store::open(&format!(
             "sqlite://{}",
@@ -215,9 +255,9 @@ impl Keyward {
             dir.path().to_owned(),
         );
         tweak(&mut config);
-        let server = Server::new(config, store, Clock::system()).await.unwrap();
+        let server = Server::new(config, store, clock).await.unwrap();
         let state = server.state();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(listen).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run(listener, None, async move {
@@ -261,6 +301,27 @@ impl Keyward {
     pub async fn admin_post(&self, path: &str, body: Value) -> reqwest::Response {
         self.http
             .post(format!("{}{path}", self.url))
+            .bearer_auth(&self.admin_key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Creates a key with extra fields (policy, budget…); returns the response body.
+    pub async fn create_key_with(&self, fields: Value) -> Value {
+        let mut body = json!({"project": "app", "name": "k", "create_project": true});
+        for (k, v) in fields.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let r = self.admin_post("/api/v1/keys", body).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        r.json().await.unwrap()
+    }
+
+    pub async fn admin_put(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .put(format!("{}{path}", self.url))
             .bearer_auth(&self.admin_key)
             .json(&body)
             .send()
