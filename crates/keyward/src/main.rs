@@ -28,6 +28,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::keys::KeysCommand,
     },
+    /// Set and list hard budgets on organizations, projects and keys.
+    Budgets {
+        #[command(subcommand)]
+        command: cli::budgets::BudgetsCommand,
+    },
     /// Show metered usage.
     Usage(cli::usage::UsageArgs),
     /// Scan files, git history, archives or stdin for leaked secrets.
@@ -50,6 +55,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cli::serve::run(args).map(|()| 0),
         Command::Simulate(args) => cli::serve::simulate(args).map(|()| 0),
         Command::Keys { command } => cli::keys::run(command).map(|()| 0),
+        Command::Budgets { command } => cli::budgets::run(command).map(|()| 0),
         Command::Usage(args) => cli::usage::run(args).map(|()| 0),
         Command::Scan(args) => cli::scan::run(args),
         Command::Rules { command } => cli::scan::run_rules(command),

@@ -44,6 +44,16 @@ impl Api {
         self.send(self.http.post(self.url(path)).json(body))
     }
 
+    /// PUT a JSON body.
+    pub fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.put(self.url(path)).json(body))
+    }
+
+    /// DELETE with a JSON body.
+    pub fn delete_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.delete(self.url(path)).json(body))
+    }
+
     /// DELETE.
     pub fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.send(self.http.delete(self.url(path)))

@@ -26,6 +26,38 @@ pub enum KeysCommand {
         /// Expiry, e.g. 30d or 12h.
         #[arg(long)]
         expires_in: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// A monthly budget for this key, in US dollars.
+        #[arg(long)]
+        budget_usd: Option<f64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Issue a new secret for the same key; the old one works for the grace period.
+    Rotate {
+        /// Key id.
+        id: String,
+        /// How long the old secret keeps working, e.g. 24h (default) or 0.
+        #[arg(long)]
+        grace: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Issue a short-lived client token (kwe_) derived from a key.
+    Ephemeral {
+        /// Parent key id.
+        id: String,
+        /// Lifetime, e.g. 10m (default) up to 24h.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// The token's own budget for its whole life, in US dollars.
+        #[arg(long)]
+        budget_usd: Option<f64>,
+        #[command(flatten)]
+        limits: LimitArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -65,6 +97,75 @@ pub enum KeysCommand {
     },
 }
 
+/// Restrictions and rate limits shared by `create` and `ephemeral`.
+#[derive(clap::Args)]
+pub struct LimitArgs {
+    /// Requests per minute.
+    #[arg(long)]
+    rpm: Option<u32>,
+    /// Tokens per minute.
+    #[arg(long)]
+    tpm: Option<u32>,
+    /// Requests in flight at once.
+    #[arg(long)]
+    max_concurrent: Option<u32>,
+    /// Allowed model globs, comma-separated (e.g. gpt-4o-mini*,text-embedding-*).
+    #[arg(long, value_delimiter = ',')]
+    models: Vec<String>,
+    /// Allowed endpoints: a preset (all, read-only, chat-only, inference,
+    /// embeddings-only) or `METHOD /path` patterns, comma-separated.
+    #[arg(long)]
+    endpoints: Option<String>,
+    /// Allowed client networks, comma-separated CIDRs (IPv4 or IPv6).
+    #[arg(long, value_delimiter = ',')]
+    allow_ip: Vec<String>,
+}
+
+impl LimitArgs {
+    fn to_json(&self) -> Option<Value> {
+        let mut p = serde_json::Map::new();
+        if let Some(v) = self.rpm {
+            p.insert("rpm".into(), json!(v));
+        }
+        if let Some(v) = self.tpm {
+            p.insert("tpm".into(), json!(v));
+        }
+        if let Some(v) = self.max_concurrent {
+            p.insert("max_concurrent".into(), json!(v));
+        }
+        if !self.models.is_empty() {
+            p.insert("models".into(), json!(self.models));
+        }
+        if let Some(e) = &self.endpoints {
+            p.insert("endpoints".into(), json!(e));
+        }
+        if !self.allow_ip.is_empty() {
+            p.insert("networks".into(), json!(self.allow_ip));
+        }
+        (!p.is_empty()).then_some(Value::Object(p))
+    }
+}
+
+fn seconds(flag: &str, value: Option<String>) -> anyhow::Result<Option<i64>> {
+    value
+        .map(|d| keyward_core::duration::parse_ms(&d).map(|ms| ms / 1000))
+        .transpose()
+        .map_err(anyhow::Error::msg)
+        .with_context(|| flag.to_owned())
+}
+
+/// Columns of the key table.
+const HEADER: [&str; 8] = [
+    "ID",
+    "NAME",
+    "PROJECT",
+    "STATUS",
+    "KEY",
+    "LAST USED",
+    "CREATED",
+    "NOTE",
+];
+
 /// Runs a key command.
 pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
     let api = Api::from_env()?;
@@ -75,15 +176,19 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             org,
             tags,
             expires_in,
+            limits,
+            budget_usd,
             json,
         } => {
-            let expires_in_seconds = expires_in
-                .map(|d| keyward_core::duration::parse_ms(&d).map(|ms| ms / 1000))
-                .transpose()
-                .map_err(anyhow::Error::msg)
-                .context("--expires-in")?;
-            let body = json!({"project": project, "org": org, "name": name, "tags": tags,
+            let expires_in_seconds = seconds("--expires-in", expires_in)?;
+            let mut body = json!({"project": project, "org": org, "name": name, "tags": tags,
                               "expires_in_seconds": expires_in_seconds, "create_project": true});
+            if let Some(p) = limits.to_json() {
+                body["policy"] = p;
+            }
+            if let Some(usd) = budget_usd {
+                body["budget"] = json!({"usd": usd});
+            }
             let created = api.post("/api/v1/keys", &body)?;
             if json {
                 println!("{created}");
@@ -98,6 +203,48 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
                 println!("This is the only time the key is shown. Store it in a secret manager or an environment variable.");
             }
         }
+        KeysCommand::Rotate { id, grace, json } => {
+            let grace_seconds = seconds("--grace", grace)?;
+            let rotated = api.post(
+                &format!("/api/v1/keys/{}/rotate", path_segment(&id)?),
+                &json!({"grace_seconds": grace_seconds}),
+            )?;
+            if json {
+                println!("{rotated}");
+            } else {
+                println!(
+                    "Rotated key {id}. The new secret (shown only now):\n\n    {}\n",
+                    s(&rotated, "key")
+                );
+                println!("The old secret keeps working for the grace period, then stops.");
+            }
+        }
+        KeysCommand::Ephemeral {
+            id,
+            ttl,
+            budget_usd,
+            limits,
+            json,
+        } => {
+            let mut body = json!({"ttl_seconds": seconds("--ttl", ttl)?, "budget_usd": budget_usd});
+            if let Some(p) = limits.to_json() {
+                body["policy"] = p;
+            }
+            let token = api.post(
+                &format!("/api/v1/keys/{}/ephemeral", path_segment(&id)?),
+                &body,
+            )?;
+            if json {
+                println!("{token}");
+            } else {
+                println!("{}", s(&token, "key"));
+                eprintln!(
+                    "Ephemeral token {} expires at {} UTC.",
+                    s(&token, "id"),
+                    table::time(token["expires_at"].as_i64())
+                );
+            }
+        }
         KeysCommand::List { project, json } => {
             let query: Vec<(&str, String)> = project.into_iter().map(|p| ("project", p)).collect();
             let listed = api.get("/api/v1/keys", &query)?;
@@ -110,21 +257,7 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
                     .flatten()
                     .map(row)
                     .collect();
-                print!(
-                    "{}",
-                    table::render(
-                        &[
-                            "ID",
-                            "NAME",
-                            "PROJECT",
-                            "STATUS",
-                            "KEY",
-                            "LAST USED",
-                            "CREATED"
-                        ],
-                        &rows
-                    )
-                );
+                print!("{}", table::render(&HEADER, &rows));
             }
         }
         KeysCommand::Get { id, json } => show(
@@ -154,21 +287,7 @@ fn show(key: Value, json: bool) {
     if json {
         println!("{key}");
     } else {
-        print!(
-            "{}",
-            table::render(
-                &[
-                    "ID",
-                    "NAME",
-                    "PROJECT",
-                    "STATUS",
-                    "KEY",
-                    "LAST USED",
-                    "CREATED"
-                ],
-                &[row(&key)]
-            )
-        );
+        print!("{}", table::render(&HEADER, &[row(&key)]));
     }
 }
 
@@ -181,6 +300,11 @@ fn row(k: &Value) -> Vec<String> {
         s(k, "hint"),
         table::time(k["last_used_at"].as_i64()),
         table::time(k["created_at"].as_i64()),
+        match (k["rotation_due"].as_bool(), k["ephemeral"].as_bool()) {
+            (Some(true), _) => "rotation due".into(),
+            (_, Some(true)) => "ephemeral".into(),
+            _ => String::new(),
+        },
     ]
 }
 

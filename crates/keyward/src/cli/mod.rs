@@ -1,6 +1,7 @@
 //! One module per subcommand family.
 
 pub mod api;
+pub mod budgets;
 pub mod keys;
 pub mod scan;
 pub mod serve;

@@ -20,6 +20,9 @@ pub struct UsageArgs {
     /// Include a time series: hour or day.
     #[arg(long)]
     bucket: Option<String>,
+    /// Include totals per key, model or tag.
+    #[arg(long)]
+    group_by: Option<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -34,6 +37,7 @@ pub fn run(args: UsageArgs) -> anyhow::Result<()> {
         ("project", args.project),
         ("org", args.org),
         ("bucket", args.bucket),
+        ("group_by", args.group_by),
     ] {
         if let Some(v) = value {
             query.push((name, v));
@@ -60,6 +64,28 @@ pub fn run(args: UsageArgs) -> anyhow::Result<()> {
             &rows
         )
     );
+    if let Some(groups) = usage["groups"].as_array() {
+        let rows: Vec<Vec<String>> = groups
+            .iter()
+            .map(|g: &Value| {
+                vec![
+                    g["group"].as_str().unwrap_or("-").to_owned(),
+                    g["requests"].to_string(),
+                    g["input_tokens"].to_string(),
+                    g["output_tokens"].to_string(),
+                    format!(
+                        "${:.6}",
+                        g["cost_micros"].as_i64().unwrap_or(0) as f64 / 1e6
+                    ),
+                ]
+            })
+            .collect();
+        println!();
+        print!(
+            "{}",
+            table::render(&["GROUP", "REQUESTS", "INPUT", "OUTPUT", "COST"], &rows)
+        );
+    }
     if let Some(buckets) = usage["buckets"].as_array() {
         let rows: Vec<Vec<String>> = buckets
             .iter()

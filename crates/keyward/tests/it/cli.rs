@@ -180,3 +180,178 @@ fn serve_refuses_bad_settings_with_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn restricted_keys_rotation_tokens_and_budgets_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(dir.path(), &[]);
+    let created = server.cli_json(&[
+        "keys",
+        "create",
+        "--project",
+        "web",
+        "--name",
+        "frontend",
+        "--budget-usd",
+        "5",
+        "--rpm",
+        "60",
+        "--tpm",
+        "100000",
+        "--max-concurrent",
+        "4",
+        "--models",
+        "gpt-4o-mini*,keyward-*",
+        "--endpoints",
+        "chat-only",
+        "--allow-ip",
+        "127.0.0.0/8,::1/128",
+        "--expires-in",
+        "30d",
+        "--tag",
+        "team:web",
+        "--tag",
+        "feature:chat",
+        "--json",
+    ]);
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(created["policy"]["rpm"], 60);
+    assert_eq!(
+        created["policy"]["models"],
+        json!(["gpt-4o-mini*", "keyward-*"])
+    );
+    assert_eq!(created["tags"], json!(["team:web", "feature:chat"]));
+    let key = created["key"].as_str().unwrap();
+    let (status, _) = chat(
+        &server.url,
+        key,
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(status, 200);
+    let (status, body) = chat(&server.url, key, json!({"model": "gpt-4o", "messages": []}));
+    assert_eq!(status, 403, "{body}");
+
+    let usage = server.cli_json(&["usage", "--key", id, "--json"]);
+    assert_eq!(usage["requests"], 2);
+    assert_eq!(usage["reserved_micros"], 0);
+    let by_tag = server.cli_json(&["usage", "--group-by", "tag", "--json"]);
+    assert_eq!(by_tag["groups"].as_array().unwrap().len(), 2, "{by_tag}");
+
+    let rotated = server.cli_json(&["keys", "rotate", id, "--grace", "0", "--json"]);
+    let new_key = rotated["key"].as_str().unwrap();
+    assert_ne!(new_key, key);
+    assert_eq!(
+        chat(&server.url, key, json!({"model": "gpt-4o-mini"})).0,
+        401
+    );
+
+    let token = server.cli_json(&[
+        "keys",
+        "ephemeral",
+        id,
+        "--ttl",
+        "10m",
+        "--budget-usd",
+        "0.01",
+        "--json",
+    ]);
+    assert!(token["key"].as_str().unwrap().starts_with("kwe_"));
+    assert_eq!(
+        chat(
+            &server.url,
+            token["key"].as_str().unwrap(),
+            json!({"model": "gpt-4o-mini", "messages": []})
+        )
+        .0,
+        200
+    );
+
+    let out = server.cli(&[
+        "budgets",
+        "set",
+        "--project",
+        "web",
+        "--usd",
+        "100",
+        "--period",
+        "day",
+        "--soft",
+        "50,90",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let budgets = server.cli_json(&["budgets", "list", "--json"]);
+    assert_eq!(
+        budgets.as_array().unwrap().len(),
+        3,
+        "key, token and project budgets: {budgets}"
+    );
+}
+
+#[test]
+fn bad_limits_are_refused_with_exit_2_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(dir.path(), &[]);
+    for args in [
+        &[
+            "keys",
+            "create",
+            "--project",
+            "p",
+            "--name",
+            "n",
+            "--allow-ip",
+            "10.0.0.0/99",
+        ][..],
+        &[
+            "keys",
+            "create",
+            "--project",
+            "p",
+            "--name",
+            "n",
+            "--endpoints",
+            "everything",
+        ],
+        &[
+            "keys",
+            "create",
+            "--project",
+            "p",
+            "--name",
+            "n",
+            "--budget-usd",
+            "-5",
+        ],
+        &[
+            "keys",
+            "create",
+            "--project",
+            "p",
+            "--name",
+            "n",
+            "--expires-in",
+            "3 days",
+        ],
+        &[
+            "budgets", "set", "--org", "default", "--usd", "1", "--period", "weekly",
+        ],
+        &["budgets", "set", "--usd", "1"],
+    ] {
+        let out = server.cli(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(!out.stderr.is_empty());
+    }
+    let keys = server.cli_json(&["keys", "list", "--json"]);
+    assert!(keys.as_array().unwrap().is_empty());
+    let budgets = server.cli_json(&["budgets", "list", "--json"]);
+    assert!(budgets.as_array().unwrap().is_empty());
+}
