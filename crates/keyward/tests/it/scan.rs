@@ -33,46 +33,85 @@ fn stdout_json(out: &Output) -> Value {
 fn git(dir: &Path, args: &[&str]) {
     let out = Command::new("git")
         .current_dir(dir)
-        .args(["-c", "user.name=Ada", "-c", "user.email=ada@example.org", "-c", "commit.gpgsign=false"])
+        .args([
+            "-c",
+            "user.name=Ada",
+            "-c",
+            "user.email=ada@example.org",
+            "-c",
+            "commit.gpgsign=false",
+        ])
         .args(args)
         .output()
         .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn exit_codes_are_0_clean_1_findings_2_errors() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("clean.rs"), "fn main() { println!(\"hi\"); }\n").unwrap();
+    std::fs::write(
+        dir.path().join("clean.rs"),
+        "fn main() { println!(\"hi\"); }\n",
+    )
+    .unwrap();
     assert_eq!(code(&keyward(dir.path(), &["scan", "."])), 0);
-    std::fs::write(dir.path().join(".env"), format!("AWS_ACCESS_KEY_ID={AWS_ID}\n")).unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        format!("AWS_ACCESS_KEY_ID={AWS_ID}\n"),
+    )
+    .unwrap();
     let found = keyward(dir.path(), &["scan", "."]);
     assert_eq!(code(&found), 1);
     let human = String::from_utf8_lossy(&found.stdout);
-    assert!(human.contains("aws.access-key-id") && !human.contains(AWS_ID), "redacted by default: {human}");
+    assert!(
+        human.contains("aws.access-key-id") && !human.contains(AWS_ID),
+        "redacted by default: {human}"
+    );
     assert_eq!(code(&keyward(dir.path(), &["scan", "does-not-exist"])), 2);
-    assert_eq!(code(&keyward(dir.path(), &["scan", "--format", "xml", "."])), 2);
-    assert_eq!(code(&keyward(dir.path(), &["scan", "--git", "."])), 2, "not a git repository");
+    assert_eq!(
+        code(&keyward(dir.path(), &["scan", "--format", "xml", "."])),
+        2
+    );
+    assert_eq!(
+        code(&keyward(dir.path(), &["scan", "--git", "."])),
+        2,
+        "not a git repository"
+    );
 }
 
 #[test]
 fn json_output_is_the_stable_contract() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("src")).unwrap();
-    std::fs::write(dir.path().join("src/app.py"), format!("import os\nKEY = \"{KEYWARD_KEY}\"\n")).unwrap();
+    std::fs::write(
+        dir.path().join("src/app.py"),
+        format!("import os\nKEY = \"{KEYWARD_KEY}\"\n"),
+    )
+    .unwrap();
     let out = keyward(dir.path(), &["scan", "--format", "json", "src"]);
     assert_eq!(code(&out), 1);
     let v = stdout_json(&out);
     let f = &v.as_array().unwrap()[0];
     assert_eq!(f["rule_id"], "keyward.standard-key");
     assert_eq!(f["path"], "src/app.py");
-    assert_eq!((f["line"].as_u64(), f["column"].as_u64()), (Some(2), Some(8)));
+    assert_eq!(
+        (f["line"].as_u64(), f["column"].as_u64()),
+        (Some(2), Some(8))
+    );
     assert_eq!(f["end_column"].as_u64(), Some(8 + KEYWARD_KEY.len() as u64));
     assert_eq!(f["validated"], "checksum");
     assert_eq!(f["commit"], Value::Null);
     assert_eq!(f["secret_sha256"].as_str().unwrap().len(), 64);
     assert!(f.get("secret").is_none());
-    let shown = stdout_json(&keyward(dir.path(), &["scan", "--format", "json", "--show-secrets", "src"]));
+    let shown = stdout_json(&keyward(
+        dir.path(),
+        &["scan", "--format", "json", "--show-secrets", "src"],
+    ));
     assert_eq!(shown[0]["secret"], KEYWARD_KEY);
 }
 
@@ -87,10 +126,16 @@ fn stdin_is_scanned_with_a_dash() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(format!("x\ny = {AWS_ID}\n").as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("x\ny = {AWS_ID}\n").as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(code(&out), 1);
-    let line: Value = serde_json::from_slice(out.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
+    let line: Value =
+        serde_json::from_slice(out.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
     assert_eq!(line["path"], "-");
     assert_eq!(line["line"], 2);
 }
@@ -100,7 +145,17 @@ fn sarif_output_is_a_sarif_2_1_0_log() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.env"), format!("AWS={AWS_ID}\n")).unwrap();
     let report = dir.path().join("out.sarif");
-    let out = keyward(dir.path(), &["scan", "--format", "sarif", "-o", report.to_str().unwrap(), "a.env"]);
+    let out = keyward(
+        dir.path(),
+        &[
+            "scan",
+            "--format",
+            "sarif",
+            "-o",
+            report.to_str().unwrap(),
+            "a.env",
+        ],
+    );
     assert_eq!(code(&out), 1);
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(v["version"], "2.1.0");
@@ -110,7 +165,10 @@ fn sarif_output_is_a_sarif_2_1_0_log() {
     let result = &run["results"][0];
     assert_eq!(result["ruleId"], "aws.access-key-id");
     let idx = result["ruleIndex"].as_u64().unwrap() as usize;
-    assert_eq!(run["tool"]["driver"]["rules"][idx]["id"], "aws.access-key-id");
+    assert_eq!(
+        run["tool"]["driver"]["rules"][idx]["id"],
+        "aws.access-key-id"
+    );
     let location = &result["locations"][0]["physicalLocation"];
     assert_eq!(location["artifactLocation"]["uri"], "a.env");
     assert_eq!(location["region"]["startLine"], 1);
@@ -121,11 +179,34 @@ fn sarif_output_is_a_sarif_2_1_0_log() {
 fn a_baseline_suppresses_known_secrets_only() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.env"), format!("AWS={AWS_ID}\n")).unwrap();
-    let write = keyward(dir.path(), &["scan", "--write-baseline", "baseline.json", "."]);
+    let write = keyward(
+        dir.path(),
+        &["scan", "--write-baseline", "baseline.json", "."],
+    );
     assert_eq!(code(&write), 0);
-    assert_eq!(code(&keyward(dir.path(), &["scan", "--baseline", "baseline.json", "a.env"])), 0);
-    std::fs::write(dir.path().join("a.env"), format!("\n\nAWS={AWS_ID}\nKW={KEYWARD_KEY}\n")).unwrap();
-    let out = keyward(dir.path(), &["scan", "--format", "json", "--baseline", "baseline.json", "a.env"]);
+    assert_eq!(
+        code(&keyward(
+            dir.path(),
+            &["scan", "--baseline", "baseline.json", "a.env"]
+        )),
+        0
+    );
+    std::fs::write(
+        dir.path().join("a.env"),
+        format!("\n\nAWS={AWS_ID}\nKW={KEYWARD_KEY}\n"),
+    )
+    .unwrap();
+    let out = keyward(
+        dir.path(),
+        &[
+            "scan",
+            "--format",
+            "json",
+            "--baseline",
+            "baseline.json",
+            "a.env",
+        ],
+    );
     assert_eq!(code(&out), 1);
     let v = stdout_json(&out);
     assert_eq!(v.as_array().unwrap().len(), 1);
@@ -144,7 +225,10 @@ fn staged_mode_and_the_installed_hook() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(d.join(".git/hooks/pre-commit")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(d.join(".git/hooks/pre-commit"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert!(mode & 0o111 != 0, "hook is executable");
     }
     // Re-installing our own hook is fine; replacing someone else's needs --force.
@@ -155,7 +239,11 @@ fn staged_mode_and_the_installed_hook() {
 
     assert_eq!(code(&keyward(d, &["scan", "--staged"])), 0);
     std::fs::write(d.join("creds.txt"), format!("{AWS_ID}\n")).unwrap();
-    assert_eq!(code(&keyward(d, &["scan", "--staged"])), 0, "not staged yet");
+    assert_eq!(
+        code(&keyward(d, &["scan", "--staged"])),
+        0,
+        "not staged yet"
+    );
     git(d, &["add", "creds.txt"]);
     assert_eq!(code(&keyward(d, &["scan", "--staged"])), 1);
 }
@@ -183,7 +271,12 @@ fn git_history_reports_the_introducing_commit() {
 fn rules_check_and_list() {
     let dir = tempfile::tempdir().unwrap();
     let check = keyward(dir.path(), &["rules", "check"]);
-    assert_eq!(code(&check), 0, "{}", String::from_utf8_lossy(&check.stderr));
+    assert_eq!(
+        code(&check),
+        0,
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     let list = stdout_json(&keyward(dir.path(), &["rules", "list", "--json"]));
     let list = list.as_array().unwrap();
     assert!(list.len() >= 150);
