@@ -8,7 +8,7 @@ use keyward_scan::{ScanOptions, Scanner};
 
 use crate::support::*;
 
-const OTHER_AWS: &str = "AKIAQ4WE7RT2YU6IO3PA";
+const OTHER_AWS: &str = "AKIAQ4WE7RT2YU6IO3PA"; // keyward:allow fixture
 
 #[test]
 fn baseline_matches_by_secret_not_by_position() {
@@ -90,7 +90,7 @@ negative_examples = ["acme_short"]
         format!("{AWS_ID}\n"),
     )
     .unwrap();
-    let jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6Ik.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
+    let jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6Ik.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"; // keyward:allow fixture
     std::fs::write(
         dir.path().join("app.cfg"),
         format!("a={OTHER_AWS}\nb=acme_Zr4Qw8Ep2Ty6Ui0Oa3Sd7Fg1\nc={jwt}\n"),
