@@ -46,6 +46,8 @@ pub struct GatewayConfig {
     /// Fixed costs for routes whose cost cannot be bounded otherwise (path → cost),
     /// so they can run under a hard budget.
     pub route_costs: HashMap<String, Micros>,
+    /// Leak response: GitHub intake keys, notifications, watchers.
+    pub leaks: crate::leaks::LeakSettings,
 }
 
 impl GatewayConfig {
@@ -64,6 +66,7 @@ impl GatewayConfig {
             data_dir,
             client_ip: ClientIpPolicy::default(),
             route_costs: HashMap::new(),
+            leaks: crate::leaks::LeakSettings::default(),
         }
     }
 }

@@ -45,6 +45,7 @@ impl Server {
         );
         let ttl = config.key_cache_ttl.as_millis() as i64;
         let keys = KeyCache::new(ttl);
+        let leaks = crate::leaks::LeakState::start(&config.leaks, store.clone(), clock.clone());
         Ok(Self {
             state: Arc::new(AppState {
                 config,
@@ -59,6 +60,7 @@ impl Server {
                 projects: TtlMap::new(ttl),
                 keys_by_id: TtlMap::new(ttl),
                 budgets: TtlMap::new(ttl),
+                leaks,
             }),
         })
     }
@@ -74,6 +76,7 @@ impl Server {
             .route("/v1", any(crate::proxy::forward))
             .route("/v1/{*rest}", any(crate::proxy::forward))
             .merge(crate::management::router())
+            .merge(crate::leaks::router())
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .with_state(self.state.clone())
@@ -88,6 +91,7 @@ impl Server {
         metrics: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        crate::watchers::spawn(self.state.clone());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;

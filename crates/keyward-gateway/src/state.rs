@@ -38,6 +38,8 @@ pub struct AppState {
     pub keys_by_id: TtlMap<KeyId, Arc<KeyRecord>>,
     /// Budgets by scope (`None`: the scope has none), briefly cached.
     pub budgets: TtlMap<BudgetScope, Option<Budget>>,
+    /// Leak response (GitHub keys, notifier).
+    pub leaks: Arc<crate::leaks::LeakState>,
 }
 
 /// The state as handlers receive it.

@@ -82,9 +82,8 @@ pub fn parse_document(text: &str) -> Result<HashMap<String, VerifyingKey>, Publi
         serde_json::from_str(text).map_err(|e| PublicKeysError::Document(e.to_string()))?;
     let mut keys = HashMap::new();
     for k in doc.public_keys {
-        let key = VerifyingKey::from_public_key_pem(k.key.trim()).map_err(|e| {
-            PublicKeysError::Document(format!("key {:?}: {e}", k.key_identifier))
-        })?;
+        let key = VerifyingKey::from_public_key_pem(k.key.trim())
+            .map_err(|e| PublicKeysError::Document(format!("key {:?}: {e}", k.key_identifier)))?;
         keys.insert(k.key_identifier, key);
     }
     Ok(keys)
@@ -206,13 +205,22 @@ mod tests {
     #[test]
     fn documents_without_keys_or_with_bad_pem_are_refused() {
         assert!(parse_document("{}").is_err());
-        assert!(parse_document(r#"{"public_keys":[{"key_identifier":"a","key":"nope","is_current":true}]}"#).is_err());
+        assert!(parse_document(
+            r#"{"public_keys":[{"key_identifier":"a","key":"nope","is_current":true}]}"#
+        )
+        .is_err());
         assert!(parse_document(r#"{"public_keys":[]}"#).unwrap().is_empty());
     }
 
     #[test]
     fn signatures_that_are_not_der_are_malformed() {
-        assert_eq!(decode_signature("!!!").err(), Some(SignatureError::Malformed));
-        assert_eq!(decode_signature("AAAA").err(), Some(SignatureError::Malformed));
+        assert_eq!(
+            decode_signature("!!!").err(),
+            Some(SignatureError::Malformed)
+        );
+        assert_eq!(
+            decode_signature("AAAA").err(),
+            Some(SignatureError::Malformed)
+        );
     }
 }

@@ -7,6 +7,8 @@ pub(crate) mod keys;
 pub(crate) mod orgs;
 mod policy_input;
 mod usage;
+pub(crate) mod scan_uploads;
+pub(crate) mod webhooks;
 
 pub use error::ApiError;
 

@@ -35,7 +35,10 @@ pub struct SmtpSettings {
     pub credentials: Option<(String, Secret)>,
 }
 
-fn transport(s: &SmtpSettings, timeout: Duration) -> Result<AsyncSmtpTransport<Tokio1Executor>, Failure> {
+fn transport(
+    s: &SmtpSettings,
+    timeout: Duration,
+) -> Result<AsyncSmtpTransport<Tokio1Executor>, Failure> {
     let builder = match s.security {
         SmtpSecurity::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host),
         SmtpSecurity::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&s.host)
@@ -51,7 +54,10 @@ fn transport(s: &SmtpSettings, timeout: Duration) -> Result<AsyncSmtpTransport<T
 }
 
 fn fail(reason: String) -> Failure {
-    Failure { status: None, reason }
+    Failure {
+        status: None,
+        reason,
+    }
 }
 
 /// The plain-text body of an event's email.
@@ -75,12 +81,24 @@ pub fn body(d: &Delivery) -> String {
 }
 
 /// Sends one event to `to`.
-pub async fn send(s: &SmtpSettings, to: &str, d: &Delivery, timeout: Duration) -> Result<(), Failure> {
-    let from: Mailbox = s.sender.parse().map_err(|e| fail(format!("sender address: {e}")))?;
-    let to: Mailbox = to.parse().map_err(|e| fail(format!("recipient address: {e}")))?;
+pub async fn send(
+    s: &SmtpSettings,
+    to: &str,
+    d: &Delivery,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let from: Mailbox = s
+        .sender
+        .parse()
+        .map_err(|e| fail(format!("sender address: {e}")))?;
+    let to: Mailbox = to
+        .parse()
+        .map_err(|e| fail(format!("recipient address: {e}")))?;
     let subject = format!(
         "[keyward] {}",
-        d.payload["summary"].as_str().unwrap_or(d.event_type.as_str())
+        d.payload["summary"]
+            .as_str()
+            .unwrap_or(d.event_type.as_str())
     );
     let message = Message::builder()
         .from(from)

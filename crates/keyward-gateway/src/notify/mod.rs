@@ -152,8 +152,14 @@ impl Notifier {
     }
 
     /// Queues `event` for one channel only (a test delivery).
-    pub async fn publish_to(&self, event: &Event, channel: Channel, target: &str) -> StoreResult<u64> {
-        self.enqueue(event, vec![(channel, target.to_owned())]).await
+    pub async fn publish_to(
+        &self,
+        event: &Event,
+        channel: Channel,
+        target: &str,
+    ) -> StoreResult<u64> {
+        self.enqueue(event, vec![(channel, target.to_owned())])
+            .await
     }
 
     async fn enqueue(&self, event: &Event, targets: Vec<(Channel, String)>) -> StoreResult<u64> {
@@ -252,20 +258,39 @@ impl Notifier {
     }
 
     async fn send_webhook(&self, d: &Delivery) -> Result<Option<u16>, Failure> {
-        let hooks = self.store.list_webhooks().await.map_err(|e| Failure::new(e.to_string()))?;
+        let hooks = self
+            .store
+            .list_webhooks()
+            .await
+            .map_err(|e| Failure::new(e.to_string()))?;
         let Some(hook) = hooks.into_iter().find(|w| w.id.as_str() == d.target_id) else {
-            return Err(Failure { status: Some(410), reason: "the webhook was deleted".into() });
+            return Err(Failure {
+                status: Some(410),
+                reason: "the webhook was deleted".into(),
+            });
         };
         webhook::send(&self.http, &hook, d, self.clock.now_ms()).await
     }
 
     async fn send_email(&self, d: &Delivery) -> Result<Option<u16>, Failure> {
         let Some(smtp) = &self.settings.smtp else {
-            return Err(Failure::new("email is not configured (no SMTP server)".into()));
+            return Err(Failure::new(
+                "email is not configured (no SMTP server)".into(),
+            ));
         };
-        let recipients = self.store.list_recipients().await.map_err(|e| Failure::new(e.to_string()))?;
-        let Some(r) = recipients.into_iter().find(|r| r.id.as_str() == d.target_id) else {
-            return Err(Failure { status: Some(410), reason: "the recipient was deleted".into() });
+        let recipients = self
+            .store
+            .list_recipients()
+            .await
+            .map_err(|e| Failure::new(e.to_string()))?;
+        let Some(r) = recipients
+            .into_iter()
+            .find(|r| r.id.as_str() == d.target_id)
+        else {
+            return Err(Failure {
+                status: Some(410),
+                reason: "the recipient was deleted".into(),
+            });
         };
         email::send(smtp, &r.address, d, self.settings.retry.attempt_timeout)
             .await
@@ -284,7 +309,10 @@ pub struct Failure {
 
 impl Failure {
     fn new(reason: String) -> Self {
-        Self { status: None, reason }
+        Self {
+            status: None,
+            reason,
+        }
     }
 }
 

@@ -22,11 +22,15 @@ pub const DELIVERY_ID_HEADER: &str = "keyward-delivery-id";
 
 /// The signature header's value for `body` sent at `timestamp_ms`.
 pub fn signature(secret: &str, timestamp_ms: i64, body: &[u8]) -> String {
-    format!("t={timestamp_ms},v1={}", hex::encode(mac(secret, timestamp_ms, body)))
+    format!(
+        "t={timestamp_ms},v1={}",
+        hex::encode(mac(secret, timestamp_ms, body))
+    )
 }
 
 fn mac(secret: &str, timestamp_ms: i64, body: &[u8]) -> Vec<u8> {
-    let mut m = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    let mut m =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     m.update(timestamp_ms.to_string().as_bytes());
     m.update(b".");
     m.update(body);

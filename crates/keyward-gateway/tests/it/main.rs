@@ -2,6 +2,9 @@
 //! test server that records what it receives, and HTTP clients on loopback.
 
 mod bad_input;
+mod leaks;
+mod notify;
+mod watchers;
 mod budgets;
 mod limits;
 mod management;

@@ -1,0 +1,83 @@
+//! `POST /api/v1/scan-uploads?name=app.apk`: an app bundle (or any archive or
+//! file) uploaded as the raw body, scanned at once for keyward keys; every live
+//! key found is treated as leaked. Size-limited by `max_upload_bytes`.
+
+use super::{Admin, ApiError};
+use crate::leaks::response::{respond, Verdict};
+use crate::state::SharedState;
+use crate::watchers::{key_scanner, sightings};
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use keyward_scan::scanner::CollectSink;
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Deserialize)]
+pub struct UploadQuery {
+    name: Option<String>,
+}
+
+pub async fn upload(
+    State(state): State<SharedState>,
+    admin: Admin,
+    Query(q): Query<UploadQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let limit = state.config.leaks.watchers.max_upload_bytes;
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return Ok((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Json(json!({"error": {"code": "payload_too_large", "message": format!("uploads are limited to {limit} bytes")}})),
+        )
+            .into_response());
+    };
+    let name: String = q
+        .name
+        .unwrap_or_else(|| "upload".into())
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
+    let scan_name = name.clone();
+    let findings = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let scanner = key_scanner()?;
+        let sink = CollectSink::default();
+        scanner.scan_reader(&scan_name, &mut std::io::Cursor::new(bytes), &sink);
+        Ok(sink
+            .findings
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner()))
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "upload scan panicked");
+        ApiError::Internal
+    })?
+    .map_err(|e| {
+        tracing::error!(error = %e, "upload scan failed");
+        ApiError::Internal
+    })?;
+    let url = format!("upload:{name}");
+    let found = sightings(&state, &findings, "upload", admin.id.as_str(), &url);
+    let verdicts = respond(&state, &found).await?;
+    let data: Vec<_> = found
+        .iter()
+        .zip(verdicts)
+        .filter_map(|(s, v)| match v {
+            Verdict::Key(outcome, key) => Some(json!({
+                "location": s.location,
+                "result": outcome.as_str(),
+                "key_id": key.id,
+                "key_name": key.name,
+                "hint": key.hint,
+                "status": key.status,
+            })),
+            Verdict::Unknown => Some(json!({"location": s.location, "result": "unknown"})),
+            Verdict::NotOurs => None,
+        })
+        .collect();
+    Ok(Json(json!({"name": name, "data": data})).into_response())
+}

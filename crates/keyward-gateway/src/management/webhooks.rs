@@ -1,0 +1,294 @@
+//! Notification channels: webhooks (signed deliveries; the secret is shown once,
+//! at creation), their delivery log and test deliveries, and email recipients.
+
+use super::orgs::resolve_project;
+use super::{Admin, ApiError};
+use crate::notify::Event;
+use crate::state::{AppState, SharedState};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use keyward_core::{EventId, OrgId, ProjectId, RecipientId, Secret, WebhookId};
+use keyward_store::{Channel, ChannelScope, NewAuditEvent, NewWebhook, Recipient, Webhook};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// The event types channels may subscribe to.
+pub const EVENT_TYPES: &[&str] = &[
+    "key.leaked",
+    "budget.threshold_crossed",
+    "auth.new_device",
+    "webhook.test",
+];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeInput {
+    /// Event types; default `["key.leaked"]`.
+    events: Option<Vec<String>>,
+    /// Only this organization's keys (id or name).
+    org: Option<String>,
+    /// Only this project's keys (id or name; with `org` for a name).
+    project: Option<String>,
+}
+
+async fn scope(state: &AppState, input: ScopeInput) -> Result<ChannelScope, ApiError> {
+    let events = input.events.unwrap_or_else(|| vec!["key.leaked".into()]);
+    if events.is_empty() {
+        return Err(ApiError::BadRequest("events must not be empty".into()));
+    }
+    for e in &events {
+        if e != "*" && !EVENT_TYPES.contains(&e.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "unknown event type {e:?}; known: {} or *",
+                EVENT_TYPES.join(", ")
+            )));
+        }
+    }
+    let (org_id, project_id): (Option<OrgId>, Option<ProjectId>) =
+        match (&input.project, &input.org) {
+            (Some(p), org) => {
+                let project = resolve_project(state, org.as_deref(), p, false).await?;
+                (Some(project.org_id), Some(project.id))
+            }
+            (None, Some(o)) => {
+                let org = match OrgId::parse(o) {
+                    Some(id) => state.store.get_org(&id).await?,
+                    None => state.store.org_by_name(o).await?,
+                };
+                (Some(org.ok_or(ApiError::NotFound("org"))?.id), None)
+            }
+            (None, None) => (None, None),
+        };
+    Ok(ChannelScope {
+        events,
+        org_id,
+        project_id,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    url: String,
+    #[serde(default)]
+    description: String,
+    #[serde(flatten)]
+    scope: ScopeInput,
+}
+
+/// A new webhook with its signing secret, shown only here.
+#[derive(Serialize)]
+pub struct CreatedWebhook {
+    #[serde(flatten)]
+    webhook: Webhook,
+    secret: String,
+}
+
+pub async fn create(
+    State(state): State<SharedState>,
+    admin: Admin,
+    body: Result<Json<CreateWebhook>, JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedWebhook>), ApiError> {
+    let Json(req) = body?;
+    let url: reqwest::Url = req
+        .url
+        .parse()
+        .map_err(|_| ApiError::BadRequest("url must be an absolute http(s) URL".into()))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ApiError::BadRequest(
+            "url must be an absolute http(s) URL".into(),
+        ));
+    }
+    if req.description.len() > 500 {
+        return Err(ApiError::BadRequest(
+            "description is at most 500 characters".into(),
+        ));
+    }
+    let scope = scope(&state, req.scope).await?;
+    let secret = format!("whsec_{}", keyward_core::base62::random(32));
+    let webhook = state
+        .store
+        .create_webhook(&NewWebhook {
+            id: WebhookId::generate(),
+            url: req.url,
+            secret: Secret::new(secret.clone()),
+            scope,
+            description: req.description,
+            created_by: admin.id.to_string(),
+            created_at: state.clock.now_ms(),
+        })
+        .await?;
+    audit(
+        &state,
+        &admin,
+        "webhook.created",
+        webhook.id.as_str(),
+        json!({"events": webhook.scope.events}),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedWebhook { webhook, secret }),
+    ))
+}
+
+pub async fn list(
+    State(state): State<SharedState>,
+    _admin: Admin,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "data": state.store.list_webhooks().await? })))
+}
+
+fn webhook_id(id: &str) -> Result<WebhookId, ApiError> {
+    WebhookId::parse(id).ok_or(ApiError::NotFound("webhook"))
+}
+
+pub async fn remove(
+    State(state): State<SharedState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = webhook_id(&id)?;
+    state.store.delete_webhook(&id).await?;
+    audit(&state, &admin, "webhook.deleted", id.as_str(), json!({})).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Queues a `webhook.test` event for this webhook only; its delivery shows up in
+/// the delivery log like any other.
+pub async fn test(
+    State(state): State<SharedState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = webhook_id(&id)?;
+    let hooks = state.store.list_webhooks().await?;
+    if !hooks.iter().any(|w| w.id == id) {
+        return Err(ApiError::NotFound("webhook"));
+    }
+    let event = Event {
+        id: EventId::generate(),
+        event_type: "webhook.test".into(),
+        created_at: state.clock.now_ms(),
+        org_id: None,
+        project_id: None,
+        data: json!({"webhook_id": id}),
+        summary: "Test delivery from keyward".into(),
+    };
+    state
+        .leaks
+        .notifier
+        .publish_to(&event, Channel::Webhook, id.as_str())
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"event_id": event.id}))))
+}
+
+#[derive(Deserialize)]
+pub struct LogQuery {
+    limit: Option<i64>,
+}
+
+pub async fn deliveries(
+    State(state): State<SharedState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let id = webhook_id(&id)?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 1_000);
+    Ok(Json(
+        json!({ "data": state.store.list_deliveries(Some(id.as_str()), limit).await? }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRecipient {
+    address: String,
+    #[serde(flatten)]
+    scope: ScopeInput,
+}
+
+pub async fn create_recipient(
+    State(state): State<SharedState>,
+    admin: Admin,
+    body: Result<Json<CreateRecipient>, JsonRejection>,
+) -> Result<(StatusCode, Json<Recipient>), ApiError> {
+    let Json(req) = body?;
+    let address = req.address.trim();
+    let plausible = address.len() <= 254
+        && address
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+        && !address.contains(|c: char| c.is_whitespace() || c == '<' || c == '>' || c == ',');
+    if !plausible {
+        return Err(ApiError::BadRequest(
+            "address must be an email address".into(),
+        ));
+    }
+    let recipient = Recipient {
+        id: RecipientId::generate(),
+        address: address.to_owned(),
+        scope: scope(&state, req.scope).await?,
+        created_at: state.clock.now_ms(),
+    };
+    let r = state.store.create_recipient(&recipient).await?;
+    audit(
+        &state,
+        &admin,
+        "email_recipient.created",
+        r.id.as_str(),
+        json!({"events": r.scope.events}),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(r)))
+}
+
+pub async fn list_recipients(
+    State(state): State<SharedState>,
+    _admin: Admin,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        json!({ "data": state.store.list_recipients().await? }),
+    ))
+}
+
+pub async fn remove_recipient(
+    State(state): State<SharedState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = RecipientId::parse(&id).ok_or(ApiError::NotFound("recipient"))?;
+    state.store.delete_recipient(&id).await?;
+    audit(
+        &state,
+        &admin,
+        "email_recipient.deleted",
+        id.as_str(),
+        json!({}),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn audit(
+    state: &AppState,
+    admin: &Admin,
+    action: &str,
+    target: &str,
+    detail: Value,
+) -> Result<(), ApiError> {
+    state
+        .store
+        .append_audit(&NewAuditEvent {
+            at: state.clock.now_ms(),
+            actor: admin.id.to_string(),
+            action: action.into(),
+            target: target.into(),
+            detail,
+        })
+        .await?;
+    Ok(())
+}
