@@ -1,1 +1,133 @@
-fn main() {}
+//! Project chores, run as `cargo xtask <task>` (an alias in `.cargo/config.toml`).
+//!
+//! - `bench gateway [--duration SECS] [--rounds N] [--out FILE]`: requests/s and
+//!   latency of the simulated upstream called directly, through nginx and through
+//!   keyward, in one run on loopback.
+//! - `bench keys [--sizes 1000,100000,1000000]`: key verification from cache at
+//!   growing cache sizes (runs the `key_verify` bench of keyward-gateway).
+//! - `bench load HOST:PORT [--connections N] [--duration SECS] [--stream] [--key KEY]`:
+//!   the gateway benchmark's load against one address, for profiling one target.
+
+mod gateway;
+mod load;
+mod nginx;
+mod procs;
+mod report;
+
+use anyhow::{bail, Context};
+use std::process::Command;
+use std::time::Duration;
+
+const USAGE: &str = "usage:
+  cargo xtask bench gateway [--duration SECS] [--rounds N] [--out FILE]
+  cargo xtask bench keys [--sizes 1000,100000,1000000]
+  cargo xtask bench load HOST:PORT [--connections N] [--duration SECS] [--stream] [--key KEY]";
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["bench", "gateway", rest @ ..] => {
+            let mut opts = gateway::Options {
+                duration: Duration::from_secs(4),
+                rounds: 3,
+                out: None,
+            };
+            let mut it = rest.iter();
+            while let Some(flag) = it.next() {
+                let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+                match *flag {
+                    "--duration" => {
+                        opts.duration = Duration::from_secs_f64(
+                            value()?.parse().context("--duration: seconds")?,
+                        )
+                    }
+                    "--rounds" => opts.rounds = value()?.parse().context("--rounds: a count")?,
+                    "--out" => opts.out = Some(value()?.into()),
+                    other => bail!("unknown flag {other}\n{USAGE}"),
+                }
+            }
+            if opts.rounds == 0
+                || opts.duration.is_zero()
+                || opts.duration > Duration::from_secs(60)
+            {
+                bail!("--rounds must be at least 1 and --duration between 0 and 60 s");
+            }
+            // The load generator runs on one thread, so that it takes at most one of
+            // the machine's cores from the servers it measures.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(gateway::run(opts))
+        }
+        ["bench", "load", addr, rest @ ..] => {
+            // One workload against one address, for profiling a single target.
+            let addr = addr.parse().context("bench load ADDR: host:port")?;
+            let (mut conns, mut secs, mut streamed, mut key) =
+                (1usize, 5.0f64, false, String::new());
+            let mut it = rest.iter();
+            while let Some(flag) = it.next() {
+                let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+                match *flag {
+                    "--connections" => conns = value()?.parse()?,
+                    "--duration" => secs = value()?.parse()?,
+                    "--key" => key = value()?.to_string(),
+                    "--stream" => streamed = true,
+                    other => bail!("unknown flag {other}\n{USAGE}"),
+                }
+            }
+            let workload = gateway::workloads(&key)[usize::from(streamed)].1.clone();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let o = rt.block_on(load::run(
+                addr,
+                &workload,
+                conns,
+                Duration::from_secs_f64(secs.min(60.0)),
+            ))?;
+            println!(
+                "{:.0} req/s  p50 {:.0} µs  p99 {:.0} µs  errors {}",
+                o.rps(),
+                o.quantile_us(0.5),
+                o.quantile_us(0.99),
+                o.errors
+            );
+            Ok(())
+        }
+        ["bench", "keys", rest @ ..] => {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .context("workspace root")?;
+            let status = Command::new(cargo)
+                .current_dir(root)
+                .args([
+                    "bench",
+                    "-p",
+                    "keyward-gateway",
+                    "--bench",
+                    "key_verify",
+                    "--",
+                ])
+                .args(rest)
+                .status()?;
+            if !status.success() {
+                bail!("the key_verify bench failed");
+            }
+            Ok(())
+        }
+        _ => bail!("{USAGE}"),
+    }
+}
