@@ -3,6 +3,8 @@
 pub mod api;
 pub mod budgets;
 pub mod keys;
+pub mod leak_settings;
+pub mod report;
 pub mod scan;
 pub mod serve;
 pub mod table;

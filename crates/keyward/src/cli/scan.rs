@@ -106,6 +106,11 @@ pub struct ScanArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub no_progress: bool,
+    /// Send every keyward key found (checksum-valid; only its SHA-256 is sent) to
+    /// the server at KEYWARD_URL (admin key KEYWARD_ADMIN_KEY), which disables
+    /// the live ones; says which on stderr.
+    #[arg(long)]
+    pub report: bool,
 }
 
 /// `keyward rules …`.
@@ -209,6 +214,9 @@ pub fn run(args: ScanArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
 
+    if args.report {
+        super::report::send(&findings)?;
+    }
     let to_terminal = args.output.is_none() && std::io::stdout().is_terminal();
     let color = match args.color {
         ColorArg::Always => true,

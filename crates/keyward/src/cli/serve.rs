@@ -59,6 +59,30 @@ pub struct ServeArgs {
     /// Log format: text or json [default: text].
     #[arg(long, env = "KEYWARD_LOG_FORMAT")]
     log_format: Option<String>,
+    /// GitHub's secret-scanning public-keys document (enables POST /leaks/github).
+    #[arg(long, env = "KEYWARD_GITHUB_PUBLIC_KEYS")]
+    github_public_keys: Option<PathBuf>,
+    /// URL to refresh GitHub's public keys from when a request names an unknown one.
+    #[arg(long, env = "KEYWARD_GITHUB_PUBLIC_KEYS_URL")]
+    github_public_keys_url: Option<String>,
+    /// SMTP server for email notifications (host name).
+    #[arg(long, env = "KEYWARD_SMTP_SERVER")]
+    smtp_server: Option<String>,
+    /// SMTP port [default: 587].
+    #[arg(long, env = "KEYWARD_SMTP_PORT")]
+    smtp_port: Option<u16>,
+    /// SMTP security: starttls, tls or none [default: starttls].
+    #[arg(long, env = "KEYWARD_SMTP_SECURITY")]
+    smtp_security: Option<String>,
+    /// The From: address of notification emails.
+    #[arg(long, env = "KEYWARD_SMTP_SENDER")]
+    smtp_sender: Option<String>,
+    /// SMTP user name.
+    #[arg(long, env = "KEYWARD_SMTP_USERNAME")]
+    smtp_username: Option<String>,
+    /// Name of the environment variable holding the SMTP password.
+    #[arg(long, env = "KEYWARD_SMTP_PASSWORD_ENV")]
+    smtp_password_env: Option<String>,
 }
 
 /// The config file: the same settings as the flags.
@@ -78,6 +102,14 @@ struct FileConfig {
     usage_flush_ms: Option<u64>,
     shutdown_grace_secs: Option<u64>,
     log_format: Option<String>,
+    github_public_keys: Option<PathBuf>,
+    github_public_keys_url: Option<String>,
+    smtp_server: Option<String>,
+    smtp_port: Option<u16>,
+    smtp_security: Option<String>,
+    smtp_sender: Option<String>,
+    smtp_username: Option<String>,
+    smtp_password_env: Option<String>,
 }
 
 impl ServeArgs {
@@ -106,7 +138,15 @@ impl ServeArgs {
             metrics_listen,
             usage_flush_ms,
             shutdown_grace_secs,
-            log_format
+            log_format,
+            github_public_keys,
+            github_public_keys_url,
+            smtp_server,
+            smtp_port,
+            smtp_security,
+            smtp_sender,
+            smtp_username,
+            smtp_password_env
         );
         Ok(self)
     }
@@ -207,6 +247,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(s) = args.shutdown_grace_secs {
         config.shutdown_grace = Duration::from_secs(s);
     }
+    config.leaks = super::leak_settings::from_args(super::leak_settings::LeakArgs {
+        github_public_keys: args.github_public_keys.as_deref(),
+        github_public_keys_url: args.github_public_keys_url.clone(),
+        smtp_server: args.smtp_server.clone(),
+        smtp_port: args.smtp_port,
+        smtp_security: args.smtp_security.as_deref(),
+        smtp_sender: args.smtp_sender.clone(),
+        smtp_username: args.smtp_username.clone(),
+        smtp_password_env: args.smtp_password_env.as_deref(),
+    })?;
 
     let listen = args
         .listen
