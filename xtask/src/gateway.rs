@@ -24,7 +24,10 @@ pub struct Options {
 /// Connection counts measured.
 pub const CONNECTIONS: [usize; 2] = [1, 32];
 /// Targets, in report order.
-pub const TARGETS: [&str; 3] = ["direct", "nginx", "keyward"];
+/// `keyward+limits` is keyward again, called with a key that has a budget, rate
+/// limits and a concurrency limit (all high enough never to refuse), to measure
+/// what enforcing them costs.
+pub const TARGETS: [&str; 4] = ["direct", "nginx", "keyward", "keyward+limits"];
 
 /// One cell of the matrix, pooled over rounds.
 pub struct Cell {
@@ -51,12 +54,14 @@ struct Bench {
     simulator: Service,
     nginx: Service,
     keyward: Service,
-    addrs: [SocketAddr; 3],
+    addrs: [SocketAddr; 4],
     keyward_bin: PathBuf,
     keyward_addr: SocketAddr,
     admin_key: String,
     key_id: String,
     key: String,
+    limited_key_id: String,
+    limited_key: String,
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
@@ -83,12 +88,20 @@ async fn bench(
     let load_before = loadavg();
     let mut b = start(nginx_bin, keyward_bin, dir)?;
     let workloads = workloads(&b.key);
+    let limited = workloads_limited(&b.limited_key);
+    let workload_for = |t: usize, wi: usize| {
+        if TARGETS[t] == "keyward+limits" {
+            &limited[wi].1
+        } else {
+            &workloads[wi].1
+        }
+    };
 
     eprintln!("warming up (1 s per target and workload)…");
     let mut keyward_requests = 0u64;
-    for w in &workloads {
+    for (wi, w) in workloads.iter().enumerate() {
         for (i, addr) in b.addrs.iter().enumerate() {
-            let o = load::run(*addr, &w.1, 8, Duration::from_secs(1)).await?;
+            let o = load::run(*addr, workload_for(i, wi), 8, Duration::from_secs(1)).await?;
             if o.errors > 0 || o.requests == 0 {
                 bail!(
                     "warm-up against {} ({}) failed: {} errors, {} requests",
@@ -98,7 +111,7 @@ async fn bench(
                     o.requests
                 );
             }
-            if TARGETS[i] == "keyward" {
+            if TARGETS[i].starts_with("keyward") {
                 keyward_requests += o.requests;
             }
         }
@@ -106,14 +119,15 @@ async fn bench(
 
     let mut cells: Vec<Cell> = Vec::new();
     for round in 0..opts.rounds {
-        for (wname, w) in &workloads {
+        for (wi, (wname, _)) in workloads.iter().enumerate() {
             for &conns in &CONNECTIONS {
                 // Rotate the order so no target always runs first (or last) in a round.
                 for k in 0..TARGETS.len() {
                     let t = (k + round) % TARGETS.len();
                     let target = TARGETS[t];
                     let before = (proxy_cpu(&b, target), b.simulator.cpu(), procs::own_cpu());
-                    let o = load::run(b.addrs[t], w, conns, opts.duration).await?;
+                    let o =
+                        load::run(b.addrs[t], workload_for(t, wi), conns, opts.duration).await?;
                     let after = (proxy_cpu(&b, target), b.simulator.cpu(), procs::own_cpu());
                     eprintln!(
                         "round {}/{} {wname:6} {conns:>2} conn {target:8} {:>9.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs  errors {}",
@@ -124,7 +138,7 @@ async fn bench(
                         o.quantile_us(0.99),
                         o.errors
                     );
-                    if target == "keyward" {
+                    if target.starts_with("keyward") {
                         keyward_requests += o.requests + o.errors;
                     }
                     let rps = o.rps();
@@ -201,6 +215,21 @@ async fn bench(
     Ok(())
 }
 
+/// The same workloads with the limited key. Chat requests set `max_tokens`, as
+/// clients under a budget should, so the budget's reservation has a bound.
+pub fn workloads_limited(key: &str) -> [(&'static str, Workload); 2] {
+    let [plain, stream] = workloads(key);
+    let capped = |w: Workload| Workload {
+        body: Bytes::from(String::from_utf8_lossy(&w.body).replacen(
+            '{',
+            r#"{"max_tokens":64,"#,
+            1,
+        )),
+        ..w
+    };
+    [(plain.0, capped(plain.1)), (stream.0, capped(stream.1))]
+}
+
 /// The two workloads: a plain chat completion and a streamed one.
 pub fn workloads(key: &str) -> [(&'static str, Workload); 2] {
     let messages = r#""messages":[{"role":"system","content":"You are a benchmark."},{"role":"user","content":"Say hello in one sentence."}]"#;
@@ -228,7 +257,7 @@ pub fn workloads(key: &str) -> [(&'static str, Workload); 2] {
 fn proxy_cpu(b: &Bench, target: &str) -> Duration {
     match target {
         "nginx" => b.nginx.cpu(),
-        "keyward" => b.keyward.cpu(),
+        "keyward" | "keyward+limits" => b.keyward.cpu(),
         _ => Duration::ZERO,
     }
 }
@@ -314,18 +343,51 @@ fn start(nginx_bin: &Path, keyward_bin: &Path, dir: &Path) -> anyhow::Result<Ben
         .context("keys create: no `id`")?
         .to_owned();
 
+    let limited = cli(
+        keyward_bin,
+        kw_addr,
+        &admin_key,
+        &[
+            "keys",
+            "create",
+            "--project",
+            "bench",
+            "--name",
+            "bench-limits",
+            "--budget-usd",
+            "1000000",
+            "--rpm",
+            "1000000000",
+            "--tpm",
+            "4000000000",
+            "--max-concurrent",
+            "100000",
+            "--json",
+        ],
+    )?;
+    let limited_key = limited["key"]
+        .as_str()
+        .context("keys create: no `key`")?
+        .to_owned();
+    let limited_key_id = limited["id"]
+        .as_str()
+        .context("keys create: no `id`")?
+        .to_owned();
+
     let nginx_addr = procs::free_addr()?;
     let nginx = nginx::start(nginx_bin, dir, nginx_addr, sim_addr)?;
     Ok(Bench {
         simulator,
         nginx,
         keyward,
-        addrs: [sim_addr, nginx_addr, kw_addr],
+        addrs: [sim_addr, nginx_addr, kw_addr, kw_addr],
         keyward_bin: keyward_bin.to_path_buf(),
         keyward_addr: kw_addr,
         admin_key,
         key_id,
         key,
+        limited_key_id,
+        limited_key,
     })
 }
 
@@ -354,13 +416,17 @@ fn cli(
 }
 
 fn metered_requests(b: &Bench) -> anyhow::Result<u64> {
-    let usage = cli(
-        &b.keyward_bin,
-        b.keyward_addr,
-        &b.admin_key,
-        &["usage", "--key", &b.key_id, "--json"],
-    )?;
-    usage["requests"].as_u64().context("usage: no `requests`")
+    let mut total = 0;
+    for id in [&b.key_id, &b.limited_key_id] {
+        let usage = cli(
+            &b.keyward_bin,
+            b.keyward_addr,
+            &b.admin_key,
+            &["usage", "--key", id, "--json"],
+        )?;
+        total += usage["requests"].as_u64().context("usage: no `requests`")?;
+    }
+    Ok(total)
 }
 
 fn loadavg() -> String {

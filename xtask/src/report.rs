@@ -126,6 +126,15 @@ pub fn markdown(env: &Environment, cells: &[Cell]) -> String {
                     "NOT met"
                 }
             ));
+            if let Some(l) = get("keyward+limits") {
+                let cost = 1.0 - l.outcome.rps() / k.outcome.rps();
+                verdicts.push(format!(
+                    "- {workload}, {conns} conn: budget + rate limits cost {:.1}% of throughput (p99 {:+.0} µs) (target < 5%): {}",
+                    cost * 100.0,
+                    l.outcome.quantile_us(0.99) - k.outcome.quantile_us(0.99),
+                    if cost < 0.05 { "met" } else { "NOT met" }
+                ));
+            }
             if conns == 1 {
                 verdicts.push(format!(
                     "- {workload}, 1 conn: p99 added latency {added_p99:+.0} µs (target < {ADDED_P99_TARGET_US:.0} µs): {}",

@@ -30,8 +30,6 @@ pub struct Ask<'a> {
     pub client_ip: IpAddr,
     /// The request body.
     pub body: &'a [u8],
-    /// The body parsed as JSON, when it is JSON.
-    pub json: Option<&'a serde_json::Value>,
     /// The output cap the request set.
     pub requested_output: Option<i64>,
     /// The model's price.
@@ -95,7 +93,20 @@ pub async fn admit(
 
     let now = state.clock.now_ms();
     let project = project(state, caller).await?;
-    let input_tokens = input_token_bound(ask.json, ask.body);
+    let budgets = budgets(state, caller, now).await?;
+    let tpm = caller.key.policy.tpm.is_some()
+        || caller
+            .parent
+            .as_ref()
+            .is_some_and(|p| p.policy.tpm.is_some())
+        || project.policy.tpm.is_some();
+    // The bound walks the whole body: only when a token limit or a budget needs it.
+    let input_tokens = if tpm || !budgets.is_empty() {
+        let json = serde_json::from_slice::<serde_json::Value>(ask.body).ok();
+        input_token_bound(json.as_ref(), ask.body)
+    } else {
+        0
+    };
     let estimated_tokens = input_tokens + ask.requested_output.unwrap_or(0);
     let mut subjects = vec![(
         Subject::Key(caller.key.id.clone()),
@@ -118,7 +129,6 @@ pub async fn admit(
         .map_err(GatewayError::RateLimited)?;
     let headers = permit.headers;
 
-    let budgets = budgets(state, caller, now).await?;
     if budgets.is_empty() {
         return Ok(Admission {
             permit: Some(permit),

@@ -5,7 +5,7 @@
 use crate::admission::Admission;
 use crate::sse_tap::SseTap;
 use crate::state::SharedState;
-use crate::usage_parse::{model_in, usage_in};
+use crate::usage_parse::read;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming};
 use keyward_core::{Micros, ModelPrice, TokenUsage};
@@ -152,11 +152,8 @@ impl MeteredBody {
             Tap::Json { copy, overflow } => {
                 // hyper may drop a body of known length right after its last byte,
                 // without polling for the end: a copy that parses is complete.
-                let value = (!overflow)
-                    .then(|| serde_json::from_slice::<serde_json::Value>(copy).ok())
-                    .flatten();
-                let usage = value.as_ref().and_then(usage_in);
-                let model = value.as_ref().and_then(model_in).map(str::to_owned);
+                let found = if *overflow { None } else { read(copy) };
+                let (usage, model) = found.map_or((None, None), |f| (f.usage, f.model));
                 meter.finish(usage, 0, model.as_deref());
             }
         }

@@ -110,7 +110,7 @@ async fn handle(
         Err(e) => return Err(refused(meter, e)),
     };
     meter.input_estimate = body.len() as i64;
-    let (mut json, facts) = match inspect_json(&parts.headers, &body) {
+    let facts = match inspect_json(&parts.headers, &body) {
         Ok(x) => x,
         Err(e) => return Err(refused(meter, e)),
     };
@@ -126,7 +126,6 @@ async fn handle(
         model: facts.as_ref().map_or("", |f| f.model.as_str()),
         client_ip,
         body: &body,
-        json: json.as_ref(),
         requested_output: facts.as_ref().and_then(|f| f.requested_output),
         price: meter.price,
     };
@@ -135,13 +134,7 @@ async fn handle(
         Err(e) => return Err(refused(meter, e)),
     };
     let rate_headers = admission.headers;
-    let body = rewrite_body(
-        &endpoint,
-        json.as_mut(),
-        facts.as_ref(),
-        admission.output_cap,
-        body,
-    );
+    let body = rewrite_body(&endpoint, facts.as_ref(), admission.output_cap, body);
     meter.admission = Some(admission);
 
     let upstream_req =
@@ -188,24 +181,28 @@ async fn handle(
 /// the output cap a budget requires. Serializes only when something changed.
 fn rewrite_body(
     endpoint: &str,
-    json: Option<&mut Value>,
     facts: Option<&RequestFacts>,
     output_cap: Option<i64>,
     original: Bytes,
 ) -> Result<Bytes, GatewayError> {
-    let (Some(Value::Object(obj)), Some(facts)) = (json, facts) else {
+    let Some(facts) = facts else {
         return Ok(original);
     };
-    let mut changed = false;
     // The Responses API always reports usage in its final event; chat and legacy
     // completions only when asked.
-    if facts.stream && !facts.client_wants_usage && endpoint != "/v1/responses" {
+    let ask_usage = facts.stream && !facts.client_wants_usage && endpoint != "/v1/responses";
+    if !ask_usage && output_cap.is_none() {
+        return Ok(original);
+    }
+    let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(&original) else {
+        return Ok(original);
+    };
+    if ask_usage {
         let options = obj
             .entry("stream_options")
             .or_insert_with(|| Value::Object(Default::default()));
         if let Some(o) = options.as_object_mut() {
             o.insert("include_usage".into(), Value::Bool(true));
-            changed = true;
         }
     }
     if let Some(cap) = output_cap {
@@ -215,12 +212,8 @@ fn rewrite_body(
             _ => "max_completion_tokens",
         };
         obj.insert(field.into(), Value::from(cap));
-        changed = true;
     }
-    if !changed {
-        return Ok(original);
-    }
-    serde_json::to_vec(obj)
+    serde_json::to_vec(&obj)
         .map(Bytes::from)
         .map_err(|_| GatewayError::Internal)
 }
@@ -255,63 +248,77 @@ async fn read_body(
     }
 }
 
-/// Parses a JSON body and reads what the gateway needs from it.
-fn inspect_json(
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<(Option<Value>, Option<RequestFacts>), GatewayError> {
+/// The fields the gateway reads from a JSON request; everything else is skipped
+/// without building a JSON tree.
+#[derive(serde::Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow)]
+    model: Option<std::borrow::Cow<'a, str>>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    max_completion_tokens: Option<i64>,
+    max_tokens: Option<i64>,
+    max_output_tokens: Option<i64>,
+}
+
+#[derive(serde::Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+/// Checks a JSON body and reads what the gateway needs from it.
+fn inspect_json(headers: &HeaderMap, body: &[u8]) -> Result<Option<RequestFacts>, GatewayError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/json"));
     if !is_json || body.is_empty() {
-        return Ok((None, None));
+        return Ok(None);
     }
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        GatewayError::BadRequest(format!(
-            "We could not parse the JSON body of your request ({}, line {} column {}).",
-            json_error_kind(&e),
-            e.line(),
-            e.column()
-        ))
-    })?;
-    let Some(obj) = value.as_object() else {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(GatewayError::BadRequest(
             "The request body must be a JSON object.".into(),
         ));
-    };
-    let model = match obj.get("model") {
-        None => String::new(),
-        Some(Value::String(m)) => m.clone(),
-        Some(_) => return Err(GatewayError::BadRequest("`model` must be a string.".into())),
-    };
-    let mut requested_output = None;
-    for field in ["max_completion_tokens", "max_tokens", "max_output_tokens"] {
-        match obj.get(field) {
-            None | Some(Value::Null) => {}
-            Some(v) => match v.as_i64() {
-                Some(n) if n >= 0 => {
-                    requested_output = Some(requested_output.map_or(n, |r: i64| r.min(n)))
-                }
-                _ => {
-                    return Err(GatewayError::BadRequest(format!(
-                        "`{field}` must be a non-negative integer."
-                    )))
-                }
-            },
+    }
+    let peek: Peek = serde_json::from_slice(body).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Data => e.to_string(),
+            _ => format!(
+                "{}, line {} column {}",
+                json_error_kind(&e),
+                e.line(),
+                e.column()
+            ),
+        };
+        GatewayError::BadRequest(format!(
+            "We could not parse the JSON body of your request ({what})."
+        ))
+    })?;
+    let mut requested_output: Option<i64> = None;
+    for (field, v) in [
+        ("max_completion_tokens", peek.max_completion_tokens),
+        ("max_tokens", peek.max_tokens),
+        ("max_output_tokens", peek.max_output_tokens),
+    ] {
+        match v {
+            None => {}
+            Some(n) if n >= 0 => requested_output = Some(requested_output.map_or(n, |r| r.min(n))),
+            Some(_) => {
+                return Err(GatewayError::BadRequest(format!(
+                    "`{field}` must be a non-negative integer."
+                )))
+            }
         }
     }
-    let facts = RequestFacts {
-        model,
-        stream: obj.get("stream").and_then(Value::as_bool).unwrap_or(false),
-        client_wants_usage: obj
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
+    Ok(Some(RequestFacts {
+        model: peek.model.map(|m| m.into_owned()).unwrap_or_default(),
+        stream: peek.stream.unwrap_or(false),
+        client_wants_usage: peek
+            .stream_options
+            .and_then(|o| o.include_usage)
             .unwrap_or(false),
         requested_output,
-    };
-    Ok((Some(value), Some(facts)))
+    }))
 }
 
 fn json_error_kind(e: &serde_json::Error) -> &'static str {

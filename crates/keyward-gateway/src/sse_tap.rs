@@ -5,7 +5,6 @@
 //! usage from whichever event carries it, and drops the usage-only chunk the
 //! gateway asked for when the client did not.
 
-use crate::usage_parse::usage_in;
 use bytes::{Bytes, BytesMut};
 use keyward_core::TokenUsage;
 
@@ -71,29 +70,26 @@ impl SseTap {
         if memchr::memmem::find(data, b"\"usage\"").is_none() {
             return true;
         }
-        let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
+        let Some(found) = crate::usage_parse::read(data) else {
             return true;
         };
-        let Some(usage) = usage_in(&value) else {
+        let Some(usage) = found.usage else {
             return true;
         };
         self.usage = Some(usage);
-        let usage_only = value
-            .get("choices")
-            .and_then(|c| c.as_array())
-            .is_some_and(|c| c.is_empty());
+        let usage_only = found.choices == Some(0);
         !(self.strip_usage_chunk && usage_only)
     }
 }
 
-/// End (exclusive) of the first complete event: after a blank line.
+/// End (exclusive) of the first complete event: after a blank line (`\n\n` or
+/// `\r\n\r\n`). One pass over the newlines.
 fn event_end(buf: &[u8]) -> Option<usize> {
-    let lf = memchr::memmem::find(buf, b"\n\n").map(|i| i + 2);
-    let crlf = memchr::memmem::find(buf, b"\r\n\r\n").map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    memchr::memchr_iter(b'\n', buf).find_map(|i| match buf.get(i + 1..) {
+        Some([b'\n', ..]) => Some(i + 2),
+        Some([b'\r', b'\n', ..]) => Some(i + 3),
+        _ => None,
+    })
 }
 
 /// The `data:` payload of an event (multi-line data joined is not needed for JSON
@@ -161,6 +157,8 @@ mod tests {
     fn reads_usage_from_a_final_chunk_that_also_has_choices() {
         let mut tap = SseTap::new(true);
         let last = "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":4}}\r\n\r\n";
+        assert_eq!(event_end(last.as_bytes()), Some(last.len()));
+        assert_eq!(event_end(b"data: x\n"), None);
         let out = tap.push(last.as_bytes());
         assert_eq!(
             out,

@@ -3,6 +3,11 @@
 
 mod cli;
 
+/// mimalloc: the gateway allocates small, short-lived buffers on every request,
+/// where glibc's allocator showed up at ~12% of samples (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 

@@ -6,8 +6,8 @@ mod error;
 pub(crate) mod keys;
 pub(crate) mod orgs;
 mod policy_input;
-mod usage;
 pub(crate) mod scan_uploads;
+mod usage;
 pub(crate) mod webhooks;
 
 pub use error::ApiError;
