@@ -2,12 +2,12 @@
 //! test server that records what it receives, and HTTP clients on loopback.
 
 mod bad_input;
-mod leaks;
-mod notify;
-mod watchers;
 mod budgets;
+mod leaks;
 mod limits;
 mod management;
 mod metering;
+mod notify;
 mod proxy;
 mod support;
+mod watchers;
