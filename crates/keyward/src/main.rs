@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway, management API and metrics endpoint.
-    Serve(cli::serve::ServeArgs),
+    Serve(Box<cli::serve::ServeArgs>),
     /// Run the simulated OpenAI-compatible upstream on its own (for trials and benchmarks).
     Simulate(cli::serve::SimulateArgs),
     /// Manage gateway keys through the management API.
@@ -57,7 +57,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => cli::serve::run(args).map(|()| 0),
+        Command::Serve(args) => cli::serve::run(*args).map(|()| 0),
         Command::Simulate(args) => cli::serve::simulate(args).map(|()| 0),
         Command::Keys { command } => cli::keys::run(command).map(|()| 0),
         Command::Budgets { command } => cli::budgets::run(command).map(|()| 0),

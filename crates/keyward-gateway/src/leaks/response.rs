@@ -59,8 +59,8 @@ impl Verdict {
 
 fn live(record: &KeyRecord, now: i64) -> bool {
     record.status == KeyStatus::Active
-        && !record.expires_at.is_some_and(|t| now >= t)
-        && !record.secret_expires_at.is_some_and(|t| now >= t)
+        && record.expires_at.is_none_or(|t| now < t)
+        && record.secret_expires_at.is_none_or(|t| now < t)
 }
 
 /// Handles a batch of sightings; the verdicts are in the same order.
