@@ -69,6 +69,8 @@ pub struct Matcher {
     prefilter: AhoCorasick,
     /// For each prefilter pattern, the rules it triggers.
     keyword_rules: Vec<Vec<usize>>,
+    /// Per rule, how far past the end of a keyword hit a match may end.
+    forward: Vec<usize>,
     allow: ValueAllowlist,
 }
 
@@ -127,10 +129,22 @@ impl Matcher {
             .kind(Some(AhoCorasickKind::DFA))
             .build(&keywords)
             .expect("keywords are plain literals and always compile");
+        // A match contains a keyword and starts at most `WINDOW_BACK` before
+        // it, so it ends at most its own length past the keyword's end; a rule
+        // with a bounded pattern needs no more than that after a hit.
+        let forward = rules
+            .rules()
+            .iter()
+            .map(|r| {
+                r.max_match_len
+                    .map_or(WINDOW_FORWARD, |l| l.min(WINDOW_FORWARD))
+            })
+            .collect();
         Self {
             rules: Arc::new(rules),
             prefilter,
             keyword_rules,
+            forward,
             allow,
         }
     }
@@ -168,8 +182,9 @@ impl Matcher {
         {
             at = hit.start() + 1;
             let start = hit.start().saturating_sub(WINDOW_BACK);
-            let end = (hit.start() + WINDOW_FORWARD).min(hay.len());
+            let far = hit.start() + WINDOW_FORWARD;
             for &rule in &self.keyword_rules[hit.pattern().as_usize()] {
+                let end = (hit.end() + self.forward[rule]).min(far).min(hay.len());
                 let windows = &mut scratch.windows[rule];
                 match windows.last_mut() {
                     Some(last) if start <= last.1 => {
@@ -289,4 +304,44 @@ fn resolve_overlaps(rules: &RuleSet, matches: &mut [RawMatch], kept: &mut Vec<Ra
         }
     }
     kept.sort_by_key(|m| (m.start, m.end, m.rule));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule_ids(hay: &str) -> Vec<String> {
+        let matcher = Matcher::new(RuleSet::builtin().unwrap(), ValueAllowlist::default());
+        let mut scratch = matcher.scratch();
+        matcher
+            .find(&mut scratch, hay.as_bytes())
+            .iter()
+            .map(|m| matcher.rules().rules()[m.rule].spec.id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn bounded_rule_window_reaches_the_end_of_its_longest_match() {
+        let rules = RuleSet::builtin().unwrap();
+        let airtable = rules
+            .rules()
+            .iter()
+            .find(|r| r.spec.id == "airtable.personal-access-token")
+            .unwrap();
+        // `pat` + 14 + `.` + 64: the window after the hit is the match length,
+        // not the 16 KiB fallback.
+        assert_eq!(airtable.max_match_len, Some(82));
+        let token = format!("pat{}.{}", "Ab3dE6gH9jK2mN", "0123456789abcdef".repeat(4));
+        // Many earlier keyword hits of the same rule merge into one window
+        // that must still reach the end of the token.
+        let hay = format!("{} x = \"{token}\"\n", "path ".repeat(2000));
+        assert_eq!(rule_ids(&hay), ["airtable.personal-access-token"]);
+    }
+
+    #[test]
+    fn url_credentials_found_behind_a_host_longer_than_the_bound() {
+        let host = "h".repeat(1000);
+        let hay = format!("remote = https://app:Zq8KkJEpeC6FKjY@{host}.internal.corp.org/r.git\n"); // keyward:allow
+        assert_eq!(rule_ids(&hay), ["database.url-credentials"]);
+    }
 }

@@ -100,6 +100,9 @@ pub struct Rule {
     /// Index of a capture group named `user`: a secret equal to it is a
     /// default credential, not a finding.
     pub(crate) user_group: Option<usize>,
+    /// The longest text the whole pattern can match (`None` when unbounded),
+    /// so that the matcher can search only that far past a keyword hit.
+    pub(crate) max_match_len: Option<usize>,
 }
 
 impl Rule {
@@ -112,8 +115,9 @@ impl Rule {
         if spec.keywords.is_empty() || spec.keywords.iter().any(|k| k.len() < 2) {
             return Err(err("needs keywords of at least 2 bytes".into()));
         }
+        let syntax = syntax::Config::new().unicode(false).utf8(false);
         let regex = meta::Regex::builder()
-            .syntax(syntax::Config::new().unicode(false).utf8(false))
+            .syntax(syntax)
             .configure(meta::Config::new().utf8_empty(false))
             .build(&spec.pattern)
             .map_err(|e| err(format!("bad pattern: {e}")))?;
@@ -124,7 +128,12 @@ impl Rule {
         let user_group = regex
             .group_info()
             .to_index(regex_automata::PatternID::ZERO, "user");
+        let max_match_len = syntax::parse_with(&spec.pattern, &syntax)
+            .map_err(|e| err(format!("bad pattern: {e}")))?
+            .properties()
+            .maximum_len();
         Ok(Self {
+            max_match_len,
             user_group,
             provider: provider.to_string(),
             id: spec.id.as_str().into(),
