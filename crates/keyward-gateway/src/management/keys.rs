@@ -110,9 +110,9 @@ pub async fn create(
     let project =
         resolve_project(&state, req.org.as_deref(), &req.project, req.create_project).await?;
     let secret = state.config.key_format.generate(KeyKind::Standard);
-    let record = state
-        .store
-        .create_key(&NewKey {
+    let record = store_key(
+        &state,
+        &NewKey {
             id,
             project_id: project.id.clone(),
             name: name.to_owned(),
@@ -124,15 +124,10 @@ pub async fn create(
             expires_at,
             parent_id: None,
             policy,
-        })
-        .await?;
-    if let Some(b) = &budget {
-        if let Err(e) = state.store.set_budget(b, now).await {
-            // Do not leave a key without the budget it was asked for.
-            let _ = state.store.delete_key(&record.id).await;
-            return Err(e.into());
-        }
-    }
+        },
+        budget.as_ref(),
+    )
+    .await?;
     audit(&state, &admin.id.to_string(), "key.created", &record, json!({"name": record.name, "project_id": record.project_id, "policy": record.policy, "budget": budget})).await?;
     Ok((
         StatusCode::CREATED,
@@ -401,9 +396,9 @@ async fn issue_token(
         })
         .transpose()?;
     let secret = state.config.key_format.generate(KeyKind::Ephemeral);
-    let record = state
-        .store
-        .create_key(&NewKey {
+    let record = store_key(
+        state,
+        &NewKey {
             id,
             project_id: parent.project_id.clone(),
             name: format!("{} (ephemeral)", parent.name),
@@ -415,14 +410,10 @@ async fn issue_token(
             expires_at: Some(expires_at),
             parent_id: Some(parent.id.clone()),
             policy,
-        })
-        .await?;
-    if let Some(b) = &budget {
-        if let Err(e) = state.store.set_budget(b, now).await {
-            let _ = state.store.delete_key(&record.id).await;
-            return Err(e.into());
-        }
-    }
+        },
+        budget.as_ref(),
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedKey {
@@ -430,6 +421,23 @@ async fn issue_token(
             key: secret.expose().to_owned(),
         }),
     ))
+}
+
+/// Stores a key and, when asked, its budget; a key is never left without the
+/// budget it was created with.
+async fn store_key(
+    state: &AppState,
+    key: &NewKey,
+    budget: Option<&keyward_core::Budget>,
+) -> Result<KeyRecord, ApiError> {
+    let record = state.store.create_key(key).await?;
+    if let Some(b) = budget {
+        if let Err(e) = state.store.set_budget(b, key.created_at).await {
+            let _ = state.store.delete_key(&record.id).await;
+            return Err(e.into());
+        }
+    }
+    Ok(record)
 }
 
 /// A JSON body that may be left out entirely.
