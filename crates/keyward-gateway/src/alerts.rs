@@ -1,9 +1,11 @@
-//! Recording alerts. Budget thresholds are recorded as audit events once per
-//! period (the store remembers which fired, across restarts); delivery by email
-//! and webhook reads them from there.
+//! Budget alerts: each crossed threshold is recorded as an audit event once per
+//! period (the store remembers which fired, across restarts) and published to the
+//! webhooks and email recipients subscribed to `budget.threshold_crossed`.
 
 use crate::budget_ledger::ThresholdCrossed;
+use crate::notify::Event;
 use crate::state::SharedState;
+use keyward_core::{BudgetScope, EventId, OrgId, ProjectId};
 use keyward_store::NewAuditEvent;
 use serde_json::json;
 
@@ -48,6 +50,29 @@ pub fn budget_thresholds(state: SharedState, crossed: Vec<ThresholdCrossed>) {
             };
             if let Err(e) = state.store.append_audit(&event).await {
                 tracing::error!(error = %e, "recording a budget alert failed");
+            }
+            // Tell the owners by the webhooks and emails subscribed to the event.
+            let (org_id, project_id) = match &c.budget.scope {
+                BudgetScope::Org(id) => (OrgId::parse(id), None),
+                BudgetScope::Project(id) => (None, ProjectId::parse(id)),
+                BudgetScope::Key(_) => (None, None),
+            };
+            let notice = Event {
+                id: EventId::generate(),
+                event_type: "budget.threshold_crossed".into(),
+                created_at: now,
+                org_id,
+                project_id,
+                data: event.detail.clone(),
+                summary: format!(
+                    "keyward: {}% of the {} budget {} is spent",
+                    c.threshold,
+                    c.budget.scope.kind(),
+                    c.budget.scope.id()
+                ),
+            };
+            if let Err(e) = state.leaks.notifier.publish(&notice).await {
+                tracing::error!(error = %e, "queueing a budget alert failed");
             }
         }
     });

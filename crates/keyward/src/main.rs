@@ -38,6 +38,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::budgets::BudgetsCommand,
     },
+    /// Manage webhooks that receive leak and budget alerts.
+    Webhooks {
+        #[command(subcommand)]
+        command: cli::webhooks::WebhooksCommand,
+    },
     /// Show metered usage.
     Usage(cli::usage::UsageArgs),
     /// Scan files, git history, archives or stdin for leaked secrets.
@@ -61,6 +66,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => cli::serve::simulate(args).map(|()| 0),
         Command::Keys { command } => cli::keys::run(command).map(|()| 0),
         Command::Budgets { command } => cli::budgets::run(command).map(|()| 0),
+        Command::Webhooks { command } => cli::webhooks::run(command).map(|()| 0),
         Command::Usage(args) => cli::usage::run(args).map(|()| 0),
         Command::Scan(args) => cli::scan::run(args),
         Command::Rules { command } => cli::scan::run_rules(command),

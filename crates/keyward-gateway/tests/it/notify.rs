@@ -341,3 +341,50 @@ async fn a_leak_is_emailed_to_the_projects_recipients() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+#[tokio::test]
+async fn a_budget_threshold_is_delivered_to_subscribed_webhooks() {
+    let up = Upstream::start().await;
+    let kw = Keyward::start_with(&up.base_url(), fast).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let receiver = Receiver {
+        processed: Some(tx),
+        ..Default::default()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    serve_receiver(listener, receiver.clone()).await;
+    let r = kw
+        .admin_post(
+            "/api/v1/webhooks",
+            json!({"url": url, "events": ["budget.threshold_crossed"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let hook: Value = r.json().await.unwrap();
+    *receiver.secret.lock().unwrap() = hook["secret"].as_str().unwrap().to_owned();
+
+    // 100 micro-dollars with an alert at 10%: one request (26) crosses it.
+    let created = kw
+        .create_key_with(json!({"budget": {"usd": 0.0001, "soft": [10]}}))
+        .await;
+    let key = created["key"].as_str().unwrap();
+    let ask = json!({"model": "gpt-4o-mini-metered", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40});
+    assert_eq!(kw.chat(key, ask.clone()).await.status(), 200);
+    let event = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("the alert is delivered")
+        .unwrap();
+    assert_eq!(event["type"], "budget.threshold_crossed");
+    assert_eq!(event["data"]["threshold_percent"], 10);
+    assert_eq!(event["data"]["scope"], "key");
+    // Crossing no new threshold sends nothing more.
+    assert_eq!(kw.chat(key, ask).await.status(), 200);
+    kw.state.usage.flush().await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), rx.recv())
+            .await
+            .is_err(),
+        "one alert per threshold and period"
+    );
+}

@@ -9,3 +9,4 @@ pub mod scan;
 pub mod serve;
 pub mod table;
 pub mod usage;
+pub mod webhooks;

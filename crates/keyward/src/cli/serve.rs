@@ -83,6 +83,26 @@ pub struct ServeArgs {
     /// Name of the environment variable holding the SMTP password.
     #[arg(long, env = "KEYWARD_SMTP_PASSWORD_ENV")]
     smtp_password_env: Option<String>,
+    /// Proxies (CIDRs, comma-separated) whose forwarding header gives the client's
+    /// address; from anyone else the header is ignored.
+    #[arg(long, env = "KEYWARD_TRUSTED_PROXIES")]
+    trusted_proxies: Option<String>,
+    /// The forwarding header trusted proxies set [default: x-forwarded-for].
+    #[arg(long, env = "KEYWARD_CLIENT_IP_HEADER")]
+    client_ip_header: Option<String>,
+    /// A directory to scan for leaked keyward keys on a schedule (repeatable).
+    #[arg(long = "watch-dir")]
+    watch_dirs: Vec<PathBuf>,
+    /// A local git mirror whose history is scanned on a schedule (repeatable).
+    #[arg(long = "watch-git")]
+    watch_git: Vec<PathBuf>,
+    /// Time between watcher rounds, e.g. 1h [default: 1h].
+    #[arg(long, env = "KEYWARD_WATCH_INTERVAL")]
+    watch_interval: Option<String>,
+    /// Fixed costs (USD) for routes whose cost cannot be bounded: config file only,
+    /// e.g. `[route_costs]` `"/v1/images/generations" = 0.08`.
+    #[arg(skip)]
+    route_costs: Option<std::collections::HashMap<String, f64>>,
 }
 
 /// The config file: the same settings as the flags.
@@ -110,6 +130,14 @@ struct FileConfig {
     smtp_sender: Option<String>,
     smtp_username: Option<String>,
     smtp_password_env: Option<String>,
+    trusted_proxies: Option<String>,
+    client_ip_header: Option<String>,
+    #[serde(default)]
+    watch_dirs: Vec<PathBuf>,
+    #[serde(default)]
+    watch_git: Vec<PathBuf>,
+    watch_interval: Option<String>,
+    route_costs: Option<std::collections::HashMap<String, f64>>,
 }
 
 impl ServeArgs {
@@ -146,8 +174,18 @@ impl ServeArgs {
             smtp_security,
             smtp_sender,
             smtp_username,
-            smtp_password_env
+            smtp_password_env,
+            trusted_proxies,
+            client_ip_header,
+            watch_interval,
+            route_costs
         );
+        if self.watch_dirs.is_empty() {
+            self.watch_dirs = f.watch_dirs;
+        }
+        if self.watch_git.is_empty() {
+            self.watch_git = f.watch_git;
+        }
         Ok(self)
     }
 }
@@ -257,6 +295,52 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         smtp_username: args.smtp_username.clone(),
         smtp_password_env: args.smtp_password_env.as_deref(),
     })?;
+    let sources = args
+        .watch_dirs
+        .iter()
+        .map(|p| (p, false))
+        .chain(args.watch_git.iter().map(|p| (p, true)));
+    for (path, git) in sources {
+        if !path.is_dir() {
+            bail!("watched source {} is not a directory", path.display());
+        }
+        config
+            .leaks
+            .watchers
+            .sources
+            .push(keyward_gateway::watchers::WatchSource {
+                name: path.display().to_string(),
+                path: path.clone(),
+                git,
+            });
+    }
+    if let Some(every) = &args.watch_interval {
+        let ms = keyward_core::duration::parse_ms(every)
+            .map_err(anyhow::Error::msg)
+            .context("--watch-interval")?;
+        if ms < 1_000 {
+            bail!("--watch-interval must be at least 1s");
+        }
+        config.leaks.watchers.interval = Duration::from_millis(ms as u64);
+    }
+    if let Some(spec) = &args.trusted_proxies {
+        config.client_ip.trusted_proxies =
+            keyward_core::policy::parse_networks(spec).context("--trusted-proxies")?;
+    }
+    if let Some(name) = &args.client_ip_header {
+        config.client_ip.header = Some(
+            http::HeaderName::try_from(name.to_ascii_lowercase())
+                .with_context(|| format!("invalid --client-ip-header {name:?}"))?,
+        );
+    }
+    for (route, usd) in args.route_costs.clone().unwrap_or_default() {
+        let cost = keyward_core::Micros::from_usd(usd)
+            .with_context(|| format!("route_costs: invalid cost {usd} for {route}"))?;
+        if !route.starts_with("/v1/") {
+            bail!("route_costs: {route:?} must be a path under /v1/");
+        }
+        config.route_costs.insert(route, cost);
+    }
 
     let listen = args
         .listen

@@ -355,3 +355,45 @@ fn bad_limits_are_refused_with_exit_2_and_nothing_is_stored() {
     let budgets = server.cli_json(&["budgets", "list", "--json"]);
     assert!(budgets.as_array().unwrap().is_empty());
 }
+
+#[test]
+fn webhooks_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(dir.path(), &[]);
+    let added = server.cli_json(&[
+        "webhooks",
+        "add",
+        "https://hooks.example.test/keyward",
+        "--events",
+        "key.leaked,budget.threshold_crossed",
+        "--json",
+    ]);
+    let id = added
+        .pointer("/webhook/id")
+        .or_else(|| added.get("id"))
+        .and_then(|v| v.as_str())
+        .unwrap()
+        .to_owned();
+    assert!(
+        added["secret"].as_str().is_some_and(|s| !s.is_empty()),
+        "{added}"
+    );
+    let listed = server.cli_json(&["webhooks", "list", "--json"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert!(
+        !listed
+            .to_string()
+            .contains(added["secret"].as_str().unwrap()),
+        "the secret is shown once"
+    );
+    let table = String::from_utf8(server.cli(&["webhooks", "list"]).stdout).unwrap();
+    assert!(table.contains("budget.threshold_crossed"), "{table}");
+    let out = server.cli(&["webhooks", "add", "not a url", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(server.cli(&["webhooks", "remove", &id]).status.success());
+    assert!(server
+        .cli_json(&["webhooks", "list", "--json"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+}

@@ -1,0 +1,163 @@
+//! `keyward webhooks add|list|remove|test|deliveries`.
+
+use super::api::Api;
+use super::keys::path_segment;
+use super::table;
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+/// Webhook commands.
+#[derive(Subcommand)]
+pub enum WebhooksCommand {
+    /// Add a webhook; its signing secret is printed once.
+    Add {
+        /// Where to POST events (https://…).
+        url: String,
+        /// Event types, comma-separated [default: key.leaked]
+        /// (key.leaked, budget.threshold_crossed, webhook.test, …).
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+        /// Only events about this organization (name or id).
+        #[arg(long)]
+        org: Option<String>,
+        /// Only events about this project (name or id).
+        #[arg(long)]
+        project: Option<String>,
+        /// A note for people.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List webhooks.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a webhook.
+    Remove {
+        /// Webhook id.
+        id: String,
+    },
+    /// Send a signed test event.
+    Test {
+        /// Webhook id.
+        id: String,
+    },
+    /// Show a webhook's delivery log.
+    Deliveries {
+        /// Webhook id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a webhook command.
+pub fn run(cmd: WebhooksCommand) -> anyhow::Result<()> {
+    let api = Api::from_env()?;
+    match cmd {
+        WebhooksCommand::Add {
+            url,
+            events,
+            org,
+            project,
+            description,
+            json,
+        } => {
+            let mut body =
+                json!({"url": url, "description": description, "org": org, "project": project});
+            if !events.is_empty() {
+                body["events"] = json!(events);
+            }
+            let created = api.post("/api/v1/webhooks", &body)?;
+            if json {
+                println!("{created}");
+            } else {
+                let id = created
+                    .pointer("/webhook/id")
+                    .or_else(|| created.get("id"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("?");
+                println!(
+                    "Added webhook {id}. Its signing secret (shown only now):\n\n    {}\n",
+                    created["secret"].as_str().unwrap_or("?")
+                );
+                println!("Verify `Keyward-Signature: t=…,v1=…` as HMAC-SHA256(secret, \"t.\" + body); see docs/leaks.md.");
+            }
+        }
+        WebhooksCommand::List { json } => {
+            let listed = api.get("/api/v1/webhooks", &[])?;
+            if json {
+                println!("{}", listed["data"]);
+            } else {
+                let rows: Vec<Vec<String>> = listed["data"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|w| {
+                        vec![
+                            w["id"].as_str().unwrap_or("-").to_owned(),
+                            w["url"].as_str().unwrap_or("-").to_owned(),
+                            w["events"].to_string(),
+                            w["description"].as_str().unwrap_or("").to_owned(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table::render(&["ID", "URL", "EVENTS", "DESCRIPTION"], &rows)
+                );
+            }
+        }
+        WebhooksCommand::Remove { id } => {
+            api.delete(&format!("/api/v1/webhooks/{}", path_segment(&id)?))?;
+            println!("Removed webhook {id}.");
+        }
+        WebhooksCommand::Test { id } => {
+            let sent = api.post(
+                &format!("/api/v1/webhooks/{}/test", path_segment(&id)?),
+                &json!({}),
+            )?;
+            println!("{sent}");
+        }
+        WebhooksCommand::Deliveries { id, json } => {
+            let log = api.get(
+                &format!("/api/v1/webhooks/{}/deliveries", path_segment(&id)?),
+                &[],
+            )?;
+            if json {
+                println!("{}", log["data"]);
+            } else {
+                let rows: Vec<Vec<String>> = log["data"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|d| {
+                        vec![
+                            d["event_id"].as_str().unwrap_or("-").to_owned(),
+                            d["event_type"].as_str().unwrap_or("-").to_owned(),
+                            d["status"]
+                                .as_str()
+                                .map(str::to_owned)
+                                .unwrap_or_else(|| d["status"].to_string()),
+                            d["attempts"].to_string(),
+                            d["last_error"].as_str().unwrap_or("").to_owned(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table::render(
+                        &["EVENT", "TYPE", "STATUS", "ATTEMPTS", "LAST ERROR"],
+                        &rows
+                    )
+                );
+            }
+        }
+    }
+    Ok(())
+}
