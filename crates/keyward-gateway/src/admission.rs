@@ -102,8 +102,7 @@ pub async fn admit(
         || project.policy.tpm.is_some();
     // The bound walks the whole body: only when a token limit or a budget needs it.
     let input_tokens = if tpm || !budgets.is_empty() {
-        let json = serde_json::from_slice::<serde_json::Value>(ask.body).ok();
-        input_token_bound(json.as_ref(), ask.body)
+        input_token_bound(ask.body)
     } else {
         0
     };
@@ -183,42 +182,168 @@ fn limits_of(p: &KeyPolicy) -> Limits {
 /// is one token; tool and schema definitions count their whole JSON; each message
 /// adds OpenAI's fixed framing (at most 4 tokens, plus 3 for the reply); each image
 /// adds [`TOKENS_PER_IMAGE`], since an image costs tokens its URL's bytes do not
-/// show. Without a JSON body, the body's size is the bound.
-pub fn input_token_bound(json: Option<&serde_json::Value>, body: &[u8]) -> i64 {
-    use serde_json::Value;
-    fn walk(v: &Value, n: &mut i64) {
-        match v {
-            Value::String(s) => *n += s.len() as i64,
-            Value::Number(_) => *n += 1,
-            Value::Array(items) => items.iter().for_each(|i| walk(i, n)),
-            Value::Object(o) => {
-                for (k, v) in o {
-                    if matches!(k.as_str(), "tools" | "functions" | "response_format" | "tool_choice" | "text" if !v.is_string())
-                    {
-                        *n += serde_json::to_string(v).map_or(0, |s| s.len() as i64);
-                    } else {
-                        walk(v, n);
-                    }
-                }
-            }
-            Value::Bool(_) | Value::Null => {}
-        }
-    }
+/// show. Without a JSON body, the body's size is the bound. The body is walked
+/// once without building a JSON tree.
+pub fn input_token_bound(body: &[u8]) -> i64 {
     let images = ["\"image_url\"", "\"input_image\""]
         .iter()
         .map(|n| memchr::memmem::find_iter(body, n.as_bytes()).count() as i64)
         .sum::<i64>();
-    let Some(v) = json else {
-        return body.len() as i64 + images * TOKENS_PER_IMAGE;
-    };
-    let mut n = 0;
-    walk(v, &mut n);
-    let messages = ["messages", "input"]
-        .iter()
-        .filter_map(|f| v.get(*f).and_then(Value::as_array))
-        .map(|a| a.len() as i64)
-        .sum::<i64>();
-    n + 4 * messages + 3 + images * TOKENS_PER_IMAGE
+    let mut de = serde_json::Deserializer::from_slice(body);
+    match serde::de::DeserializeSeed::deserialize(bound::Walk { top: true }, &mut de) {
+        Ok(b) => b.tokens + 4 * b.messages + 3 + images * TOKENS_PER_IMAGE,
+        Err(_) => body.len() as i64 + images * TOKENS_PER_IMAGE,
+    }
+}
+
+/// The visitor behind [`input_token_bound`].
+mod bound {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    use std::fmt;
+
+    #[derive(Default)]
+    pub struct Bound {
+        pub tokens: i64,
+        pub messages: i64,
+    }
+
+    /// Walks one JSON value; `top` marks the request object, whose `messages` and
+    /// `input` arrays count framing per element.
+    pub struct Walk {
+        pub top: bool,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Walk {
+        type Value = Bound;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Bound, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Walk {
+        type Value = Bound;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Bound, E> {
+            Ok(Bound {
+                tokens: v.len() as i64,
+                messages: 0,
+            })
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Bound, E> {
+            Ok(Bound {
+                tokens: 1,
+                messages: 0,
+            })
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Bound, E> {
+            Ok(Bound {
+                tokens: 1,
+                messages: 0,
+            })
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Bound, E> {
+            Ok(Bound {
+                tokens: 1,
+                messages: 0,
+            })
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Bound, E> {
+            Ok(Bound::default())
+        }
+        fn visit_unit<E>(self) -> Result<Bound, E> {
+            Ok(Bound::default())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bound, A::Error> {
+            let mut b = Bound::default();
+            while let Some(item) = seq.next_element_seed(Walk { top: false })? {
+                b.tokens += item.tokens;
+                b.messages += 1;
+            }
+            b.messages = 0;
+            Ok(b)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Bound, A::Error> {
+            let mut b = Bound::default();
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                match key.as_ref() {
+                    // Definitions are rendered whole into the prompt: count their JSON.
+                    "tools" | "functions" | "response_format" | "tool_choice" => {
+                        let raw: &serde_json::value::RawValue = map.next_value()?;
+                        b.tokens += raw.get().len() as i64;
+                    }
+                    "messages" | "input" if self.top => {
+                        let inner = map.next_value_seed(Counted)?;
+                        b.tokens += inner.tokens;
+                        b.messages += inner.messages;
+                    }
+                    _ => b.tokens += map.next_value_seed(Walk { top: false })?.tokens,
+                }
+            }
+            Ok(b)
+        }
+    }
+
+    /// Like [`Walk`], but counts the elements of an array (messages).
+    struct Counted;
+
+    impl<'de> DeserializeSeed<'de> for Counted {
+        type Value = Bound;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Bound, D::Error> {
+            d.deserialize_any(CountedVisitor)
+        }
+    }
+
+    struct CountedVisitor;
+
+    impl<'de> Visitor<'de> for CountedVisitor {
+        type Value = Bound;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bound, A::Error> {
+            let mut b = Bound::default();
+            while let Some(item) = seq.next_element_seed(Walk { top: false })? {
+                b.tokens += item.tokens;
+                b.messages += 1;
+            }
+            Ok(b)
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Bound, E> {
+            Ok(Bound {
+                tokens: v.len() as i64,
+                messages: 0,
+            })
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Bound, A::Error> {
+            Walk { top: false }.visit_map(map)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Bound, E> {
+            Ok(Bound {
+                tokens: 1,
+                messages: 0,
+            })
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Bound, E> {
+            Ok(Bound {
+                tokens: 1,
+                messages: 0,
+            })
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Bound, E> {
+            Ok(Bound {
+                tokens: 1,
+                messages: 0,
+            })
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Bound, E> {
+            Ok(Bound::default())
+        }
+        fn visit_unit<E>(self) -> Result<Bound, E> {
+            Ok(Bound::default())
+        }
+    }
 }
 
 /// The cost bound of a request, `None` when it costs nothing.
@@ -401,14 +526,16 @@ mod tests {
     fn input_bound_counts_text_framing_tools_and_images() {
         let chat = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40});
         // "gpt-4o-mini" 11 + "user" 4 + "hi" 2 + the number 1, + 4 framing + 3 reply.
-        assert_eq!(input_token_bound(Some(&chat), b""), 25);
+        assert_eq!(input_token_bound(chat.to_string().as_bytes()), 25);
         let body = br#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"u"}}]}]}"#;
-        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
-        assert!(input_token_bound(Some(&v), body) >= 2_000);
+        assert!(input_token_bound(body) >= 2_000);
         let tools = json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]});
-        assert!(input_token_bound(Some(&tools), b"") > 50);
+        assert!(input_token_bound(tools.to_string().as_bytes()) > 50);
         let ids = json!({"prompt": [1, 2, 3]});
-        assert_eq!(input_token_bound(Some(&ids), b""), 6);
-        assert_eq!(input_token_bound(None, b"0123456789"), 10);
+        assert_eq!(input_token_bound(ids.to_string().as_bytes()), 6);
+        assert_eq!(input_token_bound(b"not json, 10 bytes"), 18);
+        // Escapes are counted as the text they decode to.
+        // "a\u00e9" decodes to "aé", 3 bytes; + 3 for the reply.
+        assert_eq!(input_token_bound(br#"{"prompt": "a\u00e9"}"#), 6);
     }
 }

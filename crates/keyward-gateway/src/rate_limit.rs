@@ -302,29 +302,28 @@ fn refusal(
 
 /// Adds OpenAI's `x-ratelimit-*` headers.
 pub fn write_headers(headers: &mut http::HeaderMap, allowances: &RateHeaders) {
-    for (kind, a) in [
-        ("requests", allowances.requests),
-        ("tokens", allowances.tokens),
-    ] {
+    use http::HeaderName as N;
+    let names = [
+        (
+            N::from_static("x-ratelimit-limit-requests"),
+            N::from_static("x-ratelimit-remaining-requests"),
+            N::from_static("x-ratelimit-reset-requests"),
+        ),
+        (
+            N::from_static("x-ratelimit-limit-tokens"),
+            N::from_static("x-ratelimit-remaining-tokens"),
+            N::from_static("x-ratelimit-reset-tokens"),
+        ),
+    ];
+    for ((limit, remaining, reset), a) in names
+        .into_iter()
+        .zip([allowances.requests, allowances.tokens])
+    {
         let Some(a) = a else { continue };
-        let pairs = [
-            (format!("x-ratelimit-limit-{kind}"), a.limit.to_string()),
-            (
-                format!("x-ratelimit-remaining-{kind}"),
-                a.remaining.to_string(),
-            ),
-            (
-                format!("x-ratelimit-reset-{kind}"),
-                format_reset(a.reset_ms),
-            ),
-        ];
-        for (name, value) in pairs {
-            if let (Ok(n), Ok(v)) = (
-                http::HeaderName::try_from(name),
-                http::HeaderValue::try_from(value),
-            ) {
-                headers.insert(n, v);
-            }
+        headers.insert(limit, http::HeaderValue::from(a.limit));
+        headers.insert(remaining, http::HeaderValue::from(a.remaining));
+        if let Ok(v) = http::HeaderValue::try_from(format_reset(a.reset_ms)) {
+            headers.insert(reset, v);
         }
     }
 }
