@@ -190,7 +190,13 @@ pub fn input_token_bound(body: &[u8]) -> i64 {
         .map(|n| memchr::memmem::find_iter(body, n.as_bytes()).count() as i64)
         .sum::<i64>();
     let mut de = serde_json::Deserializer::from_slice(body);
-    match serde::de::DeserializeSeed::deserialize(bound::Walk { top: true }, &mut de) {
+    match serde::de::DeserializeSeed::deserialize(
+        bound::Walk {
+            top: true,
+            count: false,
+        },
+        &mut de,
+    ) {
         Ok(b) => b.tokens + 4 * b.messages + 3 + images * TOKENS_PER_IMAGE,
         Err(_) => body.len() as i64 + images * TOKENS_PER_IMAGE,
     }
@@ -207,10 +213,12 @@ mod bound {
         pub messages: i64,
     }
 
-    /// Walks one JSON value; `top` marks the request object, whose `messages` and
-    /// `input` arrays count framing per element.
+    /// Walks one JSON value. `top` marks the request object, whose `messages` and
+    /// `input` arrays are walked with `count`, which counts their elements
+    /// (messages, each with its framing).
     pub struct Walk {
         pub top: bool,
+        pub count: bool,
     }
 
     impl<'de> DeserializeSeed<'de> for Walk {
@@ -219,6 +227,11 @@ mod bound {
             d.deserialize_any(self)
         }
     }
+
+    const LEAF: Walk = Walk {
+        top: false,
+        count: false,
+    };
 
     impl<'de> Visitor<'de> for Walk {
         type Value = Bound;
@@ -257,11 +270,10 @@ mod bound {
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bound, A::Error> {
             let mut b = Bound::default();
-            while let Some(item) = seq.next_element_seed(Walk { top: false })? {
+            while let Some(item) = seq.next_element_seed(LEAF)? {
                 b.tokens += item.tokens;
-                b.messages += 1;
+                b.messages += i64::from(self.count);
             }
-            b.messages = 0;
             Ok(b)
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Bound, A::Error> {
@@ -274,74 +286,17 @@ mod bound {
                         b.tokens += raw.get().len() as i64;
                     }
                     "messages" | "input" if self.top => {
-                        let inner = map.next_value_seed(Counted)?;
+                        let inner = map.next_value_seed(Walk {
+                            top: false,
+                            count: true,
+                        })?;
                         b.tokens += inner.tokens;
                         b.messages += inner.messages;
                     }
-                    _ => b.tokens += map.next_value_seed(Walk { top: false })?.tokens,
+                    _ => b.tokens += map.next_value_seed(LEAF)?.tokens,
                 }
             }
             Ok(b)
-        }
-    }
-
-    /// Like [`Walk`], but counts the elements of an array (messages).
-    struct Counted;
-
-    impl<'de> DeserializeSeed<'de> for Counted {
-        type Value = Bound;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Bound, D::Error> {
-            d.deserialize_any(CountedVisitor)
-        }
-    }
-
-    struct CountedVisitor;
-
-    impl<'de> Visitor<'de> for CountedVisitor {
-        type Value = Bound;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("JSON")
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bound, A::Error> {
-            let mut b = Bound::default();
-            while let Some(item) = seq.next_element_seed(Walk { top: false })? {
-                b.tokens += item.tokens;
-                b.messages += 1;
-            }
-            Ok(b)
-        }
-        fn visit_str<E>(self, v: &str) -> Result<Bound, E> {
-            Ok(Bound {
-                tokens: v.len() as i64,
-                messages: 0,
-            })
-        }
-        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Bound, A::Error> {
-            Walk { top: false }.visit_map(map)
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<Bound, E> {
-            Ok(Bound {
-                tokens: 1,
-                messages: 0,
-            })
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<Bound, E> {
-            Ok(Bound {
-                tokens: 1,
-                messages: 0,
-            })
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<Bound, E> {
-            Ok(Bound {
-                tokens: 1,
-                messages: 0,
-            })
-        }
-        fn visit_bool<E>(self, _: bool) -> Result<Bound, E> {
-            Ok(Bound::default())
-        }
-        fn visit_unit<E>(self) -> Result<Bound, E> {
-            Ok(Bound::default())
         }
     }
 }
