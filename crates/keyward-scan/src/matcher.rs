@@ -1,8 +1,12 @@
 //! The two-stage matcher.
 //!
-//! Stage one runs a single Aho-Corasick automaton over all keywords of all rules
-//! (ASCII case-insensitive). Only rules whose keyword occurs in the haystack go
-//! to stage two, where that rule's own regex finds the match and its captures —
+//! Stage one runs a single Aho-Corasick DFA over all keywords of all rules
+//! (ASCII case-insensitive) and keeps, at each position where keywords start,
+//! the longest one. The DFA walks the haystack as [`STREAMS`] interleaved
+//! segments: one DFA walk is bound by the latency of its dependent table
+//! loads, and independent walks overlap them, about 1.4 times faster than a
+//! single walk on source code. Only rules whose keyword occurs in the haystack
+//! go to stage two, where that rule's own regex finds the match and its captures —
 //! and only in windows around the keyword hits (`WINDOW_BACK` bytes before a
 //! hit to `WINDOW_FORWARD` after it, overlapping windows merged), so a rare
 //! keyword costs a few KiB of regex work, not a pass over the whole block.
@@ -17,7 +21,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+use aho_corasick::automaton::{Automaton, StateID};
+use aho_corasick::{dfa, Anchored, MatchKind};
 use regex_automata::meta;
 use regex_automata::util::captures::Captures;
 use regex_automata::Input;
@@ -32,6 +37,12 @@ pub const WINDOW_BACK: usize = 256;
 
 /// How far after a keyword hit a match may end.
 pub const WINDOW_FORWARD: usize = crate::rules::MAX_SECRET_LEN + WINDOW_BACK;
+
+/// Independent segments the keyword DFA walks at once (see the module docs).
+const STREAMS: usize = 4;
+
+/// Haystacks shorter than this are walked as one stream.
+const MIN_STREAMED_LEN: usize = 4096;
 
 /// Extra values and patterns a `.keyward.toml` declares as not secret.
 #[derive(Debug, Default, Clone)]
@@ -66,7 +77,12 @@ pub struct RawMatch {
 #[derive(Debug, Clone)]
 pub struct Matcher {
     rules: Arc<RuleSet>,
-    prefilter: AhoCorasick,
+    /// Every occurrence of every keyword (standard, overlapping semantics).
+    prefilter: dfa::DFA,
+    /// Length of each prefilter pattern.
+    keyword_lens: Vec<usize>,
+    /// The longest keyword: how far back a stream starts before its segment.
+    max_keyword_len: usize,
     /// For each prefilter pattern, the rules it triggers.
     keyword_rules: Vec<Vec<usize>>,
     /// Per rule, how far past the end of a keyword hit a match may end.
@@ -81,6 +97,8 @@ pub struct Scratch {
     captures: Vec<Option<Captures>>,
     /// Per rule, the merged haystack windows around its keyword hits.
     windows: Vec<Vec<(usize, usize)>>,
+    /// Keyword hits of the current haystack: (start, prefilter pattern).
+    hits: Vec<(usize, u32)>,
     triggered: Vec<usize>,
     matches: Vec<RawMatch>,
     kept: Vec<RawMatch>,
@@ -107,8 +125,8 @@ impl Matcher {
                 }
             }
         }
-        // The search below reports, at each position, only the longest
-        // keyword starting there; a keyword contained in another one must
+        // `keyword_hits` keeps, at each position, only the longest keyword
+        // starting there; a keyword contained in another one must
         // therefore also trigger when the longer one is seen.
         let mut triggers = keyword_rules.clone();
         for (i, long) in keywords.iter().enumerate() {
@@ -123,12 +141,14 @@ impl Matcher {
             }
         }
         let keyword_rules = triggers;
-        let prefilter = AhoCorasickBuilder::new()
+        let prefilter = dfa::Builder::new()
             .ascii_case_insensitive(true)
-            .match_kind(MatchKind::LeftmostLongest)
-            .kind(Some(AhoCorasickKind::DFA))
+            .match_kind(MatchKind::Standard)
+            .prefilter(false)
             .build(&keywords)
             .expect("keywords are plain literals and always compile");
+        let keyword_lens: Vec<usize> = keywords.iter().map(String::len).collect();
+        let max_keyword_len = keyword_lens.iter().copied().max().unwrap_or(0);
         // A match contains a keyword and starts at most `WINDOW_BACK` before
         // it, so it ends at most its own length past the keyword's end; a rule
         // with a bounded pattern needs no more than that after a hit.
@@ -143,6 +163,8 @@ impl Matcher {
         Self {
             rules: Arc::new(rules),
             prefilter,
+            keyword_lens,
+            max_keyword_len,
             keyword_rules,
             forward,
             allow,
@@ -161,6 +183,7 @@ impl Matcher {
             caches: (0..n).map(|_| None).collect(),
             captures: (0..n).map(|_| None).collect(),
             windows: vec![Vec::new(); n],
+            hits: Vec::new(),
             triggered: Vec::new(),
             matches: Vec::new(),
             kept: Vec::new(),
@@ -172,19 +195,14 @@ impl Matcher {
         scratch.matches.clear();
         scratch.kept.clear();
         scratch.triggered.clear();
-        // Leftmost-longest search restarted one byte after each hit's start:
-        // every keyword occurrence is either reported or contained in a
-        // reported one (see `new`). Much faster than an overlapping search.
-        let mut at = 0;
-        while let Some(hit) = self
-            .prefilter
-            .find(aho_corasick::Input::new(hay).span(at..hay.len()))
-        {
-            at = hit.start() + 1;
-            let start = hit.start().saturating_sub(WINDOW_BACK);
-            let far = hit.start() + WINDOW_FORWARD;
-            for &rule in &self.keyword_rules[hit.pattern().as_usize()] {
-                let end = (hit.end() + self.forward[rule]).min(far).min(hay.len());
+        self.keyword_hits(hay, &mut scratch.hits);
+        for &(hit_start, pattern) in &scratch.hits {
+            let pattern = pattern as usize;
+            let hit_end = hit_start + self.keyword_lens[pattern];
+            let start = hit_start.saturating_sub(WINDOW_BACK);
+            let far = hit_start + WINDOW_FORWARD;
+            for &rule in &self.keyword_rules[pattern] {
+                let end = (hit_end + self.forward[rule]).min(far).min(hay.len());
                 let windows = &mut scratch.windows[rule];
                 match windows.last_mut() {
                     Some(last) if start <= last.1 => {
@@ -214,6 +232,67 @@ impl Matcher {
         }
         resolve_overlaps(&self.rules, &mut scratch.matches, &mut scratch.kept);
         &scratch.kept
+    }
+
+    /// Fills `hits` with, for every position of `hay` where a keyword starts,
+    /// the longest keyword starting there, in order of position.
+    fn keyword_hits(&self, hay: &[u8], hits: &mut Vec<(usize, u32)>) {
+        hits.clear();
+        let dfa = &self.prefilter;
+        let root = dfa
+            .start_state(Anchored::No)
+            .expect("the DFA supports unanchored searches");
+        // Records the keywords ending with `hay[at]`.
+        let report = |sid: StateID, at: usize, hits: &mut Vec<(usize, u32)>| {
+            if dfa.is_special(sid) && dfa.is_match(sid) {
+                for i in 0..dfa.match_len(sid) {
+                    let pattern = dfa.match_pattern(sid, i);
+                    hits.push((at + 1 - dfa.pattern_len(pattern), pattern.as_u32()));
+                }
+            }
+        };
+        let streams = if hay.len() < MIN_STREAMED_LEN {
+            1
+        } else {
+            STREAMS
+        };
+        // Stream `j` reports the keywords ending in its segment `lo..hi`. It
+        // starts `max_keyword_len` bytes early, without reporting, so its
+        // state holds every keyword start the segment's matches need.
+        let seg = hay.len().div_ceil(streams);
+        let mut lo = [0; STREAMS];
+        let mut hi = [0; STREAMS];
+        let mut sid = [root; STREAMS];
+        for j in 0..streams {
+            lo[j] = (j * seg).min(hay.len());
+            hi[j] = ((j + 1) * seg).min(hay.len());
+            for &b in &hay[lo[j].saturating_sub(self.max_keyword_len)..lo[j]] {
+                sid[j] = dfa.next_state(Anchored::No, sid[j], b);
+            }
+        }
+        // The segments have equal lengths except the last: walk them in
+        // lockstep as far as the shortest goes, then finish each alone.
+        let mut done = 0;
+        if streams == STREAMS {
+            done = (0..STREAMS).map(|j| hi[j] - lo[j]).min().unwrap_or(0);
+            for i in 0..done {
+                for j in 0..STREAMS {
+                    let at = lo[j] + i;
+                    sid[j] = dfa.next_state(Anchored::No, sid[j], hay[at]);
+                    report(sid[j], at, hits);
+                }
+            }
+        }
+        for j in 0..streams {
+            for (at, &b) in hay.iter().enumerate().take(hi[j]).skip(lo[j] + done) {
+                sid[j] = dfa.next_state(Anchored::No, sid[j], b);
+                report(sid[j], at, hits);
+            }
+        }
+        // Longest keyword first at each start, then one hit per start.
+        let lens = &self.keyword_lens;
+        hits.sort_unstable_by_key(|&(start, p)| (start, usize::MAX - lens[p as usize]));
+        hits.dedup_by_key(|&mut (start, _)| start);
     }
 
     /// Runs one rule's regex over `hay[start..end]` (the context of
@@ -318,6 +397,151 @@ mod tests {
             .iter()
             .map(|m| matcher.rules().rules()[m.rule].spec.id.clone())
             .collect()
+    }
+
+    /// The keyword hits as a leftmost-longest Aho-Corasick search restarted
+    /// one byte after each hit reports them: the reference for
+    /// `keyword_hits`, which must report exactly these.
+    fn reference_hits(keywords: &[String], hay: &[u8]) -> Vec<(usize, usize)> {
+        let ac = aho_corasick::AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(keywords)
+            .unwrap();
+        let mut hits = Vec::new();
+        let mut at = 0;
+        while let Some(hit) = ac.find(aho_corasick::Input::new(hay).span(at..hay.len())) {
+            at = hit.start() + 1;
+            hits.push((hit.start(), hit.end() - hit.start()));
+        }
+        hits
+    }
+
+    fn assert_hits_match_reference(matcher: &Matcher, keywords: &[String], hay: &[u8]) {
+        let mut hits = Vec::new();
+        matcher.keyword_hits(hay, &mut hits);
+        let got: Vec<(usize, usize)> = hits
+            .iter()
+            .map(|&(start, p)| (start, matcher.keyword_lens[p as usize]))
+            .collect();
+        assert_eq!(got, reference_hits(keywords, hay));
+    }
+
+    /// Every byte of `text` with its case flipped at every other letter.
+    fn mixed_case(text: &str) -> String {
+        text.chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if i % 2 == 0 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn keyword_hits_equal_a_leftmost_longest_search_across_stream_boundaries() {
+        let rules = RuleSet::builtin().unwrap();
+        let matcher = Matcher::new(rules.clone(), ValueAllowlist::default());
+        let mut keywords: Vec<String> = Vec::new();
+        for rule in rules.rules() {
+            for kw in &rule.spec.keywords {
+                let kw = kw.to_ascii_lowercase();
+                if !keywords.contains(&kw) {
+                    keywords.push(kw);
+                }
+            }
+        }
+        // Every keyword, in mixed case, back to back and separated, then all
+        // examples: long enough to be walked as several streams.
+        let mut text = String::new();
+        for kw in &keywords {
+            text.push_str(&mixed_case(kw));
+            text.push_str(kw);
+            text.push(' ');
+            text.push_str(&kw.to_ascii_uppercase());
+            text.push('\n');
+        }
+        for rule in rules.rules() {
+            for example in rule
+                .spec
+                .examples
+                .iter()
+                .chain(&rule.spec.negative_examples)
+            {
+                text.push_str(example);
+                text.push_str(&mixed_case(example));
+                text.push('\n');
+            }
+        }
+        assert!(text.len() > MIN_STREAMED_LEN);
+        // Shifting the text moves different keywords across the segment
+        // boundaries; every prefix length covers short haystacks too.
+        for shift in 0..=64 {
+            let hay = format!("{}{text}", "x".repeat(shift));
+            assert_hits_match_reference(&matcher, &keywords, hay.as_bytes());
+        }
+        for len in (0..text.len()).step_by(97) {
+            assert_hits_match_reference(&matcher, &keywords, &text.as_bytes()[..len]);
+        }
+    }
+
+    #[test]
+    fn every_example_is_found_straddling_a_stream_boundary() {
+        let rules = RuleSet::builtin().unwrap();
+        let matcher = Matcher::new(rules.clone(), ValueAllowlist::default());
+        let mut scratch = matcher.scratch();
+        let len = 4 * MIN_STREAMED_LEN;
+        let boundary = len.div_ceil(STREAMS);
+        for (i, rule) in rules.rules().iter().enumerate() {
+            for example in &rule.spec.examples {
+                // The example's first bytes end one segment, the rest starts
+                // the next: each stream sees only part of its keyword.
+                for cut in [1, example.len() / 2, example.len() - 1] {
+                    let before = boundary - cut;
+                    let mut hay = "\n".repeat(before);
+                    hay.push_str(example);
+                    // Blanks, not line breaks: a PEM-like secret would take
+                    // trailing line breaks in and lose its entropy.
+                    hay.push_str(&" ".repeat(len - hay.len()));
+                    let found = matcher.find(&mut scratch, hay.as_bytes());
+                    assert!(
+                        found.iter().any(|m| m.rule == i),
+                        "{}: {example:?} cut at {cut}",
+                        rule.spec.id
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn keywords_match_in_any_case() {
+        assert_eq!(
+            rule_ids("const ApIkEy = \"VeOM5RPOMhRtWoh46qIfK7SWwqyEfFHn\";"), // keyward:allow
+            ["generic.api-key-assignment"]
+        );
+    }
+
+    #[test]
+    fn open_repetitions_are_capped() {
+        let rules = RuleSet::builtin().unwrap();
+        let generic = rules
+            .rules()
+            .iter()
+            .find(|r| r.spec.id == "generic.api-key-assignment")
+            .unwrap();
+        assert!(generic.max_match_len.is_some());
+        let blanks = |n: usize| {
+            format!(
+                "api_key ={}\"VeOM5RPOMhRtWoh46qIfK7SWwqyEfFHn\"",
+                " ".repeat(n)
+            ) // keyward:allow
+        };
+        assert_eq!(rule_ids(&blanks(256)), ["generic.api-key-assignment"]);
+        assert!(rule_ids(&blanks(257)).is_empty());
     }
 
     #[test]
