@@ -7,9 +7,9 @@
 //!
 //! - [`rules`]: detection rules as data (one TOML file per provider, embedded),
 //!   with examples that [`rules::check`] proves.
-//! - [`matcher`]: the two-stage matcher — an Aho-Corasick prefilter over every
-//!   rule's keywords, then only the triggered rules' regexes — with per-thread
-//!   [`matcher::Scratch`] space.
+//! - [`matcher`]: the two-stage matcher — a keyword DFA over every rule's
+//!   keywords (`keywords`), then only the triggered rules' regexes — with
+//!   per-thread [`matcher::Scratch`] space.
 //! - [`scanner`]: the engine that feeds inputs through the matcher in bounded
 //!   blocks and turns matches into [`Finding`]s delivered to a [`Sink`].
 //! - [`input`]: the inputs (file system walk, git history and index, archives,
@@ -26,6 +26,7 @@ mod error;
 mod filter;
 mod finding;
 pub mod input;
+mod keywords;
 pub mod matcher;
 pub mod report;
 pub mod rules;

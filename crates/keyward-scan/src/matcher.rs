@@ -1,12 +1,9 @@
 //! The two-stage matcher.
 //!
-//! Stage one runs a single Aho-Corasick DFA over all keywords of all rules
-//! (ASCII case-insensitive) and keeps, at each position where keywords start,
-//! the longest one. The DFA walks the haystack as [`STREAMS`] interleaved
-//! segments: one DFA walk is bound by the latency of its dependent table
-//! loads, and independent walks overlap them, about 1.4 times faster than a
-//! single walk on source code. Only rules whose keyword occurs in the haystack
-//! go to stage two, where that rule's own regex finds the match and its captures —
+//! Stage one finds every place where a keyword of a rule starts (all keywords
+//! of all rules at once, ASCII case-insensitive; see [`crate::keywords`]) and
+//! keeps the longest keyword at each. Only rules whose keyword occurs in the
+//! haystack go to stage two, where that rule's own regex finds the match and its captures —
 //! and only in windows around the keyword hits (`WINDOW_BACK` bytes before a
 //! hit to `WINDOW_FORWARD` after it, overlapping windows merged), so a rare
 //! keyword costs a few KiB of regex work, not a pass over the whole block.
@@ -21,13 +18,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use aho_corasick::automaton::{Automaton, StateID};
-use aho_corasick::{dfa, Anchored, MatchKind};
 use regex_automata::meta;
 use regex_automata::util::captures::Captures;
 use regex_automata::Input;
 
 use crate::filter;
+use crate::keywords::KeywordSearch;
 use crate::rules::RuleSet;
 use crate::Validation;
 
@@ -37,12 +33,6 @@ pub const WINDOW_BACK: usize = 256;
 
 /// How far after a keyword hit a match may end.
 pub const WINDOW_FORWARD: usize = crate::rules::MAX_SECRET_LEN + WINDOW_BACK;
-
-/// Independent segments the keyword DFA walks at once (see the module docs).
-const STREAMS: usize = 4;
-
-/// Haystacks shorter than this are walked as one stream.
-const MIN_STREAMED_LEN: usize = 4096;
 
 /// Extra values and patterns a `.keyward.toml` declares as not secret.
 #[derive(Debug, Default, Clone)]
@@ -77,12 +67,8 @@ pub struct RawMatch {
 #[derive(Debug, Clone)]
 pub struct Matcher {
     rules: Arc<RuleSet>,
-    /// Every occurrence of every keyword (standard, overlapping semantics).
-    prefilter: dfa::DFA,
-    /// Length of each prefilter pattern.
-    keyword_lens: Vec<usize>,
-    /// The longest keyword: how far back a stream starts before its segment.
-    max_keyword_len: usize,
+    /// Stage one: where the keywords start.
+    prefilter: KeywordSearch,
     /// For each prefilter pattern, the rules it triggers.
     keyword_rules: Vec<Vec<usize>>,
     /// Per rule, how far past the end of a keyword hit a match may end.
@@ -141,14 +127,7 @@ impl Matcher {
             }
         }
         let keyword_rules = triggers;
-        let prefilter = dfa::Builder::new()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::Standard)
-            .prefilter(false)
-            .build(&keywords)
-            .expect("keywords are plain literals and always compile");
-        let keyword_lens: Vec<usize> = keywords.iter().map(String::len).collect();
-        let max_keyword_len = keyword_lens.iter().copied().max().unwrap_or(0);
+        let prefilter = KeywordSearch::new(&keywords);
         // A match contains a keyword and starts at most `WINDOW_BACK` before
         // it, so it ends at most its own length past the keyword's end; a rule
         // with a bounded pattern needs no more than that after a hit.
@@ -163,8 +142,6 @@ impl Matcher {
         Self {
             rules: Arc::new(rules),
             prefilter,
-            keyword_lens,
-            max_keyword_len,
             keyword_rules,
             forward,
             allow,
@@ -195,10 +172,10 @@ impl Matcher {
         scratch.matches.clear();
         scratch.kept.clear();
         scratch.triggered.clear();
-        self.keyword_hits(hay, &mut scratch.hits);
+        self.prefilter.hits(hay, &mut scratch.hits);
         for &(hit_start, pattern) in &scratch.hits {
+            let hit_end = hit_start + self.prefilter.len_of(pattern);
             let pattern = pattern as usize;
-            let hit_end = hit_start + self.keyword_lens[pattern];
             let start = hit_start.saturating_sub(WINDOW_BACK);
             let far = hit_start + WINDOW_FORWARD;
             for &rule in &self.keyword_rules[pattern] {
@@ -232,67 +209,6 @@ impl Matcher {
         }
         resolve_overlaps(&self.rules, &mut scratch.matches, &mut scratch.kept);
         &scratch.kept
-    }
-
-    /// Fills `hits` with, for every position of `hay` where a keyword starts,
-    /// the longest keyword starting there, in order of position.
-    fn keyword_hits(&self, hay: &[u8], hits: &mut Vec<(usize, u32)>) {
-        hits.clear();
-        let dfa = &self.prefilter;
-        let root = dfa
-            .start_state(Anchored::No)
-            .expect("the DFA supports unanchored searches");
-        // Records the keywords ending with `hay[at]`.
-        let report = |sid: StateID, at: usize, hits: &mut Vec<(usize, u32)>| {
-            if dfa.is_special(sid) && dfa.is_match(sid) {
-                for i in 0..dfa.match_len(sid) {
-                    let pattern = dfa.match_pattern(sid, i);
-                    hits.push((at + 1 - dfa.pattern_len(pattern), pattern.as_u32()));
-                }
-            }
-        };
-        let streams = if hay.len() < MIN_STREAMED_LEN {
-            1
-        } else {
-            STREAMS
-        };
-        // Stream `j` reports the keywords ending in its segment `lo..hi`. It
-        // starts `max_keyword_len` bytes early, without reporting, so its
-        // state holds every keyword start the segment's matches need.
-        let seg = hay.len().div_ceil(streams);
-        let mut lo = [0; STREAMS];
-        let mut hi = [0; STREAMS];
-        let mut sid = [root; STREAMS];
-        for j in 0..streams {
-            lo[j] = (j * seg).min(hay.len());
-            hi[j] = ((j + 1) * seg).min(hay.len());
-            for &b in &hay[lo[j].saturating_sub(self.max_keyword_len)..lo[j]] {
-                sid[j] = dfa.next_state(Anchored::No, sid[j], b);
-            }
-        }
-        // The segments have equal lengths except the last: walk them in
-        // lockstep as far as the shortest goes, then finish each alone.
-        let mut done = 0;
-        if streams == STREAMS {
-            done = (0..STREAMS).map(|j| hi[j] - lo[j]).min().unwrap_or(0);
-            for i in 0..done {
-                for j in 0..STREAMS {
-                    let at = lo[j] + i;
-                    sid[j] = dfa.next_state(Anchored::No, sid[j], hay[at]);
-                    report(sid[j], at, hits);
-                }
-            }
-        }
-        for j in 0..streams {
-            for (at, &b) in hay.iter().enumerate().take(hi[j]).skip(lo[j] + done) {
-                sid[j] = dfa.next_state(Anchored::No, sid[j], b);
-                report(sid[j], at, hits);
-            }
-        }
-        // Longest keyword first at each start, then one hit per start.
-        let lens = &self.keyword_lens;
-        hits.sort_unstable_by_key(|&(start, p)| (start, usize::MAX - lens[p as usize]));
-        hits.dedup_by_key(|&mut (start, _)| start);
     }
 
     /// Runs one rule's regex over `hay[start..end]` (the context of
@@ -388,6 +304,7 @@ fn resolve_overlaps(rules: &RuleSet, matches: &mut [RawMatch], kept: &mut Vec<Ra
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keywords::MIN_STREAMED_LEN;
 
     fn rule_ids(hay: &str) -> Vec<String> {
         let matcher = Matcher::new(RuleSet::builtin().unwrap(), ValueAllowlist::default());
@@ -405,7 +322,7 @@ mod tests {
     fn reference_hits(keywords: &[String], hay: &[u8]) -> Vec<(usize, usize)> {
         let ac = aho_corasick::AhoCorasick::builder()
             .ascii_case_insensitive(true)
-            .match_kind(MatchKind::LeftmostLongest)
+            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
             .build(keywords)
             .unwrap();
         let mut hits = Vec::new();
@@ -419,10 +336,10 @@ mod tests {
 
     fn assert_hits_match_reference(matcher: &Matcher, keywords: &[String], hay: &[u8]) {
         let mut hits = Vec::new();
-        matcher.keyword_hits(hay, &mut hits);
+        matcher.prefilter.hits(hay, &mut hits);
         let got: Vec<(usize, usize)> = hits
             .iter()
-            .map(|&(start, p)| (start, matcher.keyword_lens[p as usize]))
+            .map(|&(start, p)| (start, matcher.prefilter.len_of(p)))
             .collect();
         assert_eq!(got, reference_hits(keywords, hay));
     }
@@ -494,7 +411,7 @@ mod tests {
         let matcher = Matcher::new(rules.clone(), ValueAllowlist::default());
         let mut scratch = matcher.scratch();
         let len = 4 * MIN_STREAMED_LEN;
-        let boundary = len.div_ceil(STREAMS);
+        let boundary = len.div_ceil(4);
         for (i, rule) in rules.rules().iter().enumerate() {
             for example in &rule.spec.examples {
                 // The example's first bytes end one segment, the rest starts
