@@ -11,7 +11,7 @@ use serde_json::json;
 
 /// Records each crossed threshold once, off the request path.
 pub fn budget_thresholds(state: SharedState, crossed: Vec<ThresholdCrossed>) {
-    tokio::spawn(async move {
+    state.clone().tasks.spawn(async move {
         for c in crossed {
             let now = state.clock.now_ms();
             let first = match state

@@ -48,6 +48,8 @@ pub struct GatewayConfig {
     pub route_costs: HashMap<String, Micros>,
     /// Leak response: GitHub intake keys, notifications, watchers.
     pub leaks: crate::leaks::LeakSettings,
+    /// Threads serving connections; 0 means one per core.
+    pub workers: usize,
 }
 
 impl GatewayConfig {
@@ -67,6 +69,7 @@ impl GatewayConfig {
             client_ip: ClientIpPolicy::default(),
             route_costs: HashMap::new(),
             leaks: crate::leaks::LeakSettings::default(),
+            workers: 0,
         }
     }
 }

@@ -32,6 +32,7 @@ pub mod usage_parse;
 pub mod usage_writer;
 pub mod verify;
 pub mod watchers;
+pub mod workers;
 
 pub use config::{GatewayConfig, UpstreamConfig};
 pub use server::Server;

@@ -8,11 +8,11 @@ use crate::state::{AppState, SharedState};
 use crate::ttl_map::TtlMap;
 use crate::upstream::Upstream;
 use crate::usage_writer::UsageWriter;
+use crate::workers::Workers;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{any, get};
-use axum::serve::ListenerExt;
 use axum::Router;
 use keyward_core::Clock;
 use keyward_store::SharedStore;
@@ -61,6 +61,7 @@ impl Server {
                 keys_by_id: TtlMap::new(ttl),
                 budgets: TtlMap::new(ttl),
                 leaks,
+                tasks: tokio::runtime::Handle::current(),
             }),
         })
     }
@@ -85,6 +86,10 @@ impl Server {
     /// Serves on `listener` (and metrics on `metrics`, when given) until `shutdown`
     /// resolves; then lets in-flight requests finish for the configured grace
     /// period and writes every buffered usage event before returning.
+    ///
+    /// Connections are served by `config.workers` threads, one per core by
+    /// default (see [`crate::workers`]); call this on a multi-thread runtime,
+    /// which keeps the acceptor, the usage writer and the background tasks.
     pub async fn run(
         self,
         listener: TcpListener,
@@ -114,28 +119,20 @@ impl Server {
         let app = self
             .router()
             .into_make_service_with_connect_info::<SocketAddr>();
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let mut stop = stop_rx.clone();
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
-        let grace = self.state.config.shutdown_grace;
-        let mut stop = stop_rx;
-        let result = tokio::select! {
-            r = serve => r,
-            _ = async {
-                let _ = stop.wait_for(|s| *s).await;
-                tokio::time::sleep(grace).await;
-            } => {
-                tracing::warn!("shutdown grace period over; cutting the remaining connections");
-                Ok(())
-            }
+        let count = match self.state.config.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
         };
+        let mut workers = Workers::start(count, listener, app)?;
+        let mut stop = stop_rx;
+        let _ = stop.wait_for(|s| *s).await;
+        if workers.drain(self.state.config.shutdown_grace).await {
+            tracing::warn!("shutdown grace period over; cut the remaining connections");
+        }
         self.state.usage.flush().await;
+        workers.release().await;
         tracing::info!("usage flushed; stopped");
-        result
+        Ok(())
     }
 }
 

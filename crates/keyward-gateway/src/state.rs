@@ -40,6 +40,10 @@ pub struct AppState {
     pub budgets: TtlMap<BudgetScope, Option<Budget>>,
     /// Leak response (GitHub keys, notifier).
     pub leaks: Arc<crate::leaks::LeakState>,
+    /// The runtime that built the server. Request handlers run on worker threads
+    /// (`crate::workers`) whose runtimes stop with their connections; work that
+    /// must outlive a request is spawned here.
+    pub tasks: tokio::runtime::Handle,
 }
 
 /// The state as handlers receive it.

@@ -1,4 +1,10 @@
 //! The pooled HTTP client that talks to the upstream API.
+//!
+//! Each thread that sends requests gets its own connection pool. A pooled
+//! connection is driven by a task on the runtime that opened it; with one
+//! pool per thread, a request served by a thread-per-core worker
+//! (`crate::workers`) and its upstream connection stay on that thread, instead of
+//! handing every request's bytes to another thread and waking it.
 
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
@@ -9,14 +15,24 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Pool = Client<Connector, Full<Bytes>>;
 
-/// A connection pool to one upstream base URL.
+thread_local! {
+    /// This thread's pools, by [`Upstream::id`] (a process may run several servers,
+    /// e.g. in tests).
+    static POOLS: RefCell<Vec<(u64, Pool)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Connection pools (one per thread) to one upstream base URL.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<Connector, Full<Bytes>>,
+    id: u64,
+    connect_timeout: Duration,
     base: Uri,
     timeout: Duration,
 }
@@ -24,26 +40,27 @@ pub struct Upstream {
 impl Upstream {
     /// A client for `config`, with the given connect and response-header timeouts.
     pub fn new(config: &UpstreamConfig, connect_timeout: Duration, timeout: Duration) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(https);
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Self {
-            client,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            connect_timeout,
             base: config.base_url.clone(),
             timeout,
         }
+    }
+
+    /// Starts `req` on this thread's pool, making the pool on first use.
+    fn start(&self, req: http::Request<Full<Bytes>>) -> hyper_util::client::legacy::ResponseFuture {
+        POOLS.with(|pools| {
+            let mut pools = pools.borrow_mut();
+            if let Some((_, pool)) = pools.iter().find(|(id, _)| *id == self.id) {
+                return pool.request(req);
+            }
+            let pool = build_pool(self.connect_timeout);
+            let response = pool.request(req);
+            pools.push((self.id, pool));
+            response
+        })
     }
 
     /// The upstream URL for a client path under `/v1` (`/v1/chat/completions?x`
@@ -65,7 +82,7 @@ impl Upstream {
         &self,
         req: http::Request<Full<Bytes>>,
     ) -> Result<http::Response<Incoming>, GatewayError> {
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        match tokio::time::timeout(self.timeout, self.start(req)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => {
@@ -79,6 +96,24 @@ impl Upstream {
             }
         }
     }
+}
+
+fn build_pool(connect_timeout: Duration) -> Pool {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .build(https)
 }
 
 fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {

@@ -2,14 +2,22 @@
 //! batches by one task. Nothing is dropped: a failed write is retried, and
 //! [`UsageWriter::flush`] (called at shutdown) returns only once everything sent
 //! before it is stored.
+//!
+//! The writer does not wait on the channel: it wakes on its interval, when
+//! `max_events` are waiting, or when a flush is asked for, and then drains the
+//! channel. A request thread that queues an event therefore never wakes another
+//! thread (a cross-thread wake-up per request was a measurable part of the
+//! gateway's CPU per request; docs/BENCHMARKS.md).
 
 use crate::metrics::Metrics;
 use keyward_core::KeyId;
 use keyward_store::{SharedStore, UsageEvent};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{mpsc, oneshot, Notify};
 
 enum Msg {
     Event(Box<UsageEvent>),
@@ -20,6 +28,11 @@ enum Msg {
 #[derive(Clone)]
 pub struct UsageWriter {
     tx: mpsc::UnboundedSender<Msg>,
+    /// Events queued and not yet taken by the writer.
+    waiting: Arc<AtomicUsize>,
+    /// Wakes the writer before its interval is up.
+    wake: Arc<Notify>,
+    max_events: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -42,11 +55,25 @@ impl Default for BatchPolicy {
 }
 
 impl UsageWriter {
-    /// Starts the writer task.
+    /// Starts the writer task on the current runtime.
     pub fn spawn(store: SharedStore, policy: BatchPolicy, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(store, policy, rx, metrics.clone()));
-        Self { tx, metrics }
+        let writer = Self {
+            tx,
+            waiting: Arc::default(),
+            wake: Arc::default(),
+            max_events: policy.max_events.max(1),
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(run(
+            store,
+            policy,
+            rx,
+            writer.waiting.clone(),
+            writer.wake.clone(),
+            metrics,
+        ));
+        writer
     }
 
     /// Queues an event. Never blocks the request; the channel is unbounded on
@@ -56,6 +83,10 @@ impl UsageWriter {
         self.metrics.usage_queued.inc();
         if self.tx.send(Msg::Event(Box::new(event))).is_err() {
             tracing::error!("usage writer has stopped; a usage event could not be queued");
+            return;
+        }
+        if self.waiting.fetch_add(1, Ordering::Relaxed) + 1 == self.max_events {
+            self.wake.notify_one();
         }
     }
 
@@ -63,6 +94,7 @@ impl UsageWriter {
     pub async fn flush(&self) {
         let (ack, done) = oneshot::channel();
         if self.tx.send(Msg::Flush(ack)).is_ok() {
+            self.wake.notify_one();
             let _ = done.await;
         }
     }
@@ -72,6 +104,8 @@ async fn run(
     store: SharedStore,
     policy: BatchPolicy,
     mut rx: mpsc::UnboundedReceiver<Msg>,
+    waiting: Arc<AtomicUsize>,
+    wake: Arc<Notify>,
     metrics: Arc<Metrics>,
 ) {
     let mut batch: Vec<UsageEvent> = Vec::new();
@@ -79,23 +113,31 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            msg = rx.recv() => match msg {
-                Some(Msg::Event(e)) => {
+            _ = tick.tick() => {}
+            _ = wake.notified() => {}
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(Msg::Event(e)) => {
+                    waiting.fetch_sub(1, Ordering::Relaxed);
                     batch.push(*e);
                     if batch.len() >= policy.max_events {
                         write(&store, &mut batch, &metrics).await;
                     }
                 }
-                Some(Msg::Flush(ack)) => {
+                Ok(Msg::Flush(ack)) => {
                     write(&store, &mut batch, &metrics).await;
                     let _ = ack.send(());
                 }
-                None => {
+                Err(TryRecvError::Empty) => {
+                    write(&store, &mut batch, &metrics).await;
+                    break;
+                }
+                Err(TryRecvError::Disconnected) => {
                     write(&store, &mut batch, &metrics).await;
                     return;
                 }
-            },
-            _ = tick.tick() => write(&store, &mut batch, &metrics).await,
+            }
         }
     }
 }

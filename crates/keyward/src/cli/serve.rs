@@ -56,6 +56,9 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish at shutdown [default: 30].
     #[arg(long, env = "KEYWARD_SHUTDOWN_GRACE_SECS")]
     shutdown_grace_secs: Option<u64>,
+    /// Threads serving connections, each with its own event loop [default: one per core].
+    #[arg(long, env = "KEYWARD_WORKERS")]
+    workers: Option<usize>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "KEYWARD_LOG_FORMAT")]
     log_format: Option<String>,
@@ -121,6 +124,7 @@ struct FileConfig {
     metrics_listen: Option<String>,
     usage_flush_ms: Option<u64>,
     shutdown_grace_secs: Option<u64>,
+    workers: Option<usize>,
     log_format: Option<String>,
     github_public_keys: Option<PathBuf>,
     github_public_keys_url: Option<String>,
@@ -166,6 +170,7 @@ impl ServeArgs {
             metrics_listen,
             usage_flush_ms,
             shutdown_grace_secs,
+            workers,
             log_format,
             github_public_keys,
             github_public_keys_url,
@@ -284,6 +289,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(s) = args.shutdown_grace_secs {
         config.shutdown_grace = Duration::from_secs(s);
+    }
+    if let Some(n) = args.workers {
+        config.workers = n;
     }
     config.leaks = super::leak_settings::from_args(super::leak_settings::LeakArgs {
         github_public_keys: args.github_public_keys.as_deref(),
