@@ -222,12 +222,13 @@ impl Matcher {
         end: usize,
     ) {
         let rule = &self.rules.rules()[rule_idx];
-        let cache = scratch.caches[rule_idx].get_or_insert_with(|| rule.regex.create_cache());
-        let caps = scratch.captures[rule_idx].get_or_insert_with(|| rule.regex.create_captures());
+        let regex = rule.regex();
+        let cache = scratch.caches[rule_idx].get_or_insert_with(|| regex.create_cache());
+        let caps = scratch.captures[rule_idx].get_or_insert_with(|| regex.create_captures());
         let mut pos = start;
         while pos <= end {
             let input = Input::new(hay).range(pos..end);
-            rule.regex.search_captures_with(cache, &input, caps);
+            regex.search_captures_with(cache, &input, caps);
             let Some(whole) = caps.get_match() else { break };
             pos = if whole.end() > whole.start() {
                 whole.end()

@@ -34,6 +34,7 @@ use regex_automata::meta;
 use regex_automata::util::syntax;
 use regex_syntax::hir::{Hir, HirKind};
 use serde::Deserialize;
+use std::sync::OnceLock;
 
 use crate::ScanError;
 
@@ -95,7 +96,10 @@ pub struct Rule {
     pub id: std::sync::Arc<str>,
     /// `spec.name` shared cheaply with findings.
     pub name: std::sync::Arc<str>,
-    pub(crate) regex: meta::Regex,
+    /// The pattern with its open repetitions capped.
+    hir: Hir,
+    /// The compiled pattern, built on first use (see [`Rule::regex`]).
+    regex: OnceLock<meta::Regex>,
     /// Index of the capture group holding the secret (0 = whole match).
     pub(crate) secret_group: usize,
     /// Index of a capture group named `user`: a secret equal to it is a
@@ -109,6 +113,21 @@ pub struct Rule {
 impl Rule {
     /// Compiles one rule.
     pub fn compile(spec: RuleSpec, provider: &str) -> Result<Self, ScanError> {
+        let rule = Self::parse(spec, provider)?;
+        let regex = build_regex(&rule.hir).map_err(|e| ScanError::Rule {
+            rule_id: rule.spec.id.clone(),
+            message: format!("bad pattern: {e}"),
+        })?;
+        rule.regex.set(regex).expect("a new rule has no regex yet");
+        Ok(rule)
+    }
+
+    /// Parses one rule and defers building its regex to its first use: most
+    /// built-in rules never see their keyword in a given scan, and building
+    /// all 200-odd regexes would be most of a small scan's time. Only for
+    /// rules whose regexes are known to build (the built-in ones, which the
+    /// tests build).
+    fn parse(spec: RuleSpec, provider: &str) -> Result<Self, ScanError> {
         let err = |message: String| ScanError::Rule {
             rule_id: spec.id.clone(),
             message,
@@ -120,17 +139,8 @@ impl Rule {
         let hir = syntax::parse_with(&spec.pattern, &syntax)
             .map_err(|e| err(format!("bad pattern: {e}")))?;
         let hir = cap_repetitions(hir);
-        let regex = meta::Regex::builder()
-            .configure(meta::Config::new().utf8_empty(false))
-            .build_from_hir(&hir)
-            .map_err(|e| err(format!("bad pattern: {e}")))?;
-        let secret_group = regex
-            .group_info()
-            .to_index(regex_automata::PatternID::ZERO, "secret")
-            .unwrap_or(0);
-        let user_group = regex
-            .group_info()
-            .to_index(regex_automata::PatternID::ZERO, "user");
+        let secret_group = capture_index(&hir, "secret").unwrap_or(0);
+        let user_group = capture_index(&hir, "user");
         let max_match_len = hir.properties().maximum_len();
         Ok(Self {
             max_match_len,
@@ -139,9 +149,40 @@ impl Rule {
             id: spec.id.as_str().into(),
             name: spec.name.as_str().into(),
             spec,
-            regex,
+            hir,
+            regex: OnceLock::new(),
             secret_group,
         })
+    }
+
+    /// The rule's compiled regex.
+    pub(crate) fn regex(&self) -> &meta::Regex {
+        self.regex.get_or_init(|| {
+            build_regex(&self.hir)
+                .unwrap_or_else(|e| panic!("built-in rule {} does not build: {e}", self.spec.id))
+        })
+    }
+}
+
+/// Builds a rule's regex; the error is the build error's message.
+fn build_regex(hir: &Hir) -> Result<meta::Regex, String> {
+    meta::Regex::builder()
+        .configure(meta::Config::new().utf8_empty(false))
+        .build_from_hir(hir)
+        .map_err(|e| e.to_string())
+}
+
+/// The group index of the capture named `name` (as the compiled regex
+/// numbers its groups: 0 is the whole match, then captures in order).
+fn capture_index(hir: &Hir, name: &str) -> Option<usize> {
+    match hir.kind() {
+        HirKind::Capture(cap) if cap.name.as_deref() == Some(name) => Some(cap.index as usize),
+        HirKind::Capture(cap) => capture_index(&cap.sub, name),
+        HirKind::Repetition(rep) => capture_index(&rep.sub, name),
+        HirKind::Concat(subs) | HirKind::Alternation(subs) => {
+            subs.iter().find_map(|h| capture_index(h, name))
+        }
+        HirKind::Empty | HirKind::Literal(_) | HirKind::Class(_) | HirKind::Look(_) => None,
     }
 }
 
@@ -195,19 +236,28 @@ impl RuleSet {
     pub fn builtin() -> Result<Self, ScanError> {
         let mut set = Self::default();
         for (file, text) in builtin::FILES {
-            set.add_toml(file, text)?;
+            set.add_rules_file(file, text, Rule::parse)?;
         }
         Ok(set)
     }
 
     /// Adds every rule of a TOML rules file. Ids must stay unique.
     pub fn add_toml(&mut self, file: &str, text: &str) -> Result<(), ScanError> {
+        self.add_rules_file(file, text, Rule::compile)
+    }
+
+    fn add_rules_file(
+        &mut self,
+        file: &str,
+        text: &str,
+        compile: fn(RuleSpec, &str) -> Result<Rule, ScanError>,
+    ) -> Result<(), ScanError> {
         let parsed: RuleFile = toml::from_str(text).map_err(|e| ScanError::RuleFile {
             file: file.to_string(),
             message: e.to_string(),
         })?;
         for spec in parsed.rules {
-            self.add(Rule::compile(spec, &parsed.provider)?)?;
+            self.add(compile(spec, &parsed.provider)?)?;
         }
         Ok(())
     }
@@ -242,5 +292,44 @@ impl RuleSet {
     /// Whether there are no rules.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_rules_build_lazily_with_the_groups_their_regex_numbers() {
+        let rules = RuleSet::builtin().unwrap();
+        assert!(rules.rules().iter().all(|r| r.regex.get().is_none()));
+        for rule in rules.rules() {
+            let info = rule.regex().group_info();
+            let index = |name| info.to_index(regex_automata::PatternID::ZERO, name);
+            assert_eq!(
+                index("secret").unwrap_or(0),
+                rule.secret_group,
+                "{}",
+                rule.spec.id
+            );
+            assert_eq!(index("user"), rule.user_group, "{}", rule.spec.id);
+        }
+    }
+
+    #[test]
+    fn custom_rules_with_a_regex_too_large_to_build_are_refused_up_front() {
+        let spec = RuleSpec {
+            id: "custom.huge".into(),
+            name: "huge".into(),
+            pattern: r"key(?:\w{1000}){1000}".into(),
+            keywords: vec!["key".into()],
+            min_entropy: None,
+            validator: None,
+            generic: false,
+            references: vec![],
+            examples: vec![],
+            negative_examples: vec![],
+        };
+        assert!(Rule::compile(spec, "custom").is_err());
     }
 }
