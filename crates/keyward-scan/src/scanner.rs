@@ -196,6 +196,9 @@ pub(crate) struct Worker<'s> {
     pub scanner: &'s Scanner,
     scratch: Scratch,
     buf: Vec<u8>,
+    /// The start of the current file, read to tell archives from content
+    /// (see `input::archive`).
+    pub head: Vec<u8>,
 }
 
 impl<'s> Worker<'s> {
@@ -204,6 +207,7 @@ impl<'s> Worker<'s> {
             scanner,
             scratch: scanner.matcher.scratch(),
             buf: Vec::new(),
+            head: Vec::new(),
         }
     }
 

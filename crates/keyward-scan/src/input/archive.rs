@@ -233,6 +233,11 @@ pub(crate) fn scan_bytes(
     scan_seekable(worker, origin, Cursor::new(bytes), sink);
 }
 
+/// Bytes read from the start of a file or blob before deciding what it is.
+/// Most source files are shorter: they are read with one call (and one more
+/// that finds their end), with no seek and no second read of their start.
+const HEAD_LEN: usize = 64 * 1024;
+
 fn scan_seekable<R: Read + Seek>(
     worker: &mut Worker<'_>,
     origin: &Origin<'_>,
@@ -240,19 +245,24 @@ fn scan_seekable<R: Read + Seek>(
     sink: &dyn Sink,
 ) {
     let budget = new_budget(worker);
+    let mut head = std::mem::take(&mut worker.head);
+    head.resize(HEAD_LEN, 0);
     let result = (|| {
-        let mut head = [0u8; 4];
         let n = read_full(&mut source, &mut head)?;
-        source.seek(SeekFrom::Start(0))?;
-        if n == 4
-            && sniff(&head) == Some(Kind::Zip)
+        if sniff(&head[..n.min(4)]) == Some(Kind::Zip)
             && worker.scanner.options.archives.max_depth > 0
         {
+            source.seek(SeekFrom::Start(0))?;
             scan_zip_seekable(worker, origin, source, &budget, sink)
+        } else if n < head.len() {
+            // The whole input is in `head`.
+            scan_entry(worker, origin, &mut &head[..n], 0, &budget, sink)
         } else {
-            scan_entry(worker, origin, &mut source, 0, &budget, sink)
+            let mut rest = (&head[..n]).chain(source);
+            scan_entry(worker, origin, &mut rest, 0, &budget, sink)
         }
     })();
+    worker.head = head;
     if let Err(e) = result {
         report(worker, origin.path, &e, sink);
     }

@@ -240,3 +240,37 @@ fn paths_join_the_given_root_and_the_relative_path() {
         dir.path().join("src/conf/app.yml").display().to_string()
     );
 }
+
+#[test]
+fn files_around_the_sniffed_head_length_are_scanned_whole() {
+    // A file's first 64 KiB are read once to tell archives from content;
+    // a key before, across and after that point, in files shorter, equal
+    // and longer than it, is found once at its line.
+    const HEAD: usize = 64 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let scanner = scanner();
+    let key = keyward_key(KEY_RANDOM);
+    for (i, (start, len)) in [
+        (10, HEAD - 1),
+        (HEAD - key.len() - 1, HEAD),
+        (HEAD - 20, HEAD + 100),
+        (HEAD + 10, 3 * HEAD),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut text = "x\n".repeat(start / 2);
+        let line = text.matches('\n').count() as u64 + 1;
+        text.push_str(&key);
+        while text.len() < len {
+            text.push('\n');
+        }
+        text.truncate(len.max(start + key.len()));
+        let path = dir.path().join(format!("f{i}.txt"));
+        std::fs::write(&path, &text).unwrap();
+        let out = scan_paths(&scanner, &[&path]);
+        assert_eq!(out.findings.len(), 1, "case {i}: {:#?}", out.findings);
+        assert_eq!(out.findings[0].line, line, "case {i}");
+        assert_eq!(out.findings[0].secret.expose(), key.as_bytes());
+    }
+}
