@@ -20,8 +20,9 @@ use aho_corasick::{dfa, Anchored, MatchKind};
 /// Segments walked at once.
 const STREAMS: usize = 4;
 
-/// Haystacks shorter than this are walked as one segment.
-pub(crate) const MIN_STREAMED_LEN: usize = 4096;
+/// Haystacks shorter than this are walked as one segment (a quarter of the
+/// bytes of source code are in files under 16 KiB, 6 % under 4 KiB).
+pub(crate) const MIN_STREAMED_LEN: usize = 512;
 
 /// A compiled set of keywords.
 #[derive(Debug, Clone)]

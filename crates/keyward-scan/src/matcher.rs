@@ -411,7 +411,13 @@ mod tests {
         let rules = RuleSet::builtin().unwrap();
         let matcher = Matcher::new(rules.clone(), ValueAllowlist::default());
         let mut scratch = matcher.scratch();
-        let len = 4 * MIN_STREAMED_LEN;
+        let longest = rules
+            .rules()
+            .iter()
+            .flat_map(|r| r.spec.examples.iter().map(String::len))
+            .max()
+            .unwrap();
+        let len = 4 * MIN_STREAMED_LEN.max(2 * longest);
         let boundary = len.div_ceil(4);
         for (i, rule) in rules.rules().iter().enumerate() {
             for example in &rule.spec.examples {
