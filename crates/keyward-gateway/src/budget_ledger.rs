@@ -11,8 +11,8 @@
 //! (Several nodes need a shared ledger — Redis — which this module's interface is
 //! shaped for; until then, hard limits are exact per node.)
 
+use crate::FastMap as HashMap;
 use keyward_core::{Budget, BudgetScope};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// Spend of one budget in one period.

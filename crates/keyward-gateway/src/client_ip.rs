@@ -68,8 +68,52 @@ fn parse_hop(s: &str) -> Option<IpAddr> {
     None
 }
 
+/// The address as text, as `Display` writes it. IPv4 is written by hand: this
+/// runs for every request, and `Display`'s formatting machinery cost about 2 %
+/// of a proxied request's instructions.
+pub fn text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut out = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn text_matches_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.10.100.200",
+            "::1",
+            "2001:db8::1",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(super::text(ip), ip.to_string());
+        }
+        for n in 0..=255u8 {
+            let ip = std::net::IpAddr::from([n, 255 - n, n / 2, 7]);
+            assert_eq!(super::text(ip), ip.to_string());
+        }
+    }
+
     use super::*;
 
     fn headers(xff: &str) -> HeaderMap {

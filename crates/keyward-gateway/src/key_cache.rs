@@ -5,9 +5,9 @@
 //! Entries older than `ttl` are re-read from storage: this bounds how long another
 //! node's revocation can go unseen when no broadcast channel is configured.
 
+use crate::FastMap as HashMap;
 use keyward_core::{KeyHash, KeyId};
 use keyward_store::KeyRecord;
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 struct Entry {

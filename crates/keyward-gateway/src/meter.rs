@@ -181,7 +181,7 @@ impl Body for MeteredBody {
                     };
                     match &mut this.tap {
                         Tap::Sse(tap) => {
-                            let out = tap.push(&data);
+                            let out = tap.push(data);
                             if out.is_empty() {
                                 continue;
                             }

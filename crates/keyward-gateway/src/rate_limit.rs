@@ -9,8 +9,8 @@
 //! back; a committed one gives back only its in-flight slot and the difference
 //! between estimated and actual tokens.
 
+use crate::FastMap as HashMap;
 use keyward_core::{KeyId, ProjectId};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 const MINUTE_MS: f64 = 60_000.0;

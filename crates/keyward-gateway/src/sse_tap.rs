@@ -35,16 +35,41 @@ impl SseTap {
     }
 
     /// Takes one frame from the upstream and returns what to send to the client now.
-    pub fn push(&mut self, frame: &[u8]) -> Bytes {
-        self.pending.extend_from_slice(frame);
-        let mut out = BytesMut::with_capacity(self.pending.len());
-        while let Some(end) = event_end(&self.pending) {
-            let event = self.pending.split_to(end);
-            if self.keep(&event) {
-                out.extend_from_slice(&event);
+    ///
+    /// A frame that starts on an event boundary is inspected in place, and its
+    /// complete events are forwarded without a copy when all are kept (the common
+    /// case: only a usage chunk the client did not ask for is ever removed). Only
+    /// an incomplete trailing event is copied, to wait for the rest.
+    pub fn push(&mut self, frame: Bytes) -> Bytes {
+        if !self.pending.is_empty() {
+            self.pending.extend_from_slice(&frame);
+            let mut out = BytesMut::with_capacity(self.pending.len());
+            while let Some(end) = event_end(&self.pending) {
+                let event = self.pending.split_to(end);
+                if self.keep(&event) {
+                    out.extend_from_slice(&event);
+                }
             }
+            return out.freeze();
         }
-        out.freeze()
+        let mut start = 0;
+        // Kept events, once one has been dropped (until then, a prefix of `frame`).
+        let mut copied: Option<BytesMut> = None;
+        while let Some(len) = event_end(&frame[start..]) {
+            let event = &frame[start..start + len];
+            let keep = self.keep(event);
+            match (&mut copied, keep) {
+                (Some(out), true) => out.extend_from_slice(event),
+                (None, false) => copied = Some(BytesMut::from(&frame[..start])),
+                _ => {}
+            }
+            start += len;
+        }
+        self.pending.extend_from_slice(&frame[start..]);
+        match copied {
+            Some(out) => out.freeze(),
+            None => frame.slice(..start),
+        }
     }
 
     /// Whatever is left when the upstream ends (an unterminated last event).
@@ -127,7 +152,7 @@ mod tests {
     #[test]
     fn strips_the_usage_chunk_the_client_did_not_ask_for() {
         let mut tap = SseTap::new(true);
-        let out = tap.push(format!("{CHUNK}{USAGE}{DONE}").as_bytes());
+        let out = tap.push(Bytes::from(format!("{CHUNK}{USAGE}{DONE}")));
         assert_eq!(out, format!("{CHUNK}{DONE}").as_bytes());
         assert_eq!(
             tap.usage,
@@ -146,7 +171,7 @@ mod tests {
         let all = format!("{CHUNK}{USAGE}{DONE}");
         let mut out = Vec::new();
         for piece in all.as_bytes().chunks(7) {
-            out.extend_from_slice(&tap.push(piece));
+            out.extend_from_slice(&tap.push(Bytes::copy_from_slice(piece)));
         }
         out.extend_from_slice(&tap.finish());
         assert_eq!(out, all.as_bytes());
@@ -159,7 +184,7 @@ mod tests {
         let last = "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":4}}\r\n\r\n";
         assert_eq!(event_end(last.as_bytes()), Some(last.len()));
         assert_eq!(event_end(b"data: x\n"), None);
-        let out = tap.push(last.as_bytes());
+        let out = tap.push(Bytes::from_static(last.as_bytes()));
         assert_eq!(
             out,
             last.as_bytes(),
@@ -169,10 +194,33 @@ mod tests {
     }
 
     #[test]
+    fn every_split_of_a_stream_gives_the_same_output() {
+        let all = format!("{CHUNK}{CHUNK}{USAGE}{CHUNK}{DONE}");
+        let want = format!("{CHUNK}{CHUNK}{CHUNK}{DONE}");
+        for size in 1..=all.len() {
+            let mut tap = SseTap::new(true);
+            let mut out = Vec::new();
+            for piece in all.as_bytes().chunks(size) {
+                out.extend_from_slice(&tap.push(Bytes::copy_from_slice(piece)));
+            }
+            out.extend_from_slice(&tap.finish());
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                want,
+                "frames of {size} bytes"
+            );
+            assert_eq!(tap.usage.unwrap().output, 2);
+            assert_eq!(tap.text_events, 3);
+        }
+    }
+
+    #[test]
     fn counts_text_events_without_usage() {
         let mut tap = SseTap::new(true);
-        tap.push(CHUNK.repeat(5).as_bytes());
-        tap.push(b"data: {\"choices\":[{\"delta\":{\"content\":\"\"}}]}\n\n");
+        tap.push(Bytes::from(CHUNK.repeat(5)));
+        tap.push(Bytes::from_static(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"\"}}]}\n\n",
+        ));
         assert_eq!(tap.text_events, 5);
         assert_eq!(tap.usage, None);
     }

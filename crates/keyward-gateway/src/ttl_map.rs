@@ -1,7 +1,7 @@
 //! A small map whose entries are trusted for a fixed time, for the records the
 //! gateway reads on every request (projects, parent keys, budgets).
 
-use std::collections::HashMap;
+use crate::FastMap as HashMap;
 use std::hash::Hash;
 use std::sync::RwLock;
 

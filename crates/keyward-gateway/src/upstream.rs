@@ -32,6 +32,12 @@ thread_local! {
 #[derive(Clone)]
 pub struct Upstream {
     id: u64,
+    /// `Authorization: Bearer <upstream key>`, built once and marked sensitive.
+    authorization: Option<http::HeaderValue>,
+    /// `Host` for upstream requests (the base URL's authority).
+    host: http::HeaderValue,
+    /// The base's path when it is exactly `/v1`: client paths then pass as they are.
+    base_is_v1: bool,
     connect_timeout: Duration,
     base: Uri,
     timeout: Duration,
@@ -41,8 +47,20 @@ impl Upstream {
     /// A client for `config`, with the given connect and response-header timeouts.
     pub fn new(config: &UpstreamConfig, connect_timeout: Duration, timeout: Duration) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let authorization = config.api_key.as_ref().and_then(|k| {
+            let mut v = http::HeaderValue::from_str(&format!("Bearer {}", k.expose())).ok()?;
+            v.set_sensitive(true);
+            Some(v)
+        });
+        if config.api_key.is_some() && authorization.is_none() {
+            // Never name the value: it is the upstream key.
+            tracing::error!("the upstream key contains characters not allowed in an HTTP header; requests are forwarded without it");
+        }
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            authorization,
+            host: host_header(&config.base_url),
+            base_is_v1: config.base_url.path().trim_end_matches('/') == "/v1",
             connect_timeout,
             base: config.base_url.clone(),
             timeout,
@@ -63,18 +81,33 @@ impl Upstream {
         })
     }
 
+    /// The `Authorization` header the upstream gets, when a key is configured.
+    pub fn authorization(&self) -> Option<&http::HeaderValue> {
+        self.authorization.as_ref()
+    }
+
+    /// The `Host` header the upstream gets.
+    pub fn host(&self) -> &http::HeaderValue {
+        &self.host
+    }
+
     /// The upstream URL for a client path under `/v1` (`/v1/chat/completions?x`
     /// becomes `<base>/chat/completions?x`).
-    pub fn url_for(&self, path_and_query: &str) -> Result<Uri, GatewayError> {
-        let rest = path_and_query.strip_prefix("/v1").unwrap_or(path_and_query);
-        let base_path = self.base.path().trim_end_matches('/');
-        let pq: PathAndQuery = format!("{base_path}{rest}")
-            .parse()
-            .map_err(|_| GatewayError::BadRequest("The request path is not valid.".into()))?;
+    pub fn url_for(&self, client: &PathAndQuery) -> Result<Uri, GatewayError> {
+        let invalid = || GatewayError::BadRequest("The request path is not valid.".into());
+        let pq = if self.base_is_v1 && client.path().starts_with("/v1") {
+            client.clone()
+        } else {
+            let rest = client.as_str();
+            let rest = rest.strip_prefix("/v1").unwrap_or(rest);
+            let base_path = self.base.path().trim_end_matches('/');
+            format!("{base_path}{rest}")
+                .parse()
+                .map_err(|_| invalid())?
+        };
         let mut parts = self.base.clone().into_parts();
         parts.path_and_query = Some(pq);
-        Uri::from_parts(parts)
-            .map_err(|_| GatewayError::BadRequest("The request path is not valid.".into()))
+        Uri::from_parts(parts).map_err(|_| invalid())
     }
 
     /// Sends a request, mapping failures to 502 (unreachable) and 504 (no answer in time).
@@ -96,6 +129,17 @@ impl Upstream {
             }
         }
     }
+}
+
+/// `host[:port]` of the base URL (never its user info).
+fn host_header(base: &Uri) -> http::HeaderValue {
+    let host = base.host().unwrap_or("localhost");
+    let text = match base.port_u16() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    http::HeaderValue::from_str(&text)
+        .unwrap_or_else(|_| http::HeaderValue::from_static("localhost"))
 }
 
 fn build_pool(connect_timeout: Duration) -> Pool {

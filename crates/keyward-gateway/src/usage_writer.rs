@@ -10,9 +10,9 @@
 //! gateway's CPU per request; docs/BENCHMARKS.md).
 
 use crate::metrics::Metrics;
+use crate::FastMap as HashMap;
 use keyward_core::KeyId;
 use keyward_store::{SharedStore, UsageEvent};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,7 +159,7 @@ async fn write(store: &SharedStore, batch: &mut Vec<UsageEvent>, metrics: &Metri
             }
         }
     }
-    let mut last_used: HashMap<KeyId, i64> = HashMap::new();
+    let mut last_used: HashMap<KeyId, i64> = HashMap::default();
     for e in batch.iter() {
         let t = last_used.entry(e.key_id.clone()).or_insert(e.at);
         *t = (*t).max(e.at);

@@ -33,7 +33,80 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 const READERS: u32 = 4;
 /// Rows per multi-row INSERT: 17 columns × 1,000 stays well under SQLite's limit of
 /// 32,766 bound parameters.
-const ROWS_PER_INSERT: usize = 1_000;
+/// Rows per multi-row INSERT. A batch is cut into chunks of these sizes, largest
+/// first, so only five distinct statements exist: each is prepared once and
+/// cached, where a chunk of any size would parse a new statement of thousands
+/// of placeholders for almost every batch (measured: about 2 % of the gateway's
+/// CPU at 35,000 requests/s).
+const INSERT_CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
+
+/// The usage INSERT statements, one text per chunk size, built once: building
+/// thousands of placeholders per batch was itself a measurable cost.
+mod statements {
+    use super::INSERT_CHUNKS;
+    use crate::common;
+    use std::sync::OnceLock;
+
+    fn cached(
+        cache: &'static [OnceLock<String>; INSERT_CHUNKS.len()],
+        rows: usize,
+        build: impl FnOnce(usize) -> String,
+    ) -> &'static str {
+        let slot = INSERT_CHUNKS
+            .iter()
+            .position(|&n| n == rows)
+            .expect("chunk sizes come from INSERT_CHUNKS");
+        cache[slot].get_or_init(|| build(rows))
+    }
+
+    fn values(rows: usize, columns: usize) -> String {
+        let row = format!("({})", vec!["?"; columns].join(", "));
+        vec![row; rows].join(", ")
+    }
+
+    /// `INSERT INTO usage_events … VALUES` with `rows` rows.
+    pub(super) fn usage_events(rows: usize) -> &'static str {
+        static CACHE: [OnceLock<String>; INSERT_CHUNKS.len()] =
+            [const { OnceLock::new() }; INSERT_CHUNKS.len()];
+        cached(&CACHE, rows, |rows| {
+            let columns = common::USAGE_EVENT_COLUMNS.split(',').count();
+            format!(
+                "INSERT INTO usage_events ({}) VALUES {}",
+                common::USAGE_EVENT_COLUMNS,
+                values(rows, columns)
+            )
+        })
+    }
+
+    /// The hourly rollup upsert with `rows` rows: counters are added to the hour's.
+    pub(super) fn usage_hourly(rows: usize) -> &'static str {
+        static CACHE: [OnceLock<String>; INSERT_CHUNKS.len()] =
+            [const { OnceLock::new() }; INSERT_CHUNKS.len()];
+        cached(&CACHE, rows, |rows| {
+            let add: Vec<String> = common::COUNTERS
+                .iter()
+                .map(|c| format!("{c} = usage_hourly.{c} + excluded.{c}"))
+                .collect();
+            format!(
+                "INSERT INTO usage_hourly (key_id, hour_start, project_id, org_id, {}) VALUES {} \
+                 ON CONFLICT (key_id, hour_start) DO UPDATE SET {}",
+                common::COUNTERS.join(", "),
+                values(rows, 4 + common::COUNTERS.len()),
+                add.join(", ")
+            )
+        })
+    }
+}
+
+/// `items` cut into chunks of the sizes in [`INSERT_CHUNKS`].
+fn insert_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let size = INSERT_CHUNKS.into_iter().find(|&n| n <= items.len())?;
+        let (chunk, rest) = items.split_at(size);
+        items = rest;
+        Some(chunk)
+    })
+}
 
 /// The SQLite store. Cheap to clone (two pools).
 #[derive(Clone, Debug)]
@@ -415,60 +488,49 @@ impl Store for SqliteStore {
         }
         let deltas = common::hourly_deltas(events);
         let mut tx = self.writer.begin().await.map_err(backend)?;
-        for chunk in events.chunks(ROWS_PER_INSERT) {
-            let mut qb = QueryBuilder::<Sqlite>::new(format!(
-                "INSERT INTO usage_events ({}) ",
-                common::USAGE_EVENT_COLUMNS
-            ));
-            qb.push_values(chunk, |mut row, e| {
-                row.push_bind(e.key_id.as_str())
-                    .push_bind(e.project_id.as_str())
-                    .push_bind(e.org_id.as_str())
-                    .push_bind(e.at)
-                    .push_bind(e.endpoint.as_str())
-                    .push_bind(e.model.as_str())
-                    .push_bind(i32::from(e.status))
-                    .push_bind(e.input_tokens)
-                    .push_bind(e.cached_input_tokens)
-                    .push_bind(e.output_tokens)
-                    .push_bind(e.reasoning_tokens)
-                    .push_bind(e.cost_micros.0)
-                    .push_bind(e.upstream_latency_ms)
-                    .push_bind(e.total_latency_ms)
-                    .push_bind(e.client_ip.as_deref())
-                    .push_bind(e.streamed)
-                    .push_bind(e.incomplete);
-            });
-            qb.build().execute(&mut *tx).await.map_err(backend)?;
+        for chunk in insert_chunks(events) {
+            let mut q = sqlx::query(statements::usage_events(chunk.len()));
+            for e in chunk {
+                q = q
+                    .bind(e.key_id.as_str())
+                    .bind(e.project_id.as_str())
+                    .bind(e.org_id.as_str())
+                    .bind(e.at)
+                    .bind(e.endpoint.as_str())
+                    .bind(e.model.as_str())
+                    .bind(i32::from(e.status))
+                    .bind(e.input_tokens)
+                    .bind(e.cached_input_tokens)
+                    .bind(e.output_tokens)
+                    .bind(e.reasoning_tokens)
+                    .bind(e.cost_micros.0)
+                    .bind(e.upstream_latency_ms)
+                    .bind(e.total_latency_ms)
+                    .bind(e.client_ip.as_deref())
+                    .bind(e.streamed)
+                    .bind(e.incomplete);
+            }
+            q.execute(&mut *tx).await.map_err(backend)?;
         }
         let deltas: Vec<_> = deltas.into_iter().collect();
-        for chunk in deltas.chunks(ROWS_PER_INSERT) {
-            let mut qb = QueryBuilder::<Sqlite>::new(format!(
-                "INSERT INTO usage_hourly (key_id, hour_start, project_id, org_id, {}) ",
-                common::COUNTERS.join(", ")
-            ));
-            qb.push_values(chunk, |mut row, ((key, hour), d)| {
+        for chunk in insert_chunks(&deltas) {
+            let mut q = sqlx::query(statements::usage_hourly(chunk.len()));
+            for ((key, hour), d) in chunk {
                 let t = &d.totals;
-                row.push_bind(*key)
-                    .push_bind(*hour)
-                    .push_bind(d.project_id)
-                    .push_bind(d.org_id)
-                    .push_bind(t.requests)
-                    .push_bind(t.errors)
-                    .push_bind(t.input_tokens)
-                    .push_bind(t.cached_input_tokens)
-                    .push_bind(t.output_tokens)
-                    .push_bind(t.reasoning_tokens)
-                    .push_bind(t.cost_micros);
-            });
-            qb.push(" ON CONFLICT (key_id, hour_start) DO UPDATE SET ");
-            for (i, c) in common::COUNTERS.iter().enumerate() {
-                if i > 0 {
-                    qb.push(", ");
-                }
-                qb.push(format_args!("{c} = usage_hourly.{c} + excluded.{c}"));
+                q = q
+                    .bind(*key)
+                    .bind(*hour)
+                    .bind(d.project_id)
+                    .bind(d.org_id)
+                    .bind(t.requests)
+                    .bind(t.errors)
+                    .bind(t.input_tokens)
+                    .bind(t.cached_input_tokens)
+                    .bind(t.output_tokens)
+                    .bind(t.reasoning_tokens)
+                    .bind(t.cost_micros);
             }
-            qb.build().execute(&mut *tx).await.map_err(backend)?;
+            q.execute(&mut *tx).await.map_err(backend)?;
         }
         tx.commit().await.map_err(backend)
     }
@@ -869,5 +931,22 @@ impl Store for SqliteStore {
         limit: i64,
     ) -> StoreResult<Vec<crate::Delivery>> {
         self.leaks_list_deliveries(target, limit).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::insert_chunks;
+
+    #[test]
+    fn insert_chunks_cover_every_row_once_in_few_sizes() {
+        for n in [0usize, 1, 3, 4, 17, 255, 256, 1000, 2001] {
+            let rows: Vec<usize> = (0..n).collect();
+            let chunks: Vec<&[usize]> = insert_chunks(&rows).collect();
+            assert_eq!(chunks.concat(), rows);
+            assert!(chunks
+                .iter()
+                .all(|c| [256, 64, 16, 4, 1].contains(&c.len())));
+        }
     }
 }
