@@ -4,6 +4,9 @@
 #
 #   cargo build --release -p keyward && benches/scan.sh
 #
+# On a shared machine, hold the benchmark lock so that no other timed run
+# overlaps: flock /tmp/keyward-bench.lock benches/scan.sh
+#
 # Corpora (built once under $WORK, reused by later runs):
 #   tree     real source: the cargo registry sources, copied until >= MIN_MB
 #   history  a git repository whose history commits those crate sources one
