@@ -1,12 +1,14 @@
 //! The two-stage matcher.
 //!
 //! Stage one finds every place where a keyword of a rule starts (all keywords
-//! of all rules at once, ASCII case-insensitive; see [`crate::keywords`]) and
-//! keeps the longest keyword at each. Only rules whose keyword occurs in the
-//! haystack go to stage two, where that rule's own regex finds the match and its captures —
-//! and only in windows around the keyword hits (`WINDOW_BACK` bytes before a
-//! hit to `WINDOW_FORWARD` after it, overlapping windows merged), so a rare
-//! keyword costs a few KiB of regex work, not a pass over the whole block.
+//! of all rules at once, ASCII case-insensitive; the crate's `keywords`
+//! module) and keeps the longest keyword at each. Only rules whose keyword
+//! occurs in the haystack go to stage two, where that rule's own regex finds
+//! the match and its captures — and only in windows around the keyword hits
+//! (`WINDOW_BACK` bytes before a hit to the longest match the rule's pattern
+//! allows after it, at most `WINDOW_FORWARD`; overlapping windows merged), so
+//! a keyword costs at most a few hundred bytes of regex work for most rules,
+//! not a pass over the whole block.
 //! Then the secret passes the value checks (entropy, placeholders, checksum
 //! validator, generic-rule context) and overlapping matches are resolved so
 //! that each secret location is reported once, by the most specific rule.
