@@ -21,7 +21,7 @@ use std::time::Duration;
 const USAGE: &str = "usage:
   cargo xtask bench gateway [--duration SECS] [--rounds N] [--out FILE]
   cargo xtask bench keys [--sizes 1000,100000,1000000]
-  cargo xtask bench load HOST:PORT [--connections N] [--duration SECS] [--stream] [--key KEY]";
+  cargo xtask bench load HOST:PORT [--connections N] [--duration SECS] [--stream] [--limited] [--key KEY]";
 
 fn main() {
     if let Err(e) = run() {
@@ -74,8 +74,8 @@ fn run() -> anyhow::Result<()> {
         ["bench", "load", addr, rest @ ..] => {
             // One workload against one address, for profiling a single target.
             let addr = addr.parse().context("bench load ADDR: host:port")?;
-            let (mut conns, mut secs, mut streamed, mut key) =
-                (1usize, 5.0f64, false, String::new());
+            let (mut conns, mut secs, mut streamed, mut key, mut limited) =
+                (1usize, 5.0f64, false, String::new(), false);
             let mut it = rest.iter();
             while let Some(flag) = it.next() {
                 let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -84,10 +84,17 @@ fn run() -> anyhow::Result<()> {
                     "--duration" => secs = value()?.parse()?,
                     "--key" => key = value()?.to_string(),
                     "--stream" => streamed = true,
+                    "--limited" => limited = true,
                     other => bail!("unknown flag {other}\n{USAGE}"),
                 }
             }
-            let workload = gateway::workloads(&key)[usize::from(streamed)].1.clone();
+            // `--limited`: the requests of the keyward+limits target (an output cap set).
+            let workloads = if limited {
+                gateway::workloads_limited(&key)
+            } else {
+                gateway::workloads(&key)
+            };
+            let workload = workloads[usize::from(streamed)].1.clone();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;

@@ -303,7 +303,8 @@ fn refusal(
 /// Adds OpenAI's `x-ratelimit-*` headers.
 pub fn write_headers(headers: &mut http::HeaderMap, allowances: &RateHeaders) {
     use http::HeaderName as N;
-    let names = [
+    // Constants, so no name is parsed per request.
+    const NAMES: [(N, N, N); 2] = [
         (
             N::from_static("x-ratelimit-limit-requests"),
             N::from_static("x-ratelimit-remaining-requests"),
@@ -315,7 +316,7 @@ pub fn write_headers(headers: &mut http::HeaderMap, allowances: &RateHeaders) {
             N::from_static("x-ratelimit-reset-tokens"),
         ),
     ];
-    for ((limit, remaining, reset), a) in names
+    for ((limit, remaining, reset), a) in NAMES
         .into_iter()
         .zip([allowances.requests, allowances.tokens])
     {
@@ -328,16 +329,30 @@ pub fn write_headers(headers: &mut http::HeaderMap, allowances: &RateHeaders) {
     }
 }
 
-/// Formats a reset time as OpenAI does (`120ms`, `1.5s`, `6m0s`).
+/// Formats a reset time as OpenAI does (`120ms`, `1.5s`, `6m0s`). Integer
+/// arithmetic only: this runs for every rate-limited request.
 pub fn format_reset(ms: i64) -> String {
+    let ms = ms.max(0);
+    let mut out = String::with_capacity(8);
     if ms < 1_000 {
-        format!("{ms}ms")
+        out.push_str(&ms.to_string());
+        out.push_str("ms");
     } else if ms < 60_000 {
-        let s = format!("{:.3}", ms as f64 / 1000.0);
-        format!("{}s", s.trim_end_matches('0').trim_end_matches('.'))
+        out.push_str(&(ms / 1000).to_string());
+        let frac = ms % 1000;
+        if frac > 0 {
+            let digits = format!("{frac:03}");
+            out.push('.');
+            out.push_str(digits.trim_end_matches('0'));
+        }
+        out.push('s');
     } else {
-        format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
+        out.push_str(&(ms / 60_000).to_string());
+        out.push('m');
+        out.push_str(&((ms % 60_000) / 1000).to_string());
+        out.push('s');
     }
+    out
 }
 
 #[cfg(test)]
@@ -446,5 +461,17 @@ mod tests {
         assert_eq!(format_reset(1_500), "1.5s");
         assert_eq!(format_reset(20_000), "20s");
         assert_eq!(format_reset(360_000), "6m0s");
+        // The same text as the float formatting it replaced, everywhere.
+        for ms in (0..120_000).step_by(7) {
+            let old = if ms < 1_000 {
+                format!("{ms}ms")
+            } else if ms < 60_000 {
+                let s = format!("{:.3}", ms as f64 / 1000.0);
+                format!("{}s", s.trim_end_matches('0').trim_end_matches('.'))
+            } else {
+                format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
+            };
+            assert_eq!(format_reset(ms), old, "{ms} ms");
+        }
     }
 }

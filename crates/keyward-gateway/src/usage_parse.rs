@@ -151,18 +151,12 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// End (exclusive) of the string whose opening quote is at `i`. Most strings
-/// in a response are short keys: they are scanned inline, and only a string
-/// longer than 32 bytes (generated text) is handed to `memchr`.
+/// End (exclusive) of the string whose opening quote is at `i`. (`memchr2`
+/// measured faster here than an inline loop even for short keys.)
 fn skip_string(b: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
     loop {
-        let short = b.get(j..)?.iter().take(32).position(|&c| c == b'"' || c == b'\\');
-        let k = match short {
-            Some(p) => j + p,
-            None if b.len() - j <= 32 => return None,
-            None => j + 32 + memchr::memchr2(b'"', b'\\', &b[j + 32..])?,
-        };
+        let k = j + memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
         if b[k] == b'\\' {
             j = k + 2;
         } else {
