@@ -315,14 +315,39 @@ pub(crate) fn hourly_deltas(events: &[UsageEvent]) -> BTreeMap<(&str, i64), Hour
     let mut out: BTreeMap<(&str, i64), HourlyDelta<'_>> = BTreeMap::new();
     for e in events {
         let hour = keyward_core::clock::hour_start(e.at);
-        let d = out
-            .entry((e.key_id.as_str(), hour))
-            .or_insert_with(|| HourlyDelta {
-                project_id: e.project_id.as_str(),
-                org_id: e.org_id.as_str(),
-                totals: UsageTotals::default(),
-            });
-        let t = &mut d.totals;
+        out.entry((e.key_id.as_str(), hour))
+            .or_insert_with(|| HourlyDelta::of(e))
+            .add(e);
+    }
+    out
+}
+
+/// Sums a batch per (key, hour, model), sorted like [`hourly_deltas`].
+pub(crate) fn hourly_model_deltas(
+    events: &[UsageEvent],
+) -> BTreeMap<(&str, i64, &str), HourlyDelta<'_>> {
+    let mut out: BTreeMap<(&str, i64, &str), HourlyDelta<'_>> = BTreeMap::new();
+    for e in events {
+        let hour = keyward_core::clock::hour_start(e.at);
+        out.entry((e.key_id.as_str(), hour, e.model.as_str()))
+            .or_insert_with(|| HourlyDelta::of(e))
+            .add(e);
+    }
+    out
+}
+
+impl<'a> HourlyDelta<'a> {
+    /// An empty delta for `e`'s project and org.
+    fn of(e: &'a UsageEvent) -> Self {
+        HourlyDelta {
+            project_id: e.project_id.as_str(),
+            org_id: e.org_id.as_str(),
+            totals: UsageTotals::default(),
+        }
+    }
+
+    fn add(&mut self, e: &UsageEvent) {
+        let t = &mut self.totals;
         t.requests += 1;
         t.errors += i64::from(e.status >= 400);
         t.input_tokens += e.input_tokens;
@@ -331,7 +356,6 @@ pub(crate) fn hourly_deltas(events: &[UsageEvent]) -> BTreeMap<(&str, i64), Hour
         t.reasoning_tokens += e.reasoning_tokens;
         t.cost_micros += e.cost_micros.0;
     }
-    out
 }
 
 /// The latest use per key, sorted by key id (a stable lock order).

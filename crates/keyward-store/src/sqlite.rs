@@ -24,6 +24,7 @@ use std::path::Path;
 use std::time::Duration;
 
 mod leaks;
+mod usage_blocks;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -64,20 +65,6 @@ mod statements {
         vec![row; rows].join(", ")
     }
 
-    /// `INSERT INTO usage_events … VALUES` with `rows` rows.
-    pub(super) fn usage_events(rows: usize) -> &'static str {
-        static CACHE: [OnceLock<String>; INSERT_CHUNKS.len()] =
-            [const { OnceLock::new() }; INSERT_CHUNKS.len()];
-        cached(&CACHE, rows, |rows| {
-            let columns = common::USAGE_EVENT_COLUMNS.split(',').count();
-            format!(
-                "INSERT INTO usage_events ({}) VALUES {}",
-                common::USAGE_EVENT_COLUMNS,
-                values(rows, columns)
-            )
-        })
-    }
-
     /// The hourly rollup upsert with `rows` rows: counters are added to the hour's.
     pub(super) fn usage_hourly(rows: usize) -> &'static str {
         static CACHE: [OnceLock<String>; INSERT_CHUNKS.len()] =
@@ -92,6 +79,25 @@ mod statements {
                  ON CONFLICT (key_id, hour_start) DO UPDATE SET {}",
                 common::COUNTERS.join(", "),
                 values(rows, 4 + common::COUNTERS.len()),
+                add.join(", ")
+            )
+        })
+    }
+
+    /// The per-model hourly rollup upsert with `rows` rows.
+    pub(super) fn usage_hourly_models(rows: usize) -> &'static str {
+        static CACHE: [OnceLock<String>; INSERT_CHUNKS.len()] =
+            [const { OnceLock::new() }; INSERT_CHUNKS.len()];
+        cached(&CACHE, rows, |rows| {
+            let add: Vec<String> = common::COUNTERS
+                .iter()
+                .map(|c| format!("{c} = usage_hourly_models.{c} + excluded.{c}"))
+                .collect();
+            format!(
+                "INSERT INTO usage_hourly_models (key_id, hour_start, model, project_id, org_id, {}) \
+                 VALUES {} ON CONFLICT (key_id, hour_start, model) DO UPDATE SET {}",
+                common::COUNTERS.join(", "),
+                values(rows, 5 + common::COUNTERS.len()),
                 add.join(", ")
             )
         })
@@ -158,7 +164,7 @@ impl SqliteStore {
 
 /// A rollup query: the summed counters, optionally with a grouping column (an
 /// expression and its alias).
-fn rollup_query<'a>(group: Option<(&str, &str)>) -> QueryBuilder<'a, Sqlite> {
+fn rollup_query<'a>(group: Option<(&str, &str)>, table: &str) -> QueryBuilder<'a, Sqlite> {
     let mut qb = QueryBuilder::new("SELECT ");
     if let Some((expr, alias)) = group {
         qb.push(expr).push(" AS ").push(alias).push(", ");
@@ -169,8 +175,23 @@ fn rollup_query<'a>(group: Option<(&str, &str)>) -> QueryBuilder<'a, Sqlite> {
         }
         qb.push(format_args!("COALESCE(SUM({c}), 0) AS {c}"));
     }
-    qb.push(" FROM usage_hourly");
+    qb.push(" FROM ").push(table);
     qb
+}
+
+/// Binds a rollup row's counters, in the order of [`common::COUNTERS`].
+fn bind_totals<'q>(
+    q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    d: &common::HourlyDelta<'_>,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    let t = &d.totals;
+    q.bind(t.requests)
+        .bind(t.errors)
+        .bind(t.input_tokens)
+        .bind(t.cached_input_tokens)
+        .bind(t.output_tokens)
+        .bind(t.reasoning_tokens)
+        .bind(t.cost_micros)
 }
 
 #[async_trait]
@@ -486,49 +507,35 @@ impl Store for SqliteStore {
         if events.is_empty() {
             return Ok(());
         }
-        let deltas = common::hourly_deltas(events);
+        let block = usage_blocks::encode(events)?;
+        let deltas: Vec<_> = common::hourly_deltas(events).into_iter().collect();
+        let model_deltas: Vec<_> = common::hourly_model_deltas(events).into_iter().collect();
         let mut tx = self.writer.begin().await.map_err(backend)?;
-        for chunk in insert_chunks(events) {
-            let mut q = sqlx::query(statements::usage_events(chunk.len()));
-            for e in chunk {
-                q = q
-                    .bind(e.key_id.as_str())
-                    .bind(e.project_id.as_str())
-                    .bind(e.org_id.as_str())
-                    .bind(e.at)
-                    .bind(e.endpoint.as_str())
-                    .bind(e.model.as_str())
-                    .bind(i32::from(e.status))
-                    .bind(e.input_tokens)
-                    .bind(e.cached_input_tokens)
-                    .bind(e.output_tokens)
-                    .bind(e.reasoning_tokens)
-                    .bind(e.cost_micros.0)
-                    .bind(e.upstream_latency_ms)
-                    .bind(e.total_latency_ms)
-                    .bind(e.client_ip.as_deref())
-                    .bind(e.streamed)
-                    .bind(e.incomplete);
-            }
-            q.execute(&mut *tx).await.map_err(backend)?;
-        }
-        let deltas: Vec<_> = deltas.into_iter().collect();
+        sqlx::query(
+            "INSERT INTO usage_event_blocks (first_at, last_at, events, body) VALUES (?, ?, ?, ?)",
+        )
+        .bind(block.first_at)
+        .bind(block.last_at)
+        .bind(block.events)
+        .bind(block.body)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
         for chunk in insert_chunks(&deltas) {
             let mut q = sqlx::query(statements::usage_hourly(chunk.len()));
             for ((key, hour), d) in chunk {
-                let t = &d.totals;
-                q = q
-                    .bind(*key)
-                    .bind(*hour)
-                    .bind(d.project_id)
-                    .bind(d.org_id)
-                    .bind(t.requests)
-                    .bind(t.errors)
-                    .bind(t.input_tokens)
-                    .bind(t.cached_input_tokens)
-                    .bind(t.output_tokens)
-                    .bind(t.reasoning_tokens)
-                    .bind(t.cost_micros);
+                q = bind_totals(
+                    q.bind(*key).bind(*hour).bind(d.project_id).bind(d.org_id),
+                    d,
+                );
+            }
+            q.execute(&mut *tx).await.map_err(backend)?;
+        }
+        for chunk in insert_chunks(&model_deltas) {
+            let mut q = sqlx::query(statements::usage_hourly_models(chunk.len()));
+            for ((key, hour, model), d) in chunk {
+                q = q.bind(*key).bind(*hour).bind(*model);
+                q = bind_totals(q.bind(d.project_id).bind(d.org_id), d);
             }
             q.execute(&mut *tx).await.map_err(backend)?;
         }
@@ -536,7 +543,7 @@ impl Store for SqliteStore {
     }
 
     async fn usage_totals(&self, filter: &UsageFilter) -> StoreResult<UsageTotals> {
-        let mut qb = rollup_query(None);
+        let mut qb = rollup_query(None, "usage_hourly");
         common::push_usage_filter(
             &mut qb,
             filter,
@@ -556,7 +563,7 @@ impl Store for SqliteStore {
             Bucket::Hour => ("hour_start", HOUR_MS),
             Bucket::Day => ("hour_start - hour_start % 86400000", common::DAY_MS),
         };
-        let mut qb = rollup_query(Some((expr, "bucket_start")));
+        let mut qb = rollup_query(Some((expr, "bucket_start")), "usage_hourly");
         common::push_usage_filter(
             &mut qb,
             filter,
@@ -576,15 +583,7 @@ impl Store for SqliteStore {
     }
 
     async fn usage_events(&self, filter: &UsageFilter, limit: i64) -> StoreResult<Vec<UsageEvent>> {
-        let mut qb = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {} FROM usage_events",
-            common::USAGE_EVENT_COLUMNS
-        ));
-        common::push_usage_filter(&mut qb, filter, "at", filter.from);
-        qb.push(" ORDER BY at DESC, seq DESC LIMIT ")
-            .push_bind(limit.max(0));
-        let rows = qb.build().fetch_all(&self.reader).await.map_err(backend)?;
-        rows.iter().map(common::usage_event).collect()
+        usage_blocks::latest(&self.reader, filter, limit).await
     }
 
     async fn append_audit(&self, event: &NewAuditEvent) -> StoreResult<AuditEvent> {
@@ -820,33 +819,19 @@ impl Store for SqliteStore {
         filter: &UsageFilter,
         by: GroupBy,
     ) -> StoreResult<Vec<UsageGroup>> {
-        let aligned;
-        let mut qb = match by {
-            GroupBy::Key => {
-                let mut qb = rollup_query(Some(("key_id", "grp")));
-                common::push_usage_filter(
-                    &mut qb,
-                    filter,
-                    "hour_start",
-                    common::rounded_from(filter, HOUR_MS),
-                );
-                qb.push(" GROUP BY key_id");
-                qb
-            }
-            GroupBy::Model => {
-                aligned = common::hour_aligned(filter);
-                let mut qb = QueryBuilder::<Sqlite>::new(
-                    "SELECT model AS grp, COUNT(*) AS requests, SUM(status >= 400) AS errors",
-                );
-                for c in &common::COUNTERS[2..] {
-                    qb.push(format_args!(", SUM({c}) AS {c}"));
-                }
-                qb.push(" FROM usage_events");
-                common::push_usage_filter(&mut qb, &aligned, "at", aligned.from);
-                qb.push(" GROUP BY model");
-                qb
-            }
+        // Both groupings read a rollup, so a range is rounded out to whole hours.
+        let (column, table) = match by {
+            GroupBy::Key => ("key_id", "usage_hourly"),
+            GroupBy::Model => ("model", "usage_hourly_models"),
         };
+        let mut qb = rollup_query(Some((column, "grp")), table);
+        common::push_usage_filter(
+            &mut qb,
+            filter,
+            "hour_start",
+            common::rounded_from(filter, HOUR_MS),
+        );
+        qb.push(" GROUP BY ").push(column);
         qb.push(" ORDER BY cost_micros DESC, grp");
         let rows = qb.build().fetch_all(&self.reader).await.map_err(backend)?;
         rows.iter().map(common::usage_group).collect()

@@ -15,6 +15,7 @@ store_tests!(
     raw_events_round_trip_newest_first,
     a_batch_of_5000_events_is_counted_exactly_once,
     concurrent_batches_are_all_counted,
+    latest_events_across_many_batches_match_a_full_sort,
 );
 
 const H: i64 = 3_600_000;
@@ -509,4 +510,69 @@ async fn concurrent_batches_are_all_counted(store: SharedStore) {
             .and_then(|k| k.last_used_at),
         Some(last)
     );
+}
+
+/// Many small batches whose times overlap (a long stream is written after
+/// shorter, later requests), read back through every filter shape and limit:
+/// the result must equal sorting every matching event by (time, insertion)
+/// newest first. Guards SQLite's early stop when walking event blocks.
+async fn latest_events_across_many_batches_match_a_full_sort(store: SharedStore) {
+    let a = key_in_new_project(&store, "acme", "web").await;
+    let b = key_in_new_project(&store, "acme", "api").await;
+    let mut inserted: Vec<UsageEvent> = Vec::new();
+    for batch in 0..90i64 {
+        let events: Vec<UsageEvent> = (0..(batch % 4))
+            .map(|i| {
+                let key = if (batch + i) % 3 == 0 { &b } else { &a };
+                // Times go forward, but every fifth event is an old one.
+                let at = if i == 2 {
+                    DAY + batch * 10 - 400
+                } else {
+                    DAY + batch * 10 + i
+                };
+                UsageEvent {
+                    input_tokens: batch * 10 + i,
+                    ..event(key, at)
+                }
+            })
+            .collect();
+        store.insert_usage(&events).await.unwrap();
+        inserted.extend(events);
+    }
+    let filters = [
+        UsageFilter::default(),
+        UsageFilter {
+            key: Some(b.id.clone()),
+            ..Default::default()
+        },
+        UsageFilter {
+            project: Some(a.project_id.clone()),
+            from: Some(DAY + 200),
+            to: Some(DAY + 700),
+            ..Default::default()
+        },
+    ];
+    for filter in &filters {
+        let mut want: Vec<(usize, &UsageEvent)> = inserted
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| {
+                filter.key.as_ref().is_none_or(|k| *k == e.key_id)
+                    && filter.project.as_ref().is_none_or(|p| *p == e.project_id)
+                    && filter.from.is_none_or(|f| e.at >= f)
+                    && filter.to.is_none_or(|t| e.at < t)
+            })
+            .collect();
+        want.sort_by_key(|x| std::cmp::Reverse((x.1.at, x.0)));
+        assert!(want.len() > 20, "the filter must select enough events");
+        for limit in [1, 7, 40, 1_000] {
+            let got = store.usage_events(filter, limit).await.unwrap();
+            let expected: Vec<UsageEvent> = want
+                .iter()
+                .take(limit as usize)
+                .map(|(_, e)| (*e).clone())
+                .collect();
+            assert_eq!(got, expected, "filter {filter:?}, limit {limit}");
+        }
+    }
 }
