@@ -6,7 +6,6 @@
 
 use crate::base62;
 use crate::secret::Secret;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// Length of the random part.
@@ -164,7 +163,10 @@ pub struct KeyHash(pub [u8; 32]);
 impl KeyHash {
     /// Hashes a key (or any token: leak reports hash what they were given).
     pub fn of(key: &str) -> Self {
-        Self(Sha256::digest(key.as_bytes()).into())
+        let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_ref());
+        Self(out)
     }
 
     /// Lowercase hex, the form stored and compared in databases.
@@ -194,6 +196,20 @@ impl std::fmt::Debug for KeyHash {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn key_hash_is_sha256_of_the_whole_key() {
+        // FIPS 180-2's test vectors.
+        assert_eq!(
+            KeyHash::of("abc").to_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            KeyHash::of("").to_hex(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -5,9 +5,10 @@
 use crate::admission::Admission;
 use crate::sse_tap::SseTap;
 use crate::state::SharedState;
+use crate::upstream::UpstreamBody;
 use crate::usage_parse::read;
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming};
+use hyper::body::{Body, Frame};
 use keyward_core::{Micros, ModelPrice, TokenUsage};
 use keyward_store::{KeyRecord, UsageEvent};
 use std::pin::Pin;
@@ -112,7 +113,7 @@ enum Tap {
 
 /// The upstream's response body on its way to the client, watched for usage.
 pub struct MeteredBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     tap: Tap,
     meter: Option<RequestMeter>,
     ended: bool,
@@ -120,7 +121,7 @@ pub struct MeteredBody {
 
 impl MeteredBody {
     /// Wraps an SSE body; `strip_usage_chunk` as in [`SseTap::new`].
-    pub fn sse(inner: Incoming, meter: RequestMeter, strip_usage_chunk: bool) -> Self {
+    pub fn sse(inner: UpstreamBody, meter: RequestMeter, strip_usage_chunk: bool) -> Self {
         Self {
             inner,
             tap: Tap::Sse(SseTap::new(strip_usage_chunk)),
@@ -130,7 +131,7 @@ impl MeteredBody {
     }
 
     /// Wraps any other body; usage is read from it as JSON at the end.
-    pub fn json(inner: Incoming, meter: RequestMeter) -> Self {
+    pub fn json(inner: UpstreamBody, meter: RequestMeter) -> Self {
         let copy = Vec::with_capacity(inner.size_hint().lower().min(64 * 1024) as usize);
         Self {
             inner,

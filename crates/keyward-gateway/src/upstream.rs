@@ -1,31 +1,58 @@
 //! The pooled HTTP client that talks to the upstream API.
 //!
-//! Each thread that sends requests gets its own connection pool. A pooled
-//! connection is driven by a task on the runtime that opened it; with one
-//! pool per thread, a request served by a thread-per-core worker
-//! (`crate::workers`) and its upstream connection stay on that thread, instead of
-//! handing every request's bytes to another thread and waking it.
+//! Each thread that sends requests keeps its own idle connections. A connection
+//! is driven by a task on the runtime that opened it; with one pool per thread, a
+//! request served by a thread-per-core worker (`crate::workers`) and its upstream
+//! connection stay on that thread, instead of handing every request's bytes to
+//! another thread and waking it.
+//!
+//! The pool is ours, over hyper's HTTP/1 connection API: a per-thread stack of
+//! idle senders, most recently used first. hyper-util's general pool (keyed
+//! maps, locks, waiters) cost about a tenth of the gateway's instructions per
+//! request (docs/BENCHMARKS.md). A connection goes back to the stack when its
+//! response body has been read to the end; a body dropped early closes its
+//! connection, which also ends the upstream request (a client hang-up). A
+//! request that an idle connection could not take (closed by the upstream in the
+//! meantime) is sent again once, on a new connection; one already written is
+//! never sent twice. Upstreams are spoken to in HTTP/1.1 (ALPN offers only
+//! `http/1.1`), as reverse proxies commonly do.
 
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use bytes::Bytes;
 use http::uri::{PathAndQuery, Uri};
 use http_body_util::Full;
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+use tower_service::Service;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-type Pool = Client<Connector, Full<Bytes>>;
+type Sender = SendRequest<Full<Bytes>>;
+
+/// An idle connection is not reused after this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per thread and upstream.
+const MAX_IDLE: usize = 1024;
+
+/// One thread's connections to one upstream.
+struct Pool {
+    upstream: u64,
+    connector: Connector,
+    /// Idle senders with the time they became idle; the newest at the back.
+    idle: VecDeque<(Sender, Instant)>,
+}
 
 thread_local! {
     /// This thread's pools, by [`Upstream::id`] (a process may run several servers,
     /// e.g. in tests).
-    static POOLS: RefCell<Vec<(u64, Pool)>> = const { RefCell::new(Vec::new()) };
+    static POOLS: RefCell<Vec<Pool>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Connection pools (one per thread) to one upstream base URL.
@@ -41,6 +68,14 @@ pub struct Upstream {
     connect_timeout: Duration,
     base: Uri,
     timeout: Duration,
+}
+
+/// Why a request did not get a response.
+enum Failure {
+    /// Opening a connection failed.
+    Connect(Box<dyn std::error::Error + Send + Sync>),
+    /// The connection failed after the request was handed to it.
+    Request(hyper::Error),
 }
 
 impl Upstream {
@@ -67,18 +102,82 @@ impl Upstream {
         }
     }
 
-    /// Starts `req` on this thread's pool, making the pool on first use.
-    fn start(&self, req: http::Request<Full<Bytes>>) -> hyper_util::client::legacy::ResponseFuture {
+    /// An idle connection of this thread, if one is still open.
+    fn checkout(&self) -> Option<Sender> {
         POOLS.with(|pools| {
             let mut pools = pools.borrow_mut();
-            if let Some((_, pool)) = pools.iter().find(|(id, _)| *id == self.id) {
-                return pool.request(req);
+            let pool = pools.iter_mut().find(|p| p.upstream == self.id)?;
+            while let Some((sender, since)) = pool.idle.pop_back() {
+                if since.elapsed() < IDLE_TIMEOUT && !sender.is_closed() {
+                    return Some(sender);
+                }
             }
-            let pool = build_pool(self.connect_timeout);
-            let response = pool.request(req);
-            pools.push((self.id, pool));
-            response
+            None
         })
+    }
+
+    /// This thread's connector to the upstream, made on first use.
+    fn connector(&self) -> Connector {
+        POOLS.with(|pools| {
+            let mut pools = pools.borrow_mut();
+            if let Some(pool) = pools.iter().find(|p| p.upstream == self.id) {
+                return pool.connector.clone();
+            }
+            let connector = build_connector(self.connect_timeout);
+            pools.push(Pool {
+                upstream: self.id,
+                connector: connector.clone(),
+                idle: VecDeque::new(),
+            });
+            connector
+        })
+    }
+
+    /// Opens a new connection, driven by a task on this thread's runtime.
+    async fn connect(&self) -> Result<Sender, Failure> {
+        let mut connector = self.connector();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(Failure::Connect)?;
+        let io = connector
+            .call(self.base.clone())
+            .await
+            .map_err(Failure::Connect)?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(Failure::Request)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends `req` on an idle connection or a new one.
+    async fn exchange(
+        &self,
+        req: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<UpstreamBody>, Failure> {
+        let mut req = req;
+        if let Some(mut sender) = self.checkout() {
+            if sender.ready().await.is_ok() {
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok(pooled(resp, sender, self.id)),
+                    Err(mut e) => match e.take_message() {
+                        // Never written: the connection had closed. Try a new one.
+                        Some(unsent) => req = unsent,
+                        None => return Err(Failure::Request(e.into_error())),
+                    },
+                }
+            }
+        }
+        let mut sender = self.connect().await?;
+        sender.ready().await.map_err(Failure::Request)?;
+        match sender.send_request(req).await {
+            Ok(resp) => Ok(pooled(resp, sender, self.id)),
+            Err(e) => Err(Failure::Request(e)),
+        }
     }
 
     /// The `Authorization` header the upstream gets, when a key is configured.
@@ -114,20 +213,112 @@ impl Upstream {
     pub async fn send(
         &self,
         req: http::Request<Full<Bytes>>,
-    ) -> Result<http::Response<Incoming>, GatewayError> {
-        match tokio::time::timeout(self.timeout, self.start(req)).await {
+    ) -> Result<http::Response<UpstreamBody>, GatewayError> {
+        let mut req = req;
+        // On a connection of its own the request line carries only the path
+        // (origin form); the connection was opened to the base URL's authority.
+        if let Some(pq) = req.uri().path_and_query().cloned() {
+            *req.uri_mut() = Uri::from(pq);
+        }
+        match tokio::time::timeout(self.timeout, self.exchange(req)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout),
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => {
+            Ok(Err(failure)) => {
                 // Never log the request: it carries the upstream key.
-                tracing::warn!(error = %e, connect = e.is_connect(), "upstream request failed");
-                if is_timeout(&e) {
-                    Err(GatewayError::UpstreamTimeout)
+                let timed_out = match &failure {
+                    Failure::Connect(e) => {
+                        tracing::warn!(error = %e, connect = true, "upstream request failed");
+                        is_timeout(e.as_ref())
+                    }
+                    Failure::Request(e) => {
+                        tracing::warn!(error = %e, connect = false, "upstream request failed");
+                        is_timeout(e)
+                    }
+                };
+                Err(if timed_out {
+                    GatewayError::UpstreamTimeout
                 } else {
-                    Err(GatewayError::UpstreamUnreachable)
-                }
+                    GatewayError::UpstreamUnreachable
+                })
             }
         }
+    }
+}
+
+/// The response with its body wrapped so that the connection returns to this
+/// thread's pool once the body has been read to the end.
+fn pooled(
+    resp: http::Response<Incoming>,
+    sender: Sender,
+    upstream: u64,
+) -> http::Response<UpstreamBody> {
+    resp.map(|inner| {
+        let mut body = UpstreamBody {
+            inner,
+            sender: Some(sender),
+            upstream,
+        };
+        body.release_if_done();
+        body
+    })
+}
+
+/// An upstream response body. Its connection goes back to the pool when the
+/// body ends, and is closed if the body is dropped before that.
+pub struct UpstreamBody {
+    inner: Incoming,
+    sender: Option<Sender>,
+    upstream: u64,
+}
+
+impl UpstreamBody {
+    fn release_if_done(&mut self) {
+        if !self.inner.is_end_stream() {
+            return;
+        }
+        let Some(sender) = self.sender.take() else {
+            return;
+        };
+        let upstream = self.upstream;
+        // A thread that is being torn down has no pool to return to.
+        let _ = POOLS.try_with(|pools| {
+            let Ok(mut pools) = pools.try_borrow_mut() else {
+                return;
+            };
+            if let Some(pool) = pools.iter_mut().find(|p| p.upstream == upstream) {
+                if pool.idle.len() >= MAX_IDLE {
+                    pool.idle.pop_front();
+                }
+                pool.idle.push_back((sender, Instant::now()));
+            }
+        });
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(_)) | None => this.release_if_done(),
+            // A broken body leaves its connection unusable: close it.
+            Some(Err(_)) => this.sender = None,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -142,26 +333,21 @@ fn host_header(base: &Uri) -> http::HeaderValue {
         .unwrap_or_else(|_| http::HeaderValue::from_static("localhost"))
 }
 
-fn build_pool(connect_timeout: Duration) -> Pool {
+fn build_connector(connect_timeout: Duration) -> Connector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
         .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .build(https)
+        .wrap_connector(http)
 }
 
-fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {

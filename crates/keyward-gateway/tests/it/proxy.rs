@@ -167,3 +167,102 @@ async fn admin_keys_cannot_call_the_gateway() {
     assert!(msg.contains("Admin keys"), "{msg}");
     assert!(up.seen().is_empty());
 }
+
+/// A bare HTTP/1.1 upstream on a socket that counts its connections and, when
+/// `close_after_each` is set, closes every connection right after its response
+/// without saying so (as an upstream whose keep-alive timeout just ran out).
+async fn counting_upstream(
+    close_after_each: bool,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // One request: its head, then `content-length` bytes.
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < head_end + len {
+                        let mut chunk = [0u8; 4096];
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..head_end + len);
+                    let body = r#"{"object":"list","data":[]}"#;
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if socket.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    if close_after_each {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}/v1"), connections)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_between_requests() {
+    let (base, connections) = counting_upstream(false).await;
+    let kw = Keyward::start(&base).await;
+    let (_, key) = kw.create_key("app", "k1").await;
+    for _ in 0..5 {
+        let r = kw
+            .http
+            .get(format!("{}/v1/models", kw.url))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_idle_connection_closed_by_the_upstream_is_replaced_not_an_error() {
+    let (base, connections) = counting_upstream(true).await;
+    let kw = Keyward::start(&base).await;
+    let (_, key) = kw.create_key("app", "k1").await;
+    for _ in 0..5 {
+        let r = kw
+            .http
+            .get(format!("{}/v1/models", kw.url))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        r.bytes().await.unwrap();
+    }
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 5);
+}
