@@ -132,6 +132,13 @@ impl IntoResponse for GatewayError {
             resp.headers_mut()
                 .insert("www-authenticate", HeaderValue::from_static("Bearer"));
         }
+        if let GatewayError::TooLarge { .. } = &self {
+            // The rest of the body was not read, so the connection cannot carry
+            // another request; saying so keeps clients from reusing it (and
+            // failing their next request on a closed socket).
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let GatewayError::RateLimited(r) = &self {
             let secs = (r.retry_after_ms + 999) / 1000;
             resp.headers_mut()

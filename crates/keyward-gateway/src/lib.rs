@@ -13,6 +13,7 @@ pub mod budget_ledger;
 pub mod client_ip;
 pub mod config;
 pub mod credentials;
+pub mod entry;
 pub mod error;
 pub mod key_cache;
 pub mod leaks;

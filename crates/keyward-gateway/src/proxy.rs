@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -228,7 +228,7 @@ fn refused(mut meter: RequestMeter, e: GatewayError) -> GatewayError {
 }
 
 async fn read_body(
-    body: Body,
+    mut body: Body,
     declared: Option<&HeaderValue>,
     limit: usize,
 ) -> Result<Bytes, GatewayError> {
@@ -238,15 +238,46 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(GatewayError::TooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(GatewayError::TooLarge { limit })
+    let unreadable = || GatewayError::BadRequest("The request body could not be read.".into());
+    let mut collected = bytes::BytesMut::new();
+    let mut first: Option<Bytes> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| unreadable())?.into_data() else {
+            continue;
+        };
+        if collected.len() + first.as_ref().map_or(0, Bytes::len) + data.len() > limit {
+            drain_briefly(body).await;
+            return Err(GatewayError::TooLarge { limit });
         }
-        Err(_) => Err(GatewayError::BadRequest(
-            "The request body could not be read.".into(),
-        )),
+        // A body that arrives in one frame (the usual case) is kept without a copy.
+        match first.take() {
+            None if collected.is_empty() => first = Some(data),
+            None => collected.extend_from_slice(&data),
+            Some(f) => {
+                collected.extend_from_slice(&f);
+                collected.extend_from_slice(&data);
+            }
+        }
     }
+    Ok(first.unwrap_or_else(|| collected.freeze()))
+}
+
+/// Reads and discards what is left of an oversized body, up to a bound, so
+/// that the client (still sending) reads the 413 instead of a connection reset:
+/// a socket closed with unread data answers the sender with a reset.
+async fn drain_briefly(mut body: Body) {
+    const MAX_BYTES: usize = 4 << 20;
+    const MAX_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+    let drain = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, Bytes::len);
+            if seen > MAX_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(MAX_TIME, drain).await;
 }
 
 /// The fields the gateway reads from a JSON request; everything else is skipped

@@ -17,7 +17,6 @@ use axum::Router;
 use keyward_core::Clock;
 use keyward_store::SharedStore;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -116,9 +115,7 @@ impl Server {
                     .await;
             });
         }
-        let app = self
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let app = crate::entry::MakeEntry::new(self.router(), self.state.clone());
         let count = match self.state.config.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,

@@ -14,9 +14,8 @@
 //! flushed usage ([`Phase::Released`]), because database connections opened on
 //! a worker are driven by that worker's I/O driver.
 
-use axum::extract::connect_info::IntoMakeServiceWithConnectInfo;
+use crate::entry::MakeEntry;
 use axum::serve::{Listener, ListenerExt};
-use axum::Router;
 use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -75,11 +74,7 @@ impl Listener for Handoff {
 impl Workers {
     /// Starts `count` worker threads serving `app`, and the acceptor task (on the
     /// current runtime) that feeds them from `listener`.
-    pub fn start(
-        count: usize,
-        listener: TcpListener,
-        app: IntoMakeServiceWithConnectInfo<Router, SocketAddr>,
-    ) -> std::io::Result<Self> {
+    pub fn start(count: usize, listener: TcpListener, app: MakeEntry) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         let (phase, _) = watch::channel(Phase::Running);
         let (stopped_tx, stopped) = mpsc::channel(1);
@@ -140,7 +135,7 @@ impl Workers {
 /// (and the I/O it drives) alive until released.
 async fn serve_one(
     handoff: Handoff,
-    app: IntoMakeServiceWithConnectInfo<Router, SocketAddr>,
+    app: MakeEntry,
     phase: watch::Receiver<Phase>,
     stopped: mpsc::Sender<()>,
 ) {

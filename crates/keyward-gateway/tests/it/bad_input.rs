@@ -47,12 +47,14 @@ async fn malformed_json_is_a_400_and_is_not_forwarded() {
 async fn oversized_body_is_a_413_with_or_without_content_length() {
     let (up, kw, key) = setup().await;
     let big = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x".repeat(100 * 1024)}]});
-    assert_openai_error(
-        kw.chat(&key, big.clone()).await,
-        413,
-        Some("request_too_large"),
-    )
-    .await;
+    let r = kw.chat(&key, big.clone()).await;
+    // The unread body makes the connection unusable: the client is told so,
+    // and its next request (below) goes on a new connection.
+    assert_eq!(
+        r.headers().get("connection").and_then(|v| v.to_str().ok()),
+        Some("close")
+    );
+    assert_openai_error(r, 413, Some("request_too_large")).await;
     // Chunked, so the limit is enforced while reading rather than from the header.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(serde_json::to_vec(&big).unwrap())];
     let r = kw
