@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 /// One event as it is written: a JSON array, in the column order of the
-/// migration's comment.
+/// migration's comment. [`encode`] writes these by hand; this type is its
+/// reference in the tests.
+#[cfg_attr(not(test), allow(dead_code))]
 #[derive(Serialize)]
 struct Written<'a>(
     &'a str,
@@ -88,40 +90,87 @@ pub(super) struct Block {
     pub body: String,
 }
 
-/// Encodes a non-empty batch.
+/// Encodes a non-empty batch: the same bytes as `serde_json` writes for
+/// [`Written`] rows (tested), without its per-field machinery, which was most
+/// of the cost of writing usage (the ids need no escaping).
 pub(super) fn encode(events: &[UsageEvent]) -> StoreResult<Block> {
-    let rows: Vec<Written<'_>> = events
-        .iter()
-        .map(|e| {
-            Written(
-                e.key_id.as_str(),
-                e.project_id.as_str(),
-                e.org_id.as_str(),
-                e.at,
-                &e.endpoint,
-                &e.model,
-                e.status,
-                e.input_tokens,
-                e.cached_input_tokens,
-                e.output_tokens,
-                e.reasoning_tokens,
-                e.cost_micros.0,
-                e.upstream_latency_ms,
-                e.total_latency_ms,
-                e.client_ip.as_deref(),
-                e.streamed,
-                e.incomplete,
-            )
-        })
-        .collect();
-    let body = serde_json::to_string(&rows)
-        .map_err(|e| StoreError::Backend(format!("encoding usage events: {e}")))?;
+    let mut body = String::with_capacity(events.len() * 320 + 2);
+    body.push('[');
+    for (n, e) in events.iter().enumerate() {
+        if n > 0 {
+            body.push(',');
+        }
+        body.push('[');
+        string(&mut body, e.key_id.as_str());
+        body.push(',');
+        string(&mut body, e.project_id.as_str());
+        body.push(',');
+        string(&mut body, e.org_id.as_str());
+        body.push(',');
+        int(&mut body, e.at);
+        body.push(',');
+        string(&mut body, &e.endpoint);
+        body.push(',');
+        string(&mut body, &e.model);
+        for v in [
+            i64::from(e.status),
+            e.input_tokens,
+            e.cached_input_tokens,
+            e.output_tokens,
+            e.reasoning_tokens,
+            e.cost_micros.0,
+            e.upstream_latency_ms,
+            e.total_latency_ms,
+        ] {
+            body.push(',');
+            int(&mut body, v);
+        }
+        body.push(',');
+        match &e.client_ip {
+            Some(ip) => string(&mut body, ip),
+            None => body.push_str("null"),
+        }
+        for flag in [e.streamed, e.incomplete] {
+            body.push_str(if flag { ",true" } else { ",false" });
+        }
+        body.push(']');
+    }
+    body.push(']');
     Ok(Block {
         first_at: events.iter().map(|e| e.at).min().unwrap_or(0),
         last_at: events.iter().map(|e| e.at).max().unwrap_or(0),
         events: i64::try_from(events.len()).unwrap_or(i64::MAX),
         body,
     })
+}
+
+/// Bytes that JSON strings escape.
+static ESCAPED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// A JSON string: written as it is unless it holds a byte JSON escapes.
+fn string(out: &mut String, s: &str) {
+    if s.bytes().any(|b| ESCAPED[usize::from(b)]) {
+        // Serializing a `str` cannot fail.
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+    } else {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    }
+}
+
+fn int(out: &mut String, v: i64) {
+    out.push_str(itoa::Buffer::new().format(v));
 }
 
 fn decode(body: &str) -> StoreResult<Vec<UsageEvent>> {
@@ -236,6 +285,44 @@ mod tests {
         let events = vec![event("key_a", 20, Some("::1")), event("key_b", 10, None)];
         let block = encode(&events).unwrap();
         assert_eq!((block.first_at, block.last_at, block.events), (10, 20, 2));
+        assert_eq!(decode(&block.body).unwrap(), events);
+    }
+
+    #[test]
+    fn the_hand_encoding_is_what_serde_writes() {
+        let mut odd = event("key_\"q\\", 1, Some("1.2.3.4"));
+        odd.endpoint = "/v1/x\n\u{1}\u{7f}".into();
+        odd.model = "m\u{e9}\u{1F600}".into();
+        odd.input_tokens = i64::MIN;
+        odd.cost_micros = Micros(i64::MAX);
+        odd.incomplete = true;
+        let events = vec![event("key_a", 20, None), odd];
+        let reference: Vec<Written<'_>> = events
+            .iter()
+            .map(|e| {
+                Written(
+                    e.key_id.as_str(),
+                    e.project_id.as_str(),
+                    e.org_id.as_str(),
+                    e.at,
+                    &e.endpoint,
+                    &e.model,
+                    e.status,
+                    e.input_tokens,
+                    e.cached_input_tokens,
+                    e.output_tokens,
+                    e.reasoning_tokens,
+                    e.cost_micros.0,
+                    e.upstream_latency_ms,
+                    e.total_latency_ms,
+                    e.client_ip.as_deref(),
+                    e.streamed,
+                    e.incomplete,
+                )
+            })
+            .collect();
+        let block = encode(&events).unwrap();
+        assert_eq!(block.body, serde_json::to_string(&reference).unwrap());
         assert_eq!(decode(&block.body).unwrap(), events);
     }
 
