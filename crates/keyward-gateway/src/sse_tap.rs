@@ -7,6 +7,8 @@
 
 use bytes::{Bytes, BytesMut};
 use keyward_core::TokenUsage;
+use memchr::memmem::Finder;
+use std::sync::LazyLock;
 
 /// Stream state between frames.
 pub struct SseTap {
@@ -92,7 +94,7 @@ impl SseTap {
             self.text_events += 1;
             self.text_bytes += data.len() as i64;
         }
-        if memchr::memmem::find(data, b"\"usage\"").is_none() {
+        if USAGE_FINDER.find(data).is_none() {
             return true;
         }
         let Some(found) = crate::usage_parse::read(data) else {
@@ -132,13 +134,24 @@ fn event_data(event: &[u8]) -> &[u8] {
 /// Whether a chunk carries generated text (chat `content`, completions `text`,
 /// Responses `delta`).
 fn has_text(data: &[u8]) -> bool {
-    [&b"\"content\":\""[..], b"\"text\":\"", b"\"delta\":\""]
-        .iter()
-        .any(|needle| {
-            memchr::memmem::find_iter(data, needle)
-                .any(|i| data.get(i + needle.len()) != Some(&b'"'))
-        })
+    TEXT_FINDERS.iter().any(|finder| {
+        let len = finder.needle().len();
+        finder
+            .find_iter(data)
+            .any(|i| data.get(i + len) != Some(&b'"'))
+    })
 }
+
+/// Searchers built once: building one per event (what `memmem::find` does)
+/// cost more than the search itself on these short events.
+static TEXT_FINDERS: LazyLock<[Finder<'static>; 3]> = LazyLock::new(|| {
+    [
+        Finder::new(b"\"content\":\""),
+        Finder::new(b"\"text\":\""),
+        Finder::new(b"\"delta\":\""),
+    ]
+});
+static USAGE_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
 
 #[cfg(test)]
 mod tests {

@@ -258,7 +258,7 @@ fn pooled(
             sender: Some(sender),
             upstream,
         };
-        body.release_if_done();
+        body.release_if_done(false);
         body
     })
 }
@@ -272,8 +272,11 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    fn release_if_done(&mut self) {
-        if !self.inner.is_end_stream() {
+    /// Returns the connection once the body is known to be complete: `ended`
+    /// when it returned its end (a chunked body never reports `is_end_stream`),
+    /// or a body of known length whose last byte was read.
+    fn release_if_done(&mut self, ended: bool) {
+        if !ended && !self.inner.is_end_stream() {
             return;
         }
         let Some(sender) = self.sender.take() else {
@@ -306,7 +309,8 @@ impl Body for UpstreamBody {
         let this = &mut *self;
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &frame {
-            Some(Ok(_)) | None => this.release_if_done(),
+            Some(Ok(_)) => this.release_if_done(false),
+            None => this.release_if_done(true),
             // A broken body leaves its connection unusable: close it.
             Some(Err(_)) => this.sender = None,
         }

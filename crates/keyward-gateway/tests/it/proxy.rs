@@ -171,8 +171,10 @@ async fn admin_keys_cannot_call_the_gateway() {
 /// A bare HTTP/1.1 upstream on a socket that counts its connections and, when
 /// `close_after_each` is set, closes every connection right after its response
 /// without saying so (as an upstream whose keep-alive timeout just ran out).
+/// With `chunked`, answers an event stream in chunked transfer encoding.
 async fn counting_upstream(
     close_after_each: bool,
+    chunked: bool,
 ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -211,11 +213,23 @@ async fn counting_upstream(
                         }
                     }
                     buf.drain(..head_end + len);
-                    let body = r#"{"object":"list","data":[]}"#;
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
+                    let resp = if chunked {
+                        let events = ["data: {\"choices\":[]}\n\n", "data: [DONE]\n\n"];
+                        let mut r = String::from(
+                            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+                        );
+                        for e in events {
+                            r.push_str(&format!("{:x}\r\n{e}\r\n", e.len()));
+                        }
+                        r.push_str("0\r\n\r\n");
+                        r
+                    } else {
+                        let body = r#"{"object":"list","data":[]}"#;
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                    };
                     if socket.write_all(resp.as_bytes()).await.is_err() {
                         return;
                     }
@@ -231,7 +245,7 @@ async fn counting_upstream(
 
 #[tokio::test]
 async fn upstream_connections_are_reused_between_requests() {
-    let (base, connections) = counting_upstream(false).await;
+    let (base, connections) = counting_upstream(false, false).await;
     let kw = Keyward::start(&base).await;
     let (_, key) = kw.create_key("app", "k1").await;
     for _ in 0..5 {
@@ -250,7 +264,7 @@ async fn upstream_connections_are_reused_between_requests() {
 
 #[tokio::test]
 async fn an_idle_connection_closed_by_the_upstream_is_replaced_not_an_error() {
-    let (base, connections) = counting_upstream(true).await;
+    let (base, connections) = counting_upstream(true, false).await;
     let kw = Keyward::start(&base).await;
     let (_, key) = kw.create_key("app", "k1").await;
     for _ in 0..5 {
@@ -265,4 +279,25 @@ async fn an_idle_connection_closed_by_the_upstream_is_replaced_not_an_error() {
         r.bytes().await.unwrap();
     }
     assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 5);
+}
+
+/// A chunked body never says it has ended before its last frame is read; its
+/// connection must still go back to the pool (streams are chunked).
+#[tokio::test]
+async fn upstream_connections_are_reused_after_chunked_streams() {
+    let (base, connections) = counting_upstream(false, true).await;
+    let kw = Keyward::start(&base).await;
+    let (_, key) = kw.create_key("app", "k1").await;
+    for _ in 0..5 {
+        let r = kw
+            .http
+            .get(format!("{}/v1/models", kw.url))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+    }
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
