@@ -15,6 +15,12 @@
 #
 # Each tool runs once untimed (to warm the page cache) and once under
 # /usr/bin/time -v. Reported: wall time, MB/s, peak RSS, finding count.
+#
+# One timed run per tool swings with the machine's load, so the ratio to
+# ripgrep is better measured with runs interleaved (rg, an older build, this
+# build, rg, ...), which `ab` does on the tree and reports medians:
+#
+#   benches/scan.sh ab OLD_KEYWARD_BIN [ROUNDS]
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -64,6 +70,41 @@ TREE_MB=$(mb "$TREE")
 SUBSET_MB=$(mb "$SUBSET")
 HISTORY_MB=$(git -C "$HISTORY" cat-file --batch-all-objects --batch-check='%(objecttype) %(objectsize)' | awk '$1=="blob"{s+=$2} END{printf "%d", s/1e6}')
 COMMITS=$(git -C "$HISTORY" rev-list --all --count)
+
+# --- interleaved A/B on the tree ------------------------------------------------
+if [ "${1:-}" = ab ]; then
+  OLD=${2:?usage: benches/scan.sh ab OLD_KEYWARD_BIN [ROUNDS]}
+  ROUNDS=${3:-15}
+  TIMES=$WORK/ab-times.txt
+  : > "$TIMES"
+  names=(rg old new)
+  cmds=("rg -F -c -uuu $LITERAL $TREE"
+        "$OLD scan --no-progress --format jsonl $TREE"
+        "$KEYWARD scan --no-progress --format jsonl $TREE")
+  for c in "${cmds[@]}"; do $c >/dev/null 2>&1 || true; done
+  for _ in $(seq "$ROUNDS"); do
+    for i in 0 1 2; do
+      /usr/bin/time -a -o "$TIMES" -f "${names[$i]} %e %U %S %M" ${cmds[$i]} >/dev/null 2>&1 || true
+    done
+  done
+  echo "# interleaved, $ROUNDS rounds, tree ${TREE_MB} MB, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+  python3 - "$TIMES" <<'PY'
+import collections, statistics as st, sys
+runs = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    f = line.split()
+    if len(f) == 5 and f[0] in ("rg", "old", "new"):
+        runs[f[0]].append([float(x) for x in f[1:]])
+med = {k: st.median(r[0] for r in v) for k, v in runs.items()}
+print("| tool | wall min | wall median | CPU median (user + sys) | peak RSS | wall median / rg |")
+print("| --- | --- | --- | --- | --- | --- |")
+for k in ("rg", "old", "new"):
+    v = runs[k]
+    cpu = st.median(r[1] + r[2] for r in v)
+    print(f"| {k} | {min(r[0] for r in v):.2f} s | {med[k]:.2f} s | {cpu:.2f} s | {max(r[3] for r in v) / 1024:.0f} MB | {med[k] / med['rg']:.2f}x |")
+PY
+  exit 0
+fi
 
 # --- measurement ---------------------------------------------------------------
 RESULTS=$WORK/results.md

@@ -4,8 +4,10 @@
 //! DFA with standard (overlapping) semantics, which is then copied into a
 //! compact table of our own: bytes that occur in no keyword share one class,
 //! upper and lower case share a class, state ids are premultiplied by the
-//! table's stride, and the states where a keyword ends are numbered last, so
-//! that one step is two loads and one comparison. A single walk is bound by
+//! table's stride, the states where a keyword ends are numbered last and
+//! carry a flag bit, and the table's length is a power of two, so that one
+//! step is two loads, a mask (which drops the flag and bounds the index
+//! without a check) and a test of the flag. A single walk is bound by
 //! the latency of its dependent loads, so the haystack is cut into
 //! [`STREAMS`] segments walked in lockstep; each segment's walk starts the
 //! length of the longest keyword early, so that it has seen the start of
@@ -17,8 +19,16 @@ use std::collections::HashMap;
 use aho_corasick::automaton::Automaton;
 use aho_corasick::{dfa, Anchored, MatchKind};
 
+/// Set on a transition's target when a keyword ends there.
+const MATCH: u32 = 1 << 31;
+
 /// Segments walked at once.
 const STREAMS: usize = 4;
+
+/// The smallest transition table (entries): tables of the sizes
+/// [`KeywordSearch::hits`] knows as constants are walked without bounds
+/// checks.
+const MIN_TABLE: usize = 1 << 16;
 
 /// Haystacks shorter than this are walked as one segment (a quarter of the
 /// bytes of source code are in files under 16 KiB, 6 % under 4 KiB).
@@ -30,8 +40,11 @@ pub(crate) struct KeywordSearch {
     /// Byte to class.
     classes: [u8; 256],
     /// Transitions: `trans[state | class]`, states premultiplied by the
-    /// stride (a power of two at least the number of classes).
-    trans: Vec<u32>,
+    /// stride (a power of two at least the number of classes), with
+    /// [`MATCH`] set on the states where a keyword ends. The length is a
+    /// power of two, so that an index masked with `len - 1` (which also
+    /// clears [`MATCH`]) needs no bounds check.
+    trans: Box<[u32]>,
     /// The first (premultiplied) state in which a keyword ends; every later
     /// state is one too.
     first_match: u32,
@@ -108,12 +121,19 @@ impl KeywordSearch {
             (0..order.len()).partition(|&i| !ac.is_match(order[i]));
         let mut id = vec![0u32; order.len()];
         for (new, &old) in plain.iter().chain(&matching).enumerate() {
-            id[old] = u32::try_from(new << shift).expect("keyword DFA too large");
+            id[old] = u32::try_from(new << shift)
+                .ok()
+                .filter(|&i| i < MATCH)
+                .expect("keyword DFA too large");
+            if new >= plain.len() {
+                id[old] |= MATCH;
+            }
         }
-        let mut trans = vec![0u32; order.len() << shift];
+        let mut trans = vec![0u32; (order.len() << shift).next_power_of_two().max(MIN_TABLE)]
+            .into_boxed_slice();
         let mut ends = vec![Box::default(); matching.len()];
         for (old, &state) in order.iter().enumerate() {
-            let from = id[old] as usize;
+            let from = (id[old] & !MATCH) as usize;
             for (class, &b) in representatives.iter().enumerate() {
                 trans[from | class] = id[index[&ac.next_state(Anchored::No, state, b)]];
             }
@@ -145,6 +165,35 @@ impl KeywordSearch {
     /// in order of position.
     pub(crate) fn hits(&self, hay: &[u8], hits: &mut Vec<(usize, u32)>) {
         hits.clear();
+        // A table of a constant size lets the compiler drop the bounds check
+        // of every step (the index is masked to the size).
+        macro_rules! sized {
+            ($($n:literal)*) => {
+                match self.trans.len() {
+                    $(n if n == 1 << $n => {
+                        let trans: &[u32; 1 << $n] = self.trans[..].try_into().expect("sized");
+                        self.walk(hay, hits, |i| trans[i & ((1 << $n) - 1)]);
+                    })*
+                    _ => {
+                        let mask = self.trans.len() - 1;
+                        self.walk(hay, hits, |i| self.trans[i & mask]);
+                    }
+                }
+            };
+        }
+        sized!(16 17 18 19 20);
+        // Longest keyword first at each start, then one hit per start.
+        hits.sort_unstable_by_key(|&(start, p)| (start, usize::MAX - self.lens[p as usize]));
+        hits.dedup_by_key(|&mut (start, _)| start);
+    }
+
+    /// The walk of [`Self::hits`], with `next(state | class)` reading the
+    /// transition table.
+    #[inline(always)]
+    fn walk(&self, hay: &[u8], hits: &mut Vec<(usize, u32)>, next: impl Fn(usize) -> u32) {
+        let step = |state: u32, byte: u8| {
+            next(state as usize | usize::from(self.classes[usize::from(byte)]))
+        };
         let streams = if hay.len() < MIN_STREAMED_LEN {
             1
         } else {
@@ -160,7 +209,7 @@ impl KeywordSearch {
             // Warm up without reporting: keywords ending before `lo[j]`
             // belong to the previous segment.
             for &b in &hay[lo[j].saturating_sub(self.max_len)..lo[j]] {
-                state[j] = self.step(state[j], b);
+                state[j] = step(state[j], b);
             }
         }
         // The segments have equal lengths except the last: walk them in
@@ -175,8 +224,8 @@ impl KeywordSearch {
             )]
             for i in 0..done {
                 for j in 0..STREAMS {
-                    state[j] = self.step(state[j], segs[j][i]);
-                    if state[j] >= self.first_match {
+                    state[j] = step(state[j], segs[j][i]);
+                    if state[j] & MATCH != 0 {
                         self.report(state[j], lo[j] + i, hits);
                     }
                 }
@@ -184,26 +233,18 @@ impl KeywordSearch {
         }
         for j in 0..streams {
             for (at, &b) in hay.iter().enumerate().take(hi[j]).skip(lo[j] + done) {
-                state[j] = self.step(state[j], b);
-                if state[j] >= self.first_match {
+                state[j] = step(state[j], b);
+                if state[j] & MATCH != 0 {
                     self.report(state[j], at, hits);
                 }
             }
         }
-        // Longest keyword first at each start, then one hit per start.
-        hits.sort_unstable_by_key(|&(start, p)| (start, usize::MAX - self.lens[p as usize]));
-        hits.dedup_by_key(|&mut (start, _)| start);
-    }
-
-    #[inline(always)]
-    fn step(&self, state: u32, byte: u8) -> u32 {
-        self.trans[state as usize | usize::from(self.classes[usize::from(byte)])]
     }
 
     /// Records the keywords ending with `hay[at]` in match state `state`.
     #[cold]
     fn report(&self, state: u32, at: usize, hits: &mut Vec<(usize, u32)>) {
-        let i = ((state - self.first_match) >> self.shift) as usize;
+        let i = (((state & !MATCH) - self.first_match) >> self.shift) as usize;
         for &p in self.ends[i].iter() {
             hits.push((at + 1 - self.lens[p as usize], p));
         }
@@ -212,6 +253,8 @@ impl KeywordSearch {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     fn hits(keywords: &[&str], hay: &str) -> Vec<(usize, &'static str)> {
@@ -235,6 +278,67 @@ mod tests {
         );
         // Non-ASCII bytes are not folded.
         assert_eq!(hits(&kws, "FÜR"), []);
+    }
+
+    #[test]
+    fn tables_of_every_size_give_the_longest_keyword_at_each_start() {
+        // The built-in keywords need a table of 2^17 entries; a few fit the
+        // smallest, thousands need one larger than the sizes walked
+        // without bounds checks. Each against a naive search.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789_-";
+        for (count, table) in [(5, "smallest"), (250, "sized"), (4000, "largest")] {
+            let mut keywords: Vec<String> = (0..count)
+                .map(|_| {
+                    (0..2 + next(11))
+                        .map(|_| char::from(alphabet[next(alphabet.len() as u64) as usize]))
+                        .collect()
+                })
+                .collect();
+            keywords.sort();
+            keywords.dedup();
+            let search = KeywordSearch::new(&keywords);
+            let size = search.trans.len();
+            match table {
+                "smallest" => assert_eq!(size, MIN_TABLE),
+                "sized" => assert!(size > MIN_TABLE && size <= 1 << 20, "{size}"),
+                _ => assert!(size > 1 << 20, "{size}"),
+            }
+            // Keywords in random case between random bytes, and the text
+            // walked as several streams.
+            let mut hay = Vec::new();
+            while hay.len() < 8 * MIN_STREAMED_LEN {
+                let k = &keywords[next(keywords.len() as u64) as usize];
+                hay.extend(k.bytes().map(|b| {
+                    if next(2) == 0 {
+                        b.to_ascii_uppercase()
+                    } else {
+                        b
+                    }
+                }));
+                hay.extend((0..next(4)).map(|_| alphabet[next(alphabet.len() as u64) as usize]));
+            }
+            let set: HashSet<&[u8]> = keywords.iter().map(|k| k.as_bytes()).collect();
+            let expected: Vec<(usize, usize)> = (0..hay.len())
+                .filter_map(|s| {
+                    (2..=12.min(hay.len() - s))
+                        .rev()
+                        .find(|&l| set.contains(&hay[s..s + l].to_ascii_lowercase()[..]))
+                        .map(|l| (s, l))
+                })
+                .collect();
+            let mut got = Vec::new();
+            search.hits(&hay, &mut got);
+            let got: Vec<(usize, usize)> =
+                got.iter().map(|&(s, p)| (s, search.len_of(p))).collect();
+            assert_eq!(got, expected, "{count} keywords, table of {size}");
+        }
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! longest secret a rule may match), and a match is reported by exactly one
 //! block: a block drops matches that touch its end (they may be truncated; the
 //! next block sees them whole) and matches that end before the overlap it
-//! inherited (the previous block reported them).
+//! inherited (the previous block reported them). Text that is already whole
+//! in memory and fits one block (a file shorter than the 64 KiB first read
+//! that tells archives from content, a git blob) is scanned where it is, as a
+//! single block, without the copy into the buffer.
 
 use std::collections::HashSet;
 use std::io::{self, Read};
@@ -17,11 +20,14 @@ use std::sync::{Arc, Mutex};
 use memchr::{memchr, memchr_iter, memmem, memrchr};
 
 use crate::input::archive::ArchiveLimits;
-use crate::matcher::{Matcher, Scratch};
+use crate::matcher::{Matcher, RawMatch, Scratch};
 use crate::{CommitInfo, Diagnostic, Finding, Secret};
 
 /// Bytes shared by consecutive blocks.
 pub const OVERLAP: usize = 2 * crate::rules::MAX_SECRET_LEN;
+
+/// Content with a NUL byte among its first this many bytes is binary.
+const BINARY_SNIFF_LEN: usize = 8000;
 
 /// The marker that suppresses findings on its line.
 pub const ALLOW_MARKER: &[u8] = b"keyward:allow";
@@ -211,6 +217,37 @@ impl<'s> Worker<'s> {
         }
     }
 
+    /// Scans plain (not archive) content held in memory: as one block, in
+    /// place, when it fits one and is text; otherwise as a stream.
+    pub fn scan_slice(
+        &mut self,
+        origin: &Origin<'_>,
+        data: &[u8],
+        sink: &dyn Sink,
+    ) -> io::Result<()> {
+        let scanner = self.scanner;
+        let binary = memchr(0, &data[..data.len().min(BINARY_SNIFF_LEN)]).is_some();
+        if binary || data.len() >= scanner.options.block_size + OVERLAP {
+            return self.scan_stream(origin, &mut &data[..], sink);
+        }
+        scanner.stats.inputs.fetch_add(1, Ordering::Relaxed);
+        scanner
+            .stats
+            .bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let matches = scanner.matcher.find(&mut self.scratch, data);
+        let block = Block {
+            data,
+            carry: 0,
+            eof: true,
+            base: 0,
+            pos: TextPos { line: 1, col: 0 },
+            is_binary: false,
+        };
+        report_matches(scanner, origin, &block, matches, sink);
+        Ok(())
+    }
+
     /// Scans a stream of plain (not archive) content in blocks.
     pub fn scan_stream(
         &mut self,
@@ -243,55 +280,22 @@ impl<'s> Worker<'s> {
                 .stats
                 .bytes
                 .fetch_add((len - carry) as u64, Ordering::Relaxed);
-            let is_binary =
-                *binary.get_or_insert_with(|| memchr(0, &self.buf[..len.min(8000)]).is_some());
+            let is_binary = *binary
+                .get_or_insert_with(|| memchr(0, &self.buf[..len.min(BINARY_SNIFF_LEN)]).is_some());
             if is_binary {
                 printable_only(&mut self.buf[carry..len]);
             }
             let data = &self.buf[..len];
             let matches = scanner.matcher.find(&mut self.scratch, data);
-            let mut cursor = 0usize;
-            let mut at = pos;
-            for m in matches {
-                if m.end < carry || (!eof && m.end == len) {
-                    continue;
-                }
-                at.advance(&data[cursor..m.start]);
-                cursor = m.start;
-                let secret = &data[m.start..m.end];
-                if on_allowed_line(data, m.start, m.end) {
-                    scanner.stats.suppressed.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                let (line, column, end_line, end_column) = if is_binary {
-                    let start = base + m.start as u64 + 1;
-                    (0, start, 0, start + secret.len() as u64)
-                } else {
-                    let mut end = at;
-                    end.advance(secret);
-                    (at.line, at.col + 1, end.line, end.col + 1)
-                };
-                let secret = Secret::new(secret.to_vec());
-                let secret_sha256 = secret.sha256_hex();
-                if scanner.baseline.contains(&secret_sha256) {
-                    scanner.stats.suppressed.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                let rule = &scanner.matcher.rules().rules()[m.rule];
-                sink.finding(Finding {
-                    rule_id: Arc::clone(&rule.id),
-                    rule_name: Arc::clone(&rule.name),
-                    path: origin.path.to_string(),
-                    line,
-                    column,
-                    end_line,
-                    end_column,
-                    secret,
-                    secret_sha256,
-                    commit: origin.commit.cloned(),
-                    validated: m.validated,
-                });
-            }
+            let block = Block {
+                data,
+                carry,
+                eof,
+                base,
+                pos,
+                is_binary,
+            };
+            report_matches(scanner, origin, &block, matches, sink);
             if eof {
                 return Ok(());
             }
@@ -301,6 +305,82 @@ impl<'s> Worker<'s> {
             self.buf.copy_within(len - keep..len, 0);
             carry = keep;
         }
+    }
+}
+
+/// One block of an input, as handed to the matcher.
+struct Block<'d> {
+    data: &'d [u8],
+    /// Bytes at the start that the previous block also held.
+    carry: usize,
+    /// Whether the input ends with this block.
+    eof: bool,
+    /// Offset of `data` in the input.
+    base: u64,
+    /// Line and column at the start of `data`.
+    pos: TextPos,
+    is_binary: bool,
+}
+
+/// Turns the matches of one block into findings, dropping those another
+/// block reports (see the module docs) and the suppressed ones.
+fn report_matches(
+    scanner: &Scanner,
+    origin: &Origin<'_>,
+    block: &Block<'_>,
+    matches: &[RawMatch],
+    sink: &dyn Sink,
+) {
+    let Block {
+        data,
+        carry,
+        eof,
+        base,
+        pos,
+        is_binary,
+    } = *block;
+    let len = data.len();
+    let mut cursor = 0usize;
+    let mut at = pos;
+    for m in matches {
+        if m.end < carry || (!eof && m.end == len) {
+            continue;
+        }
+        at.advance(&data[cursor..m.start]);
+        cursor = m.start;
+        let secret = &data[m.start..m.end];
+        if on_allowed_line(data, m.start, m.end) {
+            scanner.stats.suppressed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let (line, column, end_line, end_column) = if is_binary {
+            let start = base + m.start as u64 + 1;
+            (0, start, 0, start + secret.len() as u64)
+        } else {
+            let mut end = at;
+            end.advance(secret);
+            (at.line, at.col + 1, end.line, end.col + 1)
+        };
+        let secret = Secret::new(secret.to_vec());
+        let secret_sha256 = secret.sha256_hex();
+        if scanner.baseline.contains(&secret_sha256) {
+            scanner.stats.suppressed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let rule = &scanner.matcher.rules().rules()[m.rule];
+        sink.finding(Finding {
+            rule_id: Arc::clone(&rule.id),
+            rule_name: Arc::clone(&rule.name),
+            path: origin.path.to_string(),
+            line,
+            column,
+            end_line,
+            end_column,
+            secret,
+            secret_sha256,
+            commit: origin.commit.cloned(),
+            validated: m.validated,
+        });
     }
 }
 

@@ -52,6 +52,9 @@ enum Kind {
     Tar,
 }
 
+/// Bytes that [`sniff`] needs to recognise every kind.
+const SNIFF_LEN: usize = 512;
+
 fn sniff(head: &[u8]) -> Option<Kind> {
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
         Some(Kind::Zip)
@@ -230,7 +233,12 @@ pub(crate) fn scan_bytes(
     bytes: &[u8],
     sink: &dyn Sink,
 ) {
-    scan_seekable(worker, origin, Cursor::new(bytes), sink);
+    if sniff(&bytes[..bytes.len().min(SNIFF_LEN)]).is_some() {
+        return scan_seekable(worker, origin, Cursor::new(bytes), sink);
+    }
+    if let Err(e) = worker.scan_slice(origin, bytes, sink) {
+        report(worker, origin.path, &e, sink);
+    }
 }
 
 /// Bytes read from the start of a file or blob before deciding what it is.
@@ -254,8 +262,11 @@ fn scan_seekable<R: Read + Seek>(
         {
             source.seek(SeekFrom::Start(0))?;
             scan_zip_seekable(worker, origin, source, &budget, sink)
+        } else if n < head.len() && sniff(&head[..n.min(SNIFF_LEN)]).is_none() {
+            // The whole input is in `head` and is not an archive: scanned
+            // there, without copying it into the block buffer.
+            worker.scan_slice(origin, &head[..n], sink)
         } else if n < head.len() {
-            // The whole input is in `head`.
             scan_entry(worker, origin, &mut &head[..n], 0, &budget, sink)
         } else {
             let mut rest = (&head[..n]).chain(source);
@@ -278,7 +289,7 @@ fn scan_entry(
     budget: &Budget,
     sink: &dyn Sink,
 ) -> io::Result<()> {
-    let mut head = [0u8; 512];
+    let mut head = [0u8; SNIFF_LEN];
     let n = read_full(reader, &mut head)?;
     let kind = sniff(&head[..n]);
     let mut chained = (&head[..n]).chain(reader);

@@ -274,3 +274,33 @@ fn files_around_the_sniffed_head_length_are_scanned_whole() {
         assert_eq!(out.findings[0].secret.expose(), key.as_bytes());
     }
 }
+
+#[test]
+fn files_scanned_where_they_were_read_report_what_streams_report() {
+    // A file that fits in the 64 KiB read to sniff archives is scanned in
+    // that buffer; a reader goes through the block buffer. Same findings,
+    // same positions (columns in code points), same suppression.
+    let key = keyward_key(KEY_RANDOM);
+    let token = github_token("Ab3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1");
+    let text = format!(
+        "é\n  key: {key}\n\t\tß→ {token} and {key}\nallowed {token} # keyward:allow\nlast {key}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("conf.txt");
+    std::fs::write(&path, &text).unwrap();
+    let scanner = scanner();
+    let positions = |out: &Outcome| -> Vec<_> {
+        out.findings
+            .iter()
+            .map(|f| {
+                let at = (f.line, f.column, f.end_line, f.end_column);
+                (f.rule_id.to_string(), at, f.secret_sha256.clone())
+            })
+            .collect()
+    };
+    let in_place = positions(&scan_paths(&scanner, &[&path]));
+    let streamed = positions(&scan_bytes(&scanner, text.as_bytes()));
+    assert_eq!(in_place.len(), 4, "{in_place:#?}");
+    assert_eq!(in_place, streamed);
+    assert_eq!(in_place[1].1, (3, 6, 3, 6 + token.len() as u64));
+}
