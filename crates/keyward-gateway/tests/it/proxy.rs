@@ -243,11 +243,13 @@ async fn counting_upstream(
     (format!("http://{addr}/v1"), connections)
 }
 
-#[tokio::test]
-async fn upstream_connections_are_reused_between_requests() {
-    let (base, connections) = counting_upstream(false, false).await;
+/// Five calls through keyward to a [`counting_upstream`]: the connections the
+/// upstream saw and the bodies the client got.
+async fn five_calls(close_after_each: bool, chunked: bool) -> (usize, Vec<String>) {
+    let (base, connections) = counting_upstream(close_after_each, chunked).await;
     let kw = Keyward::start(&base).await;
     let (_, key) = kw.create_key("app", "k1").await;
+    let mut bodies = Vec::new();
     for _ in 0..5 {
         let r = kw
             .http
@@ -256,48 +258,32 @@ async fn upstream_connections_are_reused_between_requests() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 200);
-        r.bytes().await.unwrap();
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        bodies.push(body);
     }
-    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    (
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        bodies,
+    )
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_between_requests() {
+    assert_eq!(five_calls(false, false).await.0, 1);
 }
 
 #[tokio::test]
 async fn an_idle_connection_closed_by_the_upstream_is_replaced_not_an_error() {
-    let (base, connections) = counting_upstream(true, false).await;
-    let kw = Keyward::start(&base).await;
-    let (_, key) = kw.create_key("app", "k1").await;
-    for _ in 0..5 {
-        let r = kw
-            .http
-            .get(format!("{}/v1/models", kw.url))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-        r.bytes().await.unwrap();
-    }
-    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 5);
+    assert_eq!(five_calls(true, false).await.0, 5);
 }
 
 /// A chunked body never says it has ended before its last frame is read; its
 /// connection must still go back to the pool (streams are chunked).
 #[tokio::test]
 async fn upstream_connections_are_reused_after_chunked_streams() {
-    let (base, connections) = counting_upstream(false, true).await;
-    let kw = Keyward::start(&base).await;
-    let (_, key) = kw.create_key("app", "k1").await;
-    for _ in 0..5 {
-        let r = kw
-            .http
-            .get(format!("{}/v1/models", kw.url))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        assert!(r.text().await.unwrap().ends_with("data: [DONE]\n\n"));
-    }
-    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let (connections, bodies) = five_calls(false, true).await;
+    assert_eq!(connections, 1);
+    assert!(bodies.iter().all(|b| b.ends_with("data: [DONE]\n\n")));
 }
