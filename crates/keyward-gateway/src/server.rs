@@ -12,7 +12,7 @@ use crate::workers::Workers;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{any, get};
+use axum::routing::get;
 use axum::Router;
 use keyward_core::Clock;
 use keyward_store::SharedStore;
@@ -70,11 +70,10 @@ impl Server {
         self.state.clone()
     }
 
-    /// The application's routes.
+    /// The routes of every path but `/v1`, which `crate::entry` sends to the
+    /// gateway handler before routing.
     pub fn router(&self) -> Router {
         Router::new()
-            .route("/v1", any(crate::proxy::forward))
-            .route("/v1/{*rest}", any(crate::proxy::forward))
             .merge(crate::management::router())
             .merge(crate::leaks::router())
             .route("/healthz", get(|| async { "ok" }))

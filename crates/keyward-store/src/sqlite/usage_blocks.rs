@@ -160,8 +160,8 @@ static ESCAPED: [bool; 256] = {
 /// A JSON string: written as it is unless it holds a byte JSON escapes.
 fn string(out: &mut String, s: &str) {
     if s.bytes().any(|b| ESCAPED[usize::from(b)]) {
-        // Serializing a `str` cannot fail.
-        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+        // A JSON value's Display is its JSON text, escaped, and cannot fail.
+        out.push_str(&serde_json::Value::from(s).to_string());
     } else {
         out.push('"');
         out.push_str(s);
