@@ -15,6 +15,7 @@ pub mod config;
 pub mod credentials;
 pub mod entry;
 pub mod error;
+pub(crate) mod json_walk;
 pub mod key_cache;
 pub mod leaks;
 pub mod management;

@@ -3,6 +3,7 @@
 use crate::admission::{admit, Ask};
 use crate::credentials::{presented_key, KEY_HEADERS};
 use crate::error::GatewayError;
+use crate::json_walk::Members;
 use crate::meter::{MeteredBody, RequestMeter};
 use crate::rate_limit::write_headers as write_rate_headers;
 use crate::state::{AppState, SharedState};
@@ -195,8 +196,32 @@ fn rewrite_body(
     if !ask_usage && output_cap.is_none() {
         return Ok(original);
     }
-    let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(&original) else {
-        return Ok(original);
+    let cap = output_cap.map(|cap| {
+        let field = match endpoint {
+            "/v1/completions" => "max_tokens",
+            "/v1/responses" => "max_output_tokens",
+            _ => "max_completion_tokens",
+        };
+        (field, cap)
+    });
+    if let Some(spliced) = prepend_members(&original, ask_usage, cap) {
+        return Ok(spliced);
+    }
+    match reserialize(&original, ask_usage, cap) {
+        Some(body) => body.map(Bytes::from),
+        None => Ok(original),
+    }
+}
+
+/// [`rewrite_body`] by parsing and re-serializing; `None` when the body is not
+/// a JSON object (it is then forwarded as is).
+fn reserialize(
+    original: &[u8],
+    ask_usage: bool,
+    cap: Option<(&str, i64)>,
+) -> Option<Result<Vec<u8>, GatewayError>> {
+    let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(original) else {
+        return None;
     };
     if ask_usage {
         let options = obj
@@ -206,17 +231,48 @@ fn rewrite_body(
             o.insert("include_usage".into(), Value::Bool(true));
         }
     }
-    if let Some(cap) = output_cap {
-        let field = match endpoint {
-            "/v1/completions" => "max_tokens",
-            "/v1/responses" => "max_output_tokens",
-            _ => "max_completion_tokens",
-        };
+    if let Some((field, cap)) = cap {
         obj.insert(field.into(), Value::from(cap));
     }
-    serde_json::to_vec(&obj)
-        .map(Bytes::from)
-        .map_err(|_| GatewayError::Internal)
+    Some(serde_json::to_vec(&obj).map_err(|_| GatewayError::Internal))
+}
+
+/// The common case of [`rewrite_body`] without parsing: when the body has none of
+/// the members the gateway sets, they are written in front of the client's own,
+/// which stay byte for byte as sent. `None` when a member to set is already
+/// there (or a key is escaped, so could be one), or the object is malformed:
+/// then the body is parsed and re-serialized.
+fn prepend_members(body: &[u8], ask_usage: bool, cap: Option<(&str, i64)>) -> Option<Bytes> {
+    let mut members = Members::of(body)?;
+    for (key, _) in members.by_ref() {
+        let taken = (ask_usage && key == b"stream_options")
+            || cap.is_some_and(|(field, _)| key == field.as_bytes());
+        if taken || key.contains(&b'\\') {
+            return None;
+        }
+    }
+    if !members.complete() {
+        return None;
+    }
+    let open = body.iter().position(|&b| b == b'{')?;
+    let (head, rest) = body.split_at(open + 1);
+    let mut out = Vec::with_capacity(body.len() + 80);
+    out.extend_from_slice(head);
+    if ask_usage {
+        out.extend_from_slice(br#""stream_options":{"include_usage":true}"#);
+    }
+    if let Some((field, cap)) = cap {
+        if ask_usage {
+            out.push(b',');
+        }
+        out.extend_from_slice(format!("\"{field}\":{cap}").as_bytes());
+    }
+    let added = ask_usage || cap.is_some();
+    if added && rest.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'}') {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    Some(Bytes::from(out))
 }
 
 /// Records the usage event of a request that never got an upstream answer, and
@@ -413,5 +469,87 @@ fn clean_response_headers(headers: &mut HeaderMap) {
     let names: Vec<HeaderName> = headers.keys().filter(|n| unwanted(n)).cloned().collect();
     for name in names {
         headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn body() -> impl Strategy<Value = serde_json::Map<String, Value>> {
+        let value = prop_oneof![
+            Just(Value::Null),
+            any::<i32>().prop_map(Value::from),
+            "[ -~\\\\\"]{0,8}".prop_map(Value::String),
+            Just(serde_json::json!([{"role": "user", "content": "}{\\\"["}])),
+            Just(serde_json::json!({"include_usage": false, "x": 1})),
+        ];
+        proptest::collection::btree_map(
+            proptest::sample::select(vec![
+                "model",
+                "messages",
+                "stream",
+                "stream_options",
+                "max_tokens",
+                "max_completion_tokens",
+                "temperature",
+                "stream\\u005foptions",
+            ]),
+            value,
+            0..6,
+        )
+        .prop_map(|m| m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+    }
+
+    proptest! {
+        /// Prepending members, where it applies, gives the document that parsing
+        /// and re-serializing gives.
+        #[test]
+        fn prepending_agrees_with_reserializing(
+            obj in body(),
+            ask_usage in any::<bool>(),
+            cap in proptest::option::of(0i64..100_000),
+            field in proptest::sample::select(vec!["max_tokens", "max_completion_tokens"]),
+            pretty in any::<bool>(),
+        ) {
+            let json = if pretty {
+                serde_json::to_vec_pretty(&obj).unwrap()
+            } else {
+                serde_json::to_vec(&obj).unwrap()
+            };
+            let cap = cap.map(|c| (field, c));
+            let want: Value = serde_json::from_slice(&reserialize(&json, ask_usage, cap).unwrap().unwrap()).unwrap();
+            if let Some(got) = prepend_members(&json, ask_usage, cap) {
+                let got: Value = serde_json::from_slice(&got).unwrap();
+                prop_assert_eq!(got, want);
+                prop_assert!(!obj.contains_key("stream\\u005foptions") || !ask_usage);
+            } else {
+                prop_assert!(
+                    (ask_usage && obj.contains_key("stream_options"))
+                        || cap.is_some_and(|(f, _)| obj.contains_key(f))
+                        || obj.keys().any(|k| k.contains('\\'))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn prepends_in_front_of_the_clients_members() {
+        let got = prepend_members(br#" {"model": "m", "stream": true} "#, true, None).unwrap();
+        assert_eq!(
+            &got[..],
+            br#" {"stream_options":{"include_usage":true},"model": "m", "stream": true} "#
+        );
+        let got = prepend_members(b"{ }", true, Some(("max_tokens", 5))).unwrap();
+        assert_eq!(
+            &got[..],
+            br#"{"stream_options":{"include_usage":true},"max_tokens":5 }"#
+        );
+        assert_eq!(
+            prepend_members(br#"{"stream_options": {}}"#, true, None),
+            None
+        );
+        assert_eq!(prepend_members(br#"{"a": 1"#, true, None), None);
     }
 }

@@ -104,7 +104,7 @@ impl SseTap {
             return true;
         };
         self.usage = Some(usage);
-        let usage_only = found.choices == Some(0);
+        let usage_only = found.choices_empty == Some(true);
         !(self.strip_usage_chunk && usage_only)
     }
 }
@@ -120,13 +120,18 @@ fn event_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// The `data:` payload of an event (multi-line data joined is not needed for JSON
-/// chunks, which OpenAI-compatible servers send on one line).
+/// chunks, which OpenAI-compatible servers send on one line). Lines are found
+/// with `memchr`: splitting on a byte predicate walked every byte of the chunk
+/// and was the tap's largest cost.
 fn event_data(event: &[u8]) -> &[u8] {
-    for line in event.split(|&b| b == b'\n') {
-        if let Some(rest) = line.strip_prefix(b"data:") {
+    let mut start = 0;
+    while start < event.len() {
+        let end = memchr::memchr(b'\n', &event[start..]).map_or(event.len(), |i| start + i);
+        if let Some(rest) = event[start..end].strip_prefix(b"data:") {
             let rest = rest.strip_suffix(b"\r").unwrap_or(rest);
             return rest.strip_prefix(b" ").unwrap_or(rest);
         }
+        start = end + 1;
     }
     &[]
 }
@@ -143,7 +148,9 @@ fn has_text(data: &[u8]) -> bool {
 }
 
 /// Searchers built once: building one per event (what `memmem::find` does)
-/// cost more than the search itself on these short events.
+/// cost more than the search itself on these short events. (Measured on a
+/// 200-byte chunk: these searches take about 55 ns; a byte loop testing every
+/// quote, 290-400 ns.)
 static TEXT_FINDERS: LazyLock<[Finder<'static>; 3]> = LazyLock::new(|| {
     [
         Finder::new(b"\"content\":\""),
@@ -225,6 +232,17 @@ mod tests {
             assert_eq!(tap.usage.unwrap().output, 2);
             assert_eq!(tap.text_events, 3);
         }
+    }
+
+    #[test]
+    fn event_data_is_the_first_data_line() {
+        assert_eq!(
+            event_data(b"event: x\r\ndata: {\"a\":1}\r\n\r\n"),
+            b"{\"a\":1}"
+        );
+        assert_eq!(event_data(b"data:[DONE]\n\n"), b"[DONE]");
+        assert_eq!(event_data(b": comment\n\n"), b"");
+        assert_eq!(event_data(b"data: tail"), b"tail");
     }
 
     #[test]
