@@ -9,6 +9,7 @@
 
 use crate::proxy;
 use crate::state::SharedState;
+use crate::verify::ParseMemo;
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Request, State};
 use axum::response::Response;
@@ -18,6 +19,7 @@ use futures_util::future::{BoxFuture, Either, FutureExt, Map};
 use std::convert::Infallible;
 use std::future::Ready;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower_service::Service;
 
@@ -52,6 +54,7 @@ where
             router: self.router.clone(),
             state: self.state.clone(),
             peer: *stream.remote_addr(),
+            memo: Arc::default(),
         }))
     }
 }
@@ -62,6 +65,8 @@ pub struct Entry {
     router: Router,
     state: SharedState,
     peer: SocketAddr,
+    /// The connection's last parsed key (see [`ParseMemo`]).
+    memo: Arc<ParseMemo>,
 }
 
 /// Is `path` the gateway's (`/v1` or below it)?
@@ -84,7 +89,12 @@ impl Service<Request> for Entry {
 
     fn call(&mut self, mut req: Request) -> Self::Future {
         if is_gateway_path(req.uri().path()) {
-            let forward = proxy::forward(State(self.state.clone()), ConnectInfo(self.peer), req);
+            let forward = proxy::forward(
+                State(self.state.clone()),
+                ConnectInfo(self.peer),
+                self.memo.clone(),
+                req,
+            );
             Either::Left(forward.boxed().map(Ok as Wrap))
         } else {
             // What `into_make_service_with_connect_info` would have added.

@@ -7,7 +7,7 @@ use crate::json_walk::Members;
 use crate::meter::{MeteredBody, RequestMeter};
 use crate::rate_limit::write_headers as write_rate_headers;
 use crate::state::{AppState, SharedState};
-use crate::verify::verify_caller;
+use crate::verify::{verify_caller, ParseMemo};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -17,6 +17,7 @@ use http::uri::PathAndQuery;
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Headers that describe one hop and must not be forwarded.
@@ -35,13 +36,14 @@ const HOP_BY_HOP: [&str; 8] = [
 /// client is never shown it.
 const UPSTREAM_ACCOUNT_HEADERS: [&str; 3] = ["openai-organization", "openai-project", "set-cookie"];
 
-/// The `/v1/*` handler.
+/// The `/v1/*` handler; `memo` is the connection's.
 pub async fn forward(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    memo: Arc<ParseMemo>,
     req: Request,
 ) -> Response {
-    let response = match handle(&state, peer, req).await {
+    let response = match handle(&state, peer, &memo, req).await {
         Ok(resp) => resp,
         Err(e) => {
             if e.status() == http::StatusCode::UNAUTHORIZED {
@@ -67,6 +69,7 @@ struct RequestFacts {
 async fn handle(
     state: &SharedState,
     peer: SocketAddr,
+    memo: &ParseMemo,
     req: Request,
 ) -> Result<Response, GatewayError> {
     let started = Instant::now();
@@ -74,6 +77,7 @@ async fn handle(
     let caller = verify_caller(
         state,
         presented_key(req.headers()).ok_or(GatewayError::MissingKey)?,
+        Some(memo),
     )
     .await?;
 

@@ -338,7 +338,7 @@ pub async fn token_for_holder(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     let presented = crate::credentials::presented_key(&headers).ok_or(ApiError::Unauthorized)?;
-    let caller = crate::verify::verify_caller(&state, presented)
+    let caller = crate::verify::verify_caller(&state, presented, None)
         .await
         .map_err(|_| ApiError::Unauthorized)?;
     if caller.parent.is_some() {
