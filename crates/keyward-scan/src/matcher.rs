@@ -365,15 +365,7 @@ mod tests {
     fn keyword_hits_equal_a_leftmost_longest_search_across_stream_boundaries() {
         let rules = RuleSet::builtin().unwrap();
         let matcher = Matcher::new(rules.clone(), ValueAllowlist::default());
-        let mut keywords: Vec<String> = Vec::new();
-        for rule in rules.rules() {
-            for kw in &rule.spec.keywords {
-                let kw = kw.to_ascii_lowercase();
-                if !keywords.contains(&kw) {
-                    keywords.push(kw);
-                }
-            }
-        }
+        let keywords = builtin_keywords(&rules);
         // Every keyword, in mixed case, back to back and separated, then all
         // examples: long enough to be walked as several streams.
         let mut text = String::new();
@@ -405,6 +397,84 @@ mod tests {
         }
         for len in (0..text.len()).step_by(97) {
             assert_hits_match_reference(&matcher, &keywords, &text.as_bytes()[..len]);
+        }
+    }
+
+    /// The built-in keywords, lower-cased, as `Matcher::new` collects them.
+    fn builtin_keywords(rules: &RuleSet) -> Vec<String> {
+        let mut keywords: Vec<String> = Vec::new();
+        for rule in rules.rules() {
+            for kw in &rule.spec.keywords {
+                let kw = kw.to_ascii_lowercase();
+                if !keywords.contains(&kw) {
+                    keywords.push(kw);
+                }
+            }
+        }
+        keywords
+    }
+
+    #[test]
+    fn keyword_hits_equal_aho_corasick_on_random_and_real_text() {
+        let rules = RuleSet::builtin().unwrap();
+        let matcher = Matcher::new(rules.clone(), ValueAllowlist::default());
+        let keywords = builtin_keywords(&rules);
+        // Real text: source code and rule files, which hold every keyword
+        // and many words that share their first bytes; cut at many lengths
+        // so that keywords also run past the end of a haystack.
+        for real in [
+            include_str!("matcher.rs"),
+            include_str!("keywords.rs"),
+            include_str!("scanner.rs"),
+            include_str!("../rules/aws.toml"),
+            include_str!("../rules/generic.toml"),
+            include_str!("../rules/private-key.toml"),
+        ] {
+            let real = real.as_bytes();
+            assert_hits_match_reference(&matcher, &keywords, real);
+            for len in (0..real.len()).step_by(331) {
+                assert_hits_match_reference(&matcher, &keywords, &real[..len]);
+                assert_hits_match_reference(&matcher, &keywords, &real[len..]);
+            }
+        }
+        // Random text: keywords in random case, keywords missing their last
+        // byte, and arbitrary bytes (non-ASCII included), in haystacks both
+        // shorter and longer than `MIN_STREAMED_LEN`.
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for round in 0..300 {
+            let target = next(8 * MIN_STREAMED_LEN);
+            let mut hay: Vec<u8> = Vec::new();
+            while hay.len() < target {
+                let kw = keywords[next(keywords.len())].as_bytes();
+                let kw = match next(3) {
+                    0 => kw,
+                    1 => &kw[..kw.len() - 1],
+                    _ => &[],
+                };
+                hay.extend(kw.iter().map(|&b| {
+                    if next(2) == 0 {
+                        b.to_ascii_uppercase()
+                    } else {
+                        b
+                    }
+                }));
+                for _ in 0..next(6) {
+                    hay.push(next(256) as u8);
+                }
+            }
+            let mut hits = Vec::new();
+            matcher.prefilter.hits(&hay, &mut hits);
+            let got: Vec<(usize, usize)> = hits
+                .iter()
+                .map(|&(start, p)| (start, matcher.prefilter.len_of(p)))
+                .collect();
+            assert_eq!(got, reference_hits(&keywords, &hay), "round {round}");
         }
     }
 
