@@ -17,7 +17,7 @@
 //! caches, capture slots, the triggered-rule set) so that matching allocates
 //! nothing in steady state and threads never contend.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use regex_automata::meta;
@@ -73,8 +73,6 @@ pub struct Matcher {
     prefilter: KeywordSearch,
     /// For each prefilter pattern, the rules it triggers.
     keyword_rules: Vec<Vec<usize>>,
-    /// Per rule, how far past the end of a keyword hit a match may end.
-    forward: Vec<usize>,
     allow: ValueAllowlist,
 }
 
@@ -97,16 +95,18 @@ impl Matcher {
     pub fn new(rules: RuleSet, allow: ValueAllowlist) -> Self {
         let mut keywords: Vec<String> = Vec::new();
         let mut keyword_rules: Vec<Vec<usize>> = Vec::new();
+        let mut position: HashMap<String, usize> = HashMap::new();
         for (i, rule) in rules.rules().iter().enumerate() {
             for kw in &rule.spec.keywords {
                 let kw = kw.to_ascii_lowercase();
-                match keywords.iter().position(|k| *k == kw) {
-                    Some(p) => {
+                match position.get(&kw) {
+                    Some(&p) => {
                         if !keyword_rules[p].contains(&i) {
                             keyword_rules[p].push(i);
                         }
                     }
                     None => {
+                        position.insert(kw.clone(), keywords.len());
                         keywords.push(kw);
                         keyword_rules.push(vec![i]);
                     }
@@ -115,37 +115,33 @@ impl Matcher {
         }
         // `keyword_hits` keeps, at each position, only the longest keyword
         // starting there; a keyword contained in another one must
-        // therefore also trigger when the longer one is seen.
+        // therefore also trigger when the longer one is seen. The keywords
+        // inside each keyword are found with one overlapping search, not by
+        // testing every pair.
         let mut triggers = keyword_rules.clone();
+        let within = aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::Standard)
+            .build(&keywords)
+            .expect("keywords are plain literals and always compile");
         for (i, long) in keywords.iter().enumerate() {
-            for (j, short) in keywords.iter().enumerate() {
-                if i != j && long.contains(short.as_str()) {
-                    for &r in &keyword_rules[j] {
-                        if !triggers[i].contains(&r) {
-                            triggers[i].push(r);
-                        }
+            for hit in within.find_overlapping_iter(long.as_str()) {
+                let j = hit.pattern().as_usize();
+                if j == i {
+                    continue;
+                }
+                for &r in &keyword_rules[j] {
+                    if !triggers[i].contains(&r) {
+                        triggers[i].push(r);
                     }
                 }
             }
         }
         let keyword_rules = triggers;
         let prefilter = KeywordSearch::new(&keywords);
-        // A match contains a keyword and starts at most `WINDOW_BACK` before
-        // it, so it ends at most its own length past the keyword's end; a rule
-        // with a bounded pattern needs no more than that after a hit.
-        let forward = rules
-            .rules()
-            .iter()
-            .map(|r| {
-                r.max_match_len
-                    .map_or(WINDOW_FORWARD, |l| l.min(WINDOW_FORWARD))
-            })
-            .collect();
         Self {
             rules: Arc::new(rules),
             prefilter,
             keyword_rules,
-            forward,
             allow,
         }
     }
@@ -181,7 +177,16 @@ impl Matcher {
             let start = hit_start.saturating_sub(WINDOW_BACK);
             let far = hit_start + WINDOW_FORWARD;
             for &rule in &self.keyword_rules[pattern] {
-                let end = (hit_end + self.forward[rule]).min(far).min(hay.len());
+                // A match contains a keyword and starts at most `WINDOW_BACK`
+                // before it, so it ends at most its own length past the
+                // keyword's end; a rule with a bounded pattern needs no more
+                // than that after a hit. (The rule is compiled here, on its
+                // first hit, if it was not yet.)
+                let forward = self.rules.rules()[rule]
+                    .compiled()
+                    .max_match_len
+                    .map_or(WINDOW_FORWARD, |l| l.min(WINDOW_FORWARD));
+                let end = (hit_end + forward).min(far).min(hay.len());
                 let windows = &mut scratch.windows[rule];
                 match windows.last_mut() {
                     Some(last) if start <= last.1 => {
@@ -224,7 +229,8 @@ impl Matcher {
         end: usize,
     ) {
         let rule = &self.rules.rules()[rule_idx];
-        let regex = rule.regex();
+        let compiled = rule.compiled();
+        let regex = &compiled.regex;
         let cache = scratch.caches[rule_idx].get_or_insert_with(|| regex.create_cache());
         let caps = scratch.captures[rule_idx].get_or_insert_with(|| regex.create_captures());
         let mut pos = start;
@@ -237,7 +243,7 @@ impl Matcher {
             } else {
                 whole.end() + 1
             };
-            let Some(span) = caps.get_group(rule.secret_group) else {
+            let Some(span) = caps.get_group(compiled.secret_group) else {
                 continue;
             };
             let secret = &hay[span.start..span.end];
@@ -253,7 +259,7 @@ impl Matcher {
                 continue;
             }
             // `user:user@host` style credentials are defaults, not secrets.
-            if let Some(user) = rule.user_group.and_then(|g| caps.get_group(g)) {
+            if let Some(user) = compiled.user_group.and_then(|g| caps.get_group(g)) {
                 if hay[user.start..user.end].eq_ignore_ascii_case(secret) {
                     continue;
                 }
@@ -529,7 +535,7 @@ mod tests {
             .iter()
             .find(|r| r.spec.id == "generic.api-key-assignment")
             .unwrap();
-        assert!(generic.max_match_len.is_some());
+        assert!(generic.compiled().max_match_len.is_some());
         let blanks = |n: usize| {
             format!(
                 "api_key ={}\"VeOM5RPOMhRtWoh46qIfK7SWwqyEfFHn\"",
@@ -550,7 +556,7 @@ mod tests {
             .unwrap();
         // `pat` + 14 + `.` + 64: the window after the hit is the match length,
         // not the 16 KiB fallback.
-        assert_eq!(airtable.max_match_len, Some(82));
+        assert_eq!(airtable.compiled().max_match_len, Some(82));
         let token = format!("pat{}.{}", "Ab3dE6gH9jK2mN", "0123456789abcdef".repeat(4));
         // Many earlier keyword hits of the same rule merge into one window
         // that must still reach the end of the token.

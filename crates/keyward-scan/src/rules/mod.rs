@@ -96,69 +96,79 @@ pub struct Rule {
     pub id: std::sync::Arc<str>,
     /// `spec.name` shared cheaply with findings.
     pub name: std::sync::Arc<str>,
-    /// The pattern with its open repetitions capped.
-    hir: Hir,
-    /// The compiled pattern, built on first use (see [`Rule::regex`]).
-    regex: OnceLock<meta::Regex>,
+    /// The pattern, parsed and compiled on first use (see [`Rule::compiled`]).
+    compiled: OnceLock<Compiled>,
+}
+
+/// What a rule's pattern compiles to.
+#[derive(Debug, Clone)]
+pub(crate) struct Compiled {
+    pub regex: meta::Regex,
     /// Index of the capture group holding the secret (0 = whole match).
-    pub(crate) secret_group: usize,
+    pub secret_group: usize,
     /// Index of a capture group named `user`: a secret equal to it is a
     /// default credential, not a finding.
-    pub(crate) user_group: Option<usize>,
+    pub user_group: Option<usize>,
     /// The longest text the whole pattern can match (`None` when unbounded),
     /// so that the matcher can search only that far past a keyword hit.
-    pub(crate) max_match_len: Option<usize>,
+    pub max_match_len: Option<usize>,
+}
+
+impl Compiled {
+    /// Parses `pattern`, caps its open repetitions and builds its regex.
+    fn new(pattern: &str) -> Result<Self, String> {
+        let syntax = syntax::Config::new().unicode(false).utf8(false);
+        let hir = syntax::parse_with(pattern, &syntax).map_err(|e| e.to_string())?;
+        let hir = cap_repetitions(hir);
+        Ok(Self {
+            secret_group: capture_index(&hir, "secret").unwrap_or(0),
+            user_group: capture_index(&hir, "user"),
+            max_match_len: hir.properties().maximum_len(),
+            regex: build_regex(&hir)?,
+        })
+    }
 }
 
 impl Rule {
-    /// Compiles one rule.
+    /// Compiles one rule, reporting a pattern that does not build.
     pub fn compile(spec: RuleSpec, provider: &str) -> Result<Self, ScanError> {
         let rule = Self::parse(spec, provider)?;
-        let regex = build_regex(&rule.hir).map_err(|e| ScanError::Rule {
+        let compiled = Compiled::new(&rule.spec.pattern).map_err(|e| ScanError::Rule {
             rule_id: rule.spec.id.clone(),
             message: format!("bad pattern: {e}"),
         })?;
-        rule.regex.set(regex).expect("a new rule has no regex yet");
+        rule.compiled
+            .set(compiled)
+            .expect("a new rule is not compiled yet");
         Ok(rule)
     }
 
-    /// Parses one rule and defers building its regex to its first use: most
-    /// built-in rules never see their keyword in a given scan, and building
-    /// all 200-odd regexes would be most of a small scan's time. Only for
-    /// rules whose regexes are known to build (the built-in ones, which the
-    /// tests build).
+    /// Checks one rule's keywords and defers parsing and building its
+    /// pattern to its first use: most built-in rules never see their keyword
+    /// in a given scan, and parsing and building all 200-odd patterns would
+    /// be most of a small scan's time (and, before the walk starts, time
+    /// during which only one core works). Only for rules whose patterns are
+    /// known to build (the built-in ones, which the tests build).
     fn parse(spec: RuleSpec, provider: &str) -> Result<Self, ScanError> {
-        let err = |message: String| ScanError::Rule {
-            rule_id: spec.id.clone(),
-            message,
-        };
         if spec.keywords.is_empty() || spec.keywords.iter().any(|k| k.len() < 2) {
-            return Err(err("needs keywords of at least 2 bytes".into()));
+            return Err(ScanError::Rule {
+                rule_id: spec.id.clone(),
+                message: "needs keywords of at least 2 bytes".into(),
+            });
         }
-        let syntax = syntax::Config::new().unicode(false).utf8(false);
-        let hir = syntax::parse_with(&spec.pattern, &syntax)
-            .map_err(|e| err(format!("bad pattern: {e}")))?;
-        let hir = cap_repetitions(hir);
-        let secret_group = capture_index(&hir, "secret").unwrap_or(0);
-        let user_group = capture_index(&hir, "user");
-        let max_match_len = hir.properties().maximum_len();
         Ok(Self {
-            max_match_len,
-            user_group,
             provider: provider.to_string(),
             id: spec.id.as_str().into(),
             name: spec.name.as_str().into(),
             spec,
-            hir,
-            regex: OnceLock::new(),
-            secret_group,
+            compiled: OnceLock::new(),
         })
     }
 
-    /// The rule's compiled regex.
-    pub(crate) fn regex(&self) -> &meta::Regex {
-        self.regex.get_or_init(|| {
-            build_regex(&self.hir)
+    /// The rule's compiled pattern.
+    pub(crate) fn compiled(&self) -> &Compiled {
+        self.compiled.get_or_init(|| {
+            Compiled::new(&self.spec.pattern)
                 .unwrap_or_else(|e| panic!("built-in rule {} does not build: {e}", self.spec.id))
         })
     }
@@ -306,17 +316,18 @@ mod tests {
     #[test]
     fn builtin_rules_build_lazily_with_the_groups_their_regex_numbers() {
         let rules = RuleSet::builtin().unwrap();
-        assert!(rules.rules().iter().all(|r| r.regex.get().is_none()));
+        assert!(rules.rules().iter().all(|r| r.compiled.get().is_none()));
         for rule in rules.rules() {
-            let info = rule.regex().group_info();
+            let compiled = rule.compiled();
+            let info = compiled.regex.group_info();
             let index = |name| info.to_index(regex_automata::PatternID::ZERO, name);
             assert_eq!(
                 index("secret").unwrap_or(0),
-                rule.secret_group,
+                compiled.secret_group,
                 "{}",
                 rule.spec.id
             );
-            assert_eq!(index("user"), rule.user_group, "{}", rule.spec.id);
+            assert_eq!(index("user"), compiled.user_group, "{}", rule.spec.id);
         }
     }
 
