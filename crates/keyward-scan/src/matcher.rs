@@ -547,6 +547,38 @@ mod tests {
     }
 
     #[test]
+    fn private_key_bodies_are_bounded_by_max_len_not_a_count() {
+        // Base64 lines of a pseudo-random body, 64 characters each.
+        let body = |len: usize| {
+            const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            let mut x: u32 = 0x9e37_79b9;
+            let mut out = String::new();
+            for i in 0..len {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                out.push(B64[(x % 64) as usize] as char);
+                if i % 64 == 63 {
+                    out.push('\n');
+                }
+            }
+            out
+        };
+        let pem = |len: usize| {
+            format!(
+                "-----BEGIN RSA PRIVATE KEY-----\n{}\n-----END RSA PRIVATE KEY-----\n",
+                body(len)
+            )
+        };
+        // A 4096-bit key's body is about 3,200 characters, an 8192-bit one's
+        // about 6,400; the rule's `max_len` is 12,100.
+        for len in [100, 3_200, 6_400, 11_500] {
+            assert_eq!(rule_ids(&pem(len)), ["private-key.rsa"], "body of {len}");
+        }
+        assert!(rule_ids(&pem(13_000)).is_empty());
+    }
+
+    #[test]
     fn bounded_rule_window_reaches_the_end_of_its_longest_match() {
         let rules = RuleSet::builtin().unwrap();
         let airtable = rules

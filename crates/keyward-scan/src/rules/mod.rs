@@ -57,6 +57,14 @@ pub struct RuleSpec {
     /// Minimum Shannon entropy of the secret, bits per byte.
     #[serde(default)]
     pub min_entropy: Option<f64>,
+    /// The longest match, in bytes, for a pattern whose body is too long to
+    /// spell as a counted repetition: `[…]{64,12000}` unrolls into 12,000
+    /// NFA states, forward and reverse, and took 8–11 ms to build. With
+    /// `max_len` set, the pattern's open repetitions stay open (see
+    /// [`REPETITION_CAP`]) and the matcher's window, `max_len` past the
+    /// keyword, bounds the match instead.
+    #[serde(default)]
+    pub max_len: Option<usize>,
     /// Optional checksum validator.
     #[serde(default)]
     pub validator: Option<ValidatorKind>,
@@ -115,15 +123,23 @@ pub(crate) struct Compiled {
 }
 
 impl Compiled {
-    /// Parses `pattern`, caps its open repetitions and builds its regex.
-    fn new(pattern: &str) -> Result<Self, String> {
+    /// Parses `spec`'s pattern, caps its open repetitions (unless it sets
+    /// `max_len`) and builds its regex.
+    fn new(spec: &RuleSpec) -> Result<Self, String> {
         let syntax = syntax::Config::new().unicode(false).utf8(false);
-        let hir = syntax::parse_with(pattern, &syntax).map_err(|e| e.to_string())?;
-        let hir = cap_repetitions(hir);
+        let hir = syntax::parse_with(&spec.pattern, &syntax).map_err(|e| e.to_string())?;
+        let hir = match spec.max_len {
+            Some(_) => hir,
+            None => cap_repetitions(hir),
+        };
+        let bound = hir.properties().maximum_len();
         Ok(Self {
             secret_group: capture_index(&hir, "secret").unwrap_or(0),
             user_group: capture_index(&hir, "user"),
-            max_match_len: hir.properties().maximum_len(),
+            max_match_len: match (spec.max_len, bound) {
+                (Some(declared), Some(bound)) => Some(declared.min(bound)),
+                (declared, bound) => declared.or(bound),
+            },
             regex: build_regex(&hir)?,
         })
     }
@@ -133,7 +149,7 @@ impl Rule {
     /// Compiles one rule, reporting a pattern that does not build.
     pub fn compile(spec: RuleSpec, provider: &str) -> Result<Self, ScanError> {
         let rule = Self::parse(spec, provider)?;
-        let compiled = Compiled::new(&rule.spec.pattern).map_err(|e| ScanError::Rule {
+        let compiled = Compiled::new(&rule.spec).map_err(|e| ScanError::Rule {
             rule_id: rule.spec.id.clone(),
             message: format!("bad pattern: {e}"),
         })?;
@@ -168,7 +184,7 @@ impl Rule {
     /// The rule's compiled pattern.
     pub(crate) fn compiled(&self) -> &Compiled {
         self.compiled.get_or_init(|| {
-            Compiled::new(&self.spec.pattern)
+            Compiled::new(&self.spec)
                 .unwrap_or_else(|e| panic!("built-in rule {} does not build: {e}", self.spec.id))
         })
     }
@@ -203,7 +219,8 @@ fn capture_index(hir: &Hir, name: &str) -> Option<usize> {
 /// How many times more than its minimum an open-ended repetition (`*`, `+`,
 /// `{n,}`) of a rule's pattern may repeat.
 ///
-/// Every rule is compiled with its open repetitions capped, so that every
+/// Every rule is compiled with its open repetitions capped (unless it
+/// declares its own [`RuleSpec::max_len`]), so that every
 /// pattern has a bounded match length and the matcher searches only that far
 /// past a keyword hit (see [`crate::matcher`]) instead of the 16 KiB fallback.
 /// Open repetitions in rules are runs of whitespace between a name and its
@@ -339,6 +356,7 @@ mod tests {
             pattern: r"key(?:\w{1000}){1000}".into(),
             keywords: vec!["key".into()],
             min_entropy: None,
+            max_len: None,
             validator: None,
             generic: false,
             references: vec![],
