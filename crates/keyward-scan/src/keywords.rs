@@ -5,10 +5,10 @@
 //! copied into a compact DFA table of our own: bytes that occur in no keyword
 //! share one class, upper and lower case share a class, state ids are
 //! premultiplied by the table's stride, the states where a keyword ends are
-//! numbered last and carry a flag bit, and the table's length is a power of two, so that one
-//! step is two loads, a mask (which drops the flag and bounds the index
-//! without a check) and a test of the flag. A single walk is bound by
-//! the latency of its dependent loads, so the haystack is cut into
+//! numbered last and carry a flag bit, and the table's length is a power of
+//! two, so that one step is two loads, a mask (which drops the flag and
+//! bounds the index without a check) and a test of the flag. A single walk is
+//! bound by the latency of its dependent loads, so the haystack is cut into
 //! [`STREAMS`] segments walked in lockstep; each segment's walk starts the
 //! length of the longest keyword early, so that it has seen the start of
 //! every keyword ending inside it. On source code this runs about twice as
