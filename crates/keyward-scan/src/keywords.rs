@@ -229,17 +229,17 @@ impl KeywordSearch {
         if streams == STREAMS {
             done = (0..STREAMS).map(|j| hi[j] - lo[j]).min().unwrap_or(0);
             let segs: [&[u8]; STREAMS] = std::array::from_fn(|j| &hay[lo[j]..lo[j] + done]);
-            #[allow(
-                clippy::needless_range_loop,
-                reason = "one index into several segments, walked in lockstep"
-            )]
-            for i in 0..done {
+            let mut i = 0;
+            while i < done {
+                let at;
+                (state, at) = lockstep(&step, segs, i, state);
+                let Some(at) = at else { break };
                 for j in 0..STREAMS {
-                    state[j] = step(state[j], segs[j][i]);
                     if state[j] & MATCH != 0 {
-                        self.report(state[j], lo[j] + i, hits);
+                        self.report(state[j], lo[j] + at, hits);
                     }
                 }
+                i = at + 1;
             }
         }
         for j in 0..streams {
@@ -260,6 +260,39 @@ impl KeywordSearch {
             hits.push((at + 1 - self.lens[p as usize], p));
         }
     }
+}
+
+/// Steps the four states over `segs[j][from..]` in lockstep until one of them
+/// is a match state; returns the states and the index of that step, or
+/// `None` at the end of the segments.
+///
+/// Kept out of line, and free of calls: inlined into [`KeywordSearch::walk`],
+/// next to its call of `report`, it had the compiler keep the segments and
+/// the table on the stack and load them on every step.
+#[inline(never)]
+fn lockstep(
+    step: &impl Fn(u32, u8) -> u32,
+    segs: [&[u8]; STREAMS],
+    from: usize,
+    [mut a, mut b, mut c, mut d]: [u32; STREAMS],
+) -> ([u32; STREAMS], Option<usize>) {
+    let [s0, s1, s2, s3] = segs;
+    // One index for the four segments, known to be in bounds for all.
+    let n = s0.len();
+    let (s1, s2, s3) = (&s1[..n], &s2[..n], &s3[..n]);
+    let mut k = from;
+    while k < n {
+        a = step(a, s0[k]);
+        b = step(b, s1[k]);
+        c = step(c, s2[k]);
+        d = step(d, s3[k]);
+        // One branch for the four streams: matches are rare.
+        if (a | b | c | d) & MATCH != 0 {
+            return ([a, b, c, d], Some(k));
+        }
+        k += 1;
+    }
+    ([a, b, c, d], None)
 }
 
 /// Positions of the `aho-corasick` NFA's states, indexed by their ids.
