@@ -174,16 +174,25 @@ impl Matcher {
         for &(hit_start, pattern) in &scratch.hits {
             let hit_end = hit_start + self.prefilter.len_of(pattern);
             let pattern = pattern as usize;
-            let start = hit_start.saturating_sub(WINDOW_BACK);
             let far = hit_start + WINDOW_FORWARD;
             for &rule in &self.keyword_rules[pattern] {
                 // A match contains a keyword and starts at most `WINDOW_BACK`
-                // before it, so it ends at most its own length past the
-                // keyword's end; a rule with a bounded pattern needs no more
-                // than that after a hit. (The rule is compiled here, on its
-                // first hit, if it was not yet.)
-                let forward = self.rules.rules()[rule]
-                    .compiled()
+                // before it (or where one of the rule's beginnings that the
+                // text fits puts it, when the pattern shows its beginnings),
+                // so it ends at most its own length past the keyword's end;
+                // a rule with a bounded pattern needs no more than that after
+                // a hit. (The rule is compiled here, on its first hit, if it
+                // was not yet.)
+                let compiled = self.rules.rules()[rule].compiled();
+                let start = match &compiled.leads {
+                    Some(leads) => match leads.start_for(hay, hit_start) {
+                        Some(start) => start,
+                        // No match of this rule can hold this hit.
+                        None => continue,
+                    },
+                    None => hit_start.saturating_sub(WINDOW_BACK),
+                };
+                let forward = compiled
                     .max_match_len
                     .map_or(WINDOW_FORWARD, |l| l.min(WINDOW_FORWARD));
                 let end = (hit_end + forward).min(far).min(hay.len());
@@ -542,8 +551,9 @@ mod tests {
                 " ".repeat(n)
             ) // keyward:allow
         };
-        assert_eq!(rule_ids(&blanks(256)), ["generic.api-key-assignment"]);
-        assert!(rule_ids(&blanks(257)).is_empty());
+        let cap = crate::rules::REPETITION_CAP as usize;
+        assert_eq!(rule_ids(&blanks(cap)), ["generic.api-key-assignment"]);
+        assert!(rule_ids(&blanks(cap + 1)).is_empty());
     }
 
     #[test]
