@@ -314,7 +314,12 @@ fn start(nginx_bin: &Path, keyward_bin: &Path, dir: &Path) -> anyhow::Result<Ben
     .env("KEYWARD_LOG", "warn");
     let mut keyward = Service::spawn("keyward serve", cmd, &kw_log)?;
     keyward.wait_listening(kw_addr, &kw_log)?;
-    let admin_key = std::fs::read_to_string(data.join("initial-admin-key"))
+    // `serve` binds its socket before it opens the store and writes the
+    // first admin key, so a connection succeeds before the key exists; the
+    // first answer to a request comes only once the server runs.
+    procs::wait_answering(kw_addr)?;
+    let key_file = data.join("initial-admin-key");
+    let admin_key = std::fs::read_to_string(&key_file)
         .context("reading the initial admin key")?
         .trim()
         .to_owned();

@@ -111,6 +111,25 @@ impl Drop for Service {
     }
 }
 
+/// Waits (up to 30 s) for an HTTP answer to `GET /healthz` from `addr`.
+pub fn wait_answering(addr: SocketAddr) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .with_context(|| format!("waiting for an answer from {addr}"))?;
+    if !answer.starts_with(b"HTTP/1.1 200") {
+        bail!(
+            "{addr} answered /healthz with {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    Ok(())
+}
+
 /// A loopback address with a port that was free a moment ago.
 pub fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
