@@ -35,8 +35,12 @@ struct ByteSet([u64; 4]);
 impl ByteSet {
     fn single(b: u8) -> Self {
         let mut set = Self([0; 4]);
-        set.0[usize::from(b >> 6)] |= 1 << (b & 63);
+        set.insert(b);
         set
+    }
+
+    fn insert(&mut self, b: u8) {
+        self.0[usize::from(b >> 6)] |= 1 << (b & 63);
     }
 
     fn contains(&self, b: u8) -> bool {
@@ -177,6 +181,10 @@ fn beginnings(hir: &Hir) -> Option<Vec<Beginning>> {
             let one = beginnings(&rep.sub)?;
             let mut all = vec![open(Vec::new())];
             for _ in 0..rep.min {
+                // Past `MAX_BEGINNING_LEN` every beginning is cut.
+                if all.iter().all(|b| b.cut) {
+                    break;
+                }
                 all = concat(all, &one)?;
             }
             if rep.max != Some(rep.min) {
@@ -246,8 +254,7 @@ fn class_set(class: &Class) -> Option<ByteSet> {
             return None;
         }
         for c in start..=end {
-            let b = u8::try_from(c).ok()?;
-            set.0[usize::from(b >> 6)] |= 1 << (b & 63);
+            set.insert(u8::try_from(c).ok()?);
         }
     }
     Some(set)
