@@ -7,6 +7,7 @@
 #   cargo build --release -p keyward -p xtask
 #   benches/gateway_instructions.sh OLD_KEYWARD_BIN target/release/keyward
 #   LIMITS=1 benches/gateway_instructions.sh target/release/keyward   # keyward+limits
+#   KEEP=/tmp/cg benches/gateway_instructions.sh BIN   # keep the dumps for callgrind_annotate
 #
 # Each build serves with one worker under callgrind; 4 connections of
 # `xtask bench load` warm up for 2 s, counters are zeroed, 6 s are measured, and
@@ -65,6 +66,7 @@ for bin in "$@"; do
     else
       baseline[$mode]=$per
     fi
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$dump" "$KEEP/$(basename "$bin")-$mode.out"; fi
     echo "$bin $mode: $((after - before)) requests, $per instructions/request$ratio"
   done
   kill "$kw_pid"; wait "$kw_pid" 2>/dev/null || true

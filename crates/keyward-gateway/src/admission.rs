@@ -6,17 +6,13 @@
 
 use crate::budget_ledger::{CostBound, Reservation};
 use crate::error::GatewayError;
+use crate::input_bound::input_token_bound;
 use crate::rate_limit::{Limits, Permit, RateHeaders, Subject};
 use crate::state::AppState;
 use keyward_core::{Budget, BudgetScope, KeyPolicy, ModelPrice};
 use keyward_store::{KeyRecord, Project, UsageFilter};
 use std::net::IpAddr;
 use std::sync::Arc;
-
-/// Upper bound of tokens for one image in a request: a high-detail image costs at
-/// most a few hundred tokens per tile on current OpenAI models; 2,000 covers the
-/// largest tiling with room to spare.
-const TOKENS_PER_IMAGE: i64 = 2_000;
 
 /// What admission needs to know about a request.
 pub struct Ask<'a> {
@@ -174,133 +170,6 @@ fn limits_of(p: &KeyPolicy) -> Limits {
     }
 }
 
-/// A safe upper bound of a request's input tokens.
-///
-/// Every token covers at least one byte of the text it encodes (OpenAI's
-/// tokenizers are byte-level BPE), so the decoded bytes of every string in the
-/// request bound its text tokens; an integer (a token id in a pre-tokenized prompt)
-/// is one token; tool and schema definitions count their whole JSON; each message
-/// adds OpenAI's fixed framing (at most 4 tokens, plus 3 for the reply); each image
-/// adds [`TOKENS_PER_IMAGE`], since an image costs tokens its URL's bytes do not
-/// show. Without a JSON body, the body's size is the bound. The body is walked
-/// once without building a JSON tree.
-pub fn input_token_bound(body: &[u8]) -> i64 {
-    let images = ["\"image_url\"", "\"input_image\""]
-        .iter()
-        .map(|n| memchr::memmem::find_iter(body, n.as_bytes()).count() as i64)
-        .sum::<i64>();
-    let mut de = serde_json::Deserializer::from_slice(body);
-    match serde::de::DeserializeSeed::deserialize(
-        bound::Walk {
-            top: true,
-            count: false,
-        },
-        &mut de,
-    ) {
-        Ok(b) => b.tokens + 4 * b.messages + 3 + images * TOKENS_PER_IMAGE,
-        Err(_) => body.len() as i64 + images * TOKENS_PER_IMAGE,
-    }
-}
-
-/// The visitor behind [`input_token_bound`].
-mod bound {
-    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-    use std::fmt;
-
-    #[derive(Default)]
-    pub struct Bound {
-        pub tokens: i64,
-        pub messages: i64,
-    }
-
-    /// Walks one JSON value. `top` marks the request object, whose `messages` and
-    /// `input` arrays are walked with `count`, which counts their elements
-    /// (messages, each with its framing).
-    pub struct Walk {
-        pub top: bool,
-        pub count: bool,
-    }
-
-    impl<'de> DeserializeSeed<'de> for Walk {
-        type Value = Bound;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Bound, D::Error> {
-            d.deserialize_any(self)
-        }
-    }
-
-    const LEAF: Walk = Walk {
-        top: false,
-        count: false,
-    };
-
-    impl<'de> Visitor<'de> for Walk {
-        type Value = Bound;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("JSON")
-        }
-        fn visit_str<E>(self, v: &str) -> Result<Bound, E> {
-            Ok(Bound {
-                tokens: v.len() as i64,
-                messages: 0,
-            })
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<Bound, E> {
-            Ok(Bound {
-                tokens: 1,
-                messages: 0,
-            })
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<Bound, E> {
-            Ok(Bound {
-                tokens: 1,
-                messages: 0,
-            })
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<Bound, E> {
-            Ok(Bound {
-                tokens: 1,
-                messages: 0,
-            })
-        }
-        fn visit_bool<E>(self, _: bool) -> Result<Bound, E> {
-            Ok(Bound::default())
-        }
-        fn visit_unit<E>(self) -> Result<Bound, E> {
-            Ok(Bound::default())
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bound, A::Error> {
-            let mut b = Bound::default();
-            while let Some(item) = seq.next_element_seed(LEAF)? {
-                b.tokens += item.tokens;
-                b.messages += i64::from(self.count);
-            }
-            Ok(b)
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Bound, A::Error> {
-            let mut b = Bound::default();
-            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                match key.as_ref() {
-                    // Definitions are rendered whole into the prompt: count their JSON.
-                    "tools" | "functions" | "response_format" | "tool_choice" => {
-                        let raw: &serde_json::value::RawValue = map.next_value()?;
-                        b.tokens += raw.get().len() as i64;
-                    }
-                    "messages" | "input" if self.top => {
-                        let inner = map.next_value_seed(Walk {
-                            top: false,
-                            count: true,
-                        })?;
-                        b.tokens += inner.tokens;
-                        b.messages += inner.messages;
-                    }
-                    _ => b.tokens += map.next_value_seed(LEAF)?.tokens,
-                }
-            }
-            Ok(b)
-        }
-    }
-}
-
 /// The cost bound of a request, `None` when it costs nothing.
 fn cost_bound(
     state: &AppState,
@@ -366,32 +235,39 @@ async fn project(state: &AppState, caller: &Caller) -> Result<Arc<Project>, Gate
     Ok(p)
 }
 
+/// Makes a budget scope from an id.
+type ScopeOf = fn(String) -> BudgetScope;
+
 /// The budgets above a request with the start of their current period.
 async fn budgets(
     state: &AppState,
     caller: &Caller,
     now: i64,
-) -> Result<Vec<(Budget, i64)>, GatewayError> {
-    let mut scopes = vec![BudgetScope::Key(caller.key.id.to_string())];
-    if let Some(p) = &caller.parent {
-        scopes.push(BudgetScope::Key(p.id.to_string()));
-    }
-    scopes.push(BudgetScope::Project(caller.key.project_id.to_string()));
-    scopes.push(BudgetScope::Org(caller.key.org_id.to_string()));
+) -> Result<Vec<(Arc<Budget>, i64)>, GatewayError> {
+    let key = &caller.key;
+    let scopes: [Option<(ScopeOf, &str)>; 4] = [
+        Some((BudgetScope::Key, key.id.as_str())),
+        caller
+            .parent
+            .as_ref()
+            .map(|p| (BudgetScope::Key as _, p.id.as_str())),
+        Some((BudgetScope::Project, key.project_id.as_str())),
+        Some((BudgetScope::Org, key.org_id.as_str())),
+    ];
     let mut missing = Vec::new();
     let mut found = Vec::new();
-    for s in &scopes {
-        match state.budgets.get(s, now) {
+    for (scope, id) in scopes.into_iter().flatten() {
+        match state.budgets.get(id, now) {
             Some(Some(b)) => found.push(b),
             Some(None) => {}
-            None => missing.push(s.clone()),
+            None => missing.push(scope(id.to_owned())),
         }
     }
     if !missing.is_empty() {
         let loaded = state.store.budgets_for(&missing).await.map_err(internal)?;
         for s in missing {
-            let b = loaded.iter().find(|b| b.scope == s).cloned();
-            state.budgets.insert(s, b.clone(), now);
+            let b = loaded.iter().find(|b| b.scope == s).cloned().map(Arc::new);
+            state.budgets.insert(s.id().to_owned(), b.clone(), now);
             found.extend(b);
         }
     }
@@ -470,27 +346,4 @@ async fn spent_since(
 fn internal(e: keyward_store::StoreError) -> GatewayError {
     tracing::error!(error = %e, "storage failed during admission");
     GatewayError::Internal
-}
-
-#[cfg(test)]
-mod tests {
-    use super::input_token_bound;
-    use serde_json::json;
-
-    #[test]
-    fn input_bound_counts_text_framing_tools_and_images() {
-        let chat = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40});
-        // "gpt-4o-mini" 11 + "user" 4 + "hi" 2 + the number 1, + 4 framing + 3 reply.
-        assert_eq!(input_token_bound(chat.to_string().as_bytes()), 25);
-        let body = br#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"u"}}]}]}"#;
-        assert!(input_token_bound(body) >= 2_000);
-        let tools = json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]});
-        assert!(input_token_bound(tools.to_string().as_bytes()) > 50);
-        let ids = json!({"prompt": [1, 2, 3]});
-        assert_eq!(input_token_bound(ids.to_string().as_bytes()), 6);
-        assert_eq!(input_token_bound(b"not json, 10 bytes"), 18);
-        // Escapes are counted as the text they decode to.
-        // "a\u00e9" decodes to "aé", 3 bytes; + 3 for the reply.
-        assert_eq!(input_token_bound(br#"{"prompt": "a\u00e9"}"#), 6);
-    }
 }

@@ -76,7 +76,7 @@ pub struct BudgetLedger {
 /// Money held for one request.
 pub struct Reservation {
     ledger: Arc<BudgetLedger>,
-    held: Vec<(Budget, i64, i64)>,
+    held: Vec<(Arc<Budget>, i64, i64)>,
     settled: bool,
 }
 
@@ -105,7 +105,7 @@ impl BudgetLedger {
     /// returned `Some(cap)` must then be sent upstream. Every account must be loaded.
     pub fn reserve(
         self: &Arc<Self>,
-        budgets: &[(Budget, i64)],
+        budgets: &[(Arc<Budget>, i64)],
         bound: CostBound,
     ) -> Result<(Reservation, Option<i64>), Exhausted> {
         let mut accounts = self.lock();
@@ -162,7 +162,7 @@ impl BudgetLedger {
         }
         let held = budgets
             .iter()
-            .map(|(b, s)| (b.clone(), *s, needed))
+            .map(|(b, s)| (Arc::clone(b), *s, needed))
             .collect();
         Ok((
             Reservation {
@@ -196,7 +196,7 @@ impl Reservation {
                 let line = i128::from(amount) * i128::from(t) / 100;
                 if i128::from(before) < line && i128::from(a.spent) >= line {
                     crossed.push(ThresholdCrossed {
-                        budget: budget.clone(),
+                        budget: Budget::clone(budget),
                         period_start: *start,
                         threshold: t,
                         spent: a.spent,
@@ -231,13 +231,13 @@ mod tests {
     use super::*;
     use keyward_core::{Micros, Period};
 
-    fn budget(scope: BudgetScope, amount: i64) -> Budget {
-        Budget {
+    fn budget(scope: BudgetScope, amount: i64) -> Arc<Budget> {
+        Arc::new(Budget {
             scope,
             amount_micros: Micros(amount),
             period: Period::None,
             soft_thresholds: vec![50, 100],
-        }
+        })
     }
 
     fn bound(input_e6: i128, out: i64, requested: Option<i64>) -> CostBound {

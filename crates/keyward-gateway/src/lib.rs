@@ -15,6 +15,7 @@ pub mod config;
 pub mod credentials;
 pub mod entry;
 pub mod error;
+pub mod input_bound;
 pub(crate) mod json_walk;
 pub mod key_cache;
 pub mod leaks;

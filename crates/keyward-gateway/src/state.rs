@@ -8,7 +8,7 @@ use crate::rate_limit::RateLimiter;
 use crate::ttl_map::TtlMap;
 use crate::upstream::Upstream;
 use crate::usage_writer::UsageWriter;
-use keyward_core::{Budget, BudgetScope, Clock, KeyId, ProjectId};
+use keyward_core::{Budget, Clock, KeyId, ProjectId};
 use keyward_store::{KeyRecord, Project, SharedStore};
 use std::sync::Arc;
 
@@ -36,8 +36,11 @@ pub struct AppState {
     pub projects: TtlMap<ProjectId, Arc<Project>>,
     /// Keys by id (parents of ephemeral tokens), briefly cached.
     pub keys_by_id: TtlMap<KeyId, Arc<KeyRecord>>,
-    /// Budgets by scope (`None`: the scope has none), briefly cached.
-    pub budgets: TtlMap<BudgetScope, Option<Budget>>,
+    /// Budgets by their scope's id (`None`: the scope has none), briefly
+    /// cached. Ids carry their kind's prefix (`key_`, `prj_`, `org_`), so the id
+    /// alone names the scope, and a request looks its scopes up without
+    /// building one.
+    pub budgets: TtlMap<String, Option<Arc<Budget>>>,
     /// Leak response (GitHub keys, notifier).
     pub leaks: Arc<crate::leaks::LeakState>,
     /// The runtime that built the server. Request handlers run on worker threads

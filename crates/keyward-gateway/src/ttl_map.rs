@@ -2,6 +2,7 @@
 //! gateway reads on every request (projects, parent keys, budgets).
 
 use crate::FastMap as HashMap;
+use std::borrow::Borrow;
 use std::hash::Hash;
 use std::sync::RwLock;
 
@@ -21,7 +22,10 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlMap<K, V> {
     }
 
     /// The value, if stored less than `ttl_ms` before `now_ms`.
-    pub fn get(&self, key: &K, now_ms: i64) -> Option<V> {
+    pub fn get<Q: Eq + Hash + ?Sized>(&self, key: &Q, now_ms: i64) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries
             .get(key)
@@ -38,7 +42,10 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlMap<K, V> {
     }
 
     /// Forgets a value (after a change made through this node).
-    pub fn remove(&self, key: &K) {
+    pub fn remove<Q: Eq + Hash + ?Sized>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+    {
         self.entries
             .write()
             .unwrap_or_else(|e| e.into_inner())

@@ -84,7 +84,7 @@ pub async fn set(
     budget.scope = scope.clone();
     let now = state.clock.now_ms();
     state.store.set_budget(&budget, now).await?;
-    state.budgets.remove(&scope);
+    state.budgets.remove(scope.id());
     state
         .store
         .append_audit(&NewAuditEvent {
@@ -128,7 +128,7 @@ pub async fn delete(
     )
     .await?;
     state.store.delete_budget(&scope).await?;
-    state.budgets.remove(&scope);
+    state.budgets.remove(scope.id());
     let now = state.clock.now_ms();
     state
         .store
