@@ -188,16 +188,22 @@ impl<'a> Scan<'a> {
                 }
                 _ => found.tokens += self.value(Place::LEAF)?.tokens,
             }
-            self.ws();
-            match self.peek()? {
-                b',' => self.i += 1,
-                b'}' => {
-                    self.i += 1;
-                    return Some(found);
-                }
-                _ => return None,
+            if self.ended(b'}')? {
+                return Some(found);
             }
         }
+    }
+
+    /// After a member or an element: `Some(true)` past the closing `close`,
+    /// `Some(false)` past a comma.
+    fn ended(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        let end = self.peek()?;
+        if end != b',' && end != close {
+            return None;
+        }
+        self.i += 1;
+        Some(end == close)
     }
 
     /// After the `[`.
@@ -210,14 +216,8 @@ impl<'a> Scan<'a> {
         loop {
             found.tokens += self.value(Place::LEAF)?.tokens;
             found.messages += i64::from(place.count);
-            self.ws();
-            match self.peek()? {
-                b',' => self.i += 1,
-                b']' => {
-                    self.i += 1;
-                    return Some(found);
-                }
-                _ => return None,
+            if self.ended(b']')? {
+                return Some(found);
             }
         }
     }
