@@ -128,9 +128,9 @@ impl<'a> Scan<'a> {
             b'"' => self.string()?.len() as i64,
             b'{' => return self.nested(|s| s.object(place)),
             b'[' => return self.nested(|s| s.array(place)),
-            b't' => self.literal(b"true", 0)?,
-            b'f' => self.literal(b"false", 0)?,
-            b'n' => self.literal(b"null", 0)?,
+            b't' => self.literal(b"true")?,
+            b'f' => self.literal(b"false")?,
+            b'n' => self.literal(b"null")?,
             b'-' | b'0'..=b'9' => self.number()?,
             _ => return None,
         };
@@ -298,11 +298,12 @@ impl<'a> Scan<'a> {
         }
     }
 
-    fn literal(&mut self, word: &[u8], tokens: i64) -> Option<i64> {
+    /// `true`, `false` or `null`: no tokens.
+    fn literal(&mut self, word: &[u8]) -> Option<i64> {
         let end = self.i + word.len();
         (self.b.get(self.i..end)? == word).then(|| {
             self.i = end;
-            tokens
+            0
         })
     }
 

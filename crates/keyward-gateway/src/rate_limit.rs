@@ -337,25 +337,28 @@ pub fn write_headers(headers: &mut http::HeaderMap, allowances: &RateHeaders) {
 }
 
 /// Formats a reset time as OpenAI does (`120ms`, `1.5s`, `6m0s`). Integer
-/// arithmetic into one buffer: this runs for every rate-limited request.
+/// arithmetic only: this runs for every rate-limited request.
 pub fn format_reset(ms: i64) -> String {
-    use std::fmt::Write;
     let ms = ms.max(0);
-    let mut out = String::with_capacity(12);
-    // Writing to a String cannot fail.
-    let _ = if ms < 1_000 {
-        write!(out, "{ms}ms")
+    let mut out = String::with_capacity(8);
+    if ms < 1_000 {
+        out.push_str(&ms.to_string());
+        out.push_str("ms");
     } else if ms < 60_000 {
-        let (secs, frac) = (ms / 1000, ms % 1000);
-        match (frac % 100 == 0, frac % 10 == 0) {
-            _ if frac == 0 => write!(out, "{secs}s"),
-            (true, _) => write!(out, "{secs}.{}s", frac / 100),
-            (false, true) => write!(out, "{secs}.{:02}s", frac / 10),
-            (false, false) => write!(out, "{secs}.{frac:03}s"),
+        out.push_str(&(ms / 1000).to_string());
+        let frac = ms % 1000;
+        if frac > 0 {
+            let digits = format!("{frac:03}");
+            out.push('.');
+            out.push_str(digits.trim_end_matches('0'));
         }
+        out.push('s');
     } else {
-        write!(out, "{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
-    };
+        out.push_str(&(ms / 60_000).to_string());
+        out.push('m');
+        out.push_str(&((ms % 60_000) / 1000).to_string());
+        out.push('s');
+    }
     out
 }
 
