@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod alerts;
+pub mod audit_sample;
 pub mod bootstrap;
 pub mod budget_ledger;
 pub mod client_ip;

@@ -59,6 +59,7 @@ impl Server {
                 projects: TtlMap::new(ttl),
                 keys_by_id: TtlMap::new(ttl),
                 budgets: TtlMap::new(ttl),
+                audit_sampler: crate::audit_sample::AuditSampler::new(60_000),
                 leaks,
                 tasks: tokio::runtime::Handle::current(),
             }),

@@ -41,6 +41,8 @@ pub struct AppState {
     /// alone names the scope, and a request looks its scopes up without
     /// building one.
     pub budgets: TtlMap<String, Option<Arc<Budget>>>,
+    /// Folds audit events a caller can cause at will (see [`crate::audit_sample`]).
+    pub audit_sampler: crate::audit_sample::AuditSampler,
     /// Leak response (GitHub keys, notifier).
     pub leaks: Arc<crate::leaks::LeakState>,
     /// The runtime that built the server. Request handlers run on worker threads
