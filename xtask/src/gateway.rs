@@ -19,6 +19,10 @@ pub struct Options {
     pub rounds: usize,
     /// Where to write the Markdown report, besides stdout.
     pub out: Option<PathBuf>,
+    /// A second keyward binary (an earlier build) measured in the same run as
+    /// targets `baseline` and `baseline+limits`, so a change is judged side by
+    /// side instead of against numbers from another day.
+    pub baseline: Option<PathBuf>,
 }
 
 /// Connection counts measured.
@@ -26,8 +30,16 @@ pub const CONNECTIONS: [usize; 2] = [1, 32];
 /// Targets, in report order.
 /// `keyward+limits` is keyward again, called with a key that has a budget, rate
 /// limits and a concurrency limit (all high enough never to refuse), to measure
-/// what enforcing them costs.
-pub const TARGETS: [&str; 4] = ["direct", "nginx", "keyward", "keyward+limits"];
+/// what enforcing them costs. `baseline` and `baseline+limits` are the same for
+/// the `--baseline` binary, when given.
+pub const TARGETS: [&str; 6] = [
+    "direct",
+    "nginx",
+    "keyward",
+    "keyward+limits",
+    "baseline",
+    "baseline+limits",
+];
 
 /// One cell of the matrix, pooled over rounds.
 pub struct Cell {
@@ -35,7 +47,7 @@ pub struct Cell {
     pub workload: &'static str,
     /// Client connections.
     pub connections: usize,
-    /// `direct`, `nginx` or `keyward`.
+    /// One of [`TARGETS`].
     pub target: &'static str,
     /// Pooled measurements.
     pub outcome: Outcome,
@@ -53,15 +65,57 @@ pub struct Cell {
 struct Bench {
     simulator: Service,
     nginx: Service,
-    keyward: Service,
-    addrs: [SocketAddr; 4],
-    keyward_bin: PathBuf,
-    keyward_addr: SocketAddr,
+    nginx_addr: SocketAddr,
+    sim_addr: SocketAddr,
+    /// The build under test, then the baseline build when given.
+    keywards: Vec<Keyward>,
+}
+
+/// One running `keyward serve` with its two benchmark keys.
+struct Keyward {
+    service: Service,
+    bin: PathBuf,
+    addr: SocketAddr,
     admin_key: String,
     key_id: String,
     key: String,
     limited_key_id: String,
     limited_key: String,
+}
+
+impl Bench {
+    /// The targets this run measures, in [`TARGETS`] order.
+    fn targets(&self) -> Vec<&'static str> {
+        TARGETS[..2 + 2 * self.keywards.len()].to_vec()
+    }
+
+    /// The keyward behind a target (`None` for direct and nginx).
+    fn keyward(&self, target: &str) -> Option<&Keyward> {
+        match target {
+            "keyward" | "keyward+limits" => self.keywards.first(),
+            "baseline" | "baseline+limits" => self.keywards.get(1),
+            _ => None,
+        }
+    }
+
+    fn addr(&self, target: &str) -> SocketAddr {
+        match (target, self.keyward(target)) {
+            (_, Some(k)) => k.addr,
+            ("nginx", None) => self.nginx_addr,
+            _ => self.sim_addr,
+        }
+    }
+
+    /// The workloads a target is measured with: the limited key's for the
+    /// `+limits` targets, the plain key's otherwise.
+    fn workloads(&self, target: &str) -> [(&'static str, Workload); 2] {
+        let k = self.keyward(target).unwrap_or(&self.keywards[0]);
+        if target.ends_with("+limits") {
+            workloads_limited(&k.limited_key)
+        } else {
+            workloads(&k.key)
+        }
+    }
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
@@ -71,6 +125,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .context("workspace root")?
         .to_path_buf();
     let keyward_bin = build_keyward(&root)?;
+    if let Some(b) = &opts.baseline {
+        if !b.is_file() {
+            bail!("--baseline {}: no such file", b.display());
+        }
+    }
     let dir = std::env::temp_dir().join(format!("keyward-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let result = bench(&opts, &root, &nginx_bin, &keyward_bin, &dir).await;
@@ -86,51 +145,45 @@ async fn bench(
     dir: &Path,
 ) -> anyhow::Result<()> {
     let load_before = loadavg();
-    let mut b = start(nginx_bin, keyward_bin, dir)?;
-    let workloads = workloads(&b.key);
-    let limited = workloads_limited(&b.limited_key);
-    let workload_for = |t: usize, wi: usize| {
-        if TARGETS[t] == "keyward+limits" {
-            &limited[wi].1
-        } else {
-            &workloads[wi].1
-        }
-    };
+    let mut b = start(nginx_bin, keyward_bin, opts.baseline.as_deref(), dir)?;
+    let targets = b.targets();
+    let loads: Vec<_> = targets.iter().map(|t| b.workloads(t)).collect();
+    let names = ["plain", "stream"];
 
     eprintln!("warming up (1 s per target and workload)…");
-    let mut keyward_requests = 0u64;
-    for (wi, w) in workloads.iter().enumerate() {
-        for (i, addr) in b.addrs.iter().enumerate() {
-            let o = load::run(*addr, workload_for(i, wi), 8, Duration::from_secs(1)).await?;
+    // Requests sent to each keyward, to check its metering at the end.
+    let mut sent = vec![0u64; b.keywards.len()];
+    let index = |t: &str| usize::from(t.starts_with("baseline"));
+    for (wi, wname) in names.iter().enumerate() {
+        for (ti, target) in targets.iter().enumerate() {
+            let o = load::run(b.addr(target), &loads[ti][wi].1, 8, Duration::from_secs(1)).await?;
             if o.errors > 0 || o.requests == 0 {
                 bail!(
-                    "warm-up against {} ({}) failed: {} errors, {} requests",
-                    TARGETS[i],
-                    w.0,
+                    "warm-up against {target} ({wname}) failed: {} errors, {} requests",
                     o.errors,
                     o.requests
                 );
             }
-            if TARGETS[i].starts_with("keyward") {
-                keyward_requests += o.requests;
+            if b.keyward(target).is_some() {
+                sent[index(target)] += o.requests;
             }
         }
     }
 
     let mut cells: Vec<Cell> = Vec::new();
     for round in 0..opts.rounds {
-        for (wi, (wname, _)) in workloads.iter().enumerate() {
+        for (wi, wname) in names.iter().enumerate() {
             for &conns in &CONNECTIONS {
                 // Rotate the order so no target always runs first (or last) in a round.
-                for k in 0..TARGETS.len() {
-                    let t = (k + round) % TARGETS.len();
-                    let target = TARGETS[t];
+                for k in 0..targets.len() {
+                    let ti = (k + round) % targets.len();
+                    let target = targets[ti];
                     let before = (proxy_cpu(&b, target), b.simulator.cpu(), procs::own_cpu());
                     let o =
-                        load::run(b.addrs[t], workload_for(t, wi), conns, opts.duration).await?;
+                        load::run(b.addr(target), &loads[ti][wi].1, conns, opts.duration).await?;
                     let after = (proxy_cpu(&b, target), b.simulator.cpu(), procs::own_cpu());
                     eprintln!(
-                        "round {}/{} {wname:6} {conns:>2} conn {target:8} {:>9.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs  errors {}",
+                        "round {}/{} {wname:6} {conns:>2} conn {target:15} {:>9.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs  errors {}",
                         round + 1,
                         opts.rounds,
                         o.rps(),
@@ -138,8 +191,8 @@ async fn bench(
                         o.quantile_us(0.99),
                         o.errors
                     );
-                    if target.starts_with("keyward") {
-                        keyward_requests += o.requests + o.errors;
+                    if b.keyward(target).is_some() {
+                        sent[index(target)] += o.requests + o.errors;
                     }
                     let rps = o.rps();
                     let cell = match cells.iter_mut().find(|c| {
@@ -184,9 +237,15 @@ async fn bench(
 
     // Every request through keyward must have become a usage event (written in
     // batches off the request path; a usage query writes the pending batch first).
-    let metered = metered_requests(&b)?;
+    let metered = b
+        .keywards
+        .iter()
+        .map(metered_requests)
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
-    b.keyward.stop(Duration::from_secs(10));
+    for k in &mut b.keywards {
+        k.service.stop(Duration::from_secs(10));
+    }
     b.nginx.stop(Duration::from_secs(5));
     b.simulator.stop(Duration::from_secs(5));
 
@@ -199,8 +258,9 @@ async fn bench(
         commit: git_commit(root),
         duration: opts.duration,
         rounds: opts.rounds,
-        keyward_requests,
-        metered,
+        keyward_requests: sent[0],
+        metered: metered[0],
+        baseline: opts.baseline.as_ref().map(|p| p.display().to_string()),
     };
     let text = report::markdown(&env, &cells);
     println!("{text}");
@@ -208,8 +268,11 @@ async fn bench(
         std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
         eprintln!("report written to {}", out.display());
     }
-    if metered != keyward_requests {
-        bail!("keyward metered {metered} requests but {keyward_requests} were sent");
+    for (i, (m, n)) in metered.iter().zip(&sent).enumerate() {
+        if m != n {
+            let which = ["keyward", "baseline"][i];
+            bail!("{which} metered {m} requests but {n} were sent");
+        }
     }
     Ok(())
 }
@@ -254,9 +317,9 @@ pub fn workloads(key: &str) -> [(&'static str, Workload); 2] {
 }
 
 fn proxy_cpu(b: &Bench, target: &str) -> Duration {
-    match target {
-        "nginx" => b.nginx.cpu(),
-        "keyward" | "keyward+limits" => b.keyward.cpu(),
+    match (target, b.keyward(target)) {
+        (_, Some(k)) => k.service.cpu(),
+        ("nginx", None) => b.nginx.cpu(),
         _ => Duration::ZERO,
     }
 }
@@ -284,8 +347,14 @@ fn build_keyward(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(Path::new(target).join("release").join("keyward"))
 }
 
-/// Starts the simulator, keyward (with one fresh key) and nginx.
-fn start(nginx_bin: &Path, keyward_bin: &Path, dir: &Path) -> anyhow::Result<Bench> {
+/// Starts the simulator, keyward (and the baseline build, when given, each
+/// with its own data directory and keys) and nginx.
+fn start(
+    nginx_bin: &Path,
+    keyward_bin: &Path,
+    baseline_bin: Option<&Path>,
+    dir: &Path,
+) -> anyhow::Result<Bench> {
     let sim_addr = procs::free_addr()?;
     let sim_log = dir.join("simulate.log");
     let mut cmd = Command::new(keyward_bin);
@@ -294,14 +363,34 @@ fn start(nginx_bin: &Path, keyward_bin: &Path, dir: &Path) -> anyhow::Result<Ben
     let mut simulator = Service::spawn("keyward simulate", cmd, &sim_log)?;
     simulator.wait_listening(sim_addr, &sim_log)?;
 
-    let kw_addr = procs::free_addr()?;
+    let mut keywards = vec![start_keyward(keyward_bin, sim_addr, &dir.join("keyward"))?];
+    if let Some(bin) = baseline_bin {
+        keywards.push(start_keyward(bin, sim_addr, &dir.join("baseline"))?);
+    }
+
+    let nginx_addr = procs::free_addr()?;
+    let nginx = nginx::start(nginx_bin, dir, nginx_addr, sim_addr)?;
+    Ok(Bench {
+        simulator,
+        nginx,
+        nginx_addr,
+        sim_addr,
+        keywards,
+    })
+}
+
+/// Starts `keyward serve` from `bin` in front of the simulator, with a plain
+/// key and a key with limits.
+fn start_keyward(bin: &Path, sim_addr: SocketAddr, dir: &Path) -> anyhow::Result<Keyward> {
+    std::fs::create_dir_all(dir)?;
+    let addr = procs::free_addr()?;
     let data = dir.join("data");
-    let kw_log = dir.join("serve.log");
-    let mut cmd = Command::new(keyward_bin);
+    let log = dir.join("serve.log");
+    let mut cmd = Command::new(bin);
     cmd.args([
         "serve",
         "--listen",
-        &kw_addr.to_string(),
+        &addr.to_string(),
         "--metrics-listen",
         "off",
         "--upstream",
@@ -312,52 +401,42 @@ fn start(nginx_bin: &Path, keyward_bin: &Path, dir: &Path) -> anyhow::Result<Ben
     // The gateway swaps in an upstream key as it would in production.
     .env("OPENAI_API_KEY", "sk-benchmark-not-a-real-key")
     .env("KEYWARD_LOG", "warn");
-    let mut keyward = Service::spawn("keyward serve", cmd, &kw_log)?;
-    keyward.wait_listening(kw_addr, &kw_log)?;
+    let mut service = Service::spawn("keyward serve", cmd, &log)?;
+    service.wait_listening(addr, &log)?;
     // `serve` binds its socket before it opens the store and writes the
     // first admin key, so a connection succeeds before the key exists; the
     // first answer to a request comes only once the server runs.
-    procs::wait_answering(kw_addr)?;
+    procs::wait_answering(addr)?;
     let key_file = data.join("initial-admin-key");
     let admin_key = std::fs::read_to_string(&key_file)
         .context("reading the initial admin key")?
         .trim()
         .to_owned();
 
-    let created = cli(
-        keyward_bin,
-        kw_addr,
-        &admin_key,
-        &[
+    let create = |name: &str, limits: &[&str]| -> anyhow::Result<(String, String)> {
+        let mut args = vec![
             "keys",
             "create",
             "--project",
             "bench",
             "--name",
-            "bench",
+            name,
             "--json",
-        ],
-    )?;
-    let key = created["key"]
-        .as_str()
-        .context("keys create: no `key`")?
-        .to_owned();
-    let key_id = created["id"]
-        .as_str()
-        .context("keys create: no `id`")?
-        .to_owned();
-
-    let limited = cli(
-        keyward_bin,
-        kw_addr,
-        &admin_key,
+        ];
+        args.extend_from_slice(limits);
+        let created = cli(bin, addr, &admin_key, &args)?;
+        let field = |f: &str| {
+            created[f]
+                .as_str()
+                .map(str::to_owned)
+                .with_context(|| format!("keys create: no `{f}`"))
+        };
+        Ok((field("id")?, field("key")?))
+    };
+    let (key_id, key) = create("bench", &[])?;
+    let (limited_key_id, limited_key) = create(
+        "bench-limits",
         &[
-            "keys",
-            "create",
-            "--project",
-            "bench",
-            "--name",
-            "bench-limits",
             "--budget-usd",
             "1000000",
             "--rpm",
@@ -366,27 +445,12 @@ fn start(nginx_bin: &Path, keyward_bin: &Path, dir: &Path) -> anyhow::Result<Ben
             "4000000000",
             "--max-concurrent",
             "100000",
-            "--json",
         ],
     )?;
-    let limited_key = limited["key"]
-        .as_str()
-        .context("keys create: no `key`")?
-        .to_owned();
-    let limited_key_id = limited["id"]
-        .as_str()
-        .context("keys create: no `id`")?
-        .to_owned();
-
-    let nginx_addr = procs::free_addr()?;
-    let nginx = nginx::start(nginx_bin, dir, nginx_addr, sim_addr)?;
-    Ok(Bench {
-        simulator,
-        nginx,
-        keyward,
-        addrs: [sim_addr, nginx_addr, kw_addr, kw_addr],
-        keyward_bin: keyward_bin.to_path_buf(),
-        keyward_addr: kw_addr,
+    Ok(Keyward {
+        service,
+        bin: bin.to_path_buf(),
+        addr,
         admin_key,
         key_id,
         key,
@@ -419,13 +483,13 @@ fn cli(
         .with_context(|| format!("parsing the output of keyward {}", args.join(" ")))
 }
 
-fn metered_requests(b: &Bench) -> anyhow::Result<u64> {
+fn metered_requests(k: &Keyward) -> anyhow::Result<u64> {
     let mut total = 0;
-    for id in [&b.key_id, &b.limited_key_id] {
+    for id in [&k.key_id, &k.limited_key_id] {
         let usage = cli(
-            &b.keyward_bin,
-            b.keyward_addr,
-            &b.admin_key,
+            &k.bin,
+            k.addr,
+            &k.admin_key,
             &["usage", "--key", id, "--json"],
         )?;
         total += usage["requests"].as_u64().context("usage: no `requests`")?;

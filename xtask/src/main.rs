@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::Duration;
 
 const USAGE: &str = "usage:
-  cargo xtask bench gateway [--duration SECS] [--rounds N] [--out FILE]
+  cargo xtask bench gateway [--duration SECS] [--rounds N] [--out FILE] [--baseline KEYWARD_BIN]
   cargo xtask bench keys [--sizes 1000,100000,1000000]
   cargo xtask bench load HOST:PORT [--connections N] [--duration SECS] [--stream] [--limited] [--key KEY]";
 
@@ -43,6 +43,7 @@ fn run() -> anyhow::Result<()> {
                 duration: Duration::from_secs(4),
                 rounds: 3,
                 out: None,
+                baseline: None,
             };
             let mut it = rest.iter();
             while let Some(flag) = it.next() {
@@ -55,6 +56,7 @@ fn run() -> anyhow::Result<()> {
                     }
                     "--rounds" => opts.rounds = value()?.parse().context("--rounds: a count")?,
                     "--out" => opts.out = Some(value()?.into()),
+                    "--baseline" => opts.baseline = Some(value()?.into()),
                     other => bail!("unknown flag {other}\n{USAGE}"),
                 }
             }

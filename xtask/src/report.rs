@@ -18,6 +18,8 @@ pub struct Environment {
     pub keyward_requests: u64,
     /// Requests keyward's usage API reports for the benchmark key.
     pub metered: u64,
+    /// The baseline binary measured beside keyward, if any.
+    pub baseline: Option<String>,
 }
 
 /// Throughput target: keyward at least this share of nginx's requests/s.
@@ -33,6 +35,12 @@ pub fn markdown(env: &Environment, cells: &[Cell]) -> String {
         env.cpu, env.cores, env.load_before, env.load_after
     );
     let _ = writeln!(s, "Versions: keyward {}, {}.", env.commit, env.nginx);
+    if let Some(b) = &env.baseline {
+        let _ = writeln!(
+            s,
+            "Baseline: `{b}` measured in the same run as targets `baseline` and `baseline+limits`."
+        );
+    }
     let _ = writeln!(
         s,
         "Each cell: {} rounds x {} s, closed loop, targets interleaved within each round, rounds pooled. \
@@ -89,8 +97,11 @@ pub fn markdown(env: &Environment, cells: &[Cell]) -> String {
     }
 
     let _ = writeln!(s);
-    let _ = writeln!(s, "| workload | conns | keyward/nginx req/s | keyward/direct req/s | nginx/direct req/s | keyward−direct p50 µs | keyward−direct p99 µs | nginx−direct p99 µs | keyward/nginx CPU per request |");
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "| workload | conns | keyward/nginx req/s | keyward/direct req/s | nginx/direct req/s | keyward−direct p50 µs | keyward−direct p99 µs | nginx−direct p99 µs | keyward/nginx CPU per request | baseline/nginx req/s | limits: keyward/nginx | limits: baseline/nginx |");
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     let mut verdicts = Vec::new();
     for workload in ["plain", "stream"] {
         for conns in CONNECTIONS {
@@ -105,9 +116,14 @@ pub fn markdown(env: &Environment, cells: &[Cell]) -> String {
             let per_req = |c: &Cell| c.proxy_cpu.as_secs_f64() / c.outcome.requests.max(1) as f64;
             let kn = k.outcome.rps() / n.outcome.rps();
             let added_p99 = k.outcome.quantile_us(0.99) - d.outcome.quantile_us(0.99);
+            let vs_nginx = |t: &str| {
+                get(t).map_or("–".to_owned(), |c| {
+                    format!("{:.2}", c.outcome.rps() / n.outcome.rps())
+                })
+            };
             let _ = writeln!(
                 s,
-                "| {workload} | {conns} | {:.2} | {:.2} | {:.2} | {:+.0} | {:+.0} | {:+.0} | {:.2} |",
+                "| {workload} | {conns} | {:.2} | {:.2} | {:.2} | {:+.0} | {:+.0} | {:+.0} | {:.2} | {} | {} | {} |",
                 kn,
                 k.outcome.rps() / d.outcome.rps(),
                 n.outcome.rps() / d.outcome.rps(),
@@ -115,6 +131,9 @@ pub fn markdown(env: &Environment, cells: &[Cell]) -> String {
                 added_p99,
                 n.outcome.quantile_us(0.99) - d.outcome.quantile_us(0.99),
                 per_req(k) / per_req(n),
+                vs_nginx("baseline"),
+                vs_nginx("keyward+limits"),
+                vs_nginx("baseline+limits"),
             );
             verdicts.push(format!(
                 "- {workload}, {conns} conn: keyward/nginx throughput {:.0}% (target ≥ {:.0}%): {}",
