@@ -132,9 +132,13 @@ mod tests {
             "access_token=x".to_owned(),
             format!("q={key}"),
             "q=%6Bwk_abc".to_owned(),
-            format!("{key}"),
+            key.to_owned(),
         ] {
-            assert_eq!(forwardable_query(&query, "kw").as_deref(), Some(""), "{query}");
+            assert_eq!(
+                forwardable_query(&query, "kw").as_deref(),
+                Some(""),
+                "{query}"
+            );
         }
         assert_eq!(
             forwardable_query(&format!("limit=2&x-api-key={key};after=a"), "kw").as_deref(),

@@ -147,7 +147,14 @@ async fn raw_call(gateway: &str, request_line: &str, key: &str) -> (u16, String)
     let chunked = head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked");
-    (status, if chunked { dechunk(body) } else { body.to_owned() })
+    (
+        status,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        },
+    )
 }
 
 fn dechunk(mut rest: &str) -> String {
@@ -167,7 +174,10 @@ fn dechunk(mut rest: &str) -> String {
 fn assert_refused_path(status: u16, body: &str, path: &str, key: &str) {
     assert_eq!(status, 400, "{path}: {body}");
     let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{path}: {body}"));
-    assert_eq!(v["error"]["type"], "invalid_request_error", "{path}: {body}");
+    assert_eq!(
+        v["error"]["type"], "invalid_request_error",
+        "{path}: {body}"
+    );
     assert!(v["error"]["message"].is_string() && v["error"].get("param").is_some());
     assert!(!body.contains(key));
 }
@@ -347,7 +357,10 @@ async fn a_model_restriction_holds_whatever_the_content_type_spelling() {
             assert_openai_error(r, 403, Some("model_not_allowed")).await;
         }
     }
-    assert!(up.seen().is_empty(), "no disallowed model reached the upstream");
+    assert!(
+        up.seen().is_empty(),
+        "no disallowed model reached the upstream"
+    );
 
     // The allowed model works in every spelling, and the upstream is told the
     // body is the JSON the gateway read.
@@ -390,7 +403,8 @@ async fn a_missing_or_empty_model_never_passes_a_model_restriction() {
         }
     }
     // A body the gateway does not read cannot prove its model.
-    let multipart = "--b\r\ncontent-disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--b--\r\n";
+    let multipart =
+        "--b\r\ncontent-disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--b--\r\n";
     let r = post(
         &kw,
         "/v1/audio/transcriptions",
@@ -485,7 +499,8 @@ fn leaky(seen: &RawSeen) -> String {
          x-request-id: req_123\r\nopenai-processing-ms: 12\r\nopenai-version: 2020-10-01\r\n"
     );
     if seen.json()["stream"] == true {
-        let body = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\ndata: [DONE]\n\n";
+        let body =
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\ndata: [DONE]\n\n";
         response("200 OK", "text/event-stream", &headers, body)
     } else {
         response("200 OK", "application/json", &headers, r#"{"choices":[]}"#)
@@ -582,11 +597,19 @@ async fn a_streamed_request_the_upstream_refuses_costs_nothing() {
     for e in &events {
         assert!(e.status >= 400, "{e:?}");
         assert_eq!(
-            (e.input_tokens, e.output_tokens, e.cost_micros.0, e.incomplete),
+            (
+                e.input_tokens,
+                e.output_tokens,
+                e.cost_micros.0,
+                e.incomplete
+            ),
             (0, 0, 0, false),
             "{e:?}"
         );
     }
     let u = kw.usage_of(&id).await;
-    assert_eq!((u["cost_micros"].as_i64(), u["errors"].as_i64()), (Some(0), Some(2)));
+    assert_eq!(
+        (u["cost_micros"].as_i64(), u["errors"].as_i64()),
+        (Some(0), Some(2))
+    );
 }
