@@ -565,9 +565,11 @@ fn forwardable_request_header(name: &HeaderName) -> bool {
 ///
 /// Decision: an allowlist. Only headers that describe the body, its caching,
 /// when to retry, and OpenAI's informational request id, version and timing
-/// pass; everything else (authorization echoes, `www-authenticate`, cookies,
-/// account and project ids, `x-api-key`-like headers, CDN and server details)
-/// is dropped, so a header an upstream invents tomorrow is not leaked either.
+/// pass (the `openai` SDKs read `x-request-id`, `retry-after(-ms)` and
+/// `x-should-retry`); everything else (authorization echoes,
+/// `www-authenticate`, cookies, account and project ids, `x-api-key`-like
+/// headers, CDN and server details) is dropped, so a header an upstream
+/// invents tomorrow is not leaked either.
 /// The upstream's own `x-ratelimit-*` headers describe the upstream account
 /// (shared by every key), not the client's allowance: they are dropped, and the
 /// gateway's own are written instead. A static `match` on the name: no
@@ -586,6 +588,8 @@ fn forwardable_response_header(name: &HeaderName) -> bool {
             | "last-modified"
             | "date"
             | "retry-after"
+            | "retry-after-ms"
+            | "x-should-retry"
             | "x-request-id"
             | "openai-processing-ms"
             | "openai-version"
