@@ -154,9 +154,17 @@ impl KeyPolicy {
         self.endpoints.is_empty() || self.endpoints.iter().any(|r| r.allows(method, path))
     }
 
-    /// May this key use `model`? A request that names no model passes.
+    /// Does this key restrict models? Then every request that can run one must
+    /// name an allowed one.
+    pub fn restricts_models(&self) -> bool {
+        !self.models.is_empty()
+    }
+
+    /// May this key use `model`? Under a restriction an empty name never passes
+    /// (not even `*`): an upstream may run a default model for a request that
+    /// names none, so "no model" is not "an allowed model".
     pub fn allows_model(&self, model: &str) -> bool {
-        self.models.is_empty() || model.is_empty() || self.models.iter().any(|g| glob(g, model))
+        self.models.is_empty() || (!model.is_empty() && self.models.iter().any(|g| glob(g, model)))
     }
 
     /// May a client at `ip` use this key?
@@ -273,6 +281,13 @@ mod tests {
         };
         assert!(p.allows_model("gpt-4o-mini-2024-07-18"));
         assert!(!p.allows_model("gpt-4o"));
+        assert!(p.restricts_models() && !KeyPolicy::default().restricts_models());
+        let any = KeyPolicy {
+            models: vec!["*".into()],
+            ..Default::default()
+        };
+        assert!(!p.allows_model("") && !any.allows_model(""));
+        assert!(any.allows_model("gpt-4o") && KeyPolicy::default().allows_model(""));
         assert!(KeyPolicy {
             rpm: Some(0),
             ..Default::default()

@@ -20,8 +20,12 @@ pub struct Ask<'a> {
     pub method: &'a str,
     /// Path, e.g. `/v1/chat/completions`.
     pub path: &'a str,
-    /// Model named in the body, or empty.
-    pub model: &'a str,
+    /// Model named in the body (empty when the body names none); `None` when
+    /// the request has no body that could name one (a GET, or an unread body).
+    pub model: Option<&'a str>,
+    /// The body was forwarded without being read (not JSON), so its model, if
+    /// any, is unknown.
+    pub uninspected_body: bool,
     /// The client's address.
     pub client_ip: IpAddr,
     /// The request body.
@@ -78,13 +82,8 @@ pub async fn admit(
             )));
         }
     }
-    for p in &policies {
-        if !p.allows_model(ask.model) {
-            return Err(GatewayError::ModelNotAllowed(format!(
-                "This key is not allowed to use the model {:?}.",
-                ask.model
-            )));
-        }
+    for p in policies.iter().filter(|p| p.restricts_models()) {
+        check_model(p, ask)?;
     }
 
     let now = state.clock.now_ms();
@@ -162,6 +161,33 @@ pub async fn admit(
     })
 }
 
+/// Holds a request to a key's model restriction. A body the gateway did not
+/// read is refused (400: its model cannot be checked), and a request that can
+/// run a model but names none is refused like a model not allowed: an
+/// upstream may pick a default model for it.
+fn check_model(p: &KeyPolicy, ask: &Ask<'_>) -> Result<(), GatewayError> {
+    if ask.uninspected_body {
+        return Err(GatewayError::BadRequest(
+            "This key may only use some models, and the gateway can only check the model of a JSON body: send the request body as JSON.".into(),
+        ));
+    }
+    match ask.model {
+        None => Ok(()),
+        Some(m) if p.allows_model(m) => Ok(()),
+        Some("") => Err(GatewayError::ModelNotAllowed(
+            "This key may only use some models, and the request names none: set `model`.".into(),
+        )),
+        Some(m) => Err(GatewayError::ModelNotAllowed(format!(
+            "This key is not allowed to use the model {m:?}."
+        ))),
+    }
+}
+
+/// Methods that neither run a model nor cost anything.
+pub(crate) fn costs_nothing(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS" | "DELETE")
+}
+
 fn limits_of(p: &KeyPolicy) -> Limits {
     Limits {
         rpm: p.rpm,
@@ -176,7 +202,7 @@ fn cost_bound(
     ask: &Ask<'_>,
     input_tokens: i64,
 ) -> Result<Option<CostBound>, GatewayError> {
-    if matches!(ask.method, "GET" | "HEAD" | "OPTIONS" | "DELETE") {
+    if costs_nothing(ask.method) {
         return Ok(None);
     }
     if let Some(fixed) = state.config.route_costs.get(ask.path) {
@@ -202,7 +228,7 @@ fn cost_bound(
     let Some(price) = ask.price else {
         return Err(GatewayError::CostUnbounded(format!(
             "The model {:?} has no price in the gateway's price table, so its cost cannot be bounded under a hard budget.",
-            ask.model
+            ask.model.unwrap_or_default()
         )));
     };
     let embeddings = ask.path == "/v1/embeddings";

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod notify;
 pub mod proxy;
 pub mod rate_limit;
+pub mod request_path;
 pub mod server;
 pub mod simulated;
 pub mod sse_tap;

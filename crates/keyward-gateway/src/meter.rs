@@ -53,16 +53,31 @@ pub struct RequestMeter {
 
 impl RequestMeter {
     /// Writes the event. `usage` is what the upstream reported; when absent and
-    /// `produced` tokens were seen, the request is charged for those plus its input
-    /// estimate and marked incomplete, never silently zero.
+    /// the upstream accepted the request (2xx) as a stream or with `produced`
+    /// tokens seen, the request is charged for those plus its input estimate and
+    /// marked incomplete, never silently zero.
+    ///
+    /// Decision: a request the upstream refused (4xx/5xx) and that reported no
+    /// usage costs nothing and is not incomplete: no model ran.
+    ///
+    /// Decision: a request whose model has no price is metered with its tokens
+    /// and a cost of 0, and is never silent about it: it is counted in
+    /// `keyward_unpriced_requests_total` and logged at WARN with its model (at
+    /// most one line a minute). Under a hard budget such a request is refused
+    /// before it is forwarded (`cost_not_bounded`).
     pub fn finish(mut self, usage: Option<TokenUsage>, produced: i64, model: Option<&str>) {
         if let Some(m) = model.filter(|m| !m.is_empty()) {
             if self.model.is_empty() {
                 self.model = m.to_owned();
             }
+            // The model that answered has a price where the requested alias
+            // had none (only looked up then: the usual request is priced).
+            if self.price.is_none() {
+                self.price = self.state.config.prices.get(m).copied();
+            }
         }
-        let reached_upstream = self.upstream_latency_ms >= 0 && self.status < 500;
-        let incomplete = usage.is_none() && reached_upstream && (self.streamed || produced > 0);
+        let accepted = self.upstream_latency_ms >= 0 && (200..300).contains(&self.status);
+        let incomplete = usage.is_none() && accepted && (self.streamed || produced > 0);
         let usage = usage.unwrap_or(if incomplete {
             TokenUsage {
                 input: self.input_estimate,
@@ -72,7 +87,15 @@ impl RequestMeter {
         } else {
             TokenUsage::default()
         });
-        let cost = self.price.map_or(Micros::ZERO, |p| p.cost(&usage));
+        let cost = match self.price {
+            Some(p) => p.cost(&usage),
+            None => {
+                if usage.input + usage.output > 0 {
+                    self.unpriced();
+                }
+                Micros::ZERO
+            }
+        };
         if let Some(admission) = self.admission.take() {
             if let Some(permit) = admission.permit {
                 permit.finish(usage.input + usage.output);
@@ -103,6 +126,24 @@ impl RequestMeter {
             streamed: self.streamed,
             incomplete,
         });
+    }
+}
+
+impl RequestMeter {
+    /// Says that this request, which used tokens, is metered at $0.
+    #[cold]
+    fn unpriced(&self) {
+        let metrics = &self.state.metrics;
+        metrics.unpriced_requests.inc();
+        if metrics.unpriced_warning_due(self.state.clock.now_ms()) {
+            // The model name comes from the request: bounded, and quoted by `?`.
+            let model: String = self.model.chars().take(100).collect();
+            tracing::warn!(
+                model = ?model,
+                endpoint = %self.endpoint,
+                "a request used tokens of a model with no price and was metered at $0; add the model to the price table (keyward_unpriced_requests_total counts them)"
+            );
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! metrics framework. Labels never hold key material or key ids.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// A monotonically increasing counter.
 #[derive(Default)]
@@ -46,9 +46,27 @@ pub struct Metrics {
     pub key_cache_hits: Counter,
     /// Key lookups that read storage.
     pub key_cache_misses: Counter,
+    /// Requests that used tokens of a model with no price (metered at $0).
+    pub unpriced_requests: Counter,
+    /// When the last unpriced-model warning was logged, ms since the epoch.
+    unpriced_warned_at_ms: AtomicI64,
 }
 
+/// Least time between two unpriced-model warnings in the log.
+const UNPRICED_WARNING_EVERY_MS: i64 = 60_000;
+
 impl Metrics {
+    /// Whether to log an unpriced-model warning now: at most one a minute, so
+    /// that a caller naming such a model cannot flood the log. Lock-free.
+    pub fn unpriced_warning_due(&self, now_ms: i64) -> bool {
+        let last = self.unpriced_warned_at_ms.load(Ordering::Relaxed);
+        (last == 0 || now_ms - last >= UNPRICED_WARNING_EVERY_MS)
+            && self
+                .unpriced_warned_at_ms
+                .compare_exchange(last, now_ms.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
     /// Counts a response by its status.
     pub fn response(&self, status: u16) {
         match status {
@@ -108,6 +126,11 @@ impl Metrics {
                 ("{result=\"hit\"}", self.key_cache_hits.get()),
                 ("{result=\"miss\"}", self.key_cache_misses.get()),
             ],
+        );
+        counter(
+            "keyward_unpriced_requests_total",
+            "Requests that used tokens of a model with no price, metered at $0.",
+            &[("", self.unpriced_requests.get())],
         );
         let pending = self
             .usage_queued

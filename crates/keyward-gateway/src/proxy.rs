@@ -1,11 +1,12 @@
 //! `/v1/*`: verify the key, meter, and forward to the upstream with its key.
 
 use crate::admission::{admit, Ask};
-use crate::credentials::{presented_key, KEY_HEADERS};
+use crate::credentials::{forwardable_query, presented_key, KEY_HEADERS};
 use crate::error::GatewayError;
 use crate::json_walk::Members;
 use crate::meter::{MeteredBody, RequestMeter};
 use crate::rate_limit::write_headers as write_rate_headers;
+use crate::request_path;
 use crate::state::{AppState, SharedState};
 use crate::verify::{verify_caller, ParseMemo};
 use axum::body::Body;
@@ -13,7 +14,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::PathAndQuery;
+use http::uri::{PathAndQuery, Uri};
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -32,9 +33,21 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-/// Headers that name the upstream account: a client may not choose it, and a
-/// client is never shown it.
+/// Headers that name the upstream account: a client may not choose it.
 const UPSTREAM_ACCOUNT_HEADERS: [&str; 3] = ["openai-organization", "openai-project", "set-cookie"];
+
+/// Routes whose request body is always a JSON object, so it is inspected
+/// whatever the request's Content-Type says.
+const JSON_ROUTES: [&str; 4] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+];
+
+/// The usage event's endpoint for a request whose path was refused: the path
+/// itself may hold a key, so it is not stored.
+const REFUSED_PATH: &str = "(refused path)";
 
 /// The `/v1/*` handler; `memo` is the connection's.
 pub async fn forward(
@@ -56,9 +69,23 @@ pub async fn forward(
     response
 }
 
+/// A request body as the gateway sees it.
+enum RequestBody {
+    /// No body.
+    Empty,
+    /// A JSON object, read.
+    Json(RequestFacts),
+    /// Not JSON (a multipart upload, say): forwarded unread.
+    Opaque,
+}
+
 /// What the gateway learned from a JSON request body.
 struct RequestFacts {
+    /// The model named, or empty.
     model: String,
+    /// The request's Content-Type did not say JSON: the upstream is told it is,
+    /// so that it reads the body as the gateway did.
+    relabel: bool,
     stream: bool,
     /// The client asked for the usage chunk itself.
     client_wants_usage: bool,
@@ -82,12 +109,12 @@ async fn handle(
     .await?;
 
     let (parts, body) = req.into_parts();
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let endpoint = parts.uri.path().to_owned();
+    let stem = state.config.key_format.stem();
+    let path_refusal = request_path::check(parts.uri.path(), stem).err();
+    let endpoint = match path_refusal {
+        None => parts.uri.path().to_owned(),
+        Some(_) => REFUSED_PATH.to_owned(),
+    };
     let client_ip = state.config.client_ip.client_ip(peer.ip(), &parts.headers);
     let mut meter = RequestMeter {
         state: state.clone(),
@@ -105,6 +132,15 @@ async fn handle(
         input_estimate: 0,
     };
 
+    // Before any policy check: the policy matches the path the upstream gets.
+    if let Some(refusal) = path_refusal {
+        return Err(refused(meter, refusal.into()));
+    }
+    let path_and_query = match forwarded_target(&parts.uri, stem) {
+        Ok(pq) => pq,
+        Err(e) => return Err(refused(meter, e)),
+    };
+
     let body = match read_body(
         body,
         parts.headers.get(header::CONTENT_LENGTH),
@@ -116,9 +152,14 @@ async fn handle(
         Err(e) => return Err(refused(meter, e)),
     };
     meter.input_estimate = body.len() as i64;
-    let facts = match inspect_json(&parts.headers, &body) {
+    let inspected = match inspect_body(&endpoint, &parts.headers, &body) {
         Ok(x) => x,
         Err(e) => return Err(refused(meter, e)),
+    };
+    let (facts, uninspected_body) = match inspected {
+        RequestBody::Json(f) => (Some(f), false),
+        RequestBody::Empty => (None, false),
+        RequestBody::Opaque => (None, true),
     };
     if let Some(f) = &facts {
         meter.model = f.model.clone();
@@ -126,10 +167,18 @@ async fn handle(
         meter.streamed = f.stream;
     }
 
+    let method = parts.method.as_str();
     let ask = Ask {
-        method: parts.method.as_str(),
+        method,
         path: &endpoint,
-        model: facts.as_ref().map_or("", |f| f.model.as_str()),
+        // A bodiless request that cannot run a model names none; a bodiless
+        // POST names the empty model, which no model restriction allows.
+        model: match &facts {
+            Some(f) => Some(f.model.as_str()),
+            None if uninspected_body || crate::admission::costs_nothing(method) => None,
+            None => Some(""),
+        },
+        uninspected_body,
         client_ip,
         body: &body,
         requested_output: facts.as_ref().and_then(|f| f.requested_output),
@@ -143,11 +192,13 @@ async fn handle(
     let body = rewrite_body(&endpoint, facts.as_ref(), admission.output_cap, body);
     meter.admission = Some(admission);
 
-    let upstream_req =
-        match body.and_then(|b| build_upstream_request(state, &parts, &path_and_query, b)) {
-            Ok(r) => r,
-            Err(e) => return Err(refused(meter, e)),
-        };
+    let relabel = facts.as_ref().is_some_and(|f| f.relabel);
+    let upstream_req = match body
+        .and_then(|b| build_upstream_request(state, &parts, &path_and_query, b, relabel))
+    {
+        Ok(r) => r,
+        Err(e) => return Err(refused(meter, e)),
+    };
     if let Some(p) = meter.admission.as_mut().and_then(|a| a.permit.as_mut()) {
         p.commit();
     }
@@ -340,6 +391,35 @@ async fn drain_briefly(mut body: Body) {
     let _ = tokio::time::timeout(MAX_TIME, drain).await;
 }
 
+/// The path and query sent upstream: the path exactly as checked, the query
+/// without credentials ([`forwardable_query`]). No copy unless a parameter is
+/// removed.
+fn forwarded_target(uri: &Uri, stem: &str) -> Result<PathAndQuery, GatewayError> {
+    let Some(pq) = uri.path_and_query() else {
+        return Ok(PathAndQuery::from_static("/"));
+    };
+    let Some(query) = pq.query() else {
+        return Ok(pq.clone());
+    };
+    let target = match forwardable_query(query, stem) {
+        None => return Ok(pq.clone()),
+        Some(q) if q.is_empty() => PathAndQuery::try_from(pq.path()),
+        Some(q) => PathAndQuery::try_from(format!("{}?{q}", pq.path())),
+    };
+    target.map_err(|_| GatewayError::BadRequest("The request path is not valid.".into()))
+}
+
+/// Is this Content-Type a JSON media type (`application/json`, `…+json`), in
+/// any letter case and with any parameters?
+fn is_json_media_type(value: &[u8]) -> bool {
+    let essence = value.split(|&b| b == b';').next().unwrap_or_default();
+    let essence = essence.trim_ascii();
+    essence.eq_ignore_ascii_case(b"application/json")
+        || (essence.len() > 5
+            && essence[essence.len() - 5..].eq_ignore_ascii_case(b"+json")
+            && essence.contains(&b'/'))
+}
+
 /// The fields the gateway reads from a JSON request; everything else is skipped
 /// without building a JSON tree.
 #[derive(serde::Deserialize)]
@@ -358,16 +438,30 @@ struct StreamOptions {
     include_usage: Option<bool>,
 }
 
-/// Checks a JSON body and reads what the gateway needs from it.
-fn inspect_json(headers: &HeaderMap, body: &[u8]) -> Result<Option<RequestFacts>, GatewayError> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/json"));
-    if !is_json || body.is_empty() {
-        return Ok(None);
+/// Reads what the gateway needs from a request body.
+///
+/// Decision: a body is read as JSON when its route always takes JSON
+/// ([`JSON_ROUTES`]), when its Content-Type names JSON in any spelling, or when
+/// it looks like JSON (starts with `{` or `[`) whatever the header says; it must
+/// then be one JSON object, or the request is refused (400). Only a body that
+/// is none of these (a multipart upload) is forwarded unread, and admission
+/// refuses it under a model restriction, since its model cannot be checked.
+fn inspect_body(
+    endpoint: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<RequestBody, GatewayError> {
+    if body.is_empty() {
+        return Ok(RequestBody::Empty);
     }
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    let declared_json = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| is_json_media_type(v.as_bytes()));
+    if !(declared_json || matches!(first, Some(b'{' | b'[')) || JSON_ROUTES.contains(&endpoint)) {
+        return Ok(RequestBody::Opaque);
+    }
+    if first != Some(&b'{') {
         return Err(GatewayError::BadRequest(
             "The request body must be a JSON object.".into(),
         ));
@@ -402,8 +496,9 @@ fn inspect_json(headers: &HeaderMap, body: &[u8]) -> Result<Option<RequestFacts>
             }
         }
     }
-    Ok(Some(RequestFacts {
+    Ok(RequestBody::Json(RequestFacts {
         model: peek.model.map(|m| m.into_owned()).unwrap_or_default(),
+        relabel: !declared_json,
         stream: peek.stream.unwrap_or(false),
         client_wants_usage: peek
             .stream_options
@@ -427,6 +522,7 @@ fn build_upstream_request(
     parts: &http::request::Parts,
     path_and_query: &PathAndQuery,
     body: Bytes,
+    relabel: bool,
 ) -> Result<http::Request<Full<Bytes>>, GatewayError> {
     let uri = state.upstream.url_for(path_and_query)?;
     let mut req = http::Request::builder()
@@ -440,6 +536,12 @@ fn build_upstream_request(
     }
     // Ask for an identity body so usage can be read from it.
     headers.remove(header::ACCEPT_ENCODING);
+    if relabel {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
     if let Some(v) = state.upstream.authorization() {
         headers.insert(header::AUTHORIZATION, v.clone());
     }
@@ -459,14 +561,48 @@ fn forwardable_request_header(name: &HeaderName) -> bool {
         || UPSTREAM_ACCOUNT_HEADERS.contains(&n))
 }
 
-/// Removes hop-by-hop and upstream-account headers. One pass over the (few)
-/// response headers finds them; a `remove` per listed name looked each one up
-/// by hashing, about 3 % of a proxied request's instructions.
+/// May an upstream response header reach the client?
+///
+/// Decision: an allowlist. Only headers that describe the body, its caching,
+/// when to retry, and OpenAI's informational request id, version and timing
+/// pass (the `openai` SDKs read `x-request-id`, `retry-after(-ms)` and
+/// `x-should-retry`); everything else (authorization echoes,
+/// `www-authenticate`, cookies, account and project ids, `x-api-key`-like
+/// headers, CDN and server details) is dropped, so a header an upstream
+/// invents tomorrow is not leaked either.
+/// The upstream's own `x-ratelimit-*` headers describe the upstream account
+/// (shared by every key), not the client's allowance: they are dropped, and the
+/// gateway's own are written instead. A static `match` on the name: no
+/// allocation, no hashing.
+fn forwardable_response_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "content-type"
+            | "content-length"
+            | "content-encoding"
+            | "content-language"
+            | "content-disposition"
+            | "cache-control"
+            | "expires"
+            | "etag"
+            | "last-modified"
+            | "date"
+            | "retry-after"
+            | "retry-after-ms"
+            | "x-should-retry"
+            | "x-request-id"
+            | "openai-processing-ms"
+            | "openai-version"
+            | "x-keyward-simulated"
+    )
+}
+
+/// Keeps only [`forwardable_response_header`]s. One pass finds whether anything
+/// must go (usually nothing for a JSON answer); a `remove` per listed name
+/// looked each one up by hashing, about 3 % of a proxied request's
+/// instructions.
 fn clean_response_headers(headers: &mut HeaderMap) {
-    let unwanted = |name: &HeaderName| {
-        let n = name.as_str();
-        HOP_BY_HOP.contains(&n) || UPSTREAM_ACCOUNT_HEADERS.contains(&n)
-    };
+    let unwanted = |name: &HeaderName| !forwardable_response_header(name);
     if !headers.keys().any(unwanted) {
         return;
     }
