@@ -50,6 +50,9 @@ pub struct GatewayConfig {
     pub leaks: crate::leaks::LeakSettings,
     /// Threads serving connections; 0 means one per core.
     pub workers: usize,
+    /// The key that seals stored secrets (see [`crate::sealing`]); by default
+    /// the key file `<data-dir>/secrets.key`.
+    pub sealing_key: crate::sealing::SealingKeySource,
 }
 
 impl GatewayConfig {
@@ -65,11 +68,14 @@ impl GatewayConfig {
             key_cache_ttl: Duration::from_secs(1),
             usage_batch: BatchPolicy::default(),
             shutdown_grace: Duration::from_secs(30),
-            data_dir,
             client_ip: ClientIpPolicy::default(),
             route_costs: HashMap::new(),
             leaks: crate::leaks::LeakSettings::default(),
             workers: 0,
+            sealing_key: crate::sealing::SealingKeySource::File(
+                data_dir.join(crate::sealing::DEFAULT_KEY_FILE),
+            ),
+            data_dir,
         }
     }
 }

@@ -20,18 +20,32 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// First-start setup failed.
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+    /// The secrets key is missing or wrong, or sealing failed.
+    #[error(transparent)]
+    Sealing(#[from] crate::sealing::SealingError),
+}
+
 /// A server ready to run: state built, first-start setup done.
 pub struct Server {
     state: SharedState,
 }
 
 impl Server {
-    /// Builds the state and runs first-start setup. Call inside a Tokio runtime.
+    /// Builds the state and runs first-start setup (the initial admin key, the
+    /// secrets key and sealing, [`crate::sealing::prepare`]). Call inside a
+    /// Tokio runtime.
     pub async fn new(
         config: GatewayConfig,
         store: SharedStore,
         clock: Clock,
-    ) -> Result<Self, BootstrapError> {
+    ) -> Result<Self, StartError> {
+        let sealing = crate::sealing::prepare(&config.sealing_key, &store).await?;
         if let Some(path) = bootstrap(&store, &config.data_dir, &config.key_format, &clock).await? {
             tracing::info!(path = %path.display(), "first start: wrote the initial admin key (mode 0600)");
         }
@@ -44,7 +58,8 @@ impl Server {
         );
         let ttl = config.key_cache_ttl.as_millis() as i64;
         let keys = KeyCache::new(ttl);
-        let leaks = crate::leaks::LeakState::start(&config.leaks, store.clone(), clock.clone());
+        let leaks =
+            crate::leaks::LeakState::start(&config.leaks, store.clone(), clock.clone(), sealing);
         Ok(Self {
             state: Arc::new(AppState {
                 config,

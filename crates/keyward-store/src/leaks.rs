@@ -145,7 +145,7 @@ pub struct NewWebhook {
     pub id: WebhookId,
     /// Where deliveries are POSTed.
     pub url: String,
-    /// The signing secret, shown once at creation.
+    /// The signing secret as it is to be stored (sealed by the gateway).
     pub secret: Secret,
     /// What it receives.
     pub scope: ChannelScope,
@@ -165,7 +165,9 @@ pub struct Webhook {
     pub id: WebhookId,
     /// Where deliveries are POSTed.
     pub url: String,
-    /// The signing secret.
+    /// The signing secret as stored: the gateway seals it before storing it
+    /// (`keyward_gateway::sealing`), so this is the sealed form, or a plaintext
+    /// secret stored by a version before sealing, until it is sealed at start.
     #[serde(skip)]
     pub secret: Secret,
     /// What it receives.

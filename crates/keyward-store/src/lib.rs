@@ -18,7 +18,7 @@ pub use model::*;
 
 use async_trait::async_trait;
 use keyward_core::{Budget, BudgetScope, KeyHash, KeyId, KeyPolicy, OrgId, ProjectId};
-use keyward_core::{RecipientId, WebhookId};
+use keyward_core::{RecipientId, Secret, WebhookId};
 use std::sync::Arc;
 
 /// Storage failures in domain terms.
@@ -198,6 +198,15 @@ pub trait Store: Send + Sync + 'static {
     async fn list_webhooks(&self) -> StoreResult<Vec<Webhook>>;
     /// Deletes a webhook (its delivery log stays); `NotFound` if absent.
     async fn delete_webhook(&self, id: &WebhookId) -> StoreResult<()>;
+    /// Replaces a webhook's stored secret with `new` only if it is still
+    /// `expected` (a compare-and-set, so that nodes sealing the same secrets at
+    /// start do not overwrite each other); true when this call changed it.
+    async fn replace_webhook_secret(
+        &self,
+        id: &WebhookId,
+        expected: &Secret,
+        new: &Secret,
+    ) -> StoreResult<bool>;
     /// Stores an email recipient.
     async fn create_recipient(&self, recipient: &Recipient) -> StoreResult<Recipient>;
     /// All email recipients, oldest first.

@@ -863,6 +863,15 @@ impl Store for PgStore {
         self.leaks_delete_webhook(id).await
     }
 
+    async fn replace_webhook_secret(
+        &self,
+        id: &keyward_core::WebhookId,
+        expected: &keyward_core::Secret,
+        new: &keyward_core::Secret,
+    ) -> StoreResult<bool> {
+        self.leaks_replace_webhook_secret(id, expected, new).await
+    }
+
     async fn create_recipient(
         &self,
         recipient: &crate::Recipient,

@@ -129,6 +129,7 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
         }
+        create_private(path)?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -152,6 +153,14 @@ impl SqliteStore {
             .connect_with(options.pragma("query_only", "ON"))
             .await
             .map_err(backend)?;
+        for (file, mode) in files_open_to_others(path) {
+            tracing::warn!(
+                file = %file.display(),
+                mode = %format_args!("{mode:04o}"),
+                "the database file is readable or writable by other users; \
+                 `chmod 600` it (and its -wal and -shm files)"
+            );
+        }
         Ok(Self { writer, reader })
     }
 
@@ -159,6 +168,54 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
+    }
+}
+
+/// Creates the database file, readable and writable by its owner only, when it
+/// does not exist yet. SQLite would create it `0644` (less the umask); its `-wal`
+/// and `-shm` files take the database file's mode, so they are private too.
+/// An existing file is left as it is: [`files_open_to_others`] warns about it.
+fn create_private(path: &Path) -> StoreResult<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Backend(format!(
+            "creating {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// The database's files (the file, `-wal`, `-shm`) that exist and grant any
+/// permission to the group or to others, with their modes.
+///
+/// Decision: such files are reported, not changed. They were made that way by an
+/// earlier version or by the operator (a backup agent's group, say); changing
+/// them behind the operator's back could break that, while a warning at every
+/// start says what to do. Files keyward creates are private from the start.
+pub fn files_open_to_others(path: &Path) -> Vec<(std::path::PathBuf, u32)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        ["", "-wal", "-shm"]
+            .iter()
+            .filter_map(|suffix| {
+                let mut name = path.as_os_str().to_owned();
+                name.push(suffix);
+                let file = std::path::PathBuf::from(name);
+                let mode = std::fs::metadata(&file).ok()?.permissions().mode() & 0o777;
+                (mode & 0o077 != 0).then_some((file, mode))
+            })
+            .collect()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Vec::new()
     }
 }
 
@@ -876,6 +933,15 @@ impl Store for SqliteStore {
 
     async fn delete_webhook(&self, id: &keyward_core::WebhookId) -> StoreResult<()> {
         self.leaks_delete_webhook(id).await
+    }
+
+    async fn replace_webhook_secret(
+        &self,
+        id: &keyward_core::WebhookId,
+        expected: &keyward_core::Secret,
+        new: &keyward_core::Secret,
+    ) -> StoreResult<bool> {
+        self.leaks_replace_webhook_secret(id, expected, new).await
     }
 
     async fn create_recipient(

@@ -39,9 +39,15 @@ pub struct LeakState {
 }
 
 impl LeakState {
-    /// Builds the state and starts the notification worker.
-    pub fn start(settings: &LeakSettings, store: SharedStore, clock: Clock) -> Arc<Self> {
-        let notifier = Notifier::new(store, clock, settings.notify.clone());
+    /// Builds the state and starts the notification worker; `sealing` opens
+    /// the stored webhook secrets.
+    pub fn start(
+        settings: &LeakSettings,
+        store: SharedStore,
+        clock: Clock,
+        sealing: crate::sealing::SealingKey,
+    ) -> Arc<Self> {
+        let notifier = Notifier::new(store, clock, settings.notify.clone(), sealing);
         notifier.spawn_worker();
         Arc::new(Self {
             github: github::GithubKeys::new(

@@ -1,7 +1,7 @@
 //! The management API's one error type: `{"error":{"code","message"}}`.
 
-use axum::extract::rejection::JsonRejection;
-use axum::http::StatusCode;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keyward_store::StoreError;
 use serde_json::json;
@@ -21,6 +21,12 @@ pub enum ApiError {
     /// The request conflicts with existing state.
     #[error("{0}")]
     Conflict(String),
+    /// The request body is over the management API's limit.
+    #[error(
+        "the request body is over the limit of {} bytes",
+        super::MAX_BODY_BYTES
+    )]
+    PayloadTooLarge,
     /// Storage failed; details are logged.
     #[error("internal error")]
     Internal,
@@ -41,7 +47,19 @@ impl From<StoreError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::PayloadTooLarge;
+        }
         ApiError::BadRequest(format!("invalid JSON body: {}", e.body_text()))
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(e: BytesRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::PayloadTooLarge;
+        }
+        ApiError::BadRequest(format!("unreadable body: {}", e.body_text()))
     }
 }
 
@@ -52,12 +70,15 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
-        (
-            status,
-            axum::Json(json!({"error": {"code": code, "message": self.to_string()}})),
-        )
-            .into_response()
+        let body = axum::Json(json!({"error": {"code": code, "message": self.to_string()}}));
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body is not read, so the connection cannot carry
+            // another request: say so, or a client would reuse it and fail.
+            return (status, [(header::CONNECTION, "close")], body).into_response();
+        }
+        (status, body).into_response()
     }
 }

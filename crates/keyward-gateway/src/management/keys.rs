@@ -144,26 +144,31 @@ pub struct ListQuery {
     org: Option<String>,
 }
 
+/// `GET /api/v1/keys`: every key, or a project's (`project`, a name within
+/// `org` or an id), or an organization's (`org` alone). A filter that names
+/// nothing is a 404, never the whole list: a script acting on "the keys of X"
+/// must not act on everyone's.
 pub async fn list(
     State(state): State<SharedState>,
     _admin: Admin,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let project = match q.project.as_deref() {
-        Some(p) => Some(
-            resolve_project(&state, q.org.as_deref(), p, false)
-                .await?
-                .id,
+    let (project, org) = match (q.project.as_deref(), q.org.as_deref()) {
+        (Some(p), org) => (Some(resolve_project(&state, org, p, false).await?.id), None),
+        (None, Some(o)) => (
+            None,
+            Some(super::orgs::resolve_org(&state, Some(o)).await?.id),
         ),
-        None => None,
+        (None, None) => (None, None),
     };
-    let projects = state.store.list_projects(None).await?;
+    let projects = state.store.list_projects(org.as_ref()).await?;
     let now = state.clock.now_ms();
     let views: Vec<KeyView> = state
         .store
         .list_keys(project.as_ref())
         .await?
         .into_iter()
+        .filter(|k| org.as_ref().is_none_or(|o| *o == k.org_id))
         .map(|k| {
             let p = projects.iter().find(|p| p.id == k.project_id);
             view(k, p, now)

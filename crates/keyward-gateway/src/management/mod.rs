@@ -13,8 +13,10 @@ pub(crate) mod webhooks;
 pub use error::ApiError;
 
 use crate::state::{AppState, SharedState};
-use axum::extract::FromRequestParts;
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use keyward_core::{KeyId, KeyKind};
@@ -46,6 +48,38 @@ pub fn router() -> Router<SharedState> {
         .route("/api/v1/usage", get(usage::usage))
         .route("/api/v1/audit", get(audit::list))
         .fallback(|| async { ApiError::NotFound("route") })
+        .layer(axum::middleware::map_response(json_rejections))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+/// The largest request body a management route reads (bulk routes such as
+/// scan uploads and leak reports have their own limits). Axum's default; named
+/// so that the 413's message can say it.
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// Axum's extractors refuse in plain text (a `Bytes` body over the limit: a
+/// plain 413; a malformed query string or path: a plain 400). Handlers map the
+/// rejections they take (`Result<Json<_>, JsonRejection>`); this maps the
+/// others, so that every management route answers in the one JSON error shape.
+async fn json_rejections(response: Response) -> Response {
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !plain {
+        return response;
+    }
+    match response.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge.into_response(),
+        StatusCode::BAD_REQUEST => {
+            let text = axum::body::to_bytes(response.into_body(), 4_096)
+                .await
+                .unwrap_or_default();
+            ApiError::BadRequest(String::from_utf8_lossy(&text).into_owned()).into_response()
+        }
+        _ => response,
+    }
 }
 
 /// The admin key that authenticated a management request.

@@ -128,18 +128,90 @@ pub async fn resolve_project(
     }
 }
 
-/// Names are 1-100 printable characters without leading or trailing spaces.
+/// Names (of organizations, projects, keys, tags) are 1-100 visible characters
+/// without leading or trailing spaces. A name with an invisible character could
+/// pass for another in lists and in the audit log (`prod` and `prod` with a
+/// zero-width space), or reorder what is shown around it (bidi overrides), so
+/// such names are refused, naming the character's code point.
 pub fn valid_name<'a>(name: &'a str, what: &str) -> Result<&'a str, ApiError> {
-    let ok = !name.is_empty()
-        && name.chars().count() <= 100
-        && name.trim() == name
-        && !name.chars().any(char::is_control);
-    if ok {
-        Ok(name)
-    } else {
-        Err(ApiError::BadRequest(format!(
-            "{what} name must be 1-100 printable characters without leading or trailing spaces"
-        )))
+    let ok = !name.is_empty() && name.chars().count() <= 100 && name.trim() == name;
+    if !ok {
+        return Err(ApiError::BadRequest(format!(
+            "{what} name must be 1-100 visible characters without leading or trailing spaces"
+        )));
+    }
+    if let Some((at, c)) = name.chars().enumerate().find(|&(_, c)| invisible(c)) {
+        return Err(ApiError::BadRequest(format!(
+            "{what} name has an invisible or control character (U+{:04X}) at position {}: \
+             names must be visible text, with plain spaces only",
+            c as u32,
+            at + 1
+        )));
+    }
+    Ok(name)
+}
+
+/// Characters that show nothing, or change how the text around them is shown:
+/// controls (Cc), every format character (Cf: zero-width spaces and joiners,
+/// bidi marks, embeddings, overrides and isolates, the BOM, invisible
+/// operators, tags…), whitespace other than the ASCII space, blank-looking
+/// letters (Hangul fillers, the braille blank), variation selectors and other
+/// invisible marks, private-use characters and noncharacters.
+fn invisible(c: char) -> bool {
+    (c.is_whitespace() && c != ' ')
+        || c.is_control()
+        || format_char(c)
+        || matches!(c as u32,
+        // Combining grapheme joiner; Khmer inherent vowels; Mongolian variation
+        // selectors; Hangul fillers; braille blank; variation selectors.
+        0x034F | 0x17B4 | 0x17B5 | 0x180B..=0x180F | 0x115F | 0x1160 | 0x3164 | 0xFFA0
+        | 0x2800 | 0xFE00..=0xFE0F | 0xE0100..=0xE01EF
+        // Private use.
+        | 0xE000..=0xF8FF | 0xF0000..=0x10FFFF
+        // Noncharacters.
+        | 0xFDD0..=0xFDEF | 0xFFFE | 0xFFFF | 0x1FFFE | 0x1FFFF)
+}
+
+/// Unicode general category Cf (format), as of Unicode 15.1.
+fn format_char(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890 | 0x0891 | 0x08E2
+        | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
+        | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F
+        | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_name;
+
+    #[test]
+    fn names_with_invisible_characters_are_refused() {
+        for ok in ["prod", "web app", "clé-ü", "日本語", "a.b_c-1", "🔑"] {
+            assert!(valid_name(ok, "key").is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "pro\u{200B}d",
+            "\u{202E}dorp",
+            "prod\u{2066}x\u{2069}",
+            "\u{FEFF}prod",
+            "pro\u{00AD}d",
+            "pro\u{2060}d",
+            "a\u{0007}b",
+            "a\u{00A0}b",
+            "a\u{3000}b",
+            "a\u{FE0F}",
+            "a\u{E0041}",
+            "\u{3164}",
+            "a\u{E000}",
+            "a\u{061C}b",
+            "",
+            " prod",
+        ] {
+            assert!(valid_name(bad, "key").is_err(), "{bad:?}");
+        }
+        let e = valid_name("pro\u{200B}d", "key").unwrap_err().to_string();
+        assert!(e.contains("U+200B") && e.contains("position 4"), "{e}");
     }
 }
 

@@ -60,9 +60,7 @@ pub struct BudgetInput {
 impl BudgetInput {
     /// Validates into a budget for `scope`.
     pub fn into_budget(self, scope: BudgetScope) -> Result<Budget, ApiError> {
-        let amount = Micros::from_usd(self.usd).ok_or_else(|| {
-            ApiError::BadRequest(format!("budget amount {} is not valid: give a non-negative number of dollars up to one billion", self.usd))
-        })?;
+        let amount = budget_amount(self.usd)?;
         let period = match self.period.as_deref() {
             None => Period::Month,
             Some(p) => Period::parse(p).ok_or_else(|| {
@@ -90,6 +88,36 @@ impl BudgetInput {
     }
 }
 
+/// A budget amount in dollars as exact micro-dollars.
+///
+/// Decision: an amount that is not a whole number of micro-dollars (more than
+/// six decimals, such as `1e-7`) is refused, not rounded: rounding down would
+/// store less than was asked (`1e-7` became $0, a budget that refuses
+/// everything), rounding up would store more, and either way the stored budget
+/// would not be the one the caller believes they set. The test: the micro-dollar
+/// amount, converted back, is exactly the number given (both sides are the
+/// correctly rounded value of the same decimal, so any amount of at most six
+/// decimals passes).
+fn budget_amount(usd: f64) -> Result<Micros, ApiError> {
+    if !usd.is_finite() || usd < 0.0 {
+        return Err(ApiError::BadRequest(format!(
+            "budget amount {usd} is not valid: give a non-negative number of dollars"
+        )));
+    }
+    let amount = Micros::from_usd(usd).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "budget amount {usd} is not valid: budgets are at most one billion dollars"
+        ))
+    })?;
+    if amount.0 as f64 / 1e6 != usd {
+        return Err(ApiError::BadRequest(format!(
+            "budget amount {usd} is finer than a micro-dollar ($0.000001), the unit budgets are kept in: \
+             give at most six decimals"
+        )));
+    }
+    Ok(amount)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +139,42 @@ mod tests {
         assert!(b.into_budget(BudgetScope::Key("key_a".into())).is_err());
         let b: BudgetInput = serde_json::from_str(r#"{"usd": 5, "soft": [0]}"#).unwrap();
         assert!(b.into_budget(BudgetScope::Key("key_a".into())).is_err());
+        for fine in [
+            0.0,
+            0.000_001,
+            0.1,
+            12.345_678,
+            25.0,
+            999_999_999.999_999,
+            1e9,
+        ] {
+            let b = BudgetInput {
+                usd: fine,
+                period: None,
+                soft: None,
+            };
+            let micros = b.into_budget(BudgetScope::Key("key_a".into())).unwrap();
+            assert_eq!(micros.amount_micros.0 as f64 / 1e6, fine);
+        }
+        for finer in [1e-7, 0.000_000_5, 1.000_000_1, 12.345_678_9] {
+            let b = BudgetInput {
+                usd: finer,
+                period: None,
+                soft: None,
+            };
+            assert!(
+                b.into_budget(BudgetScope::Key("key_a".into())).is_err(),
+                "{finer}"
+            );
+        }
+        for nonsense in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.5] {
+            let b = BudgetInput {
+                usd: nonsense,
+                period: None,
+                soft: None,
+            };
+            assert!(b.into_budget(BudgetScope::Key("key_a".into())).is_err());
+        }
         let b: BudgetInput = serde_json::from_str(r#"{"usd": 5, "soft": [80, 50, 80]}"#).unwrap();
         assert_eq!(
             b.into_budget(BudgetScope::Key("key_a".into()))

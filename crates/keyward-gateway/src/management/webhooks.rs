@@ -9,7 +9,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use keyward_core::{EventId, OrgId, ProjectId, RecipientId, Secret, WebhookId};
+use keyward_core::{EventId, OrgId, ProjectId, RecipientId, WebhookId};
 use keyward_store::{Channel, ChannelScope, NewAuditEvent, NewWebhook, Recipient, Webhook};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -108,12 +108,14 @@ pub async fn create(
     }
     let scope = scope(&state, req.scope).await?;
     let secret = format!("whsec_{}", keyward_core::base62::random(32));
+    let id = WebhookId::generate();
+    let sealed = state.leaks.notifier.seal_webhook_secret(&id, &secret);
     let webhook = state
         .store
         .create_webhook(&NewWebhook {
-            id: WebhookId::generate(),
+            id,
             url: req.url,
-            secret: Secret::new(secret.clone()),
+            secret: sealed,
             scope,
             description: req.description,
             created_by: admin.id.to_string(),

@@ -12,7 +12,8 @@
 pub mod email;
 pub mod webhook;
 
-use keyward_core::{Clock, DeliveryId, EventId, OrgId, ProjectId};
+use crate::sealing::SealingKey;
+use keyward_core::{Clock, DeliveryId, EventId, OrgId, ProjectId, Secret, WebhookId};
 use keyward_store::{
     AttemptResult, Channel, Delivery, DeliveryStatus, NewDelivery, SharedStore, StoreResult,
 };
@@ -106,6 +107,8 @@ pub struct Notifier {
     store: SharedStore,
     clock: Clock,
     settings: NotifySettings,
+    /// Opens the stored webhook signing secrets.
+    sealing: SealingKey,
     wake: Notify,
     http: reqwest::Client,
 }
@@ -117,7 +120,13 @@ const LEASE_MS: i64 = 120_000;
 
 impl Notifier {
     /// A notifier; call [`Notifier::spawn_worker`] to start delivering.
-    pub fn new(store: SharedStore, clock: Clock, settings: NotifySettings) -> Arc<Self> {
+    /// `sealing` is the key the webhooks' secrets are sealed with.
+    pub fn new(
+        store: SharedStore,
+        clock: Clock,
+        settings: NotifySettings,
+        sealing: SealingKey,
+    ) -> Arc<Self> {
         let http = reqwest::Client::builder()
             .timeout(settings.retry.attempt_timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -127,9 +136,15 @@ impl Notifier {
             store,
             clock,
             settings,
+            sealing,
             wake: Notify::new(),
             http,
         })
+    }
+
+    /// A new webhook's signing secret as it is to be stored (sealed).
+    pub fn seal_webhook_secret(&self, id: &WebhookId, secret: &str) -> Secret {
+        self.sealing.seal_webhook_secret(id, secret)
     }
 
     /// Queues `event` for every matching webhook and recipient. Publishing the
@@ -269,7 +284,11 @@ impl Notifier {
                 reason: "the webhook was deleted".into(),
             });
         };
-        webhook::send(&self.http, &hook, d, self.clock.now_ms()).await
+        let secret = self
+            .sealing
+            .open_webhook_secret(&hook)
+            .map_err(|e| Failure::new(format!("webhook signing secret: {e}")))?;
+        webhook::send(&self.http, &hook, &secret, d, self.clock.now_ms()).await
     }
 
     async fn send_email(&self, d: &Delivery) -> Result<Option<u16>, Failure> {

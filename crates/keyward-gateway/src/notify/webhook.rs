@@ -8,6 +8,7 @@
 
 use super::Failure;
 use hmac::{Hmac, Mac};
+use keyward_core::Secret;
 use keyward_store::{Delivery, Webhook};
 use sha2::Sha256;
 
@@ -57,10 +58,12 @@ pub fn verify(secret: &str, header: &str, body: &[u8]) -> Option<i64> {
     m.verify_slice(&v1).ok().map(|()| t)
 }
 
-/// One attempt. `Ok` with the status on 2xx; anything else is a failure to retry.
+/// One attempt, signed with `secret` (the hook's, opened). `Ok` with the status
+/// on 2xx; anything else is a failure to retry.
 pub async fn send(
     http: &reqwest::Client,
     hook: &Webhook,
+    secret: &Secret,
     d: &Delivery,
     now_ms: i64,
 ) -> Result<Option<u16>, Failure> {
@@ -68,7 +71,7 @@ pub async fn send(
         status: None,
         reason: format!("encoding the payload: {e}"),
     })?;
-    let sig = signature(hook.secret.expose(), now_ms, &body);
+    let sig = signature(secret.expose(), now_ms, &body);
     let response = http
         .post(&hook.url)
         .header("content-type", "application/json")

@@ -9,6 +9,7 @@ mod management;
 mod metering;
 mod notify;
 mod proxy;
+mod security_api;
 mod security_proxy;
 mod support;
 mod watchers;

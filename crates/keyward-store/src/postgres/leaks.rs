@@ -162,6 +162,22 @@ impl PgStore {
         Ok(())
     }
 
+    pub(super) async fn leaks_replace_webhook_secret(
+        &self,
+        id: &WebhookId,
+        expected: &keyward_core::Secret,
+        new: &keyward_core::Secret,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query("UPDATE webhooks SET secret = $1 WHERE id = $2 AND secret = $3")
+            .bind(new.expose())
+            .bind(id.as_str())
+            .bind(expected.expose())
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     pub(super) async fn leaks_create_recipient(&self, r: &Recipient) -> StoreResult<Recipient> {
         sqlx::query(&format!(
             "INSERT INTO email_recipients ({}) VALUES ($1, $2, $3, $4, $5, $6)",

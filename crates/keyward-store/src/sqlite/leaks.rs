@@ -166,6 +166,22 @@ impl SqliteStore {
         Ok(())
     }
 
+    pub(super) async fn leaks_replace_webhook_secret(
+        &self,
+        id: &WebhookId,
+        expected: &keyward_core::Secret,
+        new: &keyward_core::Secret,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query("UPDATE webhooks SET secret = ? WHERE id = ? AND secret = ?")
+            .bind(new.expose())
+            .bind(id.as_str())
+            .bind(expected.expose())
+            .execute(&self.writer)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     pub(super) async fn leaks_create_recipient(&self, r: &Recipient) -> StoreResult<Recipient> {
         sqlx::query(&format!(
             "INSERT INTO email_recipients ({}) VALUES (?, ?, ?, ?, ?, ?)",

@@ -13,6 +13,7 @@ store_tests!(
     a_key_is_marked_leaked_once_and_cleared_explicitly,
     a_repeated_sighting_is_stored_once,
     webhooks_and_recipients_round_trip,
+    a_webhook_secret_is_replaced_only_from_the_expected_value,
     deliveries_are_queued_once_claimed_once_and_logged,
 );
 
@@ -162,6 +163,42 @@ async fn webhooks_and_recipients_round_trip(store: SharedStore) {
         store.delete_webhook(&w.id).await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+async fn a_webhook_secret_is_replaced_only_from_the_expected_value(store: SharedStore) {
+    let w = store
+        .create_webhook(&NewWebhook {
+            id: WebhookId::generate(),
+            url: "https://hooks.example/kw".into(),
+            secret: Secret::new("whsec_plain"),
+            scope: ChannelScope {
+                events: vec!["*".into()],
+                org_id: None,
+                project_id: None,
+            },
+            description: String::new(),
+            created_by: "key_admin".into(),
+            created_at: 1_000,
+        })
+        .await
+        .unwrap();
+    let (plain, sealed) = (Secret::new("whsec_plain"), Secret::new("kws1:sealed"));
+    assert!(store
+        .replace_webhook_secret(&w.id, &plain, &sealed)
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .replace_webhook_secret(&w.id, &plain, &Secret::new("kws1:other"))
+            .await
+            .unwrap(),
+        "a second node sealing the same secret changes nothing"
+    );
+    assert_eq!(store.list_webhooks().await.unwrap()[0].secret, sealed);
+    assert!(!store
+        .replace_webhook_secret(&WebhookId::generate(), &sealed, &plain)
+        .await
+        .unwrap());
 }
 
 async fn deliveries_are_queued_once_claimed_once_and_logged(store: SharedStore) {

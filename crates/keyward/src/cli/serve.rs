@@ -7,6 +7,7 @@
 use anyhow::{bail, Context};
 use clap::Args;
 use keyward_core::{Clock, KeyFormat, PriceTable, Secret};
+use keyward_gateway::sealing::{self, SealingKey, SealingKeySource};
 use keyward_gateway::{GatewayConfig, Server, UpstreamConfig};
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -25,6 +26,11 @@ pub struct ServeArgs {
     /// Directory for the SQLite database and the initial admin key [default: ./keyward-data].
     #[arg(long, env = "KEYWARD_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// File holding the key that seals stored secrets (webhook signing secrets),
+    /// created on first start; ignored when KEYWARD_SECRETS_KEY holds the key
+    /// [default: <data-dir>/secrets.key].
+    #[arg(long, env = "KEYWARD_SECRETS_KEY_FILE")]
+    secrets_key_file: Option<PathBuf>,
     /// Database URL: postgres://… for shared state [default: SQLite in the data directory].
     #[arg(long, env = "KEYWARD_DATABASE")]
     database: Option<String>,
@@ -114,6 +120,7 @@ pub struct ServeArgs {
 struct FileConfig {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
+    secrets_key_file: Option<PathBuf>,
     database: Option<String>,
     upstream: Option<String>,
     upstream_key_env: Option<String>,
@@ -160,6 +167,7 @@ impl ServeArgs {
         fill!(
             listen,
             data_dir,
+            secrets_key_file,
             database,
             upstream,
             upstream_key_env,
@@ -216,7 +224,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("keyward-data"));
-    std::fs::create_dir_all(&data_dir)
+    keyward_gateway::data_dir::prepare(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
     let database = match &args.database {
         Some(url) => url.clone(),
@@ -266,6 +274,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
 
     let mut config = GatewayConfig::new(upstream, data_dir);
+    if let Some(source) = sealing_key(&args)? {
+        config.sealing_key = source;
+    }
     if let Some(path) = &args.prices {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading price file {}", path.display()))?;
@@ -371,6 +382,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .run(listener, metrics, shutdown_signal())
         .await
         .context("serving")
+}
+
+/// The key that seals stored secrets: the key in `KEYWARD_SECRETS_KEY` (a key,
+/// hence never a flag or a config-file setting), else the key file when one is
+/// named; `None` keeps the default key file in the data directory.
+fn sealing_key(args: &ServeArgs) -> anyhow::Result<Option<SealingKeySource>> {
+    let given = std::env::var(sealing::KEY_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    Ok(match (given, &args.secrets_key_file) {
+        (Some(_), Some(_)) => bail!(
+            "both {} and --secrets-key-file are set: give the secrets key one way",
+            sealing::KEY_ENV
+        ),
+        (Some(text), None) => Some(SealingKeySource::Key(SealingKey::from_base64(
+            &text,
+            sealing::KEY_ENV,
+        )?)),
+        (None, Some(path)) => Some(SealingKeySource::File(path.clone())),
+        (None, None) => None,
+    })
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

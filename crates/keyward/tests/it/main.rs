@@ -4,5 +4,7 @@ mod cli;
 mod report;
 mod scan;
 mod sdk;
+#[cfg(unix)]
+mod secrets_at_rest;
 mod support;
 mod tidy;
