@@ -13,6 +13,7 @@ fn new_admin_key(name: &str, created_at: i64) -> (NewAdminKey, String) {
         hash_hex: KeyHash::of(&secret).to_hex(),
         hint: keyward_core::key::hint(&secret),
         created_at,
+        created_by: None,
     };
     (key, secret)
 }
