@@ -47,6 +47,7 @@ fn main() {
             revoked_at: None,
             expires_at: None,
             secret_expires_at: None,
+            minted_from: None,
             parent_id: None,
             policy: Default::default(),
             rotated_at: None,

@@ -66,22 +66,7 @@ pub async fn admit(
     let policies: Vec<&KeyPolicy> = std::iter::once(&caller.key.policy)
         .chain(caller.parent.as_ref().map(|p| &p.policy))
         .collect();
-    for p in &policies {
-        if !p.allows_ip(ask.client_ip) {
-            return Err(GatewayError::IpNotAllowed(format!(
-                "This key cannot be used from {}.",
-                ask.client_ip
-            )));
-        }
-    }
-    for p in &policies {
-        if !p.allows_endpoint(ask.method, ask.path) {
-            return Err(GatewayError::PermissionDenied(format!(
-                "This key is not allowed to call {} {}.",
-                ask.method, ask.path
-            )));
-        }
-    }
+    check_access(&policies, ask.method, ask.path, ask.client_ip)?;
     for p in policies.iter().filter(|p| p.restricts_models()) {
         check_model(p, ask)?;
     }
@@ -102,24 +87,9 @@ pub async fn admit(
         0
     };
     let estimated_tokens = input_tokens + ask.requested_output.unwrap_or(0);
-    let mut subjects = vec![(
-        Subject::Key(caller.key.id.clone()),
-        limits_of(&caller.key.policy),
-    )];
-    if let Some(parent) = &caller.parent {
-        subjects.push((Subject::Key(parent.id.clone()), limits_of(&parent.policy)));
-    }
-    subjects.push((
-        Subject::Project(project.id.clone()),
-        Limits {
-            rpm: project.policy.rpm,
-            tpm: project.policy.tpm,
-            max_concurrent: project.policy.max_concurrent,
-        },
-    ));
     let permit = state
         .limiter
-        .admit(&subjects, estimated_tokens, now)
+        .admit(&subjects(caller, &project), estimated_tokens, now)
         .map_err(GatewayError::RateLimited)?;
     let headers = permit.headers;
 
@@ -186,6 +156,76 @@ fn check_model(p: &KeyPolicy, ask: &Ask<'_>) -> Result<(), GatewayError> {
 /// Methods that neither run a model nor cost anything.
 pub(crate) fn costs_nothing(method: &str) -> bool {
     matches!(method, "GET" | "HEAD" | "OPTIONS" | "DELETE")
+}
+
+/// Admission of a request the gateway answers itself and that costs nothing
+/// upstream — minting a token (`POST /keyward/v1/tokens`): the caller's
+/// networks and endpoints, then its rate limits, which the request counts
+/// toward like any other (the same limiter and subjects as [`admit`], so the
+/// refusal and its `Retry-After` and `x-ratelimit-*` headers are the same). It
+/// names no model and spends no money, so model restrictions and budgets do
+/// not apply. The permit counts once committed and gives back when dropped.
+pub async fn admit_local(
+    state: &AppState,
+    caller: &Caller,
+    method: &str,
+    path: &str,
+    client_ip: IpAddr,
+) -> Result<Permit, GatewayError> {
+    let policies: Vec<&KeyPolicy> = std::iter::once(&caller.key.policy)
+        .chain(caller.parent.as_ref().map(|p| &p.policy))
+        .collect();
+    check_access(&policies, method, path, client_ip)?;
+    let project = project(state, caller).await?;
+    state
+        .limiter
+        .admit(&subjects(caller, &project), 0, state.clock.now_ms())
+        .map_err(GatewayError::RateLimited)
+}
+
+/// The network and endpoint restrictions of every policy above a request.
+fn check_access(
+    policies: &[&KeyPolicy],
+    method: &str,
+    path: &str,
+    client_ip: IpAddr,
+) -> Result<(), GatewayError> {
+    for p in policies {
+        if !p.allows_ip(client_ip) {
+            return Err(GatewayError::IpNotAllowed(format!(
+                "This key cannot be used from {client_ip}."
+            )));
+        }
+    }
+    for p in policies {
+        if !p.allows_endpoint(method, path) {
+            return Err(GatewayError::PermissionDenied(format!(
+                "This key is not allowed to call {method} {path}."
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whose rate limits a request counts toward: the key, a token's parent, and
+/// the project.
+fn subjects(caller: &Caller, project: &Project) -> Vec<(Subject, Limits)> {
+    let mut subjects = vec![(
+        Subject::Key(caller.key.id.clone()),
+        limits_of(&caller.key.policy),
+    )];
+    if let Some(parent) = &caller.parent {
+        subjects.push((Subject::Key(parent.id.clone()), limits_of(&parent.policy)));
+    }
+    subjects.push((
+        Subject::Project(project.id.clone()),
+        Limits {
+            rpm: project.policy.rpm,
+            tpm: project.policy.tpm,
+            max_concurrent: project.policy.max_concurrent,
+        },
+    ));
+    subjects
 }
 
 fn limits_of(p: &KeyPolicy) -> Limits {

@@ -108,6 +108,7 @@ mod tests {
             policy: Default::default(),
             rotated_at: None,
             secret_expires_at: None,
+            minted_from: None,
         })
     }
 

@@ -46,8 +46,9 @@ impl Server {
         clock: Clock,
     ) -> Result<Self, StartError> {
         let sealing = crate::sealing::prepare(&config.sealing_key, &store).await?;
-        if let Some(path) = bootstrap(&store, &config.data_dir, &config.key_format, &clock).await? {
-            tracing::info!(path = %path.display(), "first start: wrote the initial admin key (mode 0600)");
+        let setup = bootstrap(&store, &config.data_dir, &config.key_format, &clock).await?;
+        if let Some((path, reason)) = &setup.written {
+            tracing::info!(path = %path.display(), "{reason}: wrote the initial admin key (mode 0600)");
         }
         let metrics = Arc::new(Metrics::default());
         let usage = UsageWriter::spawn(store.clone(), config.usage_batch, metrics.clone());
@@ -75,6 +76,7 @@ impl Server {
                 keys_by_id: TtlMap::new(ttl),
                 budgets: TtlMap::new(ttl),
                 audit_sampler: crate::audit_sample::AuditSampler::new(60_000),
+                initial_admin_key: setup.initial_key,
                 leaks,
                 tasks: tokio::runtime::Handle::current(),
             }),

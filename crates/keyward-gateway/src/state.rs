@@ -43,6 +43,9 @@ pub struct AppState {
     pub budgets: TtlMap<String, Option<Arc<Budget>>>,
     /// Folds audit events a caller can cause at will (see [`crate::audit_sample`]).
     pub audit_sampler: crate::audit_sample::AuditSampler,
+    /// The initial admin key file, removed once it is no longer needed (see
+    /// [`crate::bootstrap`]).
+    pub initial_admin_key: crate::bootstrap::InitialKeyFile,
     /// Leak response (GitHub keys, notifier).
     pub leaks: Arc<crate::leaks::LeakState>,
     /// The runtime that built the server. Request handlers run on worker threads

@@ -37,6 +37,13 @@ impl ParseMemo {
 /// The key (and, for an ephemeral token, its parent) behind `presented`, if it
 /// may call the gateway now. A token whose parent is no longer usable is refused:
 /// revoking a key revokes its tokens.
+///
+/// A token also dies with the parent secret it was minted with: once that
+/// secret is rotated out (at the end of its grace period) or deleted, the token
+/// is refused whatever the parent's status is later, so rotating a leaked key
+/// back to `active` does not revive it. The secret's state is read with the
+/// token itself (`KeyRecord::minted_from`, cached with it), so the check costs
+/// no lookup; whoever ends secrets drops the tokens' cache entries.
 /// `memo`, when given, is the connection's [`ParseMemo`].
 pub async fn verify_caller(
     state: &AppState,
@@ -48,6 +55,13 @@ pub async fn verify_caller(
         return Ok(Caller { key, parent: None });
     };
     let now = state.clock.now_ms();
+    // Fails closed: a token record read without its binding is refused too.
+    if !key.minted_from.is_some_and(|m| m.is_live(now)) {
+        return Err(GatewayError::InvalidKey(format!(
+            "This token ({}) was minted with a secret of its parent key that no longer works (rotated out, or the key was deleted); ask for a new token.",
+            key.id
+        )));
+    }
     let parent = match state.keys_by_id.get(&parent_id, now) {
         Some(p) => p,
         None => {

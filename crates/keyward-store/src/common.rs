@@ -2,8 +2,8 @@
 //! usage batching. SQL stays in each backend's module, in its own dialect.
 
 use crate::{
-    AdminKey, AuditEvent, KeyRecord, KeyStatus, Org, Project, ProjectPolicy, StoreError,
-    StoreResult, UsageEvent, UsageFilter, UsageGroup, UsageTotals,
+    AdminKey, AuditEvent, KeyRecord, KeyStatus, MintedFrom, Org, Project, ProjectPolicy,
+    StoreError, StoreResult, UsageEvent, UsageFilter, UsageGroup, UsageTotals,
 };
 use keyward_core::{
     AuditId, Budget, BudgetScope, KeyHash, KeyId, KeyPolicy, Micros, OrgId, Period, ProjectId,
@@ -146,10 +146,35 @@ pub(crate) const KEY_COLUMNS: &str =
     "id, project_id, org_id, name, hint, status, tags, created_by, \
      created_at, last_used_at, revoked_at, expires_at, parent_key_id, policy, rotated_at";
 
-/// Decodes a key; `secret_expires_at` is read only when the query looked the key up
-/// by one of its secrets (and then selected that column).
+/// Selected after [`KEY_COLUMNS`] (and the looked-up secret's expiry) by lookups
+/// by secret: the state of a token's parent secret, two primary-key reads.
+pub(crate) const MINTED_FROM_COLUMNS: &str =
+    "(SELECT ps.key_id FROM key_secrets ps WHERE ps.hash_hex = keys.parent_secret_hash) \
+     AS parent_secret_key, \
+     (SELECT ps.expires_at FROM key_secrets ps WHERE ps.hash_hex = keys.parent_secret_hash) \
+     AS parent_secret_expires_at";
+
+/// Decodes a key; `secret_expires_at` and [`MINTED_FROM_COLUMNS`] are read only
+/// when the query looked the key up by one of its secrets (and then selected
+/// those columns).
 pub(crate) fn key(row: &impl Columns, with_secret: bool) -> StoreResult<KeyRecord> {
     let tags = row.text("tags")?;
+    let parent_id = row.opt_text("parent_key_id")?.map(KeyId::from_trusted);
+    let minted_from = match &parent_id {
+        Some(parent) if with_secret => Some(
+            match (
+                row.opt_text("parent_secret_key")?,
+                row.opt_int("parent_secret_expires_at")?,
+            ) {
+                // A secret of another key is no binding at all.
+                (Some(owner), expires_at) if owner == parent.as_str() => {
+                    MintedFrom::Secret { expires_at }
+                }
+                _ => MintedFrom::Gone,
+            },
+        ),
+        _ => None,
+    };
     Ok(KeyRecord {
         id: KeyId::from_trusted(row.text("id")?),
         project_id: ProjectId::from_trusted(row.text("project_id")?),
@@ -164,7 +189,7 @@ pub(crate) fn key(row: &impl Columns, with_secret: bool) -> StoreResult<KeyRecor
         last_used_at: row.opt_int("last_used_at")?,
         revoked_at: row.opt_int("revoked_at")?,
         expires_at: row.opt_int("expires_at")?,
-        parent_id: row.opt_text("parent_key_id")?.map(KeyId::from_trusted),
+        parent_id,
         policy: decode_json::<KeyPolicy>(&row.text("policy")?, "key policy")?,
         rotated_at: row.opt_int("rotated_at")?,
         secret_expires_at: if with_secret {
@@ -172,11 +197,19 @@ pub(crate) fn key(row: &impl Columns, with_secret: bool) -> StoreResult<KeyRecor
         } else {
             None
         },
+        minted_from,
     })
 }
 
+/// The `hash_hex` column of a lookup by secret hashes.
+pub(crate) fn hash_column(row: &impl Columns) -> StoreResult<KeyHash> {
+    KeyHash::from_hex(&row.text("hash_hex")?)
+        .ok_or_else(|| StoreError::Backend("stored hash is not hex".into()))
+}
+
 /// Columns selected for an [`AdminKey`].
-pub(crate) const ADMIN_KEY_COLUMNS: &str = "id, name, hint, status, created_at";
+pub(crate) const ADMIN_KEY_COLUMNS: &str =
+    "id, name, hint, status, created_at, revoked_at, rotated_at, created_by";
 
 pub(crate) fn admin_key(row: &impl Columns) -> StoreResult<AdminKey> {
     Ok(AdminKey {
@@ -185,6 +218,9 @@ pub(crate) fn admin_key(row: &impl Columns) -> StoreResult<AdminKey> {
         hint: row.text("hint")?,
         status: status(row)?,
         created_at: row.int("created_at")?,
+        revoked_at: row.opt_int("revoked_at")?,
+        rotated_at: row.opt_int("rotated_at")?,
+        created_by: row.opt_text("created_by")?,
     })
 }
 

@@ -98,6 +98,33 @@ pub trait Store: Send + Sync + 'static {
     async fn admin_key_by_hash(&self, hash: &KeyHash) -> StoreResult<Option<AdminKey>>;
     /// Number of admin keys ever created (0 means a fresh store).
     async fn count_admin_keys(&self) -> StoreResult<i64>;
+    /// Every admin key, oldest first.
+    async fn list_admin_keys(&self) -> StoreResult<Vec<AdminKey>>;
+    /// An admin key by id.
+    async fn get_admin_key(&self, id: &KeyId) -> StoreResult<Option<AdminKey>>;
+    /// The admin keys owning any of these secret hashes, each with its hash.
+    async fn admin_keys_by_hashes(
+        &self,
+        hashes: &[KeyHash],
+    ) -> StoreResult<Vec<(KeyHash, AdminKey)>>;
+    /// Revokes an active admin key unless it is the last active one, atomically
+    /// (two concurrent revocations cannot both pass the check). `NotFound` if
+    /// absent.
+    async fn revoke_admin_key(&self, id: &KeyId, now_ms: i64) -> StoreResult<AdminKeyRevocation>;
+    /// Moves an admin key from `active` to `leaked` (setting `revoked_at`), even
+    /// the last one: an exposed key must stop. `Some` only when this call made
+    /// the change; `None` when the key was not active or is absent.
+    async fn mark_admin_key_leaked(&self, id: &KeyId, now_ms: i64)
+        -> StoreResult<Option<AdminKey>>;
+    /// Replaces an active or leaked admin key's secret: the old secret stops at
+    /// once, the key becomes `active` (`revoked_at` cleared) and `rotated_at`
+    /// becomes `now_ms`. `None` when the key is absent or revoked.
+    async fn rotate_admin_key(
+        &self,
+        id: &KeyId,
+        secret: &NewSecret,
+        now_ms: i64,
+    ) -> StoreResult<Option<AdminKey>>;
 
     // Usage.
 
@@ -136,6 +163,8 @@ pub trait Store: Send + Sync + 'static {
     /// key stops working at `old_expires_at` (or earlier if it already would), the
     /// key's hint becomes the new secret's, `rotated_at` becomes `now_ms`, and when
     /// `reactivate` is set the key returns to `active` (`revoked_at` cleared).
+    /// When the old secrets stop at once (`old_expires_at <= now_ms`), the
+    /// tokens minted with them are revoked in the same transaction.
     /// `NotFound` if absent. Returns the updated record.
     async fn rotate_key(
         &self,
@@ -147,6 +176,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<KeyRecord>;
     /// Ephemeral tokens derived from `parent`, oldest first.
     async fn child_keys(&self, parent: &KeyId) -> StoreResult<Vec<KeyRecord>>;
+    /// Revokes every active ephemeral token derived from `parent` (for good:
+    /// nothing makes a revoked token active again). Returns the ids it changed.
+    async fn revoke_tokens(&self, parent: &KeyId, now_ms: i64) -> StoreResult<Vec<KeyId>>;
+    /// SHA-256 of a key's current secret (the one no rotation has ended yet);
+    /// `None` when the key does not exist.
+    async fn current_secret(&self, id: &KeyId) -> StoreResult<Option<KeyHash>>;
     /// Creates or replaces the budget of `budget.scope`.
     async fn set_budget(&self, budget: &Budget, now_ms: i64) -> StoreResult<()>;
     /// Removes a budget; `NotFound` if there is none.
@@ -176,8 +211,10 @@ pub trait Store: Send + Sync + 'static {
     /// The keys owning any of these secret hashes, each with the hash it matched
     /// (a key with several live secrets may appear more than once).
     async fn keys_by_hashes(&self, hashes: &[KeyHash]) -> StoreResult<Vec<(KeyHash, KeyRecord)>>;
-    /// Moves a key from `active` to `leaked` (setting `revoked_at`). `Some` only
-    /// when this call made the change, so whatever follows a leak happens once
+    /// Moves a key from `active` to `leaked` (setting `revoked_at`) and revokes
+    /// its ephemeral tokens, in one transaction: a token dies with the leaked
+    /// secret and stays dead if the leak is later cleared. `Some` only when
+    /// this call made the change, so whatever follows a leak happens once
     /// however many reports race; `None` when the key was not active or is absent.
     async fn mark_key_leaked(&self, id: &KeyId, now_ms: i64) -> StoreResult<Option<KeyRecord>>;
     /// Moves a key from `leaked` back to `active` (an admin's explicit decision

@@ -112,6 +112,9 @@ pub struct NewKey {
     pub expires_at: Option<i64>,
     /// For an ephemeral token, the key it was derived from.
     pub parent_id: Option<KeyId>,
+    /// For an ephemeral token, SHA-256 (hex) of the parent's secret it was
+    /// minted with: the token works only while that secret does.
+    pub parent_secret_hash: Option<String>,
     /// Restrictions and rate limits.
     pub policy: KeyPolicy,
 }
@@ -162,6 +165,36 @@ pub struct KeyRecord {
     /// ms; `None` outside `key_by_hash` or for a current secret.
     #[serde(skip)]
     pub secret_expires_at: Option<i64>,
+    /// For a token looked up by one of its secrets (`key_by_hash`,
+    /// `keys_by_hashes`): the parent secret it was minted with, as stored at
+    /// that moment. `None` for keys and for records read any other way.
+    #[serde(skip)]
+    pub minted_from: Option<MintedFrom>,
+}
+
+/// The state of the parent secret an ephemeral token was minted with. Read
+/// with the token itself, so checking it costs the gateway no extra lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MintedFrom {
+    /// The secret still belongs to the parent; it stops working at
+    /// `expires_at` (the end of a rotation's grace period), if set.
+    Secret {
+        /// When the secret stops working, ms.
+        expires_at: Option<i64>,
+    },
+    /// The secret no longer exists (its key was deleted), or the token records
+    /// none (minted before tokens were bound to secrets and not bindable).
+    Gone,
+}
+
+impl MintedFrom {
+    /// Whether a token minted with this secret may still be used at `now_ms`.
+    pub fn is_live(self, now_ms: i64) -> bool {
+        match self {
+            MintedFrom::Secret { expires_at } => expires_at.is_none_or(|t| now_ms < t),
+            MintedFrom::Gone => false,
+        }
+    }
 }
 
 /// What is needed to create an admin key.
@@ -177,21 +210,42 @@ pub struct NewAdminKey {
     pub hint: String,
     /// Creation time, ms.
     pub created_at: i64,
+    /// The admin key that created it (`None` for the bootstrap key).
+    pub created_by: Option<String>,
 }
 
-/// A management key as stored.
+/// A management key as stored (never its secret). An admin key has one secret
+/// at a time: a rotation replaces it, and the old one stops at once.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AdminKey {
     /// Its id.
     pub id: KeyId,
     /// Human name.
     pub name: String,
-    /// Display hint.
+    /// Display hint of its secret.
     pub hint: String,
-    /// `active` or `revoked`.
+    /// `active`, `revoked` or `leaked`.
     pub status: KeyStatus,
     /// Creation time, ms.
     pub created_at: i64,
+    /// When it left `active`, ms.
+    pub revoked_at: Option<i64>,
+    /// When its secret was last replaced by a rotation, ms.
+    pub rotated_at: Option<i64>,
+    /// The admin key that created it (`None` for the bootstrap key).
+    pub created_by: Option<String>,
+}
+
+/// What an attempt to revoke an admin key did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminKeyRevocation {
+    /// The key was active and is now revoked.
+    Revoked(AdminKey),
+    /// The key was already revoked or leaked; nothing changed.
+    NotActive(AdminKey),
+    /// The key is the last active admin key: revoking it would lock every
+    /// administrator out, so nothing changed.
+    LastActive,
 }
 
 /// One metered request.

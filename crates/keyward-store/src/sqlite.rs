@@ -9,9 +9,9 @@
 
 use crate::common::{self, backend, write_error, HOUR_MS};
 use crate::{
-    AdminKey, AuditEvent, Bucket, GroupBy, KeyRecord, KeyStatus, NewAdminKey, NewAuditEvent,
-    NewKey, NewSecret, Org, Project, ProjectPolicy, Store, StoreError, StoreResult, UsageBucket,
-    UsageEvent, UsageFilter, UsageGroup, UsageTotals,
+    AdminKey, AdminKeyRevocation, AuditEvent, Bucket, GroupBy, KeyRecord, KeyStatus, NewAdminKey,
+    NewAuditEvent, NewKey, NewSecret, Org, Project, ProjectPolicy, Store, StoreError, StoreResult,
+    UsageBucket, UsageEvent, UsageFilter, UsageGroup, UsageTotals,
 };
 use async_trait::async_trait;
 use keyward_core::{AuditId, Budget, BudgetScope, KeyHash, KeyId, KeyPolicy, OrgId, ProjectId};
@@ -27,6 +27,11 @@ mod leaks;
 mod usage_blocks;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Revokes the active tokens of a parent (`?1` now, `?2` the parent's id).
+const REVOKE_TOKENS: &str =
+    "UPDATE keys SET status = 'revoked', revoked_at = COALESCE(revoked_at, ?1) \
+     WHERE parent_key_id = ?2 AND status = 'active'";
 
 /// How long a connection waits for another process's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -376,12 +381,17 @@ impl Store for SqliteStore {
         let hash_hex = common::canonical_hash(&key.hash_hex)?;
         let tags = common::encode_tags(&key.tags)?;
         let policy = common::encode_json(&key.policy, "key policy")?;
+        let parent_secret_hash = key
+            .parent_secret_hash
+            .as_deref()
+            .map(common::canonical_hash)
+            .transpose()?;
         let mut tx = self.writer.begin().await.map_err(backend)?;
         // The org is taken from the project, so a key can never disagree with it.
         let org_id: Option<String> = sqlx::query_scalar(
             "INSERT INTO keys (id, project_id, org_id, name, hint, status, tags, created_by, created_at, expires_at, \
-             parent_key_id, policy) \
-             SELECT ?, p.id, p.org_id, ?, ?, 'active', ?, ?, ?, ?, ?, ? FROM projects p WHERE p.id = ? \
+             parent_key_id, parent_secret_hash, policy) \
+             SELECT ?, p.id, p.org_id, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ? FROM projects p WHERE p.id = ? \
              RETURNING org_id",
         )
         .bind(key.id.as_str())
@@ -392,6 +402,7 @@ impl Store for SqliteStore {
         .bind(key.created_at)
         .bind(key.expires_at)
         .bind(key.parent_id.as_ref().map(KeyId::as_str))
+        .bind(parent_secret_hash.as_deref())
         .bind(&policy)
         .bind(key.project_id.as_str())
         .fetch_optional(&mut *tx)
@@ -424,15 +435,17 @@ impl Store for SqliteStore {
             policy: key.policy.clone(),
             rotated_at: None,
             secret_expires_at: None,
+            minted_from: None,
         })
     }
 
     async fn key_by_hash(&self, hash: &KeyHash) -> StoreResult<Option<KeyRecord>> {
         let sql = format!(
-            "SELECT {}, s.secret_expires_at FROM keys \
+            "SELECT {}, s.secret_expires_at, {} FROM keys \
              JOIN (SELECT key_id, expires_at AS secret_expires_at FROM key_secrets WHERE hash_hex = ?) s \
              ON s.key_id = keys.id",
-            common::KEY_COLUMNS
+            common::KEY_COLUMNS,
+            common::MINTED_FROM_COLUMNS
         );
         let row = sqlx::query(&sql)
             .bind(hash.to_hex())
@@ -521,13 +534,15 @@ impl Store for SqliteStore {
     async fn create_admin_key(&self, key: &NewAdminKey) -> StoreResult<AdminKey> {
         let hash_hex = common::canonical_hash(&key.hash_hex)?;
         sqlx::query(
-            "INSERT INTO admin_keys (id, name, hash_hex, hint, status, created_at) VALUES (?, ?, ?, ?, 'active', ?)",
+            "INSERT INTO admin_keys (id, name, hash_hex, hint, status, created_at, created_by) \
+             VALUES (?, ?, ?, ?, 'active', ?, ?)",
         )
         .bind(key.id.as_str())
         .bind(&key.name)
         .bind(&hash_hex)
         .bind(&key.hint)
         .bind(key.created_at)
+        .bind(key.created_by.as_deref())
         .execute(&self.writer)
         .await
         .map_err(|e| write_error(e, "admin key", "admin key"))?;
@@ -537,6 +552,9 @@ impl Store for SqliteStore {
             hint: key.hint.clone(),
             status: KeyStatus::Active,
             created_at: key.created_at,
+            revoked_at: None,
+            rotated_at: None,
+            created_by: key.created_by.clone(),
         })
     }
 
@@ -558,6 +576,110 @@ impl Store for SqliteStore {
             .fetch_one(&self.reader)
             .await
             .map_err(backend)
+    }
+
+    async fn list_admin_keys(&self) -> StoreResult<Vec<AdminKey>> {
+        let sql = format!(
+            "SELECT {} FROM admin_keys ORDER BY created_at, id",
+            common::ADMIN_KEY_COLUMNS
+        );
+        let rows = sqlx::query(&sql)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(common::admin_key).collect()
+    }
+
+    async fn get_admin_key(&self, id: &KeyId) -> StoreResult<Option<AdminKey>> {
+        let sql = format!(
+            "SELECT {} FROM admin_keys WHERE id = ?",
+            common::ADMIN_KEY_COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(id.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(common::admin_key).transpose()
+    }
+
+    async fn admin_keys_by_hashes(
+        &self,
+        hashes: &[KeyHash],
+    ) -> StoreResult<Vec<(KeyHash, AdminKey)>> {
+        self.leaks_admin_keys_by_hashes(hashes).await
+    }
+
+    async fn revoke_admin_key(&self, id: &KeyId, now_ms: i64) -> StoreResult<AdminKeyRevocation> {
+        // One statement on the one writer connection: the count and the change
+        // cannot interleave with another revocation.
+        let sql = format!(
+            "UPDATE admin_keys SET status = 'revoked', revoked_at = ?1 \
+             WHERE id = ?2 AND status = 'active' \
+             AND (SELECT COUNT(*) FROM admin_keys WHERE status = 'active') > 1 RETURNING {}",
+            common::ADMIN_KEY_COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(now_ms)
+            .bind(id.as_str())
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(backend)?;
+        if let Some(row) = row {
+            return Ok(AdminKeyRevocation::Revoked(common::admin_key(&row)?));
+        }
+        let key = self
+            .get_admin_key(id)
+            .await?
+            .ok_or(StoreError::NotFound("admin key"))?;
+        Ok(if key.status == KeyStatus::Active {
+            AdminKeyRevocation::LastActive
+        } else {
+            AdminKeyRevocation::NotActive(key)
+        })
+    }
+
+    async fn mark_admin_key_leaked(
+        &self,
+        id: &KeyId,
+        now_ms: i64,
+    ) -> StoreResult<Option<AdminKey>> {
+        let sql = format!(
+            "UPDATE admin_keys SET status = 'leaked', revoked_at = COALESCE(revoked_at, ?1) \
+             WHERE id = ?2 AND status = 'active' RETURNING {}",
+            common::ADMIN_KEY_COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(now_ms)
+            .bind(id.as_str())
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(common::admin_key).transpose()
+    }
+
+    async fn rotate_admin_key(
+        &self,
+        id: &KeyId,
+        secret: &NewSecret,
+        now_ms: i64,
+    ) -> StoreResult<Option<AdminKey>> {
+        let hash_hex = common::canonical_hash(&secret.hash_hex)?;
+        let sql = format!(
+            "UPDATE admin_keys SET hash_hex = ?1, hint = ?2, rotated_at = ?3, \
+             status = 'active', revoked_at = NULL \
+             WHERE id = ?4 AND status IN ('active', 'leaked') RETURNING {}",
+            common::ADMIN_KEY_COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(&hash_hex)
+            .bind(&secret.hint)
+            .bind(now_ms)
+            .bind(id.as_str())
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(|e| write_error(e, "admin key", "admin key"))?;
+        row.as_ref().map(common::admin_key).transpose()
     }
 
     async fn insert_usage(&self, events: &[UsageEvent]) -> StoreResult<()> {
@@ -756,6 +878,15 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| write_error(e, "key", "key"))?;
+        if old_expires_at <= now_ms {
+            // Every existing token was minted with a secret that ends now.
+            sqlx::query(REVOKE_TOKENS)
+                .bind(now_ms)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
         tx.commit().await.map_err(backend)?;
         Ok(record)
     }
@@ -771,6 +902,32 @@ impl Store for SqliteStore {
             .await
             .map_err(backend)?;
         rows.iter().map(|r| common::key(r, false)).collect()
+    }
+
+    async fn revoke_tokens(&self, parent: &KeyId, now_ms: i64) -> StoreResult<Vec<KeyId>> {
+        let ids: Vec<String> = sqlx::query_scalar(&format!("{REVOKE_TOKENS} RETURNING id"))
+            .bind(now_ms)
+            .bind(parent.as_str())
+            .fetch_all(&self.writer)
+            .await
+            .map_err(backend)?;
+        Ok(ids.into_iter().map(KeyId::from_trusted).collect())
+    }
+
+    async fn current_secret(&self, id: &KeyId) -> StoreResult<Option<KeyHash>> {
+        let hash: Option<String> = sqlx::query_scalar(
+            "SELECT hash_hex FROM key_secrets WHERE key_id = ? AND expires_at IS NULL \
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(backend)?;
+        hash.map(|h| {
+            KeyHash::from_hex(&h)
+                .ok_or_else(|| StoreError::Backend("stored hash is not hex".into()))
+        })
+        .transpose()
     }
 
     async fn set_budget(&self, budget: &Budget, now_ms: i64) -> StoreResult<()> {

@@ -33,6 +33,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::keys::KeysCommand,
     },
+    /// Manage admin keys (kwa_), the management API's own keys.
+    AdminKeys {
+        #[command(subcommand)]
+        command: cli::admin_keys::AdminKeysCommand,
+    },
     /// Set and list hard budgets on organizations, projects and keys.
     Budgets {
         #[command(subcommand)]
@@ -65,6 +70,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cli::serve::run(*args).map(|()| 0),
         Command::Simulate(args) => cli::serve::simulate(args).map(|()| 0),
         Command::Keys { command } => cli::keys::run(command).map(|()| 0),
+        Command::AdminKeys { command } => cli::admin_keys::run(command).map(|()| 0),
         Command::Budgets { command } => cli::budgets::run(command).map(|()| 0),
         Command::Webhooks { command } => cli::webhooks::run(command).map(|()| 0),
         Command::Usage(args) => cli::usage::run(args).map(|()| 0),

@@ -219,6 +219,15 @@ pub async fn report(
                 "hint": key.hint,
                 "status": key.status,
             }),
+            Verdict::AdminKey(outcome, key) => json!({
+                "token_hash": token_hash,
+                "result": outcome.as_str(),
+                "key_id": key.id,
+                "key_name": key.name,
+                "key_kind": "admin",
+                "hint": key.hint,
+                "status": key.status,
+            }),
         })
         .collect();
     Ok(Json(json!({ "data": data })).into_response())

@@ -8,11 +8,21 @@
 //!
 //! A sighting already recorded (same secret, source, URL and location — a
 //! replayed or repeated report) changes nothing and notifies no one.
+//!
+//! Admin keys (`kwa_`) are keys too: a live one reported exposed becomes
+//! `leaked` at once (even the last one: an exposed key must stop; restarting
+//! the server writes a new initial key when none is active), is audited
+//! (`admin_key.leaked`) and notified as a `key.leaked` event with
+//! `key_kind: "admin"` to the channels that are not scoped to an organization
+//! or project. Admin requests read the key from storage every time, so the
+//! next one is refused on every node.
 
 use crate::notify::Event;
 use crate::state::AppState;
 use keyward_core::{EventId, KeyHash};
-use keyward_store::{KeyRecord, KeyStatus, LeakOutcome, NewAuditEvent, NewLeakReport, StoreError};
+use keyward_store::{
+    AdminKey, KeyRecord, KeyStatus, LeakOutcome, NewAuditEvent, NewLeakReport, StoreError,
+};
 use serde_json::json;
 use std::collections::HashMap;
 
@@ -43,6 +53,8 @@ pub enum Verdict {
     Unknown,
     /// One of our keys, with what the report did to it.
     Key(LeakOutcome, Box<KeyRecord>),
+    /// One of our admin keys, with what the report did to it.
+    AdminKey(LeakOutcome, Box<AdminKey>),
 }
 
 impl Verdict {
@@ -51,7 +63,10 @@ impl Verdict {
     /// leak, so a replayed request gets the same answer).
     pub fn github_label(&self) -> &'static str {
         match self {
-            Verdict::Key(LeakOutcome::Disabled | LeakOutcome::AlreadyLeaked, _) => "true_positive",
+            Verdict::Key(LeakOutcome::Disabled | LeakOutcome::AlreadyLeaked, _)
+            | Verdict::AdminKey(LeakOutcome::Disabled | LeakOutcome::AlreadyLeaked, _) => {
+                "true_positive"
+            }
             _ => "false_positive",
         }
     }
@@ -74,12 +89,30 @@ pub async fn respond(state: &AppState, sightings: &[Sighting]) -> Result<Vec<Ver
         .await?
         .into_iter()
         .collect();
+    // A reported hash may be given without its key (`token_hash`), so any hash
+    // that is no gateway key's is looked for among the admin keys.
+    hashes.retain(|h| !keys.contains_key(h));
+    let mut admin_keys: HashMap<KeyHash, AdminKey> = if hashes.is_empty() {
+        HashMap::new()
+    } else {
+        state
+            .store
+            .admin_keys_by_hashes(&hashes)
+            .await?
+            .into_iter()
+            .collect()
+    };
     let mut verdicts = Vec::with_capacity(sightings.len());
     for s in sightings {
         let Some(hash) = s.hash else {
             verdicts.push(Verdict::NotOurs);
             continue;
         };
+        if let Some(admin) = admin_keys.get_mut(&hash) {
+            let (outcome, record) = respond_admin(state, s, &hash, admin).await?;
+            verdicts.push(Verdict::AdminKey(outcome, Box::new(record)));
+            continue;
+        }
         let Some(record) = keys.get(&hash).cloned() else {
             verdicts.push(Verdict::Unknown);
             continue;
@@ -96,9 +129,13 @@ pub async fn respond(state: &AppState, sightings: &[Sighting]) -> Result<Vec<Ver
             (LeakOutcome::Inactive, record)
         };
         if outcome == LeakOutcome::Disabled {
-            // Every secret of the key, and it as the parent of tokens.
+            // Every secret of the key, and it as the parent of tokens; the
+            // store revoked the tokens themselves.
             state.keys.invalidate(&record.id);
             state.keys_by_id.remove(&record.id);
+            for token in state.store.child_keys(&record.id).await? {
+                state.keys.invalidate(&token.id);
+            }
             if let Some(cached) = keys.get_mut(&hash) {
                 cached.status = KeyStatus::Leaked;
             }
@@ -127,6 +164,100 @@ pub async fn respond(state: &AppState, sightings: &[Sighting]) -> Result<Vec<Ver
         verdicts.push(Verdict::Key(outcome, Box::new(record)));
     }
     Ok(verdicts)
+}
+
+/// A sighting of admin key `admin` (kept up to date for later sightings of
+/// the same key in the batch): disables it if it is active.
+async fn respond_admin(
+    state: &AppState,
+    s: &Sighting,
+    hash: &KeyHash,
+    admin: &mut AdminKey,
+) -> Result<(LeakOutcome, AdminKey), StoreError> {
+    let now = state.clock.now_ms();
+    let outcome = match admin.status {
+        KeyStatus::Active => match state.store.mark_admin_key_leaked(&admin.id, now).await? {
+            Some(updated) => {
+                *admin = updated;
+                LeakOutcome::Disabled
+            }
+            None => LeakOutcome::AlreadyLeaked,
+        },
+        KeyStatus::Leaked => LeakOutcome::AlreadyLeaked,
+        _ => LeakOutcome::Inactive,
+    };
+    let report = state
+        .store
+        .insert_leak_report(&NewLeakReport {
+            key_id: admin.id.clone(),
+            token_hash: hash.to_hex(),
+            source: s.source.clone(),
+            url: s.url.clone(),
+            location: s.location.clone(),
+            token_type: s.token_type.clone(),
+            outcome,
+            reporter: s.reporter.clone(),
+            reported_at: now,
+        })
+        .await?;
+    if outcome == LeakOutcome::Disabled || report.is_some() {
+        let action = match outcome {
+            LeakOutcome::Disabled => "admin_key.leaked",
+            _ => "admin_key.leak_reported",
+        };
+        state
+            .store
+            .append_audit(&NewAuditEvent {
+                at: now,
+                actor: s.reporter.clone(),
+                action: action.into(),
+                target: admin.id.to_string(),
+                detail: json!({
+                    "source": s.source,
+                    "url": s.url,
+                    "location": s.location,
+                    "token_type": s.token_type,
+                    "outcome": outcome.as_str(),
+                    "status": admin.status.as_str(),
+                }),
+            })
+            .await?;
+    }
+    if outcome == LeakOutcome::Disabled {
+        tracing::warn!(admin_key = %admin.id, source = %s.source, "admin key found exposed: disabled");
+        crate::management::admin_keys::retire_initial_key_file(
+            state,
+            &admin.id,
+            "it was reported leaked",
+        )
+        .await;
+        let event = Event {
+            id: EventId::generate(),
+            event_type: "key.leaked".into(),
+            created_at: now,
+            org_id: None,
+            project_id: None,
+            summary: format!(
+                "Admin key {} ({}) was found exposed and has been disabled",
+                admin.name, admin.hint
+            ),
+            data: json!({
+                "key_kind": "admin",
+                "key_id": admin.id,
+                "key_name": admin.name,
+                "key_hint": admin.hint,
+                "source": s.source,
+                "url": s.url,
+                "location": s.location,
+                "found_at": now,
+                "next_step": format!("Rotate the admin key to issue a replacement: keyward admin-keys rotate {} (POST /api/v1/admin-keys/{}/rotate), using another admin key.", admin.id, admin.id),
+            }),
+        };
+        if let Err(e) = state.leaks.notifier.publish(&event).await {
+            tracing::error!(error = %e, admin_key = %admin.id, "could not queue the leak notification");
+        }
+    }
+    Ok((outcome, admin.clone()))
 }
 
 async fn audit(

@@ -30,6 +30,12 @@ pub enum ApiError {
     /// Storage failed; details are logged.
     #[error("internal error")]
     Internal,
+    /// A gateway key was refused where it authenticates a request outside
+    /// `/v1` (`POST /keyward/v1/tokens`): sent as the gateway sends it — same
+    /// status, code and headers (`Retry-After`, `x-ratelimit-*`), in OpenAI's
+    /// shape, whose `code` and `message` are where this API puts them.
+    #[error(transparent)]
+    Gateway(#[from] crate::error::GatewayError),
 }
 
 impl From<StoreError> for ApiError {
@@ -65,7 +71,8 @@ impl From<BytesRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = match &self {
+        let (status, code) = match self {
+            ApiError::Gateway(e) => return e.into_response(),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),

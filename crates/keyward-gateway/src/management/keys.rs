@@ -4,15 +4,18 @@
 use super::orgs::{resolve_project, valid_name};
 use super::policy_input::{BudgetInput, PolicyInput};
 use super::{Admin, ApiError};
+use crate::error::GatewayError;
 use crate::state::{AppState, SharedState};
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use keyward_core::{key, BudgetScope, KeyHash, KeyId, KeyKind, KeyPolicy, Secret};
 use keyward_store::{KeyRecord, KeyStatus, NewAuditEvent, NewKey, NewSecret, Project};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use std::net::SocketAddr;
 
 /// Default and largest lifetime of an ephemeral token.
 const TOKEN_TTL_DEFAULT_S: i64 = 600;
@@ -123,6 +126,7 @@ pub async fn create(
             created_at: now,
             expires_at,
             parent_id: None,
+            parent_secret_hash: None,
             policy,
         },
         budget.as_ref(),
@@ -205,14 +209,8 @@ pub async fn revoke(
         .set_key_status(&current.id, KeyStatus::Revoked, now)
         .await?;
     forget(&state, &record.id);
-    for child in state.store.child_keys(&record.id).await? {
-        if child.status == KeyStatus::Active {
-            state
-                .store
-                .set_key_status(&child.id, KeyStatus::Revoked, now)
-                .await?;
-        }
-        forget(&state, &child.id);
+    for token in state.store.revoke_tokens(&record.id, now).await? {
+        forget(&state, &token);
     }
     audit(
         &state,
@@ -254,6 +252,9 @@ pub struct RotateKey {
 /// Issues a new secret for the same key record (same id, limits, history). The old
 /// secret works for the grace period. A leaked key's old secret stops at once and
 /// the key becomes active again with the new secret — an explicit, audited step.
+/// Tokens minted with an old secret stop with it: at once with no grace (the
+/// store revokes them), at the end of the grace otherwise (`verify` checks the
+/// secret's expiry); tokens minted with the new secret are unaffected.
 pub async fn rotate(
     State(state): State<SharedState>,
     admin: Admin,
@@ -297,6 +298,10 @@ pub async fn rotate(
         )
         .await?;
     forget(&state, &rotated.id);
+    // Cached tokens carry their parent secret's state as it was read.
+    for token in state.store.child_keys(&rotated.id).await? {
+        forget(&state, &token.id);
+    }
     audit(
         &state,
         &admin.id.to_string(),
@@ -323,7 +328,8 @@ pub struct EphemeralRequest {
     budget_usd: Option<f64>,
 }
 
-/// `POST /api/v1/keys/{id}/ephemeral` (admin).
+/// `POST /api/v1/keys/{id}/ephemeral` (admin). The token is bound to the
+/// parent's current secret, and dies with it.
 pub async fn ephemeral(
     State(state): State<SharedState>,
     admin: Admin,
@@ -332,36 +338,109 @@ pub async fn ephemeral(
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     let parent = find(&state, &id).await?;
     let req: EphemeralRequest = optional_json(&body)?;
-    issue_token(&state, &parent, req, &admin.id.to_string()).await
+    let secret = state
+        .store
+        .current_secret(&parent.id)
+        .await?
+        .ok_or(ApiError::NotFound("key"))?;
+    let actor = admin.id.to_string();
+    let created = issue_token(&state, &parent, &secret, None, req, &actor).await?;
+    audit(
+        &state,
+        &actor,
+        "token.minted",
+        &parent,
+        json!({"token_id": created.view.record.id, "expires_at": created.view.record.expires_at}),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
+/// The endpoint a key's policy must allow for its holder to mint tokens. No
+/// preset includes it (`all` means all of `/v1`): handing out credentials is
+/// granted explicitly, with this pattern, or by a key with no endpoint list.
+pub const MINT_METHOD: &str = "POST";
+/// See [`MINT_METHOD`].
+pub const MINT_PATH: &str = "/keyward/v1/tokens";
+
 /// `POST /keyward/v1/tokens`: the holder of a standard key asks for a token to
-/// hand to a browser or mobile client.
+/// hand to a browser or mobile client. Minting is a request of that key like
+/// any other: it obeys the key's networks (the client address as the gateway
+/// computes it, trusted proxies included) and endpoints, and counts toward its
+/// rate limits; refusals are the gateway's. Each mint is audited, folded per
+/// key by `state.audit_sampler` (a holder can mint at will).
 pub async fn token_for_holder(
     State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
-    let presented = crate::credentials::presented_key(&headers).ok_or(ApiError::Unauthorized)?;
-    let caller = crate::verify::verify_caller(&state, presented, None)
-        .await
-        .map_err(|_| ApiError::Unauthorized)?;
+) -> Result<Response, ApiError> {
+    let presented = crate::credentials::presented_key(&headers).ok_or(GatewayError::MissingKey)?;
+    let caller = crate::verify::verify_caller(&state, presented, None).await?;
     if caller.parent.is_some() {
         return Err(ApiError::BadRequest(
             "an ephemeral token cannot issue tokens".into(),
         ));
     }
+    let client_ip = state.config.client_ip.client_ip(peer.ip(), &headers);
+    let mut permit =
+        crate::admission::admit_local(&state, &caller, MINT_METHOD, MINT_PATH, client_ip).await?;
     let req: EphemeralRequest = optional_json(&body)?;
-    let parent = (*caller.key).clone();
-    issue_token(&state, &parent, req, &parent.id.to_string()).await
+    // The secret presented is the one the token lives and dies with.
+    let secret = state
+        .config
+        .key_format
+        .parse(presented)
+        .map_err(|_| GatewayError::Internal)?
+        .hash;
+    let parent = &caller.key;
+    let actor = parent.id.to_string();
+    let created = issue_token(
+        &state,
+        parent,
+        &secret,
+        parent.secret_expires_at,
+        req,
+        &actor,
+    )
+    .await?;
+    permit.commit();
+    let rate_headers = permit.headers;
+    permit.finish(0);
+    let now = state.clock.now_ms();
+    if let Some(folded) = state
+        .audit_sampler
+        .sample(&format!("token.minted:{}", parent.id), now)
+    {
+        audit(
+            &state,
+            &actor,
+            "token.minted",
+            parent,
+            json!({
+                "token_id": created.view.record.id,
+                "expires_at": created.view.record.expires_at,
+                "client_ip": crate::client_ip::text(client_ip),
+                "folded": folded,
+            }),
+        )
+        .await?;
+    }
+    let mut response = (StatusCode::CREATED, Json(created)).into_response();
+    crate::rate_limit::write_headers(response.headers_mut(), &rate_headers);
+    Ok(response)
 }
 
+/// Stores a token derived from `parent`, bound to the parent secret `secret`
+/// (SHA-256), which stops working at `secret_expires_at` if set.
 async fn issue_token(
     state: &AppState,
     parent: &KeyRecord,
+    secret: &KeyHash,
+    secret_expires_at: Option<i64>,
     req: EphemeralRequest,
     actor: &str,
-) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+) -> Result<CreatedKey, ApiError> {
     if parent.parent_id.is_some() || parent.status != KeyStatus::Active {
         return Err(ApiError::Conflict(
             "tokens can only be derived from an active standard key".into(),
@@ -377,10 +456,12 @@ async fn issue_token(
         }
     };
     let now = state.clock.now_ms();
-    let mut expires_at = now + ttl * 1000;
-    if let Some(parent_expiry) = parent.expires_at {
-        expires_at = expires_at.min(parent_expiry);
-    }
+    // A token never outlives its parent, nor the secret it was minted with.
+    let expires_at = [Some(now + ttl * 1000), parent.expires_at, secret_expires_at]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now);
     // The token is checked against its own policy and its parent's, so it can
     // never exceed the parent; its own policy narrows further.
     let policy: KeyPolicy = req
@@ -400,32 +481,30 @@ async fn issue_token(
             .into_budget(BudgetScope::Key(id.to_string()))
         })
         .transpose()?;
-    let secret = state.config.key_format.generate(KeyKind::Ephemeral);
+    let token = state.config.key_format.generate(KeyKind::Ephemeral);
     let record = store_key(
         state,
         &NewKey {
             id,
             project_id: parent.project_id.clone(),
             name: format!("{} (ephemeral)", parent.name),
-            hash_hex: KeyHash::of(secret.expose()).to_hex(),
-            hint: key::hint(secret.expose()),
+            hash_hex: KeyHash::of(token.expose()).to_hex(),
+            hint: key::hint(token.expose()),
             tags: parent.tags.clone(),
             created_by: Some(actor.to_owned()),
             created_at: now,
             expires_at: Some(expires_at),
             parent_id: Some(parent.id.clone()),
+            parent_secret_hash: Some(secret.to_hex()),
             policy,
         },
         budget.as_ref(),
     )
     .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedKey {
-            view: view(record, None, now),
-            key: secret.expose().to_owned(),
-        }),
-    ))
+    Ok(CreatedKey {
+        view: view(record, None, now),
+        key: token.expose().to_owned(),
+    })
 }
 
 /// Stores a key and, when asked, its budget; a key is never left without the

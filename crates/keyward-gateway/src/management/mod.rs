@@ -1,5 +1,6 @@
 //! The management API under `/api/v1`, authenticated by admin keys (`kwa_`).
 
+pub(crate) mod admin_keys;
 mod audit;
 mod budgets;
 mod error;
@@ -44,7 +45,13 @@ pub fn router() -> Router<SharedState> {
             "/api/v1/budgets",
             get(budgets::list).put(budgets::set).delete(budgets::delete),
         )
-        .route("/keyward/v1/tokens", post(keys::token_for_holder))
+        .route(
+            "/api/v1/admin-keys",
+            get(admin_keys::list).post(admin_keys::create),
+        )
+        .route("/api/v1/admin-keys/{id}/revoke", post(admin_keys::revoke))
+        .route("/api/v1/admin-keys/{id}/rotate", post(admin_keys::rotate))
+        .route(keys::MINT_PATH, post(keys::token_for_holder))
         .route("/api/v1/usage", get(usage::usage))
         .route("/api/v1/audit", get(audit::list))
         .fallback(|| async { ApiError::NotFound("route") })
@@ -114,6 +121,10 @@ async fn authenticate(state: &Arc<AppState>, presented: &str) -> Result<Admin, A
         .ok_or(ApiError::Unauthorized)?;
     if admin.status != KeyStatus::Active {
         return Err(ApiError::Unauthorized);
+    }
+    // Another admin key at work: the initial key file has done its job.
+    if let Some((path, held)) = state.initial_admin_key.retire_unless_holds(&admin.id) {
+        admin_keys::audit_file_removed(state, &held, &path, "another admin key was used").await;
     }
     Ok(Admin { id: admin.id })
 }

@@ -75,6 +75,15 @@ pub async fn upload(
                 "hint": key.hint,
                 "status": key.status,
             })),
+            Verdict::AdminKey(outcome, key) => Some(json!({
+                "location": s.location,
+                "result": outcome.as_str(),
+                "key_id": key.id,
+                "key_name": key.name,
+                "key_kind": "admin",
+                "hint": key.hint,
+                "status": key.status,
+            })),
             Verdict::Unknown => Some(json!({"location": s.location, "result": "unknown"})),
             Verdict::NotOurs => None,
         })

@@ -10,6 +10,7 @@ mod metering;
 mod notify;
 mod proxy;
 mod security_api;
+mod security_keys;
 mod security_proxy;
 mod support;
 mod watchers;

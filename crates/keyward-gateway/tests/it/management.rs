@@ -29,7 +29,7 @@ async fn first_start_writes_a_private_admin_key_once() {
     )
     .await
     .unwrap();
-    assert!(again.is_none());
+    assert!(again.written.is_none());
     assert_eq!(kw.state.store.count_admin_keys().await.unwrap(), 1);
 }
 

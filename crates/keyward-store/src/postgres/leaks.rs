@@ -5,8 +5,8 @@ use super::PgStore;
 use crate::common::{self, backend, write_error};
 use crate::leaks::{self, encode_events, encode_payload};
 use crate::{
-    AttemptResult, Delivery, KeyRecord, LeakReport, NewDelivery, NewLeakReport, NewWebhook,
-    Recipient, StoreError, StoreResult, Webhook,
+    AdminKey, AttemptResult, Delivery, KeyRecord, LeakReport, NewDelivery, NewLeakReport,
+    NewWebhook, Recipient, StoreError, StoreResult, Webhook,
 };
 use keyward_core::{KeyHash, KeyId, LeakReportId, RecipientId, WebhookId};
 use sqlx::{Postgres, QueryBuilder};
@@ -18,10 +18,11 @@ impl PgStore {
     ) -> StoreResult<Vec<(KeyHash, KeyRecord)>> {
         let hex: Vec<String> = hashes.iter().map(KeyHash::to_hex).collect();
         let sql = format!(
-            "SELECT {}, s.hash_hex, s.secret_expires_at FROM keys JOIN \
+            "SELECT {}, s.hash_hex, s.secret_expires_at, {} FROM keys JOIN \
              (SELECT key_id, hash_hex, expires_at AS secret_expires_at FROM key_secrets WHERE hash_hex = ANY($1)) s \
              ON s.key_id = keys.id",
-            common::KEY_COLUMNS
+            common::KEY_COLUMNS,
+            common::MINTED_FROM_COLUMNS
         );
         let rows = sqlx::query(&sql)
             .bind(&hex)
@@ -30,10 +31,28 @@ impl PgStore {
             .map_err(backend)?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
-            let hash: String = sqlx::Row::try_get(r, "hash_hex").map_err(backend)?;
-            let hash = KeyHash::from_hex(&hash)
-                .ok_or_else(|| StoreError::Backend("stored hash is not hex".into()))?;
-            out.push((hash, common::key(r, true)?));
+            out.push((common::hash_column(r)?, common::key(r, true)?));
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn leaks_admin_keys_by_hashes(
+        &self,
+        hashes: &[KeyHash],
+    ) -> StoreResult<Vec<(KeyHash, AdminKey)>> {
+        let hex: Vec<String> = hashes.iter().map(KeyHash::to_hex).collect();
+        let sql = format!(
+            "SELECT {}, hash_hex FROM admin_keys WHERE hash_hex = ANY($1)",
+            common::ADMIN_KEY_COLUMNS
+        );
+        let rows = sqlx::query(&sql)
+            .bind(&hex)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push((common::hash_column(r)?, common::admin_key(r)?));
         }
         Ok(out)
     }
@@ -48,13 +67,26 @@ impl PgStore {
              WHERE id = $2 AND status = 'active' RETURNING {}",
             common::KEY_COLUMNS
         );
+        let mut tx = self.pool.begin().await.map_err(backend)?;
         let row = sqlx::query(&sql)
             .bind(now_ms)
             .bind(id.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(backend)?;
-        row.as_ref().map(|r| common::key(r, false)).transpose()
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        // Its tokens die with the leaked secret, and stay dead if the leak is
+        // cleared later.
+        sqlx::query(super::REVOKE_TOKENS)
+            .bind(now_ms)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        common::key(&row, false).map(Some)
     }
 
     pub(super) async fn leaks_clear_key_leak(&self, id: &KeyId) -> StoreResult<Option<KeyRecord>> {

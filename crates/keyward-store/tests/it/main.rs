@@ -15,4 +15,5 @@ mod keys;
 mod leaks;
 mod limits;
 mod orgs;
+mod tokens;
 mod usage;

@@ -115,6 +115,7 @@ pub fn new_key(project: &ProjectId, name: &str, created_at: i64) -> (NewKey, Str
         created_at,
         expires_at: Some(created_at + 86_400_000),
         parent_id: None,
+        parent_secret_hash: None,
         policy: KeyPolicy::default(),
     };
     (key, secret)

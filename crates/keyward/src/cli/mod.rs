@@ -1,5 +1,6 @@
 //! One module per subcommand family.
 
+pub mod admin_keys;
 pub mod api;
 pub mod budgets;
 pub mod keys;

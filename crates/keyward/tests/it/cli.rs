@@ -397,3 +397,80 @@ fn webhooks_through_the_cli() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn admin_keys_through_the_cli_against_a_served_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(dir.path(), &[]);
+    let key_file = dir.path().join("initial-admin-key");
+    let initial = server.admin_key();
+    let as_key = |key: &str, args: &[&str]| {
+        keyward()
+            .args(args)
+            .env("KEYWARD_URL", &server.url)
+            .env("KEYWARD_ADMIN_KEY", key)
+            .output()
+            .unwrap()
+    };
+    let json_of = |out: std::process::Output| -> serde_json::Value {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    let created = json_of(as_key(
+        &initial,
+        &["admin-keys", "create", "--name", "ops", "--json"],
+    ));
+    let ops_id = created["id"].as_str().unwrap().to_owned();
+    let ops = created["key"].as_str().unwrap().to_owned();
+    assert!(ops.starts_with("kwa_"));
+
+    let listed = json_of(as_key(&ops, &["admin-keys", "list", "--json"]));
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["initial", "ops"]);
+    assert!(!listed.to_string().contains(&ops) && !listed.to_string().contains(&initial));
+    assert!(!key_file.exists(), "a second admin key was used");
+    let initial_id = listed[0]["id"].as_str().unwrap().to_owned();
+
+    let table = as_key(&ops, &["admin-keys", "list"]);
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(table.starts_with("ID") && table.contains("ops"), "{table}");
+
+    let rotated = json_of(as_key(&ops, &["admin-keys", "rotate", &ops_id, "--json"]));
+    let ops2 = rotated["key"].as_str().unwrap().to_owned();
+    let refused = as_key(&ops, &["admin-keys", "list"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "the old secret stops at once"
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
+
+    let revoked = json_of(as_key(
+        &ops2,
+        &["admin-keys", "revoke", &initial_id, "--json"],
+    ));
+    assert_eq!(revoked["status"], "revoked");
+    assert_eq!(
+        as_key(&initial, &["admin-keys", "list"]).status.code(),
+        Some(2)
+    );
+
+    let last = as_key(&ops2, &["admin-keys", "revoke", &ops_id]);
+    assert_eq!(last.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&last.stderr).contains("last active admin key"),
+        "{}",
+        String::from_utf8_lossy(&last.stderr)
+    );
+    assert!(as_key(&ops2, &["admin-keys", "list"]).status.success());
+}

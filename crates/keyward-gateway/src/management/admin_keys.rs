@@ -1,0 +1,204 @@
+//! Admin keys (`kwa_`) are keys too: listed, created (the secret is shown once,
+//! here), revoked and rotated, every change audited. Leak reports disable them
+//! (`crate::leaks::response`).
+//!
+//! Decisions:
+//! - A rotation replaces the secret and the old one stops at once: there is no
+//!   grace period, since the administrator who rotates receives the new secret
+//!   in the answer, and an admin key is one person's or one tool's, not a fleet's.
+//! - The last active admin key cannot be revoked (409): that would lock every
+//!   administrator out. A leak report disables even the last one; restarting
+//!   the server then writes a new initial key (see [`crate::bootstrap`]).
+//! - Revoking a key that is already revoked or leaked changes nothing and
+//!   answers its record, as revoking a gateway key does.
+//! - Admin requests read the key from storage every time (no cache), so a
+//!   revocation, rotation or leak is seen on the next request on every node.
+
+use super::orgs::valid_name;
+use super::{Admin, ApiError};
+use crate::state::{AppState, SharedState};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use keyward_core::{key, KeyHash, KeyId, KeyKind};
+use keyward_store::{AdminKey, AdminKeyRevocation, NewAdminKey, NewAuditEvent, NewSecret};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// The body of `POST /api/v1/admin-keys`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAdminKey {
+    name: String,
+}
+
+/// An admin key with its secret, which is never shown again.
+#[derive(Serialize)]
+pub struct CreatedAdminKey {
+    #[serde(flatten)]
+    record: AdminKey,
+    key: String,
+}
+
+/// `GET /api/v1/admin-keys`: every admin key, oldest first, without secrets.
+pub async fn list(
+    State(state): State<SharedState>,
+    _admin: Admin,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        json!({ "data": state.store.list_admin_keys().await? }),
+    ))
+}
+
+/// `POST /api/v1/admin-keys`.
+pub async fn create(
+    State(state): State<SharedState>,
+    admin: Admin,
+    body: Result<Json<CreateAdminKey>, JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedAdminKey>), ApiError> {
+    let Json(req) = body?;
+    let name = valid_name(&req.name, "admin key")?;
+    let secret = state.config.key_format.generate(KeyKind::Admin);
+    let record = state
+        .store
+        .create_admin_key(&NewAdminKey {
+            id: KeyId::generate(),
+            name: name.to_owned(),
+            hash_hex: KeyHash::of(secret.expose()).to_hex(),
+            hint: key::hint(secret.expose()),
+            created_at: state.clock.now_ms(),
+            created_by: Some(admin.id.to_string()),
+        })
+        .await?;
+    audit(
+        &state,
+        &admin,
+        "admin_key.created",
+        &record.id,
+        json!({"name": record.name}),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedAdminKey {
+            record,
+            key: secret.expose().to_owned(),
+        }),
+    ))
+}
+
+/// `POST /api/v1/admin-keys/{id}/revoke`: refused on the next request.
+pub async fn revoke(
+    State(state): State<SharedState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<AdminKey>, ApiError> {
+    let id = KeyId::parse(&id).ok_or(ApiError::NotFound("admin key"))?;
+    let now = state.clock.now_ms();
+    let record = match state.store.revoke_admin_key(&id, now).await? {
+        AdminKeyRevocation::Revoked(record) => record,
+        AdminKeyRevocation::NotActive(record) => return Ok(Json(record)),
+        AdminKeyRevocation::LastActive => {
+            return Err(ApiError::Conflict(
+                "this is the last active admin key: create another one before revoking it".into(),
+            ))
+        }
+    };
+    audit(
+        &state,
+        &admin,
+        "admin_key.revoked",
+        &record.id,
+        json!({"name": record.name}),
+    )
+    .await?;
+    retire_initial_key_file(&state, &record.id, "its key was revoked").await;
+    Ok(Json(record))
+}
+
+/// `POST /api/v1/admin-keys/{id}/rotate`: a new secret, shown once; the old
+/// one stops at once. A leaked key becomes active again with the new secret.
+pub async fn rotate(
+    State(state): State<SharedState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<CreatedAdminKey>, ApiError> {
+    let id = KeyId::parse(&id).ok_or(ApiError::NotFound("admin key"))?;
+    let current = state
+        .store
+        .get_admin_key(&id)
+        .await?
+        .ok_or(ApiError::NotFound("admin key"))?;
+    let secret = state.config.key_format.generate(KeyKind::Admin);
+    let new = NewSecret {
+        hash_hex: KeyHash::of(secret.expose()).to_hex(),
+        hint: key::hint(secret.expose()),
+    };
+    let record = state
+        .store
+        .rotate_admin_key(&id, &new, state.clock.now_ms())
+        .await?
+        .ok_or_else(|| ApiError::Conflict("a revoked admin key cannot be rotated".into()))?;
+    audit(
+        &state,
+        &admin,
+        "admin_key.rotated",
+        &record.id,
+        json!({"name": record.name, "previous_status": current.status}),
+    )
+    .await?;
+    retire_initial_key_file(&state, &record.id, "its key was rotated").await;
+    Ok(Json(CreatedAdminKey {
+        record,
+        key: secret.expose().to_owned(),
+    }))
+}
+
+/// Removes the initial admin key file if it holds admin key `id`, which has
+/// just stopped working, and audits the removal.
+pub async fn retire_initial_key_file(state: &AppState, id: &KeyId, reason: &str) {
+    if let Some(path) = state.initial_admin_key.retire_if_holds(id, reason) {
+        audit_file_removed(state, id, &path, reason).await;
+    }
+}
+
+/// Audits the removal of the initial key file; a failure is only logged, since
+/// the file is already gone and the log says so.
+pub(super) async fn audit_file_removed(
+    state: &AppState,
+    id: &KeyId,
+    path: &std::path::Path,
+    reason: &str,
+) {
+    let event = NewAuditEvent {
+        at: state.clock.now_ms(),
+        actor: "system".into(),
+        action: "admin_key.initial_file_removed".into(),
+        target: id.to_string(),
+        detail: json!({"file": path.display().to_string(), "reason": reason}),
+    };
+    if let Err(e) = state.store.append_audit(&event).await {
+        tracing::error!(error = %e, "could not audit the removal of the initial admin key file");
+    }
+}
+
+async fn audit(
+    state: &AppState,
+    admin: &Admin,
+    action: &str,
+    target: &KeyId,
+    detail: Value,
+) -> Result<(), ApiError> {
+    state
+        .store
+        .append_audit(&NewAuditEvent {
+            at: state.clock.now_ms(),
+            actor: admin.id.to_string(),
+            action: action.to_owned(),
+            target: target.to_string(),
+            detail,
+        })
+        .await?;
+    Ok(())
+}
