@@ -250,14 +250,16 @@ async fn badly_signed_github_requests_are_refused_change_nothing_and_are_audited
     assert_eq!(r.status(), 401, "unsigned");
     assert_eq!(key_status(&kw, &id).await, "active");
     assert_eq!(kw.chat(&secret, chat_body()).await.status(), 200);
+    // Refusals are counted, and folded into one audit event a minute.
     let rejected = audit_actions(&kw, "leaks/github").await;
     assert_eq!(
         rejected
             .iter()
             .filter(|a| *a == "leak_intake.rejected")
             .count(),
-        6
+        1
     );
+    assert_eq!(kw.state.metrics.leak_rejections_total(), 6);
 }
 
 #[tokio::test]

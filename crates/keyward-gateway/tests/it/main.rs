@@ -9,5 +9,6 @@ mod management;
 mod metering;
 mod notify;
 mod proxy;
+mod security_server;
 mod support;
 mod watchers;
