@@ -152,6 +152,14 @@ impl Workers {
 /// `axum::serve`, which has no timer and so no header timeout. HTTP/1.1 only:
 /// nothing here used HTTP/2 (the upstream side has its own client), and h2c
 /// would bring its own set of limits to get right.
+///
+/// What the limits cost: per connection, a flag (`Arc<AtomicBool>`), a clone of
+/// the builder and of the phase receiver; per request, hyper's header timer (it
+/// boxes a new `Sleep` for each request head, since it drops the old one once
+/// a head is parsed; due seconds away, so it never wakes the driver early: see
+/// [`heartbeat`]), a relaxed store, and the body wrapper, which lives in the box
+/// `axum::body::Body` already was. A request no longer clones the connection's
+/// service (`axum::serve` cloned it for every request).
 async fn serve_one(
     mut inbox: mpsc::UnboundedReceiver<Accepted>,
     app: MakeEntry,

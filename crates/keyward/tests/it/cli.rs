@@ -138,9 +138,10 @@ fn sigterm_writes_all_buffered_usage() {
 /// `kill -9` loses at most the usage of the last flush interval and of the
 /// batch being written (crates/keyward-gateway/src/usage_writer.rs): under
 /// continuous load, every request answered more than that before the kill is
-/// stored after a restart, and nothing is stored twice. Three kills, on the
-/// default settings, so that the old 200 ms interval fails (it loses up to
-/// 200 ms of requests, at a random phase of its timer).
+/// stored after a restart, and nothing is stored twice. Four kills on the
+/// default settings, each 50 ms later in the writer's cycle than the one
+/// before, so that the old 200 ms interval fails: one of them lands more than
+/// 100 ms after its last write.
 #[test]
 fn kill_9_loses_at_most_the_last_flush_interval_of_usage() {
     use std::time::{Duration, Instant};
@@ -157,8 +158,9 @@ fn kill_9_loses_at_most_the_last_flush_interval_of_usage() {
             .unwrap() as usize
     };
     let mut stored_before = 0;
-    for cycle in 0..3 {
-        let answered = answer_for(&server.url, &key, Duration::from_millis(600));
+    for cycle in 0..4u64 {
+        let load = Duration::from_millis(500 + 50 * cycle);
+        let answered = answer_for(&server.url, &key, load);
         let killed_at = Instant::now();
         server.kill_9();
         server = ServeProcess::start(dir.path(), &[]);
@@ -202,7 +204,7 @@ fn answer_for(url: &str, key: &str, time: std::time::Duration) -> Vec<std::time:
                 .json(&json!({"model": "gpt-4o-mini"}))
                 .send()
                 .await
-                .unwrap();
+                .unwrap_or_else(|e| panic!("request {}: {e:?}", answered.len()));
             assert_eq!(r.status(), 200);
             r.bytes().await.unwrap();
             answered.push(std::time::Instant::now());
