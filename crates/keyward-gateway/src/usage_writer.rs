@@ -101,11 +101,16 @@ impl UsageWriter {
     /// while the database is briefly slow.
     pub fn record(&self, event: UsageEvent) {
         self.metrics.usage_queued.inc();
+        // Counted before it is sent: the writer may take it (and count it down)
+        // before `send` returns, which underflowed the count when it was
+        // counted after.
+        let waiting = self.waiting.fetch_add(1, Ordering::Relaxed) + 1;
         if self.tx.send(Msg::Event(Box::new(event))).is_err() {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
             tracing::error!("usage writer has stopped; a usage event could not be queued");
             return;
         }
-        if self.waiting.fetch_add(1, Ordering::Relaxed) + 1 == self.max_events {
+        if waiting == self.max_events {
             self.wake.notify_one();
         }
     }
