@@ -53,6 +53,44 @@ pub struct GatewayConfig {
     /// The key that seals stored secrets (see [`crate::sealing`]); by default
     /// the key file `<data-dir>/secrets.key`.
     pub sealing_key: crate::sealing::SealingKeySource,
+    /// What one client connection may hold (timeouts, the connection cap).
+    pub connections: ConnectionLimits,
+}
+
+/// What a slow, idle or numerous client may hold. Each bound ends with the
+/// connection closed, so that a client cannot keep a socket, a task and its
+/// buffers by sending nothing, or one byte now and then.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Time from a connection's start, or from the end of its previous
+    /// response, until the next request's headers are complete. It is also the
+    /// idle keep-alive timeout: hyper runs one timer from the moment a
+    /// connection is ready for a request, so an idle keep-alive connection and
+    /// a slowloris one (headers a byte at a time) end the same way.
+    pub header_timeout: Duration,
+    /// Time allowed for a request body, from the first moment its handler had
+    /// to wait for more of it. A body that arrives with its headers (the usual
+    /// case) never starts this timer.
+    pub body_timeout: Duration,
+    /// Most client connections open at once; past it, a new connection is
+    /// accepted and closed at once (a WARN line at most every
+    /// [`crate::workers::REFUSAL_LOG_EVERY`], and a metric).
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    /// 30 s for headers and idle keep-alive (hyper's own default once a timer
+    /// is set; the OpenAI SDKs reuse a connection within seconds), 60 s for a
+    /// body (8 MiB, the default size limit, at about 140 kB/s), and 4,096
+    /// connections (under most file-descriptor limits once raised from 1,024;
+    /// each open connection costs a task and up to hyper's read buffer).
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
+            max_connections: 4_096,
+        }
+    }
 }
 
 impl GatewayConfig {
@@ -76,6 +114,7 @@ impl GatewayConfig {
                 data_dir.join(crate::sealing::DEFAULT_KEY_FILE),
             ),
             data_dir,
+            connections: ConnectionLimits::default(),
         }
     }
 }

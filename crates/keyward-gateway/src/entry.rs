@@ -13,14 +13,11 @@ use crate::verify::ParseMemo;
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Request, State};
 use axum::response::Response;
-use axum::serve::{IncomingStream, Listener};
 use axum::Router;
 use futures_util::future::{BoxFuture, Either, FutureExt, Map};
 use std::convert::Infallible;
-use std::future::Ready;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use tower_service::Service;
 
 /// Makes one [`Entry`] per accepted connection, knowing its peer address.
@@ -37,25 +34,20 @@ impl MakeEntry {
     }
 }
 
-impl<'a, L> Service<IncomingStream<'a, L>> for MakeEntry
-where
-    L: Listener<Addr = SocketAddr>,
-{
-    type Response = Entry;
-    type Error = Infallible;
-    type Future = Ready<Result<Entry, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, stream: IncomingStream<'a, L>) -> Self::Future {
-        std::future::ready(Ok(Entry {
+impl MakeEntry {
+    /// The request service of one accepted connection from `peer`.
+    pub fn for_connection(&self, peer: SocketAddr) -> Entry {
+        Entry {
             router: self.router.clone(),
             state: self.state.clone(),
-            peer: *stream.remote_addr(),
+            peer,
             memo: Arc::default(),
-        }))
+        }
+    }
+
+    /// The shared state (limits, metrics).
+    pub fn state(&self) -> &SharedState {
+        &self.state
     }
 }
 
@@ -78,16 +70,14 @@ fn is_gateway_path(path: &str) -> bool {
 type RouterFuture = <Router as Service<Request>>::Future;
 type Wrap = fn(Response) -> Result<Response, Infallible>;
 
-impl Service<Request> for Entry {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Either<Map<BoxFuture<'static, Response>, Wrap>, RouterFuture>;
+/// What [`Entry::serve`] returns.
+pub type EntryFuture = Either<Map<BoxFuture<'static, Response>, Wrap>, RouterFuture>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: Request) -> Self::Future {
+impl Entry {
+    /// Serves one request. Takes `&self` (hyper's service calls do), so that a
+    /// request costs no clone of the connection's service: only the proxy
+    /// path's two reference counts, as before.
+    pub fn serve(&self, mut req: Request) -> EntryFuture {
         if is_gateway_path(req.uri().path()) {
             let forward = proxy::forward(
                 State(self.state.clone()),
@@ -99,7 +89,7 @@ impl Service<Request> for Entry {
         } else {
             // What `into_make_service_with_connect_info` would have added.
             req.extensions_mut().insert(ConnectInfo(self.peer));
-            Either::Right(self.router.call(req))
+            Either::Right(self.router.clone().call(req))
         }
     }
 }

@@ -41,7 +41,7 @@ pub mod verify;
 pub mod watchers;
 pub mod workers;
 
-pub use config::{GatewayConfig, UpstreamConfig};
+pub use config::{ConnectionLimits, GatewayConfig, UpstreamConfig};
 
 /// The hash map of the request path's caches and counters. Their keys are ids
 /// and hashes the server made, so a fast seeded hash is enough; SipHash (std's

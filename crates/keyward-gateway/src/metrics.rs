@@ -23,6 +23,75 @@ impl Counter {
     }
 }
 
+/// A value that goes up and down.
+#[derive(Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    /// Adds one; returns the value before.
+    pub fn inc(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed)
+    }
+    /// Subtracts one.
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+    /// Current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Why an unauthenticated `POST /leaks/github` was refused (a metric label;
+/// never the caller's text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeakRejection {
+    /// A signature header is absent.
+    MissingSignature,
+    /// The key identifier names no known GitHub key.
+    UnknownKey,
+    /// The signature is not base64 DER.
+    MalformedSignature,
+    /// The signature does not match the body.
+    BadSignature,
+    /// The body is over the endpoint's cap.
+    TooLarge,
+    /// The body broke off or timed out.
+    Unreadable,
+    /// Signed, but not the feedback array.
+    MalformedBody,
+    /// Too many reports were being read at once.
+    Busy,
+}
+
+impl LeakRejection {
+    /// Every reason, in the order of [`Metrics::leak_rejections`].
+    pub const ALL: [LeakRejection; 8] = [
+        Self::MissingSignature,
+        Self::UnknownKey,
+        Self::MalformedSignature,
+        Self::BadSignature,
+        Self::TooLarge,
+        Self::Unreadable,
+        Self::MalformedBody,
+        Self::Busy,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MissingSignature => "missing_signature",
+            Self::UnknownKey => "unknown_key",
+            Self::MalformedSignature => "malformed_signature",
+            Self::BadSignature => "bad_signature",
+            Self::TooLarge => "too_large",
+            Self::Unreadable => "unreadable",
+            Self::MalformedBody => "malformed_body",
+            Self::Busy => "busy",
+        }
+    }
+}
+
 /// Every metric the server exports.
 #[derive(Default)]
 pub struct Metrics {
@@ -50,6 +119,12 @@ pub struct Metrics {
     pub unpriced_requests: Counter,
     /// When the last unpriced-model warning was logged, ms since the epoch.
     unpriced_warned_at_ms: AtomicI64,
+    /// Client connections open now (the cap counts these).
+    pub connections_open: Gauge,
+    /// Connections closed at once because the cap was reached.
+    pub connections_refused: Counter,
+    /// Refused GitHub leak reports, by [`LeakRejection`].
+    pub leak_rejections: [Counter; LeakRejection::ALL.len()],
 }
 
 /// Least time between two unpriced-model warnings in the log.
@@ -74,6 +149,16 @@ impl Metrics {
             400..=499 => self.responses_4xx.inc(),
             _ => self.responses_2xx.inc(),
         }
+    }
+
+    /// Counts a refused GitHub leak report.
+    pub fn leak_rejected(&self, reason: LeakRejection) {
+        self.leak_rejections[reason as usize].inc();
+    }
+
+    /// Refused GitHub leak reports, all reasons.
+    pub fn leak_rejections_total(&self) -> u64 {
+        self.leak_rejections.iter().map(Counter::get).sum()
     }
 
     /// The Prometheus text exposition.
@@ -131,6 +216,30 @@ impl Metrics {
             "keyward_unpriced_requests_total",
             "Requests that used tokens of a model with no price, metered at $0.",
             &[("", self.unpriced_requests.get())],
+        );
+        counter(
+            "keyward_connections_refused_total",
+            "Connections closed at once because the connection cap was reached.",
+            &[("", self.connections_refused.get())],
+        );
+        let labels: Vec<String> = LeakRejection::ALL
+            .iter()
+            .map(|r| format!("{{reason=\"{}\"}}", r.as_str()))
+            .collect();
+        let rejections: Vec<(&str, u64)> = labels
+            .iter()
+            .zip(&self.leak_rejections)
+            .map(|(l, c)| (l.as_str(), c.get()))
+            .collect();
+        counter(
+            "keyward_leak_reports_rejected_total",
+            "Refused GitHub leak reports (unsigned, badly signed, oversized, malformed, or over the concurrency bound).",
+            &rejections,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP keyward_connections_open Client connections open.\n# TYPE keyward_connections_open gauge\nkeyward_connections_open {}",
+            self.connections_open.get()
         );
         let pending = self
             .usage_queued

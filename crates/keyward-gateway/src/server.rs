@@ -137,7 +137,7 @@ impl Server {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let mut workers = Workers::start(count, listener, app)?;
+        let mut workers = Workers::start(count, listener, app, self.state.config.connections)?;
         let mut stop = stop_rx;
         let _ = stop.wait_for(|s| *s).await;
         if workers.drain(self.state.config.shutdown_grace).await {

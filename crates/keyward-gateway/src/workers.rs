@@ -14,11 +14,26 @@
 //! flushed usage ([`Phase::Released`]), because database connections opened on
 //! a worker are driven by that worker's I/O driver.
 
-use crate::entry::MakeEntry;
-use axum::serve::{Listener, ListenerExt};
+use crate::config::ConnectionLimits;
+use crate::entry::{Entry, EntryFuture, MakeEntry};
+use crate::metrics::Metrics;
+use axum::body::Body;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+
+/// How often, at most, the connection cap's WARN line is written while
+/// connections are being refused (each refusal is counted in a metric).
+pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Where the server is in its life; every worker follows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -42,40 +57,33 @@ pub struct Workers {
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-/// Connections handed to one worker.
-struct Handoff {
-    rx: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
-    local: SocketAddr,
+/// An accepted connection on its way to a worker, counted as open until the
+/// worker's task for it ends.
+struct Accepted {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    _open: OpenConnection,
 }
 
-impl Listener for Handoff {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
+/// Holds one place under the connection cap.
+struct OpenConnection(Arc<Metrics>);
 
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
-        loop {
-            let Some((std_stream, peer)) = self.rx.recv().await else {
-                // The acceptor has stopped: no more connections, ever. The
-                // server's shutdown signal ends this worker's serve loop.
-                return std::future::pending().await;
-            };
-            match TcpStream::from_std(std_stream) {
-                Ok(stream) => return (stream, peer),
-                Err(e) => tracing::warn!(error = %e, "registering an accepted connection failed"),
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections_open.dec();
     }
 }
 
 impl Workers {
     /// Starts `count` worker threads serving `app`, and the acceptor task (on the
-    /// current runtime) that feeds them from `listener`.
-    pub fn start(count: usize, listener: TcpListener, app: MakeEntry) -> std::io::Result<Self> {
-        let local = listener.local_addr()?;
+    /// current runtime) that feeds them from `listener`, within `limits`.
+    pub fn start(
+        count: usize,
+        listener: TcpListener,
+        app: MakeEntry,
+        limits: ConnectionLimits,
+    ) -> std::io::Result<Self> {
+        let metrics = app.state().metrics.clone();
         let (phase, _) = watch::channel(Phase::Running);
         let (stopped_tx, stopped) = mpsc::channel(1);
         let mut inboxes = Vec::with_capacity(count);
@@ -92,11 +100,17 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("keyward-worker-{i}"))
                 .spawn(move || {
-                    runtime.block_on(serve_one(Handoff { rx, local }, app, phase, stopped_tx));
+                    runtime.block_on(serve_one(rx, app, limits, phase, stopped_tx));
                 })?;
             threads.push(thread);
         }
-        tokio::spawn(accept_loop(listener, inboxes, phase.subscribe()));
+        tokio::spawn(accept_loop(
+            listener,
+            inboxes,
+            limits.max_connections,
+            metrics,
+            phase.subscribe(),
+        ));
         Ok(Self {
             phase,
             stopped,
@@ -133,30 +147,135 @@ impl Workers {
 
 /// One worker: serve until told to drain (or cut), report, and keep the runtime
 /// (and the I/O it drives) alive until released.
+///
+/// Connections are served with hyper's HTTP/1 connection API rather than
+/// `axum::serve`, which has no timer and so no header timeout. HTTP/1.1 only:
+/// nothing here used HTTP/2 (the upstream side has its own client), and h2c
+/// would bring its own set of limits to get right.
+///
+/// What the limits cost: per connection, a flag (`Arc<AtomicBool>`), a clone of
+/// the builder and of the phase receiver; per request, hyper's header timer (it
+/// boxes a new `Sleep` for each request head, since it drops the old one once
+/// a head is parsed; due seconds away, so it never wakes the driver early: see
+/// [`heartbeat`]), a relaxed store, and the body wrapper, which lives in the box
+/// `axum::body::Body` already was. A request no longer clones the connection's
+/// service (`axum::serve` cloned it for every request).
 async fn serve_one(
-    handoff: Handoff,
+    mut inbox: mpsc::UnboundedReceiver<Accepted>,
     app: MakeEntry,
+    limits: ConnectionLimits,
     phase: watch::Receiver<Phase>,
     stopped: mpsc::Sender<()>,
 ) {
-    let listener = handoff.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     tokio::spawn(heartbeat());
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    // Each connection task holds a clone; `recv` returns `None` once all ended.
+    let (open_tx, mut all_closed) = mpsc::channel::<()>(1);
     let mut draining = phase.clone();
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = draining.wait_for(|p| *p >= Phase::Draining).await;
-    });
-    let mut cut = phase.clone();
-    tokio::select! {
-        r = serve => if let Err(e) = r {
-            tracing::error!(error = %e, "a worker stopped serving");
-        },
-        _ = cut.wait_for(|p| *p >= Phase::Cut) => {}
+    loop {
+        let accepted = tokio::select! {
+            a = inbox.recv() => a,
+            _ = draining.wait_for(|p| *p >= Phase::Draining) => None,
+        };
+        let Some(accepted) = accepted else {
+            break;
+        };
+        let stream = match TcpStream::from_std(accepted.stream) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "registering an accepted connection failed");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = ConnectionService {
+            entry: app.for_connection(accepted.peer),
+            body_timeout: limits.body_timeout,
+            served: Arc::default(),
+        };
+        tokio::spawn(serve_connection(
+            http.clone(),
+            stream,
+            service,
+            phase.clone(),
+            (accepted._open, open_tx.clone()),
+        ));
     }
+    // Connections queued for this worker and not started are closed here.
+    drop(inbox);
+    drop(open_tx);
+    let _ = all_closed.recv().await;
     drop(stopped);
     let mut released = phase;
     let _ = released.wait_for(|p| *p >= Phase::Released).await;
+}
+
+/// Serves one connection until it closes, its timeouts end it, or shutdown
+/// does. At drain, hyper's graceful shutdown closes it at once when it is idle
+/// between requests or has sent nothing yet, and after the response when a
+/// request is in flight; a connection that has sent part of its first request's
+/// headers is closed here (nothing of it is in flight: hyper calls the service
+/// as soon as the headers are complete). At the end of the grace period the
+/// connection is dropped, which settles the usage of a cut stream.
+async fn serve_connection(
+    http: http1::Builder,
+    stream: TcpStream,
+    service: ConnectionService,
+    mut phase: watch::Receiver<Phase>,
+    _held: (OpenConnection, mpsc::Sender<()>),
+) {
+    let served = service.served.clone();
+    let conn = http.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        let next = if draining {
+            Phase::Cut
+        } else {
+            Phase::Draining
+        };
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "a client connection ended with an error");
+                }
+                return;
+            }
+            _ = phase.wait_for(|p| *p >= next) => {
+                if draining || !served.load(Ordering::Relaxed) {
+                    return;
+                }
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// One connection's requests, as hyper calls them.
+struct ConnectionService {
+    entry: Entry,
+    body_timeout: Duration,
+    /// Set by the first request, for shutdown (see [`serve_connection`]).
+    served: Arc<AtomicBool>,
+}
+
+impl hyper::service::Service<http::Request<Incoming>> for ConnectionService {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = EntryFuture;
+
+    /// Per request: a relaxed store, and the body wrapped in [`TimedBody`]
+    /// inside the one box `axum::body::Body` already was (no timer unless the
+    /// body has to be waited for).
+    fn call(&self, req: http::Request<Incoming>) -> EntryFuture {
+        self.served.store(true, Ordering::Relaxed);
+        let timeout = self.body_timeout;
+        self.entry
+            .serve(req.map(|b| Body::new(TimedBody::new(b, timeout))))
+    }
 }
 
 /// Keeps a timer due within a second on the worker's runtime. Tokio wakes its
@@ -173,13 +292,17 @@ async fn heartbeat() {
     }
 }
 
-/// Accepts connections and deals them out to the workers in turn.
+/// Accepts connections and deals them out to the workers in turn, closing at
+/// once those over the cap.
 async fn accept_loop(
     listener: TcpListener,
-    inboxes: Vec<mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>>,
+    inboxes: Vec<mpsc::UnboundedSender<Accepted>>,
+    max_connections: usize,
+    metrics: Arc<Metrics>,
     mut phase: watch::Receiver<Phase>,
 ) {
     let mut next = 0usize;
+    let mut refusals = Refusals::default();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -194,12 +317,118 @@ async fn accept_loop(
                 continue;
             }
         };
+        if metrics.connections_open.get() >= max_connections as u64 {
+            // Closing at once (rather than leaving it in the backlog) tells the
+            // client now; the backlog would hold it until its own timeout.
+            drop(stream);
+            metrics.connections_refused.inc();
+            refusals.note(max_connections);
+            continue;
+        }
+        metrics.connections_open.inc();
+        let open = OpenConnection(metrics.clone());
         let Ok(stream) = stream.into_std() else {
             continue;
         };
-        if inboxes[next].send((stream, peer)).is_err() {
+        let handoff = Accepted {
+            stream,
+            peer,
+            _open: open,
+        };
+        if inboxes[next].send(handoff).is_err() {
             tracing::error!("a worker thread has stopped; dropping its connection");
         }
         next = (next + 1) % inboxes.len();
+    }
+}
+
+/// Connections refused since the cap's WARN line was last written.
+#[derive(Default)]
+struct Refusals {
+    last_logged: Option<Instant>,
+    since: u64,
+}
+
+impl Refusals {
+    fn note(&mut self, max_connections: usize) {
+        self.since += 1;
+        let now = Instant::now();
+        if self
+            .last_logged
+            .is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            max_connections,
+            refused = self.since,
+            "connection cap reached: new connections are closed at once (--max-connections)"
+        );
+        self.last_logged = Some(now);
+        self.since = 0;
+    }
+}
+
+/// A request body that must arrive within a time. The timer is made only when
+/// the handler first has to wait for the body, so a body that came with its
+/// headers costs none; once made it is not reset by progress, which is what
+/// stops a body sent a byte every few seconds.
+struct TimedBody {
+    inner: Incoming,
+    timeout: Duration,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    timed_out: bool,
+}
+
+impl TimedBody {
+    fn new(inner: Incoming, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            deadline: None,
+            timed_out: false,
+        }
+    }
+}
+
+/// The error a handler sees when a request body took too long.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?}")]
+pub struct BodyTimeout(pub Duration);
+
+impl hyper::body::Body for TimedBody {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.timed_out {
+            return Poll::Ready(Some(Err(BodyTimeout(this.timeout).into())));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if deadline.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.timed_out = true;
+                Poll::Ready(Some(Err(BodyTimeout(timeout).into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

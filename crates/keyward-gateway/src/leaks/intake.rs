@@ -5,6 +5,7 @@
 use super::github::{SignatureError, KEY_ID_HEADER, SIGNATURE_HEADER};
 use super::response::{respond, Sighting, Verdict};
 use crate::management::{Admin, ApiError};
+use crate::metrics::LeakRejection;
 use crate::state::{AppState, SharedState};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::JsonRejection;
@@ -43,8 +44,22 @@ async fn read_body(state: &AppState, body: Body) -> Result<Bytes, Response> {
         })
 }
 
+/// Audit kind of refused GitHub reports, folded by [`crate::audit_sample`].
+const REJECTED_KIND: &str = "leak_intake.rejected";
+
+/// Seconds a caller refused for concurrency is told to wait.
+const BUSY_RETRY_AFTER_SECS: &str = "5";
+
 /// `POST /leaks/github`: verifies GitHub's signature over the raw body, handles
 /// every match, and answers with GitHub's feedback array.
+///
+/// Until the signature is checked the caller is anyone: the body is read only
+/// up to [`crate::leaks::LeakSettings::github_max_body_bytes`] (a declared
+/// length over it is refused before reading), only
+/// [`crate::leaks::LeakSettings::github_concurrent_bodies`] bodies are read at
+/// once (more: 503 at once), and refusals are counted in a metric and folded
+/// into one audit event and one WARN line per minute, holding only
+/// server-chosen words and a sanitised key identifier.
 pub async fn github(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Response {
     if !state.leaks.github.configured() {
         return error(
@@ -53,28 +68,53 @@ pub async fn github(State(state): State<SharedState>, headers: HeaderMap, body: 
             "GitHub leak intake is not configured (--github-public-keys)",
         );
     }
-    let body = match read_body(&state, body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let Ok(permit) = state.leaks.github_bodies.try_acquire() else {
+        rejected(&state, LeakRejection::Busy, header(KEY_ID_HEADER)).await;
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many leak reports are being read; retry later",
+        );
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static(BUSY_RETRY_AFTER_SECS),
+        );
+        return r;
+    };
+    let cap = state.leaks.github_max_body_bytes;
+    let body = match read_bounded(body, &headers, cap).await {
+        Ok(b) => b,
+        Err(reason) => {
+            rejected(&state, reason, header(KEY_ID_HEADER)).await;
+            return match reason {
+                LeakRejection::TooLarge => error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    &format!("the request body is larger than {cap} bytes"),
+                ),
+                _ => error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "the request body could not be read",
+                ),
+            };
+        }
+    };
     let checked = match (header(KEY_ID_HEADER), header(SIGNATURE_HEADER)) {
         (None, _) => Err(SignatureError::Missing("Github-Public-Key-Identifier")),
         (_, None) => Err(SignatureError::Missing("Github-Public-Key-Signature")),
         (Some(id), Some(sig)) => state.leaks.github.verify(id, sig, &body).await,
     };
+    drop(permit);
     if let Err(e) = checked {
-        tracing::warn!(reason = %e, "refused an unsigned or badly signed GitHub leak report");
-        let audit = NewAuditEvent {
-            at: state.clock.now_ms(),
-            actor: "github".into(),
-            action: "leak_intake.rejected".into(),
-            target: "leaks/github".into(),
-            detail: json!({"reason": e.to_string(), "key_identifier": header(KEY_ID_HEADER).map(|s| s.chars().take(200).collect::<String>())}),
+        let reason = match e {
+            SignatureError::Missing(_) => LeakRejection::MissingSignature,
+            SignatureError::UnknownKey => LeakRejection::UnknownKey,
+            SignatureError::Malformed => LeakRejection::MalformedSignature,
+            SignatureError::Mismatch => LeakRejection::BadSignature,
         };
-        if let Err(e) = state.store.append_audit(&audit).await {
-            tracing::error!(error = %e, "could not audit a refused GitHub report");
-        }
+        rejected(&state, reason, header(KEY_ID_HEADER)).await;
         return error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -84,11 +124,12 @@ pub async fn github(State(state): State<SharedState>, headers: HeaderMap, body: 
     let matches: Vec<Value> = match serde_json::from_slice(&body) {
         Ok(Value::Array(items)) => items,
         _ => {
+            rejected(&state, LeakRejection::MalformedBody, header(KEY_ID_HEADER)).await;
             return error(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 "the body must be a JSON array of {token, type, url, source}",
-            )
+            );
         }
     };
     let mut tokens = Vec::with_capacity(matches.len());
@@ -125,6 +166,76 @@ pub async fn github(State(state): State<SharedState>, headers: HeaderMap, body: 
         })
         .collect();
     Json(feedback).into_response()
+}
+
+/// Reads a body of at most `cap` bytes into one buffer sized up front. A
+/// declared length over the cap is refused before anything is read, and a
+/// chunked body is cut as soon as it passes the cap; the connection is then
+/// closed by hyper, since the rest of the body is never read.
+async fn read_bounded(body: Body, headers: &HeaderMap, cap: usize) -> Result<Bytes, LeakRejection> {
+    use http_body_util::BodyExt;
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > cap as u64) {
+        return Err(LeakRejection::TooLarge);
+    }
+    // Sized once (to the declared length, or a little for a chunked body), so
+    // that a body never leaves a doubled buffer behind.
+    let mut buf = bytes::BytesMut::with_capacity(declared.map_or(8 * 1024, |n| n as usize));
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(LeakRejection::Unreadable);
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > cap {
+                return Err(LeakRejection::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Counts a refused GitHub report, and audits and logs the first of each
+/// minute with the number folded since. Nothing the caller chose is written
+/// but the key identifier, cut to its first 64 ASCII letters and digits
+/// (GitHub's are hex digests), which is what an operator needs to see that
+/// GitHub rotated its key.
+async fn rejected(state: &AppState, reason: LeakRejection, key_identifier: Option<&str>) {
+    state.metrics.leak_rejected(reason);
+    let now = state.clock.now_ms();
+    let Some(folded) = state.audit_sampler.sample(REJECTED_KIND, now) else {
+        return;
+    };
+    let key_identifier: Option<String> = key_identifier.map(|k| {
+        k.chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(64)
+            .collect()
+    });
+    tracing::warn!(
+        reason = reason.as_str(),
+        key_identifier = key_identifier.as_deref().unwrap_or("-"),
+        folded,
+        "refused a GitHub leak report (unsigned, badly signed, oversized, malformed or over the concurrency bound); more in the next minute are only counted (keyward_leak_reports_rejected_total)"
+    );
+    let audit = NewAuditEvent {
+        at: now,
+        actor: "github".into(),
+        action: REJECTED_KIND.into(),
+        target: "leaks/github".into(),
+        detail: json!({
+            "reason": reason.as_str(),
+            "key_identifier": key_identifier,
+            "folded_since_last": folded,
+        }),
+    };
+    if let Err(e) = state.store.append_audit(&audit).await {
+        tracing::error!(error = %e, "could not audit a refused GitHub report");
+    }
 }
 
 /// The body of `POST /api/v1/leaks`.

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Leak-response settings.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct LeakSettings {
     /// GitHub's public keys, read from the configured file at start.
     pub github_keys: HashMap<String, VerifyingKey>,
@@ -28,6 +28,29 @@ pub struct LeakSettings {
     pub notify: NotifySettings,
     /// Sources scanned on a schedule.
     pub watchers: crate::watchers::WatcherSettings,
+    /// Largest body `POST /leaks/github` reads, bytes. The endpoint is
+    /// unauthenticated until the signature over the whole body is checked, so
+    /// the body is bounded by what GitHub sends (a batch of matches, each a
+    /// token and two short URLs, about 150 bytes: 1 MiB holds about 7,000),
+    /// not by the gateway's 8 MiB limit.
+    pub github_max_body_bytes: usize,
+    /// Most `POST /leaks/github` bodies read at once; more are answered 503
+    /// with `Retry-After` before their body is read. Bounds the memory an
+    /// unauthenticated caller can hold to this times the body cap.
+    pub github_concurrent_bodies: usize,
+}
+
+impl Default for LeakSettings {
+    fn default() -> Self {
+        Self {
+            github_keys: HashMap::new(),
+            github_keys_url: None,
+            notify: NotifySettings::default(),
+            watchers: crate::watchers::WatcherSettings::default(),
+            github_max_body_bytes: 1024 * 1024,
+            github_concurrent_bodies: 8,
+        }
+    }
 }
 
 /// Leak response's shared state.
@@ -36,6 +59,11 @@ pub struct LeakState {
     pub github: github::GithubKeys,
     /// Notifications.
     pub notifier: Arc<Notifier>,
+    /// Places for GitHub report bodies being read and checked
+    /// ([`LeakSettings::github_concurrent_bodies`]).
+    pub github_bodies: tokio::sync::Semaphore,
+    /// [`LeakSettings::github_max_body_bytes`].
+    pub github_max_body_bytes: usize,
 }
 
 impl LeakState {
@@ -55,6 +83,8 @@ impl LeakState {
                 settings.github_keys_url.clone(),
             ),
             notifier,
+            github_bodies: tokio::sync::Semaphore::new(settings.github_concurrent_bodies.max(1)),
+            github_max_body_bytes: settings.github_max_body_bytes,
         })
     }
 }

@@ -12,5 +12,6 @@ mod proxy;
 mod security_api;
 mod security_keys;
 mod security_proxy;
+mod security_server;
 mod support;
 mod watchers;

@@ -56,7 +56,8 @@ pub struct ServeArgs {
     /// Address of the Prometheus /metrics listener, or `off` [default: 127.0.0.1:9464].
     #[arg(long, env = "KEYWARD_METRICS_LISTEN")]
     metrics_listen: Option<String>,
-    /// Milliseconds between usage batch writes [default: 200].
+    /// Milliseconds between usage batch writes: what a crash (kill -9) can lose
+    /// [default: 25].
     #[arg(long, env = "KEYWARD_USAGE_FLUSH_MS")]
     usage_flush_ms: Option<u64>,
     /// Seconds in-flight requests get to finish at shutdown [default: 30].
@@ -65,6 +66,23 @@ pub struct ServeArgs {
     /// Threads serving connections, each with its own event loop [default: one per core].
     #[arg(long, env = "KEYWARD_WORKERS")]
     workers: Option<usize>,
+    /// Seconds a client has to complete a request's headers, from the connection's
+    /// start or the end of its previous response; also the idle keep-alive timeout
+    /// [default: 30].
+    #[arg(long, env = "KEYWARD_HEADER_TIMEOUT_SECS")]
+    header_timeout_secs: Option<u64>,
+    /// Seconds a request body may take once its handler has to wait for it [default: 60].
+    #[arg(long, env = "KEYWARD_BODY_TIMEOUT_SECS")]
+    body_timeout_secs: Option<u64>,
+    /// Most client connections open at once; more are closed at once [default: 4096].
+    #[arg(long, env = "KEYWARD_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Largest body POST /leaks/github reads, bytes [default: 1048576].
+    #[arg(long, env = "KEYWARD_GITHUB_MAX_BODY_BYTES")]
+    github_max_body_bytes: Option<usize>,
+    /// Most POST /leaks/github bodies read at once; more get 503 [default: 8].
+    #[arg(long, env = "KEYWARD_GITHUB_CONCURRENT_BODIES")]
+    github_concurrent_bodies: Option<usize>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "KEYWARD_LOG_FORMAT")]
     log_format: Option<String>,
@@ -132,6 +150,11 @@ struct FileConfig {
     usage_flush_ms: Option<u64>,
     shutdown_grace_secs: Option<u64>,
     workers: Option<usize>,
+    header_timeout_secs: Option<u64>,
+    body_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    github_max_body_bytes: Option<usize>,
+    github_concurrent_bodies: Option<usize>,
     log_format: Option<String>,
     github_public_keys: Option<PathBuf>,
     github_public_keys_url: Option<String>,
@@ -179,6 +202,11 @@ impl ServeArgs {
             usage_flush_ms,
             shutdown_grace_secs,
             workers,
+            header_timeout_secs,
+            body_timeout_secs,
+            max_connections,
+            github_max_body_bytes,
+            github_concurrent_bodies,
             log_format,
             github_public_keys,
             github_public_keys_url,
@@ -314,6 +342,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         smtp_username: args.smtp_username.clone(),
         smtp_password_env: args.smtp_password_env.as_deref(),
     })?;
+    if let Some(s) = args.header_timeout_secs {
+        if s == 0 {
+            bail!("--header-timeout-secs must be at least 1");
+        }
+        config.connections.header_timeout = Duration::from_secs(s);
+    }
+    if let Some(s) = args.body_timeout_secs {
+        if s == 0 {
+            bail!("--body-timeout-secs must be at least 1");
+        }
+        config.connections.body_timeout = Duration::from_secs(s);
+    }
+    if let Some(n) = args.max_connections {
+        if n == 0 {
+            bail!("--max-connections must be at least 1");
+        }
+        config.connections.max_connections = n;
+    }
+    if let Some(n) = args.github_max_body_bytes {
+        config.leaks.github_max_body_bytes = n;
+    }
+    if let Some(n) = args.github_concurrent_bodies {
+        if n == 0 {
+            bail!("--github-concurrent-bodies must be at least 1");
+        }
+        config.leaks.github_concurrent_bodies = n;
+    }
     let sources = args
         .watch_dirs
         .iter()

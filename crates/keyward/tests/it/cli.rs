@@ -135,6 +135,84 @@ fn sigterm_writes_all_buffered_usage() {
     );
 }
 
+/// `kill -9` loses at most the usage of the last flush interval and of the
+/// batch being written (crates/keyward-gateway/src/usage_writer.rs): under
+/// continuous load, every request answered more than that before the kill is
+/// stored after a restart, and nothing is stored twice. Four kills on the
+/// default settings, each 50 ms later in the writer's cycle than the one
+/// before, so that the old 200 ms interval fails: one of them lands more than
+/// 100 ms after its last write.
+#[test]
+fn kill_9_loses_at_most_the_last_flush_interval_of_usage() {
+    use std::time::{Duration, Instant};
+    // 25 ms interval, a batch write of a few ms, and room for a busy machine.
+    const BOUND: Duration = Duration::from_millis(100);
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServeProcess::start(dir.path(), &[]);
+    let created = server.cli_json(&["keys", "create", "--project", "p", "--name", "n", "--json"]);
+    let id = created["id"].as_str().unwrap().to_owned();
+    let key = created["key"].as_str().unwrap().to_owned();
+    let stored = |server: &ServeProcess| {
+        server.cli_json(&["usage", "--key", &id, "--json"])["requests"]
+            .as_u64()
+            .unwrap() as usize
+    };
+    let mut stored_before = 0;
+    for cycle in 0..4u64 {
+        let load = Duration::from_millis(500 + 50 * cycle);
+        let answered = answer_for(&server.url, &key, load);
+        let killed_at = Instant::now();
+        server.kill_9();
+        server = ServeProcess::start(dir.path(), &[]);
+        let stored_after = stored(&server);
+        assert!(
+            stored_after <= stored_before + answered.len(),
+            "cycle {cycle}: {stored_after} stored, {} answered: counted twice",
+            stored_before + answered.len()
+        );
+        let lost = stored_before + answered.len() - stored_after;
+        if lost > 0 {
+            // Requests were sent one after another and are written in order:
+            // the lost ones are the last ones.
+            let first_lost = answered[answered.len() - lost];
+            let age = killed_at - first_lost;
+            assert!(
+                age <= BOUND,
+                "cycle {cycle}: lost {lost} of {} requests, the first answered {age:?} before the kill",
+                answered.len()
+            );
+        }
+        stored_before = stored_after;
+    }
+}
+
+/// Sends chat requests one after another on one connection for `time`;
+/// returns when each was answered.
+fn answer_for(url: &str, key: &str, time: std::time::Duration) -> Vec<std::time::Instant> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let until = std::time::Instant::now() + time;
+        let mut answered = Vec::new();
+        while std::time::Instant::now() < until {
+            let r = client
+                .post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(key)
+                .json(&json!({"model": "gpt-4o-mini"}))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("request {}: {e:?}", answered.len()));
+            assert_eq!(r.status(), 200);
+            r.bytes().await.unwrap();
+            answered.push(std::time::Instant::now());
+        }
+        answered
+    })
+}
+
 #[test]
 fn serve_refuses_bad_settings_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();

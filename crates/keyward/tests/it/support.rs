@@ -107,6 +107,14 @@ impl ServeProcess {
     }
 }
 
+impl ServeProcess {
+    /// Kills the process with SIGKILL (no shutdown of any kind) and reaps it.
+    pub fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for ServeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
