@@ -157,3 +157,27 @@ pub const FILES: &[(&str, &str)] = &[
     ("vercel.toml", include_str!("../../rules/vercel.toml")),
     ("xai.toml", include_str!("../../rules/xai.toml")),
 ];
+
+#[cfg(test)]
+mod tests {
+    /// A rules file added to `rules/` but not to [`super::FILES`] would never
+    /// ship, silently; one listed but removed would not build. This holds the
+    /// list to the folder.
+    #[test]
+    fn every_file_in_the_rules_folder_is_shipped() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .expect("read the rules folder")
+            .map(|e| e.expect("a rules folder entry").file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".toml"))
+            .collect();
+        on_disk.sort();
+        let mut listed: Vec<String> = super::FILES.iter().map(|(n, _)| (*n).to_owned()).collect();
+        listed.sort();
+        assert_eq!(
+            listed, on_disk,
+            "rules/builtin.rs must list exactly the files of rules/"
+        );
+    }
+}

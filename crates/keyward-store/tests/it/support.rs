@@ -8,7 +8,9 @@ use sqlx::Connection;
 use std::future::Future;
 use std::sync::Arc;
 
-/// Where the PostgreSQL tests connect; unset means they are skipped.
+/// Where the PostgreSQL tests connect; unset means they are skipped, except
+/// under `CI=true`, where a missing database fails the run instead of letting
+/// half the suite pass vacuously.
 pub const POSTGRES_URL_VAR: &str = "KEYWARD_TEST_POSTGRES_URL";
 
 /// Instantiates each named `async fn(SharedStore)` of the calling module as a test
@@ -45,9 +47,13 @@ where
 }
 
 /// The PostgreSQL URL to test against, or `None` (after saying so) to skip.
+/// Under `CI=true` a missing URL is a failure, not a skip.
 pub fn postgres_url() -> Option<String> {
     match std::env::var(POSTGRES_URL_VAR) {
         Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{POSTGRES_URL_VAR} is not set, and CI=true: the PostgreSQL storage tests must run in CI (.ci/run sets it)")
+        }
         _ => {
             println!("skipping PostgreSQL storage tests: {POSTGRES_URL_VAR} is not set");
             None
