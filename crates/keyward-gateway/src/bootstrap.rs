@@ -15,7 +15,6 @@
 //! already controls the deployment, and this is the way back in after the last
 //! admin key was reported leaked.
 
-use crate::management::orgs_default_name;
 use keyward_core::{key, Clock, KeyFormat, KeyHash, KeyId, KeyKind};
 use keyward_store::{KeyStatus, NewAdminKey, NewAuditEvent, SharedStore, StoreError};
 use std::io::Write;
@@ -24,6 +23,10 @@ use std::sync::Mutex;
 
 /// The initial admin key's file name in the data directory.
 pub const INITIAL_KEY_FILE: &str = "initial-admin-key";
+
+/// The organization created on first start, and the one a key is created in
+/// when none is named.
+pub const DEFAULT_ORG: &str = "default";
 
 /// Why first-start setup failed.
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +109,8 @@ pub async fn bootstrap(
     clock: &Clock,
 ) -> Result<Bootstrap, BootstrapError> {
     let now = clock.now_ms();
-    if store.org_by_name(orgs_default_name()).await?.is_none() {
-        match store.create_org(orgs_default_name(), now).await {
+    if store.org_by_name(DEFAULT_ORG).await?.is_none() {
+        match store.create_org(DEFAULT_ORG, now).await {
             Ok(_) | Err(StoreError::Duplicate(_)) => {}
             Err(e) => return Err(e.into()),
         }
@@ -208,4 +211,39 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     }
     f.write_all(contents.as_bytes())?;
     f.sync_all()
+}
+
+/// Removes the initial admin key file if it holds admin key `id`, which has
+/// just stopped working, and audits the removal.
+pub async fn retire_initial_key_file(
+    file: &InitialKeyFile,
+    store: &SharedStore,
+    clock: &Clock,
+    id: &KeyId,
+    reason: &str,
+) {
+    if let Some(path) = file.retire_if_holds(id, reason) {
+        audit_file_removed(store, clock, id, &path, reason).await;
+    }
+}
+
+/// Audits the removal of the initial key file; a failure is only logged, since
+/// the file is already gone and the log says so.
+pub async fn audit_file_removed(
+    store: &SharedStore,
+    clock: &Clock,
+    id: &KeyId,
+    path: &Path,
+    reason: &str,
+) {
+    let event = NewAuditEvent {
+        at: clock.now_ms(),
+        actor: "system".into(),
+        action: "admin_key.initial_file_removed".into(),
+        target: id.to_string(),
+        detail: serde_json::json!({"file": path.display().to_string(), "reason": reason}),
+    };
+    if let Err(e) = store.append_audit(&event).await {
+        tracing::error!(error = %e, "could not audit the removal of the initial admin key file");
+    }
 }

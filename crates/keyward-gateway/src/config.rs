@@ -1,9 +1,10 @@
 //! The gateway's settings, already validated. The binary builds this from flags,
 //! `KEYWARD_*` variables and the config file.
 
-use crate::client_ip::ClientIpPolicy;
-use crate::usage_writer::BatchPolicy;
+use crate::notify::NotifySettings;
+use crate::request::client_ip::ClientIpPolicy;
 use keyward_core::{KeyFormat, Micros, PriceTable, Secret};
+use p256::ecdsa::VerifyingKey;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -47,7 +48,7 @@ pub struct GatewayConfig {
     /// so they can run under a hard budget.
     pub route_costs: HashMap<String, Micros>,
     /// Leak response: GitHub intake keys, notifications, watchers.
-    pub leaks: crate::leaks::LeakSettings,
+    pub leaks: LeakSettings,
     /// Threads serving connections; 0 means one per core.
     pub workers: usize,
     /// The key that seals stored secrets (see [`crate::sealing`]); by default
@@ -74,7 +75,7 @@ pub struct ConnectionLimits {
     pub body_timeout: Duration,
     /// Most client connections open at once; past it, a new connection is
     /// accepted and closed at once (a WARN line at most every
-    /// [`crate::workers::REFUSAL_LOG_EVERY`], and a metric).
+    /// [`crate::serve::workers::REFUSAL_LOG_EVERY`], and a metric).
     pub max_connections: usize,
 }
 
@@ -108,13 +109,102 @@ impl GatewayConfig {
             shutdown_grace: Duration::from_secs(30),
             client_ip: ClientIpPolicy::default(),
             route_costs: HashMap::new(),
-            leaks: crate::leaks::LeakSettings::default(),
+            leaks: LeakSettings::default(),
             workers: 0,
             sealing_key: crate::sealing::SealingKeySource::File(
                 data_dir.join(crate::sealing::DEFAULT_KEY_FILE),
             ),
             data_dir,
             connections: ConnectionLimits::default(),
+        }
+    }
+}
+
+/// Leak-response settings.
+#[derive(Clone, Debug)]
+pub struct LeakSettings {
+    /// GitHub's public keys, read from the configured file at start.
+    pub github_keys: HashMap<String, VerifyingKey>,
+    /// Where to fetch GitHub's public-keys document when a request names an
+    /// unknown key (e.g. `https://api.github.com/meta/public_keys/secret_scanning`).
+    pub github_keys_url: Option<String>,
+    /// Notifications (SMTP, retries).
+    pub notify: NotifySettings,
+    /// Sources scanned on a schedule.
+    pub watchers: WatcherSettings,
+    /// Largest body `POST /leaks/github` reads, bytes. The endpoint is
+    /// unauthenticated until the signature over the whole body is checked, so
+    /// the body is bounded by what GitHub sends (a batch of matches, each a
+    /// token and two short URLs, about 150 bytes: 1 MiB holds about 7,000),
+    /// not by the gateway's 8 MiB limit.
+    pub github_max_body_bytes: usize,
+    /// Most `POST /leaks/github` bodies read at once; more are answered 503
+    /// with `Retry-After` before their body is read. Bounds the memory an
+    /// unauthenticated caller can hold to this times the body cap.
+    pub github_concurrent_bodies: usize,
+}
+
+impl Default for LeakSettings {
+    fn default() -> Self {
+        Self {
+            github_keys: HashMap::new(),
+            github_keys_url: None,
+            notify: NotifySettings::default(),
+            watchers: WatcherSettings::default(),
+            github_max_body_bytes: 1024 * 1024,
+            github_concurrent_bodies: 8,
+        }
+    }
+}
+
+/// One watched source.
+#[derive(Clone, Debug)]
+pub struct WatchSource {
+    /// A name for reports (`watcher:<name>`).
+    pub name: String,
+    /// A directory, or a git repository (mirror) when `git` is set.
+    pub path: PathBuf,
+    /// Scan the repository's history instead of its files.
+    pub git: bool,
+}
+
+/// Watcher settings.
+#[derive(Clone, Debug)]
+pub struct WatcherSettings {
+    /// What to scan.
+    pub sources: Vec<WatchSource>,
+    /// Time between rounds.
+    pub interval: Duration,
+    /// Largest app bundle accepted by `POST /api/v1/scan-uploads`.
+    pub max_upload_bytes: usize,
+}
+
+impl Default for WatcherSettings {
+    fn default() -> Self {
+        Self {
+            sources: Vec::new(),
+            interval: Duration::from_secs(3_600),
+            max_upload_bytes: 200 * 1024 * 1024,
+        }
+    }
+}
+
+/// How the writer batches.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchPolicy {
+    /// Write at least this often while events wait. This is the bound on what
+    /// a crash loses (see the module documentation); under load, when a write
+    /// takes longer than this, the next one starts as soon as it ends.
+    pub interval: Duration,
+    /// Write as soon as this many events wait.
+    pub max_events: usize,
+}
+
+impl Default for BatchPolicy {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_millis(25),
+            max_events: 2_000,
         }
     }
 }

@@ -37,7 +37,7 @@ pub enum GatewayError {
     IpNotAllowed(String),
     /// A rate limit was reached.
     #[error("{}", .0.message)]
-    RateLimited(crate::rate_limit::RateLimited),
+    RateLimited(crate::rate_headers::RateLimited),
     /// A hard budget cannot pay for the request.
     #[error("{0}")]
     InsufficientQuota(String),
@@ -143,7 +143,7 @@ impl IntoResponse for GatewayError {
             let secs = (r.retry_after_ms + 999) / 1000;
             resp.headers_mut()
                 .insert("retry-after", HeaderValue::from(secs.max(1)));
-            crate::rate_limit::write_headers(resp.headers_mut(), &r.headers);
+            crate::rate_headers::write_headers(resp.headers_mut(), &r.headers);
         }
         resp
     }

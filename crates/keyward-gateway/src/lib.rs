@@ -6,40 +6,28 @@
 //! `Authorization` header, marked sensitive.
 #![warn(missing_docs)]
 
-pub mod admission;
-pub mod alerts;
 pub mod audit_sample;
 pub mod bootstrap;
-pub mod budget_ledger;
-pub mod client_ip;
 pub mod config;
-pub mod credentials;
 pub mod data_dir;
-pub mod entry;
 pub mod error;
-pub mod input_bound;
+pub mod github;
 pub(crate) mod json_walk;
 pub mod key_cache;
 pub mod leaks;
+pub mod limits;
 pub mod management;
-pub mod meter;
+pub mod metering;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;
-pub mod rate_limit;
-pub mod request_path;
+pub mod rate_headers;
+pub mod request;
 pub mod sealing;
-pub mod server;
-pub mod simulated;
-pub mod sse_tap;
+pub mod serve;
 pub mod state;
 pub mod ttl_map;
 pub mod upstream;
-pub mod usage_parse;
-pub mod usage_writer;
-pub mod verify;
-pub mod watchers;
-pub mod workers;
 
 pub use config::{ConnectionLimits, GatewayConfig, UpstreamConfig};
 
@@ -47,4 +35,4 @@ pub use config::{ConnectionLimits, GatewayConfig, UpstreamConfig};
 /// and hashes the server made, so a fast seeded hash is enough; SipHash (std's
 /// default) was about 4 % of the instructions of a proxied request.
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-pub use server::Server;
+pub use serve::Server;

@@ -1,13 +1,13 @@
 //! What every handler shares.
 
-use crate::budget_ledger::BudgetLedger;
 use crate::config::GatewayConfig;
 use crate::key_cache::KeyCache;
+use crate::limits::budgets::BudgetLedger;
+use crate::limits::rate::RateLimiter;
+use crate::metering::writer::UsageWriter;
 use crate::metrics::Metrics;
-use crate::rate_limit::RateLimiter;
 use crate::ttl_map::TtlMap;
 use crate::upstream::Upstream;
-use crate::usage_writer::UsageWriter;
 use keyward_core::{Budget, Clock, KeyId, ProjectId};
 use keyward_store::{KeyRecord, Project, SharedStore};
 use std::sync::Arc;
@@ -47,12 +47,48 @@ pub struct AppState {
     /// [`crate::bootstrap`]).
     pub initial_admin_key: crate::bootstrap::InitialKeyFile,
     /// Leak response (GitHub keys, notifier).
-    pub leaks: Arc<crate::leaks::LeakState>,
+    pub leaks: Arc<LeakState>,
     /// The runtime that built the server. Request handlers run on worker threads
-    /// (`crate::workers`) whose runtimes stop with their connections; work that
+    /// (`crate::serve::workers`) whose runtimes stop with their connections; work that
     /// must outlive a request is spawned here.
     pub tasks: tokio::runtime::Handle,
 }
 
 /// The state as handlers receive it.
 pub type SharedState = Arc<AppState>;
+
+/// Leak response's shared state.
+pub struct LeakState {
+    /// GitHub's keys.
+    pub github: crate::github::GithubKeys,
+    /// Notifications.
+    pub notifier: Arc<crate::notify::Notifier>,
+    /// Places for GitHub report bodies being read and checked
+    /// ([`crate::config::LeakSettings::github_concurrent_bodies`]).
+    pub github_bodies: tokio::sync::Semaphore,
+    /// [`crate::config::LeakSettings::github_max_body_bytes`].
+    pub github_max_body_bytes: usize,
+}
+
+impl LeakState {
+    /// Builds the state and starts the notification worker; `sealing` opens
+    /// the stored webhook secrets.
+    pub fn start(
+        settings: &crate::config::LeakSettings,
+        store: SharedStore,
+        clock: Clock,
+        sealing: crate::sealing::SealingKey,
+    ) -> Arc<Self> {
+        let notifier = crate::notify::Notifier::new(store, clock, settings.notify.clone(), sealing);
+        notifier.spawn_worker();
+        Arc::new(Self {
+            github: crate::github::GithubKeys::new(
+                settings.github_keys.clone(),
+                settings.github_keys_url.clone(),
+            ),
+            notifier,
+            github_bodies: tokio::sync::Semaphore::new(settings.github_concurrent_bodies.max(1)),
+            github_max_body_bytes: settings.github_max_body_bytes,
+        })
+    }
+}

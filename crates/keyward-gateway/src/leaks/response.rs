@@ -225,8 +225,10 @@ async fn respond_admin(
     }
     if outcome == LeakOutcome::Disabled {
         tracing::warn!(admin_key = %admin.id, source = %s.source, "admin key found exposed: disabled");
-        crate::management::admin_keys::retire_initial_key_file(
-            state,
+        crate::bootstrap::retire_initial_key_file(
+            &state.initial_admin_key,
+            &state.store,
+            &state.clock,
             &admin.id,
             "it was reported leaked",
         )

@@ -155,32 +155,17 @@ pub async fn rotate(
     }))
 }
 
-/// Removes the initial admin key file if it holds admin key `id`, which has
-/// just stopped working, and audits the removal.
+/// Removes the initial admin key file if it holds admin key `id` (see
+/// [`crate::bootstrap`]).
 pub async fn retire_initial_key_file(state: &AppState, id: &KeyId, reason: &str) {
-    if let Some(path) = state.initial_admin_key.retire_if_holds(id, reason) {
-        audit_file_removed(state, id, &path, reason).await;
-    }
-}
-
-/// Audits the removal of the initial key file; a failure is only logged, since
-/// the file is already gone and the log says so.
-pub(super) async fn audit_file_removed(
-    state: &AppState,
-    id: &KeyId,
-    path: &std::path::Path,
-    reason: &str,
-) {
-    let event = NewAuditEvent {
-        at: state.clock.now_ms(),
-        actor: "system".into(),
-        action: "admin_key.initial_file_removed".into(),
-        target: id.to_string(),
-        detail: json!({"file": path.display().to_string(), "reason": reason}),
-    };
-    if let Err(e) = state.store.append_audit(&event).await {
-        tracing::error!(error = %e, "could not audit the removal of the initial admin key file");
-    }
+    crate::bootstrap::retire_initial_key_file(
+        &state.initial_admin_key,
+        &state.store,
+        &state.clock,
+        id,
+        reason,
+    )
+    .await;
 }
 
 async fn audit(

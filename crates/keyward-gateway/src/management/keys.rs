@@ -375,8 +375,9 @@ pub async fn token_for_holder(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let presented = crate::credentials::presented_key(&headers).ok_or(GatewayError::MissingKey)?;
-    let caller = crate::verify::verify_caller(&state, presented, None).await?;
+    let presented =
+        crate::request::credentials::presented_key(&headers).ok_or(GatewayError::MissingKey)?;
+    let caller = crate::proxy::verify::verify_caller(&state, presented, None).await?;
     if caller.parent.is_some() {
         return Err(ApiError::BadRequest(
             "an ephemeral token cannot issue tokens".into(),
@@ -384,7 +385,8 @@ pub async fn token_for_holder(
     }
     let client_ip = state.config.client_ip.client_ip(peer.ip(), &headers);
     let mut permit =
-        crate::admission::admit_local(&state, &caller, MINT_METHOD, MINT_PATH, client_ip).await?;
+        crate::limits::admission::admit_local(&state, &caller, MINT_METHOD, MINT_PATH, client_ip)
+            .await?;
     let req: EphemeralRequest = optional_json(&body)?;
     // The secret presented is the one the token lives and dies with.
     let secret = state
@@ -420,14 +422,14 @@ pub async fn token_for_holder(
             json!({
                 "token_id": created.view.record.id,
                 "expires_at": created.view.record.expires_at,
-                "client_ip": crate::client_ip::text(client_ip),
+                "client_ip": crate::request::client_ip::text(client_ip),
                 "folded": folded,
             }),
         )
         .await?;
     }
     let mut response = (StatusCode::CREATED, Json(created)).into_response();
-    crate::rate_limit::write_headers(response.headers_mut(), &rate_headers);
+    crate::rate_headers::write_headers(response.headers_mut(), &rate_headers);
     Ok(response)
 }
 

@@ -5,6 +5,7 @@ mod audit;
 mod budgets;
 mod error;
 pub(crate) mod keys;
+mod leaks;
 pub(crate) mod orgs;
 mod policy_input;
 pub(crate) mod scan_uploads;
@@ -54,9 +55,41 @@ pub fn router() -> Router<SharedState> {
         .route(keys::MINT_PATH, post(keys::token_for_holder))
         .route("/api/v1/usage", get(usage::usage))
         .route("/api/v1/audit", get(audit::list))
+        .route(
+            "/api/v1/webhooks",
+            get(webhooks::list).post(webhooks::create),
+        )
+        .route(
+            "/api/v1/webhooks/{id}",
+            axum::routing::delete(webhooks::remove),
+        )
+        .route("/api/v1/webhooks/{id}/test", post(webhooks::test))
+        .route(
+            "/api/v1/webhooks/{id}/deliveries",
+            get(webhooks::deliveries),
+        )
+        .route(
+            "/api/v1/email-recipients",
+            get(webhooks::list_recipients).post(webhooks::create_recipient),
+        )
+        .route(
+            "/api/v1/email-recipients/{id}",
+            axum::routing::delete(webhooks::remove_recipient),
+        )
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(axum::middleware::map_response(json_rejections))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .merge(own_limit_router())
+}
+
+/// Routes that read their bodies themselves, each with its own size limit (leak
+/// reports up to the gateway's body limit, app bundles up to the upload limit),
+/// so they sit outside the 2 MiB extractor limit above.
+fn own_limit_router() -> Router<SharedState> {
+    Router::new()
+        .route("/api/v1/leaks", get(leaks::list).post(leaks::report))
+        .route("/api/v1/keys/{id}/clear-leak", post(leaks::clear))
+        .route("/api/v1/scan-uploads", post(scan_uploads::upload))
 }
 
 /// The largest request body a management route reads (bulk routes such as
@@ -99,8 +132,8 @@ impl FromRequestParts<SharedState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, ApiError> {
-        let presented =
-            crate::credentials::presented_key(&parts.headers).ok_or(ApiError::Unauthorized)?;
+        let presented = crate::request::credentials::presented_key(&parts.headers)
+            .ok_or(ApiError::Unauthorized)?;
         authenticate(state, presented).await
     }
 }
@@ -124,12 +157,14 @@ async fn authenticate(state: &Arc<AppState>, presented: &str) -> Result<Admin, A
     }
     // Another admin key at work: the initial key file has done its job.
     if let Some((path, held)) = state.initial_admin_key.retire_unless_holds(&admin.id) {
-        admin_keys::audit_file_removed(state, &held, &path, "another admin key was used").await;
+        crate::bootstrap::audit_file_removed(
+            &state.store,
+            &state.clock,
+            &held,
+            &path,
+            "another admin key was used",
+        )
+        .await;
     }
     Ok(Admin { id: admin.id })
-}
-
-/// Name of the organization created on first start.
-pub fn orgs_default_name() -> &'static str {
-    orgs::DEFAULT_ORG
 }

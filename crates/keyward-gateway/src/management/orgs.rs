@@ -11,8 +11,7 @@ use keyward_store::{NewAuditEvent, Org, Project, ProjectPolicy};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// The organization created on first start; requests that name none use it.
-pub const DEFAULT_ORG: &str = "default";
+use crate::bootstrap::DEFAULT_ORG;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -4,8 +4,8 @@
 
 use super::{Admin, ApiError};
 use crate::leaks::response::{respond, Verdict};
+use crate::leaks::watchers::{key_scanner, sightings};
 use crate::state::SharedState;
-use crate::watchers::{key_scanner, sightings};
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;

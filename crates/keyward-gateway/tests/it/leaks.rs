@@ -46,7 +46,7 @@ pub async fn start_with_github(signer: &GithubSigner) -> (Upstream, Keyward) {
     let upstream = Upstream::start().await;
     let doc = signer.document();
     let kw = Keyward::start_with(&upstream.base_url(), |c| {
-        c.leaks.github_keys = keyward_gateway::leaks::github::parse_document(&doc).unwrap();
+        c.leaks.github_keys = keyward_gateway::github::parse_document(&doc).unwrap();
     })
     .await;
     (upstream, kw)

@@ -11,7 +11,7 @@ use axum::Router;
 use keyward_core::{Clock, EventId, Secret, WebhookId};
 use keyward_gateway::notify::{webhook, Event};
 use keyward_gateway::sealing::{self, SealingKey, SealingKeySource};
-use keyward_gateway::server::StartError;
+use keyward_gateway::serve::StartError;
 use keyward_gateway::{GatewayConfig, Server, UpstreamConfig};
 use keyward_store::{Channel, ChannelScope, NewWebhook, SharedStore};
 use serde_json::{json, Value};

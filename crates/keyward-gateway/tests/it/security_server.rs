@@ -244,7 +244,7 @@ async fn github_with(
     let kw = Keyward::start_full(
         &up.base_url(),
         |c| {
-            c.leaks.github_keys = keyward_gateway::leaks::github::parse_document(&doc).unwrap();
+            c.leaks.github_keys = keyward_gateway::github::parse_document(&doc).unwrap();
             tweak(c);
         },
         clock,

@@ -3,7 +3,8 @@
 
 use crate::leaks::key_status;
 use crate::support::{Keyward, Upstream};
-use keyward_gateway::watchers::{scan_source, WatchSource};
+use keyward_gateway::config::WatchSource;
+use keyward_gateway::leaks::watchers::scan_source;
 use serde_json::Value;
 use std::io::Write;
 

@@ -3,8 +3,8 @@
 
 use anyhow::{bail, Context};
 use keyward_core::Secret;
-use keyward_gateway::leaks::github::GithubKeys;
-use keyward_gateway::leaks::LeakSettings;
+use keyward_gateway::config::LeakSettings;
+use keyward_gateway::github::GithubKeys;
 use keyward_gateway::notify::email::{SmtpSecurity, SmtpSettings};
 use std::path::Path;
 

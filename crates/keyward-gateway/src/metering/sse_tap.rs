@@ -97,7 +97,7 @@ impl SseTap {
         if USAGE_FINDER.find(data).is_none() {
             return true;
         }
-        let Some(found) = crate::usage_parse::read(data) else {
+        let Some(found) = crate::metering::usage_parse::read(data) else {
             return true;
         };
         let Some(usage) = found.usage else {

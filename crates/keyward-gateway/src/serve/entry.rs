@@ -8,8 +8,8 @@
 //! (management API, leak intake, health) keeps the router.
 
 use crate::proxy;
+use crate::proxy::verify::ParseMemo;
 use crate::state::SharedState;
-use crate::verify::ParseMemo;
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Request, State};
 use axum::response::Response;

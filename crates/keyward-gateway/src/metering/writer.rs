@@ -31,6 +31,7 @@
 //! 25 ms, within that machine's noise. To be re-measured with the release
 //! gateway benchmark.
 
+use crate::config::BatchPolicy;
 use crate::metrics::Metrics;
 use crate::FastMap as HashMap;
 use keyward_core::KeyId;
@@ -56,26 +57,6 @@ pub struct UsageWriter {
     wake: Arc<Notify>,
     max_events: usize,
     metrics: Arc<Metrics>,
-}
-
-/// How the writer batches.
-#[derive(Clone, Copy, Debug)]
-pub struct BatchPolicy {
-    /// Write at least this often while events wait. This is the bound on what
-    /// a crash loses (see the module documentation); under load, when a write
-    /// takes longer than this, the next one starts as soon as it ends.
-    pub interval: Duration,
-    /// Write as soon as this many events wait.
-    pub max_events: usize,
-}
-
-impl Default for BatchPolicy {
-    fn default() -> Self {
-        Self {
-            interval: Duration::from_millis(25),
-            max_events: 2_000,
-        }
-    }
 }
 
 impl UsageWriter {

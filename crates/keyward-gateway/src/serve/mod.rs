@@ -1,14 +1,17 @@
 //! Assembling and running the server: routes, state, graceful shutdown.
 
+pub mod entry;
+pub mod workers;
+
 use crate::bootstrap::{bootstrap, BootstrapError};
 use crate::config::GatewayConfig;
 use crate::key_cache::KeyCache;
+use crate::metering::writer::UsageWriter;
 use crate::metrics::Metrics;
+use crate::serve::workers::Workers;
 use crate::state::{AppState, SharedState};
 use crate::ttl_map::TtlMap;
 use crate::upstream::Upstream;
-use crate::usage_writer::UsageWriter;
-use crate::workers::Workers;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -60,7 +63,7 @@ impl Server {
         let ttl = config.key_cache_ttl.as_millis() as i64;
         let keys = KeyCache::new(ttl);
         let leaks =
-            crate::leaks::LeakState::start(&config.leaks, store.clone(), clock.clone(), sealing);
+            crate::state::LeakState::start(&config.leaks, store.clone(), clock.clone(), sealing);
         Ok(Self {
             state: Arc::new(AppState {
                 config,
@@ -88,7 +91,7 @@ impl Server {
         self.state.clone()
     }
 
-    /// The routes of every path but `/v1`, which `crate::entry` sends to the
+    /// The routes of every path but `/v1`, which `crate::serve::entry` sends to the
     /// gateway handler before routing.
     pub fn router(&self) -> Router {
         Router::new()
@@ -104,7 +107,7 @@ impl Server {
     /// period and writes every buffered usage event before returning.
     ///
     /// Connections are served by `config.workers` threads, one per core by
-    /// default (see [`crate::workers`]); call this on a multi-thread runtime,
+    /// default (see [`crate::serve::workers`]); call this on a multi-thread runtime,
     /// which keeps the acceptor, the usage writer and the background tasks.
     pub async fn run(
         self,
@@ -112,7 +115,7 @@ impl Server {
         metrics: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        crate::watchers::spawn(self.state.clone());
+        crate::leaks::watchers::spawn(self.state.clone());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
@@ -132,7 +135,7 @@ impl Server {
                     .await;
             });
         }
-        let app = crate::entry::MakeEntry::new(self.router(), self.state.clone());
+        let app = crate::serve::entry::MakeEntry::new(self.router(), self.state.clone());
         let count = match self.state.config.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,

@@ -1,14 +1,16 @@
 //! `/v1/*`: verify the key, meter, and forward to the upstream with its key.
 
-use crate::admission::{admit, Ask};
-use crate::credentials::{forwardable_query, presented_key, KEY_HEADERS};
+pub mod verify;
+
 use crate::error::GatewayError;
 use crate::json_walk::Members;
-use crate::meter::{MeteredBody, RequestMeter};
-use crate::rate_limit::write_headers as write_rate_headers;
-use crate::request_path;
+use crate::limits::admission::{admit, Ask};
+use crate::metering::meter::{MeteredBody, RequestMeter};
+use crate::proxy::verify::{verify_caller, ParseMemo};
+use crate::rate_headers::write_headers as write_rate_headers;
+use crate::request;
+use crate::request::credentials::{forwardable_query, presented_key, KEY_HEADERS};
 use crate::state::{AppState, SharedState};
-use crate::verify::{verify_caller, ParseMemo};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -110,7 +112,7 @@ async fn handle(
 
     let (parts, body) = req.into_parts();
     let stem = state.config.key_format.stem();
-    let path_refusal = request_path::check(parts.uri.path(), stem).err();
+    let path_refusal = request::path::check(parts.uri.path(), stem).err();
     let endpoint = match path_refusal {
         None => parts.uri.path().to_owned(),
         Some(_) => REFUSED_PATH.to_owned(),
@@ -127,7 +129,7 @@ async fn handle(
         started,
         upstream_latency_ms: -1,
         status: 0,
-        client_ip: Some(crate::client_ip::text(client_ip)),
+        client_ip: Some(crate::request::client_ip::text(client_ip)),
         streamed: false,
         input_estimate: 0,
     };
@@ -175,7 +177,7 @@ async fn handle(
         // POST names the empty model, which no model restriction allows.
         model: match &facts {
             Some(f) => Some(f.model.as_str()),
-            None if uninspected_body || crate::admission::costs_nothing(method) => None,
+            None if uninspected_body || crate::limits::admission::costs_nothing(method) => None,
             None => Some(""),
         },
         uninspected_body,

@@ -15,8 +15,8 @@
 //! a worker are driven by that worker's I/O driver.
 
 use crate::config::ConnectionLimits;
-use crate::entry::{Entry, EntryFuture, MakeEntry};
 use crate::metrics::Metrics;
+use crate::serve::entry::{Entry, EntryFuture, MakeEntry};
 use axum::body::Body;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
@@ -43,7 +43,7 @@ pub enum Phase {
     /// No new connections; in-flight requests finish.
     Draining,
     /// The grace period is over: remaining connections are dropped (their usage
-    /// is still recorded, see `crate::meter`).
+    /// is still recorded, see `crate::metering::meter`).
     Cut,
     /// Usage is flushed: worker runtimes may stop.
     Released,

@@ -3,8 +3,8 @@
 //! Order matters for cost: the checksum rejects made-up and mistyped keys with no
 //! storage read; the cache answers hot keys; storage answers the rest.
 
-use crate::admission::Caller;
 use crate::error::GatewayError;
+use crate::limits::admission::Caller;
 use crate::state::AppState;
 use keyward_core::{KeyFormat, KeyKind, KeyParseError, ParsedKey};
 use keyward_store::{KeyRecord, KeyStatus};

@@ -79,7 +79,7 @@ pub fn forwardable_query(query: &str, stem: &str) -> Option<String> {
 /// Does `text` hold a keyward key prefix of this deployment?
 fn holds_key(text: &[u8], stem: &str) -> bool {
     text.iter().enumerate().any(|(i, &b)| {
-        b == b'_' && crate::request_path::key_prefix_ends_at(text, i, stem.as_bytes())
+        b == b'_' && crate::request::path::key_prefix_ends_at(text, i, stem.as_bytes())
     })
 }
 

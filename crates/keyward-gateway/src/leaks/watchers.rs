@@ -4,46 +4,13 @@
 //! treats every live key found as leaked. A key found again on the next round is
 //! a repeated sighting: recorded once, never re-audited or re-notified.
 
+use crate::config::WatchSource;
 use crate::leaks::response::{respond, Sighting, Verdict};
 use crate::state::SharedState;
 use keyward_scan::matcher::{Matcher, ValueAllowlist};
 use keyward_scan::rules::RuleSet;
 use keyward_scan::scanner::CollectSink;
 use keyward_scan::{Finding, ScanOptions, Scanner};
-use std::path::PathBuf;
-use std::time::Duration;
-
-/// One watched source.
-#[derive(Clone, Debug)]
-pub struct WatchSource {
-    /// A name for reports (`watcher:<name>`).
-    pub name: String,
-    /// A directory, or a git repository (mirror) when `git` is set.
-    pub path: PathBuf,
-    /// Scan the repository's history instead of its files.
-    pub git: bool,
-}
-
-/// Watcher settings.
-#[derive(Clone, Debug)]
-pub struct WatcherSettings {
-    /// What to scan.
-    pub sources: Vec<WatchSource>,
-    /// Time between rounds.
-    pub interval: Duration,
-    /// Largest app bundle accepted by `POST /api/v1/scan-uploads`.
-    pub max_upload_bytes: usize,
-}
-
-impl Default for WatcherSettings {
-    fn default() -> Self {
-        Self {
-            sources: Vec::new(),
-            interval: Duration::from_secs(3_600),
-            max_upload_bytes: 200 * 1024 * 1024,
-        }
-    }
-}
 
 /// A scanner with only keyward's own rules.
 pub fn key_scanner() -> Result<Scanner, String> {

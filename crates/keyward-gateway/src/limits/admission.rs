@@ -4,10 +4,10 @@
 //! limit [`Permit`] and the budget [`Reservation`] give back what they took when
 //! dropped unused.
 
-use crate::budget_ledger::{CostBound, Reservation};
 use crate::error::GatewayError;
-use crate::input_bound::input_token_bound;
-use crate::rate_limit::{Limits, Permit, RateHeaders, Subject};
+use crate::limits::budgets::{CostBound, Reservation};
+use crate::limits::rate::{Limits, Permit, RateHeaders, Subject};
+use crate::request::input_bound::input_token_bound;
 use crate::state::AppState;
 use keyward_core::{Budget, BudgetScope, KeyPolicy, ModelPrice};
 use keyward_store::{KeyRecord, Project, UsageFilter};

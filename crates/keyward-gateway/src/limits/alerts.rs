@@ -2,7 +2,7 @@
 //! period (the store remembers which fired, across restarts) and published to the
 //! webhooks and email recipients subscribed to `budget.threshold_crossed`.
 
-use crate::budget_ledger::ThresholdCrossed;
+use crate::limits::budgets::ThresholdCrossed;
 use crate::notify::Event;
 use crate::state::SharedState;
 use keyward_core::{BudgetScope, EventId, OrgId, ProjectId};

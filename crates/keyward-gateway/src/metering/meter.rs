@@ -2,11 +2,11 @@
 //! into exactly one usage event, whether the response completes, fails, or the
 //! client hangs up ([`MeteredBody`] reports on drop).
 
-use crate::admission::Admission;
-use crate::sse_tap::SseTap;
+use crate::limits::admission::Admission;
+use crate::metering::sse_tap::SseTap;
+use crate::metering::usage_parse::read;
 use crate::state::SharedState;
 use crate::upstream::UpstreamBody;
-use crate::usage_parse::read;
 use bytes::Bytes;
 use hyper::body::{Body, Frame};
 use keyward_core::{Micros, ModelPrice, TokenUsage};
@@ -103,7 +103,7 @@ impl RequestMeter {
             if let Some(reservation) = admission.reservation {
                 let crossed = reservation.settle(cost.0);
                 if !crossed.is_empty() {
-                    crate::alerts::budget_thresholds(self.state.clone(), crossed);
+                    crate::limits::alerts::budget_thresholds(self.state.clone(), crossed);
                 }
             }
         }

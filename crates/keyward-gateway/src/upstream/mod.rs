@@ -2,7 +2,7 @@
 //!
 //! Each thread that sends requests keeps its own idle connections. A connection
 //! is driven by a task on the runtime that opened it; with one pool per thread, a
-//! request served by a thread-per-core worker (`crate::workers`) and its upstream
+//! request served by a thread-per-core worker (`crate::serve::workers`) and its upstream
 //! connection stay on that thread, instead of handing every request's bytes to
 //! another thread and waking it.
 //!
@@ -16,6 +16,8 @@
 //! meantime) is sent again once, on a new connection; one already written is
 //! never sent twice. Upstreams are spoken to in HTTP/1.1 (ALPN offers only
 //! `http/1.1`), as reverse proxies commonly do.
+
+pub mod simulated;
 
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;

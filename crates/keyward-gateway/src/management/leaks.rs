@@ -1,0 +1,221 @@
+//! The management API's leak resource: `POST /api/v1/leaks` (admin key;
+//! `keyward scan --report` and other tools) disables every live key among the
+//! reported tokens, `GET /api/v1/leaks` lists reports, and clear-leak is an
+//! admin's explicit decision that a report was false.
+
+use super::{Admin, ApiError};
+use crate::leaks::intake::error;
+use crate::leaks::response::{respond, Sighting, Verdict};
+use crate::state::{AppState, SharedState};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use keyward_core::{KeyHash, KeyId};
+use keyward_store::{KeyStatus, NewAuditEvent};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Most tokens accepted in one `/api/v1/leaks` request.
+const MAX_API_LEAKS: usize = 10_000;
+
+async fn read_body(state: &AppState, body: Body) -> Result<Bytes, Response> {
+    axum::body::to_bytes(body, state.config.max_body_bytes)
+        .await
+        .map_err(|_| {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                &format!(
+                    "the request body is larger than {} bytes",
+                    state.config.max_body_bytes
+                ),
+            )
+        })
+}
+
+/// The body of `POST /api/v1/leaks`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportBody {
+    leaks: Vec<ReportedLeak>,
+}
+
+/// One reported token: the token itself or its SHA-256 (hex), and where it was.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportedLeak {
+    token: Option<String>,
+    token_hash: Option<String>,
+    #[serde(default)]
+    url: String,
+    #[serde(default)]
+    location: String,
+    #[serde(default = "default_source")]
+    source: String,
+}
+
+fn default_source() -> String {
+    "api".into()
+}
+
+/// `POST /api/v1/leaks`: tokens (or their hashes) found somewhere; every one
+/// that is a live key of ours is disabled. Answers one result per token.
+pub async fn report(
+    State(state): State<SharedState>,
+    admin: Admin,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = match read_body(&state, body).await {
+        Ok(b) => b,
+        Err(r) => return Ok(r),
+    };
+    let req: ReportBody = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    if req.leaks.len() > MAX_API_LEAKS {
+        return Err(ApiError::BadRequest(format!(
+            "at most {MAX_API_LEAKS} leaks per request"
+        )));
+    }
+    let mut sightings = Vec::with_capacity(req.leaks.len());
+    let mut hashes = Vec::with_capacity(req.leaks.len());
+    for l in &req.leaks {
+        let hash = match (&l.token, &l.token_hash) {
+            (Some(t), None) => state.config.key_format.parse(t).ok().map(|p| p.hash),
+            (None, Some(h)) => Some(KeyHash::from_hex(h).ok_or_else(|| {
+                ApiError::BadRequest("token_hash must be 64 hex characters".into())
+            })?),
+            _ => {
+                return Err(ApiError::BadRequest(
+                    "each leak needs exactly one of token or token_hash".into(),
+                ))
+            }
+        };
+        let source = l.source.trim();
+        if source.is_empty() || source.len() > 64 {
+            return Err(ApiError::BadRequest(
+                "source must be 1-64 characters".into(),
+            ));
+        }
+        hashes.push(match (&l.token, hash) {
+            (_, Some(h)) => h.to_hex(),
+            (Some(t), None) => KeyHash::of(t).to_hex(),
+            (None, None) => String::new(),
+        });
+        sightings.push(Sighting {
+            hash,
+            source: source.to_owned(),
+            url: l.url.chars().take(2_000).collect(),
+            location: l.location.chars().take(2_000).collect(),
+            token_type: String::new(),
+            reporter: admin.id.to_string(),
+        });
+    }
+    let verdicts = respond(&state, &sightings).await?;
+    let data: Vec<Value> = hashes
+        .into_iter()
+        .zip(verdicts)
+        .map(|(token_hash, v)| match v {
+            Verdict::NotOurs => json!({"token_hash": token_hash, "result": "not_keyward"}),
+            Verdict::Unknown => json!({"token_hash": token_hash, "result": "unknown"}),
+            Verdict::Key(outcome, key) => json!({
+                "token_hash": token_hash,
+                "result": outcome.as_str(),
+                "key_id": key.id,
+                "key_name": key.name,
+                "hint": key.hint,
+                "status": key.status,
+            }),
+            Verdict::AdminKey(outcome, key) => json!({
+                "token_hash": token_hash,
+                "result": outcome.as_str(),
+                "key_id": key.id,
+                "key_name": key.name,
+                "key_kind": "admin",
+                "hint": key.hint,
+                "status": key.status,
+            }),
+        })
+        .collect();
+    Ok(Json(json!({ "data": data })).into_response())
+}
+
+/// Filters of `GET /api/v1/leaks`.
+#[derive(Deserialize)]
+pub struct ListQuery {
+    key: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /api/v1/leaks`: where keys were found, newest first.
+pub async fn list(
+    State(state): State<SharedState>,
+    _admin: Admin,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let key = match q.key.as_deref() {
+        Some(k) => Some(KeyId::parse(k).ok_or(ApiError::NotFound("key"))?),
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1_000);
+    Ok(Json(
+        json!({ "data": state.store.list_leak_reports(key.as_ref(), limit).await? }),
+    ))
+}
+
+/// The body of a clear-leak request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClearBody {
+    reason: String,
+}
+
+/// `POST /api/v1/keys/{id}/clear-leak`: an admin's explicit, audited decision
+/// that a leak report was false. The only way a leaked key becomes active again
+/// with the same secret (rotation issues a new one).
+pub async fn clear(
+    State(state): State<SharedState>,
+    admin: Admin,
+    Path(id): Path<String>,
+    body: Result<Json<ClearBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(req) = body?;
+    let reason = req.reason.trim();
+    if reason.is_empty() || reason.len() > 1_000 {
+        return Err(ApiError::BadRequest(
+            "a reason (1-1000 characters) is required".into(),
+        ));
+    }
+    let id = KeyId::parse(&id).ok_or(ApiError::NotFound("key"))?;
+    let current = state
+        .store
+        .get_key(&id)
+        .await?
+        .ok_or(ApiError::NotFound("key"))?;
+    if current.status != KeyStatus::Leaked {
+        return Err(ApiError::Conflict(format!(
+            "the key is {}, not leaked",
+            current.status.as_str()
+        )));
+    }
+    let record = state
+        .store
+        .clear_key_leak(&id)
+        .await?
+        .ok_or_else(|| ApiError::Conflict("the key is no longer leaked".into()))?;
+    state.keys.invalidate(&id);
+    state.keys_by_id.remove(&id);
+    state
+        .store
+        .append_audit(&NewAuditEvent {
+            at: state.clock.now_ms(),
+            actor: admin.id.to_string(),
+            action: "key.leak_cleared".into(),
+            target: id.to_string(),
+            detail: json!({"reason": reason}),
+        })
+        .await?;
+    Ok(Json(json!(record)))
+}
