@@ -49,7 +49,7 @@ const PAGE: i64 = 32;
 
 /// The latest `limit` events matching `filter`, newest first (equal times: the
 /// later-inserted first).
-pub(super) async fn latest(
+pub(crate) async fn latest(
     pool: &SqlitePool,
     filter: &UsageFilter,
     limit: i64,
