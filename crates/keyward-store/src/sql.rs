@@ -297,6 +297,26 @@ impl<'a> Stmt<'a> {
         q
     }
 
+    /// Every row, decoded by `decode`.
+    pub async fn all<T>(
+        &self,
+        on: On<'_>,
+        decode: impl FnMut(&Row) -> StoreResult<T>,
+    ) -> StoreResult<Vec<T>> {
+        let rows = self.fetch_all(on).await.map_err(backend)?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// The first row, if any, decoded by `decode`.
+    pub async fn optional<T>(
+        &self,
+        on: On<'_>,
+        decode: impl FnOnce(&Row) -> StoreResult<T>,
+    ) -> StoreResult<Option<T>> {
+        let row = self.fetch_optional(on).await.map_err(backend)?;
+        row.as_ref().map(decode).transpose()
+    }
+
     /// Every row.
     pub async fn fetch_all(&self, on: On<'_>) -> Result<Vec<Row>, sqlx::Error> {
         Ok(match on {

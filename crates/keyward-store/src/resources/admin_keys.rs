@@ -82,12 +82,10 @@ impl<S: SqlStore> AdminKeyStore for S {
             "SELECT {} FROM admin_keys WHERE hash_hex = $1",
             common::ADMIN_KEY_COLUMNS
         );
-        let row = Stmt::new(&sql)
+        Stmt::new(&sql)
             .bind(hash.to_hex())
-            .fetch_optional(db.reader())
+            .optional(db.reader(), common::admin_key)
             .await
-            .map_err(backend)?;
-        row.as_ref().map(common::admin_key).transpose()
     }
 
     async fn count_admin_keys(&self) -> StoreResult<i64> {
@@ -105,11 +103,7 @@ impl<S: SqlStore> AdminKeyStore for S {
             "SELECT {} FROM admin_keys ORDER BY created_at, id",
             common::ADMIN_KEY_COLUMNS
         );
-        let rows = Stmt::new(&sql)
-            .fetch_all(db.reader())
-            .await
-            .map_err(backend)?;
-        rows.iter().map(common::admin_key).collect()
+        Stmt::new(&sql).all(db.reader(), common::admin_key).await
     }
 
     async fn get_admin_key(&self, id: &KeyId) -> StoreResult<Option<AdminKey>> {
@@ -118,12 +112,10 @@ impl<S: SqlStore> AdminKeyStore for S {
             "SELECT {} FROM admin_keys WHERE id = $1",
             common::ADMIN_KEY_COLUMNS
         );
-        let row = Stmt::new(&sql)
+        Stmt::new(&sql)
             .bind(id.as_str())
-            .fetch_optional(db.reader())
+            .optional(db.reader(), common::admin_key)
             .await
-            .map_err(backend)?;
-        row.as_ref().map(common::admin_key).transpose()
     }
 
     async fn admin_keys_by_hashes(
@@ -191,13 +183,11 @@ impl<S: SqlStore> AdminKeyStore for S {
              WHERE id = $2 AND status = 'active' RETURNING {}",
             common::ADMIN_KEY_COLUMNS
         );
-        let row = Stmt::new(&sql)
+        Stmt::new(&sql)
             .bind(now_ms)
             .bind(id.as_str())
-            .fetch_optional(db.writer())
+            .optional(db.writer(), common::admin_key)
             .await
-            .map_err(backend)?;
-        row.as_ref().map(common::admin_key).transpose()
     }
 
     async fn rotate_admin_key(

@@ -1,6 +1,6 @@
 //! The audit log.
 
-use crate::common::{self, backend, write_error};
+use crate::common::{self, write_error};
 use crate::sql::{SqlStore, Stmt};
 use crate::{AuditEvent, NewAuditEvent, StoreResult};
 use async_trait::async_trait;
@@ -54,7 +54,6 @@ impl<S: SqlStore> AuditStore for S {
         }
         qb.push(" ORDER BY at DESC, seq DESC LIMIT ")
             .push_bind(limit.max(0));
-        let rows = qb.fetch_all(db.reader()).await.map_err(backend)?;
-        rows.iter().map(common::audit_event).collect()
+        qb.all(db.reader(), common::audit_event).await
     }
 }

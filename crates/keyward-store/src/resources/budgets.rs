@@ -93,8 +93,7 @@ impl<S: SqlStore> BudgetStore for S {
                 .push(")");
         }
         qb.push(" ORDER BY scope, scope_id");
-        let rows = qb.fetch_all(db.reader()).await.map_err(backend)?;
-        rows.iter().map(common::budget).collect()
+        qb.all(db.reader(), common::budget).await
     }
 
     async fn list_budgets(&self) -> StoreResult<Vec<Budget>> {
@@ -103,11 +102,7 @@ impl<S: SqlStore> BudgetStore for S {
             "SELECT {} FROM budgets ORDER BY scope, scope_id",
             common::BUDGET_COLUMNS
         );
-        let rows = Stmt::new(&sql)
-            .fetch_all(db.reader())
-            .await
-            .map_err(backend)?;
-        rows.iter().map(common::budget).collect()
+        Stmt::new(&sql).all(db.reader(), common::budget).await
     }
 
     async fn record_budget_alert(

@@ -64,11 +64,7 @@ impl<S: SqlStore> ChannelStore for S {
             "SELECT {} FROM webhooks ORDER BY created_at, id",
             leaks::WEBHOOK_COLUMNS
         );
-        let rows = Stmt::new(&sql)
-            .fetch_all(db.reader())
-            .await
-            .map_err(backend)?;
-        rows.iter().map(leaks::webhook).collect()
+        Stmt::new(&sql).all(db.reader(), leaks::webhook).await
     }
 
     async fn delete_webhook(&self, id: &WebhookId) -> StoreResult<()> {
@@ -125,11 +121,7 @@ impl<S: SqlStore> ChannelStore for S {
             "SELECT {} FROM email_recipients ORDER BY created_at, id",
             leaks::RECIPIENT_COLUMNS
         );
-        let rows = Stmt::new(&sql)
-            .fetch_all(db.reader())
-            .await
-            .map_err(backend)?;
-        rows.iter().map(leaks::recipient).collect()
+        Stmt::new(&sql).all(db.reader(), leaks::recipient).await
     }
 
     async fn delete_recipient(&self, id: &RecipientId) -> StoreResult<()> {

@@ -71,14 +71,12 @@ impl<S: SqlStore> DeliveryStore for S {
             db.skip_locked(),
             leaks::DELIVERY_COLUMNS
         );
-        let rows = Stmt::new(&sql)
+        Stmt::new(&sql)
             .bind(lease_until)
             .bind(now_ms)
             .bind(limit.max(0))
-            .fetch_all(db.writer())
+            .all(db.writer(), leaks::delivery)
             .await
-            .map_err(backend)?;
-        rows.iter().map(leaks::delivery).collect()
     }
 
     async fn record_attempt(&self, r: &AttemptResult) -> StoreResult<()> {
@@ -115,7 +113,6 @@ impl<S: SqlStore> DeliveryStore for S {
         }
         qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
             .push_bind(limit.max(0));
-        let rows = qb.fetch_all(db.reader()).await.map_err(backend)?;
-        rows.iter().map(leaks::delivery).collect()
+        qb.all(db.reader(), leaks::delivery).await
     }
 }

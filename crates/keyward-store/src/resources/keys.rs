@@ -132,23 +132,19 @@ impl<S: SqlStore> KeyStore for S {
             common::KEY_COLUMNS,
             common::MINTED_FROM_COLUMNS
         );
-        let row = Stmt::new(&sql)
+        Stmt::new(&sql)
             .bind(hash.to_hex())
-            .fetch_optional(db.reader())
+            .optional(db.reader(), |r| common::key(r, true))
             .await
-            .map_err(backend)?;
-        row.as_ref().map(|r| common::key(r, true)).transpose()
     }
 
     async fn get_key(&self, id: &KeyId) -> StoreResult<Option<KeyRecord>> {
         let db = self.db();
         let sql = format!("SELECT {} FROM keys WHERE id = $1", common::KEY_COLUMNS);
-        let row = Stmt::new(&sql)
+        Stmt::new(&sql)
             .bind(id.as_str())
-            .fetch_optional(db.reader())
+            .optional(db.reader(), |r| common::key(r, false))
             .await
-            .map_err(backend)?;
-        row.as_ref().map(|r| common::key(r, false)).transpose()
     }
 
     async fn list_keys(&self, project: Option<&ProjectId>) -> StoreResult<Vec<KeyRecord>> {
@@ -158,8 +154,7 @@ impl<S: SqlStore> KeyStore for S {
             qb.push(" WHERE project_id = ").push_bind(project.as_str());
         }
         qb.push(" ORDER BY created_at, id");
-        let rows = qb.fetch_all(db.reader()).await.map_err(backend)?;
-        rows.iter().map(|r| common::key(r, false)).collect()
+        qb.all(db.reader(), |r| common::key(r, false)).await
     }
 
     async fn set_key_status(
@@ -297,12 +292,10 @@ impl<S: SqlStore> KeyStore for S {
             "SELECT {} FROM keys WHERE parent_key_id = $1 ORDER BY created_at, id",
             common::KEY_COLUMNS
         );
-        let rows = Stmt::new(&sql)
+        Stmt::new(&sql)
             .bind(parent.as_str())
-            .fetch_all(db.reader())
+            .all(db.reader(), |r| common::key(r, false))
             .await
-            .map_err(backend)?;
-        rows.iter().map(|r| common::key(r, false)).collect()
     }
 
     async fn revoke_tokens(&self, parent: &KeyId, now_ms: i64) -> StoreResult<Vec<KeyId>> {
@@ -320,14 +313,12 @@ impl<S: SqlStore> KeyStore for S {
 
     async fn current_secret(&self, id: &KeyId) -> StoreResult<Option<KeyHash>> {
         let db = self.db();
-        let row = Stmt::new(
+        Stmt::new(
             "SELECT hash_hex FROM key_secrets WHERE key_id = $1 AND expires_at IS NULL \
              ORDER BY created_at DESC LIMIT 1",
         )
         .bind(id.as_str())
-        .fetch_optional(db.reader())
+        .optional(db.reader(), common::hash_column)
         .await
-        .map_err(backend)?;
-        row.as_ref().map(common::hash_column).transpose()
     }
 }

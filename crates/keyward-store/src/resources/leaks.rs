@@ -87,12 +87,10 @@ impl<S: SqlStore> LeakStore for S {
              WHERE id = $1 AND status = 'leaked' RETURNING {}",
             common::KEY_COLUMNS
         );
-        let row = Stmt::new(&sql)
+        Stmt::new(&sql)
             .bind(id.as_str())
-            .fetch_optional(db.writer())
+            .optional(db.writer(), |r| common::key(r, false))
             .await
-            .map_err(backend)?;
-        row.as_ref().map(|r| common::key(r, false)).transpose()
     }
 
     async fn insert_leak_report(&self, r: &NewLeakReport) -> StoreResult<Option<LeakReport>> {
@@ -132,7 +130,6 @@ impl<S: SqlStore> LeakStore for S {
         }
         qb.push(" ORDER BY reported_at DESC, seq DESC LIMIT ")
             .push_bind(limit.max(0));
-        let rows = qb.fetch_all(db.reader()).await.map_err(backend)?;
-        rows.iter().map(leaks::leak_report).collect()
+        qb.all(db.reader(), leaks::leak_report).await
     }
 }

@@ -56,23 +56,19 @@ impl<S: SqlStore> OrgStore for S {
     async fn org_by_name(&self, name: &str) -> StoreResult<Option<Org>> {
         let db = self.db();
         let sql = format!("SELECT {} FROM orgs WHERE name = $1", common::ORG_COLUMNS);
-        let row = Stmt::new(&sql)
+        Stmt::new(&sql)
             .bind(name)
-            .fetch_optional(db.reader())
+            .optional(db.reader(), common::org)
             .await
-            .map_err(backend)?;
-        row.as_ref().map(common::org).transpose()
     }
 
     async fn get_org(&self, id: &OrgId) -> StoreResult<Option<Org>> {
         let db = self.db();
         let sql = format!("SELECT {} FROM orgs WHERE id = $1", common::ORG_COLUMNS);
-        let row = Stmt::new(&sql)
+        Stmt::new(&sql)
             .bind(id.as_str())
-            .fetch_optional(db.reader())
+            .optional(db.reader(), common::org)
             .await
-            .map_err(backend)?;
-        row.as_ref().map(common::org).transpose()
     }
 
     async fn list_orgs(&self) -> StoreResult<Vec<Org>> {
@@ -81,11 +77,7 @@ impl<S: SqlStore> OrgStore for S {
             "SELECT {} FROM orgs ORDER BY created_at, id",
             common::ORG_COLUMNS
         );
-        let rows = Stmt::new(&sql)
-            .fetch_all(db.reader())
-            .await
-            .map_err(backend)?;
-        rows.iter().map(common::org).collect()
+        Stmt::new(&sql).all(db.reader(), common::org).await
     }
 
     async fn create_project(&self, org: &OrgId, name: &str, now_ms: i64) -> StoreResult<Project> {
@@ -114,13 +106,11 @@ impl<S: SqlStore> OrgStore for S {
             "SELECT {} FROM projects WHERE org_id = $1 AND name = $2",
             common::PROJECT_COLUMNS
         );
-        let row = Stmt::new(&sql)
+        Stmt::new(&sql)
             .bind(org.as_str())
             .bind(name)
-            .fetch_optional(db.reader())
+            .optional(db.reader(), common::project)
             .await
-            .map_err(backend)?;
-        row.as_ref().map(common::project).transpose()
     }
 
     async fn get_project(&self, id: &ProjectId) -> StoreResult<Option<Project>> {
@@ -129,12 +119,10 @@ impl<S: SqlStore> OrgStore for S {
             "SELECT {} FROM projects WHERE id = $1",
             common::PROJECT_COLUMNS
         );
-        let row = Stmt::new(&sql)
+        Stmt::new(&sql)
             .bind(id.as_str())
-            .fetch_optional(db.reader())
+            .optional(db.reader(), common::project)
             .await
-            .map_err(backend)?;
-        row.as_ref().map(common::project).transpose()
     }
 
     async fn list_projects(&self, org: Option<&OrgId>) -> StoreResult<Vec<Project>> {
@@ -144,8 +132,7 @@ impl<S: SqlStore> OrgStore for S {
             qb.push(" WHERE org_id = ").push_bind(org.as_str());
         }
         qb.push(" ORDER BY created_at, id");
-        let rows = qb.fetch_all(db.reader()).await.map_err(backend)?;
-        rows.iter().map(common::project).collect()
+        qb.all(db.reader(), common::project).await
     }
 
     async fn set_project_policy(

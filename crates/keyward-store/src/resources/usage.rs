@@ -136,7 +136,6 @@ impl<S: SqlStore> UsageStore for S {
         qb.push(" ORDER BY cost_micros DESC, ")
             .push(column)
             .push(db.bytewise());
-        let rows = qb.fetch_all(db.reader()).await.map_err(backend)?;
-        rows.iter().map(common::usage_group).collect()
+        qb.all(db.reader(), common::usage_group).await
     }
 }
