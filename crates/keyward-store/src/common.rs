@@ -1,6 +1,7 @@
-//! What the two backends share: error mapping, row decoding, and the Rust side of
-//! usage batching. SQL stays in each backend's module, in its own dialect.
+//! What the queries share: error mapping, column lists, row decoding, and the
+//! Rust side of usage batching.
 
+use crate::sql::Stmt;
 use crate::{
     AdminKey, AuditEvent, KeyRecord, KeyStatus, MintedFrom, Org, Project, ProjectPolicy,
     StoreError, StoreResult, UsageEvent, UsageFilter, UsageGroup, UsageTotals,
@@ -9,8 +10,13 @@ use keyward_core::{
     AuditId, Budget, BudgetScope, KeyHash, KeyId, KeyPolicy, Micros, OrgId, Period, ProjectId,
 };
 use sqlx::error::ErrorKind;
-use sqlx::{Database, Encode, QueryBuilder, Row, Type};
+use sqlx::Row;
 use std::collections::BTreeMap;
+
+/// Revokes the active tokens of a parent (`$1` now, `$2` the parent's id).
+pub(crate) const REVOKE_TOKENS: &str =
+    "UPDATE keys SET status = 'revoked', revoked_at = COALESCE(revoked_at, $1) \
+     WHERE parent_key_id = $2 AND status = 'active'";
 
 /// Milliseconds in an hour and in a day, the rollup and bucket widths.
 pub(crate) const HOUR_MS: i64 = 3_600_000;
@@ -407,18 +413,14 @@ pub(crate) fn latest_uses(last_used: &[(KeyId, i64)]) -> BTreeMap<&str, i64> {
 /// Appends ` WHERE …` for the filter's key, project and org, and for `time_col` in
 /// `[from, to)`. Only present conditions are written, so each shape of filter gets
 /// a plan that uses the matching index.
-pub(crate) fn push_usage_filter<'a, DB>(
-    qb: &mut QueryBuilder<'a, DB>,
+pub(crate) fn push_usage_filter<'a>(
+    qb: &mut Stmt<'a>,
     filter: &'a UsageFilter,
     time_col: &str,
     from: Option<i64>,
-) where
-    DB: Database,
-    &'a str: Encode<'a, DB> + Type<DB>,
-    i64: Encode<'a, DB> + Type<DB>,
-{
+) {
     let mut first = true;
-    let mut and = |qb: &mut QueryBuilder<'a, DB>| {
+    let mut and = |qb: &mut Stmt<'a>| {
         qb.push(if first { " WHERE " } else { " AND " });
         first = false;
     };

@@ -3,6 +3,7 @@
 use crate::support::{event, fresh_schema, key_in_new_project, new_key, postgres_url};
 use keyward_core::{KeyHash, KeyPolicy};
 use keyward_store::postgres::PgStore;
+use keyward_store::prelude::*;
 use keyward_store::sqlite::SqliteStore;
 use keyward_store::{KeyRecord, SharedStore, Store, StoreError, UsageFilter};
 use sqlx::postgres::PgConnectOptions;

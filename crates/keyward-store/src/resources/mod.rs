@@ -1,0 +1,46 @@
+//! One trait per stored resource, each implemented once for both backends
+//! (through [`crate::sql`]); a backend's own module is called only where the
+//! databases differ.
+
+mod admin_keys;
+mod audit;
+mod budgets;
+mod channels;
+mod deliveries;
+mod keys;
+mod leaks;
+mod orgs;
+mod usage;
+
+pub use admin_keys::AdminKeyStore;
+pub use audit::AuditStore;
+pub use budgets::BudgetStore;
+pub use channels::ChannelStore;
+pub use deliveries::DeliveryStore;
+pub use keys::KeyStore;
+pub use leaks::LeakStore;
+pub use orgs::OrgStore;
+pub use usage::UsageStore;
+
+use crate::common::backend;
+use crate::sql::{SqlStore, Stmt};
+use crate::{Store, StoreResult};
+use async_trait::async_trait;
+
+#[async_trait]
+impl<S: SqlStore> Store for S {
+    fn backend(&self) -> &'static str {
+        match self.db() {
+            crate::sql::Db::Sqlite { .. } => "sqlite",
+            crate::sql::Db::Postgres(_) => "postgres",
+        }
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        Stmt::new("SELECT 1")
+            .execute(self.db().reader())
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+}
