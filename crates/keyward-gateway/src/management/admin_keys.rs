@@ -14,10 +14,10 @@
 //! - Admin requests read the key from storage every time (no cache), so a
 //!   revocation, rotation or leak is seen on the next request on every node.
 
+use super::extract::ApiJson;
 use super::orgs::valid_name;
 use super::{Admin, ApiError};
 use crate::state::{AppState, SharedState};
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -55,9 +55,8 @@ pub async fn list(
 pub async fn create(
     State(state): State<SharedState>,
     admin: Admin,
-    body: Result<Json<CreateAdminKey>, JsonRejection>,
+    ApiJson(req): ApiJson<CreateAdminKey>,
 ) -> Result<(StatusCode, Json<CreatedAdminKey>), ApiError> {
-    let Json(req) = body?;
     let name = valid_name(&req.name, "admin key")?;
     let secret = state.config.key_format.generate(KeyKind::Admin);
     let record = state

@@ -1,35 +1,23 @@
 //! Budgets on organizations, projects and keys.
 
+use super::extract::ApiJson;
 use super::orgs::{resolve_org, resolve_project};
 use super::policy_input::BudgetInput;
 use super::{Admin, ApiError};
 use crate::state::{AppState, SharedState};
-use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::Json;
+use axum::routing::get;
+use axum::{Json, Router};
+use keyward_api::budgets::{BudgetStatus, ScopeRef, SetBudget};
+use keyward_api::{Deleted, List};
+use keyward_core::Budget;
 use keyward_core::{BudgetScope, KeyId};
 use keyward_store::NewAuditEvent;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
-/// Names exactly one scope.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScopeInput {
-    org: Option<String>,
-    project: Option<String>,
-    key: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SetBudgetBody {
-    org: Option<String>,
-    project: Option<String>,
-    key: Option<String>,
-    usd: f64,
-    period: Option<String>,
-    soft: Option<Vec<u32>>,
+/// The routes of `/api/v1/budgets`.
+pub fn router() -> Router<SharedState> {
+    Router::new().route("/api/v1/budgets", get(list).put(set).delete(delete))
 }
 
 async fn scope_of(
@@ -61,12 +49,11 @@ async fn scope_of(
 }
 
 /// `PUT /api/v1/budgets`: create or replace a budget.
-pub async fn set(
+async fn set(
     State(state): State<SharedState>,
     admin: Admin,
-    body: Result<Json<SetBudgetBody>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Json(req) = body?;
+    ApiJson(req): ApiJson<SetBudget>,
+) -> Result<Json<Budget>, ApiError> {
     // Validate the amount before looking anything up, so bad input stores nothing.
     let mut budget = BudgetInput {
         usd: req.usd,
@@ -95,31 +82,34 @@ pub async fn set(
             detail: json!(budget),
         })
         .await?;
-    Ok(Json(json!(budget)))
+    Ok(Json(budget))
 }
 
 /// `GET /api/v1/budgets`: every budget with its spend in the current period.
-pub async fn list(
+async fn list(
     State(state): State<SharedState>,
     _admin: Admin,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<List<BudgetStatus>>, ApiError> {
     let now = state.clock.now_ms();
     let mut out = Vec::new();
     for b in state.store.list_budgets().await? {
         let start = b.period.start(now);
         let account = state.ledger.account(&(b.scope.clone(), start));
-        out.push(json!({"budget": b, "period_start": start, "reserved_micros": account.reserved}));
+        out.push(BudgetStatus {
+            budget: b,
+            period_start: start,
+            reserved_micros: account.reserved,
+        });
     }
-    Ok(Json(json!({ "data": out })))
+    Ok(Json(List::new(out)))
 }
 
 /// `DELETE /api/v1/budgets`: removes the budget of one scope.
-pub async fn delete(
+async fn delete(
     State(state): State<SharedState>,
     admin: Admin,
-    body: Result<Json<ScopeInput>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Json(req) = body?;
+    ApiJson(req): ApiJson<ScopeRef>,
+) -> Result<Json<Deleted<BudgetScope>>, ApiError> {
     let scope = scope_of(
         &state,
         req.org.as_deref(),
@@ -140,5 +130,5 @@ pub async fn delete(
             detail: json!(scope),
         })
         .await?;
-    Ok(Json(json!({"deleted": scope})))
+    Ok(Json(Deleted { deleted: scope }))
 }

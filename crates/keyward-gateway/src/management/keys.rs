@@ -1,12 +1,12 @@
 //! Gateway keys: create (the secret is shown once, here), list, get, revoke,
 //! delete, rotate, and ephemeral tokens.
 
+use super::extract::ApiJson;
 use super::orgs::{resolve_project, valid_name};
 use super::policy_input::{BudgetInput, PolicyInput};
 use super::{Admin, ApiError};
 use crate::error::GatewayError;
 use crate::state::{AppState, SharedState};
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -80,9 +80,8 @@ fn view(record: KeyRecord, project: Option<&Project>, now: i64) -> KeyView {
 pub async fn create(
     State(state): State<SharedState>,
     admin: Admin,
-    body: Result<Json<CreateKey>, JsonRejection>,
+    ApiJson(req): ApiJson<CreateKey>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
-    let Json(req) = body?;
     let name = valid_name(&req.name, "key")?;
     for t in &req.tags {
         valid_name(t, "tag")?;

@@ -3,12 +3,12 @@
 //! reported tokens, `GET /api/v1/leaks` lists reports, and clear-leak is an
 //! admin's explicit decision that a report was false.
 
+use super::extract::ApiJson;
 use super::{Admin, ApiError};
 use crate::leaks::intake::error;
 use crate::leaks::response::{respond, Sighting, Verdict};
 use crate::state::{AppState, SharedState};
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -179,9 +179,8 @@ pub async fn clear(
     State(state): State<SharedState>,
     admin: Admin,
     Path(id): Path<String>,
-    body: Result<Json<ClearBody>, JsonRejection>,
+    ApiJson(req): ApiJson<ClearBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(req) = body?;
     let reason = req.reason.trim();
     if reason.is_empty() || reason.len() > 1_000 {
         return Err(ApiError::BadRequest(

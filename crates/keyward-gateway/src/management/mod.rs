@@ -4,6 +4,7 @@ pub(crate) mod admin_keys;
 mod audit;
 mod budgets;
 mod error;
+mod extract;
 pub(crate) mod keys;
 mod leaks;
 pub(crate) mod orgs;
@@ -43,10 +44,6 @@ pub fn router() -> Router<SharedState> {
             axum::routing::put(orgs::set_project_policy),
         )
         .route(
-            "/api/v1/budgets",
-            get(budgets::list).put(budgets::set).delete(budgets::delete),
-        )
-        .route(
             "/api/v1/admin-keys",
             get(admin_keys::list).post(admin_keys::create),
         )
@@ -76,6 +73,7 @@ pub fn router() -> Router<SharedState> {
             "/api/v1/email-recipients/{id}",
             axum::routing::delete(webhooks::remove_recipient),
         )
+        .merge(budgets::router())
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(axum::middleware::map_response(json_rejections))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -98,9 +96,8 @@ fn own_limit_router() -> Router<SharedState> {
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 /// Axum's extractors refuse in plain text (a `Bytes` body over the limit: a
-/// plain 413; a malformed query string or path: a plain 400). Handlers map the
-/// rejections they take (`Result<Json<_>, JsonRejection>`); this maps the
-/// others, so that every management route answers in the one JSON error shape.
+/// plain 413; a malformed query string or path: a plain 400). JSON bodies are
+/// refused in the API's shape by `extract::ApiJson`; this maps the others, so that every management route answers in the one JSON error shape.
 async fn json_rejections(response: Response) -> Response {
     let plain = response
         .headers()

@@ -1,8 +1,8 @@
 //! Organizations and projects (minimal for now: create and list).
 
+use super::extract::ApiJson;
 use super::{Admin, ApiError};
 use crate::state::{AppState, SharedState};
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -22,9 +22,8 @@ pub struct CreateOrg {
 pub async fn create_org(
     State(state): State<SharedState>,
     _admin: Admin,
-    body: Result<Json<CreateOrg>, JsonRejection>,
+    ApiJson(req): ApiJson<CreateOrg>,
 ) -> Result<(StatusCode, Json<Org>), ApiError> {
-    let Json(req) = body?;
     let name = valid_name(&req.name, "organization")?;
     let org = state.store.create_org(name, state.clock.now_ms()).await?;
     Ok((StatusCode::CREATED, Json(org)))
@@ -47,9 +46,8 @@ pub struct CreateProject {
 pub async fn create_project(
     State(state): State<SharedState>,
     _admin: Admin,
-    body: Result<Json<CreateProject>, JsonRejection>,
+    ApiJson(req): ApiJson<CreateProject>,
 ) -> Result<(StatusCode, Json<Project>), ApiError> {
-    let Json(req) = body?;
     let org = resolve_org(&state, req.org.as_deref()).await?;
     let name = valid_name(&req.name, "project")?;
     let project = state
@@ -229,9 +227,8 @@ pub async fn set_project_policy(
     State(state): State<SharedState>,
     admin: Admin,
     axum::extract::Path(project): axum::extract::Path<String>,
-    body: Result<Json<ProjectPolicyInput>, JsonRejection>,
+    ApiJson(req): ApiJson<ProjectPolicyInput>,
 ) -> Result<Json<Project>, ApiError> {
-    let Json(req) = body?;
     for (name, v) in [
         ("rpm", req.rpm),
         ("tpm", req.tpm),

@@ -62,7 +62,7 @@ impl BudgetInput {
     pub fn into_budget(self, scope: BudgetScope) -> Result<Budget, ApiError> {
         let amount = budget_amount(self.usd)?;
         let period = match self.period.as_deref() {
-            None => Period::Month,
+            None => keyward_api::budgets::DEFAULT_PERIOD,
             Some(p) => Period::parse(p).ok_or_else(|| {
                 ApiError::BadRequest(format!(
                     "unknown budget period {p:?}: use month, day or none"

@@ -1,11 +1,11 @@
 //! Notification channels: webhooks (signed deliveries; the secret is shown once,
 //! at creation), their delivery log and test deliveries, and email recipients.
 
+use super::extract::ApiJson;
 use super::orgs::resolve_project;
 use super::{Admin, ApiError};
 use crate::notify::Event;
 use crate::state::{AppState, SharedState};
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -89,9 +89,8 @@ pub struct CreatedWebhook {
 pub async fn create(
     State(state): State<SharedState>,
     admin: Admin,
-    body: Result<Json<CreateWebhook>, JsonRejection>,
+    ApiJson(req): ApiJson<CreateWebhook>,
 ) -> Result<(StatusCode, Json<CreatedWebhook>), ApiError> {
-    let Json(req) = body?;
     let url: reqwest::Url = req
         .url
         .parse()
@@ -216,9 +215,8 @@ pub struct CreateRecipient {
 pub async fn create_recipient(
     State(state): State<SharedState>,
     admin: Admin,
-    body: Result<Json<CreateRecipient>, JsonRejection>,
+    ApiJson(req): ApiJson<CreateRecipient>,
 ) -> Result<(StatusCode, Json<Recipient>), ApiError> {
-    let Json(req) = body?;
     let address = req.address.trim();
     let plausible = address.len() <= 254
         && address

@@ -2,6 +2,8 @@
 //! Server URL from `KEYWARD_URL`, admin key from `KEYWARD_ADMIN_KEY`.
 
 use anyhow::{bail, Context};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 /// A connection to one keyward server.
@@ -44,19 +46,32 @@ impl Api {
         self.send(self.http.post(self.url(path)).json(body))
     }
 
-    /// PUT a JSON body.
-    pub fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        self.send(self.http.put(self.url(path)).json(body))
-    }
-
-    /// DELETE with a JSON body.
-    pub fn delete_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        self.send(self.http.delete(self.url(path)).json(body))
-    }
-
     /// DELETE.
     pub fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.send(self.http.delete(self.url(path)))
+    }
+
+    /// GET `path` and read the answer as `T`.
+    pub fn get_as<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<T> {
+        typed(self.get(path, query)?)
+    }
+
+    /// PUT a typed body and read the answer as `T`.
+    pub fn put_as<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        typed(self.send(self.http.put(self.url(path)).json(body))?)
+    }
+
+    /// DELETE with a typed body.
+    pub fn delete_with<B: Serialize>(&self, path: &str, body: &B) -> anyhow::Result<Value> {
+        self.send(self.http.delete(self.url(path)).json(body))
     }
 
     fn url(&self, path: &str) -> String {
@@ -93,4 +108,9 @@ impl Api {
             Ok(body)
         })
     }
+}
+
+/// Reads a successful answer as the API type the route returns.
+fn typed<T: DeserializeOwned>(body: Value) -> anyhow::Result<T> {
+    serde_json::from_value(body).context("the server's answer is not in the expected shape")
 }

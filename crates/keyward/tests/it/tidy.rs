@@ -108,6 +108,23 @@ fn scanner_depends_on_no_server_crate_and_no_network() {
     }
 }
 
+/// The management API's types are shared by the server and every client, so they
+/// pull in no runtime, no HTTP stack and no storage: a leaf over keyward-core.
+#[test]
+fn api_types_are_a_leaf_over_core() {
+    let deps = dependencies("keyward-api");
+    assert!(
+        deps.iter().any(|d| d == "serde"),
+        "keyward-api's dependencies were not read: {deps:?}"
+    );
+    for dep in &deps {
+        assert!(
+            ["keyward-core", "serde"].contains(&dep.as_str()),
+            "keyward-api is a leaf library of serde types; it must not depend on {dep}"
+        );
+    }
+}
+
 #[test]
 fn storage_hides_sqlx_and_knows_nothing_of_the_gateway() {
     assert!(!dependencies("keyward-store")
