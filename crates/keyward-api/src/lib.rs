@@ -8,7 +8,12 @@
 
 #![warn(missing_docs)]
 
+pub mod admin_keys;
+pub mod audit;
 pub mod budgets;
+pub mod leaks;
+pub mod notify;
+pub mod orgs;
 
 use serde::{Deserialize, Serialize};
 

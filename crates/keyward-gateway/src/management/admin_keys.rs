@@ -20,17 +20,21 @@ use super::{Admin, ApiError};
 use crate::state::{AppState, SharedState};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use keyward_api::admin_keys::CreateAdminKey;
+use keyward_api::List;
 use keyward_core::{key, KeyHash, KeyId, KeyKind};
 use keyward_store::{AdminKey, AdminKeyRevocation, NewAdminKey, NewAuditEvent, NewSecret};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 
-/// The body of `POST /api/v1/admin-keys`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateAdminKey {
-    name: String,
+/// The routes of `/api/v1/admin-keys`.
+pub fn router() -> Router<SharedState> {
+    Router::new()
+        .route("/api/v1/admin-keys", get(list).post(create))
+        .route("/api/v1/admin-keys/{id}/revoke", post(revoke))
+        .route("/api/v1/admin-keys/{id}/rotate", post(rotate))
 }
 
 /// An admin key with its secret, which is never shown again.
@@ -45,10 +49,8 @@ pub struct CreatedAdminKey {
 pub async fn list(
     State(state): State<SharedState>,
     _admin: Admin,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(
-        json!({ "data": state.store.list_admin_keys().await? }),
-    ))
+) -> Result<Json<List<AdminKey>>, ApiError> {
+    Ok(Json(List::new(state.store.list_admin_keys().await?)))
 }
 
 /// `POST /api/v1/admin-keys`.

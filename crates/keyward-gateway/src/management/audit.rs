@@ -3,23 +3,25 @@
 use super::{Admin, ApiError};
 use crate::state::SharedState;
 use axum::extract::{Query, State};
-use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use axum::routing::get;
+use axum::{Json, Router};
+use keyward_api::audit::AuditQuery;
+use keyward_api::List;
+use keyward_store::AuditEvent;
 
-#[derive(Deserialize)]
-pub struct AuditQuery {
-    target: Option<String>,
-    limit: Option<i64>,
+/// The route of `/api/v1/audit`.
+pub fn router() -> Router<SharedState> {
+    Router::new().route("/api/v1/audit", get(list))
 }
 
-pub async fn list(
+/// `GET /api/v1/audit`: events, newest first.
+async fn list(
     State(state): State<SharedState>,
     _admin: Admin,
     Query(q): Query<AuditQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    Ok(Json(
-        json!({ "data": state.store.list_audit(q.target.as_deref(), limit).await? }),
-    ))
+) -> Result<Json<List<AuditEvent>>, ApiError> {
+    let limit = q.limit();
+    Ok(Json(List::new(
+        state.store.list_audit(q.target.as_deref(), limit).await?,
+    )))
 }

@@ -10,7 +10,8 @@ use crate::state::{AppState, SharedState};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use keyward_core::{key, BudgetScope, KeyHash, KeyId, KeyKind, KeyPolicy, Secret};
 use keyward_store::{KeyRecord, KeyStatus, NewAuditEvent, NewKey, NewSecret, Project};
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,17 @@ pub struct CreateKey {
     policy: Option<PolicyInput>,
     /// A budget for this key.
     budget: Option<BudgetInput>,
+}
+
+/// The routes of `/api/v1/keys` and the token mint.
+pub fn router() -> Router<SharedState> {
+    Router::new()
+        .route("/api/v1/keys", get(list).post(create))
+        .route("/api/v1/keys/{id}", get(get_key).delete(delete))
+        .route("/api/v1/keys/{id}/revoke", post(revoke))
+        .route("/api/v1/keys/{id}/rotate", post(rotate))
+        .route("/api/v1/keys/{id}/ephemeral", post(ephemeral))
+        .route(MINT_PATH, post(token_for_holder))
 }
 
 /// A key as the API shows it.
@@ -180,7 +192,7 @@ pub async fn list(
     Ok(Json(json!({ "data": views })))
 }
 
-pub async fn get(
+pub async fn get_key(
     State(state): State<SharedState>,
     _admin: Admin,
     Path(id): Path<String>,

@@ -20,60 +20,21 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::Router;
 use keyward_core::{KeyId, KeyKind};
 use keyward_store::KeyStatus;
 use std::sync::Arc;
 
-/// The routes of the management API.
+/// The routes of the management API: each resource module owns its routes.
 pub fn router() -> Router<SharedState> {
     Router::new()
-        .route("/api/v1/orgs", get(orgs::list_orgs).post(orgs::create_org))
-        .route(
-            "/api/v1/projects",
-            get(orgs::list_projects).post(orgs::create_project),
-        )
-        .route("/api/v1/keys", get(keys::list).post(keys::create))
-        .route("/api/v1/keys/{id}", get(keys::get).delete(keys::delete))
-        .route("/api/v1/keys/{id}/revoke", post(keys::revoke))
-        .route("/api/v1/keys/{id}/rotate", post(keys::rotate))
-        .route("/api/v1/keys/{id}/ephemeral", post(keys::ephemeral))
-        .route(
-            "/api/v1/projects/{id}/policy",
-            axum::routing::put(orgs::set_project_policy),
-        )
-        .route(
-            "/api/v1/admin-keys",
-            get(admin_keys::list).post(admin_keys::create),
-        )
-        .route("/api/v1/admin-keys/{id}/revoke", post(admin_keys::revoke))
-        .route("/api/v1/admin-keys/{id}/rotate", post(admin_keys::rotate))
-        .route(keys::MINT_PATH, post(keys::token_for_holder))
-        .route("/api/v1/usage", get(usage::usage))
-        .route("/api/v1/audit", get(audit::list))
-        .route(
-            "/api/v1/webhooks",
-            get(webhooks::list).post(webhooks::create),
-        )
-        .route(
-            "/api/v1/webhooks/{id}",
-            axum::routing::delete(webhooks::remove),
-        )
-        .route("/api/v1/webhooks/{id}/test", post(webhooks::test))
-        .route(
-            "/api/v1/webhooks/{id}/deliveries",
-            get(webhooks::deliveries),
-        )
-        .route(
-            "/api/v1/email-recipients",
-            get(webhooks::list_recipients).post(webhooks::create_recipient),
-        )
-        .route(
-            "/api/v1/email-recipients/{id}",
-            axum::routing::delete(webhooks::remove_recipient),
-        )
+        .merge(orgs::router())
+        .merge(keys::router())
         .merge(budgets::router())
+        .merge(admin_keys::router())
+        .merge(usage::router())
+        .merge(audit::router())
+        .merge(webhooks::router())
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(axum::middleware::map_response(json_rejections))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -85,9 +46,8 @@ pub fn router() -> Router<SharedState> {
 /// so they sit outside the 2 MiB extractor limit above.
 fn own_limit_router() -> Router<SharedState> {
     Router::new()
-        .route("/api/v1/leaks", get(leaks::list).post(leaks::report))
-        .route("/api/v1/keys/{id}/clear-leak", post(leaks::clear))
-        .route("/api/v1/scan-uploads", post(scan_uploads::upload))
+        .merge(leaks::router())
+        .merge(scan_uploads::router())
 }
 
 /// The largest request body a management route reads (bulk routes such as

@@ -5,21 +5,26 @@ use super::{Admin, ApiError};
 use crate::state::{AppState, SharedState};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use keyward_api::orgs::{CreateOrg, CreateProject, ProjectQuery, SetProjectPolicy};
+use keyward_api::List;
 use keyward_core::{OrgId, ProjectId};
 use keyward_store::{NewAuditEvent, Org, Project, ProjectPolicy};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::bootstrap::DEFAULT_ORG;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateOrg {
-    name: String,
+/// The routes of `/api/v1/orgs` and `/api/v1/projects`.
+pub fn router() -> Router<SharedState> {
+    Router::new()
+        .route("/api/v1/orgs", get(list_orgs).post(create_org))
+        .route("/api/v1/projects", get(list_projects).post(create_project))
+        .route("/api/v1/projects/{id}/policy", put(set_project_policy))
 }
 
-pub async fn create_org(
+/// `POST /api/v1/orgs`.
+async fn create_org(
     State(state): State<SharedState>,
     _admin: Admin,
     ApiJson(req): ApiJson<CreateOrg>,
@@ -29,21 +34,16 @@ pub async fn create_org(
     Ok((StatusCode::CREATED, Json(org)))
 }
 
-pub async fn list_orgs(
+/// `GET /api/v1/orgs`.
+async fn list_orgs(
     State(state): State<SharedState>,
     _admin: Admin,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "data": state.store.list_orgs().await? })))
+) -> Result<Json<List<Org>>, ApiError> {
+    Ok(Json(List::new(state.store.list_orgs().await?)))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateProject {
-    name: String,
-    org: Option<String>,
-}
-
-pub async fn create_project(
+/// `POST /api/v1/projects`.
+async fn create_project(
     State(state): State<SharedState>,
     _admin: Admin,
     ApiJson(req): ApiJson<CreateProject>,
@@ -57,23 +57,19 @@ pub async fn create_project(
     Ok((StatusCode::CREATED, Json(project)))
 }
 
-#[derive(Deserialize)]
-pub struct ProjectQuery {
-    org: Option<String>,
-}
-
-pub async fn list_projects(
+/// `GET /api/v1/projects`.
+async fn list_projects(
     State(state): State<SharedState>,
     _admin: Admin,
     Query(q): Query<ProjectQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<List<Project>>, ApiError> {
     let org = match q.org.as_deref() {
         Some(o) => Some(resolve_org(&state, Some(o)).await?.id),
         None => None,
     };
-    Ok(Json(
-        json!({ "data": state.store.list_projects(org.as_ref()).await? }),
-    ))
+    Ok(Json(List::new(
+        state.store.list_projects(org.as_ref()).await?,
+    )))
 }
 
 /// An organization named by id or name (the default organization when `None`).
@@ -178,6 +174,45 @@ fn format_char(c: char) -> bool {
         | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
 }
 
+/// `PUT /api/v1/projects/{id}/policy`: the project's shared limits and key-age rule.
+async fn set_project_policy(
+    State(state): State<SharedState>,
+    admin: Admin,
+    axum::extract::Path(project): axum::extract::Path<String>,
+    ApiJson(req): ApiJson<SetProjectPolicy>,
+) -> Result<Json<Project>, ApiError> {
+    for (name, v) in [
+        ("rpm", req.rpm),
+        ("tpm", req.tpm),
+        ("max_concurrent", req.max_concurrent),
+        ("max_key_age_days", req.max_key_age_days),
+    ] {
+        if v == Some(0) {
+            return Err(ApiError::BadRequest(format!("{name} must be at least 1")));
+        }
+    }
+    let project = resolve_project(&state, None, &project, false).await?;
+    let policy = ProjectPolicy {
+        rpm: req.rpm,
+        tpm: req.tpm,
+        max_concurrent: req.max_concurrent,
+        max_key_age_ms: req.max_key_age_days.map(|d| i64::from(d) * 86_400_000),
+    };
+    let updated = state.store.set_project_policy(&project.id, &policy).await?;
+    state.projects.remove(&project.id);
+    state
+        .store
+        .append_audit(&NewAuditEvent {
+            at: state.clock.now_ms(),
+            actor: admin.id.to_string(),
+            action: "project.policy_set".into(),
+            target: project.id.to_string(),
+            detail: json!(policy),
+        })
+        .await?;
+    Ok(Json(updated))
+}
+
 #[cfg(test)]
 mod tests {
     use super::valid_name;
@@ -210,53 +245,4 @@ mod tests {
         let e = valid_name("pro\u{200B}d", "key").unwrap_err().to_string();
         assert!(e.contains("U+200B") && e.contains("position 4"), "{e}");
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProjectPolicyInput {
-    rpm: Option<u32>,
-    tpm: Option<u32>,
-    max_concurrent: Option<u32>,
-    /// Keys older than this many days are flagged for rotation.
-    max_key_age_days: Option<u32>,
-}
-
-/// `PUT /api/v1/projects/{id}/policy`: the project's shared limits and key-age rule.
-pub async fn set_project_policy(
-    State(state): State<SharedState>,
-    admin: Admin,
-    axum::extract::Path(project): axum::extract::Path<String>,
-    ApiJson(req): ApiJson<ProjectPolicyInput>,
-) -> Result<Json<Project>, ApiError> {
-    for (name, v) in [
-        ("rpm", req.rpm),
-        ("tpm", req.tpm),
-        ("max_concurrent", req.max_concurrent),
-        ("max_key_age_days", req.max_key_age_days),
-    ] {
-        if v == Some(0) {
-            return Err(ApiError::BadRequest(format!("{name} must be at least 1")));
-        }
-    }
-    let project = resolve_project(&state, None, &project, false).await?;
-    let policy = ProjectPolicy {
-        rpm: req.rpm,
-        tpm: req.tpm,
-        max_concurrent: req.max_concurrent,
-        max_key_age_ms: req.max_key_age_days.map(|d| i64::from(d) * 86_400_000),
-    };
-    let updated = state.store.set_project_policy(&project.id, &policy).await?;
-    state.projects.remove(&project.id);
-    state
-        .store
-        .append_audit(&NewAuditEvent {
-            at: state.clock.now_ms(),
-            actor: admin.id.to_string(),
-            action: "project.policy_set".into(),
-            target: project.id.to_string(),
-            detail: json!(policy),
-        })
-        .await?;
-    Ok(Json(updated))
 }

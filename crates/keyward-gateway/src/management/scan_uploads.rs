@@ -2,6 +2,7 @@
 //! file) uploaded as the raw body, scanned at once for keyward keys; every live
 //! key found is treated as leaked. Size-limited by `max_upload_bytes`.
 
+use super::leaks::key_match;
 use super::{Admin, ApiError};
 use crate::leaks::response::{respond, Verdict};
 use crate::leaks::watchers::{key_scanner, sightings};
@@ -10,17 +11,20 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::routing::post;
+use axum::{Json, Router};
+use keyward_api::leaks::{UploadFinding, UploadQuery, UploadScan};
 use keyward_scan::scanner::CollectSink;
-use serde::Deserialize;
 use serde_json::json;
 
-#[derive(Deserialize)]
-pub struct UploadQuery {
-    name: Option<String>,
+/// The route of `/api/v1/scan-uploads`. It reads its own body, up to
+/// `max_upload_bytes`, so it sits outside the 2 MiB extractor limit.
+pub fn router() -> Router<SharedState> {
+    Router::new().route("/api/v1/scan-uploads", post(upload))
 }
 
-pub async fn upload(
+/// `POST /api/v1/scan-uploads`.
+async fn upload(
     State(state): State<SharedState>,
     admin: Admin,
     Query(q): Query<UploadQuery>,
@@ -36,7 +40,7 @@ pub async fn upload(
     };
     let name: String = q
         .name
-        .unwrap_or_else(|| "upload".into())
+        .unwrap_or_else(|| keyward_api::leaks::DEFAULT_UPLOAD_NAME.into())
         .chars()
         .filter(|c| !c.is_control())
         .take(200)
@@ -63,30 +67,14 @@ pub async fn upload(
     let url = format!("upload:{name}");
     let found = sightings(&state, &findings, "upload", admin.id.as_str(), &url);
     let verdicts = respond(&state, &found).await?;
-    let data: Vec<_> = found
+    let data: Vec<UploadFinding> = found
         .iter()
         .zip(verdicts)
-        .filter_map(|(s, v)| match v {
-            Verdict::Key(outcome, key) => Some(json!({
-                "location": s.location,
-                "result": outcome.as_str(),
-                "key_id": key.id,
-                "key_name": key.name,
-                "hint": key.hint,
-                "status": key.status,
-            })),
-            Verdict::AdminKey(outcome, key) => Some(json!({
-                "location": s.location,
-                "result": outcome.as_str(),
-                "key_id": key.id,
-                "key_name": key.name,
-                "key_kind": "admin",
-                "hint": key.hint,
-                "status": key.status,
-            })),
-            Verdict::Unknown => Some(json!({"location": s.location, "result": "unknown"})),
-            Verdict::NotOurs => None,
+        .filter(|(_, v)| !matches!(v, Verdict::NotOurs))
+        .map(|(s, v)| UploadFinding {
+            location: s.location.clone(),
+            outcome: key_match(v),
         })
         .collect();
-    Ok(Json(json!({"name": name, "data": data})).into_response())
+    Ok(Json(UploadScan { name, data }).into_response())
 }

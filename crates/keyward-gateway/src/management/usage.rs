@@ -4,12 +4,18 @@ use super::orgs::{resolve_org, resolve_project};
 use super::{Admin, ApiError};
 use crate::state::SharedState;
 use axum::extract::{Query, State};
-use axum::Json;
+use axum::routing::get;
+use axum::{Json, Router};
 use keyward_core::BudgetScope;
 use keyward_core::KeyId;
 use keyward_store::{Bucket, GroupBy, UsageFilter};
 use serde::Deserialize;
 use serde_json::{json, Value};
+
+/// The route of `/api/v1/usage`.
+pub fn router() -> Router<SharedState> {
+    Router::new().route("/api/v1/usage", get(usage))
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -8,10 +8,17 @@ use crate::notify::Event;
 use crate::state::{AppState, SharedState};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use keyward_api::notify::{
+    ChannelScopeInput, CreateRecipient, CreateWebhook, DeliveryQuery, TestQueued,
+};
+use keyward_api::List;
 use keyward_core::{EventId, OrgId, ProjectId, RecipientId, WebhookId};
-use keyward_store::{Channel, ChannelScope, NewAuditEvent, NewWebhook, Recipient, Webhook};
-use serde::{Deserialize, Serialize};
+use keyward_store::{
+    Channel, ChannelScope, Delivery, NewAuditEvent, NewWebhook, Recipient, Webhook,
+};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 /// The event types channels may subscribe to.
@@ -22,19 +29,24 @@ pub const EVENT_TYPES: &[&str] = &[
     "webhook.test",
 ];
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScopeInput {
-    /// Event types; default `["key.leaked"]`.
-    events: Option<Vec<String>>,
-    /// Only this organization's keys (id or name).
-    org: Option<String>,
-    /// Only this project's keys (id or name; with `org` for a name).
-    project: Option<String>,
+/// The routes of `/api/v1/webhooks` and `/api/v1/email-recipients`.
+pub fn router() -> Router<SharedState> {
+    Router::new()
+        .route("/api/v1/webhooks", get(list).post(create))
+        .route("/api/v1/webhooks/{id}", delete(remove))
+        .route("/api/v1/webhooks/{id}/test", post(test))
+        .route("/api/v1/webhooks/{id}/deliveries", get(deliveries))
+        .route(
+            "/api/v1/email-recipients",
+            get(list_recipients).post(create_recipient),
+        )
+        .route("/api/v1/email-recipients/{id}", delete(remove_recipient))
 }
 
-async fn scope(state: &AppState, input: ScopeInput) -> Result<ChannelScope, ApiError> {
-    let events = input.events.unwrap_or_else(|| vec!["key.leaked".into()]);
+async fn scope(state: &AppState, input: ChannelScopeInput) -> Result<ChannelScope, ApiError> {
+    let org = input.org.clone();
+    let project = input.project.clone();
+    let events = input.events_or_default();
     if events.is_empty() {
         return Err(ApiError::BadRequest("events must not be empty".into()));
     }
@@ -46,36 +58,25 @@ async fn scope(state: &AppState, input: ScopeInput) -> Result<ChannelScope, ApiE
             )));
         }
     }
-    let (org_id, project_id): (Option<OrgId>, Option<ProjectId>) =
-        match (&input.project, &input.org) {
-            (Some(p), org) => {
-                let project = resolve_project(state, org.as_deref(), p, false).await?;
-                (Some(project.org_id), Some(project.id))
-            }
-            (None, Some(o)) => {
-                let org = match OrgId::parse(o) {
-                    Some(id) => state.store.get_org(&id).await?,
-                    None => state.store.org_by_name(o).await?,
-                };
-                (Some(org.ok_or(ApiError::NotFound("org"))?.id), None)
-            }
-            (None, None) => (None, None),
-        };
+    let (org_id, project_id): (Option<OrgId>, Option<ProjectId>) = match (&project, &org) {
+        (Some(p), org) => {
+            let project = resolve_project(state, org.as_deref(), p, false).await?;
+            (Some(project.org_id), Some(project.id))
+        }
+        (None, Some(o)) => {
+            let org = match OrgId::parse(o) {
+                Some(id) => state.store.get_org(&id).await?,
+                None => state.store.org_by_name(o).await?,
+            };
+            (Some(org.ok_or(ApiError::NotFound("org"))?.id), None)
+        }
+        (None, None) => (None, None),
+    };
     Ok(ChannelScope {
         events,
         org_id,
         project_id,
     })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateWebhook {
-    url: String,
-    #[serde(default)]
-    description: String,
-    #[serde(flatten)]
-    scope: ScopeInput,
 }
 
 /// A new webhook with its signing secret, shown only here.
@@ -138,8 +139,8 @@ pub async fn create(
 pub async fn list(
     State(state): State<SharedState>,
     _admin: Admin,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "data": state.store.list_webhooks().await? })))
+) -> Result<Json<List<Webhook>>, ApiError> {
+    Ok(Json(List::new(state.store.list_webhooks().await?)))
 }
 
 fn webhook_id(id: &str) -> Result<WebhookId, ApiError> {
@@ -163,7 +164,7 @@ pub async fn test(
     State(state): State<SharedState>,
     _admin: Admin,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<TestQueued>), ApiError> {
     let id = webhook_id(&id)?;
     let hooks = state.store.list_webhooks().await?;
     if !hooks.iter().any(|w| w.id == id) {
@@ -183,33 +184,26 @@ pub async fn test(
         .notifier
         .publish_to(&event, Channel::Webhook, id.as_str())
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"event_id": event.id}))))
-}
-
-#[derive(Deserialize)]
-pub struct LogQuery {
-    limit: Option<i64>,
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(TestQueued { event_id: event.id }),
+    ))
 }
 
 pub async fn deliveries(
     State(state): State<SharedState>,
     _admin: Admin,
     Path(id): Path<String>,
-    Query(q): Query<LogQuery>,
-) -> Result<Json<Value>, ApiError> {
+    Query(q): Query<DeliveryQuery>,
+) -> Result<Json<List<Delivery>>, ApiError> {
     let id = webhook_id(&id)?;
-    let limit = q.limit.unwrap_or(50).clamp(1, 1_000);
-    Ok(Json(
-        json!({ "data": state.store.list_deliveries(Some(id.as_str()), limit).await? }),
-    ))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateRecipient {
-    address: String,
-    #[serde(flatten)]
-    scope: ScopeInput,
+    let limit = q.limit();
+    Ok(Json(List::new(
+        state
+            .store
+            .list_deliveries(Some(id.as_str()), limit)
+            .await?,
+    )))
 }
 
 pub async fn create_recipient(
@@ -249,10 +243,8 @@ pub async fn create_recipient(
 pub async fn list_recipients(
     State(state): State<SharedState>,
     _admin: Admin,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(
-        json!({ "data": state.store.list_recipients().await? }),
-    ))
+) -> Result<Json<List<Recipient>>, ApiError> {
+    Ok(Json(List::new(state.store.list_recipients().await?)))
 }
 
 pub async fn remove_recipient(

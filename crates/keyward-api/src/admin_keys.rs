@@ -1,0 +1,11 @@
+//! `/api/v1/admin-keys`.
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /api/v1/admin-keys`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAdminKey {
+    /// Human name.
+    pub name: String,
+}
