@@ -1,12 +1,13 @@
 //! `/api/v1/audit`.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Events answered when a query names no limit.
 pub const DEFAULT_LIMIT: i64 = 100;
 
 /// Filters of `GET /api/v1/audit`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AuditQuery {
     /// Only events about this target.
     pub target: Option<String>,

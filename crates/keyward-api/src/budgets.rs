@@ -3,13 +3,14 @@
 
 use keyward_core::{Budget, Period};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// The period of a budget set without one.
 pub const DEFAULT_PERIOD: Period = Period::Month;
 
 /// Names exactly one scope: an organization, a project (optionally with its
 /// organization) or a key. The body of `DELETE /api/v1/budgets`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScopeRef {
     /// An organization, by name or id.
@@ -21,7 +22,7 @@ pub struct ScopeRef {
 }
 
 /// `PUT /api/v1/budgets`: create or replace the budget of one scope.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetBudget {
     /// An organization, by name or id.
@@ -40,9 +41,10 @@ pub struct SetBudget {
 }
 
 /// One entry of `GET /api/v1/budgets`: a budget and where its current period stands.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct BudgetStatus {
     /// The budget.
+    #[schema(value_type = Object)]
     pub budget: Budget,
     /// When its current period started (ms since the epoch; 0 for `none`).
     pub period_start: i64,

@@ -2,6 +2,7 @@
 
 use keyward_core::KeyId;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Reports answered when a query names no limit.
 pub const DEFAULT_LIMIT: i64 = 100;
@@ -10,7 +11,7 @@ pub const DEFAULT_LIMIT: i64 = 100;
 pub const DEFAULT_SOURCE: &str = "api";
 
 /// `POST /api/v1/leaks`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportLeaks {
     /// The tokens found.
@@ -18,7 +19,7 @@ pub struct ReportLeaks {
 }
 
 /// One reported token: the token itself or its SHA-256 (hex), and where it was.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportedLeak {
     /// The token as found.
@@ -41,7 +42,7 @@ fn default_source() -> String {
 }
 
 /// Filters of `GET /api/v1/leaks`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LeakQuery {
     /// Only this key's reports.
     pub key: Option<String>,
@@ -57,7 +58,7 @@ impl LeakQuery {
 }
 
 /// `POST /api/v1/keys/{id}/clear-leak`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClearLeak {
     /// Why the report was false; recorded in the audit log.
@@ -66,12 +67,13 @@ pub struct ClearLeak {
 
 /// What a leak response did about one token: whether it is one of ours and, if
 /// so, which key and its status now.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct KeyMatch {
     /// `not_keyward`, `unknown`, or what happened to the key (`disabled`, …).
     pub result: String,
     /// The key's id, when the token is one of ours.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub key_id: Option<KeyId>,
     /// The key's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,7 +104,7 @@ impl KeyMatch {
 }
 
 /// What `POST /api/v1/leaks` did with one reported token.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LeakResult {
     /// The token's SHA-256, hex.
     pub token_hash: String,
@@ -112,7 +114,7 @@ pub struct LeakResult {
 }
 
 /// The answer to `POST /api/v1/scan-uploads`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct UploadScan {
     /// The upload's name.
     pub name: String,
@@ -121,7 +123,7 @@ pub struct UploadScan {
 }
 
 /// A token found in an upload.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct UploadFinding {
     /// Where in the upload.
     pub location: String,
@@ -134,7 +136,7 @@ pub struct UploadFinding {
 pub const DEFAULT_UPLOAD_NAME: &str = "upload";
 
 /// The query of `POST /api/v1/scan-uploads`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct UploadQuery {
     /// The upload's name ([`DEFAULT_UPLOAD_NAME`] when absent).
     pub name: Option<String>,

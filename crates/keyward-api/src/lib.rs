@@ -16,9 +16,10 @@ pub mod notify;
 pub mod orgs;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// A list answer: `{"data": [...]}`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct List<T> {
     /// The items.
     pub data: Vec<T>,
@@ -32,7 +33,7 @@ impl<T> List<T> {
 }
 
 /// The answer to a removal: `{"deleted": ...}`, naming what was removed.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Deleted<T> {
     /// What was removed.
     pub deleted: T,

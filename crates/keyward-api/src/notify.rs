@@ -2,6 +2,7 @@
 
 use keyward_core::EventId;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// The event type a channel receives when its request names none.
 pub const DEFAULT_EVENT: &str = "key.leaked";
@@ -10,7 +11,7 @@ pub const DEFAULT_EVENT: &str = "key.leaked";
 pub const DEFAULT_DELIVERY_LIMIT: i64 = 50;
 
 /// Which events a channel receives, and about whose keys.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelScopeInput {
     /// Event types, or `*`; `[DEFAULT_EVENT]` when absent.
@@ -29,7 +30,7 @@ impl ChannelScopeInput {
 }
 
 /// `POST /api/v1/webhooks`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
     /// Where events are POSTed (https, or http to a loopback address).
@@ -43,7 +44,7 @@ pub struct CreateWebhook {
 }
 
 /// `POST /api/v1/email-recipients`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRecipient {
     /// The e-mail address.
@@ -54,7 +55,7 @@ pub struct CreateRecipient {
 }
 
 /// Filters of `GET /api/v1/webhooks/{id}/deliveries`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DeliveryQuery {
     /// At most this many deliveries ([`DEFAULT_DELIVERY_LIMIT`], 1 to 1,000).
     pub limit: Option<i64>,
@@ -68,8 +69,9 @@ impl DeliveryQuery {
 }
 
 /// The answer to `POST /api/v1/webhooks/{id}/test` (202).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TestQueued {
     /// The test event, whose deliveries the log shows.
+    #[schema(value_type = String)]
     pub event_id: EventId,
 }

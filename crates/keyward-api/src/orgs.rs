@@ -1,9 +1,10 @@
 //! `/api/v1/orgs` and `/api/v1/projects`.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// `POST /api/v1/orgs`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrg {
     /// Unique name.
@@ -11,7 +12,7 @@ pub struct CreateOrg {
 }
 
 /// `POST /api/v1/projects`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
     /// Name, unique within the organization.
@@ -21,14 +22,14 @@ pub struct CreateProject {
 }
 
 /// Filters of `GET /api/v1/projects`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ProjectQuery {
     /// Only this organization's projects (id or name).
     pub org: Option<String>,
 }
 
 /// `PUT /api/v1/projects/{id}/policy`: the project's shared limits and key-age rule.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetProjectPolicy {
     /// Requests per minute across all the project's keys.

@@ -20,21 +20,22 @@ use super::{Admin, ApiError};
 use crate::state::{AppState, SharedState};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use keyward_api::admin_keys::CreateAdminKey;
 use keyward_api::List;
 use keyward_core::{key, KeyHash, KeyId, KeyKind};
 use keyward_store::{AdminKey, AdminKeyRevocation, NewAdminKey, NewAuditEvent, NewSecret};
 use serde::Serialize;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// The routes of `/api/v1/admin-keys`.
-pub fn router() -> Router<SharedState> {
-    Router::new()
-        .route("/api/v1/admin-keys", get(list).post(create))
-        .route("/api/v1/admin-keys/{id}/revoke", post(revoke))
-        .route("/api/v1/admin-keys/{id}/rotate", post(rotate))
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(revoke))
+        .routes(routes!(rotate))
 }
 
 /// An admin key with its secret, which is never shown again.
@@ -46,6 +47,7 @@ pub struct CreatedAdminKey {
 }
 
 /// `GET /api/v1/admin-keys`: every admin key, oldest first, without secrets.
+#[utoipa::path(get, path = "/api/v1/admin-keys", tag = "admin-keys",  responses((status = 200, description = "Admin keys, without secrets")))]
 pub async fn list(
     State(state): State<SharedState>,
     _admin: Admin,
@@ -54,6 +56,7 @@ pub async fn list(
 }
 
 /// `POST /api/v1/admin-keys`.
+#[utoipa::path(post, path = "/api/v1/admin-keys", tag = "admin-keys", request_body = keyward_api::admin_keys::CreateAdminKey, responses((status = 201, description = "The admin key and its secret, shown once")))]
 pub async fn create(
     State(state): State<SharedState>,
     admin: Admin,
@@ -90,6 +93,7 @@ pub async fn create(
 }
 
 /// `POST /api/v1/admin-keys/{id}/revoke`: refused on the next request.
+#[utoipa::path(post, path = "/api/v1/admin-keys/{id}/revoke", tag = "admin-keys",  responses((status = 200, description = "The admin key")))]
 pub async fn revoke(
     State(state): State<SharedState>,
     admin: Admin,
@@ -120,6 +124,7 @@ pub async fn revoke(
 
 /// `POST /api/v1/admin-keys/{id}/rotate`: a new secret, shown once; the old
 /// one stops at once. A leaked key becomes active again with the new secret.
+#[utoipa::path(post, path = "/api/v1/admin-keys/{id}/rotate", tag = "admin-keys",  responses((status = 200, description = "The admin key and its new secret")))]
 pub async fn rotate(
     State(state): State<SharedState>,
     admin: Admin,

@@ -3,18 +3,20 @@
 use super::{Admin, ApiError};
 use crate::state::SharedState;
 use axum::extract::{Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use keyward_api::audit::AuditQuery;
 use keyward_api::List;
 use keyward_store::AuditEvent;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// The route of `/api/v1/audit`.
-pub fn router() -> Router<SharedState> {
-    Router::new().route("/api/v1/audit", get(list))
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new().routes(routes!(list))
 }
 
 /// `GET /api/v1/audit`: events, newest first.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit",  responses((status = 200, description = "Audit events, newest first")))]
 async fn list(
     State(state): State<SharedState>,
     _admin: Admin,

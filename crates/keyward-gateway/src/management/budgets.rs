@@ -6,18 +6,19 @@ use super::policy_input::BudgetInput;
 use super::{Admin, ApiError};
 use crate::state::{AppState, SharedState};
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use keyward_api::budgets::{BudgetStatus, ScopeRef, SetBudget};
 use keyward_api::{Deleted, List};
 use keyward_core::Budget;
 use keyward_core::{BudgetScope, KeyId};
 use keyward_store::NewAuditEvent;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// The routes of `/api/v1/budgets`.
-pub fn router() -> Router<SharedState> {
-    Router::new().route("/api/v1/budgets", get(list).put(set).delete(delete))
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new().routes(routes!(list, set, delete))
 }
 
 async fn scope_of(
@@ -49,6 +50,7 @@ async fn scope_of(
 }
 
 /// `PUT /api/v1/budgets`: create or replace a budget.
+#[utoipa::path(put, path = "/api/v1/budgets", tag = "budgets", request_body = keyward_api::budgets::SetBudget, responses((status = 200, description = "The budget")))]
 async fn set(
     State(state): State<SharedState>,
     admin: Admin,
@@ -86,6 +88,7 @@ async fn set(
 }
 
 /// `GET /api/v1/budgets`: every budget with its spend in the current period.
+#[utoipa::path(get, path = "/api/v1/budgets", tag = "budgets",  responses((status = 200, description = "Every budget with its current period", body = keyward_api::List<keyward_api::budgets::BudgetStatus>)))]
 async fn list(
     State(state): State<SharedState>,
     _admin: Admin,
@@ -105,6 +108,7 @@ async fn list(
 }
 
 /// `DELETE /api/v1/budgets`: removes the budget of one scope.
+#[utoipa::path(delete, path = "/api/v1/budgets", tag = "budgets", request_body = keyward_api::budgets::ScopeRef, responses((status = 200, description = "`{\"deleted\": scope}`")))]
 async fn delete(
     State(state): State<SharedState>,
     admin: Admin,

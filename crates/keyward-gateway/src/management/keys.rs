@@ -10,13 +10,14 @@ use crate::state::{AppState, SharedState};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use keyward_core::{key, BudgetScope, KeyHash, KeyId, KeyKind, KeyPolicy, Secret};
 use keyward_store::{KeyRecord, KeyStatus, NewAuditEvent, NewKey, NewSecret, Project};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Default and largest lifetime of an ephemeral token.
 const TOKEN_TTL_DEFAULT_S: i64 = 600;
@@ -46,14 +47,14 @@ pub struct CreateKey {
 }
 
 /// The routes of `/api/v1/keys` and the token mint.
-pub fn router() -> Router<SharedState> {
-    Router::new()
-        .route("/api/v1/keys", get(list).post(create))
-        .route("/api/v1/keys/{id}", get(get_key).delete(delete))
-        .route("/api/v1/keys/{id}/revoke", post(revoke))
-        .route("/api/v1/keys/{id}/rotate", post(rotate))
-        .route("/api/v1/keys/{id}/ephemeral", post(ephemeral))
-        .route(MINT_PATH, post(token_for_holder))
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(get_key, delete))
+        .routes(routes!(revoke))
+        .routes(routes!(rotate))
+        .routes(routes!(ephemeral))
+        .routes(routes!(token_for_holder))
 }
 
 /// A key as the API shows it.
@@ -89,6 +90,7 @@ fn view(record: KeyRecord, project: Option<&Project>, now: i64) -> KeyView {
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/keys", tag = "keys",  responses((status = 201, description = "The key record and its secret (`key`), shown once")))]
 pub async fn create(
     State(state): State<SharedState>,
     admin: Admin,
@@ -163,6 +165,7 @@ pub struct ListQuery {
 /// `org` or an id), or an organization's (`org` alone). A filter that names
 /// nothing is a 404, never the whole list: a script acting on "the keys of X"
 /// must not act on everyone's.
+#[utoipa::path(get, path = "/api/v1/keys", tag = "keys",  responses((status = 200, description = "Keys: `{\"data\": [key]}`")))]
 pub async fn list(
     State(state): State<SharedState>,
     _admin: Admin,
@@ -192,6 +195,7 @@ pub async fn list(
     Ok(Json(json!({ "data": views })))
 }
 
+#[utoipa::path(get, path = "/api/v1/keys/{id}", tag = "keys",  responses((status = 200, description = "The key record")))]
 pub async fn get_key(
     State(state): State<SharedState>,
     _admin: Admin,
@@ -205,6 +209,7 @@ pub async fn get_key(
 /// Revokes a key and the ephemeral tokens derived from it. Takes effect on the
 /// next request: cache entries are dropped after the store is updated. A key that
 /// is already not active keeps its status (a leaked key stays marked leaked).
+#[utoipa::path(post, path = "/api/v1/keys/{id}/revoke", tag = "keys",  responses((status = 200, description = "The key record")))]
 pub async fn revoke(
     State(state): State<SharedState>,
     admin: Admin,
@@ -234,6 +239,7 @@ pub async fn revoke(
     Ok(Json(view(record, None, now)))
 }
 
+#[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "keys",  responses((status = 204, description = "Deleted")))]
 pub async fn delete(
     State(state): State<SharedState>,
     admin: Admin,
@@ -266,6 +272,7 @@ pub struct RotateKey {
 /// Tokens minted with an old secret stop with it: at once with no grace (the
 /// store revokes them), at the end of the grace otherwise (`verify` checks the
 /// secret's expiry); tokens minted with the new secret are unaffected.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/rotate", tag = "keys",  responses((status = 200, description = "The key record and its new secret")))]
 pub async fn rotate(
     State(state): State<SharedState>,
     admin: Admin,
@@ -341,6 +348,7 @@ pub struct EphemeralRequest {
 
 /// `POST /api/v1/keys/{id}/ephemeral` (admin). The token is bound to the
 /// parent's current secret, and dies with it.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/ephemeral", tag = "keys",  responses((status = 201, description = "The token record and its secret")))]
 pub async fn ephemeral(
     State(state): State<SharedState>,
     admin: Admin,
@@ -380,6 +388,7 @@ pub const MINT_PATH: &str = "/keyward/v1/tokens";
 /// computes it, trusted proxies included) and endpoints, and counts toward its
 /// rate limits; refusals are the gateway's. Each mint is audited, folded per
 /// key by `state.audit_sampler` (a holder can mint at will).
+#[utoipa::path(post, path = "/keyward/v1/tokens", tag = "keys",  responses((status = 201, description = "A token minted by the holder of a gateway key")))]
 pub async fn token_for_holder(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

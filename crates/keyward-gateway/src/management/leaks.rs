@@ -12,20 +12,21 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use keyward_api::leaks::{ClearLeak, KeyMatch, LeakQuery, LeakResult, ReportLeaks};
 use keyward_api::List;
 use keyward_core::{KeyHash, KeyId};
 use keyward_store::{KeyRecord, KeyStatus, LeakReport, NewAuditEvent};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// The routes of the leak resource. They read their own bodies (reports up to
 /// the gateway's body limit), so they sit outside the 2 MiB extractor limit.
-pub fn router() -> Router<SharedState> {
-    Router::new()
-        .route("/api/v1/leaks", get(list).post(report))
-        .route("/api/v1/keys/{id}/clear-leak", post(clear))
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, report))
+        .routes(routes!(clear))
 }
 
 /// A leak response's verdict on one token, as the API shows it.
@@ -72,6 +73,7 @@ async fn read_body(state: &AppState, body: Body) -> Result<Bytes, Response> {
 
 /// `POST /api/v1/leaks`: tokens (or their hashes) found somewhere; every one
 /// that is a live key of ours is disabled. Answers one result per token.
+#[utoipa::path(post, path = "/api/v1/leaks", tag = "leaks", request_body = keyward_api::leaks::ReportLeaks, responses((status = 200, description = "One result per token", body = keyward_api::List<keyward_api::leaks::LeakResult>)))]
 pub async fn report(
     State(state): State<SharedState>,
     admin: Admin,
@@ -135,6 +137,7 @@ pub async fn report(
 }
 
 /// `GET /api/v1/leaks`: where keys were found, newest first.
+#[utoipa::path(get, path = "/api/v1/leaks", tag = "leaks",  responses((status = 200, description = "Leak reports, newest first")))]
 pub async fn list(
     State(state): State<SharedState>,
     _admin: Admin,
@@ -153,6 +156,7 @@ pub async fn list(
 /// `POST /api/v1/keys/{id}/clear-leak`: an admin's explicit, audited decision
 /// that a leak report was false. The only way a leaked key becomes active again
 /// with the same secret (rotation issues a new one).
+#[utoipa::path(post, path = "/api/v1/keys/{id}/clear-leak", tag = "leaks", request_body = keyward_api::leaks::ClearLeak, responses((status = 200, description = "The key record, active again")))]
 pub async fn clear(
     State(state): State<SharedState>,
     admin: Admin,

@@ -7,6 +7,7 @@ mod error;
 mod extract;
 pub(crate) mod keys;
 mod leaks;
+mod openapi;
 pub(crate) mod orgs;
 mod policy_input;
 pub(crate) mod scan_uploads;
@@ -14,6 +15,7 @@ mod usage;
 pub(crate) mod webhooks;
 
 pub use error::ApiError;
+pub use openapi::document_json as openapi_document;
 
 use crate::state::{AppState, SharedState};
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
@@ -24,10 +26,17 @@ use axum::Router;
 use keyward_core::{KeyId, KeyKind};
 use keyward_store::KeyStatus;
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
 
 /// The routes of the management API: each resource module owns its routes.
 pub fn router() -> Router<SharedState> {
-    Router::new()
+    let (router, _) = routes().split_for_parts();
+    router
+}
+
+/// Every management route with its OpenAPI description.
+fn routes() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
         .merge(orgs::router())
         .merge(keys::router())
         .merge(budgets::router())
@@ -35,17 +44,18 @@ pub fn router() -> Router<SharedState> {
         .merge(usage::router())
         .merge(audit::router())
         .merge(webhooks::router())
+        .merge(openapi::router())
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(axum::middleware::map_response(json_rejections))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .merge(own_limit_router())
+        .merge(own_limit_routes())
 }
 
 /// Routes that read their bodies themselves, each with its own size limit (leak
 /// reports up to the gateway's body limit, app bundles up to the upload limit),
 /// so they sit outside the 2 MiB extractor limit above.
-fn own_limit_router() -> Router<SharedState> {
-    Router::new()
+fn own_limit_routes() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
         .merge(leaks::router())
         .merge(scan_uploads::router())
 }

@@ -5,25 +5,27 @@ use super::{Admin, ApiError};
 use crate::state::{AppState, SharedState};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, put};
-use axum::{Json, Router};
+use axum::Json;
 use keyward_api::orgs::{CreateOrg, CreateProject, ProjectQuery, SetProjectPolicy};
 use keyward_api::List;
 use keyward_core::{OrgId, ProjectId};
 use keyward_store::{NewAuditEvent, Org, Project, ProjectPolicy};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::bootstrap::DEFAULT_ORG;
 
 /// The routes of `/api/v1/orgs` and `/api/v1/projects`.
-pub fn router() -> Router<SharedState> {
-    Router::new()
-        .route("/api/v1/orgs", get(list_orgs).post(create_org))
-        .route("/api/v1/projects", get(list_projects).post(create_project))
-        .route("/api/v1/projects/{id}/policy", put(set_project_policy))
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_orgs, create_org))
+        .routes(routes!(list_projects, create_project))
+        .routes(routes!(set_project_policy))
 }
 
 /// `POST /api/v1/orgs`.
+#[utoipa::path(post, path = "/api/v1/orgs", tag = "orgs", request_body = keyward_api::orgs::CreateOrg, responses((status = 201, description = "The organization")))]
 async fn create_org(
     State(state): State<SharedState>,
     _admin: Admin,
@@ -35,6 +37,7 @@ async fn create_org(
 }
 
 /// `GET /api/v1/orgs`.
+#[utoipa::path(get, path = "/api/v1/orgs", tag = "orgs",  responses((status = 200, description = "Every organization: `{\"data\": [org]}`")))]
 async fn list_orgs(
     State(state): State<SharedState>,
     _admin: Admin,
@@ -43,6 +46,7 @@ async fn list_orgs(
 }
 
 /// `POST /api/v1/projects`.
+#[utoipa::path(post, path = "/api/v1/projects", tag = "orgs", request_body = keyward_api::orgs::CreateProject, responses((status = 201, description = "The project")))]
 async fn create_project(
     State(state): State<SharedState>,
     _admin: Admin,
@@ -58,6 +62,7 @@ async fn create_project(
 }
 
 /// `GET /api/v1/projects`.
+#[utoipa::path(get, path = "/api/v1/projects", tag = "orgs",  responses((status = 200, description = "Projects: `{\"data\": [project]}`")))]
 async fn list_projects(
     State(state): State<SharedState>,
     _admin: Admin,
@@ -175,6 +180,7 @@ fn format_char(c: char) -> bool {
 }
 
 /// `PUT /api/v1/projects/{id}/policy`: the project's shared limits and key-age rule.
+#[utoipa::path(put, path = "/api/v1/projects/{id}/policy", tag = "orgs", request_body = keyward_api::orgs::SetProjectPolicy, responses((status = 200, description = "The project")))]
 async fn set_project_policy(
     State(state): State<SharedState>,
     admin: Admin,

@@ -11,19 +11,21 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use keyward_api::leaks::{UploadFinding, UploadQuery, UploadScan};
 use keyward_scan::scanner::CollectSink;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// The route of `/api/v1/scan-uploads`. It reads its own body, up to
 /// `max_upload_bytes`, so it sits outside the 2 MiB extractor limit.
-pub fn router() -> Router<SharedState> {
-    Router::new().route("/api/v1/scan-uploads", post(upload))
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new().routes(routes!(upload))
 }
 
 /// `POST /api/v1/scan-uploads`.
+#[utoipa::path(post, path = "/api/v1/scan-uploads", tag = "scan-uploads", request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 200, description = "Keys found in the upload", body = keyward_api::leaks::UploadScan)))]
 async fn upload(
     State(state): State<SharedState>,
     admin: Admin,

@@ -4,17 +4,18 @@ use super::orgs::{resolve_org, resolve_project};
 use super::{Admin, ApiError};
 use crate::state::SharedState;
 use axum::extract::{Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use keyward_core::BudgetScope;
 use keyward_core::KeyId;
 use keyward_store::{Bucket, GroupBy, UsageFilter};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// The route of `/api/v1/usage`.
-pub fn router() -> Router<SharedState> {
-    Router::new().route("/api/v1/usage", get(usage))
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new().routes(routes!(usage))
 }
 
 #[derive(Deserialize)]
@@ -33,6 +34,7 @@ pub struct UsageQuery {
     group_by: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/usage", tag = "usage",  responses((status = 200, description = "Totals, and buckets or groups when asked for")))]
 pub async fn usage(
     State(state): State<SharedState>,
     _admin: Admin,

@@ -8,8 +8,7 @@ use crate::notify::Event;
 use crate::state::{AppState, SharedState};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Json;
 use keyward_api::notify::{
     ChannelScopeInput, CreateRecipient, CreateWebhook, DeliveryQuery, TestQueued,
 };
@@ -20,6 +19,8 @@ use keyward_store::{
 };
 use serde::Serialize;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// The event types channels may subscribe to.
 pub const EVENT_TYPES: &[&str] = &[
@@ -30,17 +31,14 @@ pub const EVENT_TYPES: &[&str] = &[
 ];
 
 /// The routes of `/api/v1/webhooks` and `/api/v1/email-recipients`.
-pub fn router() -> Router<SharedState> {
-    Router::new()
-        .route("/api/v1/webhooks", get(list).post(create))
-        .route("/api/v1/webhooks/{id}", delete(remove))
-        .route("/api/v1/webhooks/{id}/test", post(test))
-        .route("/api/v1/webhooks/{id}/deliveries", get(deliveries))
-        .route(
-            "/api/v1/email-recipients",
-            get(list_recipients).post(create_recipient),
-        )
-        .route("/api/v1/email-recipients/{id}", delete(remove_recipient))
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(remove))
+        .routes(routes!(test))
+        .routes(routes!(deliveries))
+        .routes(routes!(list_recipients, create_recipient))
+        .routes(routes!(remove_recipient))
 }
 
 async fn scope(state: &AppState, input: ChannelScopeInput) -> Result<ChannelScope, ApiError> {
@@ -87,6 +85,7 @@ pub struct CreatedWebhook {
     secret: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks", request_body = keyward_api::notify::CreateWebhook, responses((status = 201, description = "The webhook and its signing secret, shown once")))]
 pub async fn create(
     State(state): State<SharedState>,
     admin: Admin,
@@ -136,6 +135,7 @@ pub async fn create(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks",  responses((status = 200, description = "Webhooks, without secrets")))]
 pub async fn list(
     State(state): State<SharedState>,
     _admin: Admin,
@@ -147,6 +147,7 @@ fn webhook_id(id: &str) -> Result<WebhookId, ApiError> {
     WebhookId::parse(id).ok_or(ApiError::NotFound("webhook"))
 }
 
+#[utoipa::path(delete, path = "/api/v1/webhooks/{id}", tag = "webhooks",  responses((status = 204, description = "Deleted")))]
 pub async fn remove(
     State(state): State<SharedState>,
     admin: Admin,
@@ -160,6 +161,7 @@ pub async fn remove(
 
 /// Queues a `webhook.test` event for this webhook only; its delivery shows up in
 /// the delivery log like any other.
+#[utoipa::path(post, path = "/api/v1/webhooks/{id}/test", tag = "webhooks",  responses((status = 202, description = "A test event was queued", body = keyward_api::notify::TestQueued)))]
 pub async fn test(
     State(state): State<SharedState>,
     _admin: Admin,
@@ -190,6 +192,7 @@ pub async fn test(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/webhooks/{id}/deliveries", tag = "webhooks",  responses((status = 200, description = "The webhook's delivery log")))]
 pub async fn deliveries(
     State(state): State<SharedState>,
     _admin: Admin,
@@ -206,6 +209,7 @@ pub async fn deliveries(
     )))
 }
 
+#[utoipa::path(post, path = "/api/v1/email-recipients", tag = "webhooks", request_body = keyward_api::notify::CreateRecipient, responses((status = 201, description = "The recipient")))]
 pub async fn create_recipient(
     State(state): State<SharedState>,
     admin: Admin,
@@ -240,6 +244,7 @@ pub async fn create_recipient(
     Ok((StatusCode::CREATED, Json(r)))
 }
 
+#[utoipa::path(get, path = "/api/v1/email-recipients", tag = "webhooks",  responses((status = 200, description = "E-mail recipients")))]
 pub async fn list_recipients(
     State(state): State<SharedState>,
     _admin: Admin,
@@ -247,6 +252,7 @@ pub async fn list_recipients(
     Ok(Json(List::new(state.store.list_recipients().await?)))
 }
 
+#[utoipa::path(delete, path = "/api/v1/email-recipients/{id}", tag = "webhooks",  responses((status = 204, description = "Deleted")))]
 pub async fn remove_recipient(
     State(state): State<SharedState>,
     admin: Admin,

@@ -109,7 +109,7 @@ fn scanner_depends_on_no_server_crate_and_no_network() {
 }
 
 /// The management API's types are shared by the server and every client, so they
-/// pull in no runtime, no HTTP stack and no storage: a leaf over keyward-core.
+/// pull in no runtime, no HTTP stack and no storage: a leaf over keyward-core (utoipa only derives the OpenAPI schemas).
 #[test]
 fn api_types_are_a_leaf_over_core() {
     let deps = dependencies("keyward-api");
@@ -119,8 +119,33 @@ fn api_types_are_a_leaf_over_core() {
     );
     for dep in &deps {
         assert!(
-            ["keyward-core", "serde"].contains(&dep.as_str()),
+            ["keyward-core", "serde", "utoipa"].contains(&dep.as_str()),
             "keyward-api is a leaf library of serde types; it must not depend on {dep}"
+        );
+    }
+}
+
+/// Management routes are registered only through `utoipa_axum::routes!`, which
+/// reads each handler's `#[utoipa::path]`: so every registered route is in the
+/// OpenAPI document (the gateway's `openapi` test checks the other direction).
+#[test]
+fn management_routes_are_registered_with_their_openapi_entry() {
+    let dir = root().join("crates/keyward-gateway/src/management");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        files.len() > 5,
+        "no management sources in {}",
+        dir.display()
+    );
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains(".route("),
+            "{} registers a route without routes!(...): it would be missing from the OpenAPI document",
+            path.display()
         );
     }
 }
