@@ -23,11 +23,13 @@ pub struct ReportLeaks {
 #[serde(deny_unknown_fields)]
 pub struct ReportedLeak {
     /// The token as found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     /// Or its SHA-256, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_hash: Option<String>,
     /// Where it was found.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
     /// Where in that place (file and line, …).
     #[serde(default)]

@@ -2,12 +2,13 @@
 
 use super::extract::ApiJson;
 use super::orgs::{resolve_org, resolve_project};
-use super::policy_input::BudgetInput;
+use super::policy_input::ToBudget;
 use super::{Admin, ApiError};
 use crate::state::{AppState, SharedState};
 use axum::extract::State;
 use axum::Json;
 use keyward_api::budgets::{BudgetStatus, ScopeRef, SetBudget};
+use keyward_api::keys::BudgetInput;
 use keyward_api::{Deleted, List};
 use keyward_core::Budget;
 use keyward_core::{BudgetScope, KeyId};

@@ -3,7 +3,7 @@
 
 use super::extract::ApiJson;
 use super::orgs::{resolve_project, valid_name};
-use super::policy_input::{BudgetInput, PolicyInput};
+use super::policy_input::{ToBudget, ToPolicy};
 use super::{Admin, ApiError};
 use crate::error::GatewayError;
 use crate::state::{AppState, SharedState};
@@ -11,40 +11,17 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use keyward_api::keys::{
+    BudgetInput, CreateKey, EphemeralRequest, KeyQuery, RotateKey, ROTATION_GRACE_DEFAULT_S,
+    TOKEN_TTL_DEFAULT_S, TOKEN_TTL_MAX_S,
+};
 use keyward_core::{key, BudgetScope, KeyHash, KeyId, KeyKind, KeyPolicy, Secret};
 use keyward_store::{KeyRecord, KeyStatus, NewAuditEvent, NewKey, NewSecret, Project};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-
-/// Default and largest lifetime of an ephemeral token.
-const TOKEN_TTL_DEFAULT_S: i64 = 600;
-const TOKEN_TTL_MAX_S: i64 = 86_400;
-/// Default grace period of the old secret after a rotation.
-const ROTATION_GRACE_DEFAULT_S: i64 = 86_400;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateKey {
-    /// Project id or name.
-    project: String,
-    /// Organization id or name, when `project` is a name (default organization otherwise).
-    org: Option<String>,
-    name: String,
-    #[serde(default)]
-    tags: Vec<String>,
-    /// Seconds until the key expires.
-    expires_in_seconds: Option<i64>,
-    /// Create the project when no project has that name.
-    #[serde(default)]
-    create_project: bool,
-    /// Restrictions and rate limits.
-    policy: Option<PolicyInput>,
-    /// A budget for this key.
-    budget: Option<BudgetInput>,
-}
 
 /// The routes of `/api/v1/keys` and the token mint.
 pub fn router() -> OpenApiRouter<SharedState> {
@@ -115,7 +92,7 @@ pub async fn create(
     };
     let policy = req
         .policy
-        .map(PolicyInput::into_policy)
+        .map(ToPolicy::into_policy)
         .transpose()?
         .unwrap_or_default();
     let id = KeyId::generate();
@@ -155,12 +132,6 @@ pub async fn create(
     ))
 }
 
-#[derive(Deserialize)]
-pub struct ListQuery {
-    project: Option<String>,
-    org: Option<String>,
-}
-
 /// `GET /api/v1/keys`: every key, or a project's (`project`, a name within
 /// `org` or an id), or an organization's (`org` alone). A filter that names
 /// nothing is a 404, never the whole list: a script acting on "the keys of X"
@@ -169,7 +140,7 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<SharedState>,
     _admin: Admin,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<KeyQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let (project, org) = match (q.project.as_deref(), q.org.as_deref()) {
         (Some(p), org) => (Some(resolve_project(&state, org, p, false).await?.id), None),
@@ -259,13 +230,6 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RotateKey {
-    /// Seconds the old secret keeps working (default 24 h; 0 ends it now).
-    grace_seconds: Option<i64>,
-}
-
 /// Issues a new secret for the same key record (same id, limits, history). The old
 /// secret works for the grace period. A leaked key's old secret stops at once and
 /// the key becomes active again with the new secret — an explicit, audited step.
@@ -333,17 +297,6 @@ pub async fn rotate(
         view: view(rotated, project.as_ref(), now),
         key: secret.expose().to_owned(),
     }))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct EphemeralRequest {
-    /// Lifetime in seconds (default 600, at most 86,400).
-    ttl_seconds: Option<i64>,
-    /// A subset of the parent's permissions.
-    policy: Option<PolicyInput>,
-    /// Its own small budget, in dollars, for its whole life.
-    budget_usd: Option<f64>,
 }
 
 /// `POST /api/v1/keys/{id}/ephemeral` (admin). The token is bound to the
@@ -488,7 +441,7 @@ async fn issue_token(
     // never exceed the parent; its own policy narrows further.
     let policy: KeyPolicy = req
         .policy
-        .map(PolicyInput::into_policy)
+        .map(ToPolicy::into_policy)
         .transpose()?
         .unwrap_or_default();
     let id = KeyId::generate();

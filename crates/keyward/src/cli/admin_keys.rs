@@ -4,6 +4,7 @@ use super::api::Api;
 use super::keys::path_segment;
 use super::table;
 use clap::Subcommand;
+use keyward_api::admin_keys::CreateAdminKey;
 use serde_json::{json, Value};
 
 /// Admin key commands.
@@ -65,7 +66,7 @@ pub fn run(cmd: AdminKeysCommand) -> anyhow::Result<()> {
             }
         }
         AdminKeysCommand::Create { name, json } => {
-            let created = api.post("/api/v1/admin-keys", &json!({"name": name}))?;
+            let created = api.post("/api/v1/admin-keys", &CreateAdminKey { name })?;
             if json {
                 println!("{created}");
             } else {

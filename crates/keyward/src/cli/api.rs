@@ -42,8 +42,17 @@ impl Api {
     }
 
     /// POST a JSON body.
-    pub fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+    pub fn post<B: Serialize + ?Sized>(&self, path: &str, body: &B) -> anyhow::Result<Value> {
         self.send(self.http.post(self.url(path)).json(body))
+    }
+
+    /// POST a typed body and read the answer as `T`.
+    pub fn post_as<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        typed(self.post(path, body)?)
     }
 
     /// DELETE.

@@ -4,6 +4,7 @@ use super::api::Api;
 use super::table;
 use anyhow::Context;
 use clap::Subcommand;
+use keyward_api::keys::{BudgetInput, CreateKey, EphemeralRequest, PolicyInput, RotateKey};
 use serde_json::{json, Value};
 
 /// Key commands.
@@ -122,27 +123,17 @@ pub struct LimitArgs {
 }
 
 impl LimitArgs {
-    fn to_json(&self) -> Option<Value> {
-        let mut p = serde_json::Map::new();
-        if let Some(v) = self.rpm {
-            p.insert("rpm".into(), json!(v));
-        }
-        if let Some(v) = self.tpm {
-            p.insert("tpm".into(), json!(v));
-        }
-        if let Some(v) = self.max_concurrent {
-            p.insert("max_concurrent".into(), json!(v));
-        }
-        if !self.models.is_empty() {
-            p.insert("models".into(), json!(self.models));
-        }
-        if let Some(e) = &self.endpoints {
-            p.insert("endpoints".into(), json!(e));
-        }
-        if !self.allow_ip.is_empty() {
-            p.insert("networks".into(), json!(self.allow_ip));
-        }
-        (!p.is_empty()).then_some(Value::Object(p))
+    /// The restrictions given, or `None` when no flag was.
+    fn to_policy(&self) -> Option<PolicyInput> {
+        let policy = PolicyInput {
+            endpoints: self.endpoints.clone(),
+            models: (!self.models.is_empty()).then(|| self.models.clone()),
+            networks: (!self.allow_ip.is_empty()).then(|| self.allow_ip.clone()),
+            rpm: self.rpm,
+            tpm: self.tpm,
+            max_concurrent: self.max_concurrent,
+        };
+        (!policy.is_empty()).then_some(policy)
     }
 }
 
@@ -181,14 +172,20 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             json,
         } => {
             let expires_in_seconds = seconds("--expires-in", expires_in)?;
-            let mut body = json!({"project": project, "org": org, "name": name, "tags": tags,
-                              "expires_in_seconds": expires_in_seconds, "create_project": true});
-            if let Some(p) = limits.to_json() {
-                body["policy"] = p;
-            }
-            if let Some(usd) = budget_usd {
-                body["budget"] = json!({"usd": usd});
-            }
+            let body = CreateKey {
+                project,
+                org,
+                name,
+                tags,
+                expires_in_seconds,
+                create_project: true,
+                policy: limits.to_policy(),
+                budget: budget_usd.map(|usd| BudgetInput {
+                    usd,
+                    period: None,
+                    soft: None,
+                }),
+            };
             let created = api.post("/api/v1/keys", &body)?;
             if json {
                 println!("{created}");
@@ -207,7 +204,7 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             let grace_seconds = seconds("--grace", grace)?;
             let rotated = api.post(
                 &format!("/api/v1/keys/{}/rotate", path_segment(&id)?),
-                &json!({"grace_seconds": grace_seconds}),
+                &RotateKey { grace_seconds },
             )?;
             if json {
                 println!("{rotated}");
@@ -226,10 +223,11 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             limits,
             json,
         } => {
-            let mut body = json!({"ttl_seconds": seconds("--ttl", ttl)?, "budget_usd": budget_usd});
-            if let Some(p) = limits.to_json() {
-                body["policy"] = p;
-            }
+            let body = EphemeralRequest {
+                ttl_seconds: seconds("--ttl", ttl)?,
+                policy: limits.to_policy(),
+                budget_usd,
+            };
             let token = api.post(
                 &format!("/api/v1/keys/{}/ephemeral", path_segment(&id)?),
                 &body,

@@ -4,6 +4,7 @@ use super::api::Api;
 use super::keys::path_segment;
 use super::table;
 use clap::Subcommand;
+use keyward_api::notify::{ChannelScopeInput, CreateWebhook, TestQueued};
 use serde_json::{json, Value};
 
 /// Webhook commands.
@@ -68,11 +69,15 @@ pub fn run(cmd: WebhooksCommand) -> anyhow::Result<()> {
             description,
             json,
         } => {
-            let mut body =
-                json!({"url": url, "description": description, "org": org, "project": project});
-            if !events.is_empty() {
-                body["events"] = json!(events);
-            }
+            let body = CreateWebhook {
+                url,
+                description,
+                scope: ChannelScopeInput {
+                    events: (!events.is_empty()).then_some(events),
+                    org,
+                    project,
+                },
+            };
             let created = api.post("/api/v1/webhooks", &body)?;
             if json {
                 println!("{created}");
@@ -118,11 +123,11 @@ pub fn run(cmd: WebhooksCommand) -> anyhow::Result<()> {
             println!("Removed webhook {id}.");
         }
         WebhooksCommand::Test { id } => {
-            let sent = api.post(
+            let sent: TestQueued = api.post_as(
                 &format!("/api/v1/webhooks/{}/test", path_segment(&id)?),
                 &json!({}),
             )?;
-            println!("{sent}");
+            println!("{}", serde_json::to_value(&sent)?);
         }
         WebhooksCommand::Deliveries { id, json } => {
             let log = api.get(
