@@ -15,6 +15,7 @@ pub mod keys;
 pub mod leaks;
 pub mod notify;
 pub mod orgs;
+pub mod usage;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
