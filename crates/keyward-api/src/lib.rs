@@ -11,6 +11,7 @@
 pub mod admin_keys;
 pub mod audit;
 pub mod budgets;
+pub mod error;
 pub mod keys;
 pub mod leaks;
 pub mod notify;

@@ -15,6 +15,7 @@ use keyward_api::keys::{
     BudgetInput, CreateKey, EphemeralRequest, KeyQuery, RotateKey, ROTATION_GRACE_DEFAULT_S,
     TOKEN_TTL_DEFAULT_S, TOKEN_TTL_MAX_S,
 };
+use keyward_api::List;
 use keyward_core::{key, BudgetScope, KeyHash, KeyId, KeyKind, KeyPolicy, Secret};
 use keyward_store::{KeyRecord, KeyStatus, NewAuditEvent, NewKey, NewSecret, Project};
 use serde::Serialize;
@@ -141,7 +142,7 @@ pub async fn list(
     State(state): State<SharedState>,
     _admin: Admin,
     Query(q): Query<KeyQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<List<KeyView>>, ApiError> {
     let (project, org) = match (q.project.as_deref(), q.org.as_deref()) {
         (Some(p), org) => (Some(resolve_project(&state, org, p, false).await?.id), None),
         (None, Some(o)) => (
@@ -163,7 +164,7 @@ pub async fn list(
             view(k, p, now)
         })
         .collect();
-    Ok(Json(json!({ "data": views })))
+    Ok(Json(List::new(views)))
 }
 
 #[utoipa::path(get, path = "/api/v1/keys/{id}", tag = "keys",  responses((status = 200, description = "The key record")))]

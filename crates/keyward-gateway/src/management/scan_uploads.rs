@@ -12,9 +12,9 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use keyward_api::error::ErrorBody;
 use keyward_api::leaks::{UploadFinding, UploadQuery, UploadScan};
 use keyward_scan::scanner::CollectSink;
-use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -36,7 +36,10 @@ async fn upload(
     let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
         return Ok((
             StatusCode::PAYLOAD_TOO_LARGE,
-            Json(json!({"error": {"code": "payload_too_large", "message": format!("uploads are limited to {limit} bytes")}})),
+            Json(ErrorBody::new(
+                "payload_too_large",
+                format!("uploads are limited to {limit} bytes"),
+            )),
         )
             .into_response());
     };

@@ -107,6 +107,9 @@ impl Api {
                 serde_json::from_str(&text).unwrap_or(Value::String(text))
             };
             if !status.is_success() {
+                // Any body with an `error.message` (the management API's
+                // `keyward_api::error::ErrorBody`, or OpenAI's shape, whose
+                // `code` may be null), else the body as it came.
                 let msg = body
                     .pointer("/error/message")
                     .and_then(Value::as_str)
