@@ -1,5 +1,6 @@
 //! `/api/v1/keys`: gateway keys, their rotation and ephemeral tokens.
 
+use keyward_core::{KeyId, KeyPolicy, OrgId, ProjectId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -111,4 +112,58 @@ pub struct EphemeralRequest {
     pub policy: Option<PolicyInput>,
     /// Its own small budget, in dollars, for its whole life.
     pub budget_usd: Option<f64>,
+}
+
+/// A gateway key or ephemeral token as the API shows it (never its secret).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Key {
+    /// Its id.
+    #[schema(value_type = String)]
+    pub id: KeyId,
+    /// Its project.
+    #[schema(value_type = String)]
+    pub project_id: ProjectId,
+    /// The project's organization.
+    #[schema(value_type = String)]
+    pub org_id: OrgId,
+    /// Human name.
+    pub name: String,
+    /// Display hint of the current secret.
+    pub hint: String,
+    /// `active`, `revoked`, `expired`, `leaked` or `suspended`.
+    pub status: String,
+    /// Labels for usage reports.
+    pub tags: Vec<String>,
+    /// Who created it.
+    pub created_by: Option<String>,
+    /// Creation time, ms.
+    pub created_at: i64,
+    /// Last time the gateway accepted it, ms (updated in batches).
+    pub last_used_at: Option<i64>,
+    /// When it left `active`, ms.
+    pub revoked_at: Option<i64>,
+    /// When the key stops working, ms.
+    pub expires_at: Option<i64>,
+    /// For an ephemeral token, the key it was derived from.
+    #[schema(value_type = Option<String>)]
+    pub parent_id: Option<KeyId>,
+    /// Restrictions and rate limits.
+    #[schema(value_type = Object)]
+    pub policy: KeyPolicy,
+    /// When the current secret was issued by a rotation, ms.
+    pub rotated_at: Option<i64>,
+    /// Whether this is an ephemeral token.
+    pub ephemeral: bool,
+    /// The current secret is older than the project's maximum key age.
+    pub rotation_due: bool,
+}
+
+/// A new secret: the key plus the secret itself, which is never shown again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedKey {
+    /// The key.
+    #[serde(flatten)]
+    pub record: Key,
+    /// The secret (`kw_…` or `kwe_…`).
+    pub key: String,
 }

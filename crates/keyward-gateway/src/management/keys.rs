@@ -550,3 +550,47 @@ async fn audit(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyward_core::{OrgId, ProjectId};
+
+    /// The CLI reads keys as `keyward_api::keys::{Key, CreatedKey}`: every field
+    /// the server sends must survive that reading unchanged.
+    #[test]
+    fn key_answers_read_back_as_the_api_types_without_loss() {
+        let record = KeyRecord {
+            id: KeyId::generate(),
+            project_id: ProjectId::generate(),
+            org_id: OrgId::generate(),
+            name: "app".into(),
+            hint: "kw_…abcd".into(),
+            status: KeyStatus::Leaked,
+            tags: vec!["prod".into()],
+            created_by: Some("kwa".into()),
+            created_at: 1,
+            last_used_at: Some(2),
+            revoked_at: Some(3),
+            expires_at: Some(4),
+            parent_id: Some(KeyId::generate()),
+            policy: KeyPolicy {
+                rpm: Some(5),
+                models: vec!["gpt-*".into()],
+                ..Default::default()
+            },
+            rotated_at: Some(6),
+            secret_expires_at: None,
+            minted_from: None,
+        };
+        let created = CreatedKey {
+            view: view(record, None, 10),
+            key: "kw_secret".into(),
+        };
+        let sent = serde_json::to_value(&created).unwrap();
+        let read: keyward_api::keys::CreatedKey = serde_json::from_value(sent.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&read).unwrap(), sent);
+        assert_eq!(read.record.status, "leaked");
+        assert!(read.record.ephemeral);
+    }
+}
