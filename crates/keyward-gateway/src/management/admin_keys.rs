@@ -193,3 +193,32 @@ async fn audit(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CLI reads admin keys as `keyward_api::admin_keys::CreatedAdminKey`:
+    /// every field the server sends must survive that reading unchanged.
+    #[test]
+    fn admin_key_answers_read_back_as_the_api_types_without_loss() {
+        let created = CreatedAdminKey {
+            record: AdminKey {
+                id: KeyId::generate(),
+                name: "ops".into(),
+                hint: "kwa_…abcd".into(),
+                status: keyward_store::KeyStatus::Revoked,
+                created_at: 1,
+                revoked_at: Some(2),
+                rotated_at: Some(3),
+                created_by: None,
+            },
+            key: "kwa_secret".into(),
+        };
+        let sent = serde_json::to_value(&created).unwrap();
+        let read: keyward_api::admin_keys::CreatedAdminKey =
+            serde_json::from_value(sent.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&read).unwrap(), sent);
+        assert_eq!(read.record.status, "revoked");
+    }
+}

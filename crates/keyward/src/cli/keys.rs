@@ -287,7 +287,7 @@ fn show(key: Key, json: bool) -> anyhow::Result<()> {
 }
 
 /// Prints an answer as JSON, through a `Value` as before: the same key order.
-fn print_json<T: serde::Serialize>(answer: &T) -> anyhow::Result<()> {
+pub fn print_json<T: serde::Serialize>(answer: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_value(answer)?);
     Ok(())
 }
