@@ -1,6 +1,6 @@
 //! `/api/v1/webhooks` and `/api/v1/email-recipients`: where notifications go.
 
-use keyward_core::EventId;
+use keyward_core::{EventId, OrgId, ProjectId, WebhookId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -74,4 +74,47 @@ pub struct TestQueued {
     /// The test event, whose deliveries the log shows.
     #[schema(value_type = String)]
     pub event_id: EventId,
+}
+
+/// Which events a channel receives, as stored: a channel with no org and no
+/// project hears about every key.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChannelScope {
+    /// Event types, or `*`.
+    pub events: Vec<String>,
+    /// Only keys of this organization.
+    #[schema(value_type = Option<String>)]
+    pub org_id: Option<OrgId>,
+    /// Only keys of this project.
+    #[schema(value_type = Option<String>)]
+    pub project_id: Option<ProjectId>,
+}
+
+/// A webhook as the API shows it (never its signing secret).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Webhook {
+    /// Its id.
+    #[schema(value_type = String)]
+    pub id: WebhookId,
+    /// Where deliveries are POSTed.
+    pub url: String,
+    /// What it receives.
+    #[serde(flatten)]
+    pub scope: ChannelScope,
+    /// A note for people.
+    pub description: String,
+    /// Who created it.
+    pub created_by: String,
+    /// When, ms.
+    pub created_at: i64,
+}
+
+/// A new webhook with its signing secret, shown only here.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedWebhook {
+    /// The webhook.
+    #[serde(flatten)]
+    pub webhook: Webhook,
+    /// The signing secret.
+    pub secret: String,
 }

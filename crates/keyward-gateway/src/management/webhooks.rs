@@ -290,3 +290,35 @@ async fn audit(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CLI reads webhooks as `keyward_api::notify::CreatedWebhook`: every
+    /// field the server sends must survive that reading unchanged.
+    #[test]
+    fn webhook_answers_read_back_as_the_api_types_without_loss() {
+        let created = CreatedWebhook {
+            webhook: Webhook {
+                id: WebhookId::generate(),
+                url: "https://example.test/hook".into(),
+                secret: keyward_core::Secret::new("sealed"),
+                scope: ChannelScope {
+                    events: vec!["key.leaked".into()],
+                    org_id: Some(OrgId::generate()),
+                    project_id: None,
+                },
+                description: "ops".into(),
+                created_by: "kwa".into(),
+                created_at: 1,
+            },
+            secret: "whsec".into(),
+        };
+        let sent = serde_json::to_value(&created).unwrap();
+        let read: keyward_api::notify::CreatedWebhook =
+            serde_json::from_value(sent.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&read).unwrap(), sent);
+        assert_eq!(read.secret, "whsec");
+    }
+}
