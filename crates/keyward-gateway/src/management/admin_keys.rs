@@ -93,7 +93,7 @@ pub async fn create(
 }
 
 /// `POST /api/v1/admin-keys/{id}/revoke`: refused on the next request.
-#[utoipa::path(post, path = "/api/v1/admin-keys/{id}/revoke", tag = "admin-keys",  responses((status = 200, description = "The admin key")))]
+#[utoipa::path(post, path = "/api/v1/admin-keys/{id}/revoke", tag = "admin-keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The admin key")))]
 pub async fn revoke(
     State(state): State<SharedState>,
     admin: Admin,
@@ -124,7 +124,7 @@ pub async fn revoke(
 
 /// `POST /api/v1/admin-keys/{id}/rotate`: a new secret, shown once; the old
 /// one stops at once. A leaked key becomes active again with the new secret.
-#[utoipa::path(post, path = "/api/v1/admin-keys/{id}/rotate", tag = "admin-keys",  responses((status = 200, description = "The admin key and its new secret")))]
+#[utoipa::path(post, path = "/api/v1/admin-keys/{id}/rotate", tag = "admin-keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The admin key and its new secret")))]
 pub async fn rotate(
     State(state): State<SharedState>,
     admin: Admin,

@@ -167,7 +167,7 @@ pub async fn list(
     Ok(Json(List::new(views)))
 }
 
-#[utoipa::path(get, path = "/api/v1/keys/{id}", tag = "keys",  responses((status = 200, description = "The key record")))]
+#[utoipa::path(get, path = "/api/v1/keys/{id}", tag = "keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The key record")))]
 pub async fn get_key(
     State(state): State<SharedState>,
     _admin: Admin,
@@ -181,7 +181,7 @@ pub async fn get_key(
 /// Revokes a key and the ephemeral tokens derived from it. Takes effect on the
 /// next request: cache entries are dropped after the store is updated. A key that
 /// is already not active keeps its status (a leaked key stays marked leaked).
-#[utoipa::path(post, path = "/api/v1/keys/{id}/revoke", tag = "keys",  responses((status = 200, description = "The key record")))]
+#[utoipa::path(post, path = "/api/v1/keys/{id}/revoke", tag = "keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The key record")))]
 pub async fn revoke(
     State(state): State<SharedState>,
     admin: Admin,
@@ -211,7 +211,7 @@ pub async fn revoke(
     Ok(Json(view(record, None, now)))
 }
 
-#[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "keys",  responses((status = 204, description = "Deleted")))]
+#[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 204, description = "Deleted")))]
 pub async fn delete(
     State(state): State<SharedState>,
     admin: Admin,
@@ -237,7 +237,7 @@ pub async fn delete(
 /// Tokens minted with an old secret stop with it: at once with no grace (the
 /// store revokes them), at the end of the grace otherwise (`verify` checks the
 /// secret's expiry); tokens minted with the new secret are unaffected.
-#[utoipa::path(post, path = "/api/v1/keys/{id}/rotate", tag = "keys",  responses((status = 200, description = "The key record and its new secret")))]
+#[utoipa::path(post, path = "/api/v1/keys/{id}/rotate", tag = "keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The key record and its new secret")))]
 pub async fn rotate(
     State(state): State<SharedState>,
     admin: Admin,
@@ -302,7 +302,7 @@ pub async fn rotate(
 
 /// `POST /api/v1/keys/{id}/ephemeral` (admin). The token is bound to the
 /// parent's current secret, and dies with it.
-#[utoipa::path(post, path = "/api/v1/keys/{id}/ephemeral", tag = "keys",  responses((status = 201, description = "The token record and its secret")))]
+#[utoipa::path(post, path = "/api/v1/keys/{id}/ephemeral", tag = "keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 201, description = "The token record and its secret")))]
 pub async fn ephemeral(
     State(state): State<SharedState>,
     admin: Admin,

@@ -156,7 +156,7 @@ pub async fn list(
 /// `POST /api/v1/keys/{id}/clear-leak`: an admin's explicit, audited decision
 /// that a leak report was false. The only way a leaked key becomes active again
 /// with the same secret (rotation issues a new one).
-#[utoipa::path(post, path = "/api/v1/keys/{id}/clear-leak", tag = "leaks", request_body = keyward_api::leaks::ClearLeak, responses((status = 200, description = "The key record, active again")))]
+#[utoipa::path(post, path = "/api/v1/keys/{id}/clear-leak", tag = "leaks", request_body = keyward_api::leaks::ClearLeak, params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The key record, active again")))]
 pub async fn clear(
     State(state): State<SharedState>,
     admin: Admin,

@@ -180,7 +180,7 @@ fn format_char(c: char) -> bool {
 }
 
 /// `PUT /api/v1/projects/{id}/policy`: the project's shared limits and key-age rule.
-#[utoipa::path(put, path = "/api/v1/projects/{id}/policy", tag = "orgs", request_body = keyward_api::orgs::SetProjectPolicy, responses((status = 200, description = "The project")))]
+#[utoipa::path(put, path = "/api/v1/projects/{id}/policy", tag = "orgs", request_body = keyward_api::orgs::SetProjectPolicy, params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The project")))]
 async fn set_project_policy(
     State(state): State<SharedState>,
     admin: Admin,

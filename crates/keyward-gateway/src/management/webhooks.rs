@@ -147,7 +147,7 @@ fn webhook_id(id: &str) -> Result<WebhookId, ApiError> {
     WebhookId::parse(id).ok_or(ApiError::NotFound("webhook"))
 }
 
-#[utoipa::path(delete, path = "/api/v1/webhooks/{id}", tag = "webhooks",  responses((status = 204, description = "Deleted")))]
+#[utoipa::path(delete, path = "/api/v1/webhooks/{id}", tag = "webhooks",  params(("id" = String, Path, description = "The object's id")), responses((status = 204, description = "Deleted")))]
 pub async fn remove(
     State(state): State<SharedState>,
     admin: Admin,
@@ -161,7 +161,7 @@ pub async fn remove(
 
 /// Queues a `webhook.test` event for this webhook only; its delivery shows up in
 /// the delivery log like any other.
-#[utoipa::path(post, path = "/api/v1/webhooks/{id}/test", tag = "webhooks",  responses((status = 202, description = "A test event was queued", body = keyward_api::notify::TestQueued)))]
+#[utoipa::path(post, path = "/api/v1/webhooks/{id}/test", tag = "webhooks",  params(("id" = String, Path, description = "The object's id")), responses((status = 202, description = "A test event was queued", body = keyward_api::notify::TestQueued)))]
 pub async fn test(
     State(state): State<SharedState>,
     _admin: Admin,
@@ -192,7 +192,7 @@ pub async fn test(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/webhooks/{id}/deliveries", tag = "webhooks",  responses((status = 200, description = "The webhook's delivery log")))]
+#[utoipa::path(get, path = "/api/v1/webhooks/{id}/deliveries", tag = "webhooks",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The webhook's delivery log")))]
 pub async fn deliveries(
     State(state): State<SharedState>,
     _admin: Admin,
@@ -252,7 +252,7 @@ pub async fn list_recipients(
     Ok(Json(List::new(state.store.list_recipients().await?)))
 }
 
-#[utoipa::path(delete, path = "/api/v1/email-recipients/{id}", tag = "webhooks",  responses((status = 204, description = "Deleted")))]
+#[utoipa::path(delete, path = "/api/v1/email-recipients/{id}", tag = "webhooks",  params(("id" = String, Path, description = "The object's id")), responses((status = 204, description = "Deleted")))]
 pub async fn remove_recipient(
     State(state): State<SharedState>,
     admin: Admin,

@@ -55,6 +55,11 @@ async fn every_documented_operation_is_a_registered_route() {
     }
     assert_eq!(operations.len(), 35, "{operations:?}");
     for (method, path) in &operations {
+        if path.contains("{id}") {
+            let params = &paths[path.as_str()][*method]["parameters"];
+            assert_eq!(params[0]["name"], "id", "{method} {path}: {params}");
+            assert_eq!(params[0]["in"], "path", "{method} {path}: {params}");
+        }
         let url = format!("{}{}", kw.url, path.replace("{id}", "x"));
         let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let r = kw.http.request(method.clone(), url).send().await.unwrap();
