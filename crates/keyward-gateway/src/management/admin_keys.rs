@@ -14,23 +14,28 @@
 //! - Admin requests read the key from storage every time (no cache), so a
 //!   revocation, rotation or leak is seen on the next request on every node.
 
+use super::extract::ApiJson;
 use super::orgs::valid_name;
 use super::{Admin, ApiError};
 use crate::state::{AppState, SharedState};
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use keyward_api::admin_keys::CreateAdminKey;
+use keyward_api::List;
 use keyward_core::{key, KeyHash, KeyId, KeyKind};
 use keyward_store::{AdminKey, AdminKeyRevocation, NewAdminKey, NewAuditEvent, NewSecret};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-/// The body of `POST /api/v1/admin-keys`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateAdminKey {
-    name: String,
+/// The routes of `/api/v1/admin-keys`.
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(revoke))
+        .routes(routes!(rotate))
 }
 
 /// An admin key with its secret, which is never shown again.
@@ -42,22 +47,21 @@ pub struct CreatedAdminKey {
 }
 
 /// `GET /api/v1/admin-keys`: every admin key, oldest first, without secrets.
+#[utoipa::path(get, path = "/api/v1/admin-keys", tag = "admin-keys",  responses((status = 200, description = "Admin keys, without secrets")))]
 pub async fn list(
     State(state): State<SharedState>,
     _admin: Admin,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(
-        json!({ "data": state.store.list_admin_keys().await? }),
-    ))
+) -> Result<Json<List<AdminKey>>, ApiError> {
+    Ok(Json(List::new(state.store.list_admin_keys().await?)))
 }
 
 /// `POST /api/v1/admin-keys`.
+#[utoipa::path(post, path = "/api/v1/admin-keys", tag = "admin-keys", request_body = keyward_api::admin_keys::CreateAdminKey, responses((status = 201, description = "The admin key and its secret, shown once")))]
 pub async fn create(
     State(state): State<SharedState>,
     admin: Admin,
-    body: Result<Json<CreateAdminKey>, JsonRejection>,
+    ApiJson(req): ApiJson<CreateAdminKey>,
 ) -> Result<(StatusCode, Json<CreatedAdminKey>), ApiError> {
-    let Json(req) = body?;
     let name = valid_name(&req.name, "admin key")?;
     let secret = state.config.key_format.generate(KeyKind::Admin);
     let record = state
@@ -89,6 +93,7 @@ pub async fn create(
 }
 
 /// `POST /api/v1/admin-keys/{id}/revoke`: refused on the next request.
+#[utoipa::path(post, path = "/api/v1/admin-keys/{id}/revoke", tag = "admin-keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The admin key")))]
 pub async fn revoke(
     State(state): State<SharedState>,
     admin: Admin,
@@ -119,6 +124,7 @@ pub async fn revoke(
 
 /// `POST /api/v1/admin-keys/{id}/rotate`: a new secret, shown once; the old
 /// one stops at once. A leaked key becomes active again with the new secret.
+#[utoipa::path(post, path = "/api/v1/admin-keys/{id}/rotate", tag = "admin-keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The admin key and its new secret")))]
 pub async fn rotate(
     State(state): State<SharedState>,
     admin: Admin,
@@ -186,4 +192,33 @@ async fn audit(
         })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CLI reads admin keys as `keyward_api::admin_keys::CreatedAdminKey`:
+    /// every field the server sends must survive that reading unchanged.
+    #[test]
+    fn admin_key_answers_read_back_as_the_api_types_without_loss() {
+        let created = CreatedAdminKey {
+            record: AdminKey {
+                id: KeyId::generate(),
+                name: "ops".into(),
+                hint: "kwa_…abcd".into(),
+                status: keyward_store::KeyStatus::Revoked,
+                created_at: 1,
+                revoked_at: Some(2),
+                rotated_at: Some(3),
+                created_by: None,
+            },
+            key: "kwa_secret".into(),
+        };
+        let sent = serde_json::to_value(&created).unwrap();
+        let read: keyward_api::admin_keys::CreatedAdminKey =
+            serde_json::from_value(sent.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&read).unwrap(), sent);
+        assert_eq!(read.record.status, "revoked");
+    }
 }

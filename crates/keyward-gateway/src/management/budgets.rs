@@ -1,35 +1,25 @@
 //! Budgets on organizations, projects and keys.
 
+use super::extract::ApiJson;
 use super::orgs::{resolve_org, resolve_project};
-use super::policy_input::BudgetInput;
+use super::policy_input::ToBudget;
 use super::{Admin, ApiError};
 use crate::state::{AppState, SharedState};
-use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::Json;
+use keyward_api::budgets::{BudgetStatus, ScopeRef, SetBudget};
+use keyward_api::keys::BudgetInput;
+use keyward_api::{Deleted, List};
+use keyward_core::Budget;
 use keyward_core::{BudgetScope, KeyId};
 use keyward_store::NewAuditEvent;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-/// Names exactly one scope.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScopeInput {
-    org: Option<String>,
-    project: Option<String>,
-    key: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SetBudgetBody {
-    org: Option<String>,
-    project: Option<String>,
-    key: Option<String>,
-    usd: f64,
-    period: Option<String>,
-    soft: Option<Vec<u32>>,
+/// The routes of `/api/v1/budgets`.
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new().routes(routes!(list, set, delete))
 }
 
 async fn scope_of(
@@ -61,12 +51,12 @@ async fn scope_of(
 }
 
 /// `PUT /api/v1/budgets`: create or replace a budget.
-pub async fn set(
+#[utoipa::path(put, path = "/api/v1/budgets", tag = "budgets", request_body = keyward_api::budgets::SetBudget, responses((status = 200, description = "The budget")))]
+async fn set(
     State(state): State<SharedState>,
     admin: Admin,
-    body: Result<Json<SetBudgetBody>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Json(req) = body?;
+    ApiJson(req): ApiJson<SetBudget>,
+) -> Result<Json<Budget>, ApiError> {
     // Validate the amount before looking anything up, so bad input stores nothing.
     let mut budget = BudgetInput {
         usd: req.usd,
@@ -95,31 +85,36 @@ pub async fn set(
             detail: json!(budget),
         })
         .await?;
-    Ok(Json(json!(budget)))
+    Ok(Json(budget))
 }
 
 /// `GET /api/v1/budgets`: every budget with its spend in the current period.
-pub async fn list(
+#[utoipa::path(get, path = "/api/v1/budgets", tag = "budgets",  responses((status = 200, description = "Every budget with its current period", body = keyward_api::List<keyward_api::budgets::BudgetStatus>)))]
+async fn list(
     State(state): State<SharedState>,
     _admin: Admin,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<List<BudgetStatus>>, ApiError> {
     let now = state.clock.now_ms();
     let mut out = Vec::new();
     for b in state.store.list_budgets().await? {
         let start = b.period.start(now);
         let account = state.ledger.account(&(b.scope.clone(), start));
-        out.push(json!({"budget": b, "period_start": start, "reserved_micros": account.reserved}));
+        out.push(BudgetStatus {
+            budget: b,
+            period_start: start,
+            reserved_micros: account.reserved,
+        });
     }
-    Ok(Json(json!({ "data": out })))
+    Ok(Json(List::new(out)))
 }
 
 /// `DELETE /api/v1/budgets`: removes the budget of one scope.
-pub async fn delete(
+#[utoipa::path(delete, path = "/api/v1/budgets", tag = "budgets", request_body = keyward_api::budgets::ScopeRef, responses((status = 200, description = "`{\"deleted\": scope}`")))]
+async fn delete(
     State(state): State<SharedState>,
     admin: Admin,
-    body: Result<Json<ScopeInput>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Json(req) = body?;
+    ApiJson(req): ApiJson<ScopeRef>,
+) -> Result<Json<Deleted<BudgetScope>>, ApiError> {
     let scope = scope_of(
         &state,
         req.org.as_deref(),
@@ -140,5 +135,5 @@ pub async fn delete(
             detail: json!(scope),
         })
         .await?;
-    Ok(Json(json!({"deleted": scope})))
+    Ok(Json(Deleted { deleted: scope }))
 }

@@ -3,8 +3,8 @@
 use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use keyward_api::error::ErrorBody;
 use keyward_store::StoreError;
-use serde_json::json;
 
 /// A management API failure.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +80,7 @@ impl IntoResponse for ApiError {
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
-        let body = axum::Json(json!({"error": {"code": code, "message": self.to_string()}}));
+        let body = axum::Json(ErrorBody::new(code, self.to_string()));
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of the body is not read, so the connection cannot carry
             // another request: say so, or a client would reuse it and fail.

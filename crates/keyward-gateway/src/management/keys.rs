@@ -1,47 +1,38 @@
 //! Gateway keys: create (the secret is shown once, here), list, get, revoke,
 //! delete, rotate, and ephemeral tokens.
 
+use super::extract::ApiJson;
 use super::orgs::{resolve_project, valid_name};
-use super::policy_input::{BudgetInput, PolicyInput};
+use super::policy_input::{ToBudget, ToPolicy};
 use super::{Admin, ApiError};
 use crate::error::GatewayError;
 use crate::state::{AppState, SharedState};
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use keyward_api::keys::{
+    BudgetInput, CreateKey, EphemeralRequest, KeyQuery, RotateKey, ROTATION_GRACE_DEFAULT_S,
+    TOKEN_TTL_DEFAULT_S, TOKEN_TTL_MAX_S,
+};
+use keyward_api::List;
 use keyward_core::{key, BudgetScope, KeyHash, KeyId, KeyKind, KeyPolicy, Secret};
 use keyward_store::{KeyRecord, KeyStatus, NewAuditEvent, NewKey, NewSecret, Project};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-/// Default and largest lifetime of an ephemeral token.
-const TOKEN_TTL_DEFAULT_S: i64 = 600;
-const TOKEN_TTL_MAX_S: i64 = 86_400;
-/// Default grace period of the old secret after a rotation.
-const ROTATION_GRACE_DEFAULT_S: i64 = 86_400;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateKey {
-    /// Project id or name.
-    project: String,
-    /// Organization id or name, when `project` is a name (default organization otherwise).
-    org: Option<String>,
-    name: String,
-    #[serde(default)]
-    tags: Vec<String>,
-    /// Seconds until the key expires.
-    expires_in_seconds: Option<i64>,
-    /// Create the project when no project has that name.
-    #[serde(default)]
-    create_project: bool,
-    /// Restrictions and rate limits.
-    policy: Option<PolicyInput>,
-    /// A budget for this key.
-    budget: Option<BudgetInput>,
+/// The routes of `/api/v1/keys` and the token mint.
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(get_key, delete))
+        .routes(routes!(revoke))
+        .routes(routes!(rotate))
+        .routes(routes!(ephemeral))
+        .routes(routes!(token_for_holder))
 }
 
 /// A key as the API shows it.
@@ -77,12 +68,12 @@ fn view(record: KeyRecord, project: Option<&Project>, now: i64) -> KeyView {
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/keys", tag = "keys",  responses((status = 201, description = "The key record and its secret (`key`), shown once")))]
 pub async fn create(
     State(state): State<SharedState>,
     admin: Admin,
-    body: Result<Json<CreateKey>, JsonRejection>,
+    ApiJson(req): ApiJson<CreateKey>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
-    let Json(req) = body?;
     let name = valid_name(&req.name, "key")?;
     for t in &req.tags {
         valid_name(t, "tag")?;
@@ -102,7 +93,7 @@ pub async fn create(
     };
     let policy = req
         .policy
-        .map(PolicyInput::into_policy)
+        .map(ToPolicy::into_policy)
         .transpose()?
         .unwrap_or_default();
     let id = KeyId::generate();
@@ -142,21 +133,16 @@ pub async fn create(
     ))
 }
 
-#[derive(Deserialize)]
-pub struct ListQuery {
-    project: Option<String>,
-    org: Option<String>,
-}
-
 /// `GET /api/v1/keys`: every key, or a project's (`project`, a name within
 /// `org` or an id), or an organization's (`org` alone). A filter that names
 /// nothing is a 404, never the whole list: a script acting on "the keys of X"
 /// must not act on everyone's.
+#[utoipa::path(get, path = "/api/v1/keys", tag = "keys",  responses((status = 200, description = "Keys: `{\"data\": [key]}`")))]
 pub async fn list(
     State(state): State<SharedState>,
     _admin: Admin,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+    Query(q): Query<KeyQuery>,
+) -> Result<Json<List<KeyView>>, ApiError> {
     let (project, org) = match (q.project.as_deref(), q.org.as_deref()) {
         (Some(p), org) => (Some(resolve_project(&state, org, p, false).await?.id), None),
         (None, Some(o)) => (
@@ -178,10 +164,11 @@ pub async fn list(
             view(k, p, now)
         })
         .collect();
-    Ok(Json(json!({ "data": views })))
+    Ok(Json(List::new(views)))
 }
 
-pub async fn get(
+#[utoipa::path(get, path = "/api/v1/keys/{id}", tag = "keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The key record")))]
+pub async fn get_key(
     State(state): State<SharedState>,
     _admin: Admin,
     Path(id): Path<String>,
@@ -194,6 +181,7 @@ pub async fn get(
 /// Revokes a key and the ephemeral tokens derived from it. Takes effect on the
 /// next request: cache entries are dropped after the store is updated. A key that
 /// is already not active keeps its status (a leaked key stays marked leaked).
+#[utoipa::path(post, path = "/api/v1/keys/{id}/revoke", tag = "keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The key record")))]
 pub async fn revoke(
     State(state): State<SharedState>,
     admin: Admin,
@@ -223,6 +211,7 @@ pub async fn revoke(
     Ok(Json(view(record, None, now)))
 }
 
+#[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 204, description = "Deleted")))]
 pub async fn delete(
     State(state): State<SharedState>,
     admin: Admin,
@@ -242,19 +231,13 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RotateKey {
-    /// Seconds the old secret keeps working (default 24 h; 0 ends it now).
-    grace_seconds: Option<i64>,
-}
-
 /// Issues a new secret for the same key record (same id, limits, history). The old
 /// secret works for the grace period. A leaked key's old secret stops at once and
 /// the key becomes active again with the new secret — an explicit, audited step.
 /// Tokens minted with an old secret stop with it: at once with no grace (the
 /// store revokes them), at the end of the grace otherwise (`verify` checks the
 /// secret's expiry); tokens minted with the new secret are unaffected.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/rotate", tag = "keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The key record and its new secret")))]
 pub async fn rotate(
     State(state): State<SharedState>,
     admin: Admin,
@@ -317,19 +300,9 @@ pub async fn rotate(
     }))
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct EphemeralRequest {
-    /// Lifetime in seconds (default 600, at most 86,400).
-    ttl_seconds: Option<i64>,
-    /// A subset of the parent's permissions.
-    policy: Option<PolicyInput>,
-    /// Its own small budget, in dollars, for its whole life.
-    budget_usd: Option<f64>,
-}
-
 /// `POST /api/v1/keys/{id}/ephemeral` (admin). The token is bound to the
 /// parent's current secret, and dies with it.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/ephemeral", tag = "keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 201, description = "The token record and its secret")))]
 pub async fn ephemeral(
     State(state): State<SharedState>,
     admin: Admin,
@@ -369,6 +342,7 @@ pub const MINT_PATH: &str = "/keyward/v1/tokens";
 /// computes it, trusted proxies included) and endpoints, and counts toward its
 /// rate limits; refusals are the gateway's. Each mint is audited, folded per
 /// key by `state.audit_sampler` (a holder can mint at will).
+#[utoipa::path(post, path = "/keyward/v1/tokens", tag = "keys",  responses((status = 201, description = "A token minted by the holder of a gateway key")))]
 pub async fn token_for_holder(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -468,7 +442,7 @@ async fn issue_token(
     // never exceed the parent; its own policy narrows further.
     let policy: KeyPolicy = req
         .policy
-        .map(PolicyInput::into_policy)
+        .map(ToPolicy::into_policy)
         .transpose()?
         .unwrap_or_default();
     let id = KeyId::generate();
@@ -575,4 +549,48 @@ async fn audit(
         })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyward_core::{OrgId, ProjectId};
+
+    /// The CLI reads keys as `keyward_api::keys::{Key, CreatedKey}`: every field
+    /// the server sends must survive that reading unchanged.
+    #[test]
+    fn key_answers_read_back_as_the_api_types_without_loss() {
+        let record = KeyRecord {
+            id: KeyId::generate(),
+            project_id: ProjectId::generate(),
+            org_id: OrgId::generate(),
+            name: "app".into(),
+            hint: "kw_…abcd".into(),
+            status: KeyStatus::Leaked,
+            tags: vec!["prod".into()],
+            created_by: Some("kwa".into()),
+            created_at: 1,
+            last_used_at: Some(2),
+            revoked_at: Some(3),
+            expires_at: Some(4),
+            parent_id: Some(KeyId::generate()),
+            policy: KeyPolicy {
+                rpm: Some(5),
+                models: vec!["gpt-*".into()],
+                ..Default::default()
+            },
+            rotated_at: Some(6),
+            secret_expires_at: None,
+            minted_from: None,
+        };
+        let created = CreatedKey {
+            view: view(record, None, 10),
+            key: "kw_secret".into(),
+        };
+        let sent = serde_json::to_value(&created).unwrap();
+        let read: keyward_api::keys::CreatedKey = serde_json::from_value(sent.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&read).unwrap(), sent);
+        assert_eq!(read.record.status, "leaked");
+        assert!(read.record.ephemeral);
+    }
 }

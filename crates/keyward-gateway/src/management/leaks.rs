@@ -3,20 +3,55 @@
 //! reported tokens, `GET /api/v1/leaks` lists reports, and clear-leak is an
 //! admin's explicit decision that a report was false.
 
+use super::extract::ApiJson;
 use super::{Admin, ApiError};
 use crate::leaks::intake::error;
 use crate::leaks::response::{respond, Sighting, Verdict};
 use crate::state::{AppState, SharedState};
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use keyward_api::leaks::{ClearLeak, KeyMatch, LeakQuery, LeakResult, ReportLeaks};
+use keyward_api::List;
 use keyward_core::{KeyHash, KeyId};
-use keyward_store::{KeyStatus, NewAuditEvent};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use keyward_store::{KeyRecord, KeyStatus, LeakReport, NewAuditEvent};
+use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The routes of the leak resource. They read their own bodies (reports up to
+/// the gateway's body limit), so they sit outside the 2 MiB extractor limit.
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, report))
+        .routes(routes!(clear))
+}
+
+/// A leak response's verdict on one token, as the API shows it.
+pub(super) fn key_match(verdict: Verdict) -> KeyMatch {
+    match verdict {
+        Verdict::NotOurs => KeyMatch::unmatched("not_keyward"),
+        Verdict::Unknown => KeyMatch::unmatched("unknown"),
+        Verdict::Key(outcome, key) => KeyMatch {
+            result: outcome.as_str().into(),
+            key_id: Some(key.id),
+            key_name: Some(key.name),
+            key_kind: None,
+            hint: Some(key.hint),
+            status: Some(key.status.as_str().into()),
+        },
+        Verdict::AdminKey(outcome, key) => KeyMatch {
+            result: outcome.as_str().into(),
+            key_id: Some(key.id),
+            key_name: Some(key.name),
+            key_kind: Some("admin".into()),
+            hint: Some(key.hint),
+            status: Some(key.status.as_str().into()),
+        },
+    }
+}
 
 /// Most tokens accepted in one `/api/v1/leaks` request.
 const MAX_API_LEAKS: usize = 10_000;
@@ -36,33 +71,9 @@ async fn read_body(state: &AppState, body: Body) -> Result<Bytes, Response> {
         })
 }
 
-/// The body of `POST /api/v1/leaks`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReportBody {
-    leaks: Vec<ReportedLeak>,
-}
-
-/// One reported token: the token itself or its SHA-256 (hex), and where it was.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReportedLeak {
-    token: Option<String>,
-    token_hash: Option<String>,
-    #[serde(default)]
-    url: String,
-    #[serde(default)]
-    location: String,
-    #[serde(default = "default_source")]
-    source: String,
-}
-
-fn default_source() -> String {
-    "api".into()
-}
-
 /// `POST /api/v1/leaks`: tokens (or their hashes) found somewhere; every one
 /// that is a live key of ours is disabled. Answers one result per token.
+#[utoipa::path(post, path = "/api/v1/leaks", tag = "leaks", request_body = keyward_api::leaks::ReportLeaks, responses((status = 200, description = "One result per token", body = keyward_api::List<keyward_api::leaks::LeakResult>)))]
 pub async fn report(
     State(state): State<SharedState>,
     admin: Admin,
@@ -72,7 +83,7 @@ pub async fn report(
         Ok(b) => b,
         Err(r) => return Ok(r),
     };
-    let req: ReportBody = serde_json::from_slice(&bytes)
+    let req: ReportLeaks = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
     if req.leaks.len() > MAX_API_LEAKS {
         return Err(ApiError::BadRequest(format!(
@@ -114,74 +125,44 @@ pub async fn report(
         });
     }
     let verdicts = respond(&state, &sightings).await?;
-    let data: Vec<Value> = hashes
+    let data: Vec<LeakResult> = hashes
         .into_iter()
         .zip(verdicts)
-        .map(|(token_hash, v)| match v {
-            Verdict::NotOurs => json!({"token_hash": token_hash, "result": "not_keyward"}),
-            Verdict::Unknown => json!({"token_hash": token_hash, "result": "unknown"}),
-            Verdict::Key(outcome, key) => json!({
-                "token_hash": token_hash,
-                "result": outcome.as_str(),
-                "key_id": key.id,
-                "key_name": key.name,
-                "hint": key.hint,
-                "status": key.status,
-            }),
-            Verdict::AdminKey(outcome, key) => json!({
-                "token_hash": token_hash,
-                "result": outcome.as_str(),
-                "key_id": key.id,
-                "key_name": key.name,
-                "key_kind": "admin",
-                "hint": key.hint,
-                "status": key.status,
-            }),
+        .map(|(token_hash, v)| LeakResult {
+            token_hash,
+            outcome: key_match(v),
         })
         .collect();
-    Ok(Json(json!({ "data": data })).into_response())
-}
-
-/// Filters of `GET /api/v1/leaks`.
-#[derive(Deserialize)]
-pub struct ListQuery {
-    key: Option<String>,
-    limit: Option<i64>,
+    Ok(Json(List::new(data)).into_response())
 }
 
 /// `GET /api/v1/leaks`: where keys were found, newest first.
+#[utoipa::path(get, path = "/api/v1/leaks", tag = "leaks",  responses((status = 200, description = "Leak reports, newest first")))]
 pub async fn list(
     State(state): State<SharedState>,
     _admin: Admin,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+    Query(q): Query<LeakQuery>,
+) -> Result<Json<List<LeakReport>>, ApiError> {
     let key = match q.key.as_deref() {
         Some(k) => Some(KeyId::parse(k).ok_or(ApiError::NotFound("key"))?),
         None => None,
     };
-    let limit = q.limit.unwrap_or(100).clamp(1, 1_000);
-    Ok(Json(
-        json!({ "data": state.store.list_leak_reports(key.as_ref(), limit).await? }),
-    ))
-}
-
-/// The body of a clear-leak request.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClearBody {
-    reason: String,
+    let limit = q.limit();
+    Ok(Json(List::new(
+        state.store.list_leak_reports(key.as_ref(), limit).await?,
+    )))
 }
 
 /// `POST /api/v1/keys/{id}/clear-leak`: an admin's explicit, audited decision
 /// that a leak report was false. The only way a leaked key becomes active again
 /// with the same secret (rotation issues a new one).
+#[utoipa::path(post, path = "/api/v1/keys/{id}/clear-leak", tag = "leaks", request_body = keyward_api::leaks::ClearLeak, params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The key record, active again")))]
 pub async fn clear(
     State(state): State<SharedState>,
     admin: Admin,
     Path(id): Path<String>,
-    body: Result<Json<ClearBody>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Json(req) = body?;
+    ApiJson(req): ApiJson<ClearLeak>,
+) -> Result<Json<KeyRecord>, ApiError> {
     let reason = req.reason.trim();
     if reason.is_empty() || reason.len() > 1_000 {
         return Err(ApiError::BadRequest(
@@ -217,5 +198,5 @@ pub async fn clear(
             detail: json!({"reason": reason}),
         })
         .await?;
-    Ok(Json(json!(record)))
+    Ok(Json(record))
 }

@@ -4,8 +4,10 @@ pub(crate) mod admin_keys;
 mod audit;
 mod budgets;
 mod error;
+mod extract;
 pub(crate) mod keys;
 mod leaks;
+mod openapi;
 pub(crate) mod orgs;
 mod policy_input;
 pub(crate) mod scan_uploads;
@@ -13,83 +15,49 @@ mod usage;
 pub(crate) mod webhooks;
 
 pub use error::ApiError;
+pub use openapi::document_json as openapi_document;
 
 use crate::state::{AppState, SharedState};
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::Router;
 use keyward_core::{KeyId, KeyKind};
 use keyward_store::KeyStatus;
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
 
-/// The routes of the management API.
+/// The routes of the management API: each resource module owns its routes.
 pub fn router() -> Router<SharedState> {
-    Router::new()
-        .route("/api/v1/orgs", get(orgs::list_orgs).post(orgs::create_org))
-        .route(
-            "/api/v1/projects",
-            get(orgs::list_projects).post(orgs::create_project),
-        )
-        .route("/api/v1/keys", get(keys::list).post(keys::create))
-        .route("/api/v1/keys/{id}", get(keys::get).delete(keys::delete))
-        .route("/api/v1/keys/{id}/revoke", post(keys::revoke))
-        .route("/api/v1/keys/{id}/rotate", post(keys::rotate))
-        .route("/api/v1/keys/{id}/ephemeral", post(keys::ephemeral))
-        .route(
-            "/api/v1/projects/{id}/policy",
-            axum::routing::put(orgs::set_project_policy),
-        )
-        .route(
-            "/api/v1/budgets",
-            get(budgets::list).put(budgets::set).delete(budgets::delete),
-        )
-        .route(
-            "/api/v1/admin-keys",
-            get(admin_keys::list).post(admin_keys::create),
-        )
-        .route("/api/v1/admin-keys/{id}/revoke", post(admin_keys::revoke))
-        .route("/api/v1/admin-keys/{id}/rotate", post(admin_keys::rotate))
-        .route(keys::MINT_PATH, post(keys::token_for_holder))
-        .route("/api/v1/usage", get(usage::usage))
-        .route("/api/v1/audit", get(audit::list))
-        .route(
-            "/api/v1/webhooks",
-            get(webhooks::list).post(webhooks::create),
-        )
-        .route(
-            "/api/v1/webhooks/{id}",
-            axum::routing::delete(webhooks::remove),
-        )
-        .route("/api/v1/webhooks/{id}/test", post(webhooks::test))
-        .route(
-            "/api/v1/webhooks/{id}/deliveries",
-            get(webhooks::deliveries),
-        )
-        .route(
-            "/api/v1/email-recipients",
-            get(webhooks::list_recipients).post(webhooks::create_recipient),
-        )
-        .route(
-            "/api/v1/email-recipients/{id}",
-            axum::routing::delete(webhooks::remove_recipient),
-        )
+    let (router, _) = routes().split_for_parts();
+    router
+}
+
+/// Every management route with its OpenAPI description.
+fn routes() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .merge(orgs::router())
+        .merge(keys::router())
+        .merge(budgets::router())
+        .merge(admin_keys::router())
+        .merge(usage::router())
+        .merge(audit::router())
+        .merge(webhooks::router())
+        .merge(openapi::router())
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(axum::middleware::map_response(json_rejections))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .merge(own_limit_router())
+        .merge(own_limit_routes())
 }
 
 /// Routes that read their bodies themselves, each with its own size limit (leak
 /// reports up to the gateway's body limit, app bundles up to the upload limit),
 /// so they sit outside the 2 MiB extractor limit above.
-fn own_limit_router() -> Router<SharedState> {
-    Router::new()
-        .route("/api/v1/leaks", get(leaks::list).post(leaks::report))
-        .route("/api/v1/keys/{id}/clear-leak", post(leaks::clear))
-        .route("/api/v1/scan-uploads", post(scan_uploads::upload))
+fn own_limit_routes() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .merge(leaks::router())
+        .merge(scan_uploads::router())
 }
 
 /// The largest request body a management route reads (bulk routes such as
@@ -98,9 +66,8 @@ fn own_limit_router() -> Router<SharedState> {
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 /// Axum's extractors refuse in plain text (a `Bytes` body over the limit: a
-/// plain 413; a malformed query string or path: a plain 400). Handlers map the
-/// rejections they take (`Result<Json<_>, JsonRejection>`); this maps the
-/// others, so that every management route answers in the one JSON error shape.
+/// plain 413; a malformed query string or path: a plain 400). JSON bodies are
+/// refused in the API's shape by `extract::ApiJson`; this maps the others, so that every management route answers in the one JSON error shape.
 async fn json_rejections(response: Response) -> Response {
     let plain = response
         .headers()

@@ -1,55 +1,57 @@
 //! Organizations and projects (minimal for now: create and list).
 
+use super::extract::ApiJson;
 use super::{Admin, ApiError};
 use crate::state::{AppState, SharedState};
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
+use keyward_api::orgs::{CreateOrg, CreateProject, ProjectQuery, SetProjectPolicy};
+use keyward_api::List;
 use keyward_core::{OrgId, ProjectId};
 use keyward_store::{NewAuditEvent, Org, Project, ProjectPolicy};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::bootstrap::DEFAULT_ORG;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateOrg {
-    name: String,
+/// The routes of `/api/v1/orgs` and `/api/v1/projects`.
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_orgs, create_org))
+        .routes(routes!(list_projects, create_project))
+        .routes(routes!(set_project_policy))
 }
 
-pub async fn create_org(
+/// `POST /api/v1/orgs`.
+#[utoipa::path(post, path = "/api/v1/orgs", tag = "orgs", request_body = keyward_api::orgs::CreateOrg, responses((status = 201, description = "The organization")))]
+async fn create_org(
     State(state): State<SharedState>,
     _admin: Admin,
-    body: Result<Json<CreateOrg>, JsonRejection>,
+    ApiJson(req): ApiJson<CreateOrg>,
 ) -> Result<(StatusCode, Json<Org>), ApiError> {
-    let Json(req) = body?;
     let name = valid_name(&req.name, "organization")?;
     let org = state.store.create_org(name, state.clock.now_ms()).await?;
     Ok((StatusCode::CREATED, Json(org)))
 }
 
-pub async fn list_orgs(
+/// `GET /api/v1/orgs`.
+#[utoipa::path(get, path = "/api/v1/orgs", tag = "orgs",  responses((status = 200, description = "Every organization: `{\"data\": [org]}`")))]
+async fn list_orgs(
     State(state): State<SharedState>,
     _admin: Admin,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "data": state.store.list_orgs().await? })))
+) -> Result<Json<List<Org>>, ApiError> {
+    Ok(Json(List::new(state.store.list_orgs().await?)))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateProject {
-    name: String,
-    org: Option<String>,
-}
-
-pub async fn create_project(
+/// `POST /api/v1/projects`.
+#[utoipa::path(post, path = "/api/v1/projects", tag = "orgs", request_body = keyward_api::orgs::CreateProject, responses((status = 201, description = "The project")))]
+async fn create_project(
     State(state): State<SharedState>,
     _admin: Admin,
-    body: Result<Json<CreateProject>, JsonRejection>,
+    ApiJson(req): ApiJson<CreateProject>,
 ) -> Result<(StatusCode, Json<Project>), ApiError> {
-    let Json(req) = body?;
     let org = resolve_org(&state, req.org.as_deref()).await?;
     let name = valid_name(&req.name, "project")?;
     let project = state
@@ -59,23 +61,20 @@ pub async fn create_project(
     Ok((StatusCode::CREATED, Json(project)))
 }
 
-#[derive(Deserialize)]
-pub struct ProjectQuery {
-    org: Option<String>,
-}
-
-pub async fn list_projects(
+/// `GET /api/v1/projects`.
+#[utoipa::path(get, path = "/api/v1/projects", tag = "orgs",  responses((status = 200, description = "Projects: `{\"data\": [project]}`")))]
+async fn list_projects(
     State(state): State<SharedState>,
     _admin: Admin,
     Query(q): Query<ProjectQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<List<Project>>, ApiError> {
     let org = match q.org.as_deref() {
         Some(o) => Some(resolve_org(&state, Some(o)).await?.id),
         None => None,
     };
-    Ok(Json(
-        json!({ "data": state.store.list_projects(org.as_ref()).await? }),
-    ))
+    Ok(Json(List::new(
+        state.store.list_projects(org.as_ref()).await?,
+    )))
 }
 
 /// An organization named by id or name (the default organization when `None`).
@@ -180,6 +179,46 @@ fn format_char(c: char) -> bool {
         | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
 }
 
+/// `PUT /api/v1/projects/{id}/policy`: the project's shared limits and key-age rule.
+#[utoipa::path(put, path = "/api/v1/projects/{id}/policy", tag = "orgs", request_body = keyward_api::orgs::SetProjectPolicy, params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The project")))]
+async fn set_project_policy(
+    State(state): State<SharedState>,
+    admin: Admin,
+    axum::extract::Path(project): axum::extract::Path<String>,
+    ApiJson(req): ApiJson<SetProjectPolicy>,
+) -> Result<Json<Project>, ApiError> {
+    for (name, v) in [
+        ("rpm", req.rpm),
+        ("tpm", req.tpm),
+        ("max_concurrent", req.max_concurrent),
+        ("max_key_age_days", req.max_key_age_days),
+    ] {
+        if v == Some(0) {
+            return Err(ApiError::BadRequest(format!("{name} must be at least 1")));
+        }
+    }
+    let project = resolve_project(&state, None, &project, false).await?;
+    let policy = ProjectPolicy {
+        rpm: req.rpm,
+        tpm: req.tpm,
+        max_concurrent: req.max_concurrent,
+        max_key_age_ms: req.max_key_age_days.map(|d| i64::from(d) * 86_400_000),
+    };
+    let updated = state.store.set_project_policy(&project.id, &policy).await?;
+    state.projects.remove(&project.id);
+    state
+        .store
+        .append_audit(&NewAuditEvent {
+            at: state.clock.now_ms(),
+            actor: admin.id.to_string(),
+            action: "project.policy_set".into(),
+            target: project.id.to_string(),
+            detail: json!(policy),
+        })
+        .await?;
+    Ok(Json(updated))
+}
+
 #[cfg(test)]
 mod tests {
     use super::valid_name;
@@ -212,54 +251,4 @@ mod tests {
         let e = valid_name("pro\u{200B}d", "key").unwrap_err().to_string();
         assert!(e.contains("U+200B") && e.contains("position 4"), "{e}");
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProjectPolicyInput {
-    rpm: Option<u32>,
-    tpm: Option<u32>,
-    max_concurrent: Option<u32>,
-    /// Keys older than this many days are flagged for rotation.
-    max_key_age_days: Option<u32>,
-}
-
-/// `PUT /api/v1/projects/{id}/policy`: the project's shared limits and key-age rule.
-pub async fn set_project_policy(
-    State(state): State<SharedState>,
-    admin: Admin,
-    axum::extract::Path(project): axum::extract::Path<String>,
-    body: Result<Json<ProjectPolicyInput>, JsonRejection>,
-) -> Result<Json<Project>, ApiError> {
-    let Json(req) = body?;
-    for (name, v) in [
-        ("rpm", req.rpm),
-        ("tpm", req.tpm),
-        ("max_concurrent", req.max_concurrent),
-        ("max_key_age_days", req.max_key_age_days),
-    ] {
-        if v == Some(0) {
-            return Err(ApiError::BadRequest(format!("{name} must be at least 1")));
-        }
-    }
-    let project = resolve_project(&state, None, &project, false).await?;
-    let policy = ProjectPolicy {
-        rpm: req.rpm,
-        tpm: req.tpm,
-        max_concurrent: req.max_concurrent,
-        max_key_age_ms: req.max_key_age_days.map(|d| i64::from(d) * 86_400_000),
-    };
-    let updated = state.store.set_project_policy(&project.id, &policy).await?;
-    state.projects.remove(&project.id);
-    state
-        .store
-        .append_audit(&NewAuditEvent {
-            at: state.clock.now_ms(),
-            actor: admin.id.to_string(),
-            action: "project.policy_set".into(),
-            target: project.id.to_string(),
-            detail: json!(policy),
-        })
-        .await?;
-    Ok(Json(updated))
 }

@@ -3,28 +3,18 @@
 //! what is wrong; nothing is stored.
 
 use super::ApiError;
+use keyward_api::keys::{BudgetInput, PolicyInput};
 use keyward_core::policy::parse_networks;
 use keyward_core::{Budget, BudgetScope, EndpointRule, KeyPolicy, Micros, Period};
-use serde::Deserialize;
 
-/// Restrictions and limits as given in a request.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyInput {
-    /// Presets and `METHOD /path` patterns, comma-separated.
-    endpoints: Option<String>,
-    /// Model globs.
-    models: Option<Vec<String>>,
-    /// Client networks (CIDRs).
-    networks: Option<Vec<String>>,
-    rpm: Option<u32>,
-    tpm: Option<u32>,
-    max_concurrent: Option<u32>,
+/// Validation of a policy as given in a request.
+pub trait ToPolicy {
+    /// Validates into a policy.
+    fn into_policy(self) -> Result<KeyPolicy, ApiError>;
 }
 
-impl PolicyInput {
-    /// Validates into a policy.
-    pub fn into_policy(self) -> Result<KeyPolicy, ApiError> {
+impl ToPolicy for PolicyInput {
+    fn into_policy(self) -> Result<KeyPolicy, ApiError> {
         let bad = |e: keyward_core::PolicyError| ApiError::BadRequest(e.to_string());
         let policy = KeyPolicy {
             endpoints: match self.endpoints {
@@ -45,24 +35,17 @@ impl PolicyInput {
     }
 }
 
-/// A budget as given in a request.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BudgetInput {
-    /// Amount in US dollars.
-    pub usd: f64,
-    /// `month` (default), `day` or `none`.
-    pub period: Option<String>,
-    /// Soft alert thresholds in percent (default 50, 80, 100).
-    pub soft: Option<Vec<u32>>,
+/// Validation of a budget as given in a request.
+pub trait ToBudget {
+    /// Validates into a budget for `scope`.
+    fn into_budget(self, scope: BudgetScope) -> Result<Budget, ApiError>;
 }
 
-impl BudgetInput {
-    /// Validates into a budget for `scope`.
-    pub fn into_budget(self, scope: BudgetScope) -> Result<Budget, ApiError> {
+impl ToBudget for BudgetInput {
+    fn into_budget(self, scope: BudgetScope) -> Result<Budget, ApiError> {
         let amount = budget_amount(self.usd)?;
         let period = match self.period.as_deref() {
-            None => Period::Month,
+            None => keyward_api::budgets::DEFAULT_PERIOD,
             Some(p) => Period::parse(p).ok_or_else(|| {
                 ApiError::BadRequest(format!(
                     "unknown budget period {p:?}: use month, day or none"

@@ -2,6 +2,7 @@
 //! file) uploaded as the raw body, scanned at once for keyward keys; every live
 //! key found is treated as leaked. Size-limited by `max_upload_bytes`.
 
+use super::leaks::key_match;
 use super::{Admin, ApiError};
 use crate::leaks::response::{respond, Verdict};
 use crate::leaks::watchers::{key_scanner, sightings};
@@ -11,16 +12,21 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use keyward_api::error::ErrorBody;
+use keyward_api::leaks::{UploadFinding, UploadQuery, UploadScan};
 use keyward_scan::scanner::CollectSink;
-use serde::Deserialize;
-use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-#[derive(Deserialize)]
-pub struct UploadQuery {
-    name: Option<String>,
+/// The route of `/api/v1/scan-uploads`. It reads its own body, up to
+/// `max_upload_bytes`, so it sits outside the 2 MiB extractor limit.
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new().routes(routes!(upload))
 }
 
-pub async fn upload(
+/// `POST /api/v1/scan-uploads`.
+#[utoipa::path(post, path = "/api/v1/scan-uploads", tag = "scan-uploads", request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 200, description = "Keys found in the upload", body = keyward_api::leaks::UploadScan)))]
+async fn upload(
     State(state): State<SharedState>,
     admin: Admin,
     Query(q): Query<UploadQuery>,
@@ -30,13 +36,16 @@ pub async fn upload(
     let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
         return Ok((
             StatusCode::PAYLOAD_TOO_LARGE,
-            Json(json!({"error": {"code": "payload_too_large", "message": format!("uploads are limited to {limit} bytes")}})),
+            Json(ErrorBody::new(
+                "payload_too_large",
+                format!("uploads are limited to {limit} bytes"),
+            )),
         )
             .into_response());
     };
     let name: String = q
         .name
-        .unwrap_or_else(|| "upload".into())
+        .unwrap_or_else(|| keyward_api::leaks::DEFAULT_UPLOAD_NAME.into())
         .chars()
         .filter(|c| !c.is_control())
         .take(200)
@@ -63,30 +72,14 @@ pub async fn upload(
     let url = format!("upload:{name}");
     let found = sightings(&state, &findings, "upload", admin.id.as_str(), &url);
     let verdicts = respond(&state, &found).await?;
-    let data: Vec<_> = found
+    let data: Vec<UploadFinding> = found
         .iter()
         .zip(verdicts)
-        .filter_map(|(s, v)| match v {
-            Verdict::Key(outcome, key) => Some(json!({
-                "location": s.location,
-                "result": outcome.as_str(),
-                "key_id": key.id,
-                "key_name": key.name,
-                "hint": key.hint,
-                "status": key.status,
-            })),
-            Verdict::AdminKey(outcome, key) => Some(json!({
-                "location": s.location,
-                "result": outcome.as_str(),
-                "key_id": key.id,
-                "key_name": key.name,
-                "key_kind": "admin",
-                "hint": key.hint,
-                "status": key.status,
-            })),
-            Verdict::Unknown => Some(json!({"location": s.location, "result": "unknown"})),
-            Verdict::NotOurs => None,
+        .filter(|(_, v)| !matches!(v, Verdict::NotOurs))
+        .map(|(s, v)| UploadFinding {
+            location: s.location.clone(),
+            outcome: key_match(v),
         })
         .collect();
-    Ok(Json(json!({"name": name, "data": data})).into_response())
+    Ok(Json(UploadScan { name, data }).into_response())
 }

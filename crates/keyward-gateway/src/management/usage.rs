@@ -5,11 +5,18 @@ use super::{Admin, ApiError};
 use crate::state::SharedState;
 use axum::extract::{Query, State};
 use axum::Json;
+use keyward_api::usage::{Usage, UsageBucket, UsageGroup, UsageTotals};
 use keyward_core::BudgetScope;
 use keyward_core::KeyId;
 use keyward_store::{Bucket, GroupBy, UsageFilter};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The route of `/api/v1/usage`.
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new().routes(routes!(usage))
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,11 +34,12 @@ pub struct UsageQuery {
     group_by: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/usage", tag = "usage",  responses((status = 200, description = "Totals, and buckets or groups when asked for", body = keyward_api::usage::Usage)))]
 pub async fn usage(
     State(state): State<SharedState>,
     _admin: Admin,
     q: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Usage>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let mut filter = UsageFilter {
         from: q.from,
@@ -60,16 +68,28 @@ pub async fn usage(
     // first, so a caller sees the request it just made.
     state.usage.flush().await;
     let totals = state.store.usage_totals(&filter).await?;
-    let mut body = json!({
-        "key": filter.key, "project": filter.project, "org": filter.org,
-        "from": q.from, "to": q.to,
-        "requests": totals.requests, "errors": totals.errors,
-        "input_tokens": totals.input_tokens, "cached_input_tokens": totals.cached_input_tokens,
-        "output_tokens": totals.output_tokens, "reasoning_tokens": totals.reasoning_tokens,
-        "cost_micros": totals.cost_micros,
-    });
+    let mut body = Usage {
+        key: filter.key.clone(),
+        project: filter.project.clone(),
+        org: filter.org.clone(),
+        from: q.from,
+        to: q.to,
+        totals: api_totals(totals),
+        buckets: None,
+        reserved_micros: None,
+        groups: None,
+    };
     if let Some(b) = q.bucket {
-        body["buckets"] = json!(state.store.usage_buckets(&filter, b).await?);
+        let buckets = state.store.usage_buckets(&filter, b).await?;
+        body.buckets = Some(
+            buckets
+                .into_iter()
+                .map(|b| UsageBucket {
+                    start: b.start,
+                    totals: api_totals(b.totals),
+                })
+                .collect(),
+        );
     }
     if let Some(key) = &filter.key {
         // Money held right now by requests in flight against the key's budget.
@@ -84,17 +104,21 @@ pub async fn usage(
             Some(b) => state.ledger.account(&(scope, b.period.start(now))).reserved,
             None => 0,
         };
-        body["reserved_micros"] = json!(reserved);
+        body.reserved_micros = Some(reserved);
     }
     match q.group_by.as_deref() {
         None => {}
         Some("key") => {
-            body["groups"] = json!(state.store.usage_grouped(&filter, GroupBy::Key).await?)
+            body.groups = Some(api_groups(
+                state.store.usage_grouped(&filter, GroupBy::Key).await?,
+            ))
         }
         Some("model") => {
-            body["groups"] = json!(state.store.usage_grouped(&filter, GroupBy::Model).await?)
+            body.groups = Some(api_groups(
+                state.store.usage_grouped(&filter, GroupBy::Model).await?,
+            ))
         }
-        Some("tag") => body["groups"] = by_tag(&state, &filter).await?,
+        Some("tag") => body.groups = Some(by_tag(&state, &filter).await?),
         Some(other) => {
             return Err(ApiError::BadRequest(format!(
                 "unknown group_by {other:?}: use key, model or tag"
@@ -106,7 +130,10 @@ pub async fn usage(
 
 /// Totals per tag: each key's totals count toward every tag it carries; keys
 /// without tags are grouped under `(untagged)`.
-async fn by_tag(state: &crate::state::AppState, filter: &UsageFilter) -> Result<Value, ApiError> {
+async fn by_tag(
+    state: &crate::state::AppState,
+    filter: &UsageFilter,
+) -> Result<Vec<UsageGroup>, ApiError> {
     let per_key = state.store.usage_grouped(filter, GroupBy::Key).await?;
     let keys = state.store.list_keys(None).await?;
     let mut tags: std::collections::BTreeMap<String, keyward_store::UsageTotals> =
@@ -133,13 +160,34 @@ async fn by_tag(state: &crate::state::AppState, filter: &UsageFilter) -> Result<
             e.cost_micros += g.totals.cost_micros;
         }
     }
-    let groups: Vec<Value> = tags
+    Ok(tags
         .into_iter()
-        .map(|(tag, totals)| {
-            let mut v = json!(totals);
-            v["group"] = json!(tag);
-            v
+        .map(|(tag, totals)| UsageGroup {
+            group: tag,
+            totals: api_totals(totals),
         })
-        .collect();
-    Ok(json!(groups))
+        .collect())
+}
+
+/// Storage's sums as the API shows them (the same fields).
+fn api_totals(t: keyward_store::UsageTotals) -> UsageTotals {
+    UsageTotals {
+        requests: t.requests,
+        errors: t.errors,
+        input_tokens: t.input_tokens,
+        cached_input_tokens: t.cached_input_tokens,
+        output_tokens: t.output_tokens,
+        reasoning_tokens: t.reasoning_tokens,
+        cost_micros: t.cost_micros,
+    }
+}
+
+fn api_groups(groups: Vec<keyward_store::UsageGroup>) -> Vec<UsageGroup> {
+    groups
+        .into_iter()
+        .map(|g| UsageGroup {
+            group: g.group,
+            totals: api_totals(g.totals),
+        })
+        .collect()
 }

@@ -1,18 +1,26 @@
 //! Notification channels: webhooks (signed deliveries; the secret is shown once,
 //! at creation), their delivery log and test deliveries, and email recipients.
 
+use super::extract::ApiJson;
 use super::orgs::resolve_project;
 use super::{Admin, ApiError};
 use crate::notify::Event;
 use crate::state::{AppState, SharedState};
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
+use keyward_api::notify::{
+    ChannelScopeInput, CreateRecipient, CreateWebhook, DeliveryQuery, TestQueued,
+};
+use keyward_api::List;
 use keyward_core::{EventId, OrgId, ProjectId, RecipientId, WebhookId};
-use keyward_store::{Channel, ChannelScope, NewAuditEvent, NewWebhook, Recipient, Webhook};
-use serde::{Deserialize, Serialize};
+use keyward_store::{
+    Channel, ChannelScope, Delivery, NewAuditEvent, NewWebhook, Recipient, Webhook,
+};
+use serde::Serialize;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// The event types channels may subscribe to.
 pub const EVENT_TYPES: &[&str] = &[
@@ -22,19 +30,21 @@ pub const EVENT_TYPES: &[&str] = &[
     "webhook.test",
 ];
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScopeInput {
-    /// Event types; default `["key.leaked"]`.
-    events: Option<Vec<String>>,
-    /// Only this organization's keys (id or name).
-    org: Option<String>,
-    /// Only this project's keys (id or name; with `org` for a name).
-    project: Option<String>,
+/// The routes of `/api/v1/webhooks` and `/api/v1/email-recipients`.
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(remove))
+        .routes(routes!(test))
+        .routes(routes!(deliveries))
+        .routes(routes!(list_recipients, create_recipient))
+        .routes(routes!(remove_recipient))
 }
 
-async fn scope(state: &AppState, input: ScopeInput) -> Result<ChannelScope, ApiError> {
-    let events = input.events.unwrap_or_else(|| vec!["key.leaked".into()]);
+async fn scope(state: &AppState, input: ChannelScopeInput) -> Result<ChannelScope, ApiError> {
+    let org = input.org.clone();
+    let project = input.project.clone();
+    let events = input.events_or_default();
     if events.is_empty() {
         return Err(ApiError::BadRequest("events must not be empty".into()));
     }
@@ -46,36 +56,25 @@ async fn scope(state: &AppState, input: ScopeInput) -> Result<ChannelScope, ApiE
             )));
         }
     }
-    let (org_id, project_id): (Option<OrgId>, Option<ProjectId>) =
-        match (&input.project, &input.org) {
-            (Some(p), org) => {
-                let project = resolve_project(state, org.as_deref(), p, false).await?;
-                (Some(project.org_id), Some(project.id))
-            }
-            (None, Some(o)) => {
-                let org = match OrgId::parse(o) {
-                    Some(id) => state.store.get_org(&id).await?,
-                    None => state.store.org_by_name(o).await?,
-                };
-                (Some(org.ok_or(ApiError::NotFound("org"))?.id), None)
-            }
-            (None, None) => (None, None),
-        };
+    let (org_id, project_id): (Option<OrgId>, Option<ProjectId>) = match (&project, &org) {
+        (Some(p), org) => {
+            let project = resolve_project(state, org.as_deref(), p, false).await?;
+            (Some(project.org_id), Some(project.id))
+        }
+        (None, Some(o)) => {
+            let org = match OrgId::parse(o) {
+                Some(id) => state.store.get_org(&id).await?,
+                None => state.store.org_by_name(o).await?,
+            };
+            (Some(org.ok_or(ApiError::NotFound("org"))?.id), None)
+        }
+        (None, None) => (None, None),
+    };
     Ok(ChannelScope {
         events,
         org_id,
         project_id,
     })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateWebhook {
-    url: String,
-    #[serde(default)]
-    description: String,
-    #[serde(flatten)]
-    scope: ScopeInput,
 }
 
 /// A new webhook with its signing secret, shown only here.
@@ -86,12 +85,12 @@ pub struct CreatedWebhook {
     secret: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks", request_body = keyward_api::notify::CreateWebhook, responses((status = 201, description = "The webhook and its signing secret, shown once")))]
 pub async fn create(
     State(state): State<SharedState>,
     admin: Admin,
-    body: Result<Json<CreateWebhook>, JsonRejection>,
+    ApiJson(req): ApiJson<CreateWebhook>,
 ) -> Result<(StatusCode, Json<CreatedWebhook>), ApiError> {
-    let Json(req) = body?;
     let url: reqwest::Url = req
         .url
         .parse()
@@ -136,17 +135,19 @@ pub async fn create(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks",  responses((status = 200, description = "Webhooks, without secrets")))]
 pub async fn list(
     State(state): State<SharedState>,
     _admin: Admin,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "data": state.store.list_webhooks().await? })))
+) -> Result<Json<List<Webhook>>, ApiError> {
+    Ok(Json(List::new(state.store.list_webhooks().await?)))
 }
 
 fn webhook_id(id: &str) -> Result<WebhookId, ApiError> {
     WebhookId::parse(id).ok_or(ApiError::NotFound("webhook"))
 }
 
+#[utoipa::path(delete, path = "/api/v1/webhooks/{id}", tag = "webhooks",  params(("id" = String, Path, description = "The object's id")), responses((status = 204, description = "Deleted")))]
 pub async fn remove(
     State(state): State<SharedState>,
     admin: Admin,
@@ -160,11 +161,12 @@ pub async fn remove(
 
 /// Queues a `webhook.test` event for this webhook only; its delivery shows up in
 /// the delivery log like any other.
+#[utoipa::path(post, path = "/api/v1/webhooks/{id}/test", tag = "webhooks",  params(("id" = String, Path, description = "The object's id")), responses((status = 202, description = "A test event was queued", body = keyward_api::notify::TestQueued)))]
 pub async fn test(
     State(state): State<SharedState>,
     _admin: Admin,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<TestQueued>), ApiError> {
     let id = webhook_id(&id)?;
     let hooks = state.store.list_webhooks().await?;
     if !hooks.iter().any(|w| w.id == id) {
@@ -184,41 +186,35 @@ pub async fn test(
         .notifier
         .publish_to(&event, Channel::Webhook, id.as_str())
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"event_id": event.id}))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(TestQueued { event_id: event.id }),
+    ))
 }
 
-#[derive(Deserialize)]
-pub struct LogQuery {
-    limit: Option<i64>,
-}
-
+#[utoipa::path(get, path = "/api/v1/webhooks/{id}/deliveries", tag = "webhooks",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The webhook's delivery log")))]
 pub async fn deliveries(
     State(state): State<SharedState>,
     _admin: Admin,
     Path(id): Path<String>,
-    Query(q): Query<LogQuery>,
-) -> Result<Json<Value>, ApiError> {
+    Query(q): Query<DeliveryQuery>,
+) -> Result<Json<List<Delivery>>, ApiError> {
     let id = webhook_id(&id)?;
-    let limit = q.limit.unwrap_or(50).clamp(1, 1_000);
-    Ok(Json(
-        json!({ "data": state.store.list_deliveries(Some(id.as_str()), limit).await? }),
-    ))
+    let limit = q.limit();
+    Ok(Json(List::new(
+        state
+            .store
+            .list_deliveries(Some(id.as_str()), limit)
+            .await?,
+    )))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateRecipient {
-    address: String,
-    #[serde(flatten)]
-    scope: ScopeInput,
-}
-
+#[utoipa::path(post, path = "/api/v1/email-recipients", tag = "webhooks", request_body = keyward_api::notify::CreateRecipient, responses((status = 201, description = "The recipient")))]
 pub async fn create_recipient(
     State(state): State<SharedState>,
     admin: Admin,
-    body: Result<Json<CreateRecipient>, JsonRejection>,
+    ApiJson(req): ApiJson<CreateRecipient>,
 ) -> Result<(StatusCode, Json<Recipient>), ApiError> {
-    let Json(req) = body?;
     let address = req.address.trim();
     let plausible = address.len() <= 254
         && address
@@ -248,15 +244,15 @@ pub async fn create_recipient(
     Ok((StatusCode::CREATED, Json(r)))
 }
 
+#[utoipa::path(get, path = "/api/v1/email-recipients", tag = "webhooks",  responses((status = 200, description = "E-mail recipients")))]
 pub async fn list_recipients(
     State(state): State<SharedState>,
     _admin: Admin,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(
-        json!({ "data": state.store.list_recipients().await? }),
-    ))
+) -> Result<Json<List<Recipient>>, ApiError> {
+    Ok(Json(List::new(state.store.list_recipients().await?)))
 }
 
+#[utoipa::path(delete, path = "/api/v1/email-recipients/{id}", tag = "webhooks",  params(("id" = String, Path, description = "The object's id")), responses((status = 204, description = "Deleted")))]
 pub async fn remove_recipient(
     State(state): State<SharedState>,
     admin: Admin,
@@ -293,4 +289,36 @@ async fn audit(
         })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CLI reads webhooks as `keyward_api::notify::CreatedWebhook`: every
+    /// field the server sends must survive that reading unchanged.
+    #[test]
+    fn webhook_answers_read_back_as_the_api_types_without_loss() {
+        let created = CreatedWebhook {
+            webhook: Webhook {
+                id: WebhookId::generate(),
+                url: "https://example.test/hook".into(),
+                secret: keyward_core::Secret::new("sealed"),
+                scope: ChannelScope {
+                    events: vec!["key.leaked".into()],
+                    org_id: Some(OrgId::generate()),
+                    project_id: None,
+                },
+                description: "ops".into(),
+                created_by: "kwa".into(),
+                created_at: 1,
+            },
+            secret: "whsec".into(),
+        };
+        let sent = serde_json::to_value(&created).unwrap();
+        let read: keyward_api::notify::CreatedWebhook =
+            serde_json::from_value(sent.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&read).unwrap(), sent);
+        assert_eq!(read.secret, "whsec");
+    }
 }

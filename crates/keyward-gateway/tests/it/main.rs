@@ -8,6 +8,7 @@ mod limits;
 mod management;
 mod metering;
 mod notify;
+mod openapi;
 mod proxy;
 mod security_api;
 mod security_keys;

@@ -2,9 +2,12 @@
 
 use super::api::Api;
 use super::keys::path_segment;
+use super::keys::print_json;
 use super::table;
 use clap::Subcommand;
-use serde_json::{json, Value};
+use keyward_api::admin_keys::{AdminKey, CreateAdminKey, CreatedAdminKey};
+use keyward_api::List;
+use serde_json::json;
 
 /// Admin key commands.
 #[derive(Subcommand)]
@@ -51,55 +54,50 @@ pub fn run(cmd: AdminKeysCommand) -> anyhow::Result<()> {
     let api = Api::from_env()?;
     match cmd {
         AdminKeysCommand::List { json } => {
-            let listed = api.get("/api/v1/admin-keys", &[])?;
+            let listed: List<AdminKey> = api.get_as("/api/v1/admin-keys", &[])?;
             if json {
-                println!("{}", listed["data"]);
+                print_json(&listed.data)?;
             } else {
-                let rows: Vec<Vec<String>> = listed["data"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(row)
-                    .collect();
+                let rows: Vec<Vec<String>> = listed.data.iter().map(row).collect();
                 print!("{}", table::render(&HEADER, &rows));
             }
         }
         AdminKeysCommand::Create { name, json } => {
-            let created = api.post("/api/v1/admin-keys", &json!({"name": name}))?;
+            let created: CreatedAdminKey =
+                api.post_as("/api/v1/admin-keys", &CreateAdminKey { name })?;
             if json {
-                println!("{created}");
+                print_json(&created)?;
             } else {
                 println!(
                     "Created admin key {} ({}).",
-                    s(&created, "id"),
-                    s(&created, "name")
+                    created.record.id, created.record.name
                 );
-                println!("\n    {}\n", s(&created, "key"));
+                println!("\n    {}\n", created.key);
                 println!("This is the only time the key is shown. Store it in a secret manager.");
             }
         }
         AdminKeysCommand::Revoke { id, json } => {
-            let revoked = api.post(
+            let revoked: AdminKey = api.post_as(
                 &format!("/api/v1/admin-keys/{}/revoke", path_segment(&id)?),
                 &json!({}),
             )?;
             if json {
-                println!("{revoked}");
+                print_json(&revoked)?;
             } else {
                 print!("{}", table::render(&HEADER, &[row(&revoked)]));
             }
         }
         AdminKeysCommand::Rotate { id, json } => {
-            let rotated = api.post(
+            let rotated: CreatedAdminKey = api.post_as(
                 &format!("/api/v1/admin-keys/{}/rotate", path_segment(&id)?),
                 &json!({}),
             )?;
             if json {
-                println!("{rotated}");
+                print_json(&rotated)?;
             } else {
                 println!(
                     "Rotated admin key {id}. The new secret (shown only now):\n\n    {}\n",
-                    s(&rotated, "key")
+                    rotated.key
                 );
                 println!("The old secret no longer works.");
             }
@@ -108,16 +106,12 @@ pub fn run(cmd: AdminKeysCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn row(k: &Value) -> Vec<String> {
+fn row(k: &AdminKey) -> Vec<String> {
     vec![
-        s(k, "id"),
-        s(k, "name"),
-        s(k, "status"),
-        s(k, "hint"),
-        table::time(k["created_at"].as_i64()),
+        k.id.to_string(),
+        k.name.clone(),
+        k.status.clone(),
+        k.hint.clone(),
+        table::time(Some(k.created_at)),
     ]
-}
-
-fn s(v: &Value, field: &str) -> String {
-    v[field].as_str().unwrap_or("-").to_owned()
 }

@@ -2,6 +2,8 @@
 //! Server URL from `KEYWARD_URL`, admin key from `KEYWARD_ADMIN_KEY`.
 
 use anyhow::{bail, Context};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 /// A connection to one keyward server.
@@ -40,23 +42,45 @@ impl Api {
     }
 
     /// POST a JSON body.
-    pub fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+    pub fn post<B: Serialize + ?Sized>(&self, path: &str, body: &B) -> anyhow::Result<Value> {
         self.send(self.http.post(self.url(path)).json(body))
     }
 
-    /// PUT a JSON body.
-    pub fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        self.send(self.http.put(self.url(path)).json(body))
-    }
-
-    /// DELETE with a JSON body.
-    pub fn delete_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        self.send(self.http.delete(self.url(path)).json(body))
+    /// POST a typed body and read the answer as `T`.
+    pub fn post_as<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        typed(self.post(path, body)?)
     }
 
     /// DELETE.
     pub fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.send(self.http.delete(self.url(path)))
+    }
+
+    /// GET `path` and read the answer as `T`.
+    pub fn get_as<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<T> {
+        typed(self.get(path, query)?)
+    }
+
+    /// PUT a typed body and read the answer as `T`.
+    pub fn put_as<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        typed(self.send(self.http.put(self.url(path)).json(body))?)
+    }
+
+    /// DELETE with a typed body.
+    pub fn delete_with<B: Serialize>(&self, path: &str, body: &B) -> anyhow::Result<Value> {
+        self.send(self.http.delete(self.url(path)).json(body))
     }
 
     fn url(&self, path: &str) -> String {
@@ -83,6 +107,9 @@ impl Api {
                 serde_json::from_str(&text).unwrap_or(Value::String(text))
             };
             if !status.is_success() {
+                // Any body with an `error.message` (the management API's
+                // `keyward_api::error::ErrorBody`, or OpenAI's shape, whose
+                // `code` may be null), else the body as it came.
                 let msg = body
                     .pointer("/error/message")
                     .and_then(Value::as_str)
@@ -93,4 +120,9 @@ impl Api {
             Ok(body)
         })
     }
+}
+
+/// Reads a successful answer as the API type the route returns.
+fn typed<T: DeserializeOwned>(body: Value) -> anyhow::Result<T> {
+    serde_json::from_value(body).context("the server's answer is not in the expected shape")
 }

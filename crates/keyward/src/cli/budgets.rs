@@ -3,7 +3,9 @@
 use super::api::Api;
 use super::table;
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use keyward_api::budgets::{BudgetStatus, ScopeRef, SetBudget};
+use keyward_api::List;
+use keyward_core::{Budget, Micros};
 
 /// Which object a budget is on: exactly one.
 #[derive(Args)]
@@ -21,8 +23,12 @@ pub struct ScopeArgs {
 }
 
 impl ScopeArgs {
-    fn to_json(&self) -> Value {
-        json!({"org": self.org, "project": self.project, "key": self.key})
+    fn to_scope(&self) -> ScopeRef {
+        ScopeRef {
+            org: self.org.clone(),
+            project: self.project.clone(),
+            key: self.key.clone(),
+        }
     }
 }
 
@@ -70,49 +76,45 @@ pub fn run(cmd: BudgetsCommand) -> anyhow::Result<()> {
             soft,
             json,
         } => {
-            let mut body = scope.to_json();
-            body["usd"] = json!(usd);
-            body["period"] = json!(period);
-            if !soft.is_empty() {
-                body["soft"] = json!(soft);
-            }
-            let set = api.put("/api/v1/budgets", &body)?;
+            let ScopeRef { org, project, key } = scope.to_scope();
+            let body = SetBudget {
+                org,
+                project,
+                key,
+                usd,
+                period,
+                soft: (!soft.is_empty()).then_some(soft),
+            };
+            let set: Budget = api.put_as("/api/v1/budgets", &body)?;
             if json {
-                println!("{set}");
+                // Through a `Value`, as before: the same key order on stdout.
+                println!("{}", serde_json::to_value(&set)?);
             } else {
                 println!(
                     "Budget set: {} {} — ${:.2} per {}.",
-                    set["scope"].as_str().unwrap_or("?"),
-                    set["id"].as_str().unwrap_or("?"),
+                    set.scope.kind(),
+                    set.scope.id(),
                     usd,
-                    set["period"].as_str().unwrap_or("month")
+                    set.period.as_str()
                 );
             }
         }
         BudgetsCommand::List { json } => {
-            let listed = api.get("/api/v1/budgets", &[])?;
+            let listed: List<BudgetStatus> = api.get_as("/api/v1/budgets", &[])?;
             if json {
-                println!("{}", listed["data"]);
+                println!("{}", serde_json::to_value(&listed.data)?);
                 return Ok(());
             }
-            let rows: Vec<Vec<String>> = listed["data"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            let rows: Vec<Vec<String>> = listed
+                .data
+                .iter()
                 .map(|e| {
-                    let b = &e["budget"];
                     vec![
-                        b["scope"].as_str().unwrap_or("-").to_owned(),
-                        b["id"].as_str().unwrap_or("-").to_owned(),
-                        format!(
-                            "${:.6}",
-                            b["amount_micros"].as_i64().unwrap_or(0) as f64 / 1e6
-                        ),
-                        b["period"].as_str().unwrap_or("-").to_owned(),
-                        format!(
-                            "${:.6}",
-                            e["reserved_micros"].as_i64().unwrap_or(0) as f64 / 1e6
-                        ),
+                        e.budget.scope.kind().to_owned(),
+                        e.budget.scope.id().to_owned(),
+                        dollars(e.budget.amount_micros),
+                        e.budget.period.as_str().to_owned(),
+                        dollars(Micros(e.reserved_micros)),
                     ]
                 })
                 .collect();
@@ -122,9 +124,14 @@ pub fn run(cmd: BudgetsCommand) -> anyhow::Result<()> {
             );
         }
         BudgetsCommand::Delete { scope } => {
-            api.delete_json("/api/v1/budgets", &scope.to_json())?;
+            api.delete_with("/api/v1/budgets", &scope.to_scope())?;
             println!("Budget removed.");
         }
     }
     Ok(())
+}
+
+/// Micro-dollars as dollars with all six decimals.
+fn dollars(m: Micros) -> String {
+    format!("${:.6}", m.0 as f64 / 1e6)
 }

@@ -4,7 +4,11 @@ use super::api::Api;
 use super::table;
 use anyhow::Context;
 use clap::Subcommand;
-use serde_json::{json, Value};
+use keyward_api::keys::{
+    BudgetInput, CreateKey, CreatedKey, EphemeralRequest, Key, PolicyInput, RotateKey,
+};
+use keyward_api::List;
+use serde_json::json;
 
 /// Key commands.
 #[derive(Subcommand)]
@@ -122,27 +126,17 @@ pub struct LimitArgs {
 }
 
 impl LimitArgs {
-    fn to_json(&self) -> Option<Value> {
-        let mut p = serde_json::Map::new();
-        if let Some(v) = self.rpm {
-            p.insert("rpm".into(), json!(v));
-        }
-        if let Some(v) = self.tpm {
-            p.insert("tpm".into(), json!(v));
-        }
-        if let Some(v) = self.max_concurrent {
-            p.insert("max_concurrent".into(), json!(v));
-        }
-        if !self.models.is_empty() {
-            p.insert("models".into(), json!(self.models));
-        }
-        if let Some(e) = &self.endpoints {
-            p.insert("endpoints".into(), json!(e));
-        }
-        if !self.allow_ip.is_empty() {
-            p.insert("networks".into(), json!(self.allow_ip));
-        }
-        (!p.is_empty()).then_some(Value::Object(p))
+    /// The restrictions given, or `None` when no flag was.
+    fn to_policy(&self) -> Option<PolicyInput> {
+        let policy = PolicyInput {
+            endpoints: self.endpoints.clone(),
+            models: (!self.models.is_empty()).then(|| self.models.clone()),
+            networks: (!self.allow_ip.is_empty()).then(|| self.allow_ip.clone()),
+            rpm: self.rpm,
+            tpm: self.tpm,
+            max_concurrent: self.max_concurrent,
+        };
+        (!policy.is_empty()).then_some(policy)
     }
 }
 
@@ -181,40 +175,44 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             json,
         } => {
             let expires_in_seconds = seconds("--expires-in", expires_in)?;
-            let mut body = json!({"project": project, "org": org, "name": name, "tags": tags,
-                              "expires_in_seconds": expires_in_seconds, "create_project": true});
-            if let Some(p) = limits.to_json() {
-                body["policy"] = p;
-            }
-            if let Some(usd) = budget_usd {
-                body["budget"] = json!({"usd": usd});
-            }
-            let created = api.post("/api/v1/keys", &body)?;
+            let body = CreateKey {
+                project,
+                org,
+                name,
+                tags,
+                expires_in_seconds,
+                create_project: true,
+                policy: limits.to_policy(),
+                budget: budget_usd.map(|usd| BudgetInput {
+                    usd,
+                    period: None,
+                    soft: None,
+                }),
+            };
+            let created: CreatedKey = api.post_as("/api/v1/keys", &body)?;
             if json {
-                println!("{created}");
+                print_json(&created)?;
             } else {
                 println!(
                     "Created key {} ({}) in project {}.",
-                    s(&created, "id"),
-                    s(&created, "name"),
-                    s(&created, "project_id")
+                    created.record.id, created.record.name, created.record.project_id
                 );
-                println!("\n    {}\n", s(&created, "key"));
+                println!("\n    {}\n", created.key);
                 println!("This is the only time the key is shown. Store it in a secret manager or an environment variable.");
             }
         }
         KeysCommand::Rotate { id, grace, json } => {
             let grace_seconds = seconds("--grace", grace)?;
-            let rotated = api.post(
+            let rotated: CreatedKey = api.post_as(
                 &format!("/api/v1/keys/{}/rotate", path_segment(&id)?),
-                &json!({"grace_seconds": grace_seconds}),
+                &RotateKey { grace_seconds },
             )?;
             if json {
-                println!("{rotated}");
+                print_json(&rotated)?;
             } else {
                 println!(
                     "Rotated key {id}. The new secret (shown only now):\n\n    {}\n",
-                    s(&rotated, "key")
+                    rotated.key
                 );
                 println!("The old secret keeps working for the grace period, then stops.");
             }
@@ -226,51 +224,47 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             limits,
             json,
         } => {
-            let mut body = json!({"ttl_seconds": seconds("--ttl", ttl)?, "budget_usd": budget_usd});
-            if let Some(p) = limits.to_json() {
-                body["policy"] = p;
-            }
-            let token = api.post(
+            let body = EphemeralRequest {
+                ttl_seconds: seconds("--ttl", ttl)?,
+                policy: limits.to_policy(),
+                budget_usd,
+            };
+            let token: CreatedKey = api.post_as(
                 &format!("/api/v1/keys/{}/ephemeral", path_segment(&id)?),
                 &body,
             )?;
             if json {
-                println!("{token}");
+                print_json(&token)?;
             } else {
-                println!("{}", s(&token, "key"));
+                println!("{}", token.key);
                 eprintln!(
                     "Ephemeral token {} expires at {} UTC.",
-                    s(&token, "id"),
-                    table::time(token["expires_at"].as_i64())
+                    token.record.id,
+                    table::time(token.record.expires_at)
                 );
             }
         }
         KeysCommand::List { project, json } => {
             let query: Vec<(&str, String)> = project.into_iter().map(|p| ("project", p)).collect();
-            let listed = api.get("/api/v1/keys", &query)?;
+            let listed: List<Key> = api.get_as("/api/v1/keys", &query)?;
             if json {
-                println!("{}", listed["data"]);
+                print_json(&listed.data)?;
             } else {
-                let rows: Vec<Vec<String>> = listed["data"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(row)
-                    .collect();
+                let rows: Vec<Vec<String>> = listed.data.iter().map(row).collect();
                 print!("{}", table::render(&HEADER, &rows));
             }
         }
         KeysCommand::Get { id, json } => show(
-            api.get(&format!("/api/v1/keys/{}", path_segment(&id)?), &[])?,
+            api.get_as(&format!("/api/v1/keys/{}", path_segment(&id)?), &[])?,
             json,
-        ),
+        )?,
         KeysCommand::Revoke { id, json } => show(
-            api.post(
+            api.post_as(
                 &format!("/api/v1/keys/{}/revoke", path_segment(&id)?),
                 &json!({}),
             )?,
             json,
-        ),
+        )?,
         KeysCommand::Delete { id, json } => {
             api.delete(&format!("/api/v1/keys/{}", path_segment(&id)?))?;
             if json {
@@ -283,33 +277,38 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn show(key: Value, json: bool) {
+fn show(key: Key, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{key}");
+        print_json(&key)?;
     } else {
         print!("{}", table::render(&HEADER, &[row(&key)]));
     }
+    Ok(())
 }
 
-fn row(k: &Value) -> Vec<String> {
+/// Prints an answer as JSON, through a `Value` as before: the same key order.
+pub fn print_json<T: serde::Serialize>(answer: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_value(answer)?);
+    Ok(())
+}
+
+fn row(k: &Key) -> Vec<String> {
     vec![
-        s(k, "id"),
-        s(k, "name"),
-        s(k, "project_id"),
-        s(k, "status"),
-        s(k, "hint"),
-        table::time(k["last_used_at"].as_i64()),
-        table::time(k["created_at"].as_i64()),
-        match (k["rotation_due"].as_bool(), k["ephemeral"].as_bool()) {
-            (Some(true), _) => "rotation due".into(),
-            (_, Some(true)) => "ephemeral".into(),
-            _ => String::new(),
+        k.id.to_string(),
+        k.name.clone(),
+        k.project_id.to_string(),
+        k.status.clone(),
+        k.hint.clone(),
+        table::time(k.last_used_at),
+        table::time(Some(k.created_at)),
+        if k.rotation_due {
+            "rotation due".into()
+        } else if k.ephemeral {
+            "ephemeral".into()
+        } else {
+            String::new()
         },
     ]
-}
-
-fn s(v: &Value, field: &str) -> String {
-    v[field].as_str().unwrap_or("-").to_owned()
 }
 
 /// Ids go into URL paths: refuse anything that is not a plain id.

@@ -3,15 +3,16 @@
 //! stores nothing else), with where it was found.
 
 use super::api::Api;
+use keyward_api::leaks::{LeakResult, ReportLeaks, ReportedLeak};
+use keyward_api::List;
 use keyward_scan::{Finding, Validation};
-use serde_json::{json, Value};
 use std::collections::HashSet;
 
 /// Reports checksum-valid keyward keys among `findings`; prints the outcome of
 /// each to stderr.
 pub fn send(findings: &[Finding]) -> anyhow::Result<()> {
     let mut seen = HashSet::new();
-    let leaks: Vec<Value> = findings
+    let leaks: Vec<ReportedLeak> = findings
         .iter()
         .filter(|f| f.rule_id.starts_with("keyward.") && f.validated == Some(Validation::Checksum))
         .filter(|f| seen.insert(f.secret_sha256.clone()))
@@ -20,7 +21,13 @@ pub fn send(findings: &[Finding]) -> anyhow::Result<()> {
                 Some(c) => format!("{}:{} (commit {})", f.path, f.line, c.id),
                 None => format!("{}:{}", f.path, f.line),
             };
-            json!({"token_hash": f.secret_sha256, "location": location, "source": "scan"})
+            ReportedLeak {
+                token: None,
+                token_hash: Some(f.secret_sha256.clone()),
+                url: String::new(),
+                location,
+                source: "scan".into(),
+            }
         })
         .collect();
     if leaks.is_empty() {
@@ -28,13 +35,12 @@ pub fn send(findings: &[Finding]) -> anyhow::Result<()> {
         return Ok(());
     }
     let api = Api::from_env()?;
-    let answer = api.post("/api/v1/leaks", &json!({ "leaks": leaks }))?;
+    let count = leaks.len();
+    let body = ReportLeaks { leaks };
+    let answer: List<LeakResult> = api.post_as("/api/v1/leaks", &body)?;
     let mut disabled = 0;
-    for (sent, result) in leaks
-        .iter()
-        .zip(answer["data"].as_array().into_iter().flatten())
-    {
-        let what = match result["result"].as_str().unwrap_or("") {
+    for (sent, result) in body.leaks.iter().zip(&answer.data) {
+        let what = match result.outcome.result.as_str() {
             "disabled" => {
                 disabled += 1;
                 "was live and is now DISABLED"
@@ -43,18 +49,12 @@ pub fn send(findings: &[Finding]) -> anyhow::Result<()> {
             "inactive" => "is not active (revoked or expired)",
             _ => "is not a key of this server",
         };
-        let name = match (result["hint"].as_str(), result["key_id"].as_str()) {
+        let name = match (&result.outcome.hint, &result.outcome.key_id) {
             (Some(hint), Some(id)) => format!("{hint} ({id})"),
             _ => "a key".to_owned(),
         };
-        eprintln!(
-            "keyward: {name} at {}: {what}",
-            sent["location"].as_str().unwrap_or("")
-        );
+        eprintln!("keyward: {name} at {}: {what}", sent.location);
     }
-    eprintln!(
-        "keyward: reported {} keys, {disabled} disabled",
-        leaks.len()
-    );
+    eprintln!("keyward: reported {} keys, {disabled} disabled", count);
     Ok(())
 }

@@ -3,7 +3,7 @@
 use super::api::Api;
 use super::table;
 use clap::Args;
-use serde_json::Value;
+use keyward_api::usage::Usage;
 
 /// Flags of `keyward usage`.
 #[derive(Args)]
@@ -43,19 +43,20 @@ pub fn run(args: UsageArgs) -> anyhow::Result<()> {
             query.push((name, v));
         }
     }
-    let usage = api.get("/api/v1/usage", &query)?;
+    let usage: Usage = api.get_as("/api/v1/usage", &query)?;
     if args.json {
-        println!("{usage}");
+        // Through a `Value`, as before: the same key order on stdout.
+        println!("{}", serde_json::to_value(&usage)?);
         return Ok(());
     }
-    let n = |f: &str| usage[f].as_i64().unwrap_or(0);
+    let t = &usage.totals;
     let rows = vec![vec![
-        n("requests").to_string(),
-        n("errors").to_string(),
-        n("input_tokens").to_string(),
-        n("cached_input_tokens").to_string(),
-        n("output_tokens").to_string(),
-        format!("${:.6}", n("cost_micros") as f64 / 1e6),
+        t.requests.to_string(),
+        t.errors.to_string(),
+        t.input_tokens.to_string(),
+        t.cached_input_tokens.to_string(),
+        t.output_tokens.to_string(),
+        dollars(t.cost_micros),
     ]];
     print!(
         "{}",
@@ -64,19 +65,16 @@ pub fn run(args: UsageArgs) -> anyhow::Result<()> {
             &rows
         )
     );
-    if let Some(groups) = usage["groups"].as_array() {
+    if let Some(groups) = &usage.groups {
         let rows: Vec<Vec<String>> = groups
             .iter()
-            .map(|g: &Value| {
+            .map(|g| {
                 vec![
-                    g["group"].as_str().unwrap_or("-").to_owned(),
-                    g["requests"].to_string(),
-                    g["input_tokens"].to_string(),
-                    g["output_tokens"].to_string(),
-                    format!(
-                        "${:.6}",
-                        g["cost_micros"].as_i64().unwrap_or(0) as f64 / 1e6
-                    ),
+                    g.group.clone(),
+                    g.totals.requests.to_string(),
+                    g.totals.input_tokens.to_string(),
+                    g.totals.output_tokens.to_string(),
+                    dollars(g.totals.cost_micros),
                 ]
             })
             .collect();
@@ -86,19 +84,16 @@ pub fn run(args: UsageArgs) -> anyhow::Result<()> {
             table::render(&["GROUP", "REQUESTS", "INPUT", "OUTPUT", "COST"], &rows)
         );
     }
-    if let Some(buckets) = usage["buckets"].as_array() {
+    if let Some(buckets) = &usage.buckets {
         let rows: Vec<Vec<String>> = buckets
             .iter()
-            .map(|b: &Value| {
+            .map(|b| {
                 vec![
-                    table::time(b["start"].as_i64()),
-                    b["requests"].to_string(),
-                    b["input_tokens"].to_string(),
-                    b["output_tokens"].to_string(),
-                    format!(
-                        "${:.6}",
-                        b["cost_micros"].as_i64().unwrap_or(0) as f64 / 1e6
-                    ),
+                    table::time(Some(b.start)),
+                    b.totals.requests.to_string(),
+                    b.totals.input_tokens.to_string(),
+                    b.totals.output_tokens.to_string(),
+                    dollars(b.totals.cost_micros),
                 ]
             })
             .collect();
@@ -112,4 +107,9 @@ pub fn run(args: UsageArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Micro-dollars as dollars with all six decimals.
+fn dollars(micros: i64) -> String {
+    format!("${:.6}", micros as f64 / 1e6)
 }

@@ -2,9 +2,12 @@
 
 use super::api::Api;
 use super::keys::path_segment;
+use super::keys::print_json;
 use super::table;
 use clap::Subcommand;
-use serde_json::{json, Value};
+use keyward_api::notify::{ChannelScopeInput, CreateWebhook, CreatedWebhook, TestQueued, Webhook};
+use keyward_api::List;
+use serde_json::json;
 
 /// Webhook commands.
 #[derive(Subcommand)]
@@ -68,45 +71,43 @@ pub fn run(cmd: WebhooksCommand) -> anyhow::Result<()> {
             description,
             json,
         } => {
-            let mut body =
-                json!({"url": url, "description": description, "org": org, "project": project});
-            if !events.is_empty() {
-                body["events"] = json!(events);
-            }
-            let created = api.post("/api/v1/webhooks", &body)?;
+            let body = CreateWebhook {
+                url,
+                description,
+                scope: ChannelScopeInput {
+                    events: (!events.is_empty()).then_some(events),
+                    org,
+                    project,
+                },
+            };
+            let created: CreatedWebhook = api.post_as("/api/v1/webhooks", &body)?;
             if json {
-                println!("{created}");
+                print_json(&created)?;
             } else {
-                let id = created
-                    .pointer("/webhook/id")
-                    .or_else(|| created.get("id"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("?");
                 println!(
-                    "Added webhook {id}. Its signing secret (shown only now):\n\n    {}\n",
-                    created["secret"].as_str().unwrap_or("?")
+                    "Added webhook {}. Its signing secret (shown only now):\n\n    {}\n",
+                    created.webhook.id, created.secret
                 );
                 println!("Verify `Keyward-Signature: t=…,v1=…` as HMAC-SHA256(secret, \"t.\" + body); see docs/leaks.md.");
             }
         }
         WebhooksCommand::List { json } => {
-            let listed = api.get("/api/v1/webhooks", &[])?;
+            let listed: List<Webhook> = api.get_as("/api/v1/webhooks", &[])?;
             if json {
-                println!("{}", listed["data"]);
+                print_json(&listed.data)?;
             } else {
-                let rows: Vec<Vec<String>> = listed["data"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                let rows: Vec<Vec<String>> = listed
+                    .data
+                    .iter()
                     .map(|w| {
-                        vec![
-                            w["id"].as_str().unwrap_or("-").to_owned(),
-                            w["url"].as_str().unwrap_or("-").to_owned(),
-                            w["events"].to_string(),
-                            w["description"].as_str().unwrap_or("").to_owned(),
-                        ]
+                        Ok(vec![
+                            w.id.to_string(),
+                            w.url.clone(),
+                            serde_json::to_string(&w.scope.events)?,
+                            w.description.clone(),
+                        ])
                     })
-                    .collect();
+                    .collect::<anyhow::Result<_>>()?;
                 print!(
                     "{}",
                     table::render(&["ID", "URL", "EVENTS", "DESCRIPTION"], &rows)
@@ -118,11 +119,11 @@ pub fn run(cmd: WebhooksCommand) -> anyhow::Result<()> {
             println!("Removed webhook {id}.");
         }
         WebhooksCommand::Test { id } => {
-            let sent = api.post(
+            let sent: TestQueued = api.post_as(
                 &format!("/api/v1/webhooks/{}/test", path_segment(&id)?),
                 &json!({}),
             )?;
-            println!("{sent}");
+            println!("{}", serde_json::to_value(&sent)?);
         }
         WebhooksCommand::Deliveries { id, json } => {
             let log = api.get(

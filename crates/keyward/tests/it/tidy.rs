@@ -108,6 +108,48 @@ fn scanner_depends_on_no_server_crate_and_no_network() {
     }
 }
 
+/// The management API's types are shared by the server and every client, so they
+/// pull in no runtime, no HTTP stack and no storage: a leaf over keyward-core (utoipa only derives the OpenAPI schemas).
+#[test]
+fn api_types_are_a_leaf_over_core() {
+    let deps = dependencies("keyward-api");
+    assert!(
+        deps.iter().any(|d| d == "serde"),
+        "keyward-api's dependencies were not read: {deps:?}"
+    );
+    for dep in &deps {
+        assert!(
+            ["keyward-core", "serde", "utoipa"].contains(&dep.as_str()),
+            "keyward-api is a leaf library of serde types; it must not depend on {dep}"
+        );
+    }
+}
+
+/// Management routes are registered only through `utoipa_axum::routes!`, which
+/// reads each handler's `#[utoipa::path]`: so every registered route is in the
+/// OpenAPI document (the gateway's `openapi` test checks the other direction).
+#[test]
+fn management_routes_are_registered_with_their_openapi_entry() {
+    let dir = root().join("crates/keyward-gateway/src/management");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        files.len() > 5,
+        "no management sources in {}",
+        dir.display()
+    );
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains(".route("),
+            "{} registers a route without routes!(...): it would be missing from the OpenAPI document",
+            path.display()
+        );
+    }
+}
+
 #[test]
 fn storage_hides_sqlx_and_knows_nothing_of_the_gateway() {
     assert!(!dependencies("keyward-store")

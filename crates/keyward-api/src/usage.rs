@@ -1,0 +1,74 @@
+//! `/api/v1/usage`: totals, time buckets and groups.
+
+use keyward_core::{KeyId, OrgId, ProjectId};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Sums over usage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UsageTotals {
+    /// Requests.
+    pub requests: i64,
+    /// Requests answered with a status >= 400.
+    pub errors: i64,
+    /// Input tokens.
+    pub input_tokens: i64,
+    /// Cached input tokens.
+    pub cached_input_tokens: i64,
+    /// Output tokens.
+    pub output_tokens: i64,
+    /// Reasoning tokens.
+    pub reasoning_tokens: i64,
+    /// Cost, micro-dollars.
+    pub cost_micros: i64,
+}
+
+/// Totals for one time bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UsageBucket {
+    /// Bucket start, ms since the epoch.
+    pub start: i64,
+    /// Totals in it.
+    #[serde(flatten)]
+    pub totals: UsageTotals,
+}
+
+/// Totals for one key, model or tag.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UsageGroup {
+    /// The key id, model name or tag.
+    pub group: String,
+    /// Totals in it.
+    #[serde(flatten)]
+    pub totals: UsageTotals,
+}
+
+/// The answer to `GET /api/v1/usage`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Usage {
+    /// The key filtered on, or null.
+    #[schema(value_type = Option<String>)]
+    pub key: Option<KeyId>,
+    /// The project filtered on, or null.
+    #[schema(value_type = Option<String>)]
+    pub project: Option<ProjectId>,
+    /// The organization filtered on, or null.
+    #[schema(value_type = Option<String>)]
+    pub org: Option<OrgId>,
+    /// Start (inclusive, ms), or null.
+    pub from: Option<i64>,
+    /// End (exclusive, ms), or null.
+    pub to: Option<i64>,
+    /// Totals over the whole range.
+    #[serde(flatten)]
+    pub totals: UsageTotals,
+    /// The time series, when `bucket` was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<Vec<UsageBucket>>,
+    /// Micro-dollars held by requests in flight against the key's budget (with `key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_micros: Option<i64>,
+    /// Totals per group, when `group_by` was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<UsageGroup>>,
+}
