@@ -229,3 +229,90 @@ fn readme_commands_are_the_ones_ci_runs() {
         ".ci/run runs the README's test command"
     );
 }
+
+/// The gateway's modules from the bottom up. A module may use only modules of
+/// lower layers, so imports point one way (serve → management → proxy/leaks →
+/// state → metering → limits → config → leaf modules) and there is no loop. A
+/// new module must be placed here; docs/ARCHITECTURE.md's code map says why each
+/// sits where it does.
+const GATEWAY_LAYERS: &[&[&str]] = &[
+    &[
+        "json_walk",
+        "ttl_map",
+        "audit_sample",
+        "data_dir",
+        "metrics",
+        "rate_headers",
+    ],
+    &["error", "sealing"],
+    &["request", "key_cache", "notify", "bootstrap", "github"],
+    &["config"],
+    &["upstream", "limits"],
+    &["metering"],
+    &["state"],
+    &["proxy", "leaks"],
+    &["management"],
+    &["serve"],
+];
+
+#[test]
+fn gateway_imports_point_down_and_form_no_loop() {
+    let layer_of = |module: &str| GATEWAY_LAYERS.iter().position(|l| l.contains(&module));
+    let src = root().join("crates/keyward-gateway/src");
+    let mut violations = Vec::new();
+    for (path, text) in sources("keyward-gateway") {
+        let relative = path.strip_prefix(&src).unwrap();
+        let first = relative.iter().next().unwrap().to_string_lossy();
+        let from = first.trim_end_matches(".rs").to_owned();
+        if from == "lib" {
+            continue; // the crate root declares the modules and holds shared aliases
+        }
+        let Some(from_layer) = layer_of(&from) else {
+            violations.push(format!(
+                "{}: module `{from}` is in no layer",
+                relative.display()
+            ));
+            continue;
+        };
+        for (n, line) in text.lines().enumerate() {
+            let code = line.trim_start();
+            if code.starts_with("//") {
+                continue;
+            }
+            if code.contains("use crate::{") || code.contains("super::super::") {
+                violations.push(format!(
+                    "{}:{}: name the module imported (`use crate::module::…`)",
+                    relative.display(),
+                    n + 1
+                ));
+            }
+            for (i, _) in code.match_indices("crate::") {
+                if i > 0 && code[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+                    continue; // e.g. `keyward_crate::`
+                }
+                let rest = &code[i + "crate::".len()..];
+                let to: String = rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if to == from || to.chars().next().is_some_and(|c| c.is_uppercase()) {
+                    continue; // itself, or an item of the crate root (`FastMap`)
+                }
+                match layer_of(&to) {
+                    Some(to_layer) if to_layer < from_layer => {}
+                    Some(_) => violations.push(format!(
+                        "{}:{}: `{from}` uses `{to}`, which is not below it",
+                        relative.display(),
+                        n + 1
+                    )),
+                    None => violations.push(format!(
+                        "{}:{}: `crate::{to}` is in no layer",
+                        relative.display(),
+                        n + 1
+                    )),
+                }
+            }
+        }
+    }
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+}
