@@ -2,14 +2,13 @@
 
 use crate::config::GatewayConfig;
 use crate::key_cache::KeyCache;
-use crate::limits::budgets::BudgetLedger;
-use crate::limits::rate::RateLimiter;
+use crate::limits::SpendControl;
 use crate::metering::writer::UsageWriter;
 use crate::metrics::Metrics;
 use crate::ttl_map::TtlMap;
 use crate::upstream::Upstream;
-use keyward_core::{Budget, Clock, KeyId, ProjectId};
-use keyward_store::{KeyRecord, Project, SharedStore};
+use keyward_core::{Clock, KeyId};
+use keyward_store::{KeyRecord, SharedStore};
 use std::sync::Arc;
 
 /// Shared server state.
@@ -28,19 +27,10 @@ pub struct AppState {
     pub clock: Clock,
     /// Pooled upstream client.
     pub upstream: Upstream,
-    /// Rate-limit state.
-    pub limiter: Arc<RateLimiter>,
-    /// Budget accounts.
-    pub ledger: Arc<BudgetLedger>,
-    /// Projects by id (their limits), briefly cached.
-    pub projects: TtlMap<ProjectId, Arc<Project>>,
+    /// Rate limits and budgets: their counters and the records admission reads.
+    pub limits: SpendControl,
     /// Keys by id (parents of ephemeral tokens), briefly cached.
     pub keys_by_id: TtlMap<KeyId, Arc<KeyRecord>>,
-    /// Budgets by their scope's id (`None`: the scope has none), briefly
-    /// cached. Ids carry their kind's prefix (`key_`, `prj_`, `org_`), so the id
-    /// alone names the scope, and a request looks its scopes up without
-    /// building one.
-    pub budgets: TtlMap<String, Option<Arc<Budget>>>,
     /// Folds audit events a caller can cause at will (see [`crate::audit_sample`]).
     pub audit_sampler: crate::audit_sample::AuditSampler,
     /// The initial admin key file, removed once it is no longer needed (see

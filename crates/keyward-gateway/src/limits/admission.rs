@@ -7,8 +7,8 @@
 use crate::error::GatewayError;
 use crate::limits::budgets::{CostBound, Reservation};
 use crate::limits::rate::{Limits, Permit, RateHeaders, Subject};
+use crate::limits::SpendControl;
 use crate::request::input_bound::input_token_bound;
-use crate::state::AppState;
 use keyward_core::{Budget, BudgetScope, KeyPolicy, ModelPrice};
 use keyward_store::{KeyRecord, Project, UsageFilter};
 use std::net::IpAddr;
@@ -59,7 +59,7 @@ pub struct Caller {
 
 /// Applies restrictions, rate limits and budgets.
 pub async fn admit(
-    state: &AppState,
+    limits: &SpendControl,
     caller: &Caller,
     ask: &Ask<'_>,
 ) -> Result<Admission, GatewayError> {
@@ -71,9 +71,9 @@ pub async fn admit(
         check_model(p, ask)?;
     }
 
-    let now = state.clock.now_ms();
-    let project = project(state, caller).await?;
-    let budgets = budgets(state, caller, now).await?;
+    let now = limits.clock.now_ms();
+    let project = project(limits, caller).await?;
+    let budgets = budgets(limits, caller, now).await?;
     let tpm = caller.key.policy.tpm.is_some()
         || caller
             .parent
@@ -87,10 +87,14 @@ pub async fn admit(
         0
     };
     let estimated_tokens = input_tokens + ask.requested_output.unwrap_or(0);
-    let permit = state
-        .limiter
-        .admit(&subjects(caller, &project), estimated_tokens, now)
-        .map_err(GatewayError::RateLimited)?;
+    let permit = crate::limits::rate::admit(
+        &limits.counters,
+        subjects(caller, &project),
+        estimated_tokens,
+        now,
+    )
+    .await
+    .map_err(GatewayError::RateLimited)?;
     let headers = permit.headers;
 
     if budgets.is_empty() {
@@ -101,7 +105,7 @@ pub async fn admit(
             headers,
         });
     }
-    let Some(bound) = cost_bound(state, ask, input_tokens)? else {
+    let Some(bound) = cost_bound(limits, ask, input_tokens)? else {
         // Costs nothing (a GET): no reservation needed.
         return Ok(Admission {
             permit: Some(permit),
@@ -111,9 +115,10 @@ pub async fn admit(
         });
     };
     for (b, start) in &budgets {
-        ensure_loaded(state, b, *start, caller).await?;
+        ensure_loaded(limits, b, *start, caller, now).await?;
     }
-    let (reservation, output_cap) = state.ledger.reserve(&budgets, bound).map_err(|e| {
+    let reserved = crate::limits::budgets::reserve(&limits.counters, budgets, bound, now).await;
+    let (reservation, output_cap) = reserved.map_err(|e| {
         GatewayError::InsufficientQuota(format!(
             "The {} budget ({}) is exhausted: ${:.6} of ${:.6} remains and this request may cost up to ${:.6}. Ask an administrator to raise it, or wait for the next period.",
             e.scope.kind(),
@@ -166,7 +171,7 @@ pub(crate) fn costs_nothing(method: &str) -> bool {
 /// names no model and spends no money, so model restrictions and budgets do
 /// not apply. The permit counts once committed and gives back when dropped.
 pub async fn admit_local(
-    state: &AppState,
+    limits: &SpendControl,
     caller: &Caller,
     method: &str,
     path: &str,
@@ -176,11 +181,15 @@ pub async fn admit_local(
         .chain(caller.parent.as_ref().map(|p| &p.policy))
         .collect();
     check_access(&policies, method, path, client_ip)?;
-    let project = project(state, caller).await?;
-    state
-        .limiter
-        .admit(&subjects(caller, &project), 0, state.clock.now_ms())
-        .map_err(GatewayError::RateLimited)
+    let project = project(limits, caller).await?;
+    crate::limits::rate::admit(
+        &limits.counters,
+        subjects(caller, &project),
+        0,
+        limits.clock.now_ms(),
+    )
+    .await
+    .map_err(GatewayError::RateLimited)
 }
 
 /// The network and endpoint restrictions of every policy above a request.
@@ -238,14 +247,14 @@ fn limits_of(p: &KeyPolicy) -> Limits {
 
 /// The cost bound of a request, `None` when it costs nothing.
 fn cost_bound(
-    state: &AppState,
+    limits: &SpendControl,
     ask: &Ask<'_>,
     input_tokens: i64,
 ) -> Result<Option<CostBound>, GatewayError> {
     if costs_nothing(ask.method) {
         return Ok(None);
     }
-    if let Some(fixed) = state.config.route_costs.get(ask.path) {
+    if let Some(fixed) = limits.route_costs.get(ask.path) {
         return Ok(Some(CostBound {
             input_e6: i128::from(fixed.0) * 1_000_000,
             output_price: 0,
@@ -284,20 +293,20 @@ fn cost_bound(
     }))
 }
 
-async fn project(state: &AppState, caller: &Caller) -> Result<Arc<Project>, GatewayError> {
-    let now = state.clock.now_ms();
+async fn project(limits: &SpendControl, caller: &Caller) -> Result<Arc<Project>, GatewayError> {
+    let now = limits.clock.now_ms();
     let id = &caller.key.project_id;
-    if let Some(p) = state.projects.get(id, now) {
+    if let Some(p) = limits.projects.get(id, now) {
         return Ok(p);
     }
-    let p = state
+    let p = limits
         .store
         .get_project(id)
         .await
         .map_err(internal)?
         .ok_or(GatewayError::Internal)?;
     let p = Arc::new(p);
-    state.projects.insert(id.clone(), p.clone(), now);
+    limits.projects.insert(id.clone(), p.clone(), now);
     Ok(p)
 }
 
@@ -306,7 +315,7 @@ type ScopeOf = fn(String) -> BudgetScope;
 
 /// The budgets above a request with the start of their current period.
 async fn budgets(
-    state: &AppState,
+    limits: &SpendControl,
     caller: &Caller,
     now: i64,
 ) -> Result<Vec<(Arc<Budget>, i64)>, GatewayError> {
@@ -323,17 +332,17 @@ async fn budgets(
     let mut missing = Vec::new();
     let mut found = Vec::new();
     for (scope, id) in scopes.into_iter().flatten() {
-        match state.budgets.get(id, now) {
+        match limits.budgets.get(id, now) {
             Some(Some(b)) => found.push(b),
             Some(None) => {}
             None => missing.push(scope(id.to_owned())),
         }
     }
     if !missing.is_empty() {
-        let loaded = state.store.budgets_for(&missing).await.map_err(internal)?;
+        let loaded = limits.store.budgets_for(&missing).await.map_err(internal)?;
         for s in missing {
             let b = loaded.iter().find(|b| b.scope == s).cloned().map(Arc::new);
-            state.budgets.insert(s.id().to_owned(), b.clone(), now);
+            limits.budgets.insert(s.id().to_owned(), b.clone(), now);
             found.extend(b);
         }
     }
@@ -348,24 +357,25 @@ async fn budgets(
 
 /// Loads a budget's spend for its period from storage, once per period.
 async fn ensure_loaded(
-    state: &AppState,
+    limits: &SpendControl,
     budget: &Budget,
     start: i64,
     caller: &Caller,
+    now: i64,
 ) -> Result<(), GatewayError> {
     let id = (budget.scope.clone(), start);
-    if state.ledger.is_loaded(&id) {
+    if limits.counters.is_loaded(&id, now).await {
         return Ok(());
     }
     // Events still waiting in the batch must count.
-    state.usage.flush().await;
-    let spent = spent_since(state, &budget.scope, start, caller).await?;
-    state.ledger.load(id, spent);
+    limits.unwritten.flush().await;
+    let spent = spent_since(limits, &budget.scope, start, caller).await?;
+    limits.counters.load(id, spent, now).await;
     Ok(())
 }
 
 async fn spent_since(
-    state: &AppState,
+    limits: &SpendControl,
     scope: &BudgetScope,
     start: i64,
     _caller: &Caller,
@@ -382,14 +392,14 @@ async fn spent_since(
         BudgetScope::Key(id) => {
             let id = keyward_core::KeyId::parse(id).ok_or(GatewayError::Internal)?;
             // A key's budget also pays for the ephemeral tokens derived from it.
-            for child in state.store.child_keys(&id).await.map_err(internal)? {
+            for child in limits.store.child_keys(&id).await.map_err(internal)? {
                 keys.push(child.id);
             }
             keys.push(id);
         }
     }
     if keys.is_empty() {
-        return Ok(state
+        return Ok(limits
             .store
             .usage_totals(&filter)
             .await
@@ -399,7 +409,7 @@ async fn spent_since(
     let mut total = 0;
     for k in keys {
         filter.key = Some(k);
-        total += state
+        total += limits
             .store
             .usage_totals(&filter)
             .await

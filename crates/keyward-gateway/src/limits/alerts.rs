@@ -4,14 +4,30 @@
 
 use crate::limits::budgets::ThresholdCrossed;
 use crate::notify::Event;
-use crate::state::SharedState;
-use keyward_core::{BudgetScope, EventId, OrgId, ProjectId};
-use keyward_store::NewAuditEvent;
+use crate::notify::Notifier;
+use keyward_core::{BudgetScope, Clock, EventId, OrgId, ProjectId};
+use keyward_store::{NewAuditEvent, SharedStore};
 use serde_json::json;
+use std::sync::Arc;
+
+/// What raising a budget alert needs.
+#[derive(Clone)]
+pub struct BudgetAlerts {
+    /// Where alerts are recorded (once per period) and audited.
+    pub store: SharedStore,
+    /// Webhooks and emails.
+    pub notifier: Arc<Notifier>,
+    /// Time.
+    pub clock: Clock,
+    /// The server's runtime: request handlers run on worker runtimes that stop
+    /// with their connections, and an alert must outlive the request.
+    pub tasks: tokio::runtime::Handle,
+}
 
 /// Records each crossed threshold once, off the request path.
-pub fn budget_thresholds(state: SharedState, crossed: Vec<ThresholdCrossed>) {
-    state.clone().tasks.spawn(async move {
+pub fn budget_thresholds(alerts: &BudgetAlerts, crossed: Vec<ThresholdCrossed>) {
+    let state = alerts.clone();
+    alerts.tasks.spawn(async move {
         for c in crossed {
             let now = state.clock.now_ms();
             let first = match state
@@ -71,7 +87,7 @@ pub fn budget_thresholds(state: SharedState, crossed: Vec<ThresholdCrossed>) {
                     c.budget.scope.id()
                 ),
             };
-            if let Err(e) = state.leaks.notifier.publish(&notice).await {
+            if let Err(e) = state.notifier.publish(&notice).await {
                 tracing::error!(error = %e, "queueing a budget alert failed");
             }
         }

@@ -8,9 +8,10 @@
 //! does so on drop).
 //!
 //! Accounts are loaded from storage the first time a budget is used in a period.
-//! (Several nodes need a shared ledger — Redis — which this module's interface is
-//! shaped for; until then, hard limits are exact per node.)
+//! The accounts live behind [`Counters`]: in this process (exact per node) or,
+//! in cluster mode, shared between nodes.
 
+use crate::limits::counters::Counters;
 use crate::FastMap as HashMap;
 use keyward_core::{Budget, BudgetScope};
 use std::sync::{Arc, Mutex};
@@ -67,58 +68,135 @@ pub struct ThresholdCrossed {
     pub spent: i64,
 }
 
-/// Every account of this node.
+/// An account and when a request last used it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Entry {
+    account: Account,
+    used_ms: i64,
+}
+
+/// An account nothing holds and nothing used for this long is forgotten (it
+/// is read from storage again if used): past periods, tokens that expired.
+const IDLE_MS: i64 = 10 * 60_000;
+
+/// Below this many accounts the map is never swept.
+const SWEEP_FLOOR: usize = 1024;
+
 #[derive(Default)]
-pub struct BudgetLedger {
-    accounts: Mutex<HashMap<AccountId, Account>>,
+struct Accounts {
+    map: HashMap<AccountId, Entry>,
+    /// The size at which the map is next swept: twice what the last sweep
+    /// kept, so sweeping costs O(1) per request, amortized.
+    next_sweep: usize,
+}
+
+impl Accounts {
+    fn sweep(&mut self, now_ms: i64) {
+        if self.map.len() >= self.next_sweep {
+            self.map
+                .retain(|_, e| e.account.reserved != 0 || now_ms - e.used_ms < IDLE_MS);
+            self.next_sweep = (self.map.len() * 2).max(SWEEP_FLOOR);
+        }
+    }
+
+    fn remaining(&self, b: &Budget, start: i64) -> i64 {
+        let a = self
+            .map
+            .get(&(b.scope.clone(), start))
+            .map(|e| e.account)
+            .unwrap_or_default();
+        b.amount_micros.0 - a.spent - a.reserved
+    }
+}
+
+/// Every account of this node (inside [`crate::limits::LocalCounters`]).
+#[derive(Default)]
+pub(crate) struct BudgetLedger {
+    accounts: Mutex<Accounts>,
 }
 
 /// Money held for one request.
 pub struct Reservation {
-    ledger: Arc<BudgetLedger>,
-    held: Vec<(Arc<Budget>, i64, i64)>,
+    counters: Arc<dyn Counters>,
+    budgets: Vec<(Arc<Budget>, i64)>,
+    held: i64,
     settled: bool,
 }
 
+/// Reserves the request's upper bound against every budget (each with the
+/// start of its current period), atomically; see [`BudgetLedger::reserve`].
+pub async fn reserve(
+    counters: &Arc<dyn Counters>,
+    budgets: Vec<(Arc<Budget>, i64)>,
+    bound: CostBound,
+    now_ms: i64,
+) -> Result<(Reservation, Option<i64>), Exhausted> {
+    let (held, cap) = counters.reserve(&budgets, bound, now_ms).await?;
+    Ok((
+        Reservation {
+            counters: counters.clone(),
+            budgets,
+            held,
+            settled: false,
+        },
+        cap,
+    ))
+}
+
 impl BudgetLedger {
-    /// Whether the account is loaded.
-    pub fn is_loaded(&self, id: &AccountId) -> bool {
-        self.lock().contains_key(id)
+    /// How many accounts are held.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    /// Whether the account is loaded; marks it used, so that it is not swept
+    /// out between this check and the reservation that follows.
+    pub(crate) fn is_loaded(&self, id: &AccountId, now_ms: i64) -> bool {
+        match self.lock().map.get_mut(id) {
+            Some(e) => {
+                e.used_ms = e.used_ms.max(now_ms);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Loads an account with the spend read from storage, unless another task did.
-    pub fn load(&self, id: AccountId, spent: i64) {
-        self.lock()
-            .entry(id)
-            .or_insert(Account { spent, reserved: 0 });
+    pub(crate) fn load(&self, id: AccountId, spent: i64, now_ms: i64) {
+        let mut accounts = self.lock();
+        accounts.sweep(now_ms);
+        let e = accounts.map.entry(id).or_insert(Entry {
+            account: Account { spent, reserved: 0 },
+            used_ms: now_ms,
+        });
+        e.used_ms = e.used_ms.max(now_ms);
     }
 
     /// An account's state (zero when not loaded).
-    pub fn account(&self, id: &AccountId) -> Account {
-        self.lock().get(id).copied().unwrap_or_default()
+    pub(crate) fn account(&self, id: &AccountId) -> Account {
+        self.lock()
+            .map
+            .get(id)
+            .map(|e| e.account)
+            .unwrap_or_default()
     }
 
-    /// Reserves the request's upper bound against every budget, atomically.
+    /// Reserves the request's upper bound against every budget, atomically;
+    /// returns the amount held per budget.
     ///
     /// When the request set no output cap, the cap becomes the most output tokens
     /// the tightest budget can pay for, limited by the model's own limit; the
     /// returned `Some(cap)` must then be sent upstream. Every account must be loaded.
-    pub fn reserve(
-        self: &Arc<Self>,
+    pub(crate) fn reserve(
+        &self,
         budgets: &[(Arc<Budget>, i64)],
         bound: CostBound,
-    ) -> Result<(Reservation, Option<i64>), Exhausted> {
+        now_ms: i64,
+    ) -> Result<(i64, Option<i64>), Exhausted> {
         let mut accounts = self.lock();
-        let remaining = |b: &Budget, start: i64, accounts: &HashMap<AccountId, Account>| {
-            let a = accounts
-                .get(&(b.scope.clone(), start))
-                .copied()
-                .unwrap_or_default();
-            b.amount_micros.0 - a.spent - a.reserved
-        };
         let tightest = budgets
             .iter()
-            .map(|(b, s)| (b, remaining(b, *s, &accounts)))
+            .map(|(b, s)| (b, accounts.remaining(b, *s)))
             .min_by_key(|(_, r)| *r);
         let mut cap_to_set = None;
         let output = match (bound.requested_output, tightest) {
@@ -143,7 +221,7 @@ impl BudgetLedger {
         let needed_e6 = bound.input_e6 + i128::from(output) * i128::from(bound.output_price);
         let needed = i64::try_from((needed_e6 + 999_999) / 1_000_000).unwrap_or(i64::MAX);
         for (b, start) in budgets {
-            let rem = remaining(b, *start, &accounts);
+            let rem = accounts.remaining(b, *start);
             // A request whose cap is zero tokens would be pointless: refuse it too.
             if needed > rem || cap_to_set == Some(0) {
                 return Err(Exhausted {
@@ -155,39 +233,28 @@ impl BudgetLedger {
             }
         }
         for (b, start) in budgets {
-            accounts
-                .entry((b.scope.clone(), *start))
-                .or_default()
-                .reserved += needed;
+            let e = accounts.map.entry((b.scope.clone(), *start)).or_default();
+            e.account.reserved += needed;
+            e.used_ms = e.used_ms.max(now_ms);
         }
-        let held = budgets
-            .iter()
-            .map(|(b, s)| (Arc::clone(b), *s, needed))
-            .collect();
-        Ok((
-            Reservation {
-                ledger: self.clone(),
-                held,
-                settled: false,
-            },
-            cap_to_set,
-        ))
+        Ok((needed, cap_to_set))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AccountId, Account>> {
-        self.accounts.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Reservation {
-    /// Replaces the reservation by the actual cost; returns the soft thresholds
-    /// this crossed.
-    pub fn settle(mut self, actual: i64) -> Vec<ThresholdCrossed> {
-        self.settled = true;
+    /// See [`Counters::settle_budget`].
+    pub(crate) fn settle(
+        &self,
+        budgets: &[(Arc<Budget>, i64)],
+        held: i64,
+        actual: i64,
+    ) -> Vec<ThresholdCrossed> {
         let mut crossed = Vec::new();
-        let mut accounts = self.ledger.lock();
-        for (budget, start, held) in &self.held {
-            let a = accounts.entry((budget.scope.clone(), *start)).or_default();
+        let mut accounts = self.lock();
+        for (budget, start) in budgets {
+            let a = &mut accounts
+                .map
+                .entry((budget.scope.clone(), *start))
+                .or_default()
+                .account;
             let before = a.spent;
             a.reserved -= held;
             a.spent += actual.max(0);
@@ -207,21 +274,44 @@ impl Reservation {
         crossed
     }
 
+    /// See [`Counters::release_budget`].
+    pub(crate) fn release(&self, budgets: &[(Arc<Budget>, i64)], held: i64) {
+        let mut accounts = self.lock();
+        for (budget, start) in budgets {
+            if let Some(e) = accounts.map.get_mut(&(budget.scope.clone(), *start)) {
+                e.account.reserved -= held;
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Accounts> {
+        self.accounts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Reservation {
+    /// Replaces the reservation by the actual cost; returns the soft thresholds
+    /// this crossed.
+    pub fn settle(mut self, actual: i64) -> Vec<ThresholdCrossed> {
+        self.settled = true;
+        self.counters
+            .settle_budget(&self.budgets, self.held, actual)
+    }
+
     /// The amount held per budget.
     pub fn amount(&self) -> i64 {
-        self.held.first().map_or(0, |h| h.2)
+        if self.budgets.is_empty() {
+            0
+        } else {
+            self.held
+        }
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.settled {
-            let mut accounts = self.ledger.lock();
-            for (budget, start, held) in &self.held {
-                if let Some(a) = accounts.get_mut(&(budget.scope.clone(), *start)) {
-                    a.reserved -= held;
-                }
-            }
+            self.counters.release_budget(&self.budgets, self.held);
         }
     }
 }
@@ -229,7 +319,37 @@ impl Drop for Reservation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::counters::LocalCounters;
+    use futures_util::FutureExt;
     use keyward_core::{Micros, Period};
+
+    /// Local counters seen through [`Counters`]; they never wait, so their
+    /// futures are ready at once.
+    struct Ledger(Arc<dyn Counters>);
+
+    fn ledger() -> Ledger {
+        Ledger(Arc::new(LocalCounters::default()))
+    }
+
+    impl Ledger {
+        fn load(&self, id: AccountId, spent: i64) {
+            self.0.load(id, spent, 0).now_or_never().expect("ready");
+        }
+
+        fn account(&self, id: &AccountId) -> Account {
+            self.0.account(id).now_or_never().expect("ready")
+        }
+
+        fn reserve(
+            &self,
+            budgets: &[(Arc<Budget>, i64)],
+            bound: CostBound,
+        ) -> Result<(Reservation, Option<i64>), Exhausted> {
+            reserve(&self.0, budgets.to_vec(), bound, 0)
+                .now_or_never()
+                .expect("ready")
+        }
+    }
 
     fn budget(scope: BudgetScope, amount: i64) -> Arc<Budget> {
         Arc::new(Budget {
@@ -251,7 +371,7 @@ mod tests {
 
     #[test]
     fn concurrent_reservations_never_exceed_the_budget() {
-        let ledger = Arc::new(BudgetLedger::default());
+        let ledger = ledger();
         let b = budget(BudgetScope::Key("key_a".into()), 100);
         ledger.load((b.scope.clone(), 0), 0);
         let budgets = [(b.clone(), 0)];
@@ -284,7 +404,7 @@ mod tests {
 
     #[test]
     fn missing_cap_is_set_to_what_the_budget_can_pay_for() {
-        let ledger = Arc::new(BudgetLedger::default());
+        let ledger = ledger();
         let b = budget(BudgetScope::Project("prj_a".into()), 100);
         ledger.load((b.scope.clone(), 0), 40);
         // 60 left; input 10; output at 2 per token: 25 tokens fit.
@@ -310,7 +430,7 @@ mod tests {
 
     #[test]
     fn the_tightest_budget_names_the_refusal_and_thresholds_fire_once() {
-        let ledger = Arc::new(BudgetLedger::default());
+        let ledger = ledger();
         let key = budget(BudgetScope::Key("key_a".into()), 1_000);
         let project = budget(BudgetScope::Project("prj_a".into()), 50);
         ledger.load((key.scope.clone(), 0), 0);

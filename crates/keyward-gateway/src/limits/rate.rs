@@ -9,6 +9,7 @@
 //! back; a committed one gives back only its in-flight slot and the difference
 //! between estimated and actual tokens.
 
+use crate::limits::counters::Counters;
 pub use crate::rate_headers::{format_reset, write_headers, Allowance, RateHeaders, RateLimited};
 use crate::FastMap as HashMap;
 use keyward_core::{KeyId, ProjectId};
@@ -64,15 +65,41 @@ struct State {
     in_flight: u32,
 }
 
-/// All rate-limit state of this node.
+impl State {
+    /// Whether forgetting this subject changes nothing: no request in flight
+    /// and every bucket full again, whatever its capacity now. A bucket at
+    /// level `l >= 0` refills any capacity within a minute; one below zero (a
+    /// request used more tokens than the limit) within `1 - l` minutes, since
+    /// a capacity is at least 1. A forgotten subject comes back with full
+    /// buckets, as it would have found them.
+    fn is_idle(&self, now_ms: i64) -> bool {
+        let full = |b: &Option<Bucket>| {
+            b.is_none_or(|b| (now_ms - b.at_ms) as f64 >= MINUTE_MS * (1.0 - b.level.min(0.0)))
+        };
+        self.in_flight == 0 && full(&self.requests) && full(&self.tokens)
+    }
+}
+
+/// Below this many subjects the map is never swept.
+const SWEEP_FLOOR: usize = 1024;
+
 #[derive(Default)]
-pub struct RateLimiter {
-    state: Mutex<HashMap<Subject, State>>,
+struct Subjects {
+    map: HashMap<Subject, State>,
+    /// The size at which the map is next swept: twice what the last sweep
+    /// kept, so sweeping costs O(1) per request, amortized.
+    next_sweep: usize,
+}
+
+/// All rate-limit state of this node (inside [`crate::limits::LocalCounters`]).
+#[derive(Default)]
+pub(crate) struct RateLimiter {
+    state: Mutex<Subjects>,
 }
 
 /// A request's admission under the rate limits.
 pub struct Permit {
-    limiter: Arc<RateLimiter>,
+    counters: Arc<dyn Counters>,
     charged: Vec<(Subject, Limits)>,
     estimated_tokens: i64,
     committed: bool,
@@ -81,24 +108,55 @@ pub struct Permit {
     pub headers: RateHeaders,
 }
 
+/// Checks every subject's limits and, only if all pass, charges one request,
+/// `estimated_tokens` tokens and one in-flight slot to each (subjects without
+/// limits are skipped).
+pub async fn admit(
+    counters: &Arc<dyn Counters>,
+    mut subjects: Vec<(Subject, Limits)>,
+    estimated_tokens: i64,
+    now_ms: i64,
+) -> Result<Permit, RateLimited> {
+    subjects.retain(|(_, l)| !l.is_empty());
+    let headers = counters
+        .charge_rate(&subjects, estimated_tokens, now_ms)
+        .await?;
+    Ok(Permit {
+        counters: counters.clone(),
+        charged: subjects,
+        estimated_tokens,
+        committed: false,
+        settled: false,
+        headers,
+    })
+}
+
 impl RateLimiter {
-    /// Checks every subject's limits and, only if all pass, charges one request,
-    /// `estimated_tokens` tokens and one in-flight slot to each.
-    pub fn admit(
-        self: &Arc<Self>,
+    /// How many subjects are held.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Subjects> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// See [`Counters::charge_rate`].
+    pub(crate) fn charge(
+        &self,
         subjects: &[(Subject, Limits)],
         estimated_tokens: i64,
         now_ms: i64,
-    ) -> Result<Permit, RateLimited> {
-        let subjects: Vec<(Subject, Limits)> = subjects
-            .iter()
-            .filter(|(_, l)| !l.is_empty())
-            .cloned()
-            .collect();
-        let mut map = self.state.lock().unwrap_or_else(|e| e.into_inner());
+    ) -> Result<RateHeaders, RateLimited> {
+        let mut guard = self.lock();
+        let Subjects { map, next_sweep } = &mut *guard;
+        if map.len() >= *next_sweep {
+            map.retain(|_, st| !st.is_idle(now_ms));
+            *next_sweep = (map.len() * 2).max(SWEEP_FLOOR);
+        }
         let estimated = estimated_tokens.max(0) as f64;
         // First pass: check only.
-        for (subject, limits) in &subjects {
+        for (subject, limits) in subjects {
             let st = map.entry(subject.clone()).or_default();
             refill(st, limits, now_ms);
             let name = match subject {
@@ -140,7 +198,7 @@ impl RateLimiter {
         }
         // Second pass: charge.
         let mut headers = RateHeaders::default();
-        for (subject, limits) in &subjects {
+        for (subject, limits) in subjects {
             let st = map.get_mut(subject).expect("inserted above");
             if let Some(b) = st.requests.as_mut() {
                 b.level -= 1.0;
@@ -159,20 +217,19 @@ impl RateLimiter {
                 headers.tokens = h.tokens;
             }
         }
-        Ok(Permit {
-            limiter: self.clone(),
-            charged: subjects,
-            estimated_tokens,
-            committed: false,
-            settled: false,
-            headers,
-        })
+        Ok(headers)
     }
 
-    fn release(&self, permit: &Permit, actual_tokens: Option<i64>) {
-        let mut map = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        for (subject, _) in &permit.charged {
-            let Some(st) = map.get_mut(subject) else {
+    /// See [`Counters::release_rate`].
+    pub(crate) fn release(
+        &self,
+        charged: &[(Subject, Limits)],
+        estimated_tokens: i64,
+        actual_tokens: Option<i64>,
+    ) {
+        let mut guard = self.lock();
+        for (subject, _) in charged {
+            let Some(st) = guard.map.get_mut(subject) else {
                 continue;
             };
             st.in_flight = st.in_flight.saturating_sub(1);
@@ -183,13 +240,13 @@ impl RateLimiter {
                         b.level += 1.0;
                     }
                     if let Some(b) = st.tokens.as_mut() {
-                        b.level += permit.estimated_tokens as f64;
+                        b.level += estimated_tokens as f64;
                     }
                 }
                 // Completed: correct the estimate to what was really used.
                 Some(actual) => {
                     if let Some(b) = st.tokens.as_mut() {
-                        b.level += (permit.estimated_tokens - actual) as f64;
+                        b.level += (estimated_tokens - actual) as f64;
                     }
                 }
             }
@@ -207,7 +264,8 @@ impl Permit {
     pub fn finish(mut self, actual_tokens: i64) {
         self.settled = true;
         let actual = self.committed.then_some(actual_tokens);
-        self.limiter.release(&self, actual);
+        self.counters
+            .release_rate(&self.charged, self.estimated_tokens, actual);
     }
 }
 
@@ -215,7 +273,8 @@ impl Drop for Permit {
     fn drop(&mut self) {
         if !self.settled {
             let actual = self.committed.then_some(self.estimated_tokens);
-            self.limiter.release(self, actual);
+            self.counters
+                .release_rate(&self.charged, self.estimated_tokens, actual);
         }
     }
 }
@@ -273,6 +332,24 @@ fn refusal(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::counters::LocalCounters;
+    use futures_util::FutureExt;
+
+    fn limiter() -> Arc<dyn Counters> {
+        Arc::new(LocalCounters::default())
+    }
+
+    /// Local counters never wait, so their futures are ready at once.
+    fn admit_now(
+        rl: &Arc<dyn Counters>,
+        subjects: &[(Subject, Limits)],
+        estimated_tokens: i64,
+        now_ms: i64,
+    ) -> Result<Permit, RateLimited> {
+        admit(rl, subjects.to_vec(), estimated_tokens, now_ms)
+            .now_or_never()
+            .expect("local counters do not wait")
+    }
 
     fn key() -> Subject {
         Subject::Key(KeyId::generate())
@@ -280,7 +357,7 @@ mod tests {
 
     #[test]
     fn requests_per_minute_are_exact_at_the_boundary_and_refill() {
-        let rl = Arc::new(RateLimiter::default());
+        let rl = limiter();
         let k = key();
         let limits = Limits {
             rpm: Some(3),
@@ -288,22 +365,22 @@ mod tests {
         };
         let mut permits = Vec::new();
         for i in 0..3 {
-            let mut p = rl.admit(&[(k.clone(), limits)], 0, 0).unwrap();
+            let mut p = admit_now(&rl, &[(k.clone(), limits)], 0, 0).unwrap();
             assert_eq!(p.headers.requests.unwrap().remaining, 2 - i);
             p.commit();
             permits.push(p);
         }
-        let refused = rl.admit(&[(k.clone(), limits)], 0, 0).err().unwrap();
+        let refused = admit_now(&rl, &[(k.clone(), limits)], 0, 0).err().unwrap();
         assert_eq!(refused.retry_after_ms, 20_000);
         assert_eq!(refused.headers.requests.unwrap().remaining, 0);
         // One request's worth refills after 20 s.
-        assert!(rl.admit(&[(k.clone(), limits)], 0, 19_999).is_err());
-        assert!(rl.admit(&[(k, limits)], 0, 20_000).is_ok());
+        assert!(admit_now(&rl, &[(k.clone(), limits)], 0, 19_999).is_err());
+        assert!(admit_now(&rl, &[(k, limits)], 0, 20_000).is_ok());
     }
 
     #[test]
     fn a_refusal_by_one_limit_consumes_nothing_of_the_others() {
-        let rl = Arc::new(RateLimiter::default());
+        let rl = limiter();
         let (k, p) = (key(), Subject::Project(ProjectId::generate()));
         let key_limits = Limits {
             rpm: Some(10),
@@ -313,59 +390,59 @@ mod tests {
             rpm: Some(1),
             ..Default::default()
         };
-        let mut first = rl
-            .admit(
-                &[(k.clone(), key_limits), (p.clone(), project_limits)],
-                0,
-                0,
-            )
-            .unwrap();
+        let mut first = admit_now(
+            &rl,
+            &[(k.clone(), key_limits), (p.clone(), project_limits)],
+            0,
+            0,
+        )
+        .unwrap();
         first.commit();
-        assert!(rl
-            .admit(
-                &[(k.clone(), key_limits), (p.clone(), project_limits)],
-                0,
-                0
-            )
-            .is_err());
+        assert!(admit_now(
+            &rl,
+            &[(k.clone(), key_limits), (p.clone(), project_limits)],
+            0,
+            0
+        )
+        .is_err());
         // The key's own allowance is untouched by the refused request.
-        let alone = rl.admit(&[(k, key_limits)], 0, 0).unwrap();
+        let alone = admit_now(&rl, &[(k, key_limits)], 0, 0).unwrap();
         assert_eq!(alone.headers.requests.unwrap().remaining, 8);
     }
 
     #[test]
     fn uncommitted_permits_give_everything_back() {
-        let rl = Arc::new(RateLimiter::default());
+        let rl = limiter();
         let k = key();
         let limits = Limits {
             rpm: Some(1),
             tpm: Some(100),
             max_concurrent: Some(1),
         };
-        drop(rl.admit(&[(k.clone(), limits)], 50, 0).unwrap());
-        let p = rl.admit(&[(k.clone(), limits)], 50, 0).unwrap();
+        drop(admit_now(&rl, &[(k.clone(), limits)], 50, 0).unwrap());
+        let p = admit_now(&rl, &[(k.clone(), limits)], 50, 0).unwrap();
         assert_eq!(p.headers.tokens.unwrap().remaining, 50);
     }
 
     #[test]
     fn tokens_are_corrected_to_actual_use_and_concurrency_is_held() {
-        let rl = Arc::new(RateLimiter::default());
+        let rl = limiter();
         let k = key();
         let limits = Limits {
             tpm: Some(100),
             max_concurrent: Some(1),
             ..Default::default()
         };
-        let mut p = rl.admit(&[(k.clone(), limits)], 80, 0).unwrap();
+        let mut p = admit_now(&rl, &[(k.clone(), limits)], 80, 0).unwrap();
         p.commit();
-        let busy = rl.admit(&[(k.clone(), limits)], 1, 0).err().unwrap();
+        let busy = admit_now(&rl, &[(k.clone(), limits)], 1, 0).err().unwrap();
         assert!(busy.message.contains("concurrent"));
         p.finish(30);
-        let p = rl.admit(&[(k.clone(), limits)], 70, 0).unwrap();
+        let p = admit_now(&rl, &[(k.clone(), limits)], 70, 0).unwrap();
         assert_eq!(p.headers.tokens.unwrap().remaining, 0);
         drop(p);
         assert!(
-            rl.admit(&[(k, limits)], 71, 0).is_err(),
+            admit_now(&rl, &[(k, limits)], 71, 0).is_err(),
             "70 left after the first request used 30"
         );
     }

@@ -74,7 +74,7 @@ async fn set(
     budget.scope = scope.clone();
     let now = state.clock.now_ms();
     state.store.set_budget(&budget, now).await?;
-    state.budgets.remove(scope.id());
+    state.limits.budgets.remove(scope.id());
     state
         .store
         .append_audit(&NewAuditEvent {
@@ -98,7 +98,11 @@ async fn list(
     let mut out = Vec::new();
     for b in state.store.list_budgets().await? {
         let start = b.period.start(now);
-        let account = state.ledger.account(&(b.scope.clone(), start));
+        let account = state
+            .limits
+            .counters
+            .account(&(b.scope.clone(), start))
+            .await;
         out.push(BudgetStatus {
             budget: b,
             period_start: start,
@@ -123,7 +127,7 @@ async fn delete(
     )
     .await?;
     state.store.delete_budget(&scope).await?;
-    state.budgets.remove(scope.id());
+    state.limits.budgets.remove(scope.id());
     let now = state.clock.now_ms();
     state
         .store

@@ -358,9 +358,14 @@ pub async fn token_for_holder(
         ));
     }
     let client_ip = state.config.client_ip.client_ip(peer.ip(), &headers);
-    let mut permit =
-        crate::limits::admission::admit_local(&state, &caller, MINT_METHOD, MINT_PATH, client_ip)
-            .await?;
+    let mut permit = crate::limits::admission::admit_local(
+        &state.limits,
+        &caller,
+        MINT_METHOD,
+        MINT_PATH,
+        client_ip,
+    )
+    .await?;
     let req: EphemeralRequest = optional_json(&body)?;
     // The secret presented is the one the token lives and dies with.
     let secret = state

@@ -101,7 +101,14 @@ pub async fn usage(
             .await?
             .first()
         {
-            Some(b) => state.ledger.account(&(scope, b.period.start(now))).reserved,
+            Some(b) => {
+                state
+                    .limits
+                    .counters
+                    .account(&(scope, b.period.start(now)))
+                    .await
+                    .reserved
+            }
             None => 0,
         };
         body.reserved_micros = Some(reserved);

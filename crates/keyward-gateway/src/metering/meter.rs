@@ -103,7 +103,7 @@ impl RequestMeter {
             if let Some(reservation) = admission.reservation {
                 let crossed = reservation.settle(cost.0);
                 if !crossed.is_empty() {
-                    crate::limits::alerts::budget_thresholds(self.state.clone(), crossed);
+                    crate::limits::alerts::budget_thresholds(&self.state.limits.alerts, crossed);
                 }
             }
         }

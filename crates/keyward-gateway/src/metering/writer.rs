@@ -110,6 +110,13 @@ impl UsageWriter {
     }
 }
 
+#[async_trait::async_trait]
+impl crate::limits::UnwrittenSpend for UsageWriter {
+    async fn flush(&self) {
+        UsageWriter::flush(self).await;
+    }
+}
+
 async fn run(
     store: SharedStore,
     policy: BatchPolicy,

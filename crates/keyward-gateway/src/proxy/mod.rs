@@ -186,7 +186,7 @@ async fn handle(
         requested_output: facts.as_ref().and_then(|f| f.requested_output),
         price: meter.price,
     };
-    let admission = match admit(state, &caller, &ask).await {
+    let admission = match admit(&state.limits, &caller, &ask).await {
         Ok(a) => a,
         Err(e) => return Err(refused(meter, e)),
     };

@@ -6,6 +6,8 @@ pub mod workers;
 use crate::bootstrap::{bootstrap, BootstrapError};
 use crate::config::GatewayConfig;
 use crate::key_cache::KeyCache;
+use crate::limits::alerts::BudgetAlerts;
+use crate::limits::{LocalCounters, SpendControl};
 use crate::metering::writer::UsageWriter;
 use crate::metrics::Metrics;
 use crate::serve::workers::Workers;
@@ -64,6 +66,21 @@ impl Server {
         let keys = KeyCache::new(ttl);
         let leaks =
             crate::state::LeakState::start(&config.leaks, store.clone(), clock.clone(), sealing);
+        let limits = SpendControl {
+            counters: Arc::new(LocalCounters::default()),
+            store: store.clone(),
+            clock: clock.clone(),
+            unwritten: Arc::new(usage.clone()),
+            route_costs: config.route_costs.clone(),
+            projects: TtlMap::new(ttl),
+            budgets: TtlMap::new(ttl),
+            alerts: BudgetAlerts {
+                store: store.clone(),
+                notifier: leaks.notifier.clone(),
+                clock: clock.clone(),
+                tasks: tokio::runtime::Handle::current(),
+            },
+        };
         Ok(Self {
             state: Arc::new(AppState {
                 config,
@@ -73,11 +90,8 @@ impl Server {
                 metrics,
                 clock,
                 upstream,
-                limiter: Arc::default(),
-                ledger: Arc::default(),
-                projects: TtlMap::new(ttl),
+                limits,
                 keys_by_id: TtlMap::new(ttl),
-                budgets: TtlMap::new(ttl),
                 audit_sampler: crate::audit_sample::AuditSampler::new(60_000),
                 initial_admin_key: setup.initial_key,
                 leaks,
