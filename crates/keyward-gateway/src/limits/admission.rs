@@ -1,11 +1,12 @@
 //! Admission: between "this key is valid" and "forward it", everything that may
 //! refuse a request — restrictions, rate limits, budgets — in that order, cheapest
-//! first. Nothing here is charged unless the whole admission succeeds: the rate
-//! limit [`Permit`] and the budget [`Reservation`] give back what they took when
-//! dropped unused.
+//! first. Rate limits and budgets are charged in one call to the
+//! [`crate::limits::Counters`], all or nothing; the rate limit [`Permit`] and the
+//! budget [`Reservation`] give back what they took when dropped unused.
 
 use crate::error::GatewayError;
-use crate::limits::budgets::{CostBound, Reservation};
+use crate::limits::budgets::{AccountId, CostBound, Exhausted, PeriodBudgets, Reservation};
+use crate::limits::counters::{Charge, Charged, Refusal};
 use crate::limits::rate::{Limits, Permit, RateHeaders, Subject};
 use crate::limits::SpendControl;
 use crate::request::input_bound::input_token_bound;
@@ -87,53 +88,81 @@ pub async fn admit(
         0
     };
     let estimated_tokens = input_tokens + ask.requested_output.unwrap_or(0);
-    let permit = crate::limits::rate::admit(
-        &limits.counters,
-        subjects(caller, &project),
-        estimated_tokens,
-        now,
-    )
-    .await
-    .map_err(GatewayError::RateLimited)?;
-    let headers = permit.headers;
-
-    if budgets.is_empty() {
-        return Ok(Admission {
-            permit: Some(permit),
-            reservation: None,
-            output_cap: None,
-            headers,
-        });
-    }
-    let Some(bound) = cost_bound(limits, ask, input_tokens)? else {
-        // Costs nothing (a GET): no reservation needed.
-        return Ok(Admission {
-            permit: Some(permit),
-            reservation: None,
-            output_cap: None,
-            headers,
-        });
+    let mut subjects = subjects(caller, &project);
+    subjects.retain(|(_, l)| !l.is_empty());
+    // A request whose cost has no bound is refused after the rate limits, as a
+    // rate-limited request is told so first; it is charged nothing.
+    let (bound, unbounded) = if budgets.is_empty() {
+        (None, None)
+    } else {
+        match cost_bound(limits, ask, input_tokens) {
+            Ok(bound) => (bound, None),
+            Err(e) => (None, Some(e)),
+        }
     };
-    for (b, start) in &budgets {
-        ensure_loaded(limits, b, *start, caller, now).await?;
+    let reserve = bound.map(|b| (budgets.as_slice(), b));
+    let charged = charge(limits, caller, &subjects, estimated_tokens, reserve, now).await?;
+    let counters = &limits.counters;
+    let permit = Permit::new(
+        counters.clone(),
+        subjects,
+        estimated_tokens,
+        charged.headers,
+    );
+    if let Some(e) = unbounded {
+        return Err(e); // the permit, dropped, gives back what it took
     }
-    let reserved = crate::limits::budgets::reserve(&limits.counters, budgets, bound, now).await;
-    let (reservation, output_cap) = reserved.map_err(|e| {
-        GatewayError::InsufficientQuota(format!(
-            "The {} budget ({}) is exhausted: ${:.6} of ${:.6} remains and this request may cost up to ${:.6}. Ask an administrator to raise it, or wait for the next period.",
-            e.scope.kind(),
-            e.scope.id(),
-            e.remaining.max(0) as f64 / 1e6,
-            e.amount as f64 / 1e6,
-            e.needed as f64 / 1e6,
-        ))
-    })?;
+    let reservation = bound.map(|_| Reservation::new(counters.clone(), budgets, charged.held));
     Ok(Admission {
         permit: Some(permit),
-        reservation: Some(reservation),
-        output_cap,
-        headers,
+        reservation,
+        output_cap: charged.output_cap,
+        headers: charged.headers,
     })
+}
+
+/// Charges the counters, loading budget accounts they do not hold yet.
+async fn charge(
+    limits: &SpendControl,
+    caller: &Caller,
+    subjects: &[(Subject, Limits)],
+    estimated_tokens: i64,
+    reserve: Option<(&PeriodBudgets, CostBound)>,
+    now: i64,
+) -> Result<Charged, GatewayError> {
+    // Accounts just loaded are kept for minutes, so a second attempt succeeds;
+    // a third guards against a counters implementation that never keeps them.
+    for _ in 0..3 {
+        let charge = Charge {
+            subjects,
+            estimated_tokens,
+            reserve,
+            now_ms: now,
+        };
+        match limits.counters.charge(charge).await {
+            Ok(charged) => return Ok(charged),
+            Err(Refusal::RateLimited(r)) => return Err(GatewayError::RateLimited(r)),
+            Err(Refusal::Exhausted(e)) => return Err(exhausted(e)),
+            Err(Refusal::Unloaded(ids)) => {
+                for id in ids {
+                    load(limits, id, caller, now).await?;
+                }
+            }
+        }
+    }
+    tracing::error!("budget accounts were loaded but the counters do not hold them");
+    Err(GatewayError::Internal)
+}
+
+fn exhausted(e: Exhausted) -> GatewayError {
+    GatewayError::InsufficientQuota(format!(
+        "The {} budget ({}) is exhausted: ${:.6} of ${:.6} remains and this request may cost up to ${:.6}. Ask an administrator to raise it, or wait for the next period.",
+        e.scope.kind(),
+        e.scope.id(),
+        e.remaining.max(0) as f64 / 1e6,
+        e.amount as f64 / 1e6,
+        e.needed as f64 / 1e6,
+    ))
 }
 
 /// Holds a request to a key's model restriction. A body the gateway did not
@@ -182,14 +211,15 @@ pub async fn admit_local(
         .collect();
     check_access(&policies, method, path, client_ip)?;
     let project = project(limits, caller).await?;
-    crate::limits::rate::admit(
-        &limits.counters,
-        subjects(caller, &project),
+    let mut subjects = subjects(caller, &project);
+    subjects.retain(|(_, l)| !l.is_empty());
+    let charged = charge(limits, caller, &subjects, 0, None, limits.clock.now_ms()).await?;
+    Ok(Permit::new(
+        limits.counters.clone(),
+        subjects,
         0,
-        limits.clock.now_ms(),
-    )
-    .await
-    .map_err(GatewayError::RateLimited)
+        charged.headers,
+    ))
 }
 
 /// The network and endpoint restrictions of every policy above a request.
@@ -355,21 +385,16 @@ async fn budgets(
         .collect())
 }
 
-/// Loads a budget's spend for its period from storage, once per period.
-async fn ensure_loaded(
+/// Loads a budget account's spend for its period from storage.
+async fn load(
     limits: &SpendControl,
-    budget: &Budget,
-    start: i64,
+    id: AccountId,
     caller: &Caller,
     now: i64,
 ) -> Result<(), GatewayError> {
-    let id = (budget.scope.clone(), start);
-    if limits.counters.is_loaded(&id, now).await {
-        return Ok(());
-    }
     // Events still waiting in the batch must count.
     limits.unwritten.flush().await;
-    let spent = spent_since(limits, &budget.scope, start, caller).await?;
+    let spent = spent_since(limits, &id.0, id.1, caller).await?;
     limits.counters.load(id, spent, now).await;
     Ok(())
 }

@@ -28,6 +28,9 @@ pub struct Account {
 /// Identifies an account: a budget's scope and the start of its period.
 pub type AccountId = (BudgetScope, i64);
 
+/// The budgets above a request, each with the start of its current period.
+pub type PeriodBudgets = [(Arc<Budget>, i64)];
+
 /// The upper bound of a request's cost, in parts per million of a micro-dollar
 /// (micro-dollars per million tokens times tokens), before the output cap is known.
 #[derive(Clone, Copy, Debug)]
@@ -82,8 +85,9 @@ const IDLE_MS: i64 = 10 * 60_000;
 /// Below this many accounts the map is never swept.
 const SWEEP_FLOOR: usize = 1024;
 
+/// Every account, by budget and period.
 #[derive(Default)]
-struct Accounts {
+pub(crate) struct Accounts {
     map: HashMap<AccountId, Entry>,
     /// The size at which the map is next swept: twice what the last sweep
     /// kept, so sweeping costs O(1) per request, amortized.
@@ -91,7 +95,7 @@ struct Accounts {
 }
 
 impl Accounts {
-    fn sweep(&mut self, now_ms: i64) {
+    pub(crate) fn sweep(&mut self, now_ms: i64) {
         if self.map.len() >= self.next_sweep {
             self.map
                 .retain(|_, e| e.account.reserved != 0 || now_ms - e.used_ms < IDLE_MS);
@@ -107,96 +111,21 @@ impl Accounts {
             .unwrap_or_default();
         b.amount_micros.0 - a.spent - a.reserved
     }
-}
 
-/// Every account of this node (inside [`crate::limits::LocalCounters`]).
-#[derive(Default)]
-pub(crate) struct BudgetLedger {
-    accounts: Mutex<Accounts>,
-}
-
-/// Money held for one request.
-pub struct Reservation {
-    counters: Arc<dyn Counters>,
-    budgets: Vec<(Arc<Budget>, i64)>,
-    held: i64,
-    settled: bool,
-}
-
-/// Reserves the request's upper bound against every budget (each with the
-/// start of its current period), atomically; see [`BudgetLedger::reserve`].
-pub async fn reserve(
-    counters: &Arc<dyn Counters>,
-    budgets: Vec<(Arc<Budget>, i64)>,
-    bound: CostBound,
-    now_ms: i64,
-) -> Result<(Reservation, Option<i64>), Exhausted> {
-    let (held, cap) = counters.reserve(&budgets, bound, now_ms).await?;
-    Ok((
-        Reservation {
-            counters: counters.clone(),
-            budgets,
-            held,
-            settled: false,
-        },
-        cap,
-    ))
-}
-
-impl BudgetLedger {
-    /// How many accounts are held.
-    pub(crate) fn len(&self) -> usize {
-        self.lock().map.len()
-    }
-
-    /// Whether the account is loaded; marks it used, so that it is not swept
-    /// out between this check and the reservation that follows.
-    pub(crate) fn is_loaded(&self, id: &AccountId, now_ms: i64) -> bool {
-        match self.lock().map.get_mut(id) {
-            Some(e) => {
-                e.used_ms = e.used_ms.max(now_ms);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Loads an account with the spend read from storage, unless another task did.
-    pub(crate) fn load(&self, id: AccountId, spent: i64, now_ms: i64) {
-        let mut accounts = self.lock();
-        accounts.sweep(now_ms);
-        let e = accounts.map.entry(id).or_insert(Entry {
-            account: Account { spent, reserved: 0 },
-            used_ms: now_ms,
-        });
-        e.used_ms = e.used_ms.max(now_ms);
-    }
-
-    /// An account's state (zero when not loaded).
-    pub(crate) fn account(&self, id: &AccountId) -> Account {
-        self.lock()
-            .map
-            .get(id)
-            .map(|e| e.account)
-            .unwrap_or_default()
-    }
-
-    /// Reserves the request's upper bound against every budget, atomically;
-    /// returns the amount held per budget.
+    /// Checks that the request's upper bound fits every budget; returns the
+    /// amount to hold per budget.
     ///
     /// When the request set no output cap, the cap becomes the most output tokens
     /// the tightest budget can pay for, limited by the model's own limit; the
     /// returned `Some(cap)` must then be sent upstream. Every account must be loaded.
-    pub(crate) fn reserve(
+    pub(crate) fn check(
         &self,
         budgets: &[(Arc<Budget>, i64)],
         bound: CostBound,
-        now_ms: i64,
     ) -> Result<(i64, Option<i64>), Exhausted> {
-        let mut accounts = self.lock();
         let tightest = budgets
             .iter()
-            .map(|(b, s)| (b, accounts.remaining(b, *s)))
+            .map(|(b, s)| (b, self.remaining(b, *s)))
             .min_by_key(|(_, r)| *r);
         let mut cap_to_set = None;
         let output = match (bound.requested_output, tightest) {
@@ -221,7 +150,7 @@ impl BudgetLedger {
         let needed_e6 = bound.input_e6 + i128::from(output) * i128::from(bound.output_price);
         let needed = i64::try_from((needed_e6 + 999_999) / 1_000_000).unwrap_or(i64::MAX);
         for (b, start) in budgets {
-            let rem = accounts.remaining(b, *start);
+            let rem = self.remaining(b, *start);
             // A request whose cap is zero tokens would be pointless: refuse it too.
             if needed > rem || cap_to_set == Some(0) {
                 return Err(Exhausted {
@@ -232,12 +161,74 @@ impl BudgetLedger {
                 });
             }
         }
+        Ok((needed, cap_to_set))
+    }
+
+    /// Holds `needed` against every budget; [`Accounts::check`] must have
+    /// passed under the same guard.
+    pub(crate) fn charge(&mut self, budgets: &[(Arc<Budget>, i64)], needed: i64, now_ms: i64) {
         for (b, start) in budgets {
-            let e = accounts.map.entry((b.scope.clone(), *start)).or_default();
+            let e = self.map.entry((b.scope.clone(), *start)).or_default();
             e.account.reserved += needed;
             e.used_ms = e.used_ms.max(now_ms);
         }
-        Ok((needed, cap_to_set))
+    }
+
+    /// The accounts of `budgets` not loaded yet, if any.
+    pub(crate) fn unloaded(&self, budgets: &[(Arc<Budget>, i64)]) -> Option<Vec<AccountId>> {
+        let loaded =
+            |(b, start): &(Arc<Budget>, i64)| self.map.contains_key(&(b.scope.clone(), *start));
+        if budgets.iter().all(loaded) {
+            return None;
+        }
+        Some(
+            budgets
+                .iter()
+                .filter(|b| !loaded(b))
+                .map(|(b, start)| (b.scope.clone(), *start))
+                .collect(),
+        )
+    }
+}
+
+/// Every account of this node (inside [`crate::limits::LocalCounters`]).
+#[derive(Default)]
+pub(crate) struct BudgetLedger {
+    accounts: Mutex<Accounts>,
+}
+
+/// Money held for one request.
+pub struct Reservation {
+    counters: Arc<dyn Counters>,
+    budgets: Vec<(Arc<Budget>, i64)>,
+    held: i64,
+    settled: bool,
+}
+
+impl BudgetLedger {
+    /// How many accounts are held.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    /// Loads an account with the spend read from storage, unless another task did.
+    pub(crate) fn load(&self, id: AccountId, spent: i64, now_ms: i64) {
+        let mut accounts = self.lock();
+        accounts.sweep(now_ms);
+        let e = accounts.map.entry(id).or_insert(Entry {
+            account: Account { spent, reserved: 0 },
+            used_ms: now_ms,
+        });
+        e.used_ms = e.used_ms.max(now_ms);
+    }
+
+    /// An account's state (zero when not loaded).
+    pub(crate) fn account(&self, id: &AccountId) -> Account {
+        self.lock()
+            .map
+            .get(id)
+            .map(|e| e.account)
+            .unwrap_or_default()
     }
 
     /// See [`Counters::settle_budget`].
@@ -284,12 +275,24 @@ impl BudgetLedger {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Accounts> {
+    /// The accounts, locked: [`Accounts::check`] and [`Accounts::charge`]
+    /// under one guard are one atomic reservation.
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Accounts> {
         self.accounts.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl Reservation {
+    /// The reservation of `held` per budget that `counters` made.
+    pub fn new(counters: Arc<dyn Counters>, budgets: Vec<(Arc<Budget>, i64)>, held: i64) -> Self {
+        Self {
+            counters,
+            budgets,
+            held,
+            settled: false,
+        }
+    }
+
     /// Replaces the reservation by the actual cost; returns the soft thresholds
     /// this crossed.
     pub fn settle(mut self, actual: i64) -> Vec<ThresholdCrossed> {
@@ -319,7 +322,7 @@ impl Drop for Reservation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::counters::LocalCounters;
+    use crate::limits::counters::{Charge, LocalCounters, Refusal};
     use futures_util::FutureExt;
     use keyward_core::{Micros, Period};
 
@@ -345,9 +348,20 @@ mod tests {
             budgets: &[(Arc<Budget>, i64)],
             bound: CostBound,
         ) -> Result<(Reservation, Option<i64>), Exhausted> {
-            reserve(&self.0, budgets.to_vec(), bound, 0)
-                .now_or_never()
-                .expect("ready")
+            let charge = Charge {
+                subjects: &[],
+                estimated_tokens: 0,
+                reserve: Some((budgets, bound)),
+                now_ms: 0,
+            };
+            match self.0.charge(charge).now_or_never().expect("ready") {
+                Ok(c) => Ok((
+                    Reservation::new(self.0.clone(), budgets.to_vec(), c.held),
+                    c.output_cap,
+                )),
+                Err(Refusal::Exhausted(e)) => Err(e),
+                Err(other) => panic!("{other:?}"),
+            }
         }
     }
 

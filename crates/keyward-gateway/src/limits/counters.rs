@@ -5,42 +5,80 @@
 //! proxy.
 
 use crate::limits::budgets::{
-    Account, AccountId, BudgetLedger, CostBound, Exhausted, ThresholdCrossed,
+    Account, AccountId, BudgetLedger, CostBound, Exhausted, PeriodBudgets, ThresholdCrossed,
 };
 use crate::limits::rate::{Limits, RateHeaders, RateLimited, RateLimiter, Subject};
 use keyward_core::Budget;
 use std::sync::Arc;
 
+/// What one request asks to be charged.
+#[derive(Clone, Copy)]
+pub struct Charge<'a> {
+    /// The rate-limit subjects the request counts toward (each with limits).
+    pub subjects: &'a [(Subject, Limits)],
+    /// Tokens the request may use, charged to the token limits up front.
+    pub estimated_tokens: i64,
+    /// The budgets above the request, each with the start of its current
+    /// period, and the upper bound of the request's cost to hold against each;
+    /// `None` when nothing is reserved.
+    pub reserve: Option<(&'a PeriodBudgets, CostBound)>,
+    /// Now.
+    pub now_ms: i64,
+}
+
+/// What a [`Charge`] took.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Charged {
+    /// The allowances left, for the response headers.
+    pub headers: RateHeaders,
+    /// The amount held against each budget (0 when none).
+    pub held: i64,
+    /// The output cap to send upstream when the request set none and the
+    /// budgets cannot pay for the model's own limit.
+    pub output_cap: Option<i64>,
+}
+
+/// Why a [`Charge`] took nothing.
+#[derive(Debug)]
+pub enum Refusal {
+    /// A rate limit is reached.
+    RateLimited(RateLimited),
+    /// A budget cannot pay for the request's upper bound.
+    Exhausted(Exhausted),
+    /// These budget accounts are not loaded: load them
+    /// ([`Counters::load`]) and charge again.
+    Unloaded(Vec<AccountId>),
+}
+
 /// Rate-limit buckets and budget accounts, checked and charged per request.
 ///
-/// Every check-and-charge is atomic over the scopes it is given: either every
-/// scope is charged or none is, so a refusal by one limit consumes nothing of
-/// the others. What a check charged is given back (or corrected to actual use)
-/// through [`Counters::release_rate`], [`Counters::release_budget`] and
-/// [`Counters::settle_budget`]; [`crate::limits::rate::Permit`] and
-/// [`crate::limits::budgets::Reservation`] call them, also from `Drop`.
+/// [`Counters::charge`] checks and charges every scope a request touches in
+/// one atomic step: either every rate-limit subject and every budget is
+/// charged or nothing is, so a refusal by one limit consumes nothing of the
+/// others. Rate limits are checked first (a request both rate-limited and
+/// over budget is told it is rate-limited), then that the accounts are
+/// loaded, then the budgets. What a charge took is given back (or corrected
+/// to actual use) through [`Counters::release_rate`],
+/// [`Counters::release_budget`] and [`Counters::settle_budget`];
+/// [`crate::limits::rate::Permit`] and [`crate::limits::budgets::Reservation`]
+/// call them, also from `Drop`.
 ///
 /// Those three are plain functions because `Drop` cannot await: they must not
 /// block. An implementation whose counters are across a network (Redis) sends
-/// the release to its own task (an unbounded channel read by a task spawned on
+/// the work to its own task (an unbounded channel read by a task spawned on
 /// the server's runtime) and returns at once; [`LocalCounters`] applies it
 /// inline, which is one uncontended lock and a few additions, cheaper than
 /// handing it to a task, and lets a caller that drops a permit see it given
-/// back at once.
+/// back at once (tests rely on that, with no waiting).
 #[async_trait::async_trait]
 pub trait Counters: Send + Sync {
-    /// Checks every subject's limits and, only if all pass, charges one request,
-    /// `estimated_tokens` tokens and one in-flight slot to each. `subjects` has
-    /// no subject without limits.
-    async fn charge_rate(
-        &self,
-        subjects: &[(Subject, Limits)],
-        estimated_tokens: i64,
-        now_ms: i64,
-    ) -> Result<RateHeaders, RateLimited>;
+    /// Checks every limit and budget of `charge` and, only if all pass,
+    /// charges one request, `estimated_tokens` tokens and one in-flight slot to
+    /// each subject and holds the cost bound against each budget.
+    async fn charge(&self, charge: Charge<'_>) -> Result<Charged, Refusal>;
 
-    /// Gives back what [`Counters::charge_rate`] charged: everything when
-    /// `actual_tokens` is `None` (the request was never sent), else the
+    /// Gives back what [`Counters::charge`] charged the rate limits: everything
+    /// when `actual_tokens` is `None` (the request was never sent), else the
     /// in-flight slot and the difference between estimated and actual tokens.
     fn release_rate(
         &self,
@@ -49,10 +87,6 @@ pub trait Counters: Send + Sync {
         actual_tokens: Option<i64>,
     );
 
-    /// Whether a budget's account for a period is loaded (and, for an
-    /// implementation that evicts, kept until the reservation that follows).
-    async fn is_loaded(&self, id: &AccountId, now_ms: i64) -> bool;
-
     /// Loads an account with the spend read from storage, unless another
     /// request (or node) did.
     async fn load(&self, id: AccountId, spent: i64, now_ms: i64);
@@ -60,19 +94,8 @@ pub trait Counters: Send + Sync {
     /// An account's state (zero when not loaded).
     async fn account(&self, id: &AccountId) -> Account;
 
-    /// Reserves the request's upper bound against every budget (each with the
-    /// start of its current period; every account loaded), atomically. Returns
-    /// the amount held per budget and, when the request set no output cap, the
-    /// cap to send upstream (see [`BudgetLedger::reserve`]).
-    async fn reserve(
-        &self,
-        budgets: &[(Arc<Budget>, i64)],
-        bound: CostBound,
-        now_ms: i64,
-    ) -> Result<(i64, Option<i64>), Exhausted>;
-
-    /// Replaces a reservation of `held` per budget by the actual cost; returns
-    /// the soft thresholds this crossed. An implementation that settles in a
+    /// Replaces a hold of `held` per budget by the actual cost; returns the
+    /// soft thresholds this crossed. An implementation that settles in a
     /// task raises the crossings itself (through
     /// [`crate::limits::alerts::BudgetAlerts`]) and returns none.
     fn settle_budget(
@@ -82,17 +105,20 @@ pub trait Counters: Send + Sync {
         actual: i64,
     ) -> Vec<ThresholdCrossed>;
 
-    /// Gives back a reservation of `held` per budget that was never used.
+    /// Gives back a hold of `held` per budget that was never used.
     fn release_budget(&self, budgets: &[(Arc<Budget>, i64)], held: i64);
 }
 
 /// The counters of this process: exact under any concurrency on this node.
 ///
+/// A charge takes the rate-limit lock and, when it reserves, the budget lock
+/// (always in that order; releases take one of them), as before the seam.
+///
 /// Memory stays bounded: what no longer matters is swept out as the maps grow
-/// (see [`RateLimiter`] and [`BudgetLedger`]): rate-limit buckets of idle
+/// (see `rate.rs` and `budgets.rs`): rate-limit buckets of idle
 /// subjects that are full again (which covers expired ephemeral tokens), and
 /// budget accounts nothing holds and nothing used for a while (which covers
-/// past periods; an account swept by mistake is only read from storage again).
+/// past periods; an account swept out is only read from storage again).
 #[derive(Default)]
 pub struct LocalCounters {
     rate: RateLimiter,
@@ -109,13 +135,34 @@ impl LocalCounters {
 
 #[async_trait::async_trait]
 impl Counters for LocalCounters {
-    async fn charge_rate(
-        &self,
-        subjects: &[(Subject, Limits)],
-        estimated_tokens: i64,
-        now_ms: i64,
-    ) -> Result<RateHeaders, RateLimited> {
-        self.rate.charge(subjects, estimated_tokens, now_ms)
+    async fn charge(&self, charge: Charge<'_>) -> Result<Charged, Refusal> {
+        let Charge {
+            subjects,
+            estimated_tokens,
+            reserve,
+            now_ms,
+        } = charge;
+        let mut rate = self.rate.lock();
+        rate.check(subjects, estimated_tokens, now_ms)
+            .map_err(Refusal::RateLimited)?;
+        let (held, output_cap) = match reserve {
+            None => (0, None),
+            Some((budgets, bound)) => {
+                let mut accounts = self.ledger.lock();
+                if let Some(ids) = accounts.unloaded(budgets) {
+                    return Err(Refusal::Unloaded(ids));
+                }
+                let (held, cap) = accounts.check(budgets, bound).map_err(Refusal::Exhausted)?;
+                accounts.charge(budgets, held, now_ms);
+                (held, cap)
+            }
+        };
+        let headers = rate.charge(subjects, estimated_tokens, now_ms);
+        Ok(Charged {
+            headers,
+            held,
+            output_cap,
+        })
     }
 
     fn release_rate(
@@ -127,25 +174,12 @@ impl Counters for LocalCounters {
         self.rate.release(charged, estimated_tokens, actual_tokens);
     }
 
-    async fn is_loaded(&self, id: &AccountId, now_ms: i64) -> bool {
-        self.ledger.is_loaded(id, now_ms)
-    }
-
     async fn load(&self, id: AccountId, spent: i64, now_ms: i64) {
         self.ledger.load(id, spent, now_ms);
     }
 
     async fn account(&self, id: &AccountId) -> Account {
         self.ledger.account(id)
-    }
-
-    async fn reserve(
-        &self,
-        budgets: &[(Arc<Budget>, i64)],
-        bound: CostBound,
-        now_ms: i64,
-    ) -> Result<(i64, Option<i64>), Exhausted> {
-        self.ledger.reserve(budgets, bound, now_ms)
     }
 
     fn settle_budget(
@@ -165,8 +199,8 @@ impl Counters for LocalCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::budgets::reserve;
-    use crate::limits::rate::admit;
+    use crate::limits::budgets::Reservation;
+    use crate::limits::rate::Permit;
     use futures_util::FutureExt;
     use keyward_core::{BudgetScope, Clock, KeyId, Micros, Period, ProjectId};
 
@@ -208,10 +242,14 @@ mod tests {
             let token = KeyId::generate();
             let subjects = vec![
                 (Subject::Key(token.clone()), limits),
-                (Subject::Project(project.clone()), Limits::default()),
+                (
+                    Subject::Project(project.clone()),
+                    Limits {
+                        max_concurrent: Some(10),
+                        ..Limits::default()
+                    },
+                ),
             ];
-            let mut permit = now(admit(&counters, subjects, 100, t)).expect("within limits");
-            permit.commit();
             let budgets = vec![
                 (
                     daily(BudgetScope::Key(token.to_string())),
@@ -219,18 +257,30 @@ mod tests {
                 ),
                 (project_budget.clone(), Period::Day.start(t)),
             ];
-            for (b, start) in &budgets {
-                if !now(counters.is_loaded(&(b.scope.clone(), *start), t)) {
-                    now(counters.load((b.scope.clone(), *start), 0, t));
-                }
-            }
             let bound = CostBound {
                 input_e6: 10_000_000,
                 output_price: 0,
                 requested_output: Some(0),
                 model_max_output: None,
             };
-            let (reservation, _) = now(reserve(&counters, budgets, bound, t)).expect("fits");
+            let charge = Charge {
+                subjects: &subjects,
+                estimated_tokens: 100,
+                reserve: Some((&budgets, bound)),
+                now_ms: t,
+            };
+            let charged = match now(counters.charge(charge)) {
+                Err(Refusal::Unloaded(ids)) => {
+                    for id in ids {
+                        now(counters.load(id, 0, t));
+                    }
+                    now(counters.charge(charge)).expect("within limits and budgets")
+                }
+                other => other.expect("within limits and budgets"),
+            };
+            let mut permit = Permit::new(counters.clone(), subjects, 100, charged.headers);
+            permit.commit();
+            let reservation = Reservation::new(counters.clone(), budgets, charged.held);
             reservation.settle(1);
             permit.finish(40);
             clock.advance(3_000);

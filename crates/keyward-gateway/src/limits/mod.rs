@@ -5,22 +5,28 @@
 //!
 //! # The seam
 //!
-//! Admission never names where the numbers live: it asks a
-//! [`Counters`] (held as `Arc<dyn Counters>` in [`SpendControl`]) to check and
-//! charge the rate limits of every subject a request touches (its key, a
-//! token's parent key, its project) in one atomic step, then to reserve an
-//! upper bound of its cost against every budget above it in another. The
-//! [`rate::Permit`] and [`budgets::Reservation`] it gets back give everything
-//! back when dropped unused, and are settled to actual use when the response
-//! ends.
+//! Admission never names where the numbers live. It asks a [`Counters`]
+//! (held as `Arc<dyn Counters>` in [`SpendControl`]) to check and charge, in
+//! one call and all or nothing, the rate limits of every subject a request
+//! touches (its key, a token's parent key, its project: requests and tokens
+//! per minute, requests in flight) and a reservation of the request's cost
+//! bound against every budget above it (key, parent key, project,
+//! organization). The [`rate::Permit`] and [`budgets::Reservation`] it builds
+//! from the answer give everything back when dropped unused, and are settled
+//! to actual use when the response ends.
 //!
-//! [`LocalCounters`] keeps the numbers in this process, under one lock per
-//! check. A shared (Redis) implementation for cluster mode implements the same
-//! trait: `charge_rate` and `reserve` as one script each (check every scope,
-//! then charge all or none), `is_loaded`/`load`/`account` over the shared
-//! accounts, and `release_rate`, `settle_budget` and `release_budget` by
-//! sending the work to its own release task, since they are called from `Drop`
-//! and must not block. Nothing in `proxy/` or in [`admission`] changes.
+//! [`LocalCounters`] keeps the numbers in this process (one lock for the rate
+//! limits and one for the budgets, as before the seam). A shared (Redis)
+//! implementation for cluster mode implements the same trait and nothing in
+//! `proxy/` or [`admission`] changes:
+//!
+//! - `charge`: one script that checks every bucket and account, answers
+//!   `Unloaded` for accounts it does not hold (admission reads their spend
+//!   from storage and calls `load`), and charges all or none;
+//! - `load` and `account` over the shared accounts;
+//! - `release_rate`, `settle_budget` and `release_budget`: called from `Drop`,
+//!   so they must not block: it sends them to its own release task and returns
+//!   (raising threshold alerts from that task through [`alerts::BudgetAlerts`]).
 
 pub mod admission;
 pub mod alerts;

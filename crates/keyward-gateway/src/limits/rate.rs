@@ -38,7 +38,8 @@ pub struct Limits {
 }
 
 impl Limits {
-    fn is_empty(&self) -> bool {
+    /// Whether no limit is set (such a subject is not counted).
+    pub fn is_empty(&self) -> bool {
         self.rpm.is_none() && self.tpm.is_none() && self.max_concurrent.is_none()
     }
 }
@@ -83,8 +84,9 @@ impl State {
 /// Below this many subjects the map is never swept.
 const SWEEP_FLOOR: usize = 1024;
 
+/// Every subject's buckets.
 #[derive(Default)]
-struct Subjects {
+pub(crate) struct Subjects {
     map: HashMap<Subject, State>,
     /// The size at which the map is next swept: twice what the last sweep
     /// kept, so sweeping costs O(1) per request, amortized.
@@ -108,54 +110,34 @@ pub struct Permit {
     pub headers: RateHeaders,
 }
 
-/// Checks every subject's limits and, only if all pass, charges one request,
-/// `estimated_tokens` tokens and one in-flight slot to each (subjects without
-/// limits are skipped).
-pub async fn admit(
-    counters: &Arc<dyn Counters>,
-    mut subjects: Vec<(Subject, Limits)>,
-    estimated_tokens: i64,
-    now_ms: i64,
-) -> Result<Permit, RateLimited> {
-    subjects.retain(|(_, l)| !l.is_empty());
-    let headers = counters
-        .charge_rate(&subjects, estimated_tokens, now_ms)
-        .await?;
-    Ok(Permit {
-        counters: counters.clone(),
-        charged: subjects,
-        estimated_tokens,
-        committed: false,
-        settled: false,
-        headers,
-    })
-}
-
 impl RateLimiter {
     /// How many subjects are held.
     pub(crate) fn len(&self) -> usize {
         self.lock().map.len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Subjects> {
+    /// The subjects, locked: [`Subjects::check`] and [`Subjects::charge`]
+    /// under one guard are one atomic check-and-charge.
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Subjects> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
 
-    /// See [`Counters::charge_rate`].
-    pub(crate) fn charge(
-        &self,
+impl Subjects {
+    /// Checks every subject's limits (refilling their buckets) without
+    /// charging anything; sweeps out idle subjects when the map has doubled.
+    pub(crate) fn check(
+        &mut self,
         subjects: &[(Subject, Limits)],
         estimated_tokens: i64,
         now_ms: i64,
-    ) -> Result<RateHeaders, RateLimited> {
-        let mut guard = self.lock();
-        let Subjects { map, next_sweep } = &mut *guard;
-        if map.len() >= *next_sweep {
-            map.retain(|_, st| !st.is_idle(now_ms));
-            *next_sweep = (map.len() * 2).max(SWEEP_FLOOR);
+    ) -> Result<(), RateLimited> {
+        if self.map.len() >= self.next_sweep {
+            self.map.retain(|_, st| !st.is_idle(now_ms));
+            self.next_sweep = (self.map.len() * 2).max(SWEEP_FLOOR);
         }
         let estimated = estimated_tokens.max(0) as f64;
-        // First pass: check only.
+        let map = &mut self.map;
         for (subject, limits) in subjects {
             let st = map.entry(subject.clone()).or_default();
             refill(st, limits, now_ms);
@@ -196,7 +178,20 @@ impl RateLimiter {
                 }
             }
         }
-        // Second pass: charge.
+        Ok(())
+    }
+
+    /// Charges one request, `estimated_tokens` tokens and one in-flight slot
+    /// to every subject; [`Subjects::check`] must have passed under the same
+    /// guard.
+    pub(crate) fn charge(
+        &mut self,
+        subjects: &[(Subject, Limits)],
+        estimated_tokens: i64,
+        now_ms: i64,
+    ) -> RateHeaders {
+        let estimated = estimated_tokens.max(0) as f64;
+        let map = &mut self.map;
         let mut headers = RateHeaders::default();
         for (subject, limits) in subjects {
             let st = map.get_mut(subject).expect("inserted above");
@@ -217,9 +212,11 @@ impl RateLimiter {
                 headers.tokens = h.tokens;
             }
         }
-        Ok(headers)
+        headers
     }
+}
 
+impl RateLimiter {
     /// See [`Counters::release_rate`].
     pub(crate) fn release(
         &self,
@@ -255,6 +252,24 @@ impl RateLimiter {
 }
 
 impl Permit {
+    /// The permit for what `counters` charged `subjects` (the subjects with
+    /// limits) for one request of `estimated_tokens`.
+    pub fn new(
+        counters: Arc<dyn Counters>,
+        charged: Vec<(Subject, Limits)>,
+        estimated_tokens: i64,
+        headers: RateHeaders,
+    ) -> Self {
+        Self {
+            counters,
+            charged,
+            estimated_tokens,
+            committed: false,
+            settled: false,
+            headers,
+        }
+    }
+
     /// Marks the request as sent upstream: from now on it counts.
     pub fn commit(&mut self) {
         self.committed = true;
@@ -332,7 +347,7 @@ fn refusal(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::counters::LocalCounters;
+    use crate::limits::counters::{Charge, LocalCounters, Refusal};
     use futures_util::FutureExt;
 
     fn limiter() -> Arc<dyn Counters> {
@@ -346,9 +361,28 @@ mod tests {
         estimated_tokens: i64,
         now_ms: i64,
     ) -> Result<Permit, RateLimited> {
-        admit(rl, subjects.to_vec(), estimated_tokens, now_ms)
+        let mut subjects = subjects.to_vec();
+        subjects.retain(|(_, l)| !l.is_empty());
+        let charge = Charge {
+            subjects: &subjects,
+            estimated_tokens,
+            reserve: None,
+            now_ms,
+        };
+        let charged = rl
+            .charge(charge)
             .now_or_never()
-            .expect("local counters do not wait")
+            .expect("local counters do not wait");
+        match charged {
+            Ok(c) => Ok(Permit::new(
+                rl.clone(),
+                subjects,
+                estimated_tokens,
+                c.headers,
+            )),
+            Err(Refusal::RateLimited(r)) => Err(r),
+            Err(other) => panic!("{other:?}"),
+        }
     }
 
     fn key() -> Subject {
