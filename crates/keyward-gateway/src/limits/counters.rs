@@ -219,6 +219,51 @@ mod tests {
     }
 
     #[test]
+    fn a_budget_refusal_or_an_unloaded_account_consumes_no_rate_limit() {
+        let counters: Arc<dyn Counters> = Arc::new(LocalCounters::default());
+        let subjects = [(
+            Subject::Key(KeyId::generate()),
+            Limits {
+                rpm: Some(1),
+                max_concurrent: Some(1),
+                ..Limits::default()
+            },
+        )];
+        let budget = daily(BudgetScope::Project(ProjectId::generate().to_string()));
+        let budgets = [(budget.clone(), 0)];
+        let bound = |input_e6| CostBound {
+            input_e6,
+            output_price: 0,
+            requested_output: Some(0),
+            model_max_output: None,
+        };
+        let charge = |input_e6| Charge {
+            subjects: &subjects,
+            estimated_tokens: 0,
+            reserve: Some((&budgets, bound(input_e6))),
+            now_ms: 0,
+        };
+        let unloaded = now(counters.charge(charge(1_000_000))).err();
+        assert!(
+            matches!(unloaded, Some(Refusal::Unloaded(ids)) if ids == [(budget.scope.clone(), 0)])
+        );
+        now(counters.load((budget.scope.clone(), 0), 999_999, 0));
+        // Two micro-dollars do not fit in the one left.
+        let over = now(counters.charge(charge(2_000_000))).err();
+        assert!(matches!(over, Some(Refusal::Exhausted(e)) if e.remaining == 1));
+        // The one request a minute is still there, and so is the money.
+        let charged = now(counters.charge(charge(1_000_000))).expect("fits");
+        assert_eq!(charged.headers.requests.map(|a| a.remaining), Some(0));
+        assert_eq!(
+            now(counters.account(&(budget.scope.clone(), 0))),
+            Account {
+                spent: 999_999,
+                reserved: 1
+            }
+        );
+    }
+
+    #[test]
     fn ephemeral_tokens_and_past_periods_are_not_kept() {
         let local = Arc::new(LocalCounters::default());
         let counters: Arc<dyn Counters> = local.clone();
