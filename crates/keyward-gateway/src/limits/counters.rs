@@ -218,6 +218,92 @@ mod tests {
         })
     }
 
+    /// A rate-limit release: what was charged, the estimate, the actual use.
+    type RateRelease = (Vec<(Subject, Limits)>, i64, Option<i64>);
+
+    /// Counters that release in a task, as a network implementation must:
+    /// `Drop` only queues; the task applies the release and says so.
+    struct Queued {
+        inner: Arc<LocalCounters>,
+        releases: tokio::sync::mpsc::UnboundedSender<RateRelease>,
+    }
+
+    impl Queued {
+        /// The counters, and a receiver of one message per applied release.
+        fn start() -> (Arc<dyn Counters>, tokio::sync::mpsc::UnboundedReceiver<()>) {
+            let inner = Arc::new(LocalCounters::default());
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<RateRelease>();
+            let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
+            let applied = inner.clone();
+            tokio::spawn(async move {
+                while let Some((charged, estimated, actual)) = rx.recv().await {
+                    applied.release_rate(&charged, estimated, actual);
+                    let _ = done_tx.send(());
+                }
+            });
+            let counters = Arc::new(Queued {
+                inner,
+                releases: tx,
+            });
+            (counters, done_rx)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Counters for Queued {
+        async fn charge(&self, charge: Charge<'_>) -> Result<Charged, Refusal> {
+            self.inner.charge(charge).await
+        }
+        fn release_rate(&self, charged: &[(Subject, Limits)], estimated: i64, actual: Option<i64>) {
+            let _ = self.releases.send((charged.to_vec(), estimated, actual));
+        }
+        async fn load(&self, id: AccountId, spent: i64, now_ms: i64) {
+            self.inner.load(id, spent, now_ms).await;
+        }
+        async fn account(&self, id: &AccountId) -> Account {
+            self.inner.account(id).await
+        }
+        fn settle_budget(
+            &self,
+            b: &PeriodBudgets,
+            held: i64,
+            actual: i64,
+        ) -> Vec<ThresholdCrossed> {
+            self.inner.settle_budget(b, held, actual)
+        }
+        fn release_budget(&self, b: &PeriodBudgets, held: i64) {
+            self.inner.release_budget(b, held);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_permit_dropped_is_released_through_the_counters_task() {
+        let (counters, mut released) = Queued::start();
+        let subjects = vec![(
+            Subject::Key(KeyId::generate()),
+            Limits {
+                max_concurrent: Some(1),
+                ..Limits::default()
+            },
+        )];
+        let charge = Charge {
+            subjects: &subjects,
+            estimated_tokens: 0,
+            reserve: None,
+            now_ms: 0,
+        };
+        let charged = counters.charge(charge).await.expect("a free slot");
+        let permit = Permit::new(counters.clone(), subjects.clone(), 0, charged.headers);
+        let busy = counters.charge(charge).await.err();
+        assert!(
+            matches!(busy, Some(Refusal::RateLimited(_))),
+            "the slot is held"
+        );
+        drop(permit);
+        released.recv().await.expect("the release task runs");
+        assert!(counters.charge(charge).await.is_ok(), "the slot is back");
+    }
+
     #[test]
     fn a_budget_refusal_or_an_unloaded_account_consumes_no_rate_limit() {
         let counters: Arc<dyn Counters> = Arc::new(LocalCounters::default());
