@@ -25,6 +25,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Time.
     pub clock: Clock,
+    /// What request meters share (the usage writer and metrics above, the
+    /// prices, budget alerts).
+    pub metering: Arc<crate::metering::Metering>,
     /// Pooled upstream client.
     pub upstream: Upstream,
     /// Rate limits and budgets: their counters and the records admission reads.

@@ -5,7 +5,7 @@
 use crate::limits::admission::Admission;
 use crate::metering::sse_tap::SseTap;
 use crate::metering::usage_parse::read;
-use crate::state::SharedState;
+use crate::metering::Metering;
 use crate::upstream::UpstreamBody;
 use bytes::Bytes;
 use hyper::body::{Body, Frame};
@@ -22,8 +22,8 @@ const MAX_JSON_TAP: usize = 16 * 1024 * 1024;
 
 /// Everything needed to write the request's usage event.
 pub struct RequestMeter {
-    /// Where the event goes, and the ledger and limiter to settle.
-    pub state: SharedState,
+    /// Where the event goes, and where crossed budget thresholds go.
+    pub metering: Arc<Metering>,
     /// The request's hold on rate limits and budgets.
     pub admission: Option<Admission>,
     /// The key that made the request.
@@ -73,7 +73,7 @@ impl RequestMeter {
             // The model that answered has a price where the requested alias
             // had none (only looked up then: the usual request is priced).
             if self.price.is_none() {
-                self.price = self.state.config.prices.get(m).copied();
+                self.price = self.metering.prices.get(m).copied();
             }
         }
         let accepted = self.upstream_latency_ms >= 0 && (200..300).contains(&self.status);
@@ -103,11 +103,11 @@ impl RequestMeter {
             if let Some(reservation) = admission.reservation {
                 let crossed = reservation.settle(cost.0);
                 if !crossed.is_empty() {
-                    crate::limits::alerts::budget_thresholds(&self.state.limits.alerts, crossed);
+                    (self.metering.budget_alerts)(crossed);
                 }
             }
         }
-        self.state.usage.record(UsageEvent {
+        self.metering.usage.record(UsageEvent {
             key_id: self.key.id.clone(),
             project_id: self.key.project_id.clone(),
             org_id: self.key.org_id.clone(),
@@ -133,9 +133,9 @@ impl RequestMeter {
     /// Says that this request, which used tokens, is metered at $0.
     #[cold]
     fn unpriced(&self) {
-        let metrics = &self.state.metrics;
+        let metrics = &self.metering.metrics;
         metrics.unpriced_requests.inc();
-        if metrics.unpriced_warning_due(self.state.clock.now_ms()) {
+        if metrics.unpriced_warning_due(self.metering.clock.now_ms()) {
             // The model name comes from the request: bounded, and quoted by `?`.
             let model: String = self.model.chars().take(100).collect();
             tracing::warn!(

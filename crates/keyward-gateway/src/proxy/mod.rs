@@ -119,7 +119,7 @@ async fn handle(
     };
     let client_ip = state.config.client_ip.client_ip(peer.ip(), &parts.headers);
     let mut meter = RequestMeter {
-        state: state.clone(),
+        metering: state.metering.clone(),
         admission: None,
         key: caller.key.clone(),
         endpoint: endpoint.clone(),

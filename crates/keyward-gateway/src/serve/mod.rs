@@ -9,6 +9,7 @@ use crate::key_cache::KeyCache;
 use crate::limits::alerts::BudgetAlerts;
 use crate::limits::{LocalCounters, SpendControl};
 use crate::metering::writer::UsageWriter;
+use crate::metering::Metering;
 use crate::metrics::Metrics;
 use crate::serve::workers::Workers;
 use crate::state::{AppState, SharedState};
@@ -81,8 +82,21 @@ impl Server {
                 tasks: tokio::runtime::Handle::current(),
             },
         };
+        let tasks = tokio::runtime::Handle::current();
         Ok(Self {
             state: Arc::new(AppState {
+                metering: Arc::new(Metering {
+                    usage: usage.clone(),
+                    metrics: metrics.clone(),
+                    clock: clock.clone(),
+                    prices: config.prices.clone(),
+                    budget_alerts: {
+                        let alerts = limits.alerts.clone();
+                        Box::new(move |crossed| {
+                            crate::limits::alerts::budget_thresholds(&alerts, crossed)
+                        })
+                    },
+                }),
                 config,
                 store,
                 keys,
@@ -95,7 +109,7 @@ impl Server {
                 audit_sampler: crate::audit_sample::AuditSampler::new(60_000),
                 initial_admin_key: setup.initial_key,
                 leaks,
-                tasks: tokio::runtime::Handle::current(),
+                tasks,
             }),
         })
     }
