@@ -20,35 +20,99 @@ use std::time::Instant;
 /// responses are forwarded but counted as incomplete.
 const MAX_JSON_TAP: usize = 16 * 1024 * 1024;
 
-/// Everything needed to write the request's usage event.
-pub struct RequestMeter {
-    /// Where the event goes, and where crossed budget thresholds go.
-    pub metering: Arc<Metering>,
-    /// The request's hold on rate limits and budgets.
-    pub admission: Option<Admission>,
+/// Who asked, for what, and when: known before the request's body is read.
+pub struct Arrival {
     /// The key that made the request.
     pub key: Arc<KeyRecord>,
-    /// Request path.
+    /// Request path (or a stand-in when the path itself was refused).
     pub endpoint: String,
-    /// Model named by the request (replaced by the response's when it names one).
-    pub model: String,
-    /// Price of the model, when known.
-    pub price: Option<ModelPrice>,
     /// Arrival time, ms since the epoch.
     pub at_ms: i64,
     /// Arrival instant, for latency.
     pub started: Instant,
-    /// Time to the upstream's headers.
-    pub upstream_latency_ms: i64,
-    /// Status sent to the client.
-    pub status: u16,
     /// Client address.
     pub client_ip: Option<String>,
-    /// Whether the response is a stream.
-    pub streamed: bool,
+}
+
+/// What the request's body said, as far as it was read.
+#[derive(Default)]
+pub struct Asked {
+    /// Model named by the request, or empty.
+    pub model: String,
+    /// Price of the model, when known.
+    pub price: Option<ModelPrice>,
+    /// Whether the request asked for a stream.
+    pub stream: bool,
     /// Input tokens to charge if the upstream never reports usage: an upper bound
     /// from the request body's size (a token is at least one byte).
     pub input_estimate: i64,
+}
+
+/// Everything needed to write the request's usage event. Built once, when the
+/// request was admitted or refused; only the upstream's answer is added later
+/// ([`RequestMeter::answered`]).
+pub struct RequestMeter {
+    metering: Arc<Metering>,
+    admission: Option<Admission>,
+    key: Arc<KeyRecord>,
+    endpoint: String,
+    /// Replaced by the response's model when the request named none.
+    model: String,
+    price: Option<ModelPrice>,
+    at_ms: i64,
+    started: Instant,
+    /// Time to the upstream's headers; -1 while there is no answer.
+    upstream_latency_ms: i64,
+    /// Status sent to the client.
+    status: u16,
+    client_ip: Option<String>,
+    streamed: bool,
+    input_estimate: i64,
+}
+
+impl RequestMeter {
+    /// A meter for a request that arrived, asked for `asked`, and holds
+    /// `admission` (none when it was refused before admission).
+    pub fn new(
+        metering: Arc<Metering>,
+        arrival: Arrival,
+        asked: Asked,
+        admission: Option<Admission>,
+    ) -> Self {
+        Self {
+            metering,
+            admission,
+            key: arrival.key,
+            endpoint: arrival.endpoint,
+            model: asked.model,
+            price: asked.price,
+            at_ms: arrival.at_ms,
+            started: arrival.started,
+            upstream_latency_ms: -1,
+            status: 0,
+            client_ip: arrival.client_ip,
+            streamed: asked.stream,
+            input_estimate: asked.input_estimate,
+        }
+    }
+
+    /// The request's hold on rate limits and budgets, while it has one.
+    pub fn admission_mut(&mut self) -> Option<&mut Admission> {
+        self.admission.as_mut()
+    }
+
+    /// The upstream answered with `status` after `latency_ms`.
+    pub fn answered(&mut self, status: u16, latency_ms: i64) {
+        self.status = status;
+        self.upstream_latency_ms = latency_ms;
+    }
+
+    /// Writes the event of a request that never got an upstream answer: it was
+    /// refused with `status`, and costs nothing.
+    pub fn refused(mut self, status: u16) {
+        self.status = status;
+        self.finish(None, 0, None);
+    }
 }
 
 impl RequestMeter {
@@ -161,8 +225,10 @@ pub struct MeteredBody {
 }
 
 impl MeteredBody {
-    /// Wraps an SSE body; `strip_usage_chunk` as in [`SseTap::new`].
-    pub fn sse(inner: UpstreamBody, meter: RequestMeter, strip_usage_chunk: bool) -> Self {
+    /// Wraps an SSE body; `strip_usage_chunk` as in [`SseTap::new`]. The
+    /// request is metered as streamed, whatever it asked for.
+    pub fn sse(inner: UpstreamBody, mut meter: RequestMeter, strip_usage_chunk: bool) -> Self {
+        meter.streamed = true;
         Self {
             inner,
             tap: Tap::Sse(SseTap::new(strip_usage_chunk)),

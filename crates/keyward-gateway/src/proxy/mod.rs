@@ -4,8 +4,8 @@ pub mod verify;
 
 use crate::error::GatewayError;
 use crate::json_walk::Members;
-use crate::limits::admission::{admit, Ask};
-use crate::metering::meter::{MeteredBody, RequestMeter};
+use crate::limits::admission::{admit, Ask, Caller};
+use crate::metering::meter::{Arrival, Asked, MeteredBody, RequestMeter};
 use crate::proxy::verify::{verify_caller, ParseMemo};
 use crate::rate_headers::write_headers as write_rate_headers;
 use crate::request;
@@ -109,7 +109,32 @@ async fn handle(
         Some(memo),
     )
     .await?;
+    // From here on, every request leaves a usage event, refused or not.
+    match forward_verified(state, peer, &caller, started, at_ms, req).await {
+        Ok(response) => Ok(response),
+        Err(Refusal { meter, error }) => {
+            meter.refused(error.status().as_u16());
+            Err(error)
+        }
+    }
+}
 
+/// A request refused before the upstream answered, with the meter that writes
+/// its usage event: [`handle`] is the one place that writes it.
+struct Refusal {
+    meter: RequestMeter,
+    error: GatewayError,
+}
+
+/// The part of [`handle`] after the key is verified.
+async fn forward_verified(
+    state: &SharedState,
+    peer: SocketAddr,
+    caller: &Caller,
+    started: Instant,
+    at_ms: i64,
+    req: Request,
+) -> Result<Response, Refusal> {
     let (parts, body) = req.into_parts();
     let stem = state.config.key_format.stem();
     let path_refusal = request::path::check(parts.uri.path(), stem).err();
@@ -118,61 +143,44 @@ async fn handle(
         Some(_) => REFUSED_PATH.to_owned(),
     };
     let client_ip = state.config.client_ip.client_ip(peer.ip(), &parts.headers);
-    let mut meter = RequestMeter {
-        metering: state.metering.clone(),
-        admission: None,
+    let arrival = Arrival {
         key: caller.key.clone(),
-        endpoint: endpoint.clone(),
-        model: String::new(),
-        price: None,
+        endpoint,
         at_ms,
         started,
-        upstream_latency_ms: -1,
-        status: 0,
         client_ip: Some(crate::request::client_ip::text(client_ip)),
-        streamed: false,
-        input_estimate: 0,
     };
 
-    // Before any policy check: the policy matches the path the upstream gets.
-    if let Some(refusal) = path_refusal {
-        return Err(refused(meter, refusal.into()));
-    }
-    let path_and_query = match forwarded_target(&parts.uri, stem) {
-        Ok(pq) => pq,
-        Err(e) => return Err(refused(meter, e)),
-    };
-
-    let body = match read_body(
-        body,
-        parts.headers.get(header::CONTENT_LENGTH),
-        state.config.max_body_bytes,
-    )
-    .await
-    {
-        Ok(b) => b,
-        Err(e) => return Err(refused(meter, e)),
-    };
-    meter.input_estimate = body.len() as i64;
-    let inspected = match inspect_body(&endpoint, &parts.headers, &body) {
-        Ok(x) => x,
-        Err(e) => return Err(refused(meter, e)),
+    let read = read_request(state, &arrival.endpoint, path_refusal, &parts, body).await;
+    let (path_and_query, body, inspected) = match read {
+        Ok(read) => read,
+        Err(error) => {
+            let meter = RequestMeter::new(state.metering.clone(), arrival, Asked::default(), None);
+            return Err(Refusal { meter, error });
+        }
     };
     let (facts, uninspected_body) = match inspected {
         RequestBody::Json(f) => (Some(f), false),
         RequestBody::Empty => (None, false),
         RequestBody::Opaque => (None, true),
     };
-    if let Some(f) = &facts {
-        meter.model = f.model.clone();
-        meter.price = state.config.prices.get(&f.model).copied();
-        meter.streamed = f.stream;
-    }
+    let asked = match &facts {
+        Some(f) => Asked {
+            model: f.model.clone(),
+            price: state.config.prices.get(&f.model).copied(),
+            stream: f.stream,
+            input_estimate: body.len() as i64,
+        },
+        None => Asked {
+            input_estimate: body.len() as i64,
+            ..Asked::default()
+        },
+    };
 
     let method = parts.method.as_str();
     let ask = Ask {
         method,
-        path: &endpoint,
+        path: &arrival.endpoint,
         // A bodiless request that cannot run a model names none; a bodiless
         // POST names the empty model, which no model restriction allows.
         model: match &facts {
@@ -184,35 +192,47 @@ async fn handle(
         client_ip,
         body: &body,
         requested_output: facts.as_ref().and_then(|f| f.requested_output),
-        price: meter.price,
+        price: asked.price,
     };
-    let admission = match admit(&state.limits, &caller, &ask).await {
-        Ok(a) => a,
-        Err(e) => return Err(refused(meter, e)),
+    let admitted = admit(&state.limits, caller, &ask).await;
+    let endpoint = arrival.endpoint.clone();
+    let metering = state.metering.clone();
+    let (mut meter, rate_headers, output_cap) = match admitted {
+        Ok(a) => {
+            let (headers, cap) = (a.headers, a.output_cap);
+            (
+                RequestMeter::new(metering, arrival, asked, Some(a)),
+                headers,
+                cap,
+            )
+        }
+        Err(error) => {
+            let meter = RequestMeter::new(metering, arrival, asked, None);
+            return Err(Refusal { meter, error });
+        }
     };
-    let rate_headers = admission.headers;
-    let body = rewrite_body(&endpoint, facts.as_ref(), admission.output_cap, body);
-    meter.admission = Some(admission);
-
+    let body = rewrite_body(&endpoint, facts.as_ref(), output_cap, body);
     let relabel = facts.as_ref().is_some_and(|f| f.relabel);
     let upstream_req = match body
         .and_then(|b| build_upstream_request(state, &parts, &path_and_query, b, relabel))
     {
         Ok(r) => r,
-        Err(e) => return Err(refused(meter, e)),
+        Err(error) => return Err(Refusal { meter, error }),
     };
-    if let Some(p) = meter.admission.as_mut().and_then(|a| a.permit.as_mut()) {
+    if let Some(p) = meter.admission_mut().and_then(|a| a.permit.as_mut()) {
         p.commit();
     }
     let upstream_resp = match state.upstream.send(upstream_req).await {
         Ok(r) => r,
-        Err(e) => {
+        Err(error) => {
             state.metrics.upstream_failures.inc();
-            return Err(refused(meter, e));
+            return Err(Refusal { meter, error });
         }
     };
-    meter.upstream_latency_ms = started.elapsed().as_millis() as i64;
-    meter.status = upstream_resp.status().as_u16();
+    meter.answered(
+        upstream_resp.status().as_u16(),
+        started.elapsed().as_millis() as i64,
+    );
 
     let (mut resp_parts, upstream_body) = upstream_resp.into_parts();
     clean_response_headers(&mut resp_parts.headers);
@@ -223,7 +243,6 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
     let body = if is_sse {
-        meter.streamed = true;
         let strip = facts
             .as_ref()
             .is_some_and(|f| f.stream && !f.client_wants_usage);
@@ -234,6 +253,30 @@ async fn handle(
         Body::new(MeteredBody::json(upstream_body, meter))
     };
     Ok(Response::from_parts(resp_parts, body))
+}
+
+/// Checks the path and reads the body: the target to forward to, the body, and
+/// what it says.
+async fn read_request(
+    state: &AppState,
+    endpoint: &str,
+    path_refusal: Option<request::path::PathRefusal>,
+    parts: &http::request::Parts,
+    body: Body,
+) -> Result<(PathAndQuery, Bytes, RequestBody), GatewayError> {
+    // Before any policy check: the policy matches the path the upstream gets.
+    if let Some(refusal) = path_refusal {
+        return Err(refusal.into());
+    }
+    let path_and_query = forwarded_target(&parts.uri, state.config.key_format.stem())?;
+    let body = read_body(
+        body,
+        parts.headers.get(header::CONTENT_LENGTH),
+        state.config.max_body_bytes,
+    )
+    .await?;
+    let inspected = inspect_body(endpoint, &parts.headers, &body)?;
+    Ok((path_and_query, body, inspected))
 }
 
 /// Applies the gateway's changes to a JSON body: ask a stream for usage, and set
@@ -330,14 +373,6 @@ fn prepend_members(body: &[u8], ask_usage: bool, cap: Option<(&str, i64)>) -> Op
     }
     out.extend_from_slice(rest);
     Some(Bytes::from(out))
-}
-
-/// Records the usage event of a request that never got an upstream answer, and
-/// passes the error on.
-fn refused(mut meter: RequestMeter, e: GatewayError) -> GatewayError {
-    meter.status = e.status().as_u16();
-    meter.finish(None, 0, None);
-    e
 }
 
 async fn read_body(
