@@ -4,8 +4,7 @@
 //! The request path reads a handful of members from bodies whose bulk (messages,
 //! generated text) it never needs; skipping that bulk with `memchr` costs a
 //! fraction of deserializing it. A walk does not validate what it skips: callers
-//! that must reject malformed JSON validate elsewhere (the request body is
-//! deserialized once, in `proxy::inspect_json`).
+//! that must reject malformed JSON validate elsewhere.
 
 /// The members of a JSON object, as raw key bytes (without quotes) and raw
 /// value bytes. Stops (yielding nothing more) at the first malformed byte;

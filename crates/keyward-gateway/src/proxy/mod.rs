@@ -3,7 +3,6 @@
 pub mod verify;
 
 use crate::error::GatewayError;
-use crate::json_walk::Members;
 use crate::limits::admission::{admit, Ask, Caller};
 use crate::metering::meter::{Arrival, Asked, MeteredBody, RequestMeter};
 use crate::proxy::verify::{verify_caller, ParseMemo};
@@ -93,6 +92,36 @@ struct RequestFacts {
     client_wants_usage: bool,
     /// The output cap the client set.
     requested_output: Option<i64>,
+    /// Which top-level members the body has, of those the gateway may set, and
+    /// whether it has any at all: where [`prepend_members`] may write.
+    members: Members,
+}
+
+/// The top-level members of a request body that [`rewrite_body`] needs to know
+/// about, noted while the body is deserialized (so it is not walked again).
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+struct Members {
+    /// The object has at least one member.
+    any: bool,
+    /// A member's name is escaped, so it could spell one of the names below.
+    escaped: bool,
+    stream_options: bool,
+    max_completion_tokens: bool,
+    max_tokens: bool,
+    max_output_tokens: bool,
+}
+
+impl Members {
+    /// Whether the body has a member named `name` (of those tracked).
+    fn has(&self, name: &str) -> bool {
+        match name {
+            "stream_options" => self.stream_options,
+            "max_completion_tokens" => self.max_completion_tokens,
+            "max_tokens" => self.max_tokens,
+            "max_output_tokens" => self.max_output_tokens,
+            _ => true,
+        }
+    }
 }
 
 async fn handle(
@@ -304,7 +333,7 @@ fn rewrite_body(
         };
         (field, cap)
     });
-    if let Some(spliced) = prepend_members(&original, ask_usage, cap) {
+    if let Some(spliced) = prepend_members(&original, &facts.members, ask_usage, cap) {
         return Ok(spliced);
     }
     match reserialize(&original, ask_usage, cap) {
@@ -337,21 +366,25 @@ fn reserialize(
     Some(serde_json::to_vec(&obj).map_err(|_| GatewayError::Internal))
 }
 
-/// The common case of [`rewrite_body`] without parsing: when the body has none of
-/// the members the gateway sets, they are written in front of the client's own,
-/// which stay byte for byte as sent. `None` when a member to set is already
-/// there (or a key is escaped, so could be one), or the object is malformed:
-/// then the body is parsed and re-serialized.
-fn prepend_members(body: &[u8], ask_usage: bool, cap: Option<(&str, i64)>) -> Option<Bytes> {
-    let mut members = Members::of(body)?;
-    for (key, _) in members.by_ref() {
-        let taken = (ask_usage && key == b"stream_options")
-            || cap.is_some_and(|(field, _)| key == field.as_bytes());
-        if taken || key.contains(&b'\\') {
-            return None;
-        }
-    }
-    if !members.complete() {
+/// The common case of [`rewrite_body`] without parsing again: when the body has
+/// none of the members the gateway sets, they are written in front of the
+/// client's own, which stay byte for byte as sent. `None` when a member to set
+/// is already there (or a name is escaped, so could be one): then the body is
+/// parsed and re-serialized. `members` are the body's, as [`inspect_body`]
+/// noted them: the body is a JSON object serde accepted.
+///
+/// Why: re-serializing cost as much as the rest of the request's handling on a
+/// streamed chat request, and reorders or reformats the client's JSON; writing
+/// in front of the first member needs only the position of the `{`.
+fn prepend_members(
+    body: &[u8],
+    members: &Members,
+    ask_usage: bool,
+    cap: Option<(&str, i64)>,
+) -> Option<Bytes> {
+    let taken =
+        (ask_usage && members.stream_options) || cap.is_some_and(|(field, _)| members.has(field));
+    if taken || members.escaped {
         return None;
     }
     let open = body.iter().position(|&b| b == b'{')?;
@@ -367,8 +400,7 @@ fn prepend_members(body: &[u8], ask_usage: bool, cap: Option<(&str, i64)>) -> Op
         }
         out.extend_from_slice(format!("\"{field}\":{cap}").as_bytes());
     }
-    let added = ask_usage || cap.is_some();
-    if added && rest.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'}') {
+    if (ask_usage || cap.is_some()) && members.any {
         out.push(b',');
     }
     out.extend_from_slice(rest);
@@ -458,21 +490,106 @@ fn is_json_media_type(value: &[u8]) -> bool {
 }
 
 /// The fields the gateway reads from a JSON request; everything else is skipped
-/// without building a JSON tree.
-#[derive(serde::Deserialize)]
-struct Peek<'a> {
-    #[serde(borrow)]
-    model: Option<std::borrow::Cow<'a, str>>,
-    stream: Option<bool>,
-    stream_options: Option<StreamOptions>,
-    max_completion_tokens: Option<i64>,
-    max_tokens: Option<i64>,
-    max_output_tokens: Option<i64>,
+/// without building a JSON tree. Deserialized by hand (the same checks and
+/// error messages as `#[derive(Deserialize)]`) so that the one pass over the
+/// body also notes its top-level member names ([`Members`]).
+#[derive(Default)]
+struct Peek {
+    model: Option<Option<String>>,
+    stream: Option<Option<bool>>,
+    stream_options: Option<Option<StreamOptions>>,
+    max_completion_tokens: Option<Option<i64>>,
+    max_tokens: Option<Option<i64>>,
+    max_output_tokens: Option<Option<i64>>,
+    members: Members,
 }
 
 #[derive(serde::Deserialize)]
 struct StreamOptions {
     include_usage: Option<bool>,
+}
+
+/// A member name, and whether it was written with escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("field identifier")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            // serde_json lends the name only when it has no escapes.
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Peek {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Peek;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("struct Peek")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Peek, A::Error> {
+                use serde::de::Error;
+                fn once<'de, A: serde::de::MapAccess<'de>, T: serde::Deserialize<'de>>(
+                    map: &mut A,
+                    slot: &mut Option<T>,
+                    name: &'static str,
+                ) -> Result<(), A::Error> {
+                    if slot.is_some() {
+                        return Err(A::Error::duplicate_field(name));
+                    }
+                    *slot = Some(map.next_value()?);
+                    Ok(())
+                }
+                let mut p = Peek::default();
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    p.members.any = true;
+                    p.members.escaped |= matches!(key, std::borrow::Cow::Owned(_));
+                    match &*key {
+                        "model" => once(&mut map, &mut p.model, "model")?,
+                        "stream" => once(&mut map, &mut p.stream, "stream")?,
+                        "stream_options" => {
+                            p.members.stream_options = true;
+                            once(&mut map, &mut p.stream_options, "stream_options")?
+                        }
+                        "max_completion_tokens" => {
+                            p.members.max_completion_tokens = true;
+                            once(
+                                &mut map,
+                                &mut p.max_completion_tokens,
+                                "max_completion_tokens",
+                            )?
+                        }
+                        "max_tokens" => {
+                            p.members.max_tokens = true;
+                            once(&mut map, &mut p.max_tokens, "max_tokens")?
+                        }
+                        "max_output_tokens" => {
+                            p.members.max_output_tokens = true;
+                            once(&mut map, &mut p.max_output_tokens, "max_output_tokens")?
+                        }
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(p)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// Reads what the gateway needs from a request body.
@@ -519,9 +636,12 @@ fn inspect_body(
     })?;
     let mut requested_output: Option<i64> = None;
     for (field, v) in [
-        ("max_completion_tokens", peek.max_completion_tokens),
-        ("max_tokens", peek.max_tokens),
-        ("max_output_tokens", peek.max_output_tokens),
+        (
+            "max_completion_tokens",
+            peek.max_completion_tokens.flatten(),
+        ),
+        ("max_tokens", peek.max_tokens.flatten()),
+        ("max_output_tokens", peek.max_output_tokens.flatten()),
     ] {
         match v {
             None => {}
@@ -534,14 +654,16 @@ fn inspect_body(
         }
     }
     Ok(RequestBody::Json(RequestFacts {
-        model: peek.model.map(|m| m.into_owned()).unwrap_or_default(),
+        model: peek.model.flatten().unwrap_or_default(),
         relabel: !declared_json,
-        stream: peek.stream.unwrap_or(false),
+        stream: peek.stream.flatten().unwrap_or(false),
         client_wants_usage: peek
             .stream_options
+            .flatten()
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
         requested_output,
+        members: peek.members,
     }))
 }
 
@@ -654,29 +776,41 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// JSON objects with the members the gateway reads or sets, mostly of the
+    /// types inspection accepts (a body it refuses is never rewritten), and a
+    /// name that is escaped.
     fn body() -> impl Strategy<Value = serde_json::Map<String, Value>> {
-        let value = prop_oneof![
-            Just(Value::Null),
-            any::<i32>().prop_map(Value::from),
-            "[ -~\\\\\"]{0,8}".prop_map(Value::String),
-            Just(serde_json::json!([{"role": "user", "content": "}{\\\"["}])),
-            Just(serde_json::json!({"include_usage": false, "x": 1})),
+        let any_value = || {
+            prop_oneof![
+                Just(Value::Null),
+                any::<i32>().prop_map(Value::from),
+                "[ -~\\\\\"]{0,8}".prop_map(Value::String),
+                Just(serde_json::json!([{"role": "user", "content": "}{\\\"["}])),
+                Just(serde_json::json!({"include_usage": false, "x": 1})),
+            ]
+        };
+        let member = prop_oneof![
+            (Just("model"), "[ -~]{0,8}".prop_map(Value::String)),
+            (Just("stream"), any::<bool>().prop_map(Value::from)),
+            (
+                Just("stream_options"),
+                prop_oneof![
+                    Just(Value::Null),
+                    Just(serde_json::json!({"include_usage": false, "x": 1})),
+                ]
+            ),
+            (Just("max_tokens"), (0..100_000i64).prop_map(Value::from)),
+            (
+                Just("max_completion_tokens"),
+                (0..100_000i64).prop_map(Value::from)
+            ),
+            (Just("messages"), any_value()),
+            (Just("temperature"), any_value()),
+            (Just("stream\\u005foptions"), any_value()),
+            (Just("model"), any_value()),
         ];
-        proptest::collection::btree_map(
-            proptest::sample::select(vec![
-                "model",
-                "messages",
-                "stream",
-                "stream_options",
-                "max_tokens",
-                "max_completion_tokens",
-                "temperature",
-                "stream\\u005foptions",
-            ]),
-            value,
-            0..6,
-        )
-        .prop_map(|m| m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+        proptest::collection::vec(member, 0..6)
+            .prop_map(|m| m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
     }
 
     proptest! {
@@ -697,7 +831,15 @@ mod tests {
             };
             let cap = cap.map(|c| (field, c));
             let want: Value = serde_json::from_slice(&reserialize(&json, ask_usage, cap).unwrap().unwrap()).unwrap();
-            if let Some(got) = prepend_members(&json, ask_usage, cap) {
+            // A body inspection refuses (a member of the wrong type) is never
+            // rewritten.
+            let Ok(RequestBody::Json(facts)) =
+                inspect_body("/v1/chat/completions", &HeaderMap::new(), &json)
+            else {
+                return Ok(());
+            };
+            let members = facts.members;
+            if let Some(got) = prepend_members(&json, &members, ask_usage, cap) {
                 let got: Value = serde_json::from_slice(&got).unwrap();
                 prop_assert_eq!(got, want);
                 prop_assert!(!obj.contains_key("stream\\u005foptions") || !ask_usage);
@@ -711,22 +853,34 @@ mod tests {
         }
     }
 
+    /// What [`inspect_body`] reads from `json`, a JSON object.
+    fn facts(json: &[u8]) -> RequestFacts {
+        match inspect_body("/v1/chat/completions", &HeaderMap::new(), json) {
+            Ok(RequestBody::Json(facts)) => facts,
+            _ => panic!("not a JSON object"),
+        }
+    }
+
+    /// The body through [`prepend_members`], with the members inspection noted.
+    fn prepend(json: &[u8], ask_usage: bool, cap: Option<(&str, i64)>) -> Option<Bytes> {
+        prepend_members(json, &facts(json).members, ask_usage, cap)
+    }
+
     #[test]
     fn prepends_in_front_of_the_clients_members() {
-        let got = prepend_members(br#" {"model": "m", "stream": true} "#, true, None).unwrap();
+        let got = prepend(br#" {"model": "m", "stream": true} "#, true, None).unwrap();
         assert_eq!(
             &got[..],
             br#" {"stream_options":{"include_usage":true},"model": "m", "stream": true} "#
         );
-        let got = prepend_members(b"{ }", true, Some(("max_tokens", 5))).unwrap();
+        let got = prepend(b"{ }", true, Some(("max_tokens", 5))).unwrap();
         assert_eq!(
             &got[..],
             br#"{"stream_options":{"include_usage":true},"max_tokens":5 }"#
         );
-        assert_eq!(
-            prepend_members(br#"{"stream_options": {}}"#, true, None),
-            None
-        );
-        assert_eq!(prepend_members(br#"{"a": 1"#, true, None), None);
+        assert_eq!(prepend(br#"{"stream_options": {}}"#, true, None), None);
+        assert_eq!(prepend(br#"{"x\u0079": 1}"#, true, None), None);
+        // A malformed object never gets this far: inspection refuses it.
+        assert!(inspect_body("/v1/chat/completions", &HeaderMap::new(), br#"{"a": 1"#).is_err());
     }
 }
