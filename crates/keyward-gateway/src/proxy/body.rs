@@ -206,23 +206,61 @@ struct StreamOptions {
     include_usage: Option<bool>,
 }
 
-/// A member name, and whether it was written with escapes.
-struct Key<'de>(std::borrow::Cow<'de, str>);
+/// The members [`Peek`] reads.
+#[derive(Clone, Copy)]
+enum Field {
+    Model,
+    Stream,
+    StreamOptions,
+    MaxCompletionTokens,
+    MaxTokens,
+    MaxOutputTokens,
+    /// Any other member, skipped.
+    Other,
+}
 
-impl<'de> serde::Deserialize<'de> for Key<'de> {
+impl Field {
+    fn of(name: &str) -> Self {
+        match name {
+            "model" => Self::Model,
+            "stream" => Self::Stream,
+            "stream_options" => Self::StreamOptions,
+            "max_completion_tokens" => Self::MaxCompletionTokens,
+            "max_tokens" => Self::MaxTokens,
+            "max_output_tokens" => Self::MaxOutputTokens,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// A member name, and whether it was written with escapes (read without
+/// allocating either way).
+struct Key {
+    field: Field,
+    escaped: bool,
+}
+
+impl<'de> serde::Deserialize<'de> for Key {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Key<'de>;
+            type Value = Key;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("field identifier")
             }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key, E> {
+                Ok(Key {
+                    field: Field::of(v),
+                    escaped: false,
+                })
             }
-            // serde_json lends the name only when it has no escapes.
-            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
+            // serde_json lends the name only when it has no escapes; otherwise it
+            // hands over the unescaped copy in its scratch buffer.
+            fn visit_str<E>(self, v: &str) -> Result<Key, E> {
+                Ok(Key {
+                    field: Field::of(v),
+                    escaped: true,
+                })
             }
         }
         d.deserialize_identifier(V)
@@ -251,17 +289,17 @@ impl<'de> serde::Deserialize<'de> for Peek {
                     Ok(())
                 }
                 let mut p = Peek::default();
-                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                while let Some(key) = map.next_key::<Key>()? {
                     p.members.any = true;
-                    p.members.escaped |= matches!(key, std::borrow::Cow::Owned(_));
-                    match &*key {
-                        "model" => once(&mut map, &mut p.model, "model")?,
-                        "stream" => once(&mut map, &mut p.stream, "stream")?,
-                        "stream_options" => {
+                    p.members.escaped |= key.escaped;
+                    match key.field {
+                        Field::Model => once(&mut map, &mut p.model, "model")?,
+                        Field::Stream => once(&mut map, &mut p.stream, "stream")?,
+                        Field::StreamOptions => {
                             p.members.stream_options = true;
                             once(&mut map, &mut p.stream_options, "stream_options")?
                         }
-                        "max_completion_tokens" => {
+                        Field::MaxCompletionTokens => {
                             p.members.max_completion_tokens = true;
                             once(
                                 &mut map,
@@ -269,15 +307,15 @@ impl<'de> serde::Deserialize<'de> for Peek {
                                 "max_completion_tokens",
                             )?
                         }
-                        "max_tokens" => {
+                        Field::MaxTokens => {
                             p.members.max_tokens = true;
                             once(&mut map, &mut p.max_tokens, "max_tokens")?
                         }
-                        "max_output_tokens" => {
+                        Field::MaxOutputTokens => {
                             p.members.max_output_tokens = true;
                             once(&mut map, &mut p.max_output_tokens, "max_output_tokens")?
                         }
-                        _ => {
+                        Field::Other => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                         }
                     }
