@@ -2,8 +2,9 @@
 //! nginx and through keyward, side by side in one run on loopback.
 
 use crate::load::{self, Outcome, Workload};
+use crate::nginx;
 use crate::procs::{self, Service};
-use crate::{nginx, report};
+use crate::report::{self, Cell, CONNECTIONS};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use std::net::SocketAddr;
@@ -25,8 +26,6 @@ pub struct Options {
     pub baseline: Option<PathBuf>,
 }
 
-/// Connection counts measured.
-pub const CONNECTIONS: [usize; 2] = [1, 32];
 /// Targets, in report order.
 /// `keyward+limits` is keyward again, called with a key that has a budget, rate
 /// limits and a concurrency limit (all high enough never to refuse), to measure
@@ -40,26 +39,6 @@ pub const TARGETS: [&str; 6] = [
     "baseline",
     "baseline+limits",
 ];
-
-/// One cell of the matrix, pooled over rounds.
-pub struct Cell {
-    /// `plain` or `stream`.
-    pub workload: &'static str,
-    /// Client connections.
-    pub connections: usize,
-    /// One of [`TARGETS`].
-    pub target: &'static str,
-    /// Pooled measurements.
-    pub outcome: Outcome,
-    /// Requests/s of each round.
-    pub round_rps: Vec<f64>,
-    /// CPU time of the proxy (nginx or keyward; zero for direct).
-    pub proxy_cpu: Duration,
-    /// CPU time of the simulated upstream.
-    pub upstream_cpu: Duration,
-    /// CPU time of the load generator.
-    pub loadgen_cpu: Duration,
-}
 
 /// The running processes and what the load generator needs to reach them.
 struct Bench {

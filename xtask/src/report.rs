@@ -1,8 +1,30 @@
 //! The gateway benchmark's Markdown report: results, ratios, targets.
 
-use crate::gateway::{Cell, CONNECTIONS};
+use crate::load::Outcome;
 use std::fmt::Write;
 use std::time::Duration;
+
+/// Connection counts measured.
+pub const CONNECTIONS: [usize; 2] = [1, 32];
+/// One cell of the matrix, pooled over rounds.
+pub struct Cell {
+    /// `plain` or `stream`.
+    pub workload: &'static str,
+    /// Client connections.
+    pub connections: usize,
+    /// One of the targets the gateway benchmark runs (`gateway::TARGETS`).
+    pub target: &'static str,
+    /// Pooled measurements.
+    pub outcome: Outcome,
+    /// Requests/s of each round.
+    pub round_rps: Vec<f64>,
+    /// CPU time of the proxy (nginx or keyward; zero for direct).
+    pub proxy_cpu: Duration,
+    /// CPU time of the simulated upstream.
+    pub upstream_cpu: Duration,
+    /// CPU time of the load generator.
+    pub loadgen_cpu: Duration,
+}
 
 /// Where and how the run happened.
 pub struct Environment {

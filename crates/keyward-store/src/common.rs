@@ -1,6 +1,7 @@
 //! What the queries share: error mapping, column lists, row decoding, and the
 //! Rust side of usage batching.
 
+use crate::columns::Columns;
 use crate::sql::Stmt;
 use crate::{
     AdminKey, AuditEvent, KeyRecord, KeyStatus, MintedFrom, Org, Project, ProjectPolicy,
@@ -9,8 +10,6 @@ use crate::{
 use keyward_core::{
     AuditId, Budget, BudgetScope, KeyHash, KeyId, KeyPolicy, Micros, OrgId, Period, ProjectId,
 };
-use sqlx::error::ErrorKind;
-use sqlx::Row;
 use std::collections::BTreeMap;
 
 /// Revokes the active tokens of a parent (`$1` now, `$2` the parent's id).
@@ -21,33 +20,6 @@ pub(crate) const REVOKE_TOKENS: &str =
 /// Milliseconds in an hour and in a day, the rollup and bucket widths.
 pub(crate) const HOUR_MS: i64 = 3_600_000;
 pub(crate) const DAY_MS: i64 = 86_400_000;
-
-/// Any database failure without a domain meaning. The text is for logs: it holds
-/// SQL error messages, never key material (the store only ever sees hashes).
-pub(crate) fn backend(e: sqlx::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
-/// Maps a failed write: a unique violation means `duplicate` already exists, a
-/// foreign-key violation means the parent record `missing` does not.
-pub(crate) fn write_error(
-    e: sqlx::Error,
-    duplicate: &'static str,
-    missing: &'static str,
-) -> StoreError {
-    if let sqlx::Error::Database(db) = &e {
-        match db.kind() {
-            ErrorKind::UniqueViolation => return StoreError::Duplicate(duplicate),
-            ErrorKind::ForeignKeyViolation => return StoreError::NotFound(missing),
-            _ => {}
-        }
-    }
-    backend(e)
-}
-
-pub(crate) fn migrate_error(e: sqlx::migrate::MigrateError) -> StoreError {
-    StoreError::Backend(format!("running migrations: {e}"))
-}
 
 /// The canonical (lowercase hex) form of a secret hash, so that lookups by
 /// [`KeyHash::to_hex`] always find what was stored.
@@ -77,45 +49,6 @@ pub(crate) fn encode_detail(detail: &serde_json::Value) -> StoreResult<String> {
     serde_json::to_string(detail)
         .map_err(|e| StoreError::Backend(format!("encoding audit detail: {e}")))
 }
-
-/// Typed column access with errors already mapped, implemented for both backends'
-/// rows so that records are decoded by one function each.
-pub(crate) trait Columns {
-    fn text(&self, col: &str) -> StoreResult<String>;
-    fn opt_text(&self, col: &str) -> StoreResult<Option<String>>;
-    fn int(&self, col: &str) -> StoreResult<i64>;
-    fn opt_int(&self, col: &str) -> StoreResult<Option<i64>>;
-    fn int32(&self, col: &str) -> StoreResult<i32>;
-    fn flag(&self, col: &str) -> StoreResult<bool>;
-}
-
-macro_rules! impl_columns {
-    ($row:ty) => {
-        impl Columns for $row {
-            fn text(&self, col: &str) -> StoreResult<String> {
-                self.try_get(col).map_err(backend)
-            }
-            fn opt_text(&self, col: &str) -> StoreResult<Option<String>> {
-                self.try_get(col).map_err(backend)
-            }
-            fn int(&self, col: &str) -> StoreResult<i64> {
-                self.try_get(col).map_err(backend)
-            }
-            fn opt_int(&self, col: &str) -> StoreResult<Option<i64>> {
-                self.try_get(col).map_err(backend)
-            }
-            fn int32(&self, col: &str) -> StoreResult<i32> {
-                self.try_get(col).map_err(backend)
-            }
-            fn flag(&self, col: &str) -> StoreResult<bool> {
-                self.try_get(col).map_err(backend)
-            }
-        }
-    };
-}
-
-impl_columns!(sqlx::sqlite::SqliteRow);
-impl_columns!(sqlx::postgres::PgRow);
 
 fn status(row: &impl Columns) -> StoreResult<KeyStatus> {
     let s = row.text("status")?;

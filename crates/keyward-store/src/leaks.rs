@@ -1,7 +1,7 @@
 //! Records of leak response: reports of exposed keys, notification channels
 //! (webhooks, email recipients) and the delivery log.
 
-use crate::common::Columns;
+use crate::columns::Columns;
 use crate::{StoreError, StoreResult};
 use keyward_core::{
     DeliveryId, EventId, KeyId, LeakReportId, OrgId, ProjectId, RecipientId, Secret, WebhookId,

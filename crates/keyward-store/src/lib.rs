@@ -5,6 +5,7 @@
 //! records and [`StoreError`]; each backend maps its database errors into it.
 #![warn(missing_docs)]
 
+mod columns;
 mod common;
 mod leaks;
 mod model;

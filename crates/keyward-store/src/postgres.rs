@@ -8,10 +8,10 @@
 //! only PostgreSQL does: connecting, those array statements, raw usage in a
 //! table of its own, and lookups by many hashes with `= ANY($1)`.
 
-use crate::common::{self, backend};
-use crate::sql::{Db, On, Row, SqlStore, Stmt};
+use crate::columns::backend;
+use crate::common;
+use crate::sql::{Db, On, SqlStore, Stmt};
 use crate::{StoreError, StoreResult, UsageEvent, UsageFilter, UsageGroup, UsageTotals};
-use keyward_core::KeyHash;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::collections::BTreeMap;
@@ -84,7 +84,10 @@ impl PgStore {
     }
 
     async fn migrate(pool: PgPool) -> StoreResult<Self> {
-        MIGRATOR.run(&pool).await.map_err(common::migrate_error)?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(crate::columns::migrate_error)?;
         Ok(Self {
             db: Db::Postgres(pool),
         })
@@ -102,22 +105,6 @@ impl PgStore {
 fn parse_url(url: &str) -> StoreResult<PgConnectOptions> {
     PgConnectOptions::from_str(url)
         .map_err(|_| StoreError::Backend("invalid PostgreSQL connection URL".into()))
-}
-
-/// The rows of `head = ANY($1) tail`, every hash bound as one array.
-pub(crate) async fn rows_by_hashes(
-    pool: &PgPool,
-    head: &str,
-    tail: &str,
-    hashes: &[KeyHash],
-) -> StoreResult<Vec<Row>> {
-    let hex: Vec<String> = hashes.iter().map(KeyHash::to_hex).collect();
-    let rows = sqlx::query(&format!("{head} = ANY($1){tail}"))
-        .bind(&hex)
-        .fetch_all(pool)
-        .await
-        .map_err(backend)?;
-    Ok(rows.into_iter().map(Row::Postgres).collect())
 }
 
 /// Records when keys were last used, in one statement.

@@ -11,7 +11,7 @@
 //! and the cost is a match and a `Vec` of arguments per statement, nothing next
 //! to a round trip to the database.
 
-use crate::common::{backend, Columns};
+use crate::columns::{backend, Columns};
 use crate::StoreResult;
 use keyward_core::KeyHash;
 use sqlx::postgres::{PgConnection, PgPool, PgRow};
@@ -19,6 +19,10 @@ use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::{Database, Encode, IntoArguments, Postgres, Sqlite, Type};
 use std::borrow::Cow;
 use std::fmt::Write as _;
+
+/// How many hashes one SQLite `IN` list holds, well under its limit on bound
+/// parameters.
+const HASHES_PER_QUERY: usize = 500;
 
 /// The pools of an open store.
 #[derive(Clone, Debug)]
@@ -85,9 +89,33 @@ impl Db {
     ) -> StoreResult<Vec<Row>> {
         match self {
             Db::Sqlite { reader, .. } => {
-                crate::sqlite::rows_by_hashes(reader, head, tail, hashes).await
+                let mut out = Vec::new();
+                for chunk in hashes.chunks(HASHES_PER_QUERY) {
+                    let mut qb = Stmt::new(format!("{head} IN ("));
+                    for (i, h) in chunk.iter().enumerate() {
+                        if i > 0 {
+                            qb.push(", ");
+                        }
+                        qb.push_bind(h.to_hex());
+                    }
+                    qb.push(")").push(tail);
+                    out.extend(
+                        qb.fetch_all(On::SqlitePool(reader))
+                            .await
+                            .map_err(backend)?,
+                    );
+                }
+                Ok(out)
             }
-            Db::Postgres(pool) => crate::postgres::rows_by_hashes(pool, head, tail, hashes).await,
+            Db::Postgres(pool) => {
+                let hex: Vec<String> = hashes.iter().map(KeyHash::to_hex).collect();
+                let rows = sqlx::query(&format!("{head} = ANY($1){tail}"))
+                    .bind(&hex)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(backend)?;
+                Ok(rows.into_iter().map(Row::Postgres).collect())
+            }
         }
     }
 

@@ -11,10 +11,10 @@
 //! what only SQLite does: opening the file, raw usage in blocks, rollups in
 //! cached multi-row upserts, and lookups by many hashes in `IN (…)` lists.
 
-use crate::common::{self, backend};
-use crate::sql::{Db, On, Row, SqlStore, Stmt};
+use crate::columns::backend;
+use crate::common;
+use crate::sql::{Db, SqlStore};
 use crate::{StoreError, StoreResult, UsageEvent};
-use keyward_core::KeyHash;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -150,7 +150,10 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(backend)?;
-        MIGRATOR.run(&writer).await.map_err(common::migrate_error)?;
+        MIGRATOR
+            .run(&writer)
+            .await
+            .map_err(crate::columns::migrate_error)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
             .connect_with(options.pragma("query_only", "ON"))
@@ -239,35 +242,6 @@ fn bind_totals<'q>(
         .bind(t.output_tokens)
         .bind(t.reasoning_tokens)
         .bind(t.cost_micros)
-}
-
-/// Hashes per `IN (…)` lookup, well under SQLite's bound-parameter limit.
-const HASHES_PER_QUERY: usize = 500;
-
-/// The rows of `head IN (…hashes…) tail`, an `IN` list per chunk of hashes.
-pub(crate) async fn rows_by_hashes(
-    reader: &SqlitePool,
-    head: &str,
-    tail: &str,
-    hashes: &[KeyHash],
-) -> StoreResult<Vec<Row>> {
-    let mut out = Vec::new();
-    for chunk in hashes.chunks(HASHES_PER_QUERY) {
-        let mut qb = Stmt::new(format!("{head} IN ("));
-        for (i, h) in chunk.iter().enumerate() {
-            if i > 0 {
-                qb.push(", ");
-            }
-            qb.push_bind(h.to_hex());
-        }
-        qb.push(")").push(tail);
-        out.extend(
-            qb.fetch_all(On::SqlitePool(reader))
-                .await
-                .map_err(backend)?,
-        );
-    }
-    Ok(out)
 }
 
 /// Records when keys were last used: one small update per key, all on the

@@ -5,9 +5,10 @@
 //! budget [`Reservation`] give back what they took when dropped unused.
 
 use crate::error::GatewayError;
-use crate::limits::budgets::{AccountId, CostBound, Exhausted, PeriodBudgets, Reservation};
+use crate::limits::budgets::{AccountId, CostBound, Exhausted, PeriodBudgets};
 use crate::limits::counters::{Charge, Charged, Refusal};
-use crate::limits::rate::{Limits, Permit, RateHeaders, Subject};
+use crate::limits::held::{Permit, Reservation};
+use crate::limits::rate::{Limits, RateHeaders, Subject};
 use crate::limits::SpendControl;
 use crate::request::input_bound::input_token_bound;
 use keyward_core::{Budget, BudgetScope, KeyPolicy, ModelPrice};

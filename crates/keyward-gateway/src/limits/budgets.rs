@@ -11,7 +11,6 @@
 //! The accounts live behind [`Counters`]: in this process (exact per node) or,
 //! in cluster mode, shared between nodes.
 
-use crate::limits::counters::Counters;
 use crate::FastMap as HashMap;
 use keyward_core::{Budget, BudgetScope};
 use std::sync::{Arc, Mutex};
@@ -197,14 +196,6 @@ pub(crate) struct BudgetLedger {
     accounts: Mutex<Accounts>,
 }
 
-/// Money held for one request.
-pub struct Reservation {
-    counters: Arc<dyn Counters>,
-    budgets: Vec<(Arc<Budget>, i64)>,
-    held: i64,
-    settled: bool,
-}
-
 impl BudgetLedger {
     /// How many accounts are held.
     pub(crate) fn len(&self) -> usize {
@@ -282,47 +273,11 @@ impl BudgetLedger {
     }
 }
 
-impl Reservation {
-    /// The reservation of `held` per budget that `counters` made.
-    pub fn new(counters: Arc<dyn Counters>, budgets: Vec<(Arc<Budget>, i64)>, held: i64) -> Self {
-        Self {
-            counters,
-            budgets,
-            held,
-            settled: false,
-        }
-    }
-
-    /// Replaces the reservation by the actual cost; returns the soft thresholds
-    /// this crossed.
-    pub fn settle(mut self, actual: i64) -> Vec<ThresholdCrossed> {
-        self.settled = true;
-        self.counters
-            .settle_budget(&self.budgets, self.held, actual)
-    }
-
-    /// The amount held per budget.
-    pub fn amount(&self) -> i64 {
-        if self.budgets.is_empty() {
-            0
-        } else {
-            self.held
-        }
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        if !self.settled {
-            self.counters.release_budget(&self.budgets, self.held);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::counters::{Charge, LocalCounters, Refusal};
+    use crate::limits::counters::{Charge, Counters, LocalCounters, Refusal};
+    use crate::limits::held::Reservation;
     use futures_util::FutureExt;
     use keyward_core::{Micros, Period};
 

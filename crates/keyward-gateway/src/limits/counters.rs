@@ -60,7 +60,7 @@ pub enum Refusal {
 /// loaded, then the budgets. What a charge took is given back (or corrected
 /// to actual use) through [`Counters::release_rate`],
 /// [`Counters::release_budget`] and [`Counters::settle_budget`];
-/// [`crate::limits::rate::Permit`] and [`crate::limits::budgets::Reservation`]
+/// [`crate::limits::held::Permit`] and [`crate::limits::held::Reservation`]
 /// call them, also from `Drop`.
 ///
 /// Those three are plain functions because `Drop` cannot await: they must not
@@ -199,8 +199,7 @@ impl Counters for LocalCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::budgets::Reservation;
-    use crate::limits::rate::Permit;
+    use crate::limits::held::{Permit, Reservation};
     use futures_util::FutureExt;
     use keyward_core::{BudgetScope, Clock, KeyId, Micros, Period, ProjectId};
 

@@ -11,7 +11,7 @@
 //! touches (its key, a token's parent key, its project: requests and tokens
 //! per minute, requests in flight) and a reservation of the request's cost
 //! bound against every budget above it (key, parent key, project,
-//! organization). The [`rate::Permit`] and [`budgets::Reservation`] it builds
+//! organization). The [`held::Permit`] and [`held::Reservation`] it builds
 //! from the answer give everything back when dropped unused, and are settled
 //! to actual use when the response ends.
 //!
@@ -32,6 +32,7 @@ pub mod admission;
 pub mod alerts;
 pub mod budgets;
 pub mod counters;
+pub mod held;
 pub mod rate;
 
 pub use counters::{Counters, LocalCounters};

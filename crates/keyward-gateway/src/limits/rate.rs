@@ -9,11 +9,10 @@
 //! back; a committed one gives back only its in-flight slot and the difference
 //! between estimated and actual tokens.
 
-use crate::limits::counters::Counters;
 pub use crate::rate_headers::{format_reset, write_headers, Allowance, RateHeaders, RateLimited};
 use crate::FastMap as HashMap;
 use keyward_core::{KeyId, ProjectId};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 const MINUTE_MS: f64 = 60_000.0;
 
@@ -97,17 +96,6 @@ pub(crate) struct Subjects {
 #[derive(Default)]
 pub(crate) struct RateLimiter {
     state: Mutex<Subjects>,
-}
-
-/// A request's admission under the rate limits.
-pub struct Permit {
-    counters: Arc<dyn Counters>,
-    charged: Vec<(Subject, Limits)>,
-    estimated_tokens: i64,
-    committed: bool,
-    settled: bool,
-    /// What to tell the client.
-    pub headers: RateHeaders,
 }
 
 impl RateLimiter {
@@ -251,49 +239,6 @@ impl RateLimiter {
     }
 }
 
-impl Permit {
-    /// The permit for what `counters` charged `subjects` (the subjects with
-    /// limits) for one request of `estimated_tokens`.
-    pub fn new(
-        counters: Arc<dyn Counters>,
-        charged: Vec<(Subject, Limits)>,
-        estimated_tokens: i64,
-        headers: RateHeaders,
-    ) -> Self {
-        Self {
-            counters,
-            charged,
-            estimated_tokens,
-            committed: false,
-            settled: false,
-            headers,
-        }
-    }
-
-    /// Marks the request as sent upstream: from now on it counts.
-    pub fn commit(&mut self) {
-        self.committed = true;
-    }
-
-    /// Ends the request, counting `actual_tokens` against the token limits.
-    pub fn finish(mut self, actual_tokens: i64) {
-        self.settled = true;
-        let actual = self.committed.then_some(actual_tokens);
-        self.counters
-            .release_rate(&self.charged, self.estimated_tokens, actual);
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        if !self.settled {
-            let actual = self.committed.then_some(self.estimated_tokens);
-            self.counters
-                .release_rate(&self.charged, self.estimated_tokens, actual);
-        }
-    }
-}
-
 fn refill(st: &mut State, limits: &Limits, now_ms: i64) {
     if let Some(rpm) = limits.rpm {
         st.requests
@@ -347,8 +292,10 @@ fn refusal(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::counters::{Charge, LocalCounters, Refusal};
+    use crate::limits::counters::{Charge, Counters, LocalCounters, Refusal};
+    use crate::limits::held::Permit;
     use futures_util::FutureExt;
+    use std::sync::Arc;
 
     fn limiter() -> Arc<dyn Counters> {
         Arc::new(LocalCounters::default())

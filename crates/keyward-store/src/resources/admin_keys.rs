@@ -1,6 +1,7 @@
 //! Admin (management) keys.
 
-use crate::common::{self, backend, write_error, Columns};
+use crate::columns::{backend, write_error, Columns};
+use crate::common;
 use crate::sql::{Db, SqlStore, Stmt};
 use crate::{
     AdminKey, AdminKeyRevocation, KeyStatus, NewAdminKey, NewSecret, StoreError, StoreResult,

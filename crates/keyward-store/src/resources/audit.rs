@@ -1,6 +1,7 @@
 //! The audit log.
 
-use crate::common::{self, write_error};
+use crate::columns::write_error;
+use crate::common;
 use crate::sql::{SqlStore, Stmt};
 use crate::{AuditEvent, NewAuditEvent, StoreResult};
 use async_trait::async_trait;

@@ -1,6 +1,7 @@
 //! Spending budgets and the alerts sent about them.
 
-use crate::common::{self, backend};
+use crate::columns::backend;
+use crate::common;
 use crate::sql::{SqlStore, Stmt};
 use crate::{StoreError, StoreResult};
 use async_trait::async_trait;

@@ -1,6 +1,6 @@
 //! Notification channels: webhooks and email recipients.
 
-use crate::common::{backend, write_error};
+use crate::columns::{backend, write_error};
 use crate::leaks::{self, encode_events};
 use crate::sql::{SqlStore, Stmt};
 use crate::{NewWebhook, Recipient, StoreError, StoreResult, Webhook};

@@ -1,6 +1,6 @@
 //! The notification queue and delivery log.
 
-use crate::common::backend;
+use crate::columns::backend;
 use crate::leaks::{self, encode_payload};
 use crate::sql::{SqlStore, Stmt};
 use crate::{AttemptResult, Delivery, NewDelivery, StoreResult};

@@ -1,6 +1,7 @@
 //! Gateway keys, their secrets and the ephemeral tokens minted from them.
 
-use crate::common::{self, backend, write_error, Columns, REVOKE_TOKENS};
+use crate::columns::{backend, write_error, Columns};
+use crate::common::{self, REVOKE_TOKENS};
 use crate::sql::{Db, SqlStore, Stmt};
 use crate::{KeyRecord, KeyStatus, NewKey, NewSecret, StoreError, StoreResult};
 use async_trait::async_trait;

@@ -1,6 +1,7 @@
 //! Leaked keys: finding keys by exposed secrets, disabling them, and the reports.
 
-use crate::common::{self, backend, write_error, REVOKE_TOKENS};
+use crate::columns::{backend, write_error};
+use crate::common::{self, REVOKE_TOKENS};
 use crate::leaks;
 use crate::sql::{SqlStore, Stmt};
 use crate::{KeyRecord, LeakReport, NewLeakReport, StoreResult};

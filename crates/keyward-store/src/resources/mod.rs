@@ -22,7 +22,7 @@ pub use leaks::LeakStore;
 pub use orgs::OrgStore;
 pub use usage::UsageStore;
 
-use crate::common::backend;
+use crate::columns::backend;
 use crate::sql::{SqlStore, Stmt};
 use crate::{Store, StoreResult};
 use async_trait::async_trait;

@@ -1,6 +1,7 @@
 //! Organizations and the projects inside them.
 
-use crate::common::{self, backend, write_error};
+use crate::columns::{backend, write_error};
+use crate::common;
 use crate::sql::{SqlStore, Stmt};
 use crate::{Org, Project, ProjectPolicy, StoreError, StoreResult};
 use async_trait::async_trait;

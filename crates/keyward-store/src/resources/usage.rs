@@ -1,6 +1,7 @@
 //! Metered usage: raw events and the hourly rollups.
 
-use crate::common::{self, backend, Columns, HOUR_MS};
+use crate::columns::{backend, Columns};
+use crate::common::{self, HOUR_MS};
 use crate::sql::{Db, SqlStore, Stmt};
 use crate::{
     Bucket, GroupBy, StoreResult, UsageBucket, UsageEvent, UsageFilter, UsageGroup, UsageTotals,

@@ -16,7 +16,7 @@
 //! noise of that benchmark, but 19 ns per metered request is far below the
 //! noise of the gateway benchmark, so the plain serde code stays.
 
-use crate::common::backend;
+use crate::columns::backend;
 use crate::{StoreError, StoreResult, UsageEvent, UsageFilter};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 

@@ -136,7 +136,7 @@ fn sigterm_writes_all_buffered_usage() {
 }
 
 /// `kill -9` loses at most the usage of the last flush interval and of the
-/// batch being written (crates/keyward-gateway/src/usage_writer.rs): under
+/// batch being written (crates/keyward-gateway/src/metering/writer.rs): under
 /// continuous load, every request answered more than that before the kill is
 /// stored after a restart, and nothing is stored twice. Eight kills on the
 /// default settings, each 25 ms later in the writer's cycle than the one

@@ -255,12 +255,35 @@ const GATEWAY_LAYERS: &[&[&str]] = &[
     &["serve"],
 ];
 
+/// The storage crate's modules from the bottom up: records and column access,
+/// the statement bridge (`sql`), the queries and decoders both backends share
+/// (`common`), the backends' own code, then the per-resource traits written
+/// once over both.
+const STORE_LAYERS: &[&[&str]] = &[
+    &["model", "columns"],
+    &["sql", "leaks"],
+    &["common"],
+    &["sqlite", "postgres"],
+    &["resources"],
+];
+
 #[test]
 fn gateway_imports_point_down_and_form_no_loop() {
-    let layer_of = |module: &str| GATEWAY_LAYERS.iter().position(|l| l.contains(&module));
-    let src = root().join("crates/keyward-gateway/src");
+    imports_point_down("keyward-gateway", GATEWAY_LAYERS);
+}
+
+#[test]
+fn store_imports_point_down_and_form_no_loop() {
+    imports_point_down("keyward-store", STORE_LAYERS);
+}
+
+/// Fails unless every `crate::module` named in `krate`'s sources (outside
+/// comments) is in a lower layer than the module naming it.
+fn imports_point_down(krate: &str, layers: &[&[&str]]) {
+    let layer_of = |module: &str| layers.iter().position(|l| l.contains(&module));
+    let src = root().join("crates").join(krate).join("src");
     let mut violations = Vec::new();
-    for (path, text) in sources("keyward-gateway") {
+    for (path, text) in sources(krate) {
         let relative = path.strip_prefix(&src).unwrap();
         let first = relative.iter().next().unwrap().to_string_lossy();
         let from = first.trim_end_matches(".rs").to_owned();
@@ -274,28 +297,33 @@ fn gateway_imports_point_down_and_form_no_loop() {
             ));
             continue;
         };
-        for (n, line) in text.lines().enumerate() {
-            let code = line.trim_start();
-            if code.starts_with("//") {
-                continue;
-            }
-            if code.contains("use crate::{") || code.contains("super::super::") {
-                violations.push(format!(
-                    "{}:{}: name the module imported (`use crate::module::…`)",
-                    relative.display(),
-                    n + 1
-                ));
-            }
-            for (i, _) in code.match_indices("crate::") {
-                if i > 0 && code[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
-                    continue; // e.g. `keyward_crate::`
+        // Comments are blanked (they may name modules freely); the rest is read
+        // whole, since a `use crate::{…}` list can span lines.
+        let code: String = text
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("//") {
+                    ""
+                } else {
+                    l
                 }
-                let rest = &code[i + "crate::".len()..];
-                let to: String = rest
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect();
-                if to == from || to.chars().next().is_some_and(|c| c.is_uppercase()) {
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let line_of = |at: usize| code[..at].matches('\n').count() + 1;
+        if let Some(at) = code.find("super::super::") {
+            violations.push(format!(
+                "{}:{}: name the module imported (`use crate::module::…`)",
+                relative.display(),
+                line_of(at)
+            ));
+        }
+        for (at, _) in code.match_indices("crate::") {
+            if at > 0 && code[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+                continue; // e.g. `keyward_crate::`
+            }
+            for to in modules_named(&code[at + "crate::".len()..]) {
+                if to == from || to.starts_with(|c: char| c.is_uppercase()) {
                     continue; // itself, or an item of the crate root (`FastMap`)
                 }
                 match layer_of(&to) {
@@ -303,16 +331,48 @@ fn gateway_imports_point_down_and_form_no_loop() {
                     Some(_) => violations.push(format!(
                         "{}:{}: `{from}` uses `{to}`, which is not below it",
                         relative.display(),
-                        n + 1
+                        line_of(at)
                     )),
                     None => violations.push(format!(
                         "{}:{}: `crate::{to}` is in no layer",
                         relative.display(),
-                        n + 1
+                        line_of(at)
                     )),
                 }
             }
         }
     }
     assert!(violations.is_empty(), "{}", violations.join("\n"));
+}
+
+/// The first path segment of each item after `crate::`: one for `crate::a::b`,
+/// one per item for `crate::{a::b, C, d}`.
+fn modules_named(after: &str) -> Vec<String> {
+    let ident = |s: &str| -> String {
+        s.trim_start()
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let Some(list) = after.strip_prefix('{') else {
+        return vec![ident(after)];
+    };
+    let (mut depth, mut start, mut out) = (0, 0, Vec::new());
+    for (i, c) in list.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                out.push(ident(&list[start..i]));
+                break;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(ident(&list[start..i]));
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.retain(|m| !m.is_empty());
+    out
 }
