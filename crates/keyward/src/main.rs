@@ -4,7 +4,7 @@
 mod cli;
 
 /// mimalloc: the gateway allocates small, short-lived buffers on every request,
-/// where glibc's allocator showed up at ~12% of samples (docs/BENCHMARKS.md).
+/// where glibc's allocator showed up at ~12% of samples (docs/BENCHMARKS.md history, `git log -p`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -7,7 +7,7 @@
 //! `max_events` are waiting, or when a flush is asked for, and then drains the
 //! channel. A request thread that queues an event therefore never wakes another
 //! thread (a cross-thread wake-up per request was a measurable part of the
-//! gateway's CPU per request; docs/BENCHMARKS.md).
+//! gateway's CPU per request; docs/BENCHMARKS.md history, `git log -p`).
 //!
 //! # What a crash loses
 //!
@@ -22,7 +22,7 @@
 //!
 //! Why not a local journal written before answering: a `write(2)` and a
 //! serialisation per request on the worker thread (the gateway spends about
-//! 25-40 µs of CPU per request, docs/BENCHMARKS.md), and without an event id in
+//! 25-40 µs of CPU per request, docs/BENCHMARKS.md history, `git log -p`), and without an event id in
 //! the store a replay cannot tell a batch committed just before the crash from
 //! one that was not. The interval was 200 ms. At 25 ms the writer commits at
 //! most 40 batches a second, on the main runtime, not on the worker threads;

@@ -11,7 +11,7 @@
 //! not prompt text. A body that is not JSON is bounded by its size.
 //!
 //! The walk is by hand rather than through serde: it ran on every request under a
-//! budget and cost as much as the rest of admission (docs/BENCHMARKS.md). It
+//! budget and cost as much as the rest of admission (docs/BENCHMARKS.md history, `git log -p`). It
 //! accepts exactly the JSON serde_json accepts (trailing bytes after the value
 //! included, which serde refuses too), so a body serde would reject falls back
 //! to the size bound here as well; the tests check the two agree.

@@ -4,7 +4,7 @@
 //! The proxy path is the hot one, and the router's work for it (matching a
 //! wildcard route, capturing its parameter, one more request extension and one
 //! more boxed future) was about 4 % of the instructions of a proxied request
-//! (docs/BENCHMARKS.md), for a decision that is a prefix test. Everything else
+//! (docs/BENCHMARKS.md history, `git log -p`), for a decision that is a prefix test. Everything else
 //! (management API, leak intake, health) keeps the router.
 
 use crate::proxy;

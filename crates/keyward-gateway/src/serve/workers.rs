@@ -6,7 +6,7 @@
 //! ([`crate::upstream`] keeps one pool per thread) are all driven by one thread.
 //! On Tokio's work-stealing runtime a proxied request hopped between threads
 //! several times (the server connection's task, the upstream connection's task,
-//! the usage writer), each hop a futex wake-up; measured in docs/BENCHMARKS.md.
+//! the usage writer), each hop a futex wake-up; measured in docs/BENCHMARKS.md history, `git log -p`.
 //!
 //! Shared state (key cache, limiter, ledger, store) is thread-safe and shared by
 //! all workers; the store's own tasks and the usage writer run on the main
@@ -284,7 +284,7 @@ impl hyper::service::Service<http::Request<Incoming>> for ConnectionService {
 /// request's upstream timeout was such a timer, so a client on one connection
 /// cost one extra system call per request. With this timer pending, a request's
 /// timeout (longer than a second) is never the earliest. Measured in
-/// docs/BENCHMARKS.md.
+/// docs/BENCHMARKS.md history, `git log -p`.
 async fn heartbeat() {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {

@@ -9,7 +9,7 @@
 //! The pool is ours, over hyper's HTTP/1 connection API: a per-thread stack of
 //! idle senders, most recently used first. hyper-util's general pool (keyed
 //! maps, locks, waiters) cost about a tenth of the gateway's instructions per
-//! request (docs/BENCHMARKS.md). A connection goes back to the stack when its
+//! request (docs/BENCHMARKS.md history, `git log -p`). A connection goes back to the stack when its
 //! response body has been read to the end; a body dropped early closes its
 //! connection, which also ends the upstream request (a client hang-up). A
 //! request that an idle connection could not take (closed by the upstream in the

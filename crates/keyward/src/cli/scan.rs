@@ -314,7 +314,7 @@ fn scan_inputs(scanner: &Scanner, args: &ScanArgs, sink: &CliSink) -> anyhow::Re
 /// (`always` on many distributions) the kernel backs and zeroes 2 MiB pages
 /// of which a scan touches little. Off for this process: peak RSS on the
 /// benchmark tree 73 instead of 120 MB, slightly less kernel time
-/// (docs/BENCHMARKS.md). Pages already mapped keep theirs; a failure (an old
+/// (docs/BENCHMARKS.md history, `git log -p`). Pages already mapped keep theirs; a failure (an old
 /// kernel) only loses that.
 fn disable_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
