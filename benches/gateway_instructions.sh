@@ -38,8 +38,10 @@ for bin in "$@"; do
   sim=$(free_port); kw=$(free_port)
   "$bin" simulate --listen "127.0.0.1:$sim" >"$dir/sim.log" 2>&1 &
   sim_pid=$!
-  # One worker (KEYWARD_WORKERS, which builds without workers ignore).
-  KEYWARD_WORKERS=1 valgrind --tool=callgrind --callgrind-out-file="$dir/cg.%p.out" \
+  # One worker (KEYWARD_WORKERS, which builds without workers ignore); an
+  # upstream key, which the gateway swaps in as in production (and which
+  # builds since issue 17 require for a real upstream).
+  OPENAI_API_KEY=sk-benchmark-not-a-real-key KEYWARD_WORKERS=1 valgrind --tool=callgrind --callgrind-out-file="$dir/cg.%p.out" \
     "$bin" serve --listen "127.0.0.1:$kw" --data-dir "$dir/data" \
     --upstream "http://127.0.0.1:$sim/v1" --metrics-listen off >"$dir/serve.log" 2>&1 &
   kw_pid=$!

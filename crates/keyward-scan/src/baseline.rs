@@ -57,7 +57,7 @@ impl Baseline {
     pub fn load(path: &Path) -> Result<Self, ScanError> {
         let text = std::fs::read_to_string(path).map_err(|source| ScanError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         })?;
         let baseline: Self = serde_json::from_str(&text).map_err(|e| ScanError::Baseline {
             path: path.to_path_buf(),

@@ -93,7 +93,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, ScanError> {
         let text = std::fs::read_to_string(path).map_err(|source| ScanError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         })?;
         Self::parse(&text, path)
     }

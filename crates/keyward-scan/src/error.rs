@@ -15,13 +15,16 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
     /// A path or file could not be read.
-    #[error("cannot read {path}: {source}")]
+    ///
+    /// The OS error is part of the message and deliberately not the error's
+    /// `source`: a chain printed with `{:#}` (as the binary does) would
+    /// otherwise say it twice ("cannot read x: No such file…: No such file…").
+    #[error("cannot read {path}: {error}")]
     Io {
         /// The path that failed.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A rules file is not valid TOML or does not follow the rule schema.
     #[error("invalid rules file {file}: {message}")]

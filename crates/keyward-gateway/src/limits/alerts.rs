@@ -5,7 +5,7 @@
 use crate::limits::budgets::ThresholdCrossed;
 use crate::notify::Event;
 use crate::notify::Notifier;
-use keyward_core::{BudgetScope, Clock, EventId, OrgId, ProjectId};
+use keyward_core::{BudgetScope, Clock, EventId, KeyId, OrgId, ProjectId};
 use keyward_store::{NewAuditEvent, SharedStore};
 use serde_json::json;
 use std::sync::Arc;
@@ -67,12 +67,11 @@ pub fn budget_thresholds(alerts: &BudgetAlerts, crossed: Vec<ThresholdCrossed>) 
             if let Err(e) = state.store.append_audit(&event).await {
                 tracing::error!(error = %e, "recording a budget alert failed");
             }
-            // Tell the owners by the webhooks and emails subscribed to the event.
-            let (org_id, project_id) = match &c.budget.scope {
-                BudgetScope::Org(id) => (OrgId::parse(id), None),
-                BudgetScope::Project(id) => (None, ProjectId::parse(id)),
-                BudgetScope::Key(_) => (None, None),
-            };
+            // Tell the owners by the webhooks and emails subscribed to the
+            // event, including those scoped to the budget's project or org: a
+            // key's budget belongs to the key's project and org, a project's
+            // to its org.
+            let (org_id, project_id) = owners(&state.store, &c.budget.scope).await;
             let notice = Event {
                 id: EventId::generate(),
                 event_type: "budget.threshold_crossed".into(),
@@ -92,4 +91,38 @@ pub fn budget_thresholds(alerts: &BudgetAlerts, crossed: Vec<ThresholdCrossed>) 
             }
         }
     });
+}
+
+/// The org and project a budget belongs to, for scoping its alert. A key or
+/// project that cannot be read (deleted since, or a storage error, logged)
+/// leaves what is unknown unset: the alert still reaches unscoped receivers.
+async fn owners(store: &SharedStore, scope: &BudgetScope) -> (Option<OrgId>, Option<ProjectId>) {
+    match scope {
+        BudgetScope::Org(id) => (OrgId::parse(id), None),
+        BudgetScope::Project(id) => {
+            let Some(project_id) = ProjectId::parse(id) else {
+                return (None, None);
+            };
+            match store.get_project(&project_id).await {
+                Ok(project) => (project.map(|p| p.org_id), Some(project_id)),
+                Err(e) => {
+                    tracing::error!(error = %e, "reading a budget's project failed");
+                    (None, Some(project_id))
+                }
+            }
+        }
+        BudgetScope::Key(id) => {
+            let Some(key_id) = KeyId::parse(id) else {
+                return (None, None);
+            };
+            match store.get_key(&key_id).await {
+                Ok(Some(key)) => (Some(key.org_id), Some(key.project_id)),
+                Ok(None) => (None, None),
+                Err(e) => {
+                    tracing::error!(error = %e, "reading a budget's key failed");
+                    (None, None)
+                }
+            }
+        }
+    }
 }

@@ -398,3 +398,56 @@ async fn a_budget_threshold_is_delivered_to_subscribed_webhooks() {
         "one alert per threshold and period"
     );
 }
+
+/// Issue 17, item 13: a key's budget alert carries the key's org and project,
+/// so a webhook scoped to that project receives it (and one scoped to another
+/// project does not).
+#[tokio::test]
+async fn a_key_budget_alert_reaches_a_webhook_scoped_to_the_keys_project() {
+    let up = Upstream::start().await;
+    let kw = Keyward::start_with(&up.base_url(), fast).await;
+    // The key first, so that its project exists for the webhook to name.
+    let created = kw
+        .create_key_with(json!({"project": "payments", "budget": {"usd": 0.0001, "soft": [10]}}))
+        .await;
+    kw.create_key_with(json!({"project": "other", "name": "o"}))
+        .await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let receiver = Receiver {
+        processed: Some(tx),
+        ..Default::default()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    serve_receiver(listener, receiver.clone()).await;
+    let mut hooks = Vec::new();
+    for project in ["other", "payments"] {
+        let r = kw
+            .admin_post(
+                "/api/v1/webhooks",
+                json!({"url": url, "events": ["budget.threshold_crossed"], "project": project}),
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+        let hook: Value = r.json().await.unwrap();
+        hooks.push(hook);
+    }
+    // Only the "payments" hook's signature verifies at the receiver.
+    *receiver.secret.lock().unwrap() = hooks[1]["secret"].as_str().unwrap().to_owned();
+
+    let key = created["key"].as_str().unwrap();
+    let ask = json!({"model": "gpt-4o-mini-metered", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40});
+    assert_eq!(kw.chat(key, ask).await.status(), 200);
+    let event = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("the project-scoped webhook receives the key's budget alert")
+        .unwrap();
+    assert_eq!(event["type"], "budget.threshold_crossed");
+    assert_eq!(event["data"]["scope"], "key");
+    assert_eq!(event["data"]["threshold_percent"], 10);
+    let other = hooks[0]["id"].as_str().unwrap();
+    assert!(
+        deliveries(&kw, other).await.is_empty(),
+        "the other project's webhook is not told"
+    );
+}

@@ -720,3 +720,30 @@ async fn a_restart_removes_a_dead_key_file_and_recovers_from_a_leaked_last_admin
     assert!(again.written.is_none());
     assert!(!file.exists(), "the file held a revoked key");
 }
+
+/// Issue 17, item 14: minting with a revoked or rotated-out key says what is
+/// wrong with that key, not that an admin key is required.
+#[tokio::test]
+async fn minting_with_a_revoked_or_rotated_out_key_says_so() {
+    let up = Upstream::start().await;
+    let kw = Keyward::start(&up.base_url()).await;
+    let revoked = kw.create_key_with(json!({})).await;
+    let id = revoked["id"].as_str().unwrap();
+    let r = kw
+        .admin_post(&format!("/api/v1/keys/{id}/revoke"), json!({}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let r = mint(&kw, revoked["key"].as_str().unwrap(), json!({})).await;
+    let msg = assert_openai_error(r, 401, Some("invalid_api_key")).await;
+    assert!(msg.contains("revoked"), "{msg}");
+    assert!(!msg.contains("admin key"), "{msg}");
+
+    let rotated = kw.create_key_with(json!({})).await;
+    let old = rotated["key"].as_str().unwrap();
+    let new = rotate(&kw, rotated["id"].as_str().unwrap(), 0).await;
+    let r = mint(&kw, old, json!({})).await;
+    let msg = assert_openai_error(r, 401, Some("invalid_api_key")).await;
+    assert!(msg.contains("rotated"), "{msg}");
+    assert!(!msg.contains("admin key"), "{msg}");
+    assert_eq!(mint(&kw, &new, json!({})).await.status(), 201);
+}

@@ -23,7 +23,7 @@ impl Scanner {
         for path in paths {
             std::fs::symlink_metadata(path).map_err(|source| ScanError::Io {
                 path: path.clone(),
-                source,
+                error: source,
             })?;
         }
         let respect = self.options.respect_gitignore;

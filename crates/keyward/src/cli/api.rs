@@ -18,6 +18,17 @@ impl Api {
     /// Reads `KEYWARD_URL` (default `http://127.0.0.1:8080`) and `KEYWARD_ADMIN_KEY`.
     pub fn from_env() -> anyhow::Result<Self> {
         let base = std::env::var("KEYWARD_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into());
+        let base = base.trim_end_matches('/');
+        // Apps are given the gateway's base URL, which ends in /v1; the CLI
+        // talks to the management API beside it, at the server's root. Said
+        // here, or the request lands on the gateway and is refused there with
+        // a message about admin keys that points nowhere near the real mistake.
+        if let Some(root) = base.strip_suffix("/v1") {
+            bail!(
+                "KEYWARD_URL ends in /v1, the gateway's base URL for apps; the CLI needs the \
+                 server's root: drop /v1 (KEYWARD_URL={root})"
+            );
+        }
         let admin_key = std::env::var("KEYWARD_ADMIN_KEY")
             .ok()
             .filter(|k| !k.trim().is_empty())
@@ -30,7 +41,7 @@ impl Api {
             .build()?;
         Ok(Self {
             http,
-            base: base.trim_end_matches('/').to_owned(),
+            base: base.to_owned(),
             admin_key: admin_key.trim().to_owned(),
             runtime,
         })

@@ -553,3 +553,44 @@ fn admin_keys_through_the_cli_against_a_served_gateway() {
     );
     assert!(as_key(&ops2, &["admin-keys", "list"]).status.success());
 }
+
+/// Issue 17, item 14: `KEYWARD_URL` set to the gateway's base URL (ending in
+/// `/v1`, as apps are given) gets a hint to drop `/v1`, not the gateway's
+/// refusal of admin keys.
+#[test]
+fn a_keyward_url_ending_in_v1_gets_a_hint_to_drop_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(dir.path(), &[]);
+    for suffix in ["/v1", "/v1/"] {
+        let out = keyward()
+            .args(["keys", "list"])
+            .env("KEYWARD_URL", format!("{}{suffix}", server.url))
+            .env("KEYWARD_ADMIN_KEY", server.admin_key())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("drop /v1") && stderr.contains(&format!("KEYWARD_URL={}", server.url)),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("cannot call the gateway"), "{stderr}");
+    }
+}
+
+/// Issue 17, item 14: a path that does not exist is reported once, with the
+/// OS's reason said once.
+#[test]
+fn scanning_a_missing_path_says_the_os_error_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nonexistent");
+    let out = keyward().arg("scan").arg(&missing).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
+}

@@ -118,3 +118,66 @@ fn serve_refuses_to_start_with_the_wrong_secrets_key_and_says_why() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("secrets.key"), "{stderr}");
 }
+
+/// Issue 17, item 9: a real upstream without its key is refused at start,
+/// naming the variable, before anything is created; `--upstream-no-key` says
+/// the upstream needs none.
+#[test]
+fn serve_refuses_a_real_upstream_without_its_key_unless_told_it_needs_none() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    // `serve` with a real upstream (port 9: discard, never called here).
+    let real = || {
+        let mut c = keyward();
+        c.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--upstream",
+            "http://127.0.0.1:9/v1",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .env("KEYWARD_LOG", "info")
+        .env_remove("KEYWARD_CONFIG")
+        .env_remove("KEYWARD_UPSTREAM_NO_KEY")
+        .env_remove("KEYWARD_UPSTREAM_KEY_ENV")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        c
+    };
+    let out = real()
+        .env("KEYWARD_TEST_UPSTREAM_KEY", "")
+        .args(["--upstream-key-env", "KEYWARD_TEST_UPSTREAM_KEY"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("KEYWARD_TEST_UPSTREAM_KEY is not set")
+            && stderr.contains("--upstream-no-key"),
+        "{stderr}"
+    );
+    assert!(!dir.exists(), "nothing is created before the refusal");
+
+    let mut child = real()
+        .env_remove("OPENAI_API_KEY")
+        .arg("--upstream-no-key")
+        .spawn()
+        .unwrap();
+    let mut log = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("keyward is serving") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(log.contains("keyward is serving"), "{log}");
+    assert!(log.contains("without upstream credentials"), "{log}");
+}
