@@ -50,6 +50,9 @@ enum Command {
     },
     /// Show metered usage.
     Usage(cli::usage::UsageArgs),
+    /// Check that a running server answers /healthz (exit 0 healthy, 1 not):
+    /// the container image's HEALTHCHECK.
+    Health(cli::health::HealthArgs),
     /// Scan files, git history, archives or stdin for leaked secrets.
     Scan(cli::scan::ScanArgs),
     /// Inspect and check the scanner's rules.
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         Command::Budgets { command } => cli::budgets::run(command).map(|()| 0),
         Command::Webhooks { command } => cli::webhooks::run(command).map(|()| 0),
         Command::Usage(args) => cli::usage::run(args).map(|()| 0),
+        Command::Health(args) => cli::health::run(args).map(i32::from),
         Command::Scan(args) => cli::scan::run(args),
         Command::Rules { command } => cli::scan::run_rules(command),
         Command::Hook { command } => cli::scan::run_hook(command),

@@ -3,6 +3,7 @@
 pub mod admin_keys;
 pub mod api;
 pub mod budgets;
+pub mod health;
 pub mod keys;
 pub mod leak_settings;
 pub mod report;

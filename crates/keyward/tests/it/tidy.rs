@@ -228,6 +228,93 @@ fn readme_commands_are_the_ones_ci_runs() {
         ci.contains("scripts/test"),
         ".ci/run runs the README's test command"
     );
+    // Users install with `cargo install --locked`; CI builds what they build.
+    assert!(
+        ci.contains("scripts/test --locked") && ci.contains("cargo clippy --locked"),
+        ".ci/run builds and tests with the locked dependencies"
+    );
+    assert!(
+        readme.contains("cargo install --locked --path crates/keyward"),
+        "the README's install section uses the lock file"
+    );
+}
+
+/// The pre-commit examples pin `rev:` to a commit of this repository, so a
+/// user who copies them gets hooks that exist (a made-up tag fails on install).
+#[test]
+fn pre_commit_examples_pin_a_revision_in_this_history() {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(root())
+            .output()
+    };
+    let Ok(shallow) = git(&["rev-parse", "--is-shallow-repository"]) else {
+        eprintln!("skipped: git is not available");
+        return;
+    };
+    if !shallow.status.success() {
+        eprintln!("skipped: not a git checkout");
+        return;
+    }
+    if String::from_utf8_lossy(&shallow.stdout).trim() == "true" {
+        eprintln!("skipped: shallow clone, the pinned revision may be outside it");
+        return;
+    }
+    for file in [".pre-commit-hooks.yaml", "docs/scan.md"] {
+        let text = std::fs::read_to_string(root().join(file)).unwrap();
+        let revs: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.trim_start_matches(['#', ' ']).strip_prefix("rev:"))
+            .map(|r| r.split('#').next().unwrap().trim())
+            .collect();
+        assert!(!revs.is_empty(), "{file} shows a pinned rev");
+        for rev in revs {
+            assert!(
+                rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{file} pins {rev:?}: pin a full commit SHA (no release tag exists yet)"
+            );
+            let commit = format!("{rev}^{{commit}}");
+            let known = git(&["cat-file", "-e", &commit]).unwrap();
+            assert!(
+                known.status.success(),
+                "{file} pins {rev}, which is not a commit in this repository"
+            );
+            let hooks = git(&["cat-file", "-e", &format!("{rev}:.pre-commit-hooks.yaml")]).unwrap();
+            assert!(
+                hooks.status.success(),
+                "{file} pins {rev}, which has no .pre-commit-hooks.yaml"
+            );
+        }
+    }
+}
+
+/// The container image never carries the upstream key: no build argument or ENV
+/// names one; it comes from the environment at `docker run`.
+#[test]
+fn dockerfile_bakes_in_no_key() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    for line in dockerfile
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+    {
+        if line.starts_with("ENV") || line.starts_with("ARG") || line.contains('=') {
+            let upper = line.to_ascii_uppercase();
+            assert!(
+                !upper.contains("API_KEY") && !upper.contains("SECRET") && !upper.contains("TOKEN"),
+                "the Dockerfile sets a secret: {line}"
+            );
+        }
+    }
+    assert!(
+        dockerfile.contains("USER 10001"),
+        "the image runs unprivileged"
+    );
+    assert!(
+        dockerfile.contains("HEALTHCHECK"),
+        "the image has a health check"
+    );
 }
 
 /// The gateway's modules from the bottom up. A module may use only modules of
