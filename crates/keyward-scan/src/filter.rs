@@ -128,6 +128,31 @@ pub(crate) fn is_placeholder(secret: &[u8]) -> bool {
     secret.len() >= 8 && distinct <= 3
 }
 
+/// Token formats whose last six characters are a CRC32 of the random part
+/// (`crc32-base62`): prefix and length of the alphanumeric body after it.
+const CHECKSUMMED_FORMATS: &[(&[u8], usize)] = &[
+    (b"kwk_", 38),
+    (b"kwe_", 38),
+    (b"kwa_", 38),
+    (b"ghp_", 36),
+    (b"gho_", 36),
+    (b"ghu_", 36),
+    (b"ghs_", 36),
+    (b"npm_", 36),
+];
+
+/// Whether `secret` has the shape of a checksummed token format but its
+/// checksum fails: a placeholder or a typo, not a credential, so no rule
+/// (generic ones included) may report it (issue 17, item 5).
+pub(crate) fn fails_known_checksum(secret: &[u8]) -> bool {
+    CHECKSUMMED_FORMATS.iter().any(|&(prefix, len)| {
+        secret.len() == prefix.len() + len
+            && secret[..prefix.len()].eq_ignore_ascii_case(prefix)
+            && secret[prefix.len()..].iter().all(u8::is_ascii_alphanumeric)
+            && !crate::rules::ValidatorKind::Crc32Base62.validate(secret)
+    })
+}
+
 /// Extra checks for generic rules ("some key = some value"): the value must
 /// look random, not like code, a path, a URL, a version or prose.
 pub(crate) fn generic_value_ok(secret: &[u8]) -> bool {

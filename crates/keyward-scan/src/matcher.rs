@@ -273,6 +273,9 @@ impl Matcher {
                     continue;
                 }
             }
+            if rule.spec.validator.is_none() && filter::fails_known_checksum(secret) {
+                continue;
+            }
             if rule.spec.generic && !filter::generic_value_ok(secret) {
                 continue;
             }
@@ -534,6 +537,22 @@ mod tests {
             rule_ids("const ApIkEy = \"VeOM5RPOMhRtWoh46qIfK7SWwqyEfFHn\";"), // keyward:allow
             ["generic.api-key-assignment"]
         );
+    }
+
+    #[test]
+    fn wrong_checksum_tokens_are_not_reported_by_generic_rules() {
+        let good = "kwk_Zq8PidONxwlCt2D3fK9mQ4xLp7RtZ1wV2d5ZTn";
+        let bad = "kwk_Zq8PidONxwlCt2D3fK9mQ4xLp7RtZ1wV2d5ZTA";
+        for context in [
+            "api_key = \"{}\"\n",
+            "{\"api_key\": \"{}\"}\n",
+            "const apiKey = \"{}\";\n",
+            "token: \"{}\"\n",
+        ] {
+            let with = |v: &str| context.replace("{}", v);
+            assert!(rule_ids(&with(bad)).is_empty(), "{context}");
+            assert_eq!(rule_ids(&with(good)), ["keyward.standard-key"], "{context}");
+        }
     }
 
     #[test]

@@ -81,7 +81,8 @@ pub struct ScanArgs {
     /// Include the secrets themselves in the report.
     #[arg(long)]
     pub show_secrets: bool,
-    /// Config file (default: `.keyward.toml` in the current directory).
+    /// Config file (default: `.keyward.toml` at the root of the scanned
+    /// repository or directory, else in the current directory).
     #[arg(long, value_name = "FILE", env = "KEYWARD_SCAN_CONFIG")]
     pub config: Option<PathBuf>,
     /// Skip files ignored by .gitignore (not the default: ignored .env files
@@ -162,6 +163,22 @@ fn load_config(explicit: Option<&Path>) -> anyhow::Result<Config> {
     }
 }
 
+/// `.keyward.toml` at the root of what is scanned — the repository with
+/// `--git`/`--staged`, the directory when one directory is given — so a scan
+/// run from elsewhere applies the scanned repository's allowlists, as
+/// gitleaks does; otherwise the current directory's.
+fn discover_config(args: &ScanArgs) -> anyhow::Result<Config> {
+    let root = match args.paths.as_slice() {
+        [] => PathBuf::from("."),
+        [one] if args.git || args.staged || one.is_dir() => one.clone(),
+        _ => PathBuf::from("."),
+    };
+    if let Some(config) = Config::discover(&root)? {
+        return Ok(config);
+    }
+    Ok(Config::discover(Path::new("."))?.unwrap_or_default())
+}
+
 fn rules_with(config: &Config) -> anyhow::Result<RuleSet> {
     let mut rules = RuleSet::builtin().context("builtin rules")?;
     config.apply_rules(&mut rules)?;
@@ -172,7 +189,10 @@ fn rules_with(config: &Config) -> anyhow::Result<RuleSet> {
 pub fn run(args: ScanArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
     disable_transparent_huge_pages();
-    let config = load_config(args.config.as_deref())?;
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => discover_config(&args)?,
+    };
     let rules = rules_with(&config)?;
     let allow: ValueAllowlist = config.value_allowlist()?;
     let mut archives = ArchiveLimits::default();

@@ -289,3 +289,52 @@ fn rules_check_and_list() {
     .unwrap();
     assert_eq!(code(&keyward(dir.path(), &["rules", "check"])), 1);
 }
+
+/// Issue 17, item 3: `scan --git REPO` run from another directory applies
+/// the scanned repository's `.keyward.toml`, not the current directory's.
+#[test]
+fn config_is_found_in_the_scanned_repository_when_run_from_elsewhere() {
+    let repo = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    git(repo.path(), &["init", "-q"]);
+    std::fs::write(
+        repo.path().join("creds.env"),
+        format!("AWS_ACCESS_KEY_ID={AWS_ID}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        repo.path().join(".keyward.toml"),
+        format!("[allow]\nvalues = [\"{AWS_ID}\"]\n"),
+    )
+    .unwrap();
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "init"]);
+    let repo_arg = repo.path().to_str().unwrap();
+    for args in [
+        vec!["scan", "--no-progress", "--git", repo_arg],
+        vec!["scan", "--no-progress", repo_arg],
+    ] {
+        let out = keyward(elsewhere.path(), &args);
+        assert_eq!(
+            code(&out),
+            0,
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // `--config` overrides the discovered file.
+    let empty = elsewhere.path().join("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    let out = keyward(
+        elsewhere.path(),
+        &[
+            "scan",
+            "--no-progress",
+            "--config",
+            empty.to_str().unwrap(),
+            "--git",
+            repo_arg,
+        ],
+    );
+    assert_eq!(code(&out), 1);
+}
