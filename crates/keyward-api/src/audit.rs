@@ -1,5 +1,6 @@
 //! `/api/v1/audit`.
 
+use keyward_core::AuditId;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -20,4 +21,24 @@ impl AuditQuery {
     pub fn limit(&self) -> i64 {
         self.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, 1000)
     }
+}
+
+/// An audit event as the API shows it. `D` is how the free-form `detail` is
+/// held, `serde_json::Value` for any event: this crate depends on no JSON
+/// library (see keyward's tidy test), so each side names its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEvent<D> {
+    /// Its id.
+    #[schema(value_type = String)]
+    pub id: AuditId,
+    /// When, ms.
+    pub at: i64,
+    /// Who: an admin key id, a key id, a user id, or `system`.
+    pub actor: String,
+    /// What, e.g. `key.created`.
+    pub action: String,
+    /// On what, e.g. a key id.
+    pub target: String,
+    /// Structured detail (never secrets).
+    pub detail: D,
 }

@@ -114,9 +114,11 @@ pub struct EphemeralRequest {
     pub budget_usd: Option<f64>,
 }
 
-/// A gateway key or ephemeral token as the API shows it (never its secret).
+/// A gateway key or ephemeral token as recorded, as the API shows it (never its
+/// secret). [`Key`] adds what the server derives from it; clear-leak answers
+/// this alone, as it always has.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Key {
+pub struct KeyRecord {
     /// Its id.
     #[schema(value_type = String)]
     pub id: KeyId,
@@ -152,6 +154,15 @@ pub struct Key {
     pub policy: KeyPolicy,
     /// When the current secret was issued by a rotation, ms.
     pub rotated_at: Option<i64>,
+}
+
+/// A gateway key or ephemeral token as the API shows it: its record and what
+/// the server derives from the record and its project.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Key {
+    /// The key as recorded.
+    #[serde(flatten)]
+    pub record: KeyRecord,
     /// Whether this is an ephemeral token.
     pub ephemeral: bool,
     /// The current secret is older than the project's maximum key age.

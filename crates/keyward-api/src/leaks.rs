@@ -1,6 +1,6 @@
 //! `/api/v1/leaks` and `/api/v1/keys/{id}/clear-leak`.
 
-use keyward_core::KeyId;
+use keyward_core::{KeyId, LeakReportId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -57,6 +57,34 @@ impl LeakQuery {
     pub fn limit(&self) -> i64 {
         self.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, 1_000)
     }
+}
+
+/// A stored report that one of our keys was found somewhere, as `GET
+/// /api/v1/leaks` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LeakReport {
+    /// Its id.
+    #[schema(value_type = String)]
+    pub id: LeakReportId,
+    /// The key found.
+    #[schema(value_type = String)]
+    pub key_id: KeyId,
+    /// SHA-256 (hex) of the exposed secret: which of the key's secrets leaked.
+    pub token_hash: String,
+    /// Who found it: `github`, `api`, `watcher`, ….
+    pub source: String,
+    /// Where: a URL, or empty when unknown.
+    pub url: String,
+    /// Finer position (a path and line, an archive member), or empty.
+    pub location: String,
+    /// The reporter's name for the token type (GitHub's `type`), or empty.
+    pub token_type: String,
+    /// What the report did: `disabled`, `already_leaked` or `inactive`.
+    pub outcome: String,
+    /// The admin key id, `github`, or `watcher:<name>`.
+    pub reporter: String,
+    /// When, ms.
+    pub reported_at: i64,
 }
 
 /// `POST /api/v1/keys/{id}/clear-leak`.

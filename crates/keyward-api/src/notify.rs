@@ -1,6 +1,6 @@
 //! `/api/v1/webhooks` and `/api/v1/email-recipients`: where notifications go.
 
-use keyward_core::{EventId, OrgId, ProjectId, WebhookId};
+use keyward_core::{DeliveryId, EventId, OrgId, ProjectId, RecipientId, WebhookId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -117,4 +117,55 @@ pub struct CreatedWebhook {
     pub webhook: Webhook,
     /// The signing secret.
     pub secret: String,
+}
+
+/// An e-mail recipient as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Recipient {
+    /// Its id.
+    #[schema(value_type = String)]
+    pub id: RecipientId,
+    /// The address.
+    pub address: String,
+    /// What it receives.
+    #[serde(flatten)]
+    pub scope: ChannelScope,
+    /// When, ms.
+    pub created_at: i64,
+}
+
+/// One notification to one webhook or recipient, with its attempts so far: an
+/// entry of the delivery log. `P` is how the free-form `payload` is held,
+/// `serde_json::Value` for any event: this crate depends on no JSON library
+/// (see keyward's tidy test), so each side names its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Delivery<P> {
+    /// Its id.
+    #[schema(value_type = String)]
+    pub id: DeliveryId,
+    /// `webhook` or `email`.
+    pub channel: String,
+    /// The webhook's or recipient's id.
+    pub target_id: String,
+    /// The event (delivered at most once per target).
+    #[schema(value_type = String)]
+    pub event_id: EventId,
+    /// The event's type, e.g. `key.leaked`.
+    pub event_type: String,
+    /// The JSON body sent.
+    pub payload: P,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: i64,
+    /// When the next attempt is due, ms (pending only).
+    pub next_attempt_at: i64,
+    /// HTTP status of the last attempt, if one was received.
+    pub last_status: Option<i64>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When, ms.
+    pub created_at: i64,
+    /// When it was accepted, ms.
+    pub delivered_at: Option<i64>,
 }

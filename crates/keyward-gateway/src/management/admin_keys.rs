@@ -21,11 +21,10 @@ use crate::state::{AppState, SharedState};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use keyward_api::admin_keys::CreateAdminKey;
+use keyward_api::admin_keys::{self as api, CreateAdminKey, CreatedAdminKey};
 use keyward_api::List;
 use keyward_core::{key, KeyHash, KeyId, KeyKind};
 use keyward_store::{AdminKey, AdminKeyRevocation, NewAdminKey, NewAuditEvent, NewSecret};
-use serde::Serialize;
 use serde_json::{json, Value};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -38,25 +37,32 @@ pub fn router() -> OpenApiRouter<SharedState> {
         .routes(routes!(rotate))
 }
 
-/// An admin key with its secret, which is never shown again.
-#[derive(Serialize)]
-pub struct CreatedAdminKey {
-    #[serde(flatten)]
-    record: AdminKey,
-    key: String,
+/// An admin key as the API shows it (never its secret).
+fn answer(k: AdminKey) -> api::AdminKey {
+    api::AdminKey {
+        id: k.id,
+        name: k.name,
+        hint: k.hint,
+        status: k.status.as_str().into(),
+        created_at: k.created_at,
+        revoked_at: k.revoked_at,
+        rotated_at: k.rotated_at,
+        created_by: k.created_by,
+    }
 }
 
 /// `GET /api/v1/admin-keys`: every admin key, oldest first, without secrets.
-#[utoipa::path(get, path = "/api/v1/admin-keys", tag = "admin-keys",  responses((status = 200, description = "Admin keys, without secrets")))]
+#[utoipa::path(get, path = "/api/v1/admin-keys", tag = "admin-keys",  responses((status = 200, description = "Admin keys, without secrets", body = keyward_api::List<keyward_api::admin_keys::AdminKey>)))]
 pub async fn list(
     State(state): State<SharedState>,
     _admin: Admin,
-) -> Result<Json<List<AdminKey>>, ApiError> {
-    Ok(Json(List::new(state.store.list_admin_keys().await?)))
+) -> Result<Json<List<api::AdminKey>>, ApiError> {
+    let keys = state.store.list_admin_keys().await?;
+    Ok(Json(List::new(keys.into_iter().map(answer).collect())))
 }
 
 /// `POST /api/v1/admin-keys`.
-#[utoipa::path(post, path = "/api/v1/admin-keys", tag = "admin-keys", request_body = keyward_api::admin_keys::CreateAdminKey, responses((status = 201, description = "The admin key and its secret, shown once")))]
+#[utoipa::path(post, path = "/api/v1/admin-keys", tag = "admin-keys", request_body = keyward_api::admin_keys::CreateAdminKey, responses((status = 201, description = "The admin key and its secret, shown once", body = keyward_api::admin_keys::CreatedAdminKey)))]
 pub async fn create(
     State(state): State<SharedState>,
     admin: Admin,
@@ -86,24 +92,24 @@ pub async fn create(
     Ok((
         StatusCode::CREATED,
         Json(CreatedAdminKey {
-            record,
+            record: answer(record),
             key: secret.expose().to_owned(),
         }),
     ))
 }
 
 /// `POST /api/v1/admin-keys/{id}/revoke`: refused on the next request.
-#[utoipa::path(post, path = "/api/v1/admin-keys/{id}/revoke", tag = "admin-keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The admin key")))]
+#[utoipa::path(post, path = "/api/v1/admin-keys/{id}/revoke", tag = "admin-keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The admin key", body = keyward_api::admin_keys::AdminKey)))]
 pub async fn revoke(
     State(state): State<SharedState>,
     admin: Admin,
     Path(id): Path<String>,
-) -> Result<Json<AdminKey>, ApiError> {
+) -> Result<Json<api::AdminKey>, ApiError> {
     let id = KeyId::parse(&id).ok_or(ApiError::NotFound("admin key"))?;
     let now = state.clock.now_ms();
     let record = match state.store.revoke_admin_key(&id, now).await? {
         AdminKeyRevocation::Revoked(record) => record,
-        AdminKeyRevocation::NotActive(record) => return Ok(Json(record)),
+        AdminKeyRevocation::NotActive(record) => return Ok(Json(answer(record))),
         AdminKeyRevocation::LastActive => {
             return Err(ApiError::Conflict(
                 "this is the last active admin key: create another one before revoking it".into(),
@@ -119,12 +125,12 @@ pub async fn revoke(
     )
     .await?;
     retire_initial_key_file(&state, &record.id, "its key was revoked").await;
-    Ok(Json(record))
+    Ok(Json(answer(record)))
 }
 
 /// `POST /api/v1/admin-keys/{id}/rotate`: a new secret, shown once; the old
 /// one stops at once. A leaked key becomes active again with the new secret.
-#[utoipa::path(post, path = "/api/v1/admin-keys/{id}/rotate", tag = "admin-keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The admin key and its new secret")))]
+#[utoipa::path(post, path = "/api/v1/admin-keys/{id}/rotate", tag = "admin-keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The admin key and its new secret", body = keyward_api::admin_keys::CreatedAdminKey)))]
 pub async fn rotate(
     State(state): State<SharedState>,
     admin: Admin,
@@ -156,7 +162,7 @@ pub async fn rotate(
     .await?;
     retire_initial_key_file(&state, &record.id, "its key was rotated").await;
     Ok(Json(CreatedAdminKey {
-        record,
+        record: answer(record),
         key: secret.expose().to_owned(),
     }))
 }
@@ -197,28 +203,48 @@ async fn audit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Serialize;
 
-    /// The CLI reads admin keys as `keyward_api::admin_keys::CreatedAdminKey`:
-    /// every field the server sends must survive that reading unchanged.
+    /// Admin keys used to be answered as their storage record, a new secret
+    /// beside it: the API types must put the same bytes on the wire, and the
+    /// CLI must read them back without loss.
     #[test]
-    fn admin_key_answers_read_back_as_the_api_types_without_loss() {
-        let created = CreatedAdminKey {
-            record: AdminKey {
+    fn admin_key_answers_are_the_bytes_the_storage_record_gave() {
+        #[derive(Serialize)]
+        struct Before<'a> {
+            #[serde(flatten)]
+            record: &'a AdminKey,
+            key: &'a str,
+        }
+        for full in [true, false] {
+            let record = AdminKey {
                 id: KeyId::generate(),
                 name: "ops".into(),
                 hint: "kwa_…abcd".into(),
-                status: keyward_store::KeyStatus::Revoked,
+                status: if full {
+                    keyward_store::KeyStatus::Revoked
+                } else {
+                    keyward_store::KeyStatus::Active
+                },
                 created_at: 1,
-                revoked_at: Some(2),
-                rotated_at: Some(3),
-                created_by: None,
-            },
-            key: "kwa_secret".into(),
-        };
-        let sent = serde_json::to_value(&created).unwrap();
-        let read: keyward_api::admin_keys::CreatedAdminKey =
-            serde_json::from_value(sent.clone()).unwrap();
-        assert_eq!(serde_json::to_value(&read).unwrap(), sent);
-        assert_eq!(read.record.status, "revoked");
+                revoked_at: full.then_some(2),
+                rotated_at: full.then_some(3),
+                created_by: full.then(|| "kwa".into()),
+            };
+            let sent = serde_json::to_string(&answer(record.clone())).unwrap();
+            assert_eq!(sent, serde_json::to_string(&record).unwrap());
+            let created = CreatedAdminKey {
+                record: answer(record.clone()),
+                key: "kwa_secret".into(),
+            };
+            let sent = serde_json::to_string(&created).unwrap();
+            let before = Before {
+                record: &record,
+                key: "kwa_secret",
+            };
+            assert_eq!(sent, serde_json::to_string(&before).unwrap());
+            let read: CreatedAdminKey = serde_json::from_str(&sent).unwrap();
+            assert_eq!(read, created);
+        }
     }
 }

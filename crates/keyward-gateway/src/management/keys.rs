@@ -12,13 +12,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use keyward_api::keys::{
-    BudgetInput, CreateKey, EphemeralRequest, KeyQuery, RotateKey, ROTATION_GRACE_DEFAULT_S,
-    TOKEN_TTL_DEFAULT_S, TOKEN_TTL_MAX_S,
+    self as api, BudgetInput, CreateKey, CreatedKey, EphemeralRequest, Key, KeyQuery, RotateKey,
+    ROTATION_GRACE_DEFAULT_S, TOKEN_TTL_DEFAULT_S, TOKEN_TTL_MAX_S,
 };
 use keyward_api::List;
 use keyward_core::{key, BudgetScope, KeyHash, KeyId, KeyKind, KeyPolicy, Secret};
 use keyward_store::{KeyRecord, KeyStatus, NewAuditEvent, NewKey, NewSecret, Project};
-use serde::Serialize;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use utoipa_axum::router::OpenApiRouter;
@@ -35,40 +34,43 @@ pub fn router() -> OpenApiRouter<SharedState> {
         .routes(routes!(token_for_holder))
 }
 
-/// A key as the API shows it.
-#[derive(Serialize)]
-pub struct KeyView {
-    #[serde(flatten)]
-    record: KeyRecord,
-    /// Whether this is an ephemeral token.
-    ephemeral: bool,
-    /// The current secret is older than the project's maximum key age.
-    rotation_due: bool,
+/// A key's record as the API shows it: the one conversion from storage, used
+/// by every answer that holds a key (clear-leak's too).
+pub(super) fn answer_record(k: KeyRecord) -> api::KeyRecord {
+    api::KeyRecord {
+        id: k.id,
+        project_id: k.project_id,
+        org_id: k.org_id,
+        name: k.name,
+        hint: k.hint,
+        status: k.status.as_str().into(),
+        tags: k.tags,
+        created_by: k.created_by,
+        created_at: k.created_at,
+        last_used_at: k.last_used_at,
+        revoked_at: k.revoked_at,
+        expires_at: k.expires_at,
+        parent_id: k.parent_id,
+        policy: k.policy,
+        rotated_at: k.rotated_at,
+    }
 }
 
-/// A new secret: the record plus the key, which is never shown again.
-#[derive(Serialize)]
-pub struct CreatedKey {
-    #[serde(flatten)]
-    view: KeyView,
-    key: String,
-}
-
-fn view(record: KeyRecord, project: Option<&Project>, now: i64) -> KeyView {
+fn view(record: KeyRecord, project: Option<&Project>, now: i64) -> Key {
     let issued = record.rotated_at.unwrap_or(record.created_at);
     let rotation_due = record.status == KeyStatus::Active
         && record.expires_at.is_none_or(|t| t > now)
         && project
             .and_then(|p| p.policy.max_key_age_ms)
             .is_some_and(|max| now - issued > max);
-    KeyView {
+    Key {
         ephemeral: record.parent_id.is_some(),
         rotation_due,
-        record,
+        record: answer_record(record),
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/keys", tag = "keys",  responses((status = 201, description = "The key record and its secret (`key`), shown once")))]
+#[utoipa::path(post, path = "/api/v1/keys", tag = "keys",  responses((status = 201, description = "The key record and its secret (`key`), shown once", body = keyward_api::keys::CreatedKey)))]
 pub async fn create(
     State(state): State<SharedState>,
     admin: Admin,
@@ -127,7 +129,7 @@ pub async fn create(
     Ok((
         StatusCode::CREATED,
         Json(CreatedKey {
-            view: view(record, Some(&project), now),
+            record: view(record, Some(&project), now),
             key: secret.expose().to_owned(),
         }),
     ))
@@ -137,12 +139,12 @@ pub async fn create(
 /// `org` or an id), or an organization's (`org` alone). A filter that names
 /// nothing is a 404, never the whole list: a script acting on "the keys of X"
 /// must not act on everyone's.
-#[utoipa::path(get, path = "/api/v1/keys", tag = "keys",  responses((status = 200, description = "Keys: `{\"data\": [key]}`")))]
+#[utoipa::path(get, path = "/api/v1/keys", tag = "keys",  responses((status = 200, description = "Keys: `{\"data\": [key]}`", body = keyward_api::List<keyward_api::keys::Key>)))]
 pub async fn list(
     State(state): State<SharedState>,
     _admin: Admin,
     Query(q): Query<KeyQuery>,
-) -> Result<Json<List<KeyView>>, ApiError> {
+) -> Result<Json<List<Key>>, ApiError> {
     let (project, org) = match (q.project.as_deref(), q.org.as_deref()) {
         (Some(p), org) => (Some(resolve_project(&state, org, p, false).await?.id), None),
         (None, Some(o)) => (
@@ -153,7 +155,7 @@ pub async fn list(
     };
     let projects = state.store.list_projects(org.as_ref()).await?;
     let now = state.clock.now_ms();
-    let views: Vec<KeyView> = state
+    let views: Vec<Key> = state
         .store
         .list_keys(project.as_ref())
         .await?
@@ -167,12 +169,12 @@ pub async fn list(
     Ok(Json(List::new(views)))
 }
 
-#[utoipa::path(get, path = "/api/v1/keys/{id}", tag = "keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The key record")))]
+#[utoipa::path(get, path = "/api/v1/keys/{id}", tag = "keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The key record", body = keyward_api::keys::Key)))]
 pub async fn get_key(
     State(state): State<SharedState>,
     _admin: Admin,
     Path(id): Path<String>,
-) -> Result<Json<KeyView>, ApiError> {
+) -> Result<Json<Key>, ApiError> {
     let record = find(&state, &id).await?;
     let project = state.store.get_project(&record.project_id).await?;
     Ok(Json(view(record, project.as_ref(), state.clock.now_ms())))
@@ -181,12 +183,12 @@ pub async fn get_key(
 /// Revokes a key and the ephemeral tokens derived from it. Takes effect on the
 /// next request: cache entries are dropped after the store is updated. A key that
 /// is already not active keeps its status (a leaked key stays marked leaked).
-#[utoipa::path(post, path = "/api/v1/keys/{id}/revoke", tag = "keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The key record")))]
+#[utoipa::path(post, path = "/api/v1/keys/{id}/revoke", tag = "keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The key record", body = keyward_api::keys::Key)))]
 pub async fn revoke(
     State(state): State<SharedState>,
     admin: Admin,
     Path(id): Path<String>,
-) -> Result<Json<KeyView>, ApiError> {
+) -> Result<Json<Key>, ApiError> {
     let current = find(&state, &id).await?;
     if current.status != KeyStatus::Active {
         return Ok(Json(view(current, None, state.clock.now_ms())));
@@ -237,7 +239,7 @@ pub async fn delete(
 /// Tokens minted with an old secret stop with it: at once with no grace (the
 /// store revokes them), at the end of the grace otherwise (`verify` checks the
 /// secret's expiry); tokens minted with the new secret are unaffected.
-#[utoipa::path(post, path = "/api/v1/keys/{id}/rotate", tag = "keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The key record and its new secret")))]
+#[utoipa::path(post, path = "/api/v1/keys/{id}/rotate", tag = "keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The key record and its new secret", body = keyward_api::keys::CreatedKey)))]
 pub async fn rotate(
     State(state): State<SharedState>,
     admin: Admin,
@@ -295,14 +297,14 @@ pub async fn rotate(
     .await?;
     let project = state.store.get_project(&rotated.project_id).await?;
     Ok(Json(CreatedKey {
-        view: view(rotated, project.as_ref(), now),
+        record: view(rotated, project.as_ref(), now),
         key: secret.expose().to_owned(),
     }))
 }
 
 /// `POST /api/v1/keys/{id}/ephemeral` (admin). The token is bound to the
 /// parent's current secret, and dies with it.
-#[utoipa::path(post, path = "/api/v1/keys/{id}/ephemeral", tag = "keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 201, description = "The token record and its secret")))]
+#[utoipa::path(post, path = "/api/v1/keys/{id}/ephemeral", tag = "keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 201, description = "The token record and its secret", body = keyward_api::keys::CreatedKey)))]
 pub async fn ephemeral(
     State(state): State<SharedState>,
     admin: Admin,
@@ -323,7 +325,7 @@ pub async fn ephemeral(
         &actor,
         "token.minted",
         &parent,
-        json!({"token_id": created.view.record.id, "expires_at": created.view.record.expires_at}),
+        json!({"token_id": created.record.record.id, "expires_at": created.record.record.expires_at}),
     )
     .await?;
     Ok((StatusCode::CREATED, Json(created)))
@@ -342,7 +344,7 @@ pub const MINT_PATH: &str = "/keyward/v1/tokens";
 /// computes it, trusted proxies included) and endpoints, and counts toward its
 /// rate limits; refusals are the gateway's. Each mint is audited, folded per
 /// key by `state.audit_sampler` (a holder can mint at will).
-#[utoipa::path(post, path = "/keyward/v1/tokens", tag = "keys",  responses((status = 201, description = "A token minted by the holder of a gateway key")))]
+#[utoipa::path(post, path = "/keyward/v1/tokens", tag = "keys",  responses((status = 201, description = "A token minted by the holder of a gateway key", body = keyward_api::keys::CreatedKey)))]
 pub async fn token_for_holder(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -399,8 +401,8 @@ pub async fn token_for_holder(
             "token.minted",
             parent,
             json!({
-                "token_id": created.view.record.id,
-                "expires_at": created.view.record.expires_at,
+                "token_id": created.record.record.id,
+                "expires_at": created.record.record.expires_at,
                 "client_ip": crate::request::client_ip::text(client_ip),
                 "folded": folded,
             }),
@@ -483,7 +485,7 @@ async fn issue_token(
     )
     .await?;
     Ok(CreatedKey {
-        view: view(record, None, now),
+        record: view(record, None, now),
         key: token.expose().to_owned(),
     })
 }
@@ -560,42 +562,87 @@ async fn audit(
 mod tests {
     use super::*;
     use keyward_core::{OrgId, ProjectId};
+    use serde::Serialize;
 
-    /// The CLI reads keys as `keyward_api::keys::{Key, CreatedKey}`: every field
-    /// the server sends must survive that reading unchanged.
-    #[test]
-    fn key_answers_read_back_as_the_api_types_without_loss() {
-        let record = KeyRecord {
+    /// A key record with every optional field set (`full`) or none of them.
+    fn record(full: bool) -> KeyRecord {
+        KeyRecord {
             id: KeyId::generate(),
             project_id: ProjectId::generate(),
             org_id: OrgId::generate(),
             name: "app".into(),
             hint: "kw_…abcd".into(),
-            status: KeyStatus::Leaked,
-            tags: vec!["prod".into()],
-            created_by: Some("kwa".into()),
-            created_at: 1,
-            last_used_at: Some(2),
-            revoked_at: Some(3),
-            expires_at: Some(4),
-            parent_id: Some(KeyId::generate()),
-            policy: KeyPolicy {
-                rpm: Some(5),
-                models: vec!["gpt-*".into()],
-                ..Default::default()
+            status: if full {
+                KeyStatus::Leaked
+            } else {
+                KeyStatus::Active
             },
-            rotated_at: Some(6),
-            secret_expires_at: None,
+            tags: if full { vec!["prod".into()] } else { vec![] },
+            created_by: full.then(|| "kwa".into()),
+            created_at: 1,
+            last_used_at: full.then_some(2),
+            revoked_at: full.then_some(3),
+            expires_at: full.then_some(4),
+            parent_id: full.then(KeyId::generate),
+            policy: if full {
+                KeyPolicy {
+                    rpm: Some(5),
+                    models: vec!["gpt-*".into()],
+                    ..Default::default()
+                }
+            } else {
+                KeyPolicy::default()
+            },
+            rotated_at: full.then_some(6),
+            secret_expires_at: full.then_some(7),
             minted_from: None,
-        };
-        let created = CreatedKey {
-            view: view(record, None, 10),
-            key: "kw_secret".into(),
-        };
-        let sent = serde_json::to_value(&created).unwrap();
-        let read: keyward_api::keys::CreatedKey = serde_json::from_value(sent.clone()).unwrap();
-        assert_eq!(serde_json::to_value(&read).unwrap(), sent);
-        assert_eq!(read.record.status, "leaked");
-        assert!(read.record.ephemeral);
+        }
+    }
+
+    /// Key answers used to be the storage record flattened with the two derived
+    /// flags (and the secret): the API types must put the same bytes on the
+    /// wire, and the CLI must read them back without loss.
+    #[test]
+    fn key_answers_are_the_bytes_the_storage_record_gave() {
+        #[derive(Serialize)]
+        struct Before<'a> {
+            #[serde(flatten)]
+            record: &'a KeyRecord,
+            ephemeral: bool,
+            rotation_due: bool,
+            key: &'a str,
+        }
+        for full in [true, false] {
+            let record = record(full);
+            let before = Before {
+                record: &record,
+                ephemeral: full,
+                rotation_due: false,
+                key: "kw_secret",
+            };
+            let created = CreatedKey {
+                record: view(record.clone(), None, 10),
+                key: "kw_secret".into(),
+            };
+            let sent = serde_json::to_string(&created).unwrap();
+            assert_eq!(sent, serde_json::to_string(&before).unwrap());
+            let read: CreatedKey = serde_json::from_str(&sent).unwrap();
+            assert_eq!(read, created);
+            assert_eq!(read.record.ephemeral, full);
+        }
+    }
+
+    /// Clear-leak answers the record alone (see `leaks::clear`): the bytes the
+    /// storage record gave, never its storage-only fields.
+    #[test]
+    fn a_cleared_key_is_the_bytes_the_storage_record_gave() {
+        for full in [true, false] {
+            let record = record(full);
+            let sent = serde_json::to_string(&answer_record(record.clone())).unwrap();
+            assert_eq!(sent, serde_json::to_string(&record).unwrap());
+            assert!(!sent.contains("secret_expires_at"), "{sent}");
+            let read: api::KeyRecord = serde_json::from_str(&sent).unwrap();
+            assert_eq!(read, answer_record(record));
+        }
     }
 }

@@ -13,10 +13,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use keyward_api::leaks::{ClearLeak, KeyMatch, LeakQuery, LeakResult, ReportLeaks};
+use keyward_api::leaks::{self as api, ClearLeak, KeyMatch, LeakQuery, LeakResult, ReportLeaks};
 use keyward_api::List;
 use keyward_core::{KeyHash, KeyId};
-use keyward_store::{KeyRecord, KeyStatus, LeakReport, NewAuditEvent};
+use keyward_store::{KeyStatus, LeakReport, NewAuditEvent};
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -137,32 +137,57 @@ pub async fn report(
 }
 
 /// `GET /api/v1/leaks`: where keys were found, newest first.
-#[utoipa::path(get, path = "/api/v1/leaks", tag = "leaks",  responses((status = 200, description = "Leak reports, newest first")))]
+#[utoipa::path(get, path = "/api/v1/leaks", tag = "leaks",  responses((status = 200, description = "Leak reports, newest first", body = keyward_api::List<keyward_api::leaks::LeakReport>)))]
 pub async fn list(
     State(state): State<SharedState>,
     _admin: Admin,
     Query(q): Query<LeakQuery>,
-) -> Result<Json<List<LeakReport>>, ApiError> {
+) -> Result<Json<List<api::LeakReport>>, ApiError> {
     let key = match q.key.as_deref() {
         Some(k) => Some(KeyId::parse(k).ok_or(ApiError::NotFound("key"))?),
         None => None,
     };
-    let limit = q.limit();
+    let reports = state
+        .store
+        .list_leak_reports(key.as_ref(), q.limit())
+        .await?;
     Ok(Json(List::new(
-        state.store.list_leak_reports(key.as_ref(), limit).await?,
+        reports.into_iter().map(answer_report).collect(),
     )))
+}
+
+/// A leak report as the API shows it.
+fn answer_report(r: LeakReport) -> api::LeakReport {
+    api::LeakReport {
+        id: r.id,
+        key_id: r.key_id,
+        token_hash: r.token_hash,
+        source: r.source,
+        url: r.url,
+        location: r.location,
+        token_type: r.token_type,
+        outcome: r.outcome.as_str().into(),
+        reporter: r.reporter,
+        reported_at: r.reported_at,
+    }
 }
 
 /// `POST /api/v1/keys/{id}/clear-leak`: an admin's explicit, audited decision
 /// that a leak report was false. The only way a leaked key becomes active again
 /// with the same secret (rotation issues a new one).
-#[utoipa::path(post, path = "/api/v1/keys/{id}/clear-leak", tag = "leaks", request_body = keyward_api::leaks::ClearLeak, params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The key record, active again")))]
+///
+/// It answers the key's record alone (`keyward_api::keys::KeyRecord`, built by
+/// the same conversion as every key answer), without the `ephemeral` and
+/// `rotation_due` that `GET /api/v1/keys/{id}` adds: that is what it has
+/// always sent, and the wire does not change with the types behind it.
+/// Clients wanting the flags read the key.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/clear-leak", tag = "leaks", request_body = keyward_api::leaks::ClearLeak, params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The key record, active again (without the derived `ephemeral` and `rotation_due`)", body = keyward_api::keys::KeyRecord)))]
 pub async fn clear(
     State(state): State<SharedState>,
     admin: Admin,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<ClearLeak>,
-) -> Result<Json<KeyRecord>, ApiError> {
+) -> Result<Json<keyward_api::keys::KeyRecord>, ApiError> {
     let reason = req.reason.trim();
     if reason.is_empty() || reason.len() > 1_000 {
         return Err(ApiError::BadRequest(
@@ -198,5 +223,41 @@ pub async fn clear(
             detail: json!({"reason": reason}),
         })
         .await?;
-    Ok(Json(record))
+    Ok(Json(super::keys::answer_record(record)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyward_core::LeakReportId;
+    use keyward_store::LeakOutcome;
+
+    /// Leak reports used to be answered as their storage record: the API type
+    /// must put the same bytes on the wire (outcomes in snake case), and read
+    /// back without loss.
+    #[test]
+    fn leak_report_answers_are_the_bytes_the_storage_record_gave() {
+        for outcome in [
+            LeakOutcome::Disabled,
+            LeakOutcome::AlreadyLeaked,
+            LeakOutcome::Inactive,
+        ] {
+            let report = LeakReport {
+                id: LeakReportId::generate(),
+                key_id: KeyId::generate(),
+                token_hash: "ab".repeat(32),
+                source: "github".into(),
+                url: "https://example.test/x".into(),
+                location: String::new(),
+                token_type: "keyward_api_key".into(),
+                outcome,
+                reporter: "github".into(),
+                reported_at: 1,
+            };
+            let sent = serde_json::to_string(&answer_report(report.clone())).unwrap();
+            assert_eq!(sent, serde_json::to_string(&report).unwrap());
+            let read: api::LeakReport = serde_json::from_str(&sent).unwrap();
+            assert_eq!(read, answer_report(report));
+        }
+    }
 }

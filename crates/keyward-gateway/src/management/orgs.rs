@@ -6,7 +6,7 @@ use crate::state::{AppState, SharedState};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use keyward_api::orgs::{CreateOrg, CreateProject, ProjectQuery, SetProjectPolicy};
+use keyward_api::orgs::{self as api, CreateOrg, CreateProject, ProjectQuery, SetProjectPolicy};
 use keyward_api::List;
 use keyward_core::{OrgId, ProjectId};
 use keyward_store::{NewAuditEvent, Org, Project, ProjectPolicy};
@@ -25,56 +25,83 @@ pub fn router() -> OpenApiRouter<SharedState> {
 }
 
 /// `POST /api/v1/orgs`.
-#[utoipa::path(post, path = "/api/v1/orgs", tag = "orgs", request_body = keyward_api::orgs::CreateOrg, responses((status = 201, description = "The organization")))]
+#[utoipa::path(post, path = "/api/v1/orgs", tag = "orgs", request_body = keyward_api::orgs::CreateOrg, responses((status = 201, description = "The organization", body = keyward_api::orgs::Org)))]
 async fn create_org(
     State(state): State<SharedState>,
     _admin: Admin,
     ApiJson(req): ApiJson<CreateOrg>,
-) -> Result<(StatusCode, Json<Org>), ApiError> {
+) -> Result<(StatusCode, Json<api::Org>), ApiError> {
     let name = valid_name(&req.name, "organization")?;
     let org = state.store.create_org(name, state.clock.now_ms()).await?;
-    Ok((StatusCode::CREATED, Json(org)))
+    Ok((StatusCode::CREATED, Json(answer_org(org))))
 }
 
 /// `GET /api/v1/orgs`.
-#[utoipa::path(get, path = "/api/v1/orgs", tag = "orgs",  responses((status = 200, description = "Every organization: `{\"data\": [org]}`")))]
+#[utoipa::path(get, path = "/api/v1/orgs", tag = "orgs",  responses((status = 200, description = "Every organization: `{\"data\": [org]}`", body = keyward_api::List<keyward_api::orgs::Org>)))]
 async fn list_orgs(
     State(state): State<SharedState>,
     _admin: Admin,
-) -> Result<Json<List<Org>>, ApiError> {
-    Ok(Json(List::new(state.store.list_orgs().await?)))
+) -> Result<Json<List<api::Org>>, ApiError> {
+    let orgs = state.store.list_orgs().await?;
+    Ok(Json(List::new(orgs.into_iter().map(answer_org).collect())))
 }
 
 /// `POST /api/v1/projects`.
-#[utoipa::path(post, path = "/api/v1/projects", tag = "orgs", request_body = keyward_api::orgs::CreateProject, responses((status = 201, description = "The project")))]
+#[utoipa::path(post, path = "/api/v1/projects", tag = "orgs", request_body = keyward_api::orgs::CreateProject, responses((status = 201, description = "The project", body = keyward_api::orgs::Project)))]
 async fn create_project(
     State(state): State<SharedState>,
     _admin: Admin,
     ApiJson(req): ApiJson<CreateProject>,
-) -> Result<(StatusCode, Json<Project>), ApiError> {
+) -> Result<(StatusCode, Json<api::Project>), ApiError> {
     let org = resolve_org(&state, req.org.as_deref()).await?;
     let name = valid_name(&req.name, "project")?;
     let project = state
         .store
         .create_project(&org.id, name, state.clock.now_ms())
         .await?;
-    Ok((StatusCode::CREATED, Json(project)))
+    Ok((StatusCode::CREATED, Json(answer_project(project))))
 }
 
 /// `GET /api/v1/projects`.
-#[utoipa::path(get, path = "/api/v1/projects", tag = "orgs",  responses((status = 200, description = "Projects: `{\"data\": [project]}`")))]
+#[utoipa::path(get, path = "/api/v1/projects", tag = "orgs",  responses((status = 200, description = "Projects: `{\"data\": [project]}`", body = keyward_api::List<keyward_api::orgs::Project>)))]
 async fn list_projects(
     State(state): State<SharedState>,
     _admin: Admin,
     Query(q): Query<ProjectQuery>,
-) -> Result<Json<List<Project>>, ApiError> {
+) -> Result<Json<List<api::Project>>, ApiError> {
     let org = match q.org.as_deref() {
         Some(o) => Some(resolve_org(&state, Some(o)).await?.id),
         None => None,
     };
+    let projects = state.store.list_projects(org.as_ref()).await?;
     Ok(Json(List::new(
-        state.store.list_projects(org.as_ref()).await?,
+        projects.into_iter().map(answer_project).collect(),
     )))
+}
+
+/// An organization as the API shows it.
+fn answer_org(o: Org) -> api::Org {
+    api::Org {
+        id: o.id,
+        name: o.name,
+        created_at: o.created_at,
+    }
+}
+
+/// A project as the API shows it.
+fn answer_project(p: Project) -> api::Project {
+    api::Project {
+        id: p.id,
+        org_id: p.org_id,
+        name: p.name,
+        created_at: p.created_at,
+        policy: api::ProjectPolicy {
+            rpm: p.policy.rpm,
+            tpm: p.policy.tpm,
+            max_concurrent: p.policy.max_concurrent,
+            max_key_age_ms: p.policy.max_key_age_ms,
+        },
+    }
 }
 
 /// An organization named by id or name (the default organization when `None`).
@@ -180,13 +207,13 @@ fn format_char(c: char) -> bool {
 }
 
 /// `PUT /api/v1/projects/{id}/policy`: the project's shared limits and key-age rule.
-#[utoipa::path(put, path = "/api/v1/projects/{id}/policy", tag = "orgs", request_body = keyward_api::orgs::SetProjectPolicy, params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The project")))]
+#[utoipa::path(put, path = "/api/v1/projects/{id}/policy", tag = "orgs", request_body = keyward_api::orgs::SetProjectPolicy, params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The project", body = keyward_api::orgs::Project)))]
 async fn set_project_policy(
     State(state): State<SharedState>,
     admin: Admin,
     axum::extract::Path(project): axum::extract::Path<String>,
     ApiJson(req): ApiJson<SetProjectPolicy>,
-) -> Result<Json<Project>, ApiError> {
+) -> Result<Json<api::Project>, ApiError> {
     for (name, v) in [
         ("rpm", req.rpm),
         ("tpm", req.tpm),
@@ -216,12 +243,54 @@ async fn set_project_policy(
             detail: json!(policy),
         })
         .await?;
-    Ok(Json(updated))
+    Ok(Json(answer_project(updated)))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::valid_name;
+    use super::*;
+
+    /// Organizations and projects used to be answered as their storage
+    /// records: the API types must put the same bytes on the wire (a limit that
+    /// is not set left out, not `null`), and read back without loss.
+    #[test]
+    fn org_and_project_answers_are_the_bytes_the_storage_records_gave() {
+        let org = Org {
+            id: OrgId::generate(),
+            name: "acme".into(),
+            created_at: 1,
+        };
+        let sent = serde_json::to_string(&answer_org(org.clone())).unwrap();
+        assert_eq!(sent, serde_json::to_string(&org).unwrap());
+        let full = ProjectPolicy {
+            rpm: Some(1),
+            tpm: Some(2),
+            max_concurrent: Some(3),
+            max_key_age_ms: Some(4),
+        };
+        for policy in [ProjectPolicy::default(), full] {
+            let project = Project {
+                id: ProjectId::generate(),
+                org_id: org.id.clone(),
+                name: "web".into(),
+                created_at: 2,
+                policy,
+            };
+            let sent = serde_json::to_string(&answer_project(project.clone())).unwrap();
+            assert_eq!(sent, serde_json::to_string(&project).unwrap());
+            let read: api::Project = serde_json::from_str(&sent).unwrap();
+            assert_eq!(read, answer_project(project));
+        }
+        let bare = serde_json::to_value(answer_project(Project {
+            id: ProjectId::generate(),
+            org_id: org.id,
+            name: "web".into(),
+            created_at: 2,
+            policy: ProjectPolicy::default(),
+        }))
+        .unwrap();
+        assert_eq!(bare["policy"], serde_json::json!({}));
+    }
 
     #[test]
     fn names_with_invisible_characters_are_refused() {

@@ -10,14 +10,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use keyward_api::notify::{
-    ChannelScopeInput, CreateRecipient, CreateWebhook, DeliveryQuery, TestQueued,
+    self as api, ChannelScopeInput, CreateRecipient, CreateWebhook, CreatedWebhook, DeliveryQuery,
+    TestQueued,
 };
 use keyward_api::List;
 use keyward_core::{EventId, OrgId, ProjectId, RecipientId, WebhookId};
 use keyward_store::{
     Channel, ChannelScope, Delivery, NewAuditEvent, NewWebhook, Recipient, Webhook,
 };
-use serde::Serialize;
 use serde_json::{json, Value};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -77,15 +77,7 @@ async fn scope(state: &AppState, input: ChannelScopeInput) -> Result<ChannelScop
     })
 }
 
-/// A new webhook with its signing secret, shown only here.
-#[derive(Serialize)]
-pub struct CreatedWebhook {
-    #[serde(flatten)]
-    webhook: Webhook,
-    secret: String,
-}
-
-#[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks", request_body = keyward_api::notify::CreateWebhook, responses((status = 201, description = "The webhook and its signing secret, shown once")))]
+#[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks", request_body = keyward_api::notify::CreateWebhook, responses((status = 201, description = "The webhook and its signing secret, shown once", body = keyward_api::notify::CreatedWebhook)))]
 pub async fn create(
     State(state): State<SharedState>,
     admin: Admin,
@@ -131,16 +123,22 @@ pub async fn create(
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(CreatedWebhook { webhook, secret }),
+        Json(CreatedWebhook {
+            webhook: answer_webhook(webhook),
+            secret,
+        }),
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks",  responses((status = 200, description = "Webhooks, without secrets")))]
+#[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks",  responses((status = 200, description = "Webhooks, without secrets", body = keyward_api::List<keyward_api::notify::Webhook>)))]
 pub async fn list(
     State(state): State<SharedState>,
     _admin: Admin,
-) -> Result<Json<List<Webhook>>, ApiError> {
-    Ok(Json(List::new(state.store.list_webhooks().await?)))
+) -> Result<Json<List<api::Webhook>>, ApiError> {
+    let hooks = state.store.list_webhooks().await?;
+    Ok(Json(List::new(
+        hooks.into_iter().map(answer_webhook).collect(),
+    )))
 }
 
 fn webhook_id(id: &str) -> Result<WebhookId, ApiError> {
@@ -192,29 +190,29 @@ pub async fn test(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/webhooks/{id}/deliveries", tag = "webhooks",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The webhook's delivery log")))]
+#[utoipa::path(get, path = "/api/v1/webhooks/{id}/deliveries", tag = "webhooks",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The webhook's delivery log", body = keyward_api::List<keyward_api::notify::Delivery<serde_json::Value>>)))]
 pub async fn deliveries(
     State(state): State<SharedState>,
     _admin: Admin,
     Path(id): Path<String>,
     Query(q): Query<DeliveryQuery>,
-) -> Result<Json<List<Delivery>>, ApiError> {
+) -> Result<Json<List<api::Delivery<Value>>>, ApiError> {
     let id = webhook_id(&id)?;
-    let limit = q.limit();
+    let log = state
+        .store
+        .list_deliveries(Some(id.as_str()), q.limit())
+        .await?;
     Ok(Json(List::new(
-        state
-            .store
-            .list_deliveries(Some(id.as_str()), limit)
-            .await?,
+        log.into_iter().map(answer_delivery).collect(),
     )))
 }
 
-#[utoipa::path(post, path = "/api/v1/email-recipients", tag = "webhooks", request_body = keyward_api::notify::CreateRecipient, responses((status = 201, description = "The recipient")))]
+#[utoipa::path(post, path = "/api/v1/email-recipients", tag = "webhooks", request_body = keyward_api::notify::CreateRecipient, responses((status = 201, description = "The recipient", body = keyward_api::notify::Recipient)))]
 pub async fn create_recipient(
     State(state): State<SharedState>,
     admin: Admin,
     ApiJson(req): ApiJson<CreateRecipient>,
-) -> Result<(StatusCode, Json<Recipient>), ApiError> {
+) -> Result<(StatusCode, Json<api::Recipient>), ApiError> {
     let address = req.address.trim();
     let plausible = address.len() <= 254
         && address
@@ -241,15 +239,18 @@ pub async fn create_recipient(
         json!({"events": r.scope.events}),
     )
     .await?;
-    Ok((StatusCode::CREATED, Json(r)))
+    Ok((StatusCode::CREATED, Json(answer_recipient(r))))
 }
 
-#[utoipa::path(get, path = "/api/v1/email-recipients", tag = "webhooks",  responses((status = 200, description = "E-mail recipients")))]
+#[utoipa::path(get, path = "/api/v1/email-recipients", tag = "webhooks",  responses((status = 200, description = "E-mail recipients", body = keyward_api::List<keyward_api::notify::Recipient>)))]
 pub async fn list_recipients(
     State(state): State<SharedState>,
     _admin: Admin,
-) -> Result<Json<List<Recipient>>, ApiError> {
-    Ok(Json(List::new(state.store.list_recipients().await?)))
+) -> Result<Json<List<api::Recipient>>, ApiError> {
+    let recipients = state.store.list_recipients().await?;
+    Ok(Json(List::new(
+        recipients.into_iter().map(answer_recipient).collect(),
+    )))
 }
 
 #[utoipa::path(delete, path = "/api/v1/email-recipients/{id}", tag = "webhooks",  params(("id" = String, Path, description = "The object's id")), responses((status = 204, description = "Deleted")))]
@@ -269,6 +270,55 @@ pub async fn remove_recipient(
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A webhook as the API shows it: never its signing secret.
+fn answer_webhook(w: Webhook) -> api::Webhook {
+    api::Webhook {
+        id: w.id,
+        url: w.url,
+        scope: answer_scope(w.scope),
+        description: w.description,
+        created_by: w.created_by,
+        created_at: w.created_at,
+    }
+}
+
+/// An e-mail recipient as the API shows it.
+fn answer_recipient(r: Recipient) -> api::Recipient {
+    api::Recipient {
+        id: r.id,
+        address: r.address,
+        scope: answer_scope(r.scope),
+        created_at: r.created_at,
+    }
+}
+
+fn answer_scope(s: ChannelScope) -> api::ChannelScope {
+    api::ChannelScope {
+        events: s.events,
+        org_id: s.org_id,
+        project_id: s.project_id,
+    }
+}
+
+/// An entry of the delivery log as the API shows it.
+fn answer_delivery(d: Delivery) -> api::Delivery<Value> {
+    api::Delivery {
+        id: d.id,
+        channel: d.channel.as_str().into(),
+        target_id: d.target_id,
+        event_id: d.event_id,
+        event_type: d.event_type,
+        payload: d.payload,
+        status: d.status.as_str().into(),
+        attempts: d.attempts,
+        next_attempt_at: d.next_attempt_at,
+        last_status: d.last_status,
+        last_error: d.last_error,
+        created_at: d.created_at,
+        delivered_at: d.delivered_at,
+    }
 }
 
 async fn audit(
@@ -294,31 +344,112 @@ async fn audit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyward_core::DeliveryId;
+    use keyward_store::DeliveryStatus;
+    use serde::Serialize;
 
-    /// The CLI reads webhooks as `keyward_api::notify::CreatedWebhook`: every
-    /// field the server sends must survive that reading unchanged.
+    fn scopes() -> [ChannelScope; 2] {
+        [
+            ChannelScope {
+                events: vec!["key.leaked".into()],
+                org_id: Some(OrgId::generate()),
+                project_id: Some(ProjectId::generate()),
+            },
+            ChannelScope {
+                events: vec!["*".into()],
+                org_id: None,
+                project_id: None,
+            },
+        ]
+    }
+
+    /// Webhooks used to be answered as their storage record (its scope
+    /// flattened, its secret skipped), a new one with the secret beside it: the
+    /// API types must put the same bytes on the wire, and read back without
+    /// loss.
     #[test]
-    fn webhook_answers_read_back_as_the_api_types_without_loss() {
-        let created = CreatedWebhook {
-            webhook: Webhook {
+    fn webhook_answers_are_the_bytes_the_storage_record_gave() {
+        #[derive(Serialize)]
+        struct Before<'a> {
+            #[serde(flatten)]
+            webhook: &'a Webhook,
+            secret: &'a str,
+        }
+        for scope in scopes() {
+            let webhook = Webhook {
                 id: WebhookId::generate(),
                 url: "https://example.test/hook".into(),
                 secret: keyward_core::Secret::new("sealed"),
-                scope: ChannelScope {
-                    events: vec!["key.leaked".into()],
-                    org_id: Some(OrgId::generate()),
-                    project_id: None,
-                },
+                scope,
                 description: "ops".into(),
                 created_by: "kwa".into(),
                 created_at: 1,
-            },
-            secret: "whsec".into(),
-        };
-        let sent = serde_json::to_value(&created).unwrap();
-        let read: keyward_api::notify::CreatedWebhook =
-            serde_json::from_value(sent.clone()).unwrap();
-        assert_eq!(serde_json::to_value(&read).unwrap(), sent);
-        assert_eq!(read.secret, "whsec");
+            };
+            let sent = serde_json::to_string(&answer_webhook(webhook.clone())).unwrap();
+            assert_eq!(sent, serde_json::to_string(&webhook).unwrap());
+            assert!(!sent.contains("sealed"), "{sent}");
+            let created = CreatedWebhook {
+                webhook: answer_webhook(webhook.clone()),
+                secret: "whsec".into(),
+            };
+            let sent = serde_json::to_string(&created).unwrap();
+            let before = Before {
+                webhook: &webhook,
+                secret: "whsec",
+            };
+            assert_eq!(sent, serde_json::to_string(&before).unwrap());
+            let read: CreatedWebhook = serde_json::from_str(&sent).unwrap();
+            assert_eq!(read, created);
+        }
+    }
+
+    /// Recipients likewise (their scope flattened).
+    #[test]
+    fn recipient_answers_are_the_bytes_the_storage_record_gave() {
+        for scope in scopes() {
+            let recipient = Recipient {
+                id: RecipientId::generate(),
+                address: "ops@example.test".into(),
+                scope,
+                created_at: 1,
+            };
+            let sent = serde_json::to_string(&answer_recipient(recipient.clone())).unwrap();
+            assert_eq!(sent, serde_json::to_string(&recipient).unwrap());
+            let read: api::Recipient = serde_json::from_str(&sent).unwrap();
+            assert_eq!(read, answer_recipient(recipient));
+        }
+    }
+
+    /// Deliveries likewise (channel and status spelled as their storage enums
+    /// were).
+    #[test]
+    fn delivery_answers_are_the_bytes_the_storage_record_gave() {
+        let statuses = [
+            DeliveryStatus::Pending,
+            DeliveryStatus::Delivered,
+            DeliveryStatus::Failed,
+        ];
+        for (channel, status) in [Channel::Webhook, Channel::Email].into_iter().zip(statuses) {
+            let done = status == DeliveryStatus::Delivered;
+            let delivery = Delivery {
+                id: DeliveryId::generate(),
+                channel,
+                target_id: "whk_x".into(),
+                event_id: EventId::generate(),
+                event_type: "key.leaked".into(),
+                payload: json!({"type": "key.leaked", "data": {"n": 1}}),
+                status,
+                attempts: 2,
+                next_attempt_at: 3,
+                last_status: done.then_some(200),
+                last_error: (!done).then(|| "timed out".into()),
+                created_at: 4,
+                delivered_at: done.then_some(5),
+            };
+            let sent = serde_json::to_string(&answer_delivery(delivery.clone())).unwrap();
+            assert_eq!(sent, serde_json::to_string(&delivery).unwrap());
+            let read: api::Delivery<Value> = serde_json::from_str(&sent).unwrap();
+            assert_eq!(read, answer_delivery(delivery));
+        }
     }
 }

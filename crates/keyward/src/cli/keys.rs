@@ -193,9 +193,10 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             if json {
                 print_json(&created)?;
             } else {
+                let record = &created.record.record;
                 println!(
                     "Created key {} ({}) in project {}.",
-                    created.record.id, created.record.name, created.record.project_id
+                    record.id, record.name, record.project_id
                 );
                 println!("\n    {}\n", created.key);
                 println!("This is the only time the key is shown. Store it in a secret manager or an environment variable.");
@@ -239,8 +240,8 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
                 println!("{}", token.key);
                 eprintln!(
                     "Ephemeral token {} expires at {} UTC.",
-                    token.record.id,
-                    table::time(token.record.expires_at)
+                    token.record.record.id,
+                    table::time(token.record.record.expires_at)
                 );
             }
         }
@@ -293,14 +294,15 @@ pub fn print_json<T: serde::Serialize>(answer: &T) -> anyhow::Result<()> {
 }
 
 fn row(k: &Key) -> Vec<String> {
+    let r = &k.record;
     vec![
-        k.id.to_string(),
-        k.name.clone(),
-        k.project_id.to_string(),
-        k.status.clone(),
-        k.hint.clone(),
-        table::time(k.last_used_at),
-        table::time(Some(k.created_at)),
+        r.id.to_string(),
+        r.name.clone(),
+        r.project_id.to_string(),
+        r.status.clone(),
+        r.hint.clone(),
+        table::time(r.last_used_at),
+        table::time(Some(r.created_at)),
         if k.rotation_due {
             "rotation due".into()
         } else if k.ephemeral {

@@ -5,9 +5,11 @@ use super::keys::path_segment;
 use super::keys::print_json;
 use super::table;
 use clap::Subcommand;
-use keyward_api::notify::{ChannelScopeInput, CreateWebhook, CreatedWebhook, TestQueued, Webhook};
+use keyward_api::notify::{
+    ChannelScopeInput, CreateWebhook, CreatedWebhook, Delivery, TestQueued, Webhook,
+};
 use keyward_api::List;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// Webhook commands.
 #[derive(Subcommand)]
@@ -126,27 +128,23 @@ pub fn run(cmd: WebhooksCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_value(&sent)?);
         }
         WebhooksCommand::Deliveries { id, json } => {
-            let log = api.get(
+            let log: List<Delivery<Value>> = api.get_as(
                 &format!("/api/v1/webhooks/{}/deliveries", path_segment(&id)?),
                 &[],
             )?;
             if json {
-                println!("{}", log["data"]);
+                print_json(&log.data)?;
             } else {
-                let rows: Vec<Vec<String>> = log["data"]
-                    .as_array()
+                let rows: Vec<Vec<String>> = log
+                    .data
                     .into_iter()
-                    .flatten()
                     .map(|d| {
                         vec![
-                            d["event_id"].as_str().unwrap_or("-").to_owned(),
-                            d["event_type"].as_str().unwrap_or("-").to_owned(),
-                            d["status"]
-                                .as_str()
-                                .map(str::to_owned)
-                                .unwrap_or_else(|| d["status"].to_string()),
-                            d["attempts"].to_string(),
-                            d["last_error"].as_str().unwrap_or("").to_owned(),
+                            d.event_id.to_string(),
+                            d.event_type,
+                            d.status,
+                            d.attempts.to_string(),
+                            d.last_error.unwrap_or_default(),
                         ]
                     })
                     .collect();

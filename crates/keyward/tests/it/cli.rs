@@ -477,6 +477,43 @@ fn webhooks_through_the_cli() {
         .is_empty());
 }
 
+/// `webhooks deliveries` reads the log as `keyward_api::notify::Delivery`; with
+/// `--json` it prints it through a `Value`, as it did when it read one: keys in
+/// the same (sorted) order.
+#[test]
+fn webhook_deliveries_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(dir.path(), &[]);
+    let added = server.cli_json(&[
+        "webhooks",
+        "add",
+        "https://hooks.example.test/keyward",
+        "--json",
+    ]);
+    let id = added["id"].as_str().unwrap().to_owned();
+    let queued = server.cli_json(&["webhooks", "test", &id]);
+    let event = queued["event_id"].as_str().unwrap().to_owned();
+    let out = server.cli(&["webhooks", "deliveries", &id, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.starts_with(r#"[{"attempts":"#), "{stdout}");
+    let log: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let log = log.as_array().unwrap();
+    assert_eq!(log.len(), 1, "{stdout}");
+    assert_eq!(log[0]["event_id"], event.as_str());
+    assert_eq!(log[0]["event_type"], "webhook.test");
+    assert_eq!(log[0]["channel"], "webhook");
+    assert_eq!(log[0]["target_id"], id.as_str());
+    assert!(log[0]["payload"].is_object(), "{stdout}");
+    let table = String::from_utf8(server.cli(&["webhooks", "deliveries", &id]).stdout).unwrap();
+    assert!(table.contains(&event), "{table}");
+    assert!(table.contains("webhook.test"), "{table}");
+}
+
 #[test]
 fn admin_keys_through_the_cli_against_a_served_gateway() {
     let dir = tempfile::tempdir().unwrap();
