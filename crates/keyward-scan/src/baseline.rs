@@ -6,8 +6,12 @@
 //! after unrelated edits produces no diff:
 //!
 //! ```json
-//! {"version": 1, "secrets": [{"secret_sha256": "…", "rule_id": "aws.access-key-id"}]}
+//! {"tool": "keyward", "version": 1, "secrets": [{"secret_sha256": "…", "rule_id": "aws.access-key-id"}]}
 //! ```
+//!
+//! `tool` marks the file as keyward's own output, so that scanning a tree
+//! that holds its baseline does not report the hashes as secrets (see
+//! `own_output`); baselines written before it existed load as well.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,6 +19,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::{Finding, ScanError};
+
+/// The `tool` written in baselines, SARIF logs' driver name.
+pub const TOOL: &str = "keyward";
 
 /// One triaged secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +35,9 @@ pub struct BaselineEntry {
 /// A set of triaged secrets.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Baseline {
+    /// The program that wrote the file: `keyward` (absent in old baselines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
     /// Format version (1).
     pub version: u32,
     /// The secrets, sorted by hash.
@@ -42,6 +52,7 @@ impl Baseline {
             by_hash.entry(&f.secret_sha256).or_insert(&f.rule_id);
         }
         Self {
+            tool: Some(TOOL.to_string()),
             version: 1,
             secrets: by_hash
                 .into_iter()
@@ -63,6 +74,12 @@ impl Baseline {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+        if baseline.tool.as_deref().is_some_and(|t| t != TOOL) {
+            return Err(ScanError::Baseline {
+                path: path.to_path_buf(),
+                message: "not a keyward baseline (its \"tool\" is not \"keyward\")".into(),
+            });
+        }
         if baseline.version != 1 {
             return Err(ScanError::Baseline {
                 path: path.to_path_buf(),

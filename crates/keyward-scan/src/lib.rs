@@ -28,6 +28,7 @@ mod finding;
 pub mod input;
 mod keywords;
 pub mod matcher;
+mod own_output;
 pub mod report;
 pub mod rules;
 pub mod scanner;

@@ -21,6 +21,7 @@ use memchr::{memchr, memchr_iter, memmem, memrchr};
 
 use crate::input::archive::ArchiveLimits;
 use crate::matcher::{Matcher, RawMatch, Scratch};
+use crate::own_output::Exempt;
 use crate::{CommitInfo, Diagnostic, Finding, Secret};
 
 /// Bytes shared by consecutive blocks.
@@ -205,6 +206,9 @@ pub(crate) struct Worker<'s> {
     /// The start of the current file, read to tell archives from content
     /// (see `input::archive`).
     pub head: Vec<u8>,
+    /// Hash values keyward itself wrote into the current input (a baseline,
+    /// a report), which are not secrets; see `own_output`.
+    pub exempt: Option<Exempt>,
 }
 
 impl<'s> Worker<'s> {
@@ -214,7 +218,22 @@ impl<'s> Worker<'s> {
             scratch: scanner.matcher.scratch(),
             buf: Vec::new(),
             head: Vec::new(),
+            exempt: None,
         }
+    }
+
+    /// Scans content that is whole in memory (see [`Self::scan_slice`]);
+    /// when keyward wrote it, the hashes in it are not reported.
+    pub fn scan_whole(
+        &mut self,
+        origin: &Origin<'_>,
+        data: &[u8],
+        sink: &dyn Sink,
+    ) -> io::Result<()> {
+        self.exempt = crate::own_output::exempt_values(data);
+        let result = self.scan_slice(origin, data, sink);
+        self.exempt = None;
+        result
     }
 
     /// Scans plain (not archive) content held in memory: as one block, in
@@ -244,7 +263,7 @@ impl<'s> Worker<'s> {
             pos: TextPos { line: 1, col: 0 },
             is_binary: false,
         };
-        report_matches(scanner, origin, &block, matches, sink);
+        report_matches(scanner, origin, &block, matches, self.exempt.as_ref(), sink);
         Ok(())
     }
 
@@ -295,7 +314,7 @@ impl<'s> Worker<'s> {
                 pos,
                 is_binary,
             };
-            report_matches(scanner, origin, &block, matches, sink);
+            report_matches(scanner, origin, &block, matches, self.exempt.as_ref(), sink);
             if eof {
                 return Ok(());
             }
@@ -329,6 +348,7 @@ fn report_matches(
     origin: &Origin<'_>,
     block: &Block<'_>,
     matches: &[RawMatch],
+    exempt: Option<&Exempt>,
     sink: &dyn Sink,
 ) {
     let Block {
@@ -349,6 +369,9 @@ fn report_matches(
         at.advance(&data[cursor..m.start]);
         cursor = m.start;
         let secret = &data[m.start..m.end];
+        if exempt.is_some_and(|e| e.contains(secret)) {
+            continue;
+        }
         if on_allowed_line(data, m.start, m.end) {
             scanner.stats.suppressed.fetch_add(1, Ordering::Relaxed);
             continue;

@@ -18,6 +18,7 @@ use std::fs::File;
 use std::io::{self, Cursor, Read, Seek, SeekFrom};
 use std::rc::Rc;
 
+use crate::own_output;
 use crate::scanner::{Origin, Sink, Worker};
 use crate::{Diagnostic, DiagnosticKind};
 
@@ -236,7 +237,7 @@ pub(crate) fn scan_bytes(
     if sniff(&bytes[..bytes.len().min(SNIFF_LEN)]).is_some() {
         return scan_seekable(worker, origin, Cursor::new(bytes), sink);
     }
-    if let Err(e) = worker.scan_slice(origin, bytes, sink) {
+    if let Err(e) = worker.scan_whole(origin, bytes, sink) {
         report(worker, origin.path, &e, sink);
     }
 }
@@ -265,9 +266,22 @@ fn scan_seekable<R: Read + Seek>(
         } else if n < head.len() && sniff(&head[..n.min(SNIFF_LEN)]).is_none() {
             // The whole input is in `head` and is not an archive: scanned
             // there, without copying it into the block buffer.
-            worker.scan_slice(origin, &head[..n], sink)
+            worker.scan_whole(origin, &head[..n], sink)
         } else if n < head.len() {
             scan_entry(worker, origin, &mut &head[..n], 0, &budget, sink)
+        } else if own_output::may_be_own_output(&head[..n]) {
+            // Perhaps a large baseline or SARIF log keyward wrote: read whole
+            // (up to a limit) to find out, then scan from memory.
+            let mut whole = head[..n].to_vec();
+            (&mut source)
+                .take((own_output::MAX_LEN - n) as u64 + 1)
+                .read_to_end(&mut whole)?;
+            if whole.len() <= own_output::MAX_LEN {
+                worker.scan_whole(origin, &whole, sink)
+            } else {
+                let mut rest = (&whole[..]).chain(source);
+                scan_entry(worker, origin, &mut rest, 0, &budget, sink)
+            }
         } else {
             let mut rest = (&head[..n]).chain(source);
             scan_entry(worker, origin, &mut rest, 0, &budget, sink)

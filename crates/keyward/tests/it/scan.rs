@@ -338,3 +338,158 @@ fn config_is_found_in_the_scanned_repository_when_run_from_elsewhere() {
     );
     assert_eq!(code(&out), 1);
 }
+
+fn findings_of(out: &Output) -> Vec<(String, String)> {
+    stdout_json(out)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["rule_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Issue 17, item 1: the documented workflow — write a baseline into the
+/// tree, then scan the tree with it — exits 0 (the baseline's own hashes
+/// used to be reported by the generic rule), and a new secret is still the
+/// one finding.
+#[test]
+fn baseline_written_into_the_tree_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("a.env"), format!("AWS={AWS_ID}\n")).unwrap();
+    let write = keyward(
+        d,
+        &["scan", "--write-baseline", ".keyward-baseline.json", "."],
+    );
+    assert_eq!(code(&write), 0);
+    let baseline = std::fs::read_to_string(d.join(".keyward-baseline.json")).unwrap();
+    assert!(baseline.contains("\"tool\": \"keyward\""), "{baseline}");
+    let again = keyward(
+        d,
+        &[
+            "scan",
+            "--format",
+            "json",
+            "--baseline",
+            ".keyward-baseline.json",
+            ".",
+        ],
+    );
+    assert_eq!(code(&again), 0, "{:?}", findings_of(&again));
+
+    std::fs::write(d.join("b.env"), format!("KW={KEYWARD_KEY}\n")).unwrap();
+    let out = keyward(
+        d,
+        &[
+            "scan",
+            "--format",
+            "json",
+            "--baseline",
+            ".keyward-baseline.json",
+            ".",
+        ],
+    );
+    assert_eq!(code(&out), 1);
+    assert_eq!(
+        findings_of(&out),
+        [("./b.env".to_string(), "keyward.standard-key".to_string())]
+    );
+}
+
+/// Issue 17, item 1: a secret pasted into a file shaped like a baseline is
+/// still found: in a member keyward does not write or in a hash's place (the
+/// file is then not keyward's and is scanned like any other), or in a member
+/// keyward writes but that is not a hash (only hashes are exempt).
+#[test]
+fn secret_pasted_into_a_baseline_look_alike_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("a.env"), format!("AWS={AWS_ID}\n")).unwrap();
+    assert_eq!(
+        code(&keyward(d, &["scan", "--write-baseline", "real.json", "."])),
+        0
+    );
+    let real: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("real.json")).unwrap()).unwrap();
+    std::fs::remove_file(d.join("a.env")).unwrap();
+    let pasted = "VeOM5RPOMhRtWoh46qIfK7SWwqyEfFHn"; // keyward:allow test fixture
+    let mut extra = real.clone();
+    extra["api_key"] = Value::from(pasted);
+    std::fs::write(d.join("extra.json"), extra.to_string()).unwrap();
+    let mut in_place = real.clone();
+    in_place["secrets"][0]["secret_sha256"] = Value::from(pasted);
+    std::fs::write(d.join("in-place.json"), in_place.to_string()).unwrap();
+    let mut rule_id = real.clone();
+    rule_id["secrets"][0]["rule_id"] = Value::from(AWS_ID);
+    std::fs::write(d.join("rule-id.json"), rule_id.to_string()).unwrap();
+
+    let out = keyward(d, &["scan", "--format", "json", "--show-secrets", "."]);
+    assert_eq!(code(&out), 1);
+    let v = stdout_json(&out);
+    let found: Vec<(&str, &str)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["path"].as_str().unwrap(), f["secret"].as_str().unwrap()))
+        .collect();
+    assert!(!found.iter().any(|(p, _)| *p == "./real.json"), "{found:?}");
+    for expected in [
+        ("./extra.json", pasted),
+        ("./in-place.json", pasted),
+        ("./rule-id.json", AWS_ID),
+    ] {
+        assert!(found.contains(&expected), "{expected:?} in {found:?}");
+    }
+    assert_eq!(
+        found.iter().filter(|(p, _)| *p == "./rule-id.json").count(),
+        1,
+        "in a file keyward wrote, the hashes stay exempt: {found:?}"
+    );
+}
+
+/// Issue 17, item 1: JSON, JSONL and SARIF reports keyward wrote into the
+/// scanned tree are not findings; a report written with `--show-secrets`
+/// holds the secrets themselves and is.
+#[test]
+fn reports_keyward_wrote_are_not_findings() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("a.env"), format!("AWS={AWS_ID}\nKW={KEYWARD_KEY}\n")).unwrap();
+    std::fs::create_dir(d.join("reports")).unwrap();
+    for (format, file) in [
+        ("json", "reports/r.json"),
+        ("jsonl", "reports/r.jsonl"),
+        ("sarif", "reports/r.sarif"),
+    ] {
+        let out = keyward(d, &["scan", "--format", format, "-o", file, "a.env"]);
+        assert_eq!(code(&out), 1, "{format}");
+    }
+    std::fs::remove_file(d.join("a.env")).unwrap();
+    let out = keyward(d, &["scan", "--format", "json", "."]);
+    assert_eq!(code(&out), 0, "{:?}", findings_of(&out));
+
+    std::fs::write(d.join("a.env"), format!("AWS={AWS_ID}\nKW={KEYWARD_KEY}\n")).unwrap();
+    let shown = keyward(
+        d,
+        &[
+            "scan",
+            "--format",
+            "json",
+            "--show-secrets",
+            "-o",
+            "reports/shown.json",
+            "a.env",
+        ],
+    );
+    assert_eq!(code(&shown), 1);
+    std::fs::remove_file(d.join("a.env")).unwrap();
+    let out = keyward(d, &["scan", "--format", "json", "."]);
+    assert_eq!(code(&out), 1);
+    let paths: Vec<String> = findings_of(&out).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(paths, ["./reports/shown.json", "./reports/shown.json"]);
+}
