@@ -6,6 +6,7 @@
 //! respect_gitignore = false
 //! max_file_size = 104857600
 //! archive_max_depth = 5
+//! baseline = "security/baseline.json"        # relative to this file
 //!
 //! [allow]
 //! paths = ["tests/fixtures/**", "**/*.snap"]   # globs, never scanned
@@ -28,8 +29,11 @@ use crate::matcher::ValueAllowlist;
 use crate::rules::{Rule, RuleSet, RuleSpec};
 use crate::ScanError;
 
-/// The file looked for in the current directory.
+/// The file looked for at the root of what is scanned.
 pub const CONFIG_FILE: &str = ".keyward.toml";
+
+/// The baseline used, when present, at the root of what is scanned.
+pub const BASELINE_FILE: &str = ".keyward-baseline.json";
 
 /// Scan settings from the config file (flags override them).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -41,6 +45,9 @@ pub struct ScanSettings {
     pub max_file_size: Option<u64>,
     /// Archive nesting limit.
     pub archive_max_depth: Option<u32>,
+    /// The baseline, relative to the config file's directory (default:
+    /// [`BASELINE_FILE`] beside the config file, when it exists).
+    pub baseline: Option<PathBuf>,
 }
 
 /// Allowlists.
@@ -106,6 +113,14 @@ impl Config {
         } else {
             Ok(None)
         }
+    }
+
+    /// The baseline `[scan] baseline` names, resolved against the config
+    /// file's directory (`None` when it names none).
+    pub fn baseline_path(&self) -> Option<PathBuf> {
+        let named = self.scan.baseline.as_ref()?;
+        let dir = self.path.parent().unwrap_or(Path::new(""));
+        Some(dir.join(named))
     }
 
     /// Applies the config to a rule set: adds extra rules, removes disabled ones.

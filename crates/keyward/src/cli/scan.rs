@@ -20,7 +20,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use keyward_scan::baseline::Baseline;
-use keyward_scan::config::Config;
+use keyward_scan::config::{Config, BASELINE_FILE};
 use keyward_scan::input::archive::ArchiveLimits;
 use keyward_scan::matcher::{Matcher, ValueAllowlist};
 use keyward_scan::report::{self, progress::Progress, Format, ReportOptions};
@@ -72,9 +72,15 @@ pub struct ScanArgs {
     /// Write the report to FILE instead of standard output.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Suppress secrets listed in this baseline file (matched by secret hash).
+    /// Suppress secrets listed in this baseline file (matched by secret
+    /// hash). Default: `[scan] baseline` in the config, else
+    /// `.keyward-baseline.json` at the root of the scanned repository or
+    /// directory (else in the current directory) when present.
     #[arg(long, value_name = "FILE")]
     pub baseline: Option<PathBuf>,
+    /// Apply no baseline, not even the one found by default.
+    #[arg(long, conflicts_with = "baseline")]
+    pub no_baseline: bool,
     /// Write every finding of this scan to a baseline file, then exit 0.
     #[arg(long, value_name = "FILE")]
     pub write_baseline: Option<PathBuf>,
@@ -163,20 +169,65 @@ fn load_config(explicit: Option<&Path>) -> anyhow::Result<Config> {
     }
 }
 
-/// `.keyward.toml` at the root of what is scanned — the repository with
-/// `--git`/`--staged`, the directory when one directory is given — so a scan
-/// run from elsewhere applies the scanned repository's allowlists, as
-/// gitleaks does; otherwise the current directory's.
-fn discover_config(args: &ScanArgs) -> anyhow::Result<Config> {
-    let root = match args.paths.as_slice() {
-        [] => PathBuf::from("."),
-        [one] if args.git || args.staged || one.is_dir() => one.clone(),
-        _ => PathBuf::from("."),
-    };
-    if let Some(config) = Config::discover(&root)? {
+/// The root of what is scanned: the repository's top level with
+/// `--git`/`--staged`, the directory when one directory is given; `None`
+/// when several paths (or one file) are scanned.
+fn scan_root(args: &ScanArgs) -> Option<PathBuf> {
+    match args.paths.as_slice() {
+        [] if args.git || args.staged => Some(repo_top_level(Path::new("."))),
+        [one] if args.git || args.staged => Some(repo_top_level(one)),
+        [one] if one.is_dir() => Some(one.clone()),
+        _ => None,
+    }
+}
+
+/// The work tree's top level of the repository at `path`, so that a scan
+/// run from a subdirectory still finds the root's config and baseline; the
+/// path itself when git cannot tell (a bare repository, or not a repository,
+/// which the scan then reports).
+fn repo_top_level(path: &Path) -> PathBuf {
+    std::process::Command::new("git")
+        .arg("-C")
+        .arg(path)
+        .args(["rev-parse", "--show-toplevel"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim_end_matches('\n')))
+        .filter(|top| !top.as_os_str().is_empty())
+        .unwrap_or_else(|| path.to_path_buf())
+}
+
+/// `.keyward.toml` at the root of what is scanned, so a scan run from
+/// elsewhere applies the scanned repository's allowlists, as gitleaks does;
+/// otherwise the current directory's.
+fn discover_config(root: Option<&Path>) -> anyhow::Result<Config> {
+    if let Some(config) = root.map(Config::discover).transpose()?.flatten() {
         return Ok(config);
     }
     Ok(Config::discover(Path::new("."))?.unwrap_or_default())
+}
+
+/// The baseline to apply (issue 17, item 2): `--baseline`; none with
+/// `--no-baseline`, or when writing one (applying the old one would leave
+/// its secrets out of the new one); else the config's `[scan] baseline`;
+/// else `.keyward-baseline.json` at the root of what is scanned, or in the
+/// current directory, when there is one.
+fn baseline_path(args: &ScanArgs, config: &Config, root: Option<&Path>) -> Option<PathBuf> {
+    if let Some(path) = &args.baseline {
+        return Some(path.clone());
+    }
+    if args.no_baseline || args.write_baseline.is_some() {
+        return None;
+    }
+    if let Some(path) = config.baseline_path() {
+        return Some(path);
+    }
+    root.into_iter()
+        .chain([Path::new(".")])
+        .map(|dir| dir.join(BASELINE_FILE))
+        .find(|path| path.is_file())
 }
 
 fn rules_with(config: &Config) -> anyhow::Result<RuleSet> {
@@ -189,9 +240,10 @@ fn rules_with(config: &Config) -> anyhow::Result<RuleSet> {
 pub fn run(args: ScanArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
     disable_transparent_huge_pages();
+    let root = scan_root(&args);
     let config = match &args.config {
         Some(path) => Config::load(path)?,
-        None => discover_config(&args)?,
+        None => discover_config(root.as_deref())?,
     };
     let rules = rules_with(&config)?;
     let allow: ValueAllowlist = config.value_allowlist()?;
@@ -208,8 +260,8 @@ pub fn run(args: ScanArgs) -> anyhow::Result<i32> {
         ..ScanOptions::default()
     };
     let mut scanner = Scanner::new(Matcher::new(rules, allow), options);
-    if let Some(path) = &args.baseline {
-        scanner = scanner.with_baseline(&Baseline::load(path)?);
+    if let Some(path) = baseline_path(&args, &config, root.as_deref()) {
+        scanner = scanner.with_baseline(&Baseline::load(&path)?);
     }
     let sink = CliSink::default();
     let progress = (!args.no_progress && std::io::stderr().is_terminal())

@@ -493,3 +493,153 @@ fn reports_keyward_wrote_are_not_findings() {
     let paths: Vec<String> = findings_of(&out).into_iter().map(|(p, _)| p).collect();
     assert_eq!(paths, ["./reports/shown.json", "./reports/shown.json"]);
 }
+
+/// `git commit` in `dir` with `path` as PATH (the hook runs under it).
+fn git_commit(dir: &Path, message: &str, path: &str) -> Output {
+    Command::new("git")
+        .current_dir(dir)
+        .env("PATH", path)
+        .env_remove("KEYWARD_SCAN_FORMAT")
+        .env_remove("KEYWARD_SCAN_CONFIG")
+        .args([
+            "-c",
+            "user.name=Ada",
+            "-c",
+            "user.email=ada@example.org",
+            "-c",
+            "commit.gpgsign=false",
+            "commit",
+            "-q",
+            "-m",
+            message,
+        ])
+        .output()
+        .expect("git runs")
+}
+
+/// PATH with the directory of the keyward under test first.
+fn path_with_keyward() -> String {
+    let bin = Path::new(env!("CARGO_BIN_EXE_keyward")).parent().unwrap();
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// Issue 17, item 2: in a repository with a baseline at its root, the
+/// installed hook lets through a commit touching a known secret (and the
+/// baseline itself), and blocks one adding a new secret.
+#[test]
+fn hook_uses_the_repository_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    git(d, &["init", "-q"]);
+    std::fs::write(d.join("a.env"), format!("AWS={AWS_ID}\n")).unwrap();
+    let write = keyward(
+        d,
+        &["scan", "--write-baseline", ".keyward-baseline.json", "."],
+    );
+    assert_eq!(code(&write), 0);
+    assert_eq!(code(&keyward(d, &["hook", "install"])), 0);
+    let path = path_with_keyward();
+
+    git(d, &["add", "-A"]);
+    let first = git_commit(d, "known secret and its baseline", &path);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+
+    std::fs::write(d.join("a.env"), format!("# moved\n\nAWS={AWS_ID}\n")).unwrap();
+    git(d, &["add", "a.env"]);
+    let touched = git_commit(d, "touch the known secret", &path);
+    assert!(
+        touched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&touched.stderr)
+    );
+
+    std::fs::write(d.join("b.env"), format!("KW={KEYWARD_KEY}\n")).unwrap();
+    git(d, &["add", "b.env"]);
+    let blocked = git_commit(d, "a new secret", &path);
+    assert!(!blocked.status.success(), "the commit is blocked");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&blocked.stdout),
+        String::from_utf8_lossy(&blocked.stderr)
+    );
+    assert!(
+        said.contains("keyward.standard-key") && !said.contains("aws.access-key-id"),
+        "only the new secret is reported: {said}"
+    );
+}
+
+/// Issue 17, item 2: `[scan] baseline` in `.keyward.toml` names the
+/// baseline relative to the config file, found from a subdirectory too;
+/// `--baseline` overrides it and `--no-baseline` turns it off.
+#[test]
+fn config_names_the_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    git(d, &["init", "-q"]);
+    std::fs::create_dir_all(d.join("security")).unwrap();
+    std::fs::create_dir_all(d.join("src/deep")).unwrap();
+    std::fs::write(d.join("src/a.env"), format!("AWS={AWS_ID}\n")).unwrap();
+    let write = keyward(
+        d,
+        &["scan", "--write-baseline", "security/known.json", "src"],
+    );
+    assert_eq!(code(&write), 0);
+    std::fs::write(
+        d.join(".keyward.toml"),
+        "[scan]\nbaseline = \"security/known.json\"\n",
+    )
+    .unwrap();
+    git(d, &["add", "-A"]);
+    let staged_then_committed = [
+        (d.to_path_buf(), vec!["scan", "--no-progress", "."]),
+        (d.to_path_buf(), vec!["scan", "--no-progress", "--staged"]),
+        (
+            d.join("src/deep"),
+            vec!["scan", "--no-progress", "--staged"],
+        ),
+        (d.join("src/deep"), vec!["scan", "--no-progress", "--git"]),
+    ];
+    for (i, (cwd, args)) in staged_then_committed.iter().enumerate() {
+        if i == 3 {
+            git(d, &["commit", "-q", "-m", "init"]);
+        }
+        let out = keyward(cwd, args);
+        assert_eq!(
+            code(&out),
+            0,
+            "{cwd:?} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        code(&keyward(
+            d,
+            &["scan", "--no-progress", "--no-baseline", "."]
+        )),
+        1
+    );
+    std::fs::write(d.join("empty.json"), "{\"version\": 1, \"secrets\": []}\n").unwrap();
+    assert_eq!(
+        code(&keyward(
+            d,
+            &["scan", "--no-progress", "--baseline", "empty.json", "."]
+        )),
+        1,
+        "--baseline overrides the config's"
+    );
+    // A baseline the config names but that is missing is an error, not
+    // silently no baseline.
+    std::fs::remove_file(d.join("security/known.json")).unwrap();
+    let missing = keyward(d, &["scan", "--no-progress", "."]);
+    assert_eq!(code(&missing), 2);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("known.json"));
+}
