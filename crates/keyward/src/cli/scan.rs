@@ -464,6 +464,38 @@ pub fn run_rules(cmd: RulesCommand) -> anyhow::Result<i32> {
 
 const HOOK_MARKER: &str = "# installed by keyward hook install";
 
+/// The pre-commit hook (issue 17, item 4). It runs the binary that
+/// installed it, so a commit made where `keyward` is not on `PATH` (a GUI
+/// client, another shell) is still scanned; if that binary has moved, the
+/// one on `PATH`. With neither it fails closed — a security hook that
+/// silently lets commits through would be worse — and says exactly what
+/// happened and how to go on.
+fn hook_script(exe: &str) -> String {
+    let recorded = shell_quote(exe);
+    format!(
+        r#"#!/bin/sh
+{HOOK_MARKER}
+# Blocks commits that add secrets. Bypass once with: git commit --no-verify
+recorded={recorded}
+if [ -x "$recorded" ]; then
+    keyward="$recorded"
+elif keyward=$(command -v keyward 2>/dev/null) && [ -n "$keyward" ]; then
+    :
+else
+    printf '%s\n' "keyward pre-commit hook: keyward binary not found at $recorded nor on PATH; commit blocked." \
+        'Reinstall with `keyward hook install --force`, or bypass once with `git commit --no-verify`.' >&2
+    exit 1
+fi
+exec "$keyward" scan --staged --no-progress
+"#
+    )
+}
+
+/// `s` as one POSIX shell word: single-quoted, each `'` written as `'\''`.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
 /// Runs `keyward hook …` and returns the process exit code.
 pub fn run_hook(cmd: HookCommand) -> anyhow::Result<i32> {
     let HookCommand::Install { force } = cmd;
@@ -488,11 +520,8 @@ pub fn run_hook(cmd: HookCommand) -> anyhow::Result<i32> {
             );
         }
     }
-    let script = format!(
-        "#!/bin/sh\n{HOOK_MARKER}\n# Blocks commits that add secrets. Bypass once with: git commit --no-verify\n\
-         command -v keyward >/dev/null 2>&1 || {{ echo 'keyward not found on PATH; secret scan skipped' >&2; exit 1; }}\n\
-         exec keyward scan --staged --no-progress\n"
-    );
+    let exe = std::env::current_exe().context("finding the keyward binary")?;
+    let script = hook_script(&exe.to_string_lossy());
     std::fs::write(&hook, script).with_context(|| format!("writing {}", hook.display()))?;
     #[cfg(unix)]
     {

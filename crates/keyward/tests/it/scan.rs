@@ -221,7 +221,7 @@ fn staged_mode_and_the_installed_hook() {
     let hook = keyward(d, &["hook", "install"]);
     assert_eq!(code(&hook), 0, "{}", String::from_utf8_lossy(&hook.stderr));
     let script = std::fs::read_to_string(d.join(".git/hooks/pre-commit")).unwrap();
-    assert!(script.contains("keyward scan --staged"));
+    assert!(script.contains("\"$keyward\" scan --staged"), "{script}");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -642,4 +642,76 @@ fn config_names_the_baseline() {
     let missing = keyward(d, &["scan", "--no-progress", "."]);
     assert_eq!(code(&missing), 2);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("known.json"));
+}
+
+fn said(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Issue 17, item 4: the hook runs the binary that installed it, so a
+/// commit made with no `keyward` on PATH is still scanned; when that binary
+/// is gone and none is on PATH, the commit is blocked with a message saying
+/// so and how to go on; with one on PATH again, that one runs.
+#[test]
+fn hook_runs_the_binary_that_installed_it_and_fails_closed_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    git(d, &["init", "-q"]);
+    // Installed from a copy at a path that needs shell quoting.
+    let bins = tempfile::tempdir().unwrap();
+    let copy = bins.path().join("it's $HOME `keyward`");
+    std::fs::copy(env!("CARGO_BIN_EXE_keyward"), &copy).unwrap();
+    let install = Command::new(&copy)
+        .current_dir(d)
+        .args(["hook", "install"])
+        .output()
+        .unwrap();
+    assert!(install.status.success(), "{}", said(&install));
+
+    let no_keyward = "/usr/local/bin:/usr/bin:/bin";
+    let probe = Command::new("sh")
+        .env("PATH", no_keyward)
+        .args(["-c", "command -v keyward"])
+        .output()
+        .unwrap();
+    assert!(
+        !probe.status.success(),
+        "keyward must not be on {no_keyward}"
+    );
+
+    std::fs::write(d.join("creds.env"), format!("AWS={AWS_ID}\n")).unwrap();
+    git(d, &["add", "creds.env"]);
+    let blocked = git_commit(d, "a secret", no_keyward);
+    assert!(!blocked.status.success());
+    assert!(
+        said(&blocked).contains("aws.access-key-id"),
+        "scanned by the recorded binary: {}",
+        said(&blocked)
+    );
+    git(d, &["rm", "-q", "--cached", "creds.env"]);
+    std::fs::write(d.join("clean.txt"), "nothing to see\n").unwrap();
+    git(d, &["add", "clean.txt"]);
+    let clean = git_commit(d, "clean", no_keyward);
+    assert!(clean.status.success(), "{}", said(&clean));
+
+    std::fs::remove_file(&copy).unwrap();
+    std::fs::write(d.join("clean.txt"), "still nothing\n").unwrap();
+    git(d, &["add", "clean.txt"]);
+    let stuck = git_commit(d, "clean again", no_keyward);
+    assert!(!stuck.status.success(), "fails closed");
+    let message = said(&stuck);
+    assert!(
+        message.contains(&format!(
+            "keyward pre-commit hook: keyward binary not found at {} nor on PATH; commit blocked.",
+            copy.display()
+        )) && message.contains("keyward hook install --force")
+            && message.contains("git commit --no-verify"),
+        "{message}"
+    );
+    let via_path = git_commit(d, "clean again", &path_with_keyward());
+    assert!(via_path.status.success(), "{}", said(&via_path));
 }
