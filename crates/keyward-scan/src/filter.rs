@@ -116,6 +116,9 @@ pub(crate) fn is_placeholder(secret: &[u8]) -> bool {
     {
         return true;
     }
+    if is_env_reference(secret) || is_stand_in(&lower) {
+        return true;
+    }
     // `aaaaaaaa`, `12121212`: too few distinct bytes to be random.
     let mut seen = [false; 256];
     let mut distinct = 0;
@@ -126,6 +129,132 @@ pub(crate) fn is_placeholder(secret: &[u8]) -> bool {
         }
     }
     secret.len() >= 8 && distinct <= 3
+}
+
+/// Words that stand-in passwords in documentation and samples are made of
+/// (`mysecretpassword`, `yourpassword`, `supersecret`, `admin`, `hunter2`).
+const STAND_IN_WORDS: &[&[u8]] = &[
+    b"password",
+    b"passwd",
+    b"pass",
+    b"pwd",
+    b"word",
+    b"secret",
+    b"changeme",
+    b"change",
+    b"me",
+    b"my",
+    b"your",
+    b"our",
+    b"the",
+    b"some",
+    b"super",
+    b"very",
+    b"strong",
+    b"new",
+    b"old",
+    b"db",
+    b"database",
+    b"app",
+    b"user",
+    b"admin",
+    b"root",
+    b"test",
+    b"example",
+    b"sample",
+    b"demo",
+    b"dev",
+    b"local",
+    b"default",
+    b"dummy",
+    b"fake",
+    b"guest",
+    b"pg",
+    b"postgres",
+    b"postgresql",
+    b"mysql",
+    b"mariadb",
+    b"mongo",
+    b"mongodb",
+    b"redis",
+    b"rabbitmq",
+    b"sql",
+    b"letmein",
+    b"hunter",
+    b"qwerty",
+    b"tiger",
+    b"welcome",
+    b"foo",
+    b"bar",
+    b"baz",
+    b"abc",
+    b"here",
+    b"put",
+    b"enter",
+    b"insert",
+    b"replace",
+];
+
+/// Whether a value is made only of stand-in words once common letter
+/// substitutions (`pa$$w0rd`, `p4ssw0rd`, `s3cr3t`) are undone and trailing
+/// digits and punctuation (`password123!`) dropped: a placeholder in a
+/// sample, not a credential (issue 17, item 5). Random values never split
+/// into these words; a real password that does is a weak one we accept to
+/// miss.
+fn is_stand_in(lower: &[u8]) -> bool {
+    if lower.len() > 48 {
+        return false;
+    }
+    let plain: Vec<u8> = lower
+        .iter()
+        .map(|&b| match b {
+            b'$' | b'5' => b's',
+            b'@' | b'4' => b'a',
+            b'0' => b'o',
+            b'1' | b'!' => b'i',
+            b'3' => b'e',
+            b'7' => b't',
+            _ => b,
+        })
+        .collect();
+    // Trailing digits and punctuation, judged on the original value (a
+    // trailing `1` or `!` is a suffix, not an `i`).
+    let stem_len = lower.len()
+        - lower
+            .iter()
+            .rev()
+            .take_while(|b| !b.is_ascii_alphabetic() && !matches!(b, b'$' | b'@'))
+            .count();
+    let stem: Vec<u8> = plain[..stem_len]
+        .iter()
+        .copied()
+        .filter(|&b| b != b'_' && b != b'-' && b != b'.')
+        .collect();
+    if stem.is_empty() || !stem.iter().all(u8::is_ascii_lowercase) {
+        return false;
+    }
+    // Whether `stem[..i]` splits into stand-in words, for each `i`.
+    let mut splits = vec![false; stem.len() + 1];
+    splits[0] = true;
+    for end in 1..=stem.len() {
+        splits[end] = STAND_IN_WORDS
+            .iter()
+            .any(|w| w.len() <= end && splits[end - w.len()] && stem[end - w.len()..end] == **w);
+    }
+    splits[stem.len()]
+}
+
+/// `$DB_PASSWORD`, `$(cat secret)`, `%DB_PASSWORD%`: a reference to where
+/// the value is, not the value.
+fn is_env_reference(secret: &[u8]) -> bool {
+    let name =
+        |s: &[u8]| !s.is_empty() && s.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'_');
+    match secret {
+        [b'$', b'(', .., b')'] => true,
+        [b'$', rest @ ..] => name(rest),
+        [b'%', rest @ .., b'%'] => name(rest),
+        _ => false,
+    }
 }
 
 /// Token formats whose last six characters are a CRC32 of the random part
@@ -237,10 +366,26 @@ mod tests {
             b"<your-key>",
             b"process.env.OPENAI_API_KEY",
             b"aaaaaaaaaaaaaaaa",
+            b"pa$$word",
+            b"P@ssw0rd1!",
+            b"mysecretpassword",
+            b"YOUR_PASSWORD",
+            b"s3cr3t",
+            b"hunter2",
+            b"$DB_PASSWORD",
+            b"%DB_PASSWORD%",
         ] {
             assert!(is_placeholder(p), "{}", String::from_utf8_lossy(p));
         }
-        assert!(!is_placeholder(b"sk-proj-8fK2mQ9xLp4RtZ7wVb3NcY6h"));
+        for real in [
+            &b"sk-proj-8fK2mQ9xLp4RtZ7wVb3NcY6h"[..],
+            b"Zq8PidONxwlCt2D",
+            b"h7Kp2xQw9LmZ4tRb",
+            b"correcthorsebatterystaple",
+            b"$DB_PASSWORD-and-more",
+        ] {
+            assert!(!is_placeholder(real), "{}", String::from_utf8_lossy(real));
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod support;
 mod archives;
 mod engine;
 mod git;
+mod placeholders;
 mod reports;
 mod rules;
 mod suppression;
