@@ -38,6 +38,16 @@ enum Command {
         #[command(subcommand)]
         command: cli::admin_keys::AdminKeysCommand,
     },
+    /// Create and list organizations.
+    Orgs {
+        #[command(subcommand)]
+        command: cli::orgs::OrgsCommand,
+    },
+    /// Create and list projects; show and set their shared limits.
+    Projects {
+        #[command(subcommand)]
+        command: cli::orgs::ProjectsCommand,
+    },
     /// Set and list hard budgets on organizations, projects and keys.
     Budgets {
         #[command(subcommand)]
@@ -74,6 +84,8 @@ fn main() -> ExitCode {
         Command::Simulate(args) => cli::serve::simulate(args).map(|()| 0),
         Command::Keys { command } => cli::keys::run(command).map(|()| 0),
         Command::AdminKeys { command } => cli::admin_keys::run(command).map(|()| 0),
+        Command::Orgs { command } => cli::orgs::run_orgs(command).map(|()| 0),
+        Command::Projects { command } => cli::orgs::run_projects(command).map(|()| 0),
         Command::Budgets { command } => cli::budgets::run(command).map(|()| 0),
         Command::Webhooks { command } => cli::webhooks::run(command).map(|()| 0),
         Command::Usage(args) => cli::usage::run(args).map(|()| 0),

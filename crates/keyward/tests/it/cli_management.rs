@@ -1,0 +1,428 @@
+//! Issue 17, item 15: the CLI covers the management API — organizations,
+//! projects and their policy, keys named as PROJECT/NAME — with the defects
+//! that came with it: no implicit project creation, no lost money precision,
+//! and negative or zero amounts refused by name.
+
+use crate::support::*;
+use serde_json::json;
+
+/// Runs a command that must fail with exit code 2; returns its stderr.
+fn refused(server: &ServeProcess, args: &[&str]) -> String {
+    let out = server.cli(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{args:?}: stdout {} stderr {stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
+    stderr
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn table(server: &ServeProcess, args: &[&str]) -> String {
+    let out = server.cli(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn chat_status(server: &ServeProcess, key: &str) -> u16 {
+    chat(
+        &server.url,
+        key,
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .0
+}
+
+/// A mistyped `--project` used to create a project silently (the CLI sent
+/// `create_project: true`); the key then lived where nobody looked for it.
+#[test]
+fn a_mistyped_project_is_refused_naming_it_and_the_command_that_creates_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(dir.path(), &[]);
+    server.cli_json(&["projects", "create", "web", "--json"]);
+    let stderr = refused(
+        &server,
+        &["keys", "create", "--project", "wbe", "--name", "app"],
+    );
+    assert!(
+        stderr.contains(r#"no project named "wbe" in organization "default""#)
+            && stderr.contains("`keyward projects create wbe`"),
+        "{stderr}"
+    );
+    server.cli_json(&["orgs", "create", "acme", "--json"]);
+    let stderr = refused(
+        &server,
+        &[
+            "keys",
+            "create",
+            "--project",
+            "my app",
+            "--org",
+            "acme",
+            "--name",
+            "app",
+        ],
+    );
+    assert!(
+        stderr.contains(r#"in organization "acme""#)
+            && stderr.contains("`keyward projects create 'my app' --org acme`"),
+        "{stderr}"
+    );
+    let projects = server.cli_json(&["projects", "list", "--json"]);
+    let names: Vec<&str> = projects
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web"], "no project was created: {projects}");
+    assert_eq!(server.cli_json(&["keys", "list", "--json"]), json!([]));
+
+    // Created explicitly, the same command works.
+    server.cli_json(&["projects", "create", "my app", "--org", "acme", "--json"]);
+    let key = server.cli_json(&[
+        "keys",
+        "create",
+        "--project",
+        "my app",
+        "--org",
+        "acme",
+        "--name",
+        "app",
+        "--json",
+    ]);
+    assert_eq!(key["name"], "app");
+}
+
+/// `--budget-usd -5` was "unexpected argument '-5'" (clap took it for a flag),
+/// and zero went to the server. Every amount and limit is refused by name,
+/// with the value given, and nothing is stored.
+#[test]
+fn negative_and_zero_amounts_and_limits_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(dir.path(), &[]);
+    server.cli_json(&["projects", "create", "p", "--json"]);
+    let key = server.cli_json(&["keys", "create", "--project", "p", "--name", "k", "--json"]);
+    let id = key["id"].as_str().unwrap();
+    let create = ["keys", "create", "--project", "p", "--name", "n"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            [&create[..], &["--budget-usd", "-5"]].concat(),
+            "--budget-usd",
+        ),
+        (
+            [&create[..], &["--budget-usd", "0"]].concat(),
+            "--budget-usd",
+        ),
+        ([&create[..], &["--rpm", "-1"]].concat(), "--rpm"),
+        ([&create[..], &["--tpm", "0"]].concat(), "--tpm"),
+        (
+            [&create[..], &["--max-concurrent", "-3"]].concat(),
+            "--max-concurrent",
+        ),
+        (
+            vec!["keys", "ephemeral", id, "--budget-usd", "-0.5"],
+            "--budget-usd",
+        ),
+        (vec!["keys", "ephemeral", id, "--rpm", "0"], "--rpm"),
+        (
+            vec!["budgets", "set", "--project", "p", "--usd", "-5"],
+            "--usd",
+        ),
+        (
+            vec!["budgets", "set", "--project", "p", "--usd", "0"],
+            "--usd",
+        ),
+        (
+            vec![
+                "budgets",
+                "set",
+                "--project",
+                "p",
+                "--usd",
+                "1",
+                "--soft",
+                "50,-1",
+            ],
+            "--soft",
+        ),
+        (
+            vec!["projects", "policy", "set", "p", "--rpm", "0"],
+            "--rpm",
+        ),
+        (
+            vec![
+                "projects",
+                "policy",
+                "set",
+                "p",
+                "--max-key-age-days",
+                "-30",
+            ],
+            "--max-key-age-days",
+        ),
+    ];
+    for (args, flag) in &cases {
+        let stderr = refused(&server, args);
+        let value = args.last().unwrap().rsplit(',').next().unwrap();
+        assert!(
+            stderr.contains(flag)
+                && stderr.contains(&format!("must be greater than 0 (got {value})")),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("unexpected argument"), "{stderr}");
+    }
+    // An amount finer than a micro-dollar would be rounded: refused too.
+    let stderr = refused(
+        &server,
+        &["budgets", "set", "--project", "p", "--usd", "0.0000001"],
+    );
+    assert!(stderr.contains("micro-dollar"), "{stderr}");
+
+    assert_eq!(
+        server
+            .cli_json(&["keys", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "only the first key"
+    );
+    assert_eq!(server.cli_json(&["budgets", "list", "--json"]), json!([]));
+    let policy = server.cli_json(&["projects", "policy", "get", "p", "--json"]);
+    assert_eq!(policy, json!({}));
+}
+
+/// A $0.0001 budget printed as "$0.00" (`{:.2}` of a float).
+#[test]
+fn money_is_shown_with_every_decimal_it_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(dir.path(), &[]);
+    server.cli_json(&["projects", "create", "p", "--json"]);
+    let set = table(
+        &server,
+        &["budgets", "set", "--project", "p", "--usd", "0.0001"],
+    );
+    assert!(set.contains("$0.0001 per month"), "{set}");
+    let listed = server.cli_json(&["budgets", "list", "--json"]);
+    assert_eq!(listed[0]["budget"]["amount_micros"], 100, "{listed}");
+    let shown = table(&server, &["budgets", "list"]);
+    assert!(shown.contains("$0.0001"), "{shown}");
+    let set = table(
+        &server,
+        &[
+            "budgets",
+            "set",
+            "--project",
+            "p",
+            "--usd",
+            "12.345678",
+            "--period",
+            "day",
+        ],
+    );
+    assert!(set.contains("$12.345678 per day"), "{set}");
+    let set = table(
+        &server,
+        &["budgets", "set", "--project", "p", "--usd", "25"],
+    );
+    assert!(set.contains("$25.00 per month"), "{set}");
+}
+
+#[test]
+fn orgs_projects_and_project_policy_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(dir.path(), &[]);
+    let org = server.cli_json(&["orgs", "create", "acme", "--json"]);
+    assert_eq!(org["name"], "acme");
+    let orgs = server.cli_json(&["orgs", "list", "--json"]);
+    assert_eq!(
+        orgs.as_array().unwrap().len(),
+        2,
+        "default and acme: {orgs}"
+    );
+    assert!(table(&server, &["orgs", "list"]).contains("acme"));
+    let stderr = refused(&server, &["orgs", "create", "acme"]);
+    assert!(stderr.contains("already exists"), "{stderr}");
+
+    // The same project name in two organizations: --org picks one.
+    let acme_web = server.cli_json(&["projects", "create", "web", "--org", "acme", "--json"]);
+    let default_web = server.cli_json(&["projects", "create", "web", "--json"]);
+    assert_eq!(acme_web["org_id"], org["id"]);
+    assert_ne!(default_web["org_id"], org["id"]);
+    let in_acme = server.cli_json(&["projects", "list", "--org", "acme", "--json"]);
+    assert_eq!(in_acme.as_array().unwrap().len(), 1, "{in_acme}");
+    let stderr = refused(&server, &["projects", "create", "web"]);
+    assert!(stderr.contains("already exists"), "{stderr}");
+    let stderr = refused(&server, &["projects", "list", "--org", "nope"]);
+    assert!(stderr.contains("organization not found"), "{stderr}");
+
+    let updated = server.cli_json(&[
+        "projects",
+        "policy",
+        "set",
+        "web",
+        "--org",
+        "acme",
+        "--rpm",
+        "5",
+        "--max-key-age-days",
+        "30",
+        "--json",
+    ]);
+    assert_eq!(updated["id"], acme_web["id"]);
+    let policy = server.cli_json(&[
+        "projects", "policy", "get", "web", "--org", "acme", "--json",
+    ]);
+    assert_eq!(
+        policy,
+        json!({"rpm": 5, "max_key_age_ms": 30 * 86_400_000_i64})
+    );
+    let by_id = server.cli_json(&[
+        "projects",
+        "policy",
+        "get",
+        acme_web["id"].as_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(by_id, policy);
+    assert_eq!(
+        server.cli_json(&["projects", "policy", "get", "web", "--json"]),
+        json!({}),
+        "the default organization's web is untouched"
+    );
+    let shown = table(
+        &server,
+        &["projects", "policy", "get", "web", "--org", "acme"],
+    );
+    assert!(
+        shown.contains("rpm") && shown.contains('5') && shown.contains("30d"),
+        "{shown}"
+    );
+    let listed = table(&server, &["projects", "list", "--org", "acme"]);
+    assert!(listed.contains("rpm=5 max_key_age=30d"), "{listed}");
+    let stderr = refused(&server, &["projects", "policy", "get", "nope"]);
+    assert!(stderr.contains(r#"no project named "nope""#), "{stderr}");
+
+    // The shared limit is enforced on the project's keys.
+    server.cli_json(&["projects", "policy", "set", "web", "--rpm", "1", "--json"]);
+    let key = server.cli_json(&[
+        "keys",
+        "create",
+        "--project",
+        "web",
+        "--name",
+        "a",
+        "--json",
+    ]);
+    let secret = key["key"].as_str().unwrap();
+    assert_eq!(chat_status(&server, secret), 200);
+    assert_eq!(chat_status(&server, secret), 429);
+}
+
+#[test]
+fn keys_are_named_by_project_and_name_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(dir.path(), &[]);
+    server.cli_json(&["projects", "create", "demo", "--json"]);
+    let app = server.cli_json(&[
+        "keys",
+        "create",
+        "--project",
+        "demo",
+        "--name",
+        "my-app",
+        "--json",
+    ]);
+    let id = app["id"].as_str().unwrap();
+    let secret = app["key"].as_str().unwrap();
+
+    let got = server.cli_json(&["keys", "get", "demo/my-app", "--json"]);
+    assert_eq!(got["id"], id);
+    let token = server.cli_json(&["keys", "ephemeral", "demo/my-app", "--json"]);
+    assert_eq!(token["parent_id"], id);
+    // The token carries its parent's name; the name still means the key.
+    assert_eq!(
+        server.cli_json(&["keys", "get", "demo/my-app", "--json"])["id"],
+        id
+    );
+    let budget = server.cli_json(&[
+        "budgets",
+        "set",
+        "--key",
+        "demo/my-app",
+        "--usd",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(
+        (&budget["scope"], &budget["id"]),
+        (&json!("key"), &json!(id)),
+        "{budget}"
+    );
+    let rotated = server.cli_json(&["keys", "rotate", "demo/my-app", "--grace", "0", "--json"]);
+    assert_eq!(rotated["id"], id);
+    assert_eq!(chat_status(&server, secret), 401);
+
+    let stderr = refused(&server, &["keys", "get", "demo/nope"]);
+    assert!(
+        stderr.contains(r#"project "demo" has no key named "nope""#),
+        "{stderr}"
+    );
+    let stderr = refused(&server, &["keys", "revoke", "nodemo/my-app"]);
+    assert!(stderr.contains(r#"no project named "nodemo""#), "{stderr}");
+    let stderr = refused(&server, &["keys", "get", "my-app"]);
+    assert!(stderr.contains("PROJECT/NAME"), "{stderr}");
+
+    // Two keys with one name: the error lists both, and nothing is revoked.
+    let twin = server.cli_json(&[
+        "keys",
+        "create",
+        "--project",
+        "demo",
+        "--name",
+        "my-app",
+        "--json",
+    ]);
+    let stderr = refused(&server, &["keys", "revoke", "demo/my-app"]);
+    assert!(
+        stderr.contains("2 keys")
+            && stderr.contains(id)
+            && stderr.contains(twin["id"].as_str().unwrap()),
+        "{stderr}"
+    );
+    assert_eq!(
+        server.cli_json(&["keys", "get", id, "--json"])["status"],
+        "active"
+    );
+
+    server.cli_json(&[
+        "keys",
+        "create",
+        "--project",
+        "demo",
+        "--name",
+        "other",
+        "--json",
+    ]);
+    let revoked = server.cli_json(&["keys", "revoke", "demo/other", "--json"]);
+    assert_eq!(revoked["status"], "revoked");
+    let deleted = server.cli_json(&["keys", "delete", "demo/other", "--json"]);
+    assert_eq!(deleted["deleted"], true);
+    assert_eq!(
+        server
+            .cli_json(&["keys", "list", "--project", "demo", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        3,
+        "my-app, its token and its twin"
+    );
+}
