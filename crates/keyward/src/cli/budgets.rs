@@ -127,7 +127,9 @@ pub fn run(cmd: BudgetsCommand) -> anyhow::Result<()> {
                         b.scope.id().to_owned(),
                         usd(b.amount_micros),
                         b.period.as_str().to_owned(),
+                        usd(Micros(e.spent_micros)),
                         usd(Micros(e.reserved_micros)),
+                        percent_of(e.spent_micros, b.amount_micros),
                         thresholds(&b.soft_thresholds),
                     ]
                 })
@@ -140,7 +142,9 @@ pub fn run(cmd: BudgetsCommand) -> anyhow::Result<()> {
                         "ID",
                         "AMOUNT",
                         "PERIOD",
+                        "SPENT",
                         "RESERVED NOW",
+                        "USED",
                         "ALERTS AT"
                     ],
                     &rows
@@ -157,6 +161,15 @@ pub fn run(cmd: BudgetsCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How much of the amount is spent, in whole percent (rounded down, so that
+/// 100% means the budget is used up).
+fn percent_of(spent: i64, amount: Micros) -> String {
+    if amount.0 <= 0 {
+        return "-".into();
+    }
+    format!("{}%", i128::from(spent) * 100 / i128::from(amount.0))
 }
 
 /// Soft alert thresholds as `50%,80%,100%`, or `-` for none.

@@ -1,5 +1,6 @@
 //! Issue 17, item 15: the CLI covers the management API — organizations,
-//! projects and their policy, keys named as PROJECT/NAME — with the defects
+//! projects and their policy, budgets with their spend, keys named as
+//! PROJECT/NAME — with the defects
 //! that came with it: no implicit project creation, no lost money precision,
 //! and negative or zero amounts refused by name.
 
@@ -234,6 +235,64 @@ fn money_is_shown_with_every_decimal_it_has() {
         &["budgets", "set", "--project", "p", "--usd", "25"],
     );
     assert!(set.contains("$25.00 per month"), "{set}");
+}
+
+/// The budget list shows what is spent in the period (it showed only what was
+/// reserved), and the alert thresholds.
+#[test]
+fn budgets_list_shows_spent_reserved_and_thresholds() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(dir.path(), &[]);
+    server.cli_json(&["projects", "create", "web", "--json"]);
+    let key = server.cli_json(&[
+        "keys",
+        "create",
+        "--project",
+        "web",
+        "--name",
+        "app",
+        "--budget-usd",
+        "5",
+        "--json",
+    ]);
+    server.cli_json(&[
+        "budgets",
+        "set",
+        "--project",
+        "web",
+        "--usd",
+        "100",
+        "--soft",
+        "10,90",
+        "--json",
+    ]);
+    for _ in 0..3 {
+        assert_eq!(chat_status(&server, key["key"].as_str().unwrap()), 200);
+    }
+    let cost = server.cli_json(&["usage", "--key", key["id"].as_str().unwrap(), "--json"])
+        ["cost_micros"]
+        .as_i64()
+        .unwrap();
+    assert!(cost > 0);
+    let listed = server.cli_json(&["budgets", "list", "--json"]);
+    let entries = listed.as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{listed}");
+    for e in entries {
+        assert_eq!(e["spent_micros"], cost, "{e}");
+        assert_eq!(e["reserved_micros"], 0, "{e}");
+    }
+    let shown = table(&server, &["budgets", "list"]);
+    let header = shown.lines().next().unwrap();
+    for column in ["SPENT", "RESERVED NOW", "USED", "ALERTS AT"] {
+        assert!(header.contains(column), "{shown}");
+    }
+    let spent = format!("${}.{:06}", cost / 1_000_000, cost % 1_000_000);
+    let spent = spent.trim_end_matches('0');
+    assert!(shown.contains(spent), "{spent} in {shown}");
+    assert!(
+        shown.contains("10%,90%") && shown.contains("50%,80%,100%"),
+        "{shown}"
+    );
 }
 
 #[test]
