@@ -58,6 +58,28 @@ enum Command {
         #[command(subcommand)]
         command: cli::webhooks::WebhooksCommand,
     },
+    /// Manage e-mail recipients of leak and budget alerts.
+    EmailRecipients {
+        #[command(subcommand)]
+        command: cli::recipients::RecipientsCommand,
+    },
+    /// List leak reports, clear a false one, report tokens or upload a file to scan.
+    Leaks {
+        #[command(subcommand)]
+        command: cli::leaks::LeaksCommand,
+    },
+    /// Read the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: cli::audit::AuditCommand,
+    },
+    /// Mint a short-lived client token with a gateway key (no admin key needed).
+    Tokens {
+        #[command(subcommand)]
+        command: cli::tokens::TokensCommand,
+    },
+    /// Print the management API's OpenAPI document, as the server serves it.
+    Openapi,
     /// Show metered usage.
     Usage(cli::usage::UsageArgs),
     /// Check that a running server answers /healthz (exit 0 healthy, 1 not):
@@ -87,6 +109,11 @@ fn main() -> ExitCode {
         Command::Orgs { command } => cli::orgs::run_orgs(command).map(|()| 0),
         Command::Projects { command } => cli::orgs::run_projects(command).map(|()| 0),
         Command::Budgets { command } => cli::budgets::run(command).map(|()| 0),
+        Command::EmailRecipients { command } => cli::recipients::run(command).map(|()| 0),
+        Command::Leaks { command } => cli::leaks::run(command).map(|()| 0),
+        Command::Audit { command } => cli::audit::run(command).map(|()| 0),
+        Command::Tokens { command } => cli::tokens::run(command).map(|()| 0),
+        Command::Openapi => cli::api::print_openapi().map(|()| 0),
         Command::Webhooks { command } => cli::webhooks::run(command).map(|()| 0),
         Command::Usage(args) => cli::usage::run(args).map(|()| 0),
         Command::Health(args) => cli::health::run(args).map(i32::from),

@@ -10,7 +10,8 @@ use serde_json::Value;
 pub struct Api {
     http: reqwest::Client,
     base: String,
-    /// The admin key (kwa_).
+    /// The admin key (kwa_), a gateway key for `keyward tokens mint`, or empty
+    /// for the OpenAPI document.
     key: String,
     runtime: tokio::runtime::Runtime,
 }
@@ -25,6 +26,17 @@ impl Api {
             .filter(|k| !k.trim().is_empty())
             .context("KEYWARD_ADMIN_KEY is not set: export the admin key (first start writes one to <data-dir>/initial-admin-key)")?;
         Self::new(base, &admin_key)
+    }
+
+    /// Reads `KEYWARD_URL` as [`Api::from_env`] does, and authenticates with
+    /// the gateway key in the environment variable `var` (never a flag, which
+    /// other users could see in the process list).
+    pub fn with_key_from(var: &str) -> anyhow::Result<Self> {
+        let key = std::env::var(var)
+            .ok()
+            .filter(|k| !k.trim().is_empty())
+            .with_context(|| format!("{var} is not set: export the gateway key (kwk_…) there"))?;
+        Self::new(&base_from_env()?, &key)
     }
 
     fn new(base: &str, key: &str) -> anyhow::Result<Self> {
@@ -73,6 +85,22 @@ impl Api {
         query: &[(&str, String)],
     ) -> anyhow::Result<T> {
         typed(self.get(path, query)?)
+    }
+
+    /// POST raw bytes (`application/octet-stream`) with query pairs.
+    pub fn post_bytes(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> anyhow::Result<Value> {
+        self.send(
+            self.http
+                .post(self.url(path))
+                .query(query)
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(body),
+        )
     }
 
     /// PUT a JSON body.
@@ -184,4 +212,13 @@ impl Refused {
 /// Reads a successful answer as the API type the route returns.
 pub fn typed<T: DeserializeOwned>(body: Value) -> anyhow::Result<T> {
     serde_json::from_value(body).context("the server's answer is not in the expected shape")
+}
+
+/// `keyward openapi`: the management API's OpenAPI document, from the server
+/// (so it describes the version running there, not this binary's).
+pub fn print_openapi() -> anyhow::Result<()> {
+    // The document holds no data: no key is needed, none is sent.
+    let doc = Api::new(&base_from_env()?, "")?.get("/api/v1/openapi.json", &[])?;
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
 }

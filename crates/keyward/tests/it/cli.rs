@@ -496,7 +496,7 @@ fn webhook_deliveries_through_the_cli() {
         "--json",
     ]);
     let id = added["id"].as_str().unwrap().to_owned();
-    let queued = server.cli_json(&["webhooks", "test", &id]);
+    let queued = server.cli_json(&["webhooks", "test", &id, "--json"]);
     let event = queued["event_id"].as_str().unwrap().to_owned();
     let out = server.cli(&["webhooks", "deliveries", &id, "--json"]);
     assert!(

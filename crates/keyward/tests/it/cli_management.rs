@@ -1,11 +1,13 @@
-//! Issue 17, item 15: the CLI covers the management API — organizations,
-//! projects and their policy, budgets with their spend, keys named as
-//! PROJECT/NAME — with the defects
-//! that came with it: no implicit project creation, no lost money precision,
-//! and negative or zero amounts refused by name.
+//! Issue 17, item 15: the CLI covers the whole management API — organizations,
+//! projects and their policy, leaks, audit, e-mail recipients, budgets with
+//! their spend, keys named as PROJECT/NAME — with the defects that came with
+//! it: no implicit project creation, no lost money precision, and negative or
+//! zero amounts refused by name.
 
 use crate::support::*;
-use serde_json::json;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::process::{Output, Stdio};
 
 /// Runs a command that must fail with exit code 2; returns its stderr.
 fn refused(server: &ServeProcess, args: &[&str]) -> String {
@@ -30,6 +32,26 @@ fn table(server: &ServeProcess, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command with `input` on its stdin.
+fn with_stdin(server: &ServeProcess, args: &[&str], input: &str) -> Output {
+    let mut child = keyward()
+        .args(args)
+        .env("KEYWARD_URL", &server.url)
+        .env("KEYWARD_ADMIN_KEY", server.admin_key())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }
 
 fn chat_status(server: &ServeProcess, key: &str) -> u16 {
@@ -169,6 +191,8 @@ fn negative_and_zero_amounts_and_limits_are_refused_by_name() {
             ],
             "--max-key-age-days",
         ),
+        (vec!["leaks", "list", "--limit", "0"], "--limit"),
+        (vec!["audit", "list", "--limit", "-1"], "--limit"),
     ];
     for (args, flag) in &cases {
         let stderr = refused(&server, args);
@@ -484,4 +508,307 @@ fn keys_are_named_by_project_and_name_everywhere() {
         3,
         "my-app, its token and its twin"
     );
+}
+
+#[test]
+fn leaks_reported_listed_and_cleared_through_the_cli_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(dir.path(), &[]);
+    server.cli_json(&["projects", "create", "demo", "--json"]);
+    let app = server.cli_json(&[
+        "keys",
+        "create",
+        "--project",
+        "demo",
+        "--name",
+        "app",
+        "--json",
+    ]);
+    let (id, secret) = (app["id"].as_str().unwrap(), app["key"].as_str().unwrap());
+    assert_eq!(chat_status(&server, secret), 200);
+
+    // Tokens come on stdin, never on the command line.
+    let out = with_stdin(
+        &server,
+        &[
+            "leaks",
+            "report",
+            "--url",
+            "https://paste.example/1",
+            "--location",
+            "line 3",
+            "--json",
+        ],
+        &format!("{secret}\nnot-a-keyward-token\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(results[0]["result"], "disabled", "{results}");
+    assert_eq!(results[0]["key_id"], id);
+    assert_eq!(results[1]["result"], "not_keyward", "{results}");
+    assert_eq!(chat_status(&server, secret), 401);
+    let out = with_stdin(&server, &["leaks", "report"], "\n  \n");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no tokens on stdin"));
+
+    let listed = server.cli_json(&["leaks", "list", "--key", "demo/app", "--json"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["outcome"], "disabled");
+    assert_eq!(listed[0]["url"], "https://paste.example/1");
+    let shown = table(&server, &["leaks", "list"]);
+    assert!(
+        shown.contains(id) && shown.contains("https://paste.example/1 line 3"),
+        "{shown}"
+    );
+    assert!(!shown.contains(secret));
+    assert_eq!(
+        server
+            .cli_json(&["leaks", "list", "--limit", "1", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let stderr = refused(&server, &["leaks", "clear", "demo/app", "--reason", " "]);
+    assert!(stderr.contains("reason"), "{stderr}");
+    let cleared = server.cli_json(&[
+        "leaks",
+        "clear",
+        "demo/app",
+        "--reason",
+        "test fixture, not a leak",
+        "--json",
+    ]);
+    assert_eq!(cleared["status"], "active", "{cleared}");
+    assert_eq!(chat_status(&server, secret), 200);
+
+    let audit = server.cli_json(&["audit", "list", "--target", id, "--json"]);
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["key.leak_cleared", "key.leaked", "key.created"],
+        "{audit}"
+    );
+    let newest = server.cli_json(&["audit", "list", "--limit", "1", "--json"]);
+    assert_eq!(newest.as_array().unwrap().len(), 1);
+    assert_eq!(newest[0]["action"], "key.leak_cleared");
+    let shown = table(&server, &["audit", "list", "--target", id]);
+    assert!(
+        shown.starts_with("AT")
+            && shown.contains("key.leak_cleared")
+            && shown.contains("test fixture"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn an_uploaded_file_is_scanned_and_its_live_keys_disabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(dir.path(), &[]);
+    server.cli_json(&["projects", "create", "demo", "--json"]);
+    let app = server.cli_json(&[
+        "keys",
+        "create",
+        "--project",
+        "demo",
+        "--name",
+        "app",
+        "--json",
+    ]);
+    let secret = app["key"].as_str().unwrap();
+    let bundle = dir.path().join("main.js");
+    std::fs::write(&bundle, format!("const k = \"{secret}\";\n")).unwrap();
+    let scan = server.cli_json(&["leaks", "upload", bundle.to_str().unwrap(), "--json"]);
+    assert_eq!(scan["name"], "main.js");
+    assert_eq!(scan["data"][0]["result"], "disabled", "{scan}");
+    assert_eq!(scan["data"][0]["key_id"], app["id"]);
+    assert_eq!(chat_status(&server, secret), 401);
+    let clean = dir.path().join("clean.js");
+    std::fs::write(&clean, "nothing here\n").unwrap();
+    let shown = table(
+        &server,
+        &["leaks", "upload", clean.to_str().unwrap(), "--name", "v2"],
+    );
+    assert!(shown.contains("No keyward keys found in v2"), "{shown}");
+}
+
+#[test]
+fn email_recipients_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(dir.path(), &[]);
+    server.cli_json(&["projects", "create", "web", "--json"]);
+    let added = server.cli_json(&[
+        "email-recipients",
+        "add",
+        "oncall@example.com",
+        "--events",
+        "key.leaked,budget.threshold_crossed",
+        "--project",
+        "web",
+        "--json",
+    ]);
+    let id = added["id"].as_str().unwrap();
+    assert_eq!(
+        added["events"],
+        json!(["key.leaked", "budget.threshold_crossed"])
+    );
+    let listed = server.cli_json(&["email-recipients", "list", "--json"]);
+    assert_eq!(listed[0]["address"], "oncall@example.com");
+    let shown = table(&server, &["email-recipients", "list"]);
+    assert!(
+        shown.contains("oncall@example.com") && shown.contains("project prj_"),
+        "{shown}"
+    );
+    let stderr = refused(&server, &["email-recipients", "add", "not-an-address"]);
+    assert!(stderr.contains("email address"), "{stderr}");
+    let removed = server.cli_json(&["email-recipients", "remove", id, "--json"]);
+    assert_eq!(removed["deleted"], true);
+    assert_eq!(
+        server.cli_json(&["email-recipients", "list", "--json"]),
+        json!([])
+    );
+    let stderr = refused(&server, &["email-recipients", "remove", id]);
+    assert!(stderr.contains("not found"), "{stderr}");
+}
+
+/// Every route of the management API's OpenAPI document, as `keyward openapi`
+/// prints it, has a command; this list is the map, and fails when a route is
+/// added without one.
+#[test]
+fn every_management_route_has_a_cli_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(dir.path(), &[]);
+    let doc: Value = serde_json::from_slice(&server.cli(&["openapi"]).stdout).unwrap();
+    let mut routes: Vec<String> = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            routes.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    routes.sort();
+    let covered = [
+        ("DELETE /api/v1/budgets", "budgets delete"),
+        (
+            "DELETE /api/v1/email-recipients/{id}",
+            "email-recipients remove",
+        ),
+        ("DELETE /api/v1/keys/{id}", "keys delete"),
+        ("DELETE /api/v1/webhooks/{id}", "webhooks remove"),
+        ("GET /api/v1/admin-keys", "admin-keys list"),
+        ("GET /api/v1/audit", "audit list"),
+        ("GET /api/v1/budgets", "budgets list"),
+        ("GET /api/v1/email-recipients", "email-recipients list"),
+        ("GET /api/v1/keys", "keys list"),
+        ("GET /api/v1/keys/{id}", "keys get"),
+        ("GET /api/v1/leaks", "leaks list"),
+        ("GET /api/v1/openapi.json", "openapi"),
+        ("GET /api/v1/orgs", "orgs list"),
+        ("GET /api/v1/projects", "projects list"),
+        ("GET /api/v1/usage", "usage"),
+        ("GET /api/v1/webhooks", "webhooks list"),
+        (
+            "GET /api/v1/webhooks/{id}/deliveries",
+            "webhooks deliveries",
+        ),
+        ("POST /api/v1/admin-keys", "admin-keys create"),
+        ("POST /api/v1/admin-keys/{id}/revoke", "admin-keys revoke"),
+        ("POST /api/v1/admin-keys/{id}/rotate", "admin-keys rotate"),
+        ("POST /api/v1/email-recipients", "email-recipients add"),
+        ("POST /api/v1/keys", "keys create"),
+        ("POST /api/v1/keys/{id}/clear-leak", "leaks clear"),
+        ("POST /api/v1/keys/{id}/ephemeral", "keys ephemeral"),
+        ("POST /api/v1/keys/{id}/revoke", "keys revoke"),
+        ("POST /api/v1/keys/{id}/rotate", "keys rotate"),
+        ("POST /api/v1/leaks", "leaks report"),
+        ("POST /api/v1/orgs", "orgs create"),
+        ("POST /api/v1/projects", "projects create"),
+        ("POST /api/v1/scan-uploads", "leaks upload"),
+        ("POST /api/v1/webhooks", "webhooks add"),
+        ("POST /api/v1/webhooks/{id}/test", "webhooks test"),
+        ("POST /keyward/v1/tokens", "tokens mint"),
+        ("PUT /api/v1/budgets", "budgets set"),
+        ("PUT /api/v1/projects/{id}/policy", "projects policy set"),
+    ];
+    let mapped: Vec<String> = covered.iter().map(|(r, _)| r.to_string()).collect();
+    assert_eq!(
+        routes, mapped,
+        "a route without a command, or a command without its route"
+    );
+    for (route, command) in covered {
+        let mut args: Vec<&str> = command.split(' ').collect();
+        args.push("--help");
+        let out = keyward().args(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{route}: `keyward {command}` does not exist"
+        );
+    }
+}
+
+/// `POST /keyward/v1/tokens` is called with a gateway key, read from the
+/// environment, never from the command line.
+#[test]
+fn tokens_are_minted_with_a_gateway_key_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(dir.path(), &[]);
+    server.cli_json(&["projects", "create", "web", "--json"]);
+    let app = server.cli_json(&[
+        "keys",
+        "create",
+        "--project",
+        "web",
+        "--name",
+        "app",
+        "--json",
+    ]);
+    let mint = |env: &str, args: &[&str]| {
+        keyward()
+            .args(["tokens", "mint"])
+            .args(args)
+            .env("KEYWARD_URL", &server.url)
+            .env_remove("KEYWARD_ADMIN_KEY")
+            .env_remove("KEYWARD_KEY")
+            .env(env, app["key"].as_str().unwrap())
+            .output()
+            .unwrap()
+    };
+    let out = mint(
+        "KEYWARD_KEY",
+        &["--ttl", "5m", "--budget-usd", "0.001", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(token["parent_id"], app["id"]);
+    let secret = token["key"].as_str().unwrap();
+    assert!(secret.starts_with("kwe_"));
+    assert_eq!(chat_status(&server, secret), 200);
+
+    let out = mint("APP_KEY", &["--key-env", "APP_KEY"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("kwe_"));
+
+    let out = mint("OTHER", &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("KEYWARD_KEY is not set"));
+    let out = mint("KEYWARD_KEY", &["--budget-usd", "-1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be greater than 0 (got -1)"));
 }
