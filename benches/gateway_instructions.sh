@@ -49,6 +49,9 @@ for bin in "$@"; do
   [ -f "$dir/data/initial-admin-key" ] || { cat "$dir/serve.log" >&2; exit 1; }
   export KEYWARD_URL=http://127.0.0.1:$kw KEYWARD_ADMIN_KEY
   KEYWARD_ADMIN_KEY=$(cat "$dir/data/initial-admin-key")
+  # Keys go into existing projects; builds from before `projects create`
+  # have no such command and create the project with the key.
+  "$bin" projects create bench --json >/dev/null 2>&1 || true
   created=$("$bin" keys create --project bench --name bench "${key_flags[@]}" --json)
   key=$(echo "$created" | json_field key); id=$(echo "$created" | json_field id)
   for mode in plain stream; do

@@ -392,6 +392,15 @@ fn start_keyward(bin: &Path, sim_addr: SocketAddr, dir: &Path) -> anyhow::Result
         .trim()
         .to_owned();
 
+    // Keys are created in existing projects only. A build from before
+    // `keyward projects create` has no such command and creates the project
+    // with the key, so a failure here is not an error.
+    let _ = cli(
+        bin,
+        addr,
+        &admin_key,
+        &["projects", "create", "bench", "--json"],
+    );
     let create = |name: &str, limits: &[&str]| -> anyhow::Result<(String, String)> {
         let mut args = vec![
             "keys",

@@ -48,6 +48,8 @@ pub struct BudgetStatus {
     pub budget: Budget,
     /// When its current period started (ms since the epoch; 0 for `none`).
     pub period_start: i64,
+    /// Micro-dollars spent in the current period, as metered and stored.
+    pub spent_micros: i64,
     /// Micro-dollars reserved by requests in flight on this server.
     pub reserved_micros: i64,
 }

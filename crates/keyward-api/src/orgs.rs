@@ -4,6 +4,10 @@ use keyward_core::{OrgId, ProjectId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// The organization created on first start, and the one a key is created in
+/// when none is named.
+pub const DEFAULT_ORG: &str = "default";
+
 /// `POST /api/v1/orgs`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -24,9 +24,7 @@ use std::sync::Mutex;
 /// The initial admin key's file name in the data directory.
 pub const INITIAL_KEY_FILE: &str = "initial-admin-key";
 
-/// The organization created on first start, and the one a key is created in
-/// when none is named.
-pub const DEFAULT_ORG: &str = "default";
+pub use keyward_api::orgs::DEFAULT_ORG;
 
 /// Why first-start setup failed.
 #[derive(Debug, thiserror::Error)]

@@ -38,6 +38,16 @@ enum Command {
         #[command(subcommand)]
         command: cli::admin_keys::AdminKeysCommand,
     },
+    /// Create and list organizations.
+    Orgs {
+        #[command(subcommand)]
+        command: cli::orgs::OrgsCommand,
+    },
+    /// Create and list projects; show and set their shared limits.
+    Projects {
+        #[command(subcommand)]
+        command: cli::orgs::ProjectsCommand,
+    },
     /// Set and list hard budgets on organizations, projects and keys.
     Budgets {
         #[command(subcommand)]
@@ -48,6 +58,28 @@ enum Command {
         #[command(subcommand)]
         command: cli::webhooks::WebhooksCommand,
     },
+    /// Manage e-mail recipients of leak and budget alerts.
+    EmailRecipients {
+        #[command(subcommand)]
+        command: cli::recipients::RecipientsCommand,
+    },
+    /// List leak reports, clear a false one, report tokens or upload a file to scan.
+    Leaks {
+        #[command(subcommand)]
+        command: cli::leaks::LeaksCommand,
+    },
+    /// Read the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: cli::audit::AuditCommand,
+    },
+    /// Mint a short-lived client token with a gateway key (no admin key needed).
+    Tokens {
+        #[command(subcommand)]
+        command: cli::tokens::TokensCommand,
+    },
+    /// Print the management API's OpenAPI document, as the server serves it.
+    Openapi,
     /// Show metered usage.
     Usage(cli::usage::UsageArgs),
     /// Check that a running server answers /healthz (exit 0 healthy, 1 not):
@@ -74,7 +106,14 @@ fn main() -> ExitCode {
         Command::Simulate(args) => cli::serve::simulate(args).map(|()| 0),
         Command::Keys { command } => cli::keys::run(command).map(|()| 0),
         Command::AdminKeys { command } => cli::admin_keys::run(command).map(|()| 0),
+        Command::Orgs { command } => cli::orgs::run_orgs(command).map(|()| 0),
+        Command::Projects { command } => cli::orgs::run_projects(command).map(|()| 0),
         Command::Budgets { command } => cli::budgets::run(command).map(|()| 0),
+        Command::EmailRecipients { command } => cli::recipients::run(command).map(|()| 0),
+        Command::Leaks { command } => cli::leaks::run(command).map(|()| 0),
+        Command::Audit { command } => cli::audit::run(command).map(|()| 0),
+        Command::Tokens { command } => cli::tokens::run(command).map(|()| 0),
+        Command::Openapi => cli::api::print_openapi().map(|()| 0),
         Command::Webhooks { command } => cli::webhooks::run(command).map(|()| 0),
         Command::Usage(args) => cli::usage::run(args).map(|()| 0),
         Command::Health(args) => cli::health::run(args).map(i32::from),

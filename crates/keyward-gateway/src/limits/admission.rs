@@ -390,22 +390,24 @@ async fn budgets(
 async fn load(
     limits: &SpendControl,
     id: AccountId,
-    caller: &Caller,
+    _caller: &Caller,
     now: i64,
 ) -> Result<(), GatewayError> {
     // Events still waiting in the batch must count.
     limits.unwritten.flush().await;
-    let spent = spent_since(limits, &id.0, id.1, caller).await?;
+    let spent = spent_since(limits, &id.0, id.1).await.map_err(internal)?;
     limits.counters.load(id, spent, now).await;
     Ok(())
 }
 
-async fn spent_since(
+/// What a budget's scope has spent since `start` (ms; 0 for all time), as
+/// stored: the usage of the organization, the project, or the key and the
+/// ephemeral tokens derived from it. Also what `GET /api/v1/budgets` shows.
+pub(crate) async fn spent_since(
     limits: &SpendControl,
     scope: &BudgetScope,
     start: i64,
-    _caller: &Caller,
-) -> Result<i64, GatewayError> {
+) -> Result<i64, keyward_store::StoreError> {
     let from = (start > 0).then_some(start);
     let mut filter = UsageFilter {
         from,
@@ -416,31 +418,23 @@ async fn spent_since(
         BudgetScope::Org(id) => filter.org = keyward_core::OrgId::parse(id),
         BudgetScope::Project(id) => filter.project = keyward_core::ProjectId::parse(id),
         BudgetScope::Key(id) => {
-            let id = keyward_core::KeyId::parse(id).ok_or(GatewayError::Internal)?;
+            let id = keyward_core::KeyId::parse(id).ok_or_else(|| {
+                keyward_store::StoreError::Backend(format!("budget scope {id:?} is not a key id"))
+            })?;
             // A key's budget also pays for the ephemeral tokens derived from it.
-            for child in limits.store.child_keys(&id).await.map_err(internal)? {
+            for child in limits.store.child_keys(&id).await? {
                 keys.push(child.id);
             }
             keys.push(id);
         }
     }
     if keys.is_empty() {
-        return Ok(limits
-            .store
-            .usage_totals(&filter)
-            .await
-            .map_err(internal)?
-            .cost_micros);
+        return Ok(limits.store.usage_totals(&filter).await?.cost_micros);
     }
     let mut total = 0;
     for k in keys {
         filter.key = Some(k);
-        total += limits
-            .store
-            .usage_totals(&filter)
-            .await
-            .map_err(internal)?
-            .cost_micros;
+        total += limits.store.usage_totals(&filter).await?.cost_micros;
     }
     Ok(total)
 }

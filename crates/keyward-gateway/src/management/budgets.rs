@@ -95,6 +95,8 @@ async fn list(
     _admin: Admin,
 ) -> Result<Json<List<BudgetStatus>>, ApiError> {
     let now = state.clock.now_ms();
+    // Spend still waiting in the usage batch must show, as admission counts it.
+    state.limits.unwritten.flush().await;
     let mut out = Vec::new();
     for b in state.store.list_budgets().await? {
         let start = b.period.start(now);
@@ -103,9 +105,11 @@ async fn list(
             .counters
             .account(&(b.scope.clone(), start))
             .await;
+        let spent = crate::limits::admission::spent_since(&state.limits, &b.scope, start).await?;
         out.push(BudgetStatus {
             budget: b,
             period_start: start,
+            spent_micros: spent,
             reserved_micros: account.reserved,
         });
     }

@@ -1,6 +1,9 @@
 //! `keyward budgets set|list|delete`.
 
+use super::amount::{positive_u32, positive_usd, usd, usd_field};
 use super::api::Api;
+use super::key_ref;
+use super::keys::print_json;
 use super::table;
 use clap::{Args, Subcommand};
 use keyward_api::budgets::{BudgetStatus, ScopeRef, SetBudget};
@@ -17,18 +20,23 @@ pub struct ScopeArgs {
     /// A project (name or id).
     #[arg(long)]
     project: Option<String>,
-    /// A key (id).
+    /// A key: its id (key_…) or PROJECT/NAME.
     #[arg(long)]
     key: Option<String>,
 }
 
 impl ScopeArgs {
-    fn to_scope(&self) -> ScopeRef {
-        ScopeRef {
+    /// The scope as the API names it: a key given as PROJECT/NAME is looked up.
+    fn to_scope(&self, api: &Api) -> anyhow::Result<ScopeRef> {
+        Ok(ScopeRef {
             org: self.org.clone(),
             project: self.project.clone(),
-            key: self.key.clone(),
-        }
+            key: self
+                .key
+                .as_deref()
+                .map(|k| key_ref::resolve(api, k))
+                .transpose()?,
+        })
     }
 }
 
@@ -39,14 +47,14 @@ pub enum BudgetsCommand {
     Set {
         #[command(flatten)]
         scope: ScopeArgs,
-        /// Amount in US dollars per period.
-        #[arg(long)]
-        usd: f64,
+        /// Amount in US dollars per period, up to six decimals.
+        #[arg(long, allow_hyphen_values = true, value_parser = positive_usd)]
+        usd: Micros,
         /// month (default), day or none.
         #[arg(long)]
         period: Option<String>,
         /// Soft alert thresholds in percent, comma-separated (default 50,80,100).
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', allow_hyphen_values = true, value_parser = positive_u32)]
         soft: Vec<u32>,
         /// Print JSON.
         #[arg(long)]
@@ -62,6 +70,9 @@ pub enum BudgetsCommand {
     Delete {
         #[command(flatten)]
         scope: ScopeArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -71,67 +82,103 @@ pub fn run(cmd: BudgetsCommand) -> anyhow::Result<()> {
     match cmd {
         BudgetsCommand::Set {
             scope,
-            usd,
+            usd: amount,
             period,
             soft,
             json,
         } => {
-            let ScopeRef { org, project, key } = scope.to_scope();
+            let ScopeRef { org, project, key } = scope.to_scope(&api)?;
             let body = SetBudget {
                 org,
                 project,
                 key,
-                usd,
+                usd: usd_field(amount),
                 period,
                 soft: (!soft.is_empty()).then_some(soft),
             };
-            let set: Budget = api.put_as("/api/v1/budgets", &body)?;
+            let answer = api.put("/api/v1/budgets", &body)?;
             if json {
-                // Through a `Value`, as before: the same key order on stdout.
-                println!("{}", serde_json::to_value(&set)?);
+                println!("{answer}");
             } else {
+                let set: Budget = super::api::typed(answer)?;
                 println!(
-                    "Budget set: {} {} — ${:.2} per {}.",
+                    "Budget set: {} {} — {} per {}.",
                     set.scope.kind(),
                     set.scope.id(),
-                    usd,
+                    usd(set.amount_micros),
                     set.period.as_str()
                 );
             }
         }
         BudgetsCommand::List { json } => {
-            let listed: List<BudgetStatus> = api.get_as("/api/v1/budgets", &[])?;
+            let answer = api.get("/api/v1/budgets", &[])?;
             if json {
-                println!("{}", serde_json::to_value(&listed.data)?);
+                print_json(&answer["data"])?;
                 return Ok(());
             }
+            let listed: List<BudgetStatus> = super::api::typed(answer)?;
             let rows: Vec<Vec<String>> = listed
                 .data
                 .iter()
                 .map(|e| {
+                    let b = &e.budget;
                     vec![
-                        e.budget.scope.kind().to_owned(),
-                        e.budget.scope.id().to_owned(),
-                        dollars(e.budget.amount_micros),
-                        e.budget.period.as_str().to_owned(),
-                        dollars(Micros(e.reserved_micros)),
+                        b.scope.kind().to_owned(),
+                        b.scope.id().to_owned(),
+                        usd(b.amount_micros),
+                        b.period.as_str().to_owned(),
+                        usd(Micros(e.spent_micros)),
+                        usd(Micros(e.reserved_micros)),
+                        percent_of(e.spent_micros, b.amount_micros),
+                        thresholds(&b.soft_thresholds),
                     ]
                 })
                 .collect();
             print!(
                 "{}",
-                table::render(&["SCOPE", "ID", "AMOUNT", "PERIOD", "RESERVED NOW"], &rows)
+                table::render(
+                    &[
+                        "SCOPE",
+                        "ID",
+                        "AMOUNT",
+                        "PERIOD",
+                        "SPENT",
+                        "RESERVED NOW",
+                        "USED",
+                        "ALERTS AT"
+                    ],
+                    &rows
+                )
             );
         }
-        BudgetsCommand::Delete { scope } => {
-            api.delete_with("/api/v1/budgets", &scope.to_scope())?;
-            println!("Budget removed.");
+        BudgetsCommand::Delete { scope, json } => {
+            let answer = api.delete_with("/api/v1/budgets", &scope.to_scope(&api)?)?;
+            if json {
+                println!("{answer}");
+            } else {
+                println!("Budget removed.");
+            }
         }
     }
     Ok(())
 }
 
-/// Micro-dollars as dollars with all six decimals.
-fn dollars(m: Micros) -> String {
-    format!("${:.6}", m.0 as f64 / 1e6)
+/// How much of the amount is spent, in whole percent (rounded down, so that
+/// 100% means the budget is used up).
+fn percent_of(spent: i64, amount: Micros) -> String {
+    if amount.0 <= 0 {
+        return "-".into();
+    }
+    format!("{}%", i128::from(spent) * 100 / i128::from(amount.0))
+}
+
+/// Soft alert thresholds as `50%,80%,100%`, or `-` for none.
+fn thresholds(soft: &[u32]) -> String {
+    if soft.is_empty() {
+        return "-".into();
+    }
+    soft.iter()
+        .map(|t| format!("{t}%"))
+        .collect::<Vec<_>>()
+        .join(",")
 }

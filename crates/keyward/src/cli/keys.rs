@@ -1,6 +1,8 @@
-//! `keyward keys create|list|get|revoke|delete`.
+//! `keyward keys create|list|get|revoke|delete|rotate|ephemeral`.
 
-use super::api::Api;
+use super::amount::{positive_u32, positive_usd, usd_field};
+use super::api::{Api, Refused};
+use super::key_ref;
 use super::table;
 use anyhow::Context;
 use clap::Subcommand;
@@ -8,6 +10,7 @@ use keyward_api::keys::{
     BudgetInput, CreateKey, CreatedKey, EphemeralRequest, Key, PolicyInput, RotateKey,
 };
 use keyward_api::List;
+use keyward_core::Micros;
 use serde_json::json;
 
 /// Key commands.
@@ -15,7 +18,7 @@ use serde_json::json;
 pub enum KeysCommand {
     /// Create a key; its secret is printed once.
     Create {
-        /// Project name or id (created if no project has that name).
+        /// Project name or id; it must exist (`keyward projects create NAME`).
         #[arg(long)]
         project: String,
         /// Key name.
@@ -33,15 +36,15 @@ pub enum KeysCommand {
         #[command(flatten)]
         limits: LimitArgs,
         /// A monthly budget for this key, in US dollars.
-        #[arg(long)]
-        budget_usd: Option<f64>,
+        #[arg(long, allow_hyphen_values = true, value_parser = positive_usd)]
+        budget_usd: Option<Micros>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Issue a new secret for the same key; the old one works for the grace period.
     Rotate {
-        /// Key id.
+        #[arg(help = key_ref::HELP)]
         id: String,
         /// How long the old secret keeps working, e.g. 24h (default) or 0.
         #[arg(long)]
@@ -52,14 +55,14 @@ pub enum KeysCommand {
     },
     /// Issue a short-lived client token (kwe_) derived from a key.
     Ephemeral {
-        /// Parent key id.
+        /// Parent key: its id (key_…) or PROJECT/NAME.
         id: String,
         /// Lifetime, e.g. 10m (default) up to 24h.
         #[arg(long)]
         ttl: Option<String>,
         /// The token's own budget for its whole life, in US dollars.
-        #[arg(long)]
-        budget_usd: Option<f64>,
+        #[arg(long, allow_hyphen_values = true, value_parser = positive_usd)]
+        budget_usd: Option<Micros>,
         #[command(flatten)]
         limits: LimitArgs,
         /// Print JSON.
@@ -68,16 +71,19 @@ pub enum KeysCommand {
     },
     /// List keys.
     List {
-        /// Only this project's keys.
+        /// Only this project's keys (name or id).
         #[arg(long)]
         project: Option<String>,
+        /// Only this organization's keys, or the organization of a `--project` name.
+        #[arg(long)]
+        org: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Show one key.
     Get {
-        /// Key id.
+        #[arg(help = key_ref::HELP)]
         id: String,
         /// Print JSON.
         #[arg(long)]
@@ -85,7 +91,7 @@ pub enum KeysCommand {
     },
     /// Revoke a key: refused on the next request.
     Revoke {
-        /// Key id.
+        #[arg(help = key_ref::HELP)]
         id: String,
         /// Print JSON.
         #[arg(long)]
@@ -93,7 +99,7 @@ pub enum KeysCommand {
     },
     /// Delete a key (its usage history stays).
     Delete {
-        /// Key id.
+        #[arg(help = key_ref::HELP)]
         id: String,
         /// Print JSON.
         #[arg(long)]
@@ -105,13 +111,13 @@ pub enum KeysCommand {
 #[derive(clap::Args)]
 pub struct LimitArgs {
     /// Requests per minute.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = positive_u32)]
     rpm: Option<u32>,
     /// Tokens per minute.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = positive_u32)]
     tpm: Option<u32>,
     /// Requests in flight at once.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = positive_u32)]
     max_concurrent: Option<u32>,
     /// Allowed model globs, comma-separated (e.g. gpt-4o-mini*,text-embedding-*).
     #[arg(long, value_delimiter = ',')]
@@ -127,7 +133,7 @@ pub struct LimitArgs {
 
 impl LimitArgs {
     /// The restrictions given, or `None` when no flag was.
-    fn to_policy(&self) -> Option<PolicyInput> {
+    pub fn to_policy(&self) -> Option<PolicyInput> {
         let policy = PolicyInput {
             endpoints: self.endpoints.clone(),
             models: (!self.models.is_empty()).then(|| self.models.clone()),
@@ -140,7 +146,8 @@ impl LimitArgs {
     }
 }
 
-fn seconds(flag: &str, value: Option<String>) -> anyhow::Result<Option<i64>> {
+/// A duration flag (`10m`, `24h`, …) in whole seconds.
+pub fn seconds(flag: &str, value: Option<String>) -> anyhow::Result<Option<i64>> {
     value
         .map(|d| keyward_core::duration::parse_ms(&d).map(|ms| ms / 1000))
         .transpose()
@@ -176,20 +183,28 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
         } => {
             let expires_in_seconds = seconds("--expires-in", expires_in)?;
             let body = CreateKey {
-                project,
-                org,
+                project: project.clone(),
+                org: org.clone(),
                 name,
                 tags,
                 expires_in_seconds,
-                create_project: true,
+                // A mistyped --project must not create a project: creation is
+                // `keyward projects create`, said in the error below.
+                create_project: false,
                 policy: limits.to_policy(),
-                budget: budget_usd.map(|usd| BudgetInput {
-                    usd,
+                budget: budget_usd.map(|m| BudgetInput {
+                    usd: usd_field(m),
                     period: None,
                     soft: None,
                 }),
             };
-            let created: CreatedKey = api.post_as("/api/v1/keys", &body)?;
+            let created: CreatedKey = match api.post_as("/api/v1/keys", &body) {
+                Ok(created) => created,
+                Err(e) if Refused::is_not_found(&e, "project") => {
+                    return Err(no_such_project(&project, org.as_deref()))
+                }
+                Err(e) => return Err(e),
+            };
             if json {
                 print_json(&created)?;
             } else {
@@ -205,15 +220,15 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Rotate { id, grace, json } => {
             let grace_seconds = seconds("--grace", grace)?;
             let rotated: CreatedKey = api.post_as(
-                &format!("/api/v1/keys/{}/rotate", path_segment(&id)?),
+                &format!("/api/v1/keys/{}/rotate", key_ref::resolve(&api, &id)?),
                 &RotateKey { grace_seconds },
             )?;
             if json {
                 print_json(&rotated)?;
             } else {
                 println!(
-                    "Rotated key {id}. The new secret (shown only now):\n\n    {}\n",
-                    rotated.key
+                    "Rotated key {}. The new secret (shown only now):\n\n    {}\n",
+                    rotated.record.record.id, rotated.key
                 );
                 println!("The old secret keeps working for the grace period, then stops.");
             }
@@ -228,10 +243,10 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             let body = EphemeralRequest {
                 ttl_seconds: seconds("--ttl", ttl)?,
                 policy: limits.to_policy(),
-                budget_usd,
+                budget_usd: budget_usd.map(usd_field),
             };
             let token: CreatedKey = api.post_as(
-                &format!("/api/v1/keys/{}/ephemeral", path_segment(&id)?),
+                &format!("/api/v1/keys/{}/ephemeral", key_ref::resolve(&api, &id)?),
                 &body,
             )?;
             if json {
@@ -245,8 +260,12 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        KeysCommand::List { project, json } => {
-            let query: Vec<(&str, String)> = project.into_iter().map(|p| ("project", p)).collect();
+        KeysCommand::List { project, org, json } => {
+            let query: Vec<(&str, String)> = project
+                .map(|p| ("project", p))
+                .into_iter()
+                .chain(org.map(|o| ("org", o)))
+                .collect();
             let listed: List<Key> = api.get_as("/api/v1/keys", &query)?;
             if json {
                 print_json(&listed.data)?;
@@ -256,18 +275,22 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Get { id, json } => show(
-            api.get_as(&format!("/api/v1/keys/{}", path_segment(&id)?), &[])?,
+            api.get_as(
+                &format!("/api/v1/keys/{}", key_ref::resolve(&api, &id)?),
+                &[],
+            )?,
             json,
         )?,
         KeysCommand::Revoke { id, json } => show(
             api.post_as(
-                &format!("/api/v1/keys/{}/revoke", path_segment(&id)?),
+                &format!("/api/v1/keys/{}/revoke", key_ref::resolve(&api, &id)?),
                 &json!({}),
             )?,
             json,
         )?,
         KeysCommand::Delete { id, json } => {
-            api.delete(&format!("/api/v1/keys/{}", path_segment(&id)?))?;
+            let id = key_ref::resolve(&api, &id)?;
+            api.delete(&format!("/api/v1/keys/{id}"))?;
             if json {
                 println!("{}", json!({"id": id, "deleted": true}));
             } else {
@@ -276,6 +299,26 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The error for a `--project` name that names no project: which one, and the
+/// command that creates it.
+pub fn no_such_project(project: &str, org: Option<&str>) -> anyhow::Error {
+    let (in_org, org_flag) = match org {
+        Some(o) => (
+            format!("organization {o:?}"),
+            format!(" --org {}", table::shell_word(o)),
+        ),
+        None => (
+            format!("organization {:?}", keyward_api::orgs::DEFAULT_ORG),
+            String::new(),
+        ),
+    };
+    anyhow::anyhow!(
+        "no project named {project:?} in {in_org}; projects are not created implicitly: \
+         create it with `keyward projects create {}{org_flag}`",
+        table::shell_word(project)
+    )
 }
 
 fn show(key: Key, json: bool) -> anyhow::Result<()> {

@@ -47,9 +47,30 @@ pub fn time(ms: Option<i64>) -> String {
     )
 }
 
+/// `s` as one shell word, quoted only when it needs to be, for commands that
+/// an error message suggests running.
+pub fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:@%+=,".contains(&b));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quotes_shell_words_only_when_needed() {
+        assert_eq!(shell_word("web"), "web");
+        assert_eq!(shell_word("my app"), "'my app'");
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
 
     #[test]
     fn aligns_columns() {

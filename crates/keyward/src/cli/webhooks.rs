@@ -1,5 +1,6 @@
 //! `keyward webhooks add|list|remove|test|deliveries`.
 
+use super::amount::positive_u32;
 use super::api::Api;
 use super::keys::path_segment;
 use super::keys::print_json;
@@ -45,16 +46,25 @@ pub enum WebhooksCommand {
     Remove {
         /// Webhook id.
         id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Send a signed test event.
     Test {
         /// Webhook id.
         id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Show a webhook's delivery log.
     Deliveries {
         /// Webhook id.
         id: String,
+        /// At most this many deliveries (the server's default is 50, its maximum 1000).
+        #[arg(long, allow_hyphen_values = true, value_parser = positive_u32)]
+        limit: Option<u32>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -106,31 +116,47 @@ pub fn run(cmd: WebhooksCommand) -> anyhow::Result<()> {
                             w.id.to_string(),
                             w.url.clone(),
                             serde_json::to_string(&w.scope.events)?,
+                            super::recipients::about(&w.scope),
                             w.description.clone(),
                         ])
                     })
                     .collect::<anyhow::Result<_>>()?;
                 print!(
                     "{}",
-                    table::render(&["ID", "URL", "EVENTS", "DESCRIPTION"], &rows)
+                    table::render(&["ID", "URL", "EVENTS", "ABOUT", "DESCRIPTION"], &rows)
                 );
             }
         }
-        WebhooksCommand::Remove { id } => {
+        WebhooksCommand::Remove { id, json } => {
             api.delete(&format!("/api/v1/webhooks/{}", path_segment(&id)?))?;
-            println!("Removed webhook {id}.");
+            if json {
+                println!("{}", json!({"id": id, "deleted": true}));
+            } else {
+                println!("Removed webhook {id}.");
+            }
         }
-        WebhooksCommand::Test { id } => {
+        WebhooksCommand::Test { id, json } => {
             let sent: TestQueued = api.post_as(
                 &format!("/api/v1/webhooks/{}/test", path_segment(&id)?),
                 &json!({}),
             )?;
-            println!("{}", serde_json::to_value(&sent)?);
+            if json {
+                println!("{}", serde_json::to_value(&sent)?);
+            } else {
+                println!(
+                    "Queued test event {}: `keyward webhooks deliveries {id}` shows how it went.",
+                    sent.event_id
+                );
+            }
         }
-        WebhooksCommand::Deliveries { id, json } => {
+        WebhooksCommand::Deliveries { id, limit, json } => {
+            let query: Vec<(&str, String)> = limit
+                .into_iter()
+                .map(|n| ("limit", n.to_string()))
+                .collect();
             let log: List<Delivery<Value>> = api.get_as(
                 &format!("/api/v1/webhooks/{}/deliveries", path_segment(&id)?),
-                &[],
+                &query,
             )?;
             if json {
                 print_json(&log.data)?;

@@ -16,6 +16,7 @@ fn keys_and_usage_through_the_cli_against_a_served_gateway() {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
+    server.cli_json(&["projects", "create", "demo", "--json"]);
     let created = server.cli_json(&[
         "keys",
         "create",
@@ -92,6 +93,7 @@ fn sigterm_writes_all_buffered_usage() {
     let dir = tempfile::tempdir().unwrap();
     // Batches every hour: everything below is still buffered at SIGTERM.
     let server = ServeProcess::start(dir.path(), &["--usage-flush-ms", "3600000"]);
+    server.cli_json(&["projects", "create", "p", "--json"]);
     let created = server.cli_json(&["keys", "create", "--project", "p", "--name", "n", "--json"]);
     let id = created["id"].as_str().unwrap().to_owned();
     let key = created["key"].as_str().unwrap().to_owned();
@@ -150,6 +152,7 @@ fn kill_9_loses_at_most_the_last_flush_interval_of_usage() {
     const BOUND: Duration = Duration::from_millis(150);
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServeProcess::start(dir.path(), &[]);
+    server.cli_json(&["projects", "create", "p", "--json"]);
     let created = server.cli_json(&["keys", "create", "--project", "p", "--name", "n", "--json"]);
     let id = created["id"].as_str().unwrap().to_owned();
     let key = created["key"].as_str().unwrap().to_owned();
@@ -264,6 +267,7 @@ fn serve_refuses_bad_settings_with_exit_2() {
 fn restricted_keys_rotation_tokens_and_budgets_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServeProcess::start(dir.path(), &[]);
+    server.cli_json(&["projects", "create", "web", "--json"]);
     let created = server.cli_json(&[
         "keys",
         "create",
@@ -374,6 +378,7 @@ fn restricted_keys_rotation_tokens_and_budgets_through_the_cli() {
 fn bad_limits_are_refused_with_exit_2_and_nothing_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServeProcess::start(dir.path(), &[]);
+    server.cli_json(&["projects", "create", "p", "--json"]);
     for args in [
         &[
             "keys",
@@ -491,7 +496,7 @@ fn webhook_deliveries_through_the_cli() {
         "--json",
     ]);
     let id = added["id"].as_str().unwrap().to_owned();
-    let queued = server.cli_json(&["webhooks", "test", &id]);
+    let queued = server.cli_json(&["webhooks", "test", &id, "--json"]);
     let event = queued["event_id"].as_str().unwrap().to_owned();
     let out = server.cli(&["webhooks", "deliveries", &id, "--json"]);
     assert!(

@@ -8,6 +8,7 @@ use serde_json::json;
 fn scan_report_disables_a_planted_key_and_says_so() {
     let data = tempfile::tempdir().unwrap();
     let server = ServeProcess::start(data.path(), &[]);
+    server.cli_json(&["projects", "create", "demo", "--json"]);
     let create = |name: &str| {
         server.cli_json(&[
             "keys",

@@ -36,6 +36,7 @@ fn openai_python_sdk_end_to_end() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/openai_sdk.py");
     let dir = tempfile::tempdir().unwrap();
     let server = ServeProcess::start(dir.path(), &[]);
+    server.cli_json(&["projects", "create", "sdk", "--json"]);
     let created = server.cli_json(&[
         "keys",
         "create",
