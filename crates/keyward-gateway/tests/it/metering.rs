@@ -58,6 +58,7 @@ async fn usage_totals_are_exact_for_plain_and_streamed_calls() {
     assert_eq!(u["cached_input_tokens"], 5 * CACHED_TOKENS);
     assert_eq!(u["output_tokens"], 5 * COMPLETION_TOKENS);
     assert_eq!(u["cost_micros"], expected_cost(5));
+    assert_eq!(u["incomplete"], 0, "every usage was reported");
 }
 
 #[tokio::test]
@@ -154,6 +155,22 @@ async fn upstream_cut_off_is_charged_for_what_was_produced() {
     let u = kw.usage_of(&id).await;
     assert_eq!(u["output_tokens"], 3);
     assert!(u["input_tokens"].as_i64().unwrap() > 0);
+    assert_eq!(u["incomplete"], 1);
+    // Each bucket and group says how many of its requests are estimates.
+    for query in [
+        "bucket=hour",
+        "bucket=day",
+        "group_by=key",
+        "group_by=model",
+    ] {
+        let r = kw
+            .admin_get(&format!("/api/v1/usage?key={id}&{query}"))
+            .await;
+        let v: Value = r.json().await.unwrap();
+        let series = v["buckets"].as_array().or(v["groups"].as_array()).unwrap();
+        assert_eq!(series.len(), 1, "{query}: {v}");
+        assert_eq!(series[0]["incomplete"], 1, "{query}: {v}");
+    }
 }
 
 /// An upstream that streams chunks written as JSON allows but not as OpenAI
@@ -209,6 +226,7 @@ async fn a_cut_off_stream_with_spaced_json_is_charged_for_every_text_chunk() {
         "one token per chunk with text, however it was spelled: {u}"
     );
     assert!(u["cost_micros"].as_i64().unwrap() > 0, "{u}");
+    assert_eq!(u["incomplete"], 1, "the charge is an estimate: {u}");
     let events = kw
         .state
         .store

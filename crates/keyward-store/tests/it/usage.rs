@@ -42,6 +42,7 @@ fn expected_totals<'a>(events: impl IntoIterator<Item = &'a UsageEvent>) -> Usag
         t.output_tokens += e.output_tokens;
         t.reasoning_tokens += e.reasoning_tokens;
         t.cost_micros += e.cost_micros.0;
+        t.incomplete += i64::from(e.incomplete);
     }
     t
 }
@@ -60,14 +61,20 @@ fn expected_hours(events: &[UsageEvent]) -> Vec<UsageBucket> {
         .collect()
 }
 
-/// Five events over four hours of two days.
+/// Five events over four hours of two days, two of them incomplete.
 fn two_days(key: &KeyRecord) -> Vec<UsageEvent> {
     vec![
         with(key, DAY + H, 200, 10_000, 50_000),
-        with(key, DAY + 23 * H + 600_000, 200, 1, 1),
+        UsageEvent {
+            incomplete: true,
+            ..with(key, DAY + 23 * H + 600_000, 200, 1, 1)
+        },
         with(key, DAY + 24 * H - 1, 500, 10, 20),
         with(key, DAY + 24 * H, 404, 100, 300),
-        with(key, DAY + 26 * H + 1, 200, 1_000, 4_000),
+        UsageEvent {
+            incomplete: true,
+            ..with(key, DAY + 26 * H + 1, 200, 1_000, 4_000)
+        },
     ]
 }
 
@@ -88,6 +95,7 @@ async fn rollups_are_exact_across_hours_and_days(store: SharedStore) {
             output_tokens: 250,
             reasoning_tokens: 25,
             cost_micros: 54_321,
+            incomplete: 2,
         }
     );
 
@@ -99,9 +107,10 @@ async fn rollups_are_exact_across_hours_and_days(store: SharedStore) {
         (
             hours[1].totals.requests,
             hours[1].totals.errors,
-            hours[1].totals.cost_micros
+            hours[1].totals.cost_micros,
+            hours[1].totals.incomplete
         ),
-        (2, 1, 21)
+        (2, 1, 21, 1)
     );
 
     let days = store.usage_buckets(&all, Bucket::Day).await.unwrap();
@@ -575,4 +584,84 @@ async fn latest_events_across_many_batches_match_a_full_sort(store: SharedStore)
             assert_eq!(got, expected, "filter {filter:?}, limit {limit}");
         }
     }
+}
+
+/// PostgreSQL's migration that adds the `incomplete` counter counts it for the
+/// rollup rows already stored, from the raw events. (SQLite's is tested beside
+/// its usage blocks.)
+#[tokio::test]
+async fn postgres_migration_0005_counts_incomplete_events_already_stored() {
+    use sqlx::Connection;
+    let Some(url) = crate::support::postgres_url() else {
+        return;
+    };
+    let schema = crate::support::fresh_schema();
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let migrated = async {
+        sqlx::raw_sql(&format!("CREATE SCHEMA {schema}; SET search_path TO {schema};"))
+            .execute(&mut conn)
+            .await?;
+        for sql in [
+            include_str!("../../migrations/postgres/0001_initial.sql"),
+            include_str!("../../migrations/postgres/0002_limits.sql"),
+            include_str!("../../migrations/postgres/0003_leaks.sql"),
+            include_str!("../../migrations/postgres/0004_token_secrets_admin_keys.sql"),
+        ] {
+            sqlx::raw_sql(sql).execute(&mut conn).await?;
+        }
+        // (key, at, incomplete): two cut off in key_a's first hour, one in its next.
+        let events = [
+            ("key_a", H + 5, true),
+            ("key_a", H + 6, false),
+            ("key_a", 2 * H - 1, true),
+            ("key_a", 2 * H, true),
+            ("key_b", H, false),
+        ];
+        for (key, at, incomplete) in events {
+            sqlx::query(
+                "INSERT INTO usage_events (key_id, project_id, org_id, at, endpoint, model, status, \
+                 input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, cost_micros, \
+                 upstream_latency_ms, total_latency_ms, client_ip, streamed, incomplete) \
+                 VALUES ($1, 'prj_1', 'org_1', $2, '/v1/chat/completions', 'm', 200, \
+                 1, 0, 1, 0, 1, 1, 1, NULL, TRUE, $3)",
+            )
+            .bind(key)
+            .bind(at)
+            .bind(incomplete)
+            .execute(&mut conn)
+            .await?;
+        }
+        for (key, hour) in [("key_a", H), ("key_a", 2 * H), ("key_b", H)] {
+            sqlx::query(
+                "INSERT INTO usage_hourly (key_id, hour_start, project_id, org_id, requests, errors, \
+                 input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, cost_micros) \
+                 VALUES ($1, $2, 'prj_1', 'org_1', 1, 0, 0, 0, 0, 0, 0)",
+            )
+            .bind(key)
+            .bind(hour)
+            .execute(&mut conn)
+            .await?;
+        }
+        sqlx::raw_sql(include_str!(
+            "../../migrations/postgres/0005_usage_incomplete.sql"
+        ))
+        .execute(&mut conn)
+        .await?;
+        sqlx::query_as::<_, (String, i64, i64)>(
+            "SELECT key_id, hour_start, incomplete FROM usage_hourly ORDER BY key_id, hour_start",
+        )
+        .fetch_all(&mut conn)
+        .await
+    }
+    .await;
+    drop(conn);
+    crate::support::drop_schema(&url, &schema).await;
+    assert_eq!(
+        migrated.unwrap(),
+        vec![
+            ("key_a".into(), H, 2),
+            ("key_a".into(), 2 * H, 1),
+            ("key_b".into(), H, 0),
+        ]
+    );
 }
