@@ -346,6 +346,8 @@ pub enum Bucket {
     Hour,
     /// One UTC day.
     Day,
+    /// One UTC calendar month.
+    Month,
 }
 
 /// Totals for one time bucket.

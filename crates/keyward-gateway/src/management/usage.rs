@@ -28,7 +28,7 @@ pub struct UsageQuery {
     from: Option<i64>,
     /// End, ms since the epoch (exclusive).
     to: Option<i64>,
-    /// `hour` or `day` to include a time series.
+    /// `hour`, `day` or `month` (UTC calendar months) to include a time series.
     bucket: Option<Bucket>,
     /// `key`, `model` or `tag` to include totals per group.
     group_by: Option<String>,

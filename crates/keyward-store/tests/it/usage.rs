@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 store_tests!(
     rollups_are_exact_across_hours_and_days,
+    month_buckets_are_utc_calendar_months,
     rollup_time_bounds_count_whole_hours,
     filters_scope_usage_to_key_project_and_org,
     raw_events_round_trip_newest_first,
@@ -177,6 +178,65 @@ async fn rollups_are_exact_across_hours_and_days(store: SharedStore) {
     assert_eq!(
         store.usage_buckets(&before, Bucket::Day).await.unwrap(),
         vec![]
+    );
+}
+
+/// 2024-01-01T00:00:00Z, and the first days of the next two months (2024 is a
+/// leap year: February has 29 days).
+const JAN_2024: i64 = 1_704_067_200_000;
+const FEB_2024: i64 = 1_706_745_600_000;
+const MAR_2024: i64 = 1_709_251_200_000;
+
+async fn month_buckets_are_utc_calendar_months(store: SharedStore) {
+    let key = key_in_new_project(&store, "acme", "web").await;
+    let events = vec![
+        with(&key, JAN_2024, 200, 1, 1),
+        with(&key, FEB_2024 - 30 * 60_000, 200, 2, 2), // Jan 31, 23:30
+        UsageEvent {
+            incomplete: true,
+            ..with(&key, FEB_2024, 500, 4, 4)
+        },
+        with(&key, MAR_2024 - 1, 200, 8, 8), // Feb 29, 23:59:59.999
+        with(&key, MAR_2024, 200, 16, 16),
+    ];
+    store.insert_usage(&events).await.unwrap();
+    let all = UsageFilter::default();
+    let months = store.usage_buckets(&all, Bucket::Month).await.unwrap();
+    assert_eq!(
+        months,
+        [
+            UsageBucket {
+                start: JAN_2024,
+                totals: expected_totals(&events[..2])
+            },
+            UsageBucket {
+                start: FEB_2024,
+                totals: expected_totals(&events[2..4])
+            },
+            UsageBucket {
+                start: MAR_2024,
+                totals: expected_totals(&events[4..])
+            },
+        ]
+    );
+    assert_eq!(
+        (months[1].totals.input_tokens, months[1].totals.incomplete),
+        (12, 1)
+    );
+    // `from` mid-February starts the series at February's first day, and `to`
+    // cuts it as usual.
+    let february = UsageFilter {
+        from: Some(FEB_2024 + 14 * 24 * H + 12 * H),
+        to: Some(MAR_2024),
+        ..Default::default()
+    };
+    let months = store.usage_buckets(&february, Bucket::Month).await.unwrap();
+    assert_eq!(
+        months,
+        [UsageBucket {
+            start: FEB_2024,
+            totals: expected_totals(&events[2..4])
+        }]
     );
 }
 
