@@ -296,7 +296,7 @@ mod tests {
             out.push('"');
             for c in s.chars() {
                 let must = c == '"' || c == '\\' || c < ' ';
-                if !must && self.next() % 4 != 0 {
+                if !must && !self.next().is_multiple_of(4) {
                     out.push(c);
                     continue;
                 }
@@ -307,7 +307,7 @@ mod tests {
                     _ => {
                         let mut units = [0u16; 2];
                         for unit in c.encode_utf16(&mut units) {
-                            if self.next() % 2 == 0 {
+                            if self.next().is_multiple_of(2) {
                                 out.push_str(&format!("\\u{unit:04x}"));
                             } else {
                                 out.push_str(&format!("\\u{unit:04X}"));
@@ -366,7 +366,7 @@ mod tests {
             self.value(v, &mut json);
             let mut event = String::new();
             for line in json.split('\n') {
-                event.push_str(if self.next() % 2 == 0 {
+                event.push_str(if self.next().is_multiple_of(2) {
                     "data: "
                 } else {
                     "data:"

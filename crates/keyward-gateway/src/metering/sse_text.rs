@@ -1,7 +1,11 @@
 //! Finding generated text in one stream event's JSON, however the upstream wrote it.
 //!
-//! Generated text is any member named `content` (chat), `text` (completions) or
-//! `delta` (Responses API), at any depth, whose value is a non-empty string. JSON
+//! Generated text is in members named `content` (chat), `text` (completions) or
+//! `delta` (Responses API), at any depth, whose value is a non-empty string; an
+//! event's text is its `content` strings when it has any, otherwise its `text`
+//! and `delta` strings. (So a chat chunk, the common case, needs one search, not
+//! three: measured on a 260-byte chunk, each search of the whole event costs
+//! about 20 ns.) JSON
 //! lets an upstream put whitespace around the colon, reorder members, escape any
 //! character (`\u00e9`, `\"`) and even spell a key with escapes (`"\u0063ontent"`);
 //! all of these must count the same, since a cut-off stream is charged from this
@@ -54,25 +58,41 @@ fn has_unicode_escape(data: &[u8]) -> bool {
 
 /// The fast way; `None` when a hit is ambiguous and the event must be walked.
 fn fast(data: &[u8]) -> Option<Text> {
+    let (content, others) = KEY_FINDERS.split_first().expect("three names");
     let mut text = Text::default();
-    for finder in KEY_FINDERS.iter() {
-        let len = finder.needle().len();
-        for at in finder.find_iter(data) {
-            if at > 0 && data[at - 1] == b'\\' {
-                return None;
-            }
-            if let Some(bytes) = text_value(data, at + len) {
-                text.add(bytes);
-            }
-        }
+    find_values(content, data, &mut text)?;
+    if text.members > 0 {
+        // An event with `content` strings: they are its text.
+        return Some(text);
+    }
+    for finder in others {
+        find_values(finder, data, &mut text)?;
     }
     Some(text)
+}
+
+/// Adds the string values of the key `finder` finds to `text`; `None` when a
+/// hit is ambiguous.
+fn find_values(finder: &Finder<'_>, data: &[u8], text: &mut Text) -> Option<()> {
+    let len = finder.needle().len();
+    for at in finder.find_iter(data) {
+        if at > 0 && data[at - 1] == b'\\' {
+            return None;
+        }
+        if let Some(bytes) = text_value(data, at + len) {
+            text.add(bytes);
+        }
+    }
+    Some(())
 }
 
 /// The slow way: every string token in order, so nothing inside a string is
 /// mistaken for a key.
 fn walk(data: &[u8]) -> Text {
-    let mut text = Text::default();
+    // `content` strings, and `text` and `delta` strings: the first when any.
+    let mut content = Text::default();
+    let mut others = Text::default();
+    let mut escaped_key = false;
     let mut i = 0;
     while let Some(k) = memchr::memchr(b'"', &data[i..]) {
         let start = i + k;
@@ -85,21 +105,29 @@ fn walk(data: &[u8]) -> Text {
             i = end;
             continue;
         }
-        let is_text_key = if raw_key.contains(&b'\\') {
-            text.escaped_key = true;
+        let key = if raw_key.contains(&b'\\') {
+            escaped_key = true;
             serde_json::from_slice::<String>(&data[start..end])
-                .is_ok_and(|key| is_text_name(key.as_bytes()))
+                .map(String::into_bytes)
+                .unwrap_or_default()
         } else {
-            is_text_name(raw_key)
+            raw_key.to_vec()
         };
-        if is_text_key {
-            if let Some(bytes) = text_value(data, colon) {
-                text.add(bytes);
-            }
+        let into = match key.as_slice() {
+            b"content" => Some(&mut content),
+            b"text" | b"delta" => Some(&mut others),
+            _ => None,
+        };
+        if let (Some(into), Some(bytes)) = (into, text_value(data, colon)) {
+            into.add(bytes);
         }
         i = colon + 1;
     }
-    text
+    let text = if content.members > 0 { content } else { others };
+    Text {
+        escaped_key,
+        ..text
+    }
 }
 
 impl Text {
@@ -109,10 +137,6 @@ impl Text {
             self.bytes += bytes;
         }
     }
-}
-
-fn is_text_name(key: &[u8]) -> bool {
-    matches!(key, b"content" | b"text" | b"delta")
 }
 
 /// After a key ending at `i`: the decoded length of its value when the value is
@@ -190,17 +214,20 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    /// The reference: the event parsed with serde, text members collected.
+    /// The reference: the event parsed with serde, text members collected
+    /// (`content` ones, and the others).
     fn by_serde(data: &[u8]) -> (u32, i64) {
-        fn visit(v: &Value, acc: &mut (u32, i64)) {
+        type Acc = [(u32, i64); 2];
+        fn visit(v: &Value, acc: &mut Acc) {
             match v {
                 Value::Object(map) => {
                     for (k, v) in map {
-                        match v {
-                            Value::String(s) if is_text_name(k.as_bytes()) => {
+                        match (k.as_str(), v) {
+                            ("content" | "text" | "delta", Value::String(s)) => {
+                                let a = &mut acc[usize::from(k != "content")];
                                 if !s.is_empty() {
-                                    acc.0 += 1;
-                                    acc.1 += s.len() as i64;
+                                    a.0 += 1;
+                                    a.1 += s.len() as i64;
                                 }
                             }
                             _ => visit(v, acc),
@@ -211,9 +238,13 @@ mod tests {
                 _ => {}
             }
         }
-        let mut acc = (0, 0);
+        let mut acc = [(0, 0); 2];
         visit(&serde_json::from_slice(data).unwrap(), &mut acc);
-        acc
+        if acc[0].0 > 0 {
+            acc[0]
+        } else {
+            acc[1]
+        }
     }
 
     fn both(data: &str) -> (u32, i64) {
@@ -250,6 +281,19 @@ mod tests {
             assert_eq!(both(data), (0, 0), "{data}");
         }
         assert_eq!(both(r#"{"a":"\\","text":"\ud83d\ude00"}"#), (1, 4));
+    }
+
+    #[test]
+    fn content_strings_are_the_text_of_an_event_that_has_them() {
+        // A Responses API item: `content` is an array, its parts hold `text`.
+        let item = r#"{"item": {"content": [{"type": "output_text", "text": "Hi!"}]}}"#;
+        assert_eq!(both(item), (1, 3));
+        let both_kinds = r#"{"delta": "ab", "choices": [{"content" : "xyz", "text": "q"}]}"#;
+        assert_eq!(both(both_kinds), (1, 3));
+        let escaped = r#"{"delta": "ab", "\u0063ontent": "xyz"}"#;
+        assert_eq!(both(escaped), (1, 3));
+        let empty_content = r#"{"content": "", "delta": "ab", "text": "c"}"#;
+        assert_eq!(both(empty_content), (2, 3));
     }
 
     #[test]
