@@ -21,6 +21,10 @@ pub struct UsageTotals {
     pub reasoning_tokens: i64,
     /// Cost, micro-dollars.
     pub cost_micros: i64,
+    /// Requests whose usage the upstream never reported (a stream cut off, a
+    /// client that hung up): charged from what the gateway saw, an estimate.
+    #[serde(default)]
+    pub incomplete: i64,
 }
 
 /// Totals for one time bucket.

@@ -194,8 +194,10 @@ pub(crate) fn usage_event(row: &impl Columns) -> StoreResult<UsageEvent> {
     })
 }
 
-/// The counters of `usage_hourly`, each summed as a column of the same name.
-pub(crate) const COUNTERS: [&str; 7] = [
+/// The counters of `usage_hourly` (and SQLite's `usage_hourly_models`), each
+/// summed as a column of the same name. The first two and the last are counts of
+/// events; the others are sums of the event column of the same name.
+pub(crate) const COUNTERS: [&str; 8] = [
     "requests",
     "errors",
     "input_tokens",
@@ -203,6 +205,7 @@ pub(crate) const COUNTERS: [&str; 7] = [
     "output_tokens",
     "reasoning_tokens",
     "cost_micros",
+    "incomplete",
 ];
 
 pub(crate) fn totals(row: &impl Columns) -> StoreResult<UsageTotals> {
@@ -214,6 +217,7 @@ pub(crate) fn totals(row: &impl Columns) -> StoreResult<UsageTotals> {
         output_tokens: row.int("output_tokens")?,
         reasoning_tokens: row.int("reasoning_tokens")?,
         cost_micros: row.int("cost_micros")?,
+        incomplete: row.int("incomplete")?,
     })
 }
 
@@ -330,6 +334,7 @@ impl<'a> HourlyDelta<'a> {
         t.output_tokens += e.output_tokens;
         t.reasoning_tokens += e.reasoning_tokens;
         t.cost_micros += e.cost_micros.0;
+        t.incomplete += i64::from(e.incomplete);
     }
 }
 

@@ -319,6 +319,23 @@ pub struct UsageTotals {
     pub reasoning_tokens: i64,
     /// Cost, micro-dollars.
     pub cost_micros: i64,
+    /// Requests whose usage the upstream never reported (a stream cut off or
+    /// hung up on): charged from what the gateway saw, an estimate.
+    pub incomplete: i64,
+}
+
+impl UsageTotals {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &UsageTotals) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.input_tokens += other.input_tokens;
+        self.cached_input_tokens += other.cached_input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.reasoning_tokens += other.reasoning_tokens;
+        self.cost_micros += other.cost_micros;
+        self.incomplete += other.incomplete;
+    }
 }
 
 /// Bucket width for time series.
@@ -329,6 +346,8 @@ pub enum Bucket {
     Hour,
     /// One UTC day.
     Day,
+    /// One UTC calendar month.
+    Month,
 }
 
 /// Totals for one time bucket.

@@ -170,7 +170,7 @@ pub(crate) async fn insert_usage(pool: &PgPool, events: &[UsageEvent]) -> StoreR
     sqlx::query(&format!(
         "INSERT INTO usage_hourly (key_id, hour_start, project_id, org_id, {counters}) \
          SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[], \
-         $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[]) \
+         $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[]) \
          AS v (key_id, hour_start, project_id, org_id, {counters}) \
          ORDER BY key_id, hour_start \
          ON CONFLICT (key_id, hour_start) DO UPDATE SET {}",
@@ -187,6 +187,7 @@ pub(crate) async fn insert_usage(pool: &PgPool, events: &[UsageEvent]) -> StoreR
     .bind(&rollups.output_tokens)
     .bind(&rollups.reasoning_tokens)
     .bind(&rollups.cost_micros)
+    .bind(&rollups.incomplete)
     .execute(&mut *tx)
     .await
     .map_err(backend)?;
@@ -221,9 +222,11 @@ pub(crate) async fn usage_by_model(
     // SUM(BIGINT) is NUMERIC in PostgreSQL.
     let mut qb = Stmt::new(
         "SELECT model AS grp, COUNT(*) AS requests, \
-         CAST(SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS BIGINT) AS errors",
+         CAST(SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS BIGINT) AS errors, \
+         CAST(SUM(CASE WHEN incomplete THEN 1 ELSE 0 END) AS BIGINT) AS incomplete",
     );
-    for c in &common::COUNTERS[2..] {
+    // The sums of event columns; the counts of events are above.
+    for c in &common::COUNTERS[2..common::COUNTERS.len() - 1] {
         qb.push(&format!(", CAST(SUM({c}) AS BIGINT) AS {c}"));
     }
     qb.push(" FROM usage_events");
@@ -292,6 +295,7 @@ struct RollupColumns<'a> {
     output_tokens: Vec<i64>,
     reasoning_tokens: Vec<i64>,
     cost_micros: Vec<i64>,
+    incomplete: Vec<i64>,
 }
 
 impl<'a> RollupColumns<'a> {
@@ -310,6 +314,7 @@ impl<'a> RollupColumns<'a> {
             output_tokens: col(|t| t.output_tokens),
             reasoning_tokens: col(|t| t.reasoning_tokens),
             cost_micros: col(|t| t.cost_micros),
+            incomplete: col(|t| t.incomplete),
         }
     }
 }

@@ -138,6 +138,19 @@ impl Db {
         }
     }
 
+    /// The start (ms) of the UTC calendar month holding `ms`, an SQL expression
+    /// of milliseconds since the epoch.
+    pub fn month_start(&self, ms: &str) -> String {
+        match self {
+            Db::Sqlite { .. } => format!(
+                "CAST(strftime('%s', {ms} / 1000, 'unixepoch', 'start of month') AS INTEGER) * 1000"
+            ),
+            Db::Postgres(_) => format!(
+                "CAST(EXTRACT(EPOCH FROM date_trunc('month', to_timestamp({ms} / 1000) AT TIME ZONE 'UTC')) AS BIGINT) * 1000"
+            ),
+        }
+    }
+
     /// The collation that orders text by bytes: SQLite's default, named on
     /// PostgreSQL so that ties break the same whatever the database's collation.
     pub fn bytewise(&self) -> &'static str {

@@ -242,6 +242,7 @@ fn bind_totals<'q>(
         .bind(t.output_tokens)
         .bind(t.reasoning_tokens)
         .bind(t.cost_micros)
+        .bind(t.incomplete)
 }
 
 /// Records when keys were last used: one small update per key, all on the

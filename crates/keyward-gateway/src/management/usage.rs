@@ -28,7 +28,7 @@ pub struct UsageQuery {
     from: Option<i64>,
     /// End, ms since the epoch (exclusive).
     to: Option<i64>,
-    /// `hour` or `day` to include a time series.
+    /// `hour`, `day` or `month` (UTC calendar months) to include a time series.
     bucket: Option<Bucket>,
     /// `key`, `model` or `tag` to include totals per group.
     group_by: Option<String>,
@@ -157,14 +157,7 @@ async fn by_tag(
             key_tags
         };
         for t in names {
-            let e = tags.entry(t).or_default();
-            e.requests += g.totals.requests;
-            e.errors += g.totals.errors;
-            e.input_tokens += g.totals.input_tokens;
-            e.cached_input_tokens += g.totals.cached_input_tokens;
-            e.output_tokens += g.totals.output_tokens;
-            e.reasoning_tokens += g.totals.reasoning_tokens;
-            e.cost_micros += g.totals.cost_micros;
+            tags.entry(t).or_default().add(&g.totals);
         }
     }
     Ok(tags
@@ -186,6 +179,7 @@ fn api_totals(t: keyward_store::UsageTotals) -> UsageTotals {
         output_tokens: t.output_tokens,
         reasoning_tokens: t.reasoning_tokens,
         cost_micros: t.cost_micros,
+        incomplete: t.incomplete,
     }
 }
 

@@ -1,5 +1,6 @@
 //! Metering: what a response cost. `meter` follows one request to its end,
-//! `sse_tap` reads a stream's events as they pass, `usage_parse` reads the
+//! `sse_tap` reads a stream's events as they pass (`sse_text` finds the
+//! generated text in each), `usage_parse` reads the
 //! upstream's usage object, and `writer` batches usage events to storage.
 //!
 //! [`Metering`] is what the meters share; it names no server state, so the
@@ -7,6 +8,7 @@
 
 pub mod meter;
 pub mod sse_tap;
+pub mod sse_text;
 pub mod usage_parse;
 pub mod writer;
 

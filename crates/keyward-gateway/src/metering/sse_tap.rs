@@ -5,9 +5,11 @@
 //! usage from whichever event carries it, and drops the usage-only chunk the
 //! gateway asked for when the client did not.
 
+use crate::metering::{sse_text, usage_parse};
 use bytes::{Bytes, BytesMut};
 use keyward_core::TokenUsage;
 use memchr::memmem::Finder;
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 /// Stream state between frames.
@@ -19,7 +21,8 @@ pub struct SseTap {
     /// Events that carried generated text: a lower bound on output tokens if the
     /// stream is cut off before usage arrives (OpenAI sends about one token per event).
     pub text_events: i64,
-    /// Bytes of generated text seen.
+    /// Bytes of generated text seen (decoded: however the upstream spaced or
+    /// escaped its JSON).
     pub text_bytes: i64,
 }
 
@@ -87,17 +90,23 @@ impl SseTap {
     /// Inspects one complete event; false when it must not reach the client.
     fn keep(&mut self, event: &[u8]) -> bool {
         let data = event_data(event);
+        let data = &data[..];
         if data.is_empty() || data == b"[DONE]" {
             return true;
         }
-        if has_text(data) {
+        let text = sse_text::scan(data);
+        if text.members > 0 {
             self.text_events += 1;
-            self.text_bytes += data.len() as i64;
+            self.text_bytes += text.bytes;
         }
-        if USAGE_FINDER.find(data).is_none() {
+        let found = if text.escaped_key {
+            usage_parse::read_decoding(data)
+        } else if USAGE_FINDER.find(data).is_some() {
+            usage_parse::read(data)
+        } else {
             return true;
-        }
-        let Some(found) = crate::metering::usage_parse::read(data) else {
+        };
+        let Some(found) = found else {
             return true;
         };
         let Some(usage) = found.usage else {
@@ -119,45 +128,48 @@ fn event_end(buf: &[u8]) -> Option<usize> {
     })
 }
 
-/// The `data:` payload of an event (multi-line data joined is not needed for JSON
-/// chunks, which OpenAI-compatible servers send on one line). Lines are found
-/// with `memchr`: splitting on a byte predicate walked every byte of the chunk
-/// and was the tap's largest cost.
-fn event_data(event: &[u8]) -> &[u8] {
-    let mut start = 0;
-    while start < event.len() {
-        let end = memchr::memchr(b'\n', &event[start..]).map_or(event.len(), |i| start + i);
-        if let Some(rest) = event[start..end].strip_prefix(b"data:") {
-            let rest = rest.strip_suffix(b"\r").unwrap_or(rest);
-            return rest.strip_prefix(b" ").unwrap_or(rest);
-        }
-        start = end + 1;
+/// The `data:` payload of an event: its `data:` lines joined by newlines, as
+/// the SSE standard says. OpenAI-compatible servers send a chunk on one line,
+/// borrowed as is; an upstream that pretty-prints its JSON (a newline is JSON
+/// whitespace) sends several, joined in a copy. Lines are found with `memchr`:
+/// splitting on a byte predicate walked every byte of the chunk and was the
+/// tap's largest cost.
+fn event_data(event: &[u8]) -> Cow<'_, [u8]> {
+    let mut lines = data_lines(event);
+    let Some(first) = lines.next() else {
+        return Cow::Borrowed(&[]);
+    };
+    let Some(second) = lines.next() else {
+        return Cow::Borrowed(first);
+    };
+    let mut joined = first.to_vec();
+    for line in std::iter::once(second).chain(lines) {
+        joined.push(b'\n');
+        joined.extend_from_slice(line);
     }
-    &[]
+    Cow::Owned(joined)
 }
 
-/// Whether a chunk carries generated text (chat `content`, completions `text`,
-/// Responses `delta`).
-fn has_text(data: &[u8]) -> bool {
-    TEXT_FINDERS.iter().any(|finder| {
-        let len = finder.needle().len();
-        finder
-            .find_iter(data)
-            .any(|i| data.get(i + len) != Some(&b'"'))
+/// The payloads of an event's `data:` lines (one leading space and a trailing
+/// `\r` removed).
+fn data_lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        while start < event.len() {
+            let end = memchr::memchr(b'\n', &event[start..]).map_or(event.len(), |i| start + i);
+            let line = &event[start..end];
+            start = end + 1;
+            if let Some(rest) = line.strip_prefix(b"data:") {
+                let rest = rest.strip_suffix(b"\r").unwrap_or(rest);
+                return Some(rest.strip_prefix(b" ").unwrap_or(rest));
+            }
+        }
+        None
     })
 }
 
-/// Searchers built once: building one per event (what `memmem::find` does)
-/// cost more than the search itself on these short events. (Measured on a
-/// 200-byte chunk: these searches take about 55 ns; a byte loop testing every
-/// quote, 290-400 ns.)
-static TEXT_FINDERS: LazyLock<[Finder<'static>; 3]> = LazyLock::new(|| {
-    [
-        Finder::new(b"\"content\":\""),
-        Finder::new(b"\"text\":\""),
-        Finder::new(b"\"delta\":\""),
-    ]
-});
+/// Built once: building a searcher per event (what `memmem::find` does) cost
+/// more than the search itself on these short events.
 static USAGE_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
 
 #[cfg(test)]
@@ -235,14 +247,18 @@ mod tests {
     }
 
     #[test]
-    fn event_data_is_the_first_data_line() {
+    fn event_data_is_the_data_lines_joined() {
         assert_eq!(
-            event_data(b"event: x\r\ndata: {\"a\":1}\r\n\r\n"),
+            &event_data(b"event: x\r\ndata: {\"a\":1}\r\n\r\n")[..],
             b"{\"a\":1}"
         );
-        assert_eq!(event_data(b"data:[DONE]\n\n"), b"[DONE]");
-        assert_eq!(event_data(b": comment\n\n"), b"");
-        assert_eq!(event_data(b"data: tail"), b"tail");
+        assert_eq!(&event_data(b"data:[DONE]\n\n")[..], b"[DONE]");
+        assert_eq!(&event_data(b": comment\n\n")[..], b"");
+        assert_eq!(&event_data(b"data: tail")[..], b"tail");
+        assert_eq!(
+            &event_data(b"data: {\"a\":\ndata:  1}\r\n: c\ndata:\n\n")[..],
+            b"{\"a\":\n 1}\n"
+        );
     }
 
     #[test]
@@ -254,5 +270,185 @@ mod tests {
         ));
         assert_eq!(tap.text_events, 5);
         assert_eq!(tap.usage, None);
+    }
+
+    /// An upstream's way of writing JSON, drawn from a seed: whitespace (spaces,
+    /// tabs, newlines) wherever JSON allows it, members in any order, any
+    /// character of a string or key escaped, `\uXXXX` in either case.
+    struct Spelling(u64);
+
+    impl Spelling {
+        fn next(&mut self) -> u64 {
+            // xorshift64*: reproducible from the seed proptest reports.
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn ws(&mut self, out: &mut String) {
+            for _ in 0..self.next() % 4 {
+                out.push([' ', ' ', '\t', '\n'][(self.next() % 4) as usize]);
+            }
+        }
+
+        fn string(&mut self, s: &str, out: &mut String) {
+            out.push('"');
+            for c in s.chars() {
+                let must = c == '"' || c == '\\' || c < ' ';
+                if !must && !self.next().is_multiple_of(4) {
+                    out.push(c);
+                    continue;
+                }
+                match (c, self.next() % 2) {
+                    ('"', 0) => out.push_str("\\\""),
+                    ('\\', 0) => out.push_str("\\\\"),
+                    ('\n', 0) => out.push_str("\\n"),
+                    _ => {
+                        let mut units = [0u16; 2];
+                        for unit in c.encode_utf16(&mut units) {
+                            if self.next().is_multiple_of(2) {
+                                out.push_str(&format!("\\u{unit:04x}"));
+                            } else {
+                                out.push_str(&format!("\\u{unit:04X}"));
+                            }
+                        }
+                    }
+                }
+            }
+            out.push('"');
+        }
+
+        fn value(&mut self, v: &serde_json::Value, out: &mut String) {
+            use serde_json::Value;
+            match v {
+                Value::Object(map) => {
+                    let mut members: Vec<_> = map.iter().collect();
+                    for i in (1..members.len()).rev() {
+                        members.swap(i, (self.next() % (i as u64 + 1)) as usize);
+                    }
+                    out.push('{');
+                    for (n, (k, v)) in members.into_iter().enumerate() {
+                        if n > 0 {
+                            out.push(',');
+                        }
+                        self.ws(out);
+                        self.string(k, out);
+                        self.ws(out);
+                        out.push(':');
+                        self.ws(out);
+                        self.value(v, out);
+                        self.ws(out);
+                    }
+                    out.push('}');
+                }
+                Value::Array(items) => {
+                    out.push('[');
+                    for (n, item) in items.iter().enumerate() {
+                        if n > 0 {
+                            out.push(',');
+                        }
+                        self.ws(out);
+                        self.value(item, out);
+                        self.ws(out);
+                    }
+                    out.push(']');
+                }
+                Value::String(s) => self.string(s, out),
+                other => out.push_str(&other.to_string()),
+            }
+        }
+
+        /// One SSE event: a pretty-printed payload goes on several `data:` lines.
+        fn event(&mut self, v: &serde_json::Value) -> String {
+            let mut json = String::new();
+            self.ws(&mut json);
+            self.value(v, &mut json);
+            let mut event = String::new();
+            for line in json.split('\n') {
+                event.push_str(if self.next().is_multiple_of(2) {
+                    "data: "
+                } else {
+                    "data:"
+                });
+                event.push_str(line);
+                event.push('\n');
+            }
+            event.push('\n');
+            event
+        }
+    }
+
+    /// Chunks as OpenAI-compatible upstreams stream them (chat, completions,
+    /// Responses API; text, role, finish and usage chunks), and the generated
+    /// text of each.
+    fn chunk() -> impl proptest::strategy::Strategy<Value = (serde_json::Value, String)> {
+        use proptest::prelude::*;
+        use serde_json::json;
+        let text = "[a-z \"\\\\\n\t\u{e9}\u{4e2d}\u{1F600}/]{0,8}";
+        let n = 0i64..100_000;
+        prop_oneof![
+            (text, 0..3u8).prop_map(|(t, i)| (json!({"id": "chatcmpl-1", "object": "chat.completion.chunk",
+                "model": "gpt-4o-mini", "choices": [{"index": i, "delta": {"content": t}, "logprobs": null,
+                "finish_reason": null}]}), t)),
+            text.prop_map(|t| (json!({"id": "cmpl-1", "choices": [{"text": t, "index": 0, "finish_reason": null}]}), t)),
+            text.prop_map(|t| (json!({"type": "response.output_text.delta", "item_id": "msg_1",
+                "output_index": 0, "delta": t}), t)),
+            Just((json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}), String::new())),
+            Just((json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}), String::new())),
+            (n.clone(), n.clone(), n.clone()).prop_map(|(i, o, c)| (json!({"choices": [], "usage": {
+                "prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o,
+                "prompt_tokens_details": {"cached_tokens": c}}}), String::new())),
+            (n.clone(), n).prop_map(|(i, o)| (json!({"type": "response.completed", "response": {
+                "model": "gpt-4o", "usage": {"input_tokens": i, "output_tokens": o}}}), String::new())),
+        ]
+    }
+
+    fn tap_all(stream: &[u8], frame: usize) -> (SseTap, Vec<u8>) {
+        let mut tap = SseTap::new(false);
+        let mut out = Vec::new();
+        for piece in stream.chunks(frame) {
+            out.extend_from_slice(&tap.push(Bytes::copy_from_slice(piece)));
+        }
+        out.extend_from_slice(&tap.finish());
+        (tap, out)
+    }
+
+    proptest::proptest! {
+        /// However an upstream spaces, orders and escapes its chunks, the tap
+        /// counts the same text and reads the same usage as from the compact
+        /// form; and the compact form's count is the text that was generated.
+        #[test]
+        fn spacing_order_and_escapes_do_not_change_what_is_counted(
+            chunks in proptest::collection::vec(chunk(), 1..8),
+            seed in 1u64..,
+            frame in 1usize..300,
+            cut in proptest::bool::ANY,
+        ) {
+            let mut spelling = Spelling(seed);
+            let mut compact = String::new();
+            let mut spelled = String::new();
+            for (chunk, _) in &chunks {
+                compact.push_str(&format!("data: {chunk}\n\n"));
+                spelled.push_str(&spelling.event(chunk));
+            }
+            if !cut {
+                compact.push_str("data: [DONE]\n\n");
+                spelled.push_str("data: [DONE]\n\n");
+            }
+            let (want, _) = tap_all(compact.as_bytes(), compact.len());
+            let generated: Vec<&String> =
+                chunks.iter().map(|(_, t)| t).filter(|t| !t.is_empty()).collect();
+            proptest::prop_assert_eq!(want.text_events, generated.len() as i64);
+            proptest::prop_assert_eq!(
+                want.text_bytes,
+                generated.iter().map(|t| t.len() as i64).sum::<i64>()
+            );
+            let (got, out) = tap_all(spelled.as_bytes(), frame);
+            proptest::prop_assert_eq!(got.text_events, want.text_events, "{}", spelled);
+            proptest::prop_assert_eq!(got.text_bytes, want.text_bytes, "{}", spelled);
+            proptest::prop_assert_eq!(got.usage, want.usage, "{}", spelled);
+            proptest::prop_assert_eq!(out, spelled.as_bytes());
+        }
     }
 }

@@ -58,6 +58,7 @@ async fn usage_totals_are_exact_for_plain_and_streamed_calls() {
     assert_eq!(u["cached_input_tokens"], 5 * CACHED_TOKENS);
     assert_eq!(u["output_tokens"], 5 * COMPLETION_TOKENS);
     assert_eq!(u["cost_micros"], expected_cost(5));
+    assert_eq!(u["incomplete"], 0, "every usage was reported");
 }
 
 #[tokio::test]
@@ -154,6 +155,85 @@ async fn upstream_cut_off_is_charged_for_what_was_produced() {
     let u = kw.usage_of(&id).await;
     assert_eq!(u["output_tokens"], 3);
     assert!(u["input_tokens"].as_i64().unwrap() > 0);
+    assert_eq!(u["incomplete"], 1);
+    // Each bucket and group says how many of its requests are estimates.
+    for query in [
+        "bucket=hour",
+        "bucket=day",
+        "group_by=key",
+        "group_by=model",
+    ] {
+        let r = kw
+            .admin_get(&format!("/api/v1/usage?key={id}&{query}"))
+            .await;
+        let v: Value = r.json().await.unwrap();
+        let series = v["buckets"].as_array().or(v["groups"].as_array()).unwrap();
+        assert_eq!(series.len(), 1, "{query}: {v}");
+        assert_eq!(series[0]["incomplete"], 1, "{query}: {v}");
+    }
+}
+
+/// An upstream that streams chunks written as JSON allows but not as OpenAI
+/// writes them (spaces after colons, members reordered, escapes, a payload on
+/// several `data:` lines), then breaks the connection before any usage.
+async fn spaced_cutoff_upstream() -> String {
+    use axum::body::{Body, Bytes};
+    use axum::response::IntoResponse;
+    const CHUNKS: [&str; 5] = [
+        "data: {\"id\": \"c1\", \"choices\": [{\"index\": 0, \"delta\": {\"role\": \"assistant\", \"content\": \"\"}}]}\n\n",
+        "data: {\"id\": \"c1\", \"choices\": [{\"index\": 0, \"delta\": {\"content\": \"Hel\"}}]}\n\n",
+        "data: { \"choices\" : [ { \"delta\" : { \"content\" :\t\"lo\" } , \"index\" : 0 } ] , \"id\" : \"c1\" }\n\n",
+        "data: {\"choices\": [{\"delta\": {\"\\u0063ontent\": \"caf\\u00e9 \\\"\"}}]}\n\n",
+        "data: {\"choices\": [\ndata:   {\"delta\": {\"content\":\ndata:  \"!\"}}]}\n\n",
+    ];
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(|| async {
+            let s = futures_util::stream::iter(CHUNKS.iter().map(|c| Ok(Bytes::from(*c)))).chain(
+                futures_util::stream::once(async {
+                    // After the chunks have surely been flushed.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    Err(std::io::Error::other("upstream broke off"))
+                }),
+            );
+            (
+                [("content-type", "text/event-stream")],
+                Body::from_stream(s),
+            )
+                .into_response()
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/v1")
+}
+
+#[tokio::test]
+async fn a_cut_off_stream_with_spaced_json_is_charged_for_every_text_chunk() {
+    let upstream = spaced_cutoff_upstream().await;
+    let kw = Keyward::start(&upstream).await;
+    let (id, key) = kw.create_key("app", "k1").await;
+    let r = kw
+        .chat(&key, json!({"model": "gpt-4o-mini", "stream": true}))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.is_err(), "the client sees a broken stream");
+    let u = kw.usage_of(&id).await;
+    assert_eq!(u["requests"], 1);
+    assert_eq!(
+        u["output_tokens"], 4,
+        "one token per chunk with text, however it was spelled: {u}"
+    );
+    assert!(u["cost_micros"].as_i64().unwrap() > 0, "{u}");
+    assert_eq!(u["incomplete"], 1, "the charge is an estimate: {u}");
+    let events = kw
+        .state
+        .store
+        .usage_events(&keyward_store::UsageFilter::default(), 10)
+        .await
+        .unwrap();
+    assert!(events[0].incomplete && events[0].streamed);
 }
 
 #[tokio::test]

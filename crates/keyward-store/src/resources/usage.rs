@@ -7,6 +7,7 @@ use crate::{
     Bucket, GroupBy, StoreResult, UsageBucket, UsageEvent, UsageFilter, UsageGroup, UsageTotals,
 };
 use async_trait::async_trait;
+use keyward_core::Period;
 
 /// Metered usage: raw events and the hourly rollups.
 #[async_trait]
@@ -16,7 +17,8 @@ pub trait UsageStore: Send + Sync {
     async fn insert_usage(&self, events: &[UsageEvent]) -> StoreResult<()>;
     /// Totals over the rollups matching `filter`.
     async fn usage_totals(&self, filter: &UsageFilter) -> StoreResult<UsageTotals>;
-    /// Totals per hour or per day (UTC), oldest first, empty buckets omitted.
+    /// Totals per hour, day or calendar month (UTC), oldest first, empty
+    /// buckets omitted.
     async fn usage_buckets(
         &self,
         filter: &UsageFilter,
@@ -79,17 +81,23 @@ impl<S: SqlStore> UsageStore for S {
         filter: &UsageFilter,
         bucket: Bucket,
     ) -> StoreResult<Vec<UsageBucket>> {
-        let (expr, width) = match bucket {
-            Bucket::Hour => ("hour_start", HOUR_MS),
-            Bucket::Day => ("hour_start - hour_start % 86400000", common::DAY_MS),
+        // `from` rounds down to its bucket's start, as the buckets are whole.
+        let (expr, from) = match bucket {
+            Bucket::Hour => (
+                "hour_start".to_owned(),
+                common::rounded_from(filter, HOUR_MS),
+            ),
+            Bucket::Day => (
+                "hour_start - hour_start % 86400000".to_owned(),
+                common::rounded_from(filter, common::DAY_MS),
+            ),
+            Bucket::Month => (
+                self.db().month_start("hour_start"),
+                filter.from.map(|f| Period::Month.start(f)),
+            ),
         };
-        let mut qb = rollup_query(Some((expr, "bucket_start")), "usage_hourly");
-        common::push_usage_filter(
-            &mut qb,
-            filter,
-            "hour_start",
-            common::rounded_from(filter, width),
-        );
+        let mut qb = rollup_query(Some((&expr, "bucket_start")), "usage_hourly");
+        common::push_usage_filter(&mut qb, filter, "hour_start", from);
         qb.push(" GROUP BY bucket_start ORDER BY bucket_start");
         let rows = qb.fetch_all(self.db().reader()).await.map_err(backend)?;
         rows.iter()

@@ -314,4 +314,118 @@ mod tests {
                 .unwrap();
         assert_eq!(old_table, None);
     }
+
+    /// The migration that adds the `incomplete` counter counts it for existing
+    /// rollup rows from the events in blocks, per key and hour and per model.
+    #[tokio::test]
+    async fn migration_0006_counts_incomplete_events_already_stored() {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        for sql in [
+            include_str!("../../migrations/sqlite/0001_initial.sql"),
+            include_str!("../../migrations/sqlite/0002_limits.sql"),
+            include_str!("../../migrations/sqlite/0003_leaks.sql"),
+            include_str!("../../migrations/sqlite/0004_usage_blocks.sql"),
+            include_str!("../../migrations/sqlite/0005_token_secrets_admin_keys.sql"),
+        ] {
+            sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+        }
+        let cut = |e: UsageEvent| UsageEvent {
+            incomplete: true,
+            ..e
+        };
+        let other_model = |e: UsageEvent| UsageEvent {
+            model: "other".into(),
+            ..e
+        };
+        let blocks = [
+            vec![
+                cut(event("key_a", 3_600_000 + 5, None)),
+                event("key_a", 3_600_000 + 6, None),
+                cut(other_model(event("key_a", 7_199_999, None))),
+            ],
+            vec![
+                cut(event("key_a", 7_200_000, None)),
+                event("key_b", 3_600_000, None),
+            ],
+        ];
+        let mut rollups = std::collections::BTreeSet::new();
+        for events in &blocks {
+            let block = encode(events).unwrap();
+            sqlx::query(
+                "INSERT INTO usage_event_blocks (first_at, last_at, events, body) VALUES (?, ?, ?, ?)",
+            )
+            .bind(block.first_at)
+            .bind(block.last_at)
+            .bind(block.events)
+            .bind(block.body)
+            .execute(&pool)
+            .await
+            .unwrap();
+            for e in events {
+                let hour = e.at - e.at % 3_600_000;
+                rollups.insert((e.key_id.to_string(), hour, e.model.clone()));
+            }
+        }
+        for (key, hour, model) in &rollups {
+            for (table, model) in [("usage_hourly", None), ("usage_hourly_models", Some(model))] {
+                let mut q = QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO ");
+                q.push(table).push(" (key_id, hour_start, ");
+                if model.is_some() {
+                    q.push("model, ");
+                }
+                q.push(
+                    "project_id, org_id, requests, errors, input_tokens, \
+                     cached_input_tokens, output_tokens, reasoning_tokens, cost_micros) VALUES (",
+                );
+                q.push_bind(key).push(", ").push_bind(hour).push(", ");
+                if let Some(m) = model {
+                    q.push_bind(m).push(", ");
+                }
+                q.push("'prj_1', 'org_1', 1, 0, 0, 0, 0, 0, 0)");
+                q.build().execute(&pool).await.unwrap();
+            }
+        }
+        sqlx::raw_sql(include_str!(
+            "../../migrations/sqlite/0006_usage_incomplete.sql"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+
+        let hourly: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT key_id, hour_start, incomplete FROM usage_hourly ORDER BY key_id, hour_start",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            hourly,
+            vec![
+                ("key_a".into(), 3_600_000, 2),
+                ("key_a".into(), 7_200_000, 1),
+                ("key_b".into(), 3_600_000, 0),
+            ]
+        );
+        let models: Vec<(String, i64, String, i64)> = sqlx::query_as(
+            "SELECT key_id, hour_start, model, incomplete FROM usage_hourly_models \
+             ORDER BY key_id, hour_start, model",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let model = blocks[1][1].model.clone();
+        assert_eq!(
+            models,
+            vec![
+                ("key_a".into(), 3_600_000, model.clone(), 1),
+                ("key_a".into(), 3_600_000, "other".into(), 1),
+                ("key_a".into(), 7_200_000, model.clone(), 1),
+                ("key_b".into(), 3_600_000, model, 0),
+            ]
+        );
+    }
 }

@@ -503,6 +503,7 @@ fn expected_groups(
             t.output_tokens += e.output_tokens;
             t.reasoning_tokens += e.reasoning_tokens;
             t.cost_micros += e.cost_micros.0;
+            t.incomplete += i64::from(e.incomplete);
         }
     }
     let mut out: Vec<UsageGroup> = groups
@@ -524,7 +525,7 @@ async fn fleet(store: &SharedStore) -> (KeyRecord, KeyRecord, KeyRecord, Vec<Usa
     let (b_new, _) = new_key(&a.project_id, "b", 1_000);
     let b = store.create_key(&b_new).await.unwrap();
     let c = key_in_new_project(store, "globex", "api").await;
-    let events = vec![
+    let mut events = vec![
         used(&a, DAY + 10, "gpt-4o", 200, 300),
         used(&a, DAY + H + 5, "gpt-4o-mini", 500, 40),
         used(&a, DAY + 2 * H + 7, "B-model", 200, 100),
@@ -533,6 +534,9 @@ async fn fleet(store: &SharedStore) -> (KeyRecord, KeyRecord, KeyRecord, Vec<Usa
         used(&c, DAY + H + 1, "gpt-4o", 200, 400),
         used(&c, DAY + H + 2, "", 200, 0),
     ];
+    // Streams whose usage never came, counted in every grouping.
+    events[0].incomplete = true;
+    events[4].incomplete = true;
     store.insert_usage(&events).await.unwrap();
     (a, b, c, events)
 }
@@ -636,6 +640,7 @@ async fn usage_grouped_by_model_honours_every_filter(store: SharedStore) {
             output_tokens: 150,
             reasoning_tokens: 15,
             cost_micros: 1_700,
+            incomplete: 1,
         }
     );
     assert_eq!((all[2].totals.errors, all[3].totals.errors), (1, 1));

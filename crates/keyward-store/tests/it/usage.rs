@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 store_tests!(
     rollups_are_exact_across_hours_and_days,
+    month_buckets_are_utc_calendar_months,
     rollup_time_bounds_count_whole_hours,
     filters_scope_usage_to_key_project_and_org,
     raw_events_round_trip_newest_first,
@@ -42,6 +43,7 @@ fn expected_totals<'a>(events: impl IntoIterator<Item = &'a UsageEvent>) -> Usag
         t.output_tokens += e.output_tokens;
         t.reasoning_tokens += e.reasoning_tokens;
         t.cost_micros += e.cost_micros.0;
+        t.incomplete += i64::from(e.incomplete);
     }
     t
 }
@@ -60,14 +62,20 @@ fn expected_hours(events: &[UsageEvent]) -> Vec<UsageBucket> {
         .collect()
 }
 
-/// Five events over four hours of two days.
+/// Five events over four hours of two days, two of them incomplete.
 fn two_days(key: &KeyRecord) -> Vec<UsageEvent> {
     vec![
         with(key, DAY + H, 200, 10_000, 50_000),
-        with(key, DAY + 23 * H + 600_000, 200, 1, 1),
+        UsageEvent {
+            incomplete: true,
+            ..with(key, DAY + 23 * H + 600_000, 200, 1, 1)
+        },
         with(key, DAY + 24 * H - 1, 500, 10, 20),
         with(key, DAY + 24 * H, 404, 100, 300),
-        with(key, DAY + 26 * H + 1, 200, 1_000, 4_000),
+        UsageEvent {
+            incomplete: true,
+            ..with(key, DAY + 26 * H + 1, 200, 1_000, 4_000)
+        },
     ]
 }
 
@@ -88,6 +96,7 @@ async fn rollups_are_exact_across_hours_and_days(store: SharedStore) {
             output_tokens: 250,
             reasoning_tokens: 25,
             cost_micros: 54_321,
+            incomplete: 2,
         }
     );
 
@@ -99,9 +108,10 @@ async fn rollups_are_exact_across_hours_and_days(store: SharedStore) {
         (
             hours[1].totals.requests,
             hours[1].totals.errors,
-            hours[1].totals.cost_micros
+            hours[1].totals.cost_micros,
+            hours[1].totals.incomplete
         ),
-        (2, 1, 21)
+        (2, 1, 21, 1)
     );
 
     let days = store.usage_buckets(&all, Bucket::Day).await.unwrap();
@@ -168,6 +178,65 @@ async fn rollups_are_exact_across_hours_and_days(store: SharedStore) {
     assert_eq!(
         store.usage_buckets(&before, Bucket::Day).await.unwrap(),
         vec![]
+    );
+}
+
+/// 2024-01-01T00:00:00Z, and the first days of the next two months (2024 is a
+/// leap year: February has 29 days).
+const JAN_2024: i64 = 1_704_067_200_000;
+const FEB_2024: i64 = 1_706_745_600_000;
+const MAR_2024: i64 = 1_709_251_200_000;
+
+async fn month_buckets_are_utc_calendar_months(store: SharedStore) {
+    let key = key_in_new_project(&store, "acme", "web").await;
+    let events = vec![
+        with(&key, JAN_2024, 200, 1, 1),
+        with(&key, FEB_2024 - 30 * 60_000, 200, 2, 2), // Jan 31, 23:30
+        UsageEvent {
+            incomplete: true,
+            ..with(&key, FEB_2024, 500, 4, 4)
+        },
+        with(&key, MAR_2024 - 1, 200, 8, 8), // Feb 29, 23:59:59.999
+        with(&key, MAR_2024, 200, 16, 16),
+    ];
+    store.insert_usage(&events).await.unwrap();
+    let all = UsageFilter::default();
+    let months = store.usage_buckets(&all, Bucket::Month).await.unwrap();
+    assert_eq!(
+        months,
+        [
+            UsageBucket {
+                start: JAN_2024,
+                totals: expected_totals(&events[..2])
+            },
+            UsageBucket {
+                start: FEB_2024,
+                totals: expected_totals(&events[2..4])
+            },
+            UsageBucket {
+                start: MAR_2024,
+                totals: expected_totals(&events[4..])
+            },
+        ]
+    );
+    assert_eq!(
+        (months[1].totals.input_tokens, months[1].totals.incomplete),
+        (12, 1)
+    );
+    // `from` mid-February starts the series at February's first day, and `to`
+    // cuts it as usual.
+    let february = UsageFilter {
+        from: Some(FEB_2024 + 14 * 24 * H + 12 * H),
+        to: Some(MAR_2024),
+        ..Default::default()
+    };
+    let months = store.usage_buckets(&february, Bucket::Month).await.unwrap();
+    assert_eq!(
+        months,
+        [UsageBucket {
+            start: FEB_2024,
+            totals: expected_totals(&events[2..4])
+        }]
     );
 }
 
@@ -575,4 +644,84 @@ async fn latest_events_across_many_batches_match_a_full_sort(store: SharedStore)
             assert_eq!(got, expected, "filter {filter:?}, limit {limit}");
         }
     }
+}
+
+/// PostgreSQL's migration that adds the `incomplete` counter counts it for the
+/// rollup rows already stored, from the raw events. (SQLite's is tested beside
+/// its usage blocks.)
+#[tokio::test]
+async fn postgres_migration_0005_counts_incomplete_events_already_stored() {
+    use sqlx::Connection;
+    let Some(url) = crate::support::postgres_url() else {
+        return;
+    };
+    let schema = crate::support::fresh_schema();
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let migrated = async {
+        sqlx::raw_sql(&format!("CREATE SCHEMA {schema}; SET search_path TO {schema};"))
+            .execute(&mut conn)
+            .await?;
+        for sql in [
+            include_str!("../../migrations/postgres/0001_initial.sql"),
+            include_str!("../../migrations/postgres/0002_limits.sql"),
+            include_str!("../../migrations/postgres/0003_leaks.sql"),
+            include_str!("../../migrations/postgres/0004_token_secrets_admin_keys.sql"),
+        ] {
+            sqlx::raw_sql(sql).execute(&mut conn).await?;
+        }
+        // (key, at, incomplete): two cut off in key_a's first hour, one in its next.
+        let events = [
+            ("key_a", H + 5, true),
+            ("key_a", H + 6, false),
+            ("key_a", 2 * H - 1, true),
+            ("key_a", 2 * H, true),
+            ("key_b", H, false),
+        ];
+        for (key, at, incomplete) in events {
+            sqlx::query(
+                "INSERT INTO usage_events (key_id, project_id, org_id, at, endpoint, model, status, \
+                 input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, cost_micros, \
+                 upstream_latency_ms, total_latency_ms, client_ip, streamed, incomplete) \
+                 VALUES ($1, 'prj_1', 'org_1', $2, '/v1/chat/completions', 'm', 200, \
+                 1, 0, 1, 0, 1, 1, 1, NULL, TRUE, $3)",
+            )
+            .bind(key)
+            .bind(at)
+            .bind(incomplete)
+            .execute(&mut conn)
+            .await?;
+        }
+        for (key, hour) in [("key_a", H), ("key_a", 2 * H), ("key_b", H)] {
+            sqlx::query(
+                "INSERT INTO usage_hourly (key_id, hour_start, project_id, org_id, requests, errors, \
+                 input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, cost_micros) \
+                 VALUES ($1, $2, 'prj_1', 'org_1', 1, 0, 0, 0, 0, 0, 0)",
+            )
+            .bind(key)
+            .bind(hour)
+            .execute(&mut conn)
+            .await?;
+        }
+        sqlx::raw_sql(include_str!(
+            "../../migrations/postgres/0005_usage_incomplete.sql"
+        ))
+        .execute(&mut conn)
+        .await?;
+        sqlx::query_as::<_, (String, i64, i64)>(
+            "SELECT key_id, hour_start, incomplete FROM usage_hourly ORDER BY key_id, hour_start",
+        )
+        .fetch_all(&mut conn)
+        .await
+    }
+    .await;
+    drop(conn);
+    crate::support::drop_schema(&url, &schema).await;
+    assert_eq!(
+        migrated.unwrap(),
+        vec![
+            ("key_a".into(), H, 2),
+            ("key_a".into(), 2 * H, 1),
+            ("key_b".into(), H, 0),
+        ]
+    );
 }

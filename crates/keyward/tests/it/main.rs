@@ -2,6 +2,7 @@
 
 mod cli;
 mod cli_management;
+mod cli_usage;
 mod health;
 mod report;
 mod scan;
