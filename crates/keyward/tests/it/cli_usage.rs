@@ -21,6 +21,7 @@ fn stdout(out: &std::process::Output) -> String {
 fn usage_by_month_and_as_csv_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServeProcess::start(dir.path(), &[]);
+    server.cli_json(&["projects", "create", "demo", "--json"]);
     let created = server.cli_json(&[
         "keys",
         "create",
