@@ -235,7 +235,8 @@ pub fn parse_origin(text: &str) -> Option<String> {
         h.starts_with('[')
             || (!h.is_empty()
                 && h.len() <= 253
-                && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
     };
     if !host_ok(host) {
         return None;
