@@ -34,6 +34,10 @@ pub struct PolicyInput {
     /// Requests in flight at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
+    /// Web origins (`https://app.example.com`) whose pages may use the key from a
+    /// browser; exact, no wildcard. On a token, a subset of its parent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origins: Option<Vec<String>>,
 }
 
 impl PolicyInput {

@@ -40,6 +40,11 @@ pub struct KeyPolicy {
     /// Requests in flight at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
+    /// Web origins (`https://app.example.com`) whose pages may call the gateway
+    /// with this key from a browser. On a key, empty means no browser may; on an
+    /// ephemeral token, empty means its parent's, and a list narrows them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub origins: Vec<String>,
 }
 
 /// Why a policy given by a person was refused.
@@ -57,6 +62,9 @@ pub enum PolicyError {
     /// A limit of zero.
     #[error("{0} must be at least 1")]
     Limit(&'static str),
+    /// Not a web origin, or a wildcard.
+    #[error("invalid origin {0:?}: give an exact origin such as https://app.example.com or http://localhost:3000 (scheme, host and optional port; no path, no wildcard)")]
+    Origin(String),
 }
 
 const PRESETS: &[(&str, &[(&str, &str)])] = &[
@@ -146,7 +154,18 @@ impl KeyPolicy {
         if self.max_concurrent == Some(0) {
             return Err(PolicyError::Limit("max_concurrent"));
         }
+        for o in &self.origins {
+            if parse_origin(o).as_deref() != Some(o.as_str()) {
+                return Err(PolicyError::Origin(o.clone()));
+            }
+        }
         Ok(())
+    }
+
+    /// May a page of `origin` use this key from a browser? Only if this key
+    /// lists it (see [`KeyPolicy::origins`] for tokens).
+    pub fn lists_origin(&self, origin: &str) -> bool {
+        self.origins.iter().any(|o| o == origin)
     }
 
     /// May this key call `method path`?
@@ -176,6 +195,56 @@ impl KeyPolicy {
         };
         self.networks.is_empty() || self.networks.iter().any(|n| n.contains(&ip))
     }
+}
+
+/// The canonical form of a web origin as a browser sends it in `Origin`:
+/// `scheme://host[:port]`, lowercase, without the scheme's default port.
+/// `None` for anything else: a path, a query, user info, a wildcard (CORS never
+/// allows `*` for requests that carry a key), or a scheme other than http(s).
+/// Origins are compared exactly, so a stored origin is always canonical.
+pub fn parse_origin(text: &str) -> Option<String> {
+    let text = text.trim().trim_end_matches('/').to_ascii_lowercase();
+    let (scheme, rest) = text.split_once("://")?;
+    let default_port = match scheme {
+        "https" => "443",
+        "http" => "80",
+        _ => return None,
+    };
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => {
+            let (addr, after) = v6.split_once(']')?;
+            addr.parse::<std::net::Ipv6Addr>().ok()?;
+            (&rest[..addr.len() + 2], after.strip_prefix(':'))
+        }
+        None => match rest.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        },
+    };
+    if host.len() != rest.len() - port.map_or(0, |p| p.len() + 1) {
+        return None; // something after the host that is not a port
+    }
+    let port = match port {
+        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(p.parse::<u16>().ok()?.to_string())
+        }
+        Some(_) => return None,
+        None => None,
+    };
+    let host_ok = |h: &str| {
+        h.starts_with('[')
+            || (!h.is_empty()
+                && h.len() <= 253
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+    };
+    if !host_ok(host) {
+        return None;
+    }
+    Some(match port {
+        Some(p) if p != default_port => format!("{scheme}://{host}:{p}"),
+        _ => format!("{scheme}://{host}"),
+    })
 }
 
 /// Parses a comma-separated CIDR list; a bare address means that one host.
@@ -219,6 +288,47 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins_are_exact_and_canonical() {
+        let ok = |t: &str, want: &str| assert_eq!(parse_origin(t).as_deref(), Some(want), "{t}");
+        ok("https://App.Example.com", "https://app.example.com");
+        ok("https://app.example.com/", "https://app.example.com");
+        ok("https://app.example.com:443", "https://app.example.com");
+        ok("http://localhost:3000", "http://localhost:3000");
+        ok("http://127.0.0.1:8080", "http://127.0.0.1:8080");
+        ok("http://[::1]:8080", "http://[::1]:8080");
+        for bad in [
+            "*",
+            "https://*.example.com",
+            "https://app.example.com/path",
+            "https://app.example.com?x=1",
+            "https://user@app.example.com",
+            "ftp://app.example.com",
+            "app.example.com",
+            "null",
+            "https://",
+            "https://app.example.com:99999",
+            "https://app.example.com:",
+            "http://[::1",
+        ] {
+            assert_eq!(parse_origin(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn wildcard_origin_is_refused_in_a_policy() {
+        let p = KeyPolicy {
+            origins: vec!["*".into()],
+            ..KeyPolicy::default()
+        };
+        assert!(matches!(p.validate(), Err(PolicyError::Origin(_))));
+        let p = KeyPolicy {
+            origins: vec!["https://App.example.com".into()],
+            ..KeyPolicy::default()
+        };
+        assert!(p.validate().is_err(), "a stored origin must be canonical");
+    }
 
     #[test]
     fn globs() {

@@ -35,6 +35,9 @@ pub enum GatewayError {
     /// The key may not be used from this address.
     #[error("{0}")]
     IpNotAllowed(String),
+    /// The key may not be used from a web page of this origin.
+    #[error("{0}")]
+    OriginNotAllowed(String),
     /// A rate limit was reached.
     #[error("{}", .0.message)]
     RateLimited(crate::rate_headers::RateLimited),
@@ -78,6 +81,11 @@ impl GatewayError {
                 StatusCode::FORBIDDEN,
                 "invalid_request_error",
                 Some("ip_not_allowed"),
+            ),
+            GatewayError::OriginNotAllowed(_) => (
+                StatusCode::FORBIDDEN,
+                "invalid_request_error",
+                Some("origin_not_allowed"),
             ),
             GatewayError::RateLimited(_) => (
                 StatusCode::TOO_MANY_REQUESTS,

@@ -20,6 +20,7 @@ pub mod management;
 pub mod metering;
 pub mod metrics;
 pub mod notify;
+pub mod origins;
 pub mod proxy;
 pub mod rate_headers;
 pub mod request;

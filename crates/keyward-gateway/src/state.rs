@@ -34,6 +34,8 @@ pub struct AppState {
     pub limits: SpendControl,
     /// Keys by id (parents of ephemeral tokens), briefly cached.
     pub keys_by_id: TtlMap<KeyId, Arc<KeyRecord>>,
+    /// Web origins some key lets browsers call from (CORS preflights).
+    pub origins: crate::origins::ListedOrigins,
     /// Folds audit events a caller can cause at will (see [`crate::audit_sample`]).
     pub audit_sampler: crate::audit_sample::AuditSampler,
     /// The initial admin key file, removed once it is no longer needed (see

@@ -40,7 +40,10 @@ pub(crate) fn encode_json<T: serde::Serialize>(value: &T, what: &str) -> StoreRe
 
 /// Decodes a JSON column. A value that does not decode is an error, never a
 /// default: a policy silently read as "no restrictions" would lift them.
-fn decode_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> StoreResult<T> {
+pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(
+    text: &str,
+    what: &str,
+) -> StoreResult<T> {
     serde_json::from_str(text)
         .map_err(|e| StoreError::Backend(format!("decoding stored {what}: {e}")))
 }

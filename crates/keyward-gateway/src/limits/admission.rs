@@ -30,6 +30,8 @@ pub struct Ask<'a> {
     pub uninspected_body: bool,
     /// The client's address.
     pub client_ip: IpAddr,
+    /// The `Origin` a browser sent (none from other clients).
+    pub origin: Option<&'a str>,
     /// The request body.
     pub body: &'a [u8],
     /// The output cap the request set.
@@ -69,6 +71,7 @@ pub async fn admit(
         .chain(caller.parent.as_ref().map(|p| &p.policy))
         .collect();
     check_access(&policies, ask.method, ask.path, ask.client_ip)?;
+    check_origin(caller, ask.origin)?;
     for p in policies.iter().filter(|p| p.restricts_models()) {
         check_model(p, ask)?;
     }
@@ -206,11 +209,13 @@ pub async fn admit_local(
     method: &str,
     path: &str,
     client_ip: IpAddr,
+    origin: Option<&str>,
 ) -> Result<Permit, GatewayError> {
     let policies: Vec<&KeyPolicy> = std::iter::once(&caller.key.policy)
         .chain(caller.parent.as_ref().map(|p| &p.policy))
         .collect();
     check_access(&policies, method, path, client_ip)?;
+    check_origin(caller, origin)?;
     let project = project(limits, caller).await?;
     let mut subjects = subjects(caller, &project);
     subjects.retain(|(_, l)| !l.is_empty());
@@ -245,6 +250,28 @@ fn check_access(
         }
     }
     Ok(())
+}
+
+/// A request a browser sent (it carries `Origin`) is the page of that origin
+/// using the key: allowed only if the key (a token's parent) lists the origin,
+/// and a token that lists origins of its own lists it too. Without this check
+/// any page could spend a key put in a query string (a simple cross-site
+/// request needs no preflight); with it, a key listing no origin cannot be
+/// used from a browser at all.
+fn check_origin(caller: &Caller, origin: Option<&str>) -> Result<(), GatewayError> {
+    let Some(origin) = origin else {
+        return Ok(());
+    };
+    let root = caller.parent.as_ref().unwrap_or(&caller.key);
+    let token_narrows = caller.parent.is_some() && !caller.key.policy.origins.is_empty();
+    if root.policy.lists_origin(origin)
+        && !(token_narrows && !caller.key.policy.lists_origin(origin))
+    {
+        return Ok(());
+    }
+    Err(GatewayError::OriginNotAllowed(format!(
+        "This key cannot be used from a web page at {origin}: add the origin to the key's allowed origins."
+    )))
 }
 
 /// Whose rate limits a request counts toward: the key, a token's parent, and

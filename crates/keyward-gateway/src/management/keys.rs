@@ -125,6 +125,9 @@ pub async fn create(
         budget.as_ref(),
     )
     .await?;
+    if !record.policy.origins.is_empty() {
+        state.origins.invalidate();
+    }
     audit(&state, &admin.id.to_string(), "key.created", &record, json!({"name": record.name, "project_id": record.project_id, "policy": record.policy, "budget": budget})).await?;
     Ok((
         StatusCode::CREATED,
@@ -366,6 +369,9 @@ pub async fn token_for_holder(
         MINT_METHOD,
         MINT_PATH,
         client_ip,
+        headers
+            .get(axum::http::header::ORIGIN)
+            .map(|o| o.to_str().unwrap_or("")),
     )
     .await?;
     let req: EphemeralRequest = optional_json(&body)?;
@@ -452,6 +458,16 @@ async fn issue_token(
         .map(ToPolicy::into_policy)
         .transpose()?
         .unwrap_or_default();
+    // Checked at request time too; refusing here tells the caller at once.
+    if let Some(o) = policy
+        .origins
+        .iter()
+        .find(|o| !parent.policy.lists_origin(o))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "origin {o} is not one of the parent key's allowed origins: a token can only narrow them"
+        )));
+    }
     let id = KeyId::generate();
     let budget = req
         .budget_usd
@@ -536,6 +552,8 @@ async fn find(state: &AppState, id: &str) -> Result<KeyRecord, ApiError> {
 pub fn forget(state: &AppState, id: &KeyId) {
     state.keys.invalidate(id);
     state.keys_by_id.remove(id);
+    // A revoked or deleted key's origins stop being answered at once.
+    state.origins.invalidate();
 }
 
 async fn audit(

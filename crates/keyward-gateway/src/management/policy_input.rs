@@ -4,7 +4,7 @@
 
 use super::ApiError;
 use keyward_api::keys::{BudgetInput, PolicyInput};
-use keyward_core::policy::parse_networks;
+use keyward_core::policy::{parse_networks, parse_origin};
 use keyward_core::{Budget, BudgetScope, EndpointRule, KeyPolicy, Micros, Period};
 
 /// Validation of a policy as given in a request.
@@ -29,6 +29,16 @@ impl ToPolicy for PolicyInput {
             rpm: self.rpm,
             tpm: self.tpm,
             max_concurrent: self.max_concurrent,
+            // Stored canonical (lower case, no default port), so the check at
+            // request time is an exact comparison with the browser's `Origin`.
+            origins: self
+                .origins
+                .unwrap_or_default()
+                .iter()
+                .map(|o| {
+                    parse_origin(o).ok_or_else(|| bad(keyward_core::PolicyError::Origin(o.clone())))
+                })
+                .collect::<Result<_, _>>()?,
         };
         policy.validate().map_err(bad)?;
         Ok(policy)

@@ -1,6 +1,7 @@
 //! `/v1/*`: verify the key, meter, and forward to the upstream with its key.
 
 pub mod body;
+pub mod cors;
 pub mod verify;
 
 use crate::error::GatewayError;
@@ -49,7 +50,15 @@ pub async fn forward(
     memo: Arc<ParseMemo>,
     req: Request,
 ) -> Response {
-    let response = match handle(&state, peer, &memo, req).await {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    if let Some(origin) = &origin {
+        if cors::is_preflight(req.method(), req.headers()) {
+            let answer = cors::preflight(&state, origin, req.headers()).await;
+            state.metrics.response(answer.status().as_u16());
+            return answer;
+        }
+    }
+    let mut response = match handle(&state, peer, &memo, req).await {
         Ok(resp) => resp,
         Err(e) => {
             if e.status() == http::StatusCode::UNAUTHORIZED {
@@ -58,6 +67,9 @@ pub async fn forward(
             e.into_response()
         }
     };
+    if let Some(origin) = &origin {
+        cors::expose_to(&state, origin, &mut response).await;
+    }
     state.metrics.response(response.status().as_u16());
     response
 }
@@ -157,6 +169,10 @@ async fn forward_verified(
         },
         uninspected_body,
         client_ip,
+        origin: parts
+            .headers
+            .get(header::ORIGIN)
+            .map(|o| o.to_str().unwrap_or("")),
         body: &body,
         requested_output: facts.as_ref().and_then(|f| f.requested_output),
         price: asked.price,

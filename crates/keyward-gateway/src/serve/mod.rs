@@ -83,6 +83,7 @@ impl Server {
             },
         };
         let tasks = tokio::runtime::Handle::current();
+        let origins_store = store.clone();
         Ok(Self {
             state: Arc::new(AppState {
                 metering: Arc::new(Metering {
@@ -106,6 +107,7 @@ impl Server {
                 upstream,
                 limits,
                 keys_by_id: TtlMap::new(ttl),
+                origins: crate::origins::ListedOrigins::new(origins_store, ttl),
                 audit_sampler: crate::audit_sample::AuditSampler::new(60_000),
                 initial_admin_key: setup.initial_key,
                 leaks,

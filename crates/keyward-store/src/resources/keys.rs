@@ -55,6 +55,11 @@ pub trait KeyStore: Send + Sync {
     /// SHA-256 of a key's current secret (the one no rotation has ended yet);
     /// `None` when the key does not exist.
     async fn current_secret(&self, id: &KeyId) -> StoreResult<Option<KeyHash>>;
+    /// Every web origin listed by a standard key that is active and not expired
+    /// at `now_ms`, sorted and without repeats: the origins a browser preflight
+    /// may be answered for. Tokens only narrow their parent's list, so their own
+    /// lists add nothing.
+    async fn listed_origins(&self, now_ms: i64) -> StoreResult<Vec<String>>;
 }
 
 #[async_trait]
@@ -146,6 +151,24 @@ impl<S: SqlStore> KeyStore for S {
             .bind(id.as_str())
             .optional(db.reader(), |r| common::key(r, false))
             .await
+    }
+
+    async fn listed_origins(&self, now_ms: i64) -> StoreResult<Vec<String>> {
+        // The policy is JSON text in both backends; `origins` is written only
+        // when non-empty, so the LIKE keeps the decode to keys that list some.
+        let policies = Stmt::new(
+            "SELECT policy FROM keys WHERE status = 'active' AND parent_key_id IS NULL \
+             AND (expires_at IS NULL OR expires_at > $1) AND policy LIKE '%\"origins\"%'",
+        )
+        .bind(now_ms)
+        .all(self.db().reader(), |r| {
+            common::decode_json::<KeyPolicy>(&r.text("policy")?, "key policy")
+        })
+        .await?;
+        let mut origins: Vec<String> = policies.into_iter().flat_map(|p| p.origins).collect();
+        origins.sort_unstable();
+        origins.dedup();
+        Ok(origins)
     }
 
     async fn list_keys(&self, project: Option<&ProjectId>) -> StoreResult<Vec<KeyRecord>> {
