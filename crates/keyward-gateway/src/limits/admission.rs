@@ -254,10 +254,10 @@ fn check_access(
 
 /// A request a browser sent (it carries `Origin`) is the page of that origin
 /// using the key: allowed only if the key (a token's parent) lists the origin,
-/// and a token that lists origins of its own lists it too. Without this check
-/// any page could spend a key put in a query string (a simple cross-site
-/// request needs no preflight); with it, a key listing no origin cannot be
-/// used from a browser at all.
+/// and a token that lists origins of its own lists it too. The preflight
+/// cannot know the key, so this is where a page holding a key that does not
+/// list its origin is stopped; a key listing no origin cannot be used from a
+/// browser at all.
 fn check_origin(caller: &Caller, origin: Option<&str>) -> Result<(), GatewayError> {
     let Some(origin) = origin else {
         return Ok(());

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod budgets;
+mod cors;
 mod leaks;
 mod limits;
 mod management;

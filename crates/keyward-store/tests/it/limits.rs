@@ -35,6 +35,10 @@ fn strict_policy() -> KeyPolicy {
         rpm: Some(60),
         tpm: Some(100_000),
         max_concurrent: Some(4),
+        origins: vec![
+            "https://app.example.com".into(),
+            "http://localhost:3000".into(),
+        ],
     }
 }
 
@@ -89,6 +93,12 @@ async fn policies_round_trip_on_keys_and_projects(store: SharedStore) {
         std::slice::from_ref(&created)
     );
 
+    // Its origins are listed while it is active, and no longer once revoked.
+    assert_eq!(
+        store.listed_origins(2_000).await.unwrap(),
+        ["http://localhost:3000", "https://app.example.com"]
+    );
+
     // Replacing the policy replaces all of it.
     let loose = KeyPolicy {
         rpm: Some(5),
@@ -114,6 +124,16 @@ async fn policies_round_trip_on_keys_and_projects(store: SharedStore) {
         store.set_key_policy(&KeyId::generate(), &loose).await,
         Err(StoreError::NotFound("key"))
     ));
+    store
+        .set_key_policy(&new.id, &strict_policy())
+        .await
+        .unwrap();
+    assert_eq!(store.listed_origins(2_000).await.unwrap().len(), 2);
+    store
+        .set_key_status(&new.id, keyward_store::KeyStatus::Revoked, 3_000)
+        .await
+        .unwrap();
+    assert!(store.listed_origins(3_000).await.unwrap().is_empty());
 }
 
 async fn ephemeral_tokens_are_listed_under_their_parent(store: SharedStore) {

@@ -129,6 +129,11 @@ pub struct LimitArgs {
     /// Allowed client networks, comma-separated CIDRs (IPv4 or IPv6).
     #[arg(long, value_delimiter = ',')]
     allow_ip: Vec<String>,
+    /// Web origins whose pages may use the key from a browser, exact
+    /// (https://app.example.com), repeatable or comma-separated; on a token, a
+    /// subset of its parent's.
+    #[arg(long = "origin", value_delimiter = ',')]
+    origins: Vec<String>,
 }
 
 impl LimitArgs {
@@ -141,6 +146,7 @@ impl LimitArgs {
             rpm: self.rpm,
             tpm: self.tpm,
             max_concurrent: self.max_concurrent,
+            origins: (!self.origins.is_empty()).then(|| self.origins.clone()),
         };
         (!policy.is_empty()).then_some(policy)
     }
