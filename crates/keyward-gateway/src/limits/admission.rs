@@ -265,7 +265,7 @@ fn check_origin(caller: &Caller, origin: Option<&str>) -> Result<(), GatewayErro
     let root = caller.parent.as_ref().unwrap_or(&caller.key);
     let token_narrows = caller.parent.is_some() && !caller.key.policy.origins.is_empty();
     if root.policy.lists_origin(origin)
-        && !(token_narrows && !caller.key.policy.lists_origin(origin))
+        && (!token_narrows || caller.key.policy.lists_origin(origin))
     {
         return Ok(());
     }
