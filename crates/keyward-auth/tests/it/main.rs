@@ -1,0 +1,3 @@
+//! keyward-auth's integration tests: one binary, one module per concern.
+
+mod token;
