@@ -1,6 +1,6 @@
-//! keyward's accounts: what makes a password acceptable and how it is stored, second
-//! factors (TOTP, recovery codes, passkeys), sessions, sign-in throttling and
-//! OpenID Connect sign-in.
+//! keyward's accounts (issue 18, being built): today the opaque bearer secrets that
+//! sessions, reset links and recovery codes are made of; passwords, second factors,
+//! sessions, sign-in throttling and OpenID Connect sign-in join it here.
 //!
 //! Domain logic only: no HTTP server, no routes, no storage. The server
 //! (`keyward-gateway`) owns the `/auth` routes and persists what this crate
