@@ -3,6 +3,10 @@
 
 use sha2::{Digest, Sha256};
 
+/// The length of a secret from [`generate`]: a presented value of another
+/// length is refused before any lookup.
+pub const SECRET_HEX_LEN: usize = 64;
+
 /// A fresh 256-bit secret from the OS CSPRNG, as 64 lowercase hex digits.
 pub fn generate() -> String {
     let mut bytes = [0u8; 32];

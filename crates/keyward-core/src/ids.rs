@@ -84,6 +84,14 @@ typed_id!(
     /// An event that notifications are about (stable across retries).
     EventId, "evt"
 );
+typed_id!(
+    /// A person's account.
+    UserId, "usr"
+);
+typed_id!(
+    /// A signed-in session (its public id; the bearer secret is separate).
+    SessionId, "ses"
+);
 
 #[cfg(test)]
 mod tests {

@@ -12,16 +12,19 @@ pub mod key;
 pub mod money;
 pub mod policy;
 pub mod prices;
+pub mod role;
 pub mod secret;
 
 pub use budget::{Budget, BudgetScope, Period};
 pub use clock::Clock;
 pub use ids::{
-    AuditId, DeliveryId, EventId, KeyId, LeakReportId, OrgId, ProjectId, RecipientId, WebhookId,
+    AuditId, DeliveryId, EventId, KeyId, LeakReportId, OrgId, ProjectId, RecipientId, SessionId,
+    UserId, WebhookId,
 };
 pub use key::{KeyFormat, KeyHash, KeyKind, KeyParseError, ParsedKey};
 pub use money::Micros;
 pub use policy::{EndpointRule, KeyPolicy, PolicyError};
 pub use prices::{ModelPrice, PriceTable, PricesError, TokenUsage};
+pub use role::Role;
 pub use secret::Secret;
 pub mod duration;

@@ -143,6 +143,7 @@ pub async fn bootstrap(
             hint: key::hint(secret.expose()),
             created_at: now,
             created_by: None,
+            org_id: None,
         })
         .await?;
     store

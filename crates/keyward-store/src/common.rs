@@ -151,7 +151,7 @@ pub(crate) fn hash_column(row: &impl Columns) -> StoreResult<KeyHash> {
 
 /// Columns selected for an [`AdminKey`].
 pub(crate) const ADMIN_KEY_COLUMNS: &str =
-    "id, name, hint, status, created_at, revoked_at, rotated_at, created_by";
+    "id, name, hint, status, created_at, revoked_at, rotated_at, created_by, org_id";
 
 pub(crate) fn admin_key(row: &impl Columns) -> StoreResult<AdminKey> {
     Ok(AdminKey {
@@ -163,6 +163,7 @@ pub(crate) fn admin_key(row: &impl Columns) -> StoreResult<AdminKey> {
         revoked_at: row.opt_int("revoked_at")?,
         rotated_at: row.opt_int("rotated_at")?,
         created_by: row.opt_text("created_by")?,
+        org_id: row.opt_text("org_id")?.map(OrgId::from_trusted),
     })
 }
 

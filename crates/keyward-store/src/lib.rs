@@ -5,6 +5,7 @@
 //! records and [`StoreError`]; each backend maps its database errors into it.
 #![warn(missing_docs)]
 
+mod accounts;
 mod columns;
 mod common;
 mod leaks;
@@ -14,6 +15,9 @@ mod resources;
 mod sql;
 pub mod sqlite;
 
+pub use accounts::{
+    NewOneTimeToken, NewSession, NewUser, OneTimeKind, OneTimeToken, Session, User,
+};
 pub use leaks::{
     AttemptResult, Channel, ChannelScope, Delivery, DeliveryStatus, LeakOutcome, LeakReport,
     NewDelivery, NewLeakReport, NewWebhook, Recipient, Webhook,
@@ -21,7 +25,7 @@ pub use leaks::{
 pub use model::*;
 pub use resources::{
     AdminKeyStore, AuditStore, BudgetStore, ChannelStore, DeliveryStore, KeyStore, LeakStore,
-    OrgStore, UsageStore,
+    OrgStore, SessionStore, UsageStore, UserStore,
 };
 
 use async_trait::async_trait;
@@ -60,6 +64,8 @@ pub trait Store:
     + LeakStore
     + ChannelStore
     + DeliveryStore
+    + UserStore
+    + SessionStore
     + Send
     + Sync
     + 'static
@@ -76,7 +82,7 @@ pub trait Store:
 pub mod prelude {
     pub use crate::resources::{
         AdminKeyStore, AuditStore, BudgetStore, ChannelStore, DeliveryStore, KeyStore, LeakStore,
-        OrgStore, UsageStore,
+        OrgStore, SessionStore, UsageStore, UserStore,
     };
     pub use crate::Store;
 }

@@ -212,6 +212,9 @@ pub struct NewAdminKey {
     pub created_at: i64,
     /// The admin key that created it (`None` for the bootstrap key).
     pub created_by: Option<String>,
+    /// The one organization it manages; `None` for the deployment's bootstrap
+    /// key, which acts in every organization and is audited on every use.
+    pub org_id: Option<OrgId>,
 }
 
 /// A management key as stored (never its secret). An admin key has one secret
@@ -234,6 +237,8 @@ pub struct AdminKey {
     pub rotated_at: Option<i64>,
     /// The admin key that created it (`None` for the bootstrap key).
     pub created_by: Option<String>,
+    /// The one organization it manages; `None`: the deployment's bootstrap key.
+    pub org_id: Option<OrgId>,
 }
 
 /// What an attempt to revoke an admin key did.

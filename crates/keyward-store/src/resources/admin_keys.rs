@@ -53,8 +53,8 @@ impl<S: SqlStore> AdminKeyStore for S {
         let db = self.db();
         let hash_hex = common::canonical_hash(&key.hash_hex)?;
         Stmt::new(
-            "INSERT INTO admin_keys (id, name, hash_hex, hint, status, created_at, created_by) \
-             VALUES ($1, $2, $3, $4, 'active', $5, $6)",
+            "INSERT INTO admin_keys (id, name, hash_hex, hint, status, created_at, created_by, \
+             org_id) VALUES ($1, $2, $3, $4, 'active', $5, $6, $7)",
         )
         .bind(key.id.as_str())
         .bind(&key.name)
@@ -62,9 +62,10 @@ impl<S: SqlStore> AdminKeyStore for S {
         .bind(&key.hint)
         .bind(key.created_at)
         .bind(key.created_by.as_deref())
+        .bind(key.org_id.as_ref().map(|o| o.as_str()))
         .execute(db.writer())
         .await
-        .map_err(|e| write_error(e, "admin key", "admin key"))?;
+        .map_err(|e| write_error(e, "admin key", "org"))?;
         Ok(AdminKey {
             id: key.id.clone(),
             name: key.name.clone(),
@@ -74,6 +75,7 @@ impl<S: SqlStore> AdminKeyStore for S {
             revoked_at: None,
             rotated_at: None,
             created_by: key.created_by.clone(),
+            org_id: key.org_id.clone(),
         })
     }
 

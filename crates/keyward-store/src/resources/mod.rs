@@ -10,7 +10,9 @@ mod deliveries;
 mod keys;
 mod leaks;
 mod orgs;
+mod sessions;
 mod usage;
+mod users;
 
 pub use admin_keys::AdminKeyStore;
 pub use audit::AuditStore;
@@ -20,7 +22,9 @@ pub use deliveries::DeliveryStore;
 pub use keys::KeyStore;
 pub use leaks::LeakStore;
 pub use orgs::OrgStore;
+pub use sessions::SessionStore;
 pub use usage::UsageStore;
+pub use users::UserStore;
 
 use crate::columns::backend;
 use crate::sql::{SqlStore, Stmt};

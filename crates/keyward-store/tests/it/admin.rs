@@ -20,6 +20,7 @@ fn new_admin_key(name: &str, created_at: i64) -> (NewAdminKey, String) {
         hint: keyward_core::key::hint(&secret),
         created_at,
         created_by: None,
+        org_id: None,
     };
     (key, secret)
 }

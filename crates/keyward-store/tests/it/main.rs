@@ -8,6 +8,7 @@
 #[macro_use]
 mod support;
 
+mod accounts;
 mod admin;
 mod audit;
 mod backends;
