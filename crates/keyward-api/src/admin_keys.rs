@@ -10,6 +10,11 @@ use utoipa::ToSchema;
 pub struct CreateAdminKey {
     /// Human name.
     pub name: String,
+    /// The organization (id or name) the key manages. Without it, the key is
+    /// the caller's organization's; only the deployment's bootstrap key can
+    /// create a key without one, which acts in every organization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
 }
 
 /// An admin key as the API shows it (never its secret).
@@ -32,6 +37,9 @@ pub struct AdminKey {
     pub rotated_at: Option<i64>,
     /// The admin key that created it (null for the bootstrap key).
     pub created_by: Option<String>,
+    /// The one organization it manages; null: a deployment-wide key.
+    #[schema(value_type = Option<String>)]
+    pub org_id: Option<keyward_core::OrgId>,
 }
 
 /// An admin key with its secret, which is never shown again.

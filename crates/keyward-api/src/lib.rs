@@ -17,6 +17,7 @@ pub mod leaks;
 pub mod notify;
 pub mod orgs;
 pub mod usage;
+pub mod users;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

@@ -7,4 +7,9 @@
 //! decides; keeping the rules here makes each one testable without a server.
 #![warn(missing_docs)]
 
+pub mod blocklist;
+pub mod password;
+pub mod recovery;
+pub mod throttle;
 pub mod token;
+pub mod totp;

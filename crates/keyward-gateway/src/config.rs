@@ -56,6 +56,42 @@ pub struct GatewayConfig {
     pub sealing_key: crate::sealing::SealingKeySource,
     /// What one client connection may hold (timeouts, the connection cap).
     pub connections: ConnectionLimits,
+    /// Accounts: the public URL, session timeouts, re-authentication.
+    pub accounts: AccountSettings,
+}
+
+/// How people sign in and how long that lasts. The defaults are NIST SP
+/// 800-63B-4's for AAL2: 1 h idle, 24 h absolute.
+#[derive(Clone, Debug)]
+pub struct AccountSettings {
+    /// The URL people reach keyward at (`--public-url`). Its origin is the one
+    /// origin whose browsers may change state with a session cookie; https
+    /// makes the cookie `Secure` with the `__Host-` prefix.
+    pub public_url: Option<http::Uri>,
+    /// A session unused this long ends.
+    pub idle_timeout: Duration,
+    /// A session ends this long after its sign-in, used or not.
+    pub absolute_timeout: Duration,
+    /// Sensitive actions need a sign-in or re-authentication this recent.
+    pub reauthentication_window: Duration,
+    /// Time to give the second factor after a right password.
+    pub second_factor_window: Duration,
+    /// A Pwned-Passwords-style range API (`GET {url}/range/{prefix}`) that new
+    /// passwords are checked against, when set.
+    pub breach_check_url: Option<String>,
+}
+
+impl Default for AccountSettings {
+    fn default() -> Self {
+        Self {
+            public_url: None,
+            idle_timeout: Duration::from_secs(3_600),
+            absolute_timeout: Duration::from_secs(24 * 3_600),
+            reauthentication_window: Duration::from_secs(600),
+            second_factor_window: Duration::from_secs(300),
+            breach_check_url: None,
+        }
+    }
 }
 
 /// What a slow, idle or numerous client may hold. Each bound ends with the
@@ -116,6 +152,7 @@ impl GatewayConfig {
             ),
             data_dir,
             connections: ConnectionLimits::default(),
+            accounts: AccountSettings::default(),
         }
     }
 }

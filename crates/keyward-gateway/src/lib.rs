@@ -6,12 +6,15 @@
 //! `Authorization` header, marked sensitive.
 #![warn(missing_docs)]
 
+pub mod accounts;
 pub mod audit_sample;
+pub mod auth;
 pub mod bootstrap;
 pub mod config;
 pub mod data_dir;
 pub mod error;
 pub mod github;
+pub mod json_api;
 pub(crate) mod json_walk;
 pub mod key_cache;
 pub mod leaks;

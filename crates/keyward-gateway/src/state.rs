@@ -43,6 +43,8 @@ pub struct AppState {
     pub initial_admin_key: crate::bootstrap::InitialKeyFile,
     /// Leak response (GitHub keys, notifier).
     pub leaks: Arc<LeakState>,
+    /// Accounts: sessions, sign-in throttling, the public origin.
+    pub accounts: crate::accounts::Accounts,
     /// The runtime that built the server. Request handlers run on worker threads
     /// (`crate::serve::workers`) whose runtimes stop with their connections; work that
     /// must outlive a request is spawned here.

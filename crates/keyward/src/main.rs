@@ -38,6 +38,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::admin_keys::AdminKeysCommand,
     },
+    /// Manage the people of an organization (accounts).
+    Users {
+        #[command(subcommand)]
+        command: cli::users::UsersCommand,
+    },
     /// Create and list organizations.
     Orgs {
         #[command(subcommand)]
@@ -106,6 +111,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => cli::serve::simulate(args).map(|()| 0),
         Command::Keys { command } => cli::keys::run(command).map(|()| 0),
         Command::AdminKeys { command } => cli::admin_keys::run(command).map(|()| 0),
+        Command::Users { command } => cli::users::run(command).map(|()| 0),
         Command::Orgs { command } => cli::orgs::run_orgs(command).map(|()| 0),
         Command::Projects { command } => cli::orgs::run_projects(command).map(|()| 0),
         Command::Budgets { command } => cli::budgets::run(command).map(|()| 0),

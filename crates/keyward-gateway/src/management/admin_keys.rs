@@ -16,7 +16,7 @@
 
 use super::extract::ApiJson;
 use super::orgs::valid_name;
-use super::{Admin, ApiError};
+use super::{ApiError, Caller};
 use crate::state::{AppState, SharedState};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -48,27 +48,59 @@ fn answer(k: AdminKey) -> api::AdminKey {
         revoked_at: k.revoked_at,
         rotated_at: k.rotated_at,
         created_by: k.created_by,
+        org_id: k.org_id,
     }
+}
+
+/// An admin key of another organization is not found; the bootstrap key
+/// sees every key, an organization's caller only that organization's.
+fn visible(caller: &Caller, key: &AdminKey) -> bool {
+    caller.org.is_none() || key.org_id == caller.org
+}
+
+/// The admin key `id`, if the caller may see it.
+async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<AdminKey, ApiError> {
+    let id = KeyId::parse(id).ok_or(ApiError::NotFound("admin key"))?;
+    state
+        .store
+        .get_admin_key(&id)
+        .await?
+        .filter(|k| visible(caller, k))
+        .ok_or(ApiError::NotFound("admin key"))
 }
 
 /// `GET /api/v1/admin-keys`: every admin key, oldest first, without secrets.
 #[utoipa::path(get, path = "/api/v1/admin-keys", tag = "admin-keys",  responses((status = 200, description = "Admin keys, without secrets", body = keyward_api::List<keyward_api::admin_keys::AdminKey>)))]
 pub async fn list(
     State(state): State<SharedState>,
-    _admin: Admin,
+    caller: Caller,
 ) -> Result<Json<List<api::AdminKey>>, ApiError> {
     let keys = state.store.list_admin_keys().await?;
-    Ok(Json(List::new(keys.into_iter().map(answer).collect())))
+    Ok(Json(List::new(
+        keys.into_iter()
+            .filter(|k| visible(&caller, k))
+            .map(answer)
+            .collect(),
+    )))
 }
 
 /// `POST /api/v1/admin-keys`.
 #[utoipa::path(post, path = "/api/v1/admin-keys", tag = "admin-keys", request_body = keyward_api::admin_keys::CreateAdminKey, responses((status = 201, description = "The admin key and its secret, shown once", body = keyward_api::admin_keys::CreatedAdminKey)))]
 pub async fn create(
     State(state): State<SharedState>,
-    admin: Admin,
+    caller: Caller,
     ApiJson(req): ApiJson<CreateAdminKey>,
 ) -> Result<(StatusCode, Json<CreatedAdminKey>), ApiError> {
     let name = valid_name(&req.name, "admin key")?;
+    caller.require_recent(&state)?;
+    let org = match caller.org_or_own(req.org.as_deref()) {
+        Some(o) => {
+            let org = super::orgs::resolve_org(&state, Some(&o)).await?;
+            caller.check_org(&org.id, "organization")?;
+            Some(org.id)
+        }
+        None => None,
+    };
     let secret = state.config.key_format.generate(KeyKind::Admin);
     let record = state
         .store
@@ -78,12 +110,13 @@ pub async fn create(
             hash_hex: KeyHash::of(secret.expose()).to_hex(),
             hint: key::hint(secret.expose()),
             created_at: state.clock.now_ms(),
-            created_by: Some(admin.id.to_string()),
+            created_by: Some(caller.actor.clone()),
+            org_id: org,
         })
         .await?;
     audit(
         &state,
-        &admin,
+        &caller,
         "admin_key.created",
         &record.id,
         json!({"name": record.name}),
@@ -102,10 +135,10 @@ pub async fn create(
 #[utoipa::path(post, path = "/api/v1/admin-keys/{id}/revoke", tag = "admin-keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The admin key", body = keyward_api::admin_keys::AdminKey)))]
 pub async fn revoke(
     State(state): State<SharedState>,
-    admin: Admin,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<api::AdminKey>, ApiError> {
-    let id = KeyId::parse(&id).ok_or(ApiError::NotFound("admin key"))?;
+    let id = find(&state, &caller, &id).await?.id;
     let now = state.clock.now_ms();
     let record = match state.store.revoke_admin_key(&id, now).await? {
         AdminKeyRevocation::Revoked(record) => record,
@@ -118,7 +151,7 @@ pub async fn revoke(
     };
     audit(
         &state,
-        &admin,
+        &caller,
         "admin_key.revoked",
         &record.id,
         json!({"name": record.name}),
@@ -133,15 +166,11 @@ pub async fn revoke(
 #[utoipa::path(post, path = "/api/v1/admin-keys/{id}/rotate", tag = "admin-keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The admin key and its new secret", body = keyward_api::admin_keys::CreatedAdminKey)))]
 pub async fn rotate(
     State(state): State<SharedState>,
-    admin: Admin,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<CreatedAdminKey>, ApiError> {
-    let id = KeyId::parse(&id).ok_or(ApiError::NotFound("admin key"))?;
-    let current = state
-        .store
-        .get_admin_key(&id)
-        .await?
-        .ok_or(ApiError::NotFound("admin key"))?;
+    let current = find(&state, &caller, &id).await?;
+    let id = current.id.clone();
     let secret = state.config.key_format.generate(KeyKind::Admin);
     let new = NewSecret {
         hash_hex: KeyHash::of(secret.expose()).to_hex(),
@@ -154,7 +183,7 @@ pub async fn rotate(
         .ok_or_else(|| ApiError::Conflict("a revoked admin key cannot be rotated".into()))?;
     audit(
         &state,
-        &admin,
+        &caller,
         "admin_key.rotated",
         &record.id,
         json!({"name": record.name, "previous_status": current.status}),
@@ -182,7 +211,7 @@ pub async fn retire_initial_key_file(state: &AppState, id: &KeyId, reason: &str)
 
 async fn audit(
     state: &AppState,
-    admin: &Admin,
+    caller: &Caller,
     action: &str,
     target: &KeyId,
     detail: Value,
@@ -191,7 +220,7 @@ async fn audit(
         .store
         .append_audit(&NewAuditEvent {
             at: state.clock.now_ms(),
-            actor: admin.id.to_string(),
+            actor: caller.actor.clone(),
             action: action.to_owned(),
             target: target.to_string(),
             detail,
@@ -230,6 +259,7 @@ mod tests {
                 revoked_at: full.then_some(2),
                 rotated_at: full.then_some(3),
                 created_by: full.then(|| "kwa".into()),
+                org_id: full.then(keyward_core::OrgId::generate),
             };
             let sent = serde_json::to_string(&answer(record.clone())).unwrap();
             assert_eq!(sent, serde_json::to_string(&record).unwrap());

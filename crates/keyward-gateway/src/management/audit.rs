@@ -1,6 +1,6 @@
 //! Reading the audit log.
 
-use super::{Admin, ApiError};
+use super::{ApiError, Caller};
 use crate::state::SharedState;
 use axum::extract::{Query, State};
 use axum::Json;
@@ -20,11 +20,20 @@ pub fn router() -> OpenApiRouter<SharedState> {
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit",  responses((status = 200, description = "Audit events, newest first", body = keyward_api::List<keyward_api::audit::AuditEvent<serde_json::Value>>)))]
 async fn list(
     State(state): State<SharedState>,
-    _admin: Admin,
+    caller: Caller,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<List<api::AuditEvent<Value>>>, ApiError> {
     let limit = q.limit();
     let events = state.store.list_audit(q.target.as_deref(), limit).await?;
+    // Until events carry their organization, a caller scoped to one sees only
+    // what they did themselves.
+    let events: Vec<AuditEvent> = match caller.org {
+        None => events,
+        Some(_) => events
+            .into_iter()
+            .filter(|e| e.actor == caller.actor)
+            .collect(),
+    };
     Ok(Json(List::new(events.into_iter().map(answer).collect())))
 }
 

@@ -3,7 +3,7 @@
 use super::extract::ApiJson;
 use super::orgs::{resolve_org, resolve_project};
 use super::policy_input::ToBudget;
-use super::{Admin, ApiError};
+use super::{ApiError, Caller};
 use crate::state::{AppState, SharedState};
 use axum::extract::State;
 use axum::Json;
@@ -22,25 +22,33 @@ pub fn router() -> OpenApiRouter<SharedState> {
     OpenApiRouter::new().routes(routes!(list, set, delete))
 }
 
+/// The scope a request names, if the caller may see it.
 async fn scope_of(
     state: &AppState,
+    caller: &Caller,
     org: Option<&str>,
     project: Option<&str>,
     key: Option<&str>,
 ) -> Result<BudgetScope, ApiError> {
     match (org, project, key) {
-        (Some(o), None, None) => Ok(BudgetScope::Org(
-            resolve_org(state, Some(o)).await?.id.to_string(),
-        )),
-        (o, Some(p), None) => Ok(BudgetScope::Project(
-            resolve_project(state, o, p, false).await?.id.to_string(),
-        )),
+        (Some(o), None, None) => {
+            let org = resolve_org(state, Some(o)).await?;
+            caller.check_org(&org.id, "organization")?;
+            Ok(BudgetScope::Org(org.id.to_string()))
+        }
+        (o, Some(p), None) => {
+            let o = caller.org_or_own(o);
+            let project = resolve_project(state, o.as_deref(), p, false).await?;
+            caller.check_org(&project.org_id, "project")?;
+            Ok(BudgetScope::Project(project.id.to_string()))
+        }
         (None, None, Some(k)) => {
             let id = KeyId::parse(k).ok_or(ApiError::NotFound("key"))?;
             state
                 .store
                 .get_key(&id)
                 .await?
+                .filter(|key| caller.sees(&key.org_id))
                 .ok_or(ApiError::NotFound("key"))?;
             Ok(BudgetScope::Key(id.to_string()))
         }
@@ -54,7 +62,7 @@ async fn scope_of(
 #[utoipa::path(put, path = "/api/v1/budgets", tag = "budgets", request_body = keyward_api::budgets::SetBudget, responses((status = 200, description = "The budget")))]
 async fn set(
     State(state): State<SharedState>,
-    admin: Admin,
+    caller: Caller,
     ApiJson(req): ApiJson<SetBudget>,
 ) -> Result<Json<Budget>, ApiError> {
     // Validate the amount before looking anything up, so bad input stores nothing.
@@ -64,8 +72,10 @@ async fn set(
         soft: req.soft,
     }
     .into_budget(BudgetScope::Org(String::new()))?;
+    caller.require_recent(&state)?;
     let scope = scope_of(
         &state,
+        &caller,
         req.org.as_deref(),
         req.project.as_deref(),
         req.key.as_deref(),
@@ -79,7 +89,7 @@ async fn set(
         .store
         .append_audit(&NewAuditEvent {
             at: now,
-            actor: admin.id.to_string(),
+            actor: caller.actor.clone(),
             action: "budget.set".into(),
             target: scope.id().to_owned(),
             detail: json!(budget),
@@ -92,13 +102,16 @@ async fn set(
 #[utoipa::path(get, path = "/api/v1/budgets", tag = "budgets",  responses((status = 200, description = "Every budget with its current period", body = keyward_api::List<keyward_api::budgets::BudgetStatus>)))]
 async fn list(
     State(state): State<SharedState>,
-    _admin: Admin,
+    caller: Caller,
 ) -> Result<Json<List<BudgetStatus>>, ApiError> {
     let now = state.clock.now_ms();
     // Spend still waiting in the usage batch must show, as admission counts it.
     state.limits.unwritten.flush().await;
     let mut out = Vec::new();
     for b in state.store.list_budgets().await? {
+        if !scope_visible(&state, &caller, &b.scope).await? {
+            continue;
+        }
         let start = b.period.start(now);
         let account = state
             .limits
@@ -116,15 +129,39 @@ async fn list(
     Ok(Json(List::new(out)))
 }
 
+/// Whether the caller may see a budget of `scope` (its organization's).
+async fn scope_visible(
+    state: &AppState,
+    caller: &Caller,
+    scope: &BudgetScope,
+) -> Result<bool, ApiError> {
+    if caller.org.is_none() {
+        return Ok(true);
+    }
+    let org = match scope {
+        BudgetScope::Org(id) => keyward_core::OrgId::parse(id),
+        BudgetScope::Project(id) => match keyward_core::ProjectId::parse(id) {
+            Some(p) => state.store.get_project(&p).await?.map(|p| p.org_id),
+            None => None,
+        },
+        BudgetScope::Key(id) => match KeyId::parse(id) {
+            Some(k) => state.store.get_key(&k).await?.map(|k| k.org_id),
+            None => None,
+        },
+    };
+    Ok(org.is_some_and(|o| caller.sees(&o)))
+}
+
 /// `DELETE /api/v1/budgets`: removes the budget of one scope.
 #[utoipa::path(delete, path = "/api/v1/budgets", tag = "budgets", request_body = keyward_api::budgets::ScopeRef, responses((status = 200, description = "`{\"deleted\": scope}`")))]
 async fn delete(
     State(state): State<SharedState>,
-    admin: Admin,
+    caller: Caller,
     ApiJson(req): ApiJson<ScopeRef>,
 ) -> Result<Json<Deleted<BudgetScope>>, ApiError> {
     let scope = scope_of(
         &state,
+        &caller,
         req.org.as_deref(),
         req.project.as_deref(),
         req.key.as_deref(),
@@ -137,7 +174,7 @@ async fn delete(
         .store
         .append_audit(&NewAuditEvent {
             at: now,
-            actor: admin.id.to_string(),
+            actor: caller.actor.clone(),
             action: "budget.deleted".into(),
             target: scope.id().to_owned(),
             detail: json!(scope),

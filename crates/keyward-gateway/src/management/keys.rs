@@ -4,7 +4,7 @@
 use super::extract::ApiJson;
 use super::orgs::{resolve_project, valid_name};
 use super::policy_input::{ToBudget, ToPolicy};
-use super::{Admin, ApiError};
+use super::{ApiError, Caller};
 use crate::error::GatewayError;
 use crate::state::{AppState, SharedState};
 use axum::extract::{ConnectInfo, Path, Query, State};
@@ -73,7 +73,7 @@ fn view(record: KeyRecord, project: Option<&Project>, now: i64) -> Key {
 #[utoipa::path(post, path = "/api/v1/keys", tag = "keys",  responses((status = 201, description = "The key record and its secret (`key`), shown once", body = keyward_api::keys::CreatedKey)))]
 pub async fn create(
     State(state): State<SharedState>,
-    admin: Admin,
+    caller: Caller,
     ApiJson(req): ApiJson<CreateKey>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     let name = valid_name(&req.name, "key")?;
@@ -103,8 +103,11 @@ pub async fn create(
         .budget
         .map(|b| b.into_budget(BudgetScope::Key(id.to_string())))
         .transpose()?;
-    let project =
-        resolve_project(&state, req.org.as_deref(), &req.project, req.create_project).await?;
+    caller.require_recent(&state)?;
+    let org = caller.org_or_own(req.org.as_deref());
+    let create_project = req.create_project && caller.role.at_least(keyward_core::Role::Admin);
+    let project = resolve_project(&state, org.as_deref(), &req.project, create_project).await?;
+    caller.check_project_write(&state, &project).await?;
     let secret = state.config.key_format.generate(KeyKind::Standard);
     let record = store_key(
         &state,
@@ -115,7 +118,7 @@ pub async fn create(
             hash_hex: KeyHash::of(secret.expose()).to_hex(),
             hint: key::hint(secret.expose()),
             tags: req.tags,
-            created_by: Some(admin.id.to_string()),
+            created_by: Some(caller.actor.clone()),
             created_at: now,
             expires_at,
             parent_id: None,
@@ -128,7 +131,7 @@ pub async fn create(
     if !record.policy.origins.is_empty() {
         state.origins.invalidate();
     }
-    audit(&state, &admin.id.to_string(), "key.created", &record, json!({"name": record.name, "project_id": record.project_id, "policy": record.policy, "budget": budget})).await?;
+    audit(&state, &caller.actor, "key.created", &record, json!({"name": record.name, "project_id": record.project_id, "policy": record.policy, "budget": budget})).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedKey {
@@ -145,15 +148,21 @@ pub async fn create(
 #[utoipa::path(get, path = "/api/v1/keys", tag = "keys",  responses((status = 200, description = "Keys: `{\"data\": [key]}`", body = keyward_api::List<keyward_api::keys::Key>)))]
 pub async fn list(
     State(state): State<SharedState>,
-    _admin: Admin,
+    caller: Caller,
     Query(q): Query<KeyQuery>,
 ) -> Result<Json<List<Key>>, ApiError> {
-    let (project, org) = match (q.project.as_deref(), q.org.as_deref()) {
-        (Some(p), org) => (Some(resolve_project(&state, org, p, false).await?.id), None),
-        (None, Some(o)) => (
-            None,
-            Some(super::orgs::resolve_org(&state, Some(o)).await?.id),
-        ),
+    let asked_org = caller.org_or_own(q.org.as_deref());
+    let (project, org) = match (q.project.as_deref(), asked_org.as_deref()) {
+        (Some(p), org) => {
+            let project = resolve_project(&state, org, p, false).await?;
+            caller.check_org(&project.org_id, "project")?;
+            (Some(project.id), None)
+        }
+        (None, Some(o)) => {
+            let org = super::orgs::resolve_org(&state, Some(o)).await?;
+            caller.check_org(&org.id, "organization")?;
+            (None, Some(org.id))
+        }
         (None, None) => (None, None),
     };
     let projects = state.store.list_projects(org.as_ref()).await?;
@@ -163,7 +172,7 @@ pub async fn list(
         .list_keys(project.as_ref())
         .await?
         .into_iter()
-        .filter(|k| org.as_ref().is_none_or(|o| *o == k.org_id))
+        .filter(|k| org.as_ref().is_none_or(|o| *o == k.org_id) && caller.sees(&k.org_id))
         .map(|k| {
             let p = projects.iter().find(|p| p.id == k.project_id);
             view(k, p, now)
@@ -175,10 +184,10 @@ pub async fn list(
 #[utoipa::path(get, path = "/api/v1/keys/{id}", tag = "keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The key record", body = keyward_api::keys::Key)))]
 pub async fn get_key(
     State(state): State<SharedState>,
-    _admin: Admin,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Key>, ApiError> {
-    let record = find(&state, &id).await?;
+    let record = find(&state, &caller, &id, false).await?;
     let project = state.store.get_project(&record.project_id).await?;
     Ok(Json(view(record, project.as_ref(), state.clock.now_ms())))
 }
@@ -189,10 +198,10 @@ pub async fn get_key(
 #[utoipa::path(post, path = "/api/v1/keys/{id}/revoke", tag = "keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The key record", body = keyward_api::keys::Key)))]
 pub async fn revoke(
     State(state): State<SharedState>,
-    admin: Admin,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Key>, ApiError> {
-    let current = find(&state, &id).await?;
+    let current = find(&state, &caller, &id, true).await?;
     if current.status != KeyStatus::Active {
         return Ok(Json(view(current, None, state.clock.now_ms())));
     }
@@ -205,29 +214,22 @@ pub async fn revoke(
     for token in state.store.revoke_tokens(&record.id, now).await? {
         forget(&state, &token);
     }
-    audit(
-        &state,
-        &admin.id.to_string(),
-        "key.revoked",
-        &record,
-        json!({}),
-    )
-    .await?;
+    audit(&state, &caller.actor, "key.revoked", &record, json!({})).await?;
     Ok(Json(view(record, None, now)))
 }
 
 #[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 204, description = "Deleted")))]
 pub async fn delete(
     State(state): State<SharedState>,
-    admin: Admin,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let record = find(&state, &id).await?;
+    let record = find(&state, &caller, &id, true).await?;
     state.store.delete_key(&record.id).await?;
     forget(&state, &record.id);
     audit(
         &state,
-        &admin.id.to_string(),
+        &caller.actor,
         "key.deleted",
         &record,
         json!({"name": record.name}),
@@ -245,12 +247,13 @@ pub async fn delete(
 #[utoipa::path(post, path = "/api/v1/keys/{id}/rotate", tag = "keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The key record and its new secret", body = keyward_api::keys::CreatedKey)))]
 pub async fn rotate(
     State(state): State<SharedState>,
-    admin: Admin,
+    caller: Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<CreatedKey>, ApiError> {
     let req: RotateKey = optional_json(&body)?;
-    let record = find(&state, &id).await?;
+    caller.require_recent(&state)?;
+    let record = find(&state, &caller, &id, true).await?;
     if record.parent_id.is_some() {
         return Err(ApiError::Conflict(
             "ephemeral tokens are not rotated; ask for a new token".into(),
@@ -292,7 +295,7 @@ pub async fn rotate(
     }
     audit(
         &state,
-        &admin.id.to_string(),
+        &caller.actor,
         "key.rotated",
         &rotated,
         json!({"grace_seconds": grace, "previous_status": record.status}),
@@ -310,18 +313,18 @@ pub async fn rotate(
 #[utoipa::path(post, path = "/api/v1/keys/{id}/ephemeral", tag = "keys",  params(("id" = String, Path, description = "The object's id")), responses((status = 201, description = "The token record and its secret", body = keyward_api::keys::CreatedKey)))]
 pub async fn ephemeral(
     State(state): State<SharedState>,
-    admin: Admin,
+    caller: Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
-    let parent = find(&state, &id).await?;
+    let parent = find(&state, &caller, &id, true).await?;
     let req: EphemeralRequest = optional_json(&body)?;
     let secret = state
         .store
         .current_secret(&parent.id)
         .await?
         .ok_or(ApiError::NotFound("key"))?;
-    let actor = admin.id.to_string();
+    let actor = caller.actor.clone();
     let created = issue_token(&state, &parent, &secret, None, req, &actor).await?;
     audit(
         &state,
@@ -539,13 +542,30 @@ fn new_secret(secret: &Secret) -> NewSecret {
     }
 }
 
-async fn find(state: &AppState, id: &str) -> Result<KeyRecord, ApiError> {
+/// The key `id` if the caller may see it (its organization), and, for a
+/// change (`write`), change it (a member: a project they belong to).
+pub(crate) async fn find(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    write: bool,
+) -> Result<KeyRecord, ApiError> {
     let id = KeyId::parse(id).ok_or(ApiError::NotFound("key"))?;
-    state
+    let record = state
         .store
         .get_key(&id)
         .await?
-        .ok_or(ApiError::NotFound("key"))
+        .filter(|k| caller.sees(&k.org_id))
+        .ok_or(ApiError::NotFound("key"))?;
+    if write && caller.role == keyward_core::Role::Member {
+        let project = state
+            .store
+            .get_project(&record.project_id)
+            .await?
+            .ok_or(ApiError::NotFound("key"))?;
+        caller.check_project_write(state, &project).await?;
+    }
+    Ok(record)
 }
 
 /// Drops every cached copy of a key so the next request reads storage.

@@ -4,7 +4,7 @@
 //! admin's explicit decision that a report was false.
 
 use super::extract::ApiJson;
-use super::{Admin, ApiError};
+use super::{ApiError, Caller};
 use crate::leaks::intake::error;
 use crate::leaks::response::{respond, Sighting, Verdict};
 use crate::state::{AppState, SharedState};
@@ -27,6 +27,21 @@ pub fn router() -> OpenApiRouter<SharedState> {
     OpenApiRouter::new()
         .routes(routes!(list, report))
         .routes(routes!(clear))
+}
+
+/// A verdict as a caller may see it: a reported token of another
+/// organization is still disabled (whoever holds a leaked secret may report
+/// it), but what it was is not shown.
+pub(super) fn key_match_for(caller: &Caller, verdict: Verdict) -> KeyMatch {
+    let hidden = match &verdict {
+        Verdict::Key(_, key) => !caller.sees(&key.org_id),
+        Verdict::AdminKey(_, key) => caller.org.is_some() && key.org_id != caller.org,
+        Verdict::NotOurs | Verdict::Unknown => false,
+    };
+    if hidden {
+        return KeyMatch::unmatched("other_organization");
+    }
+    key_match(verdict)
 }
 
 /// A leak response's verdict on one token, as the API shows it.
@@ -76,7 +91,7 @@ async fn read_body(state: &AppState, body: Body) -> Result<Bytes, Response> {
 #[utoipa::path(post, path = "/api/v1/leaks", tag = "leaks", request_body = keyward_api::leaks::ReportLeaks, responses((status = 200, description = "One result per token", body = keyward_api::List<keyward_api::leaks::LeakResult>)))]
 pub async fn report(
     State(state): State<SharedState>,
-    admin: Admin,
+    caller: Caller,
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = match read_body(&state, body).await {
@@ -121,7 +136,7 @@ pub async fn report(
             url: l.url.chars().take(2_000).collect(),
             location: l.location.chars().take(2_000).collect(),
             token_type: String::new(),
-            reporter: admin.id.to_string(),
+            reporter: caller.actor.clone(),
         });
     }
     let verdicts = respond(&state, &sightings).await?;
@@ -130,7 +145,7 @@ pub async fn report(
         .zip(verdicts)
         .map(|(token_hash, v)| LeakResult {
             token_hash,
-            outcome: key_match(v),
+            outcome: key_match_for(&caller, v),
         })
         .collect();
     Ok(Json(List::new(data)).into_response())
@@ -140,20 +155,49 @@ pub async fn report(
 #[utoipa::path(get, path = "/api/v1/leaks", tag = "leaks",  responses((status = 200, description = "Leak reports, newest first", body = keyward_api::List<keyward_api::leaks::LeakReport>)))]
 pub async fn list(
     State(state): State<SharedState>,
-    _admin: Admin,
+    caller: Caller,
     Query(q): Query<LeakQuery>,
 ) -> Result<Json<List<api::LeakReport>>, ApiError> {
     let key = match q.key.as_deref() {
         Some(k) => Some(KeyId::parse(k).ok_or(ApiError::NotFound("key"))?),
         None => None,
     };
+    if let (Some(k), Some(_)) = (&key, &caller.org) {
+        state
+            .store
+            .get_key(k)
+            .await?
+            .filter(|r| caller.sees(&r.org_id))
+            .ok_or(ApiError::NotFound("key"))?;
+    }
     let reports = state
         .store
         .list_leak_reports(key.as_ref(), q.limit())
         .await?;
-    Ok(Json(List::new(
-        reports.into_iter().map(answer_report).collect(),
-    )))
+    let mut visible = Vec::with_capacity(reports.len());
+    for r in reports {
+        if caller.org.is_none() || report_visible(&state, &caller, &r).await? {
+            visible.push(answer_report(r));
+        }
+    }
+    Ok(Json(List::new(visible)))
+}
+
+/// Whether a leak report is about a key (or admin key) of the caller's
+/// organization.
+async fn report_visible(
+    state: &AppState,
+    caller: &Caller,
+    r: &LeakReport,
+) -> Result<bool, ApiError> {
+    if let Some(k) = state.store.get_key(&r.key_id).await? {
+        return Ok(caller.sees(&k.org_id));
+    }
+    Ok(state
+        .store
+        .get_admin_key(&r.key_id)
+        .await?
+        .is_some_and(|k| caller.org.is_none() || k.org_id == caller.org))
 }
 
 /// A leak report as the API shows it.
@@ -184,7 +228,7 @@ fn answer_report(r: LeakReport) -> api::LeakReport {
 #[utoipa::path(post, path = "/api/v1/keys/{id}/clear-leak", tag = "leaks", request_body = keyward_api::leaks::ClearLeak, params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The key record, active again (without the derived `ephemeral` and `rotation_due`)", body = keyward_api::keys::KeyRecord)))]
 pub async fn clear(
     State(state): State<SharedState>,
-    admin: Admin,
+    caller: Caller,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<ClearLeak>,
 ) -> Result<Json<keyward_api::keys::KeyRecord>, ApiError> {
@@ -195,11 +239,7 @@ pub async fn clear(
         ));
     }
     let id = KeyId::parse(&id).ok_or(ApiError::NotFound("key"))?;
-    let current = state
-        .store
-        .get_key(&id)
-        .await?
-        .ok_or(ApiError::NotFound("key"))?;
+    let current = super::keys::find(&state, &caller, id.as_str(), true).await?;
     if current.status != KeyStatus::Leaked {
         return Err(ApiError::Conflict(format!(
             "the key is {}, not leaked",
@@ -217,7 +257,7 @@ pub async fn clear(
         .store
         .append_audit(&NewAuditEvent {
             at: state.clock.now_ms(),
-            actor: admin.id.to_string(),
+            actor: caller.actor.clone(),
             action: "key.leak_cleared".into(),
             target: id.to_string(),
             detail: json!({"reason": reason}),

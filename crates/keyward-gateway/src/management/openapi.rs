@@ -24,7 +24,8 @@ pub fn document_json() -> &'static str {
         doc.info.title = "keyward management API".into();
         doc.info.version = env!("CARGO_PKG_VERSION").into();
         doc.info.description = Some(
-            "Authenticated by an admin key (kwa_…) in the Authorization header. \
+            "Authenticated by an admin key (kwa_…) in the Authorization header, or by \
+             a session cookie from POST /auth/login. \
              Errors: {\"error\": {\"code\", \"message\"}}."
                 .into(),
         );

@@ -1,7 +1,7 @@
 //! Organizations and projects (minimal for now: create and list).
 
 use super::extract::ApiJson;
-use super::{Admin, ApiError};
+use super::{ApiError, Caller};
 use crate::state::{AppState, SharedState};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -28,9 +28,10 @@ pub fn router() -> OpenApiRouter<SharedState> {
 #[utoipa::path(post, path = "/api/v1/orgs", tag = "orgs", request_body = keyward_api::orgs::CreateOrg, responses((status = 201, description = "The organization", body = keyward_api::orgs::Org)))]
 async fn create_org(
     State(state): State<SharedState>,
-    _admin: Admin,
+    caller: Caller,
     ApiJson(req): ApiJson<CreateOrg>,
 ) -> Result<(StatusCode, Json<api::Org>), ApiError> {
+    caller.require_deployment()?;
     let name = valid_name(&req.name, "organization")?;
     let org = state.store.create_org(name, state.clock.now_ms()).await?;
     Ok((StatusCode::CREATED, Json(answer_org(org))))
@@ -40,20 +41,26 @@ async fn create_org(
 #[utoipa::path(get, path = "/api/v1/orgs", tag = "orgs",  responses((status = 200, description = "Every organization: `{\"data\": [org]}`", body = keyward_api::List<keyward_api::orgs::Org>)))]
 async fn list_orgs(
     State(state): State<SharedState>,
-    _admin: Admin,
+    caller: Caller,
 ) -> Result<Json<List<api::Org>>, ApiError> {
     let orgs = state.store.list_orgs().await?;
-    Ok(Json(List::new(orgs.into_iter().map(answer_org).collect())))
+    Ok(Json(List::new(
+        orgs.into_iter()
+            .filter(|o| caller.sees(&o.id))
+            .map(answer_org)
+            .collect(),
+    )))
 }
 
 /// `POST /api/v1/projects`.
 #[utoipa::path(post, path = "/api/v1/projects", tag = "orgs", request_body = keyward_api::orgs::CreateProject, responses((status = 201, description = "The project", body = keyward_api::orgs::Project)))]
 async fn create_project(
     State(state): State<SharedState>,
-    _admin: Admin,
+    caller: Caller,
     ApiJson(req): ApiJson<CreateProject>,
 ) -> Result<(StatusCode, Json<api::Project>), ApiError> {
-    let org = resolve_org(&state, req.org.as_deref()).await?;
+    let org = resolve_org(&state, caller.org_or_own(req.org.as_deref()).as_deref()).await?;
+    caller.check_org(&org.id, "organization")?;
     let name = valid_name(&req.name, "project")?;
     let project = state
         .store
@@ -66,11 +73,15 @@ async fn create_project(
 #[utoipa::path(get, path = "/api/v1/projects", tag = "orgs",  responses((status = 200, description = "Projects: `{\"data\": [project]}`", body = keyward_api::List<keyward_api::orgs::Project>)))]
 async fn list_projects(
     State(state): State<SharedState>,
-    _admin: Admin,
+    caller: Caller,
     Query(q): Query<ProjectQuery>,
 ) -> Result<Json<List<api::Project>>, ApiError> {
-    let org = match q.org.as_deref() {
-        Some(o) => Some(resolve_org(&state, Some(o)).await?.id),
+    let org = match caller.org_or_own(q.org.as_deref()) {
+        Some(o) => {
+            let org = resolve_org(&state, Some(&o)).await?;
+            caller.check_org(&org.id, "organization")?;
+            Some(org.id)
+        }
         None => None,
     };
     let projects = state.store.list_projects(org.as_ref()).await?;
@@ -210,7 +221,7 @@ fn format_char(c: char) -> bool {
 #[utoipa::path(put, path = "/api/v1/projects/{id}/policy", tag = "orgs", request_body = keyward_api::orgs::SetProjectPolicy, params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The project", body = keyward_api::orgs::Project)))]
 async fn set_project_policy(
     State(state): State<SharedState>,
-    admin: Admin,
+    caller: Caller,
     axum::extract::Path(project): axum::extract::Path<String>,
     ApiJson(req): ApiJson<SetProjectPolicy>,
 ) -> Result<Json<api::Project>, ApiError> {
@@ -224,7 +235,9 @@ async fn set_project_policy(
             return Err(ApiError::BadRequest(format!("{name} must be at least 1")));
         }
     }
-    let project = resolve_project(&state, None, &project, false).await?;
+    let own = caller.org_or_own(None);
+    let project = resolve_project(&state, own.as_deref(), &project, false).await?;
+    caller.check_org(&project.org_id, "project")?;
     let policy = ProjectPolicy {
         rpm: req.rpm,
         tpm: req.tpm,
@@ -237,7 +250,7 @@ async fn set_project_policy(
         .store
         .append_audit(&NewAuditEvent {
             at: state.clock.now_ms(),
-            actor: admin.id.to_string(),
+            actor: caller.actor.clone(),
             action: "project.policy_set".into(),
             target: project.id.to_string(),
             detail: json!(policy),

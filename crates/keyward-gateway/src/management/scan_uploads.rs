@@ -2,8 +2,8 @@
 //! file) uploaded as the raw body, scanned at once for keyward keys; every live
 //! key found is treated as leaked. Size-limited by `max_upload_bytes`.
 
-use super::leaks::key_match;
-use super::{Admin, ApiError};
+use super::leaks::key_match_for;
+use super::{ApiError, Caller};
 use crate::leaks::response::{respond, Verdict};
 use crate::leaks::watchers::{key_scanner, sightings};
 use crate::state::SharedState;
@@ -28,7 +28,7 @@ pub fn router() -> OpenApiRouter<SharedState> {
 #[utoipa::path(post, path = "/api/v1/scan-uploads", tag = "scan-uploads", request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 200, description = "Keys found in the upload", body = keyward_api::leaks::UploadScan)))]
 async fn upload(
     State(state): State<SharedState>,
-    admin: Admin,
+    caller: Caller,
     Query(q): Query<UploadQuery>,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -70,7 +70,7 @@ async fn upload(
         ApiError::Internal
     })?;
     let url = format!("upload:{name}");
-    let found = sightings(&state, &findings, "upload", admin.id.as_str(), &url);
+    let found = sightings(&state, &findings, "upload", caller.actor.as_str(), &url);
     let verdicts = respond(&state, &found).await?;
     let data: Vec<UploadFinding> = found
         .iter()
@@ -78,7 +78,7 @@ async fn upload(
         .filter(|(_, v)| !matches!(v, Verdict::NotOurs))
         .map(|(s, v)| UploadFinding {
             location: s.location.clone(),
-            outcome: key_match(v),
+            outcome: key_match_for(&caller, v),
         })
         .collect();
     Ok(Json(UploadScan { name, data }).into_response())

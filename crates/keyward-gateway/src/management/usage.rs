@@ -1,7 +1,7 @@
 //! Usage totals and time buckets, per key, project or organization.
 
 use super::orgs::{resolve_org, resolve_project};
-use super::{Admin, ApiError};
+use super::{ApiError, Caller};
 use crate::state::SharedState;
 use axum::extract::{Query, State};
 use axum::Json;
@@ -37,7 +37,7 @@ pub struct UsageQuery {
 #[utoipa::path(get, path = "/api/v1/usage", tag = "usage",  responses((status = 200, description = "Totals, and buckets or groups when asked for", body = keyward_api::usage::Usage)))]
 pub async fn usage(
     State(state): State<SharedState>,
-    _admin: Admin,
+    caller: Caller,
     q: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Usage>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
@@ -52,17 +52,19 @@ pub async fn usage(
             .store
             .get_key(&id)
             .await?
+            .filter(|k| caller.sees(&k.org_id))
             .ok_or(ApiError::NotFound("key"))?;
         filter.key = Some(id);
     }
+    let org = caller.org_or_own(q.org.as_deref());
     if let Some(p) = q.project.as_deref() {
-        filter.project = Some(
-            resolve_project(&state, q.org.as_deref(), p, false)
-                .await?
-                .id,
-        );
-    } else if q.org.is_some() {
-        filter.org = Some(resolve_org(&state, q.org.as_deref()).await?.id);
+        let project = resolve_project(&state, org.as_deref(), p, false).await?;
+        caller.check_org(&project.org_id, "project")?;
+        filter.project = Some(project.id);
+    } else if org.is_some() {
+        let org = resolve_org(&state, org.as_deref()).await?;
+        caller.check_org(&org.id, "organization")?;
+        filter.org = Some(org.id);
     }
     // Read-your-writes on this node: events still waiting in the batch are written
     // first, so a caller sees the request it just made.

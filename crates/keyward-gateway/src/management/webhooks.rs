@@ -3,7 +3,7 @@
 
 use super::extract::ApiJson;
 use super::orgs::resolve_project;
-use super::{Admin, ApiError};
+use super::{ApiError, Caller};
 use crate::notify::Event;
 use crate::state::{AppState, SharedState};
 use axum::extract::{Path, Query, State};
@@ -41,8 +41,31 @@ pub fn router() -> OpenApiRouter<SharedState> {
         .routes(routes!(remove_recipient))
 }
 
-async fn scope(state: &AppState, input: ChannelScopeInput) -> Result<ChannelScope, ApiError> {
-    let org = input.org.clone();
+/// Whether a channel is the caller's: the bootstrap key sees all; an
+/// organization's caller only channels scoped to that organization (a
+/// deployment-wide channel hears every organization's events).
+fn visible(caller: &Caller, scope: &ChannelScope) -> bool {
+    caller.org.is_none() || scope.org_id == caller.org
+}
+
+/// The webhook `id`, if the caller may see it.
+async fn find_webhook(state: &AppState, caller: &Caller, id: &str) -> Result<Webhook, ApiError> {
+    let id = webhook_id(id)?;
+    state
+        .store
+        .list_webhooks()
+        .await?
+        .into_iter()
+        .find(|w| w.id == id && visible(caller, &w.scope))
+        .ok_or(ApiError::NotFound("webhook"))
+}
+
+async fn scope(
+    state: &AppState,
+    caller: &Caller,
+    input: ChannelScopeInput,
+) -> Result<ChannelScope, ApiError> {
+    let org = caller.org_or_own(input.org.as_deref());
     let project = input.project.clone();
     let events = input.events_or_default();
     if events.is_empty() {
@@ -70,6 +93,9 @@ async fn scope(state: &AppState, input: ChannelScopeInput) -> Result<ChannelScop
         }
         (None, None) => (None, None),
     };
+    if let Some(o) = &org_id {
+        caller.check_org(o, "org")?;
+    }
     Ok(ChannelScope {
         events,
         org_id,
@@ -80,7 +106,7 @@ async fn scope(state: &AppState, input: ChannelScopeInput) -> Result<ChannelScop
 #[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks", request_body = keyward_api::notify::CreateWebhook, responses((status = 201, description = "The webhook and its signing secret, shown once", body = keyward_api::notify::CreatedWebhook)))]
 pub async fn create(
     State(state): State<SharedState>,
-    admin: Admin,
+    caller: Caller,
     ApiJson(req): ApiJson<CreateWebhook>,
 ) -> Result<(StatusCode, Json<CreatedWebhook>), ApiError> {
     let url: reqwest::Url = req
@@ -97,7 +123,8 @@ pub async fn create(
             "description is at most 500 characters".into(),
         ));
     }
-    let scope = scope(&state, req.scope).await?;
+    caller.require_recent(&state)?;
+    let scope = scope(&state, &caller, req.scope).await?;
     let secret = format!("whsec_{}", keyward_core::base62::random(32));
     let id = WebhookId::generate();
     let sealed = state.leaks.notifier.seal_webhook_secret(&id, &secret);
@@ -109,13 +136,13 @@ pub async fn create(
             secret: sealed,
             scope,
             description: req.description,
-            created_by: admin.id.to_string(),
+            created_by: caller.actor.clone(),
             created_at: state.clock.now_ms(),
         })
         .await?;
     audit(
         &state,
-        &admin,
+        &caller,
         "webhook.created",
         webhook.id.as_str(),
         json!({"events": webhook.scope.events}),
@@ -133,11 +160,15 @@ pub async fn create(
 #[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks",  responses((status = 200, description = "Webhooks, without secrets", body = keyward_api::List<keyward_api::notify::Webhook>)))]
 pub async fn list(
     State(state): State<SharedState>,
-    _admin: Admin,
+    caller: Caller,
 ) -> Result<Json<List<api::Webhook>>, ApiError> {
     let hooks = state.store.list_webhooks().await?;
     Ok(Json(List::new(
-        hooks.into_iter().map(answer_webhook).collect(),
+        hooks
+            .into_iter()
+            .filter(|w| visible(&caller, &w.scope))
+            .map(answer_webhook)
+            .collect(),
     )))
 }
 
@@ -148,12 +179,12 @@ fn webhook_id(id: &str) -> Result<WebhookId, ApiError> {
 #[utoipa::path(delete, path = "/api/v1/webhooks/{id}", tag = "webhooks",  params(("id" = String, Path, description = "The object's id")), responses((status = 204, description = "Deleted")))]
 pub async fn remove(
     State(state): State<SharedState>,
-    admin: Admin,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let id = webhook_id(&id)?;
+    let id = find_webhook(&state, &caller, &id).await?.id;
     state.store.delete_webhook(&id).await?;
-    audit(&state, &admin, "webhook.deleted", id.as_str(), json!({})).await?;
+    audit(&state, &caller, "webhook.deleted", id.as_str(), json!({})).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -162,14 +193,10 @@ pub async fn remove(
 #[utoipa::path(post, path = "/api/v1/webhooks/{id}/test", tag = "webhooks",  params(("id" = String, Path, description = "The object's id")), responses((status = 202, description = "A test event was queued", body = keyward_api::notify::TestQueued)))]
 pub async fn test(
     State(state): State<SharedState>,
-    _admin: Admin,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<TestQueued>), ApiError> {
-    let id = webhook_id(&id)?;
-    let hooks = state.store.list_webhooks().await?;
-    if !hooks.iter().any(|w| w.id == id) {
-        return Err(ApiError::NotFound("webhook"));
-    }
+    let id = find_webhook(&state, &caller, &id).await?.id;
     let event = Event {
         id: EventId::generate(),
         event_type: "webhook.test".into(),
@@ -193,11 +220,11 @@ pub async fn test(
 #[utoipa::path(get, path = "/api/v1/webhooks/{id}/deliveries", tag = "webhooks",  params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The webhook's delivery log", body = keyward_api::List<keyward_api::notify::Delivery<serde_json::Value>>)))]
 pub async fn deliveries(
     State(state): State<SharedState>,
-    _admin: Admin,
+    caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<DeliveryQuery>,
 ) -> Result<Json<List<api::Delivery<Value>>>, ApiError> {
-    let id = webhook_id(&id)?;
+    let id = find_webhook(&state, &caller, &id).await?.id;
     let log = state
         .store
         .list_deliveries(Some(id.as_str()), q.limit())
@@ -210,7 +237,7 @@ pub async fn deliveries(
 #[utoipa::path(post, path = "/api/v1/email-recipients", tag = "webhooks", request_body = keyward_api::notify::CreateRecipient, responses((status = 201, description = "The recipient", body = keyward_api::notify::Recipient)))]
 pub async fn create_recipient(
     State(state): State<SharedState>,
-    admin: Admin,
+    caller: Caller,
     ApiJson(req): ApiJson<CreateRecipient>,
 ) -> Result<(StatusCode, Json<api::Recipient>), ApiError> {
     let address = req.address.trim();
@@ -227,13 +254,13 @@ pub async fn create_recipient(
     let recipient = Recipient {
         id: RecipientId::generate(),
         address: address.to_owned(),
-        scope: scope(&state, req.scope).await?,
+        scope: scope(&state, &caller, req.scope).await?,
         created_at: state.clock.now_ms(),
     };
     let r = state.store.create_recipient(&recipient).await?;
     audit(
         &state,
-        &admin,
+        &caller,
         "email_recipient.created",
         r.id.as_str(),
         json!({"events": r.scope.events}),
@@ -245,25 +272,38 @@ pub async fn create_recipient(
 #[utoipa::path(get, path = "/api/v1/email-recipients", tag = "webhooks",  responses((status = 200, description = "E-mail recipients", body = keyward_api::List<keyward_api::notify::Recipient>)))]
 pub async fn list_recipients(
     State(state): State<SharedState>,
-    _admin: Admin,
+    caller: Caller,
 ) -> Result<Json<List<api::Recipient>>, ApiError> {
     let recipients = state.store.list_recipients().await?;
     Ok(Json(List::new(
-        recipients.into_iter().map(answer_recipient).collect(),
+        recipients
+            .into_iter()
+            .filter(|r| visible(&caller, &r.scope))
+            .map(answer_recipient)
+            .collect(),
     )))
 }
 
 #[utoipa::path(delete, path = "/api/v1/email-recipients/{id}", tag = "webhooks",  params(("id" = String, Path, description = "The object's id")), responses((status = 204, description = "Deleted")))]
 pub async fn remove_recipient(
     State(state): State<SharedState>,
-    admin: Admin,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = RecipientId::parse(&id).ok_or(ApiError::NotFound("recipient"))?;
+    if !state
+        .store
+        .list_recipients()
+        .await?
+        .iter()
+        .any(|r| r.id == id && visible(&caller, &r.scope))
+    {
+        return Err(ApiError::NotFound("recipient"));
+    }
     state.store.delete_recipient(&id).await?;
     audit(
         &state,
-        &admin,
+        &caller,
         "email_recipient.deleted",
         id.as_str(),
         json!({}),
@@ -323,7 +363,7 @@ fn answer_delivery(d: Delivery) -> api::Delivery<Value> {
 
 async fn audit(
     state: &AppState,
-    admin: &Admin,
+    caller: &Caller,
     action: &str,
     target: &str,
     detail: Value,
@@ -332,7 +372,7 @@ async fn audit(
         .store
         .append_audit(&NewAuditEvent {
             at: state.clock.now_ms(),
-            actor: admin.id.to_string(),
+            actor: caller.actor.clone(),
             action: action.into(),
             target: target.into(),
             detail,

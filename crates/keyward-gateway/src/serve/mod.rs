@@ -65,6 +65,12 @@ impl Server {
         );
         let ttl = config.key_cache_ttl.as_millis() as i64;
         let keys = KeyCache::new(ttl);
+        let accounts = crate::accounts::Accounts::new(
+            config.accounts.clone(),
+            sealing.clone(),
+            clock.clone(),
+            ttl,
+        );
         let leaks =
             crate::state::LeakState::start(&config.leaks, store.clone(), clock.clone(), sealing);
         let limits = SpendControl {
@@ -111,6 +117,7 @@ impl Server {
                 audit_sampler: crate::audit_sample::AuditSampler::new(60_000),
                 initial_admin_key: setup.initial_key,
                 leaks,
+                accounts,
                 tasks,
             }),
         })
@@ -126,6 +133,7 @@ impl Server {
     pub fn router(&self) -> Router {
         Router::new()
             .merge(crate::management::router())
+            .merge(crate::auth::router())
             .merge(crate::leaks::router())
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))

@@ -1,6 +1,8 @@
 //! Gateway integration tests: the real server on a port-0 socket, a real upstream
 //! test server that records what it receives, and HTTP clients on loopback.
 
+mod accounts;
+mod authorization;
 mod bad_input;
 mod budgets;
 mod cors;

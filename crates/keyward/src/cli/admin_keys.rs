@@ -23,6 +23,11 @@ pub enum AdminKeysCommand {
         /// Key name.
         #[arg(long)]
         name: String,
+        /// The one organization (id or name) the key manages. Without it, the
+        /// key is the calling key's organization's; only the bootstrap key can
+        /// create a deployment-wide key.
+        #[arg(long)]
+        org: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -62,9 +67,9 @@ pub fn run(cmd: AdminKeysCommand) -> anyhow::Result<()> {
                 print!("{}", table::render(&HEADER, &rows));
             }
         }
-        AdminKeysCommand::Create { name, json } => {
+        AdminKeysCommand::Create { name, org, json } => {
             let created: CreatedAdminKey =
-                api.post_as("/api/v1/admin-keys", &CreateAdminKey { name })?;
+                api.post_as("/api/v1/admin-keys", &CreateAdminKey { name, org })?;
             if json {
                 print_json(&created)?;
             } else {

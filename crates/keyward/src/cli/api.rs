@@ -108,6 +108,16 @@ impl Api {
         self.send(self.http.put(self.url(path)).json(body))
     }
 
+    /// PATCH a JSON body, reading the answer as `T`.
+    pub fn patch_as<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let v = self.send(self.http.patch(self.url(path)).json(body))?;
+        Ok(serde_json::from_value(v)?)
+    }
+
     /// DELETE with a typed body.
     pub fn delete_with<B: Serialize>(&self, path: &str, body: &B) -> anyhow::Result<Value> {
         self.send(self.http.delete(self.url(path)).json(body))

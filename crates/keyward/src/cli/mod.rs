@@ -18,4 +18,5 @@ pub mod serve;
 pub mod table;
 pub mod tokens;
 pub mod usage;
+pub mod users;
 pub mod webhooks;

@@ -137,6 +137,24 @@ pub struct ServeArgs {
     /// Time between watcher rounds, e.g. 1h [default: 1h].
     #[arg(long, env = "KEYWARD_WATCH_INTERVAL")]
     watch_interval: Option<String>,
+    /// The URL people reach keyward at, e.g. https://keys.example.com. Browsers
+    /// may change state only from its origin; https makes the session cookie
+    /// `__Host-` and `Secure`.
+    #[arg(long, env = "KEYWARD_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// A session unused this long ends, e.g. 1h [default: 1h].
+    #[arg(long, env = "KEYWARD_SESSION_IDLE_TIMEOUT")]
+    session_idle_timeout: Option<String>,
+    /// A session ends this long after sign-in, e.g. 24h [default: 24h].
+    #[arg(long, env = "KEYWARD_SESSION_ABSOLUTE_TIMEOUT")]
+    session_absolute_timeout: Option<String>,
+    /// Sensitive actions need a sign-in this recent, e.g. 10m [default: 10m].
+    #[arg(long, env = "KEYWARD_REAUTHENTICATION_WINDOW")]
+    reauthentication_window: Option<String>,
+    /// A Pwned-Passwords-style range API new passwords are checked against
+    /// (GET {url}/range/{5 hex}); off by default.
+    #[arg(long, env = "KEYWARD_PASSWORD_BREACH_API")]
+    password_breach_api: Option<String>,
     /// Fixed costs (USD) for routes whose cost cannot be bounded: config file only,
     /// e.g. `[route_costs]` `"/v1/images/generations" = 0.08`.
     #[arg(skip)]
@@ -184,6 +202,11 @@ struct FileConfig {
     watch_git: Vec<PathBuf>,
     watch_interval: Option<String>,
     route_costs: Option<std::collections::HashMap<String, f64>>,
+    public_url: Option<String>,
+    session_idle_timeout: Option<String>,
+    session_absolute_timeout: Option<String>,
+    reauthentication_window: Option<String>,
+    password_breach_api: Option<String>,
 }
 
 impl ServeArgs {
@@ -200,6 +223,11 @@ impl ServeArgs {
             ($($field:ident),*) => { $( if self.$field.is_none() { self.$field = f.$field; } )* };
         }
         fill!(
+            public_url,
+            session_idle_timeout,
+            session_absolute_timeout,
+            reauthentication_window,
+            password_breach_api,
             listen,
             data_dir,
             secrets_key_file,
@@ -294,6 +322,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             format!("invalid key prefix {stem:?}: use 1-16 lowercase letters or digits")
         })?;
     }
+    accounts(&args, &mut config.accounts)?;
     if let Some(n) = args.max_body_bytes {
         config.max_body_bytes = n;
     }
@@ -539,5 +568,49 @@ fn init_logging(format: &str) -> anyhow::Result<()> {
         "json" => builder.json().init(),
         other => bail!("unknown log format {other:?}: use text or json"),
     }
+    Ok(())
+}
+
+/// The accounts settings from their flags.
+fn accounts(
+    args: &ServeArgs,
+    settings: &mut keyward_gateway::config::AccountSettings,
+) -> anyhow::Result<()> {
+    if let Some(url) = &args.public_url {
+        let uri: http::Uri = url
+            .parse()
+            .ok()
+            .filter(|u: &http::Uri| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            })
+            .with_context(|| format!("--public-url {url:?} is not an absolute http(s) URL"))?;
+        settings.public_url = Some(uri);
+    }
+    for (flag, value, slot) in [
+        (
+            "--session-idle-timeout",
+            &args.session_idle_timeout,
+            &mut settings.idle_timeout,
+        ),
+        (
+            "--session-absolute-timeout",
+            &args.session_absolute_timeout,
+            &mut settings.absolute_timeout,
+        ),
+        (
+            "--reauthentication-window",
+            &args.reauthentication_window,
+            &mut settings.reauthentication_window,
+        ),
+    ] {
+        if let Some(text) = value {
+            let ms = keyward_core::duration::parse_ms(text)
+                .ok()
+                .filter(|ms| *ms > 0)
+                .with_context(|| format!("{flag} {text:?}: use a duration such as 30m or 24h"))?;
+            *slot = std::time::Duration::from_millis(ms as u64);
+        }
+    }
+    settings.breach_check_url = args.password_breach_api.clone();
     Ok(())
 }

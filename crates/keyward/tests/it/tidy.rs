@@ -333,6 +333,7 @@ const GATEWAY_LAYERS: &[&[&str]] = &[
     ],
     &["error", "sealing"],
     &[
+        "json_api",
         "request",
         "key_cache",
         "origins",
@@ -341,10 +342,10 @@ const GATEWAY_LAYERS: &[&[&str]] = &[
         "github",
     ],
     &["config"],
-    &["upstream", "limits"],
+    &["upstream", "limits", "accounts"],
     &["metering"],
     &["state"],
-    &["proxy", "leaks"],
+    &["proxy", "leaks", "auth"],
     &["management"],
     &["serve"],
 ];
@@ -355,7 +356,7 @@ const GATEWAY_LAYERS: &[&[&str]] = &[
 /// once over both.
 const STORE_LAYERS: &[&[&str]] = &[
     &["model", "columns"],
-    &["sql", "leaks"],
+    &["sql", "leaks", "accounts"],
     &["common"],
     &["sqlite", "postgres"],
     &["resources"],

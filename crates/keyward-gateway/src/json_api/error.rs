@@ -9,9 +9,31 @@ use keyward_store::StoreError;
 /// A management API failure.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// No valid admin key.
-    #[error("a valid admin key (kwa_…) is required in the Authorization header")]
+    /// No valid admin key and no valid session.
+    #[error("sign in, or send a valid admin key (kwa_…) in the Authorization header")]
     Unauthorized,
+    /// The caller is known but may not do this (role, or the bootstrap key's
+    /// limits); never used for another organization's objects, which are
+    /// "not found".
+    #[error("{0}")]
+    Forbidden(String),
+    /// Wrong email, password or second factor; the same answer whether or not
+    /// the account exists.
+    #[error("the email, password or code is not right")]
+    InvalidCredentials,
+    /// Too many failed sign-ins from this address or on this account.
+    #[error("too many failed attempts: try again in {0} seconds")]
+    Throttled(u64),
+    /// A sensitive action without a recent sign-in or re-authentication.
+    #[error("confirm your password or a second factor first (POST /auth/reauthenticate)")]
+    ReauthenticationRequired,
+    /// A state-changing request carried a session cookie but came from
+    /// another site (CSRF).
+    #[error("cross-site request refused: the Origin is not this server's")]
+    CrossSite,
+    /// A new password that the policy refuses; `.0` is the stable code.
+    #[error("{1}")]
+    Password(&'static str, String),
     /// The object does not exist (or is not visible to the caller).
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -74,6 +96,23 @@ impl IntoResponse for ApiError {
         let (status, code) = match self {
             ApiError::Gateway(e) => return e.into_response(),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            ApiError::Throttled(secs) => {
+                let body = axum::Json(ErrorBody::new("too_many_attempts", self.to_string()));
+                let after = secs.max(1).to_string();
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, after)],
+                    body,
+                )
+                    .into_response();
+            }
+            ApiError::ReauthenticationRequired => {
+                (StatusCode::FORBIDDEN, "reauthentication_required")
+            }
+            ApiError::CrossSite => (StatusCode::FORBIDDEN, "cross_site_request"),
+            ApiError::Password(code, _) => (StatusCode::BAD_REQUEST, code),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),

@@ -1,0 +1,43 @@
+//! `/auth`: signing in (password, then a second factor), sessions, password and
+//! second-factor changes, re-authentication. The rules live in `keyward-auth`;
+//! the state they need in `crate::accounts`; these handlers apply them to
+//! requests and record what happened.
+
+pub(crate) mod devices;
+pub(crate) mod events;
+pub(crate) mod profile;
+pub(crate) mod rules;
+pub(crate) mod session;
+pub(crate) mod sign_in;
+
+pub use session::SignedIn;
+
+use crate::json_api::json_rejections;
+use crate::state::SharedState;
+use axum::routing::{delete, get, post};
+use axum::Router;
+
+/// The `/auth` routes.
+pub fn router() -> Router<SharedState> {
+    Router::new()
+        .route("/auth/login", post(sign_in::login))
+        .route("/auth/login/second-factor", post(sign_in::second_factor))
+        .route("/auth/logout", post(sign_in::logout))
+        .route("/auth/reauthenticate", post(sign_in::reauthenticate))
+        .route("/auth/me", get(profile::me))
+        .route("/auth/sessions", get(profile::sessions))
+        .route("/auth/sessions/{id}", delete(profile::end_session))
+        .route("/auth/sessions/end-others", post(profile::end_others))
+        .route("/auth/sessions/end-all", post(profile::end_all))
+        .route("/auth/password", post(profile::change_password))
+        .route(
+            "/auth/totp",
+            post(profile::start_totp).delete(profile::remove_totp),
+        )
+        .route("/auth/totp/confirm", post(profile::confirm_totp))
+        .layer(axum::middleware::map_response(json_rejections))
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .layer(axum::middleware::map_response(
+            crate::accounts::web::security_headers,
+        ))
+}
