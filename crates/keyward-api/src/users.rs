@@ -71,3 +71,35 @@ pub struct User {
     /// Whether TOTP is enrolled.
     pub totp: bool,
 }
+
+/// `POST /api/v1/invitations`: invite someone to the caller's organization.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInvitation {
+    /// Whom (their account is made with this email).
+    pub email: String,
+    /// Their role once they accept.
+    #[schema(value_type = String)]
+    pub role: Role,
+    /// The organization (id or name); the caller's own by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+}
+
+/// An invitation just made. The link is single-use and shown once; it was
+/// also emailed when SMTP is configured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Invitation {
+    /// Whom.
+    pub email: String,
+    /// Their role once they accept.
+    #[schema(value_type = String)]
+    pub role: Role,
+    /// The organization.
+    #[schema(value_type = String)]
+    pub org_id: OrgId,
+    /// Until when the link works, ms.
+    pub expires_at: i64,
+    /// The link (its secret is in the fragment, never sent to a server).
+    pub invitation_url: String,
+}

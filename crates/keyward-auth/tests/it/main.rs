@@ -1,3 +1,7 @@
 //! keyward-auth's integration tests: one binary, one module per concern.
 
+mod password;
+mod recovery;
+mod throttle;
 mod token;
+mod totp;

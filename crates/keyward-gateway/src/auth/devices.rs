@@ -1,8 +1,9 @@
 //! New-device alerts. A device is recognised by a long-lived random cookie;
 //! without it (cleared cookies, another browser), by the pair of its user
 //! agent and network prefix (/24 for IPv4, /48 for IPv6). A sign-in from
-//! neither is a new device: the audit log records it and a signed webhook
-//! `user.new_device` goes out through the notifier.
+//! neither, for a user who has signed in before, is a new device: the audit
+//! log records it, a signed webhook `user.new_device` goes out through the
+//! notifier, and the user gets an email with a "this wasn't me" link.
 
 use super::session::{self, Origin};
 use crate::json_api::ApiError;
@@ -54,14 +55,24 @@ pub async fn seen(
     let by_cookie = keyward_auth::token::digest(&format!("cookie\0{device_secret}"));
     let by_shape = keyward_auth::token::digest(&format!("shape\0{ua}\0{net}"));
     let store = &state.store;
+    // The first sign-in ever is from a new device by definition: no alert.
+    let first_ever = !store.has_devices(&user.id).await?;
     let new_cookie = store
         .remember_device(&user.id, &by_cookie, Some(ua), Some(&net), now)
         .await?;
     let new_shape = store
         .remember_device(&user.id, &by_shape, Some(ua), Some(&net), now)
         .await?;
-    if new_cookie && new_shape {
+    if new_cookie && new_shape && !first_ever {
         alert(state, user, origin, &net).await;
+        let what = format!(
+            "{} from {net}",
+            origin
+                .user_agent
+                .as_deref()
+                .map_or("an unknown browser".into(), super::profile::device_name)
+        );
+        super::links::send_not_me(state, user, headers, &what).await?;
     }
     Ok(set_cookie)
 }

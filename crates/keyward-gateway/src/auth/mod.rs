@@ -5,6 +5,7 @@
 
 pub(crate) mod devices;
 pub(crate) mod events;
+pub(crate) mod links;
 pub(crate) mod profile;
 pub(crate) mod rules;
 pub(crate) mod session;
@@ -24,6 +25,10 @@ pub fn router() -> Router<SharedState> {
         .route("/auth/login/second-factor", post(sign_in::second_factor))
         .route("/auth/logout", post(sign_in::logout))
         .route("/auth/reauthenticate", post(sign_in::reauthenticate))
+        .route("/auth/password-reset", post(links::request_reset))
+        .route("/auth/password-reset/confirm", post(links::confirm_reset))
+        .route("/auth/invitations/accept", post(links::accept_invitation))
+        .route("/auth/not-me", post(links::not_me))
         .route("/auth/me", get(profile::me))
         .route("/auth/sessions", get(profile::sessions))
         .route("/auth/sessions/{id}", delete(profile::end_session))

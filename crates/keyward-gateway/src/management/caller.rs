@@ -51,7 +51,10 @@ pub enum Via {
 /// users and admin keys an owner, everything else an admin.
 pub fn minimum_role(method: &Method, route: &str) -> Role {
     let read = matches!(*method, Method::GET | Method::HEAD);
-    if route.starts_with("/api/v1/admin-keys") || route.starts_with("/api/v1/users") {
+    if route.starts_with("/api/v1/admin-keys")
+        || route.starts_with("/api/v1/users")
+        || route.starts_with("/api/v1/invitations")
+    {
         return if read { Role::Admin } else { Role::Owner };
     }
     if read {

@@ -21,6 +21,87 @@ pub fn router() -> OpenApiRouter<SharedState> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
         .routes(routes!(update))
+        .routes(routes!(invite))
+}
+
+/// `POST /api/v1/invitations`: a single-use link, valid 7 days, emailed to
+/// the invitee and answered once to the caller (to hand over when email is
+/// not configured).
+#[utoipa::path(post, path = "/api/v1/invitations", tag = "users", request_body = keyward_api::users::CreateInvitation, responses((status = 201, description = "The invitation and its link, shown once", body = keyward_api::users::Invitation)))]
+async fn invite(
+    State(state): State<SharedState>,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+    ApiJson(req): ApiJson<api::CreateInvitation>,
+) -> Result<(StatusCode, Json<api::Invitation>), ApiError> {
+    caller.require_recent(&state)?;
+    let email = plausible_email(&req.email)?;
+    let org = resolve_org(&state, caller.org_or_own(req.org.as_deref()).as_deref()).await?;
+    caller.check_org(&org.id, "organization")?;
+    if state.store.user_by_email(&email).await?.is_some() {
+        return Err(ApiError::Conflict(
+            "a user with this email already exists".into(),
+        ));
+    }
+    let valid_ms = crate::auth::links::INVITATION_DAYS * 86_400_000;
+    let secret = crate::auth::links::issue(
+        &state,
+        keyward_store::OneTimeKind::Invitation,
+        None,
+        Some(&org.id),
+        json!({"email": email, "role": req.role}),
+        valid_ms,
+    )
+    .await?;
+    let url = format!(
+        "{}/accept-invitation#token={secret}",
+        crate::auth::links::link_base(&state, &headers)
+    );
+    let text = format!(
+        "You are invited to the organization {} on keyward, as {}.\n\n\
+         To accept, open this link within {} days and choose a password:\n\n{url}\n",
+        org.name,
+        req.role,
+        crate::auth::links::INVITATION_DAYS
+    );
+    state
+        .leaks
+        .notifier
+        .send_secret_mail(email.clone(), "You are invited".into(), text);
+    audit(
+        &state,
+        &caller,
+        "user.invited",
+        &org.id.to_string(),
+        json!({"email": email, "role": req.role}),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(api::Invitation {
+            email,
+            role: req.role,
+            org_id: org.id,
+            expires_at: state.clock.now_ms() + valid_ms,
+            invitation_url: url,
+        }),
+    ))
+}
+
+/// A lowercased email address, or a 400.
+fn plausible_email(input: &str) -> Result<String, ApiError> {
+    let email = input.trim().to_lowercase();
+    let plausible = email.len() <= 254
+        && email
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+        && !email.contains(|c: char| c.is_whitespace() || c == '<' || c == '>' || c == ',');
+    if !plausible {
+        return Err(ApiError::BadRequest(
+            "email must be an email address".into(),
+        ));
+    }
+    Ok(email)
 }
 
 fn answer(u: User) -> api::User {
@@ -87,17 +168,7 @@ async fn create(
     ApiJson(req): ApiJson<CreateUser>,
 ) -> Result<(StatusCode, Json<api::User>), ApiError> {
     caller.require_recent(&state)?;
-    let email = req.email.trim().to_lowercase();
-    let plausible = email.len() <= 254
-        && email
-            .split_once('@')
-            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
-        && !email.contains(|c: char| c.is_whitespace() || c == '<' || c == '>' || c == ',');
-    if !plausible {
-        return Err(ApiError::BadRequest(
-            "email must be an email address".into(),
-        ));
-    }
+    let email = plausible_email(&req.email)?;
     let org_id = org_for_new_user(&state, &caller, req.org.as_deref()).await?;
     let org_name = state
         .store
@@ -122,7 +193,7 @@ async fn create(
         &state,
         &caller,
         "user.created",
-        &user.id,
+        user.id.as_str(),
         json!({"email": user.email, "role": user.role}),
     )
     .await?;
@@ -158,7 +229,7 @@ async fn update(
             &state,
             &caller,
             "user.role_changed",
-            &id,
+            id.as_str(),
             json!({"from": user.role, "to": role}),
         )
         .await?;
@@ -170,17 +241,17 @@ async fn update(
                 .set_disabled(&id, Some(state.clock.now_ms()))
                 .await?;
             crate::auth::session::end_all(&state, &id, None, "account disabled").await?;
-            audit(&state, &caller, "user.disabled", &id, json!({})).await?;
+            audit(&state, &caller, "user.disabled", id.as_str(), json!({})).await?;
         }
         Some(false) => {
             state.store.set_disabled(&id, None).await?;
-            audit(&state, &caller, "user.enabled", &id, json!({})).await?;
+            audit(&state, &caller, "user.enabled", id.as_str(), json!({})).await?;
         }
         None => {}
     }
     if req.unlock == Some(true) {
         state.store.unlock_user(&id).await?;
-        audit(&state, &caller, "user.unlocked", &id, json!({})).await?;
+        audit(&state, &caller, "user.unlocked", id.as_str(), json!({})).await?;
     }
     let open = state.store.list_sessions(&id, state.clock.now_ms()).await?;
     crate::auth::session::forget_user(&state, &open);
@@ -196,7 +267,7 @@ async fn audit(
     state: &AppState,
     caller: &Caller,
     action: &str,
-    target: &UserId,
+    target: &str,
     detail: serde_json::Value,
 ) -> Result<(), ApiError> {
     state
@@ -205,7 +276,7 @@ async fn audit(
             at: state.clock.now_ms(),
             actor: caller.actor.clone(),
             action: action.to_owned(),
-            target: target.to_string(),
+            target: target.to_owned(),
             detail,
         })
         .await?;

@@ -107,6 +107,36 @@ pub async fn send(
         .message_id(Some(format!("<{}.{}@keyward>", d.event_id, d.target_id)))
         .body(body(d))
         .map_err(|e| fail(format!("building the message: {e}")))?;
+    deliver(s, message, timeout).await
+}
+
+/// Sends one message now, outside the outbox: for mail that carries a
+/// single-use secret (a reset or invitation link), which must not be kept in
+/// the delivery log. A failure is the caller's to report; the person asks again.
+pub async fn send_now(
+    s: &SmtpSettings,
+    to: &str,
+    subject: &str,
+    text: String,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let from: Mailbox = s
+        .sender
+        .parse()
+        .map_err(|e| fail(format!("sender address: {e}")))?;
+    let to: Mailbox = to
+        .parse()
+        .map_err(|e| fail(format!("recipient address: {e}")))?;
+    let message = Message::builder()
+        .from(from)
+        .to(to)
+        .subject(format!("[keyward] {subject}"))
+        .body(text)
+        .map_err(|e| fail(format!("building the message: {e}")))?;
+    deliver(s, message, timeout).await
+}
+
+async fn deliver(s: &SmtpSettings, message: Message, timeout: Duration) -> Result<(), Failure> {
     transport(s, timeout)?
         .send(message)
         .await

@@ -166,6 +166,24 @@ impl Notifier {
         self.enqueue(event, queued).await
     }
 
+    /// Sends a message that carries a single-use secret to one address now,
+    /// in the background, outside the outbox (see [`email::send_now`]).
+    /// Without SMTP the message is not sent and a warning says so.
+    pub fn send_secret_mail(self: &Arc<Self>, to: String, subject: String, text: String) {
+        let Some(smtp) = self.settings.smtp.clone() else {
+            tracing::warn!(
+                "email is not configured (no SMTP server): a sign-in email was not sent"
+            );
+            return;
+        };
+        let timeout = self.settings.retry.attempt_timeout;
+        tokio::spawn(async move {
+            if let Err(f) = email::send_now(&smtp, &to, &subject, text, timeout).await {
+                tracing::warn!(reason = %f.reason, "a sign-in email could not be sent");
+            }
+        });
+    }
+
     /// Queues `event` for one channel only (a test delivery).
     pub async fn publish_to(
         &self,

@@ -660,23 +660,230 @@ async fn password_guessing_is_slowed_then_locked_and_an_admin_unlocks() {
 }
 
 #[tokio::test]
-async fn a_sign_in_from_a_new_device_is_recorded_once() {
+async fn a_sign_in_from_a_new_device_is_flagged_once_and_a_known_one_never() {
     let (_up, kw) = server_at(Clock::system()).await;
+    create_user(&kw, "ada@example.com", "acme", "member").await;
+    let mut laptop = Browser::new(&kw);
+    laptop.sign_in("ada@example.com", PASSWORD).await;
+    laptop.sign_in("ada@example.com", PASSWORD).await;
+    let count = |events: &[keyward_store::AuditEvent], action: &str| {
+        events.iter().filter(|e| e.action == action).count()
+    };
+    let events = kw.state.store.list_audit(None, 100).await.unwrap();
+    assert_eq!(
+        count(&events, "user.new_device"),
+        0,
+        "the first device, then the same one"
+    );
+    // Another browser: no device cookie, another user agent.
+    let mut other = Browser::new(&kw);
+    other.http = reqwest::Client::builder()
+        .user_agent("Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0")
+        .build()
+        .unwrap();
+    other.sign_in("ada@example.com", PASSWORD).await;
+    other.sign_in("ada@example.com", PASSWORD).await;
+    let events = kw.state.store.list_audit(None, 100).await.unwrap();
+    assert_eq!(count(&events, "user.new_device"), 1);
+    assert_eq!(count(&events, "user.signed_in"), 4);
+}
+
+/// A server that emails through a test SMTP server; returns the mails' text.
+async fn server_with_mail() -> (
+    Upstream,
+    Keyward,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use keyward_gateway::notify::email::{SmtpSecurity, SmtpSettings};
+    let (port, mail) = crate::notify::smtp_server().await;
+    let upstream = Upstream::start().await;
+    let kw = Keyward::start_with(&upstream.base_url(), |c| {
+        c.leaks.notify.smtp = Some(SmtpSettings {
+            host: "127.0.0.1".into(),
+            port,
+            security: SmtpSecurity::None,
+            sender: "keyward <keyward@example.com>".into(),
+            credentials: None,
+        });
+    })
+    .await;
+    (upstream, kw, mail)
+}
+
+/// The link's secret in a mail (the 64 hex digits after `token=`).
+fn token_in(mail: &str) -> String {
+    let text = mail.replace("=\n", "").replace("=3D", "=");
+    let at = text.find("#token=").expect("a link in the mail") + "#token=".len();
+    text[at..at + 64].to_owned()
+}
+
+async fn next_mail(mail: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    mail.recv().await.expect("a mail")
+}
+
+#[tokio::test]
+async fn a_reset_request_says_the_same_for_any_address_and_its_link_works_once() {
+    let (_up, kw, mut mail) = server_with_mail().await;
+    create_user(&kw, "ada@example.com", "acme", "member").await;
+    let mut signed_in = Browser::new(&kw);
+    signed_in.sign_in("ada@example.com", PASSWORD).await;
+    let mut anyone = Browser::new(&kw);
+    let known = anyone
+        .post("/auth/password-reset", json!({"email": "ada@example.com"}))
+        .await;
+    let unknown = anyone
+        .post("/auth/password-reset", json!({"email": "who@example.com"}))
+        .await;
+    assert_eq!(known.0, StatusCode::ACCEPTED);
+    assert_eq!(
+        known, unknown,
+        "the answer does not tell whether an account exists"
+    );
+    let text = next_mail(&mut mail).await;
+    assert!(text.contains("ada@example.com"));
+    let token = token_in(&text);
+    let new = "a brand new long passphrase";
+    let (s, v) = anyone
+        .post(
+            "/auth/password-reset/confirm",
+            json!({"token": token, "new_password": new}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        signed_in.get("/auth/me").await.0,
+        StatusCode::UNAUTHORIZED,
+        "a reset ends every session"
+    );
+    let (s, _) = anyone
+        .post(
+            "/auth/password-reset/confirm",
+            json!({"token": token, "new_password": "yet another long passphrase"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "the link works once");
+    Browser::new(&kw).sign_in("ada@example.com", new).await;
+    assert!(mail.try_recv().is_err(), "no mail for an unknown address");
+}
+
+#[tokio::test]
+async fn after_a_reset_the_second_factor_is_still_asked() {
+    let (_up, kw, mut mail) = server_with_mail().await;
     create_user(&kw, "ada@example.com", "acme", "member").await;
     let mut b = Browser::new(&kw);
     b.sign_in("ada@example.com", PASSWORD).await;
-    b.sign_in("ada@example.com", PASSWORD).await;
-    let events = kw.state.store.list_audit(None, 100).await.unwrap();
-    let new_device = events
-        .iter()
-        .filter(|e| e.action == "user.new_device")
-        .count();
-    assert_eq!(new_device, 1);
+    enrol_totp(&mut b, &Clock::system()).await;
+    Browser::new(&kw)
+        .post("/auth/password-reset", json!({"email": "ada@example.com"}))
+        .await;
+    let token = token_in(&next_mail(&mut mail).await);
+    let new = "a brand new long passphrase";
+    let (s, _) = Browser::new(&kw)
+        .post(
+            "/auth/password-reset/confirm",
+            json!({"token": token, "new_password": new}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = Browser::new(&kw)
+        .post(
+            "/auth/login",
+            json!({"email": "ada@example.com", "password": new}),
+        )
+        .await;
     assert_eq!(
-        events
-            .iter()
-            .filter(|e| e.action == "user.signed_in")
-            .count(),
-        2
+        (s, v["status"].as_str()),
+        (StatusCode::OK, Some("second_factor_required"))
     );
+}
+
+#[tokio::test]
+async fn an_invitation_link_makes_one_account_in_the_inviters_organization() {
+    let (_up, kw, mut mail) = server_with_mail().await;
+    create_user(&kw, "owner@example.com", "acme", "owner").await;
+    let mut owner = Browser::new(&kw);
+    owner.sign_in("owner@example.com", PASSWORD).await;
+    let (s, v) = owner
+        .post(
+            "/api/v1/invitations",
+            json!({"email": "New@Example.com", "role": "member"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let token = token_in(&next_mail(&mut mail).await);
+    assert!(v["invitation_url"].as_str().unwrap().ends_with(&token));
+    let mut invitee = Browser::new(&kw);
+    let (s, v) = invitee
+        .post(
+            "/auth/invitations/accept",
+            json!({"token": token, "password": "short"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("password_too_short"))
+    );
+    let (s, _) = invitee
+        .post(
+            "/auth/invitations/accept",
+            json!({"token": token, "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, me) = invitee.get("/auth/me").await;
+    assert_eq!(
+        (
+            me["email"].as_str(),
+            me["role"].as_str(),
+            me["org"].as_str()
+        ),
+        (Some("new@example.com"), Some("member"), Some("acme"))
+    );
+    let (s, _) = Browser::new(&kw)
+        .post(
+            "/auth/invitations/accept",
+            json!({"token": token, "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "single use");
+    let mut viewer_b = Browser::new(&kw);
+    create_user(&kw, "viewer@example.com", "acme", "viewer").await;
+    viewer_b.sign_in("viewer@example.com", PASSWORD).await;
+    let (s, _) = viewer_b
+        .post(
+            "/api/v1/invitations",
+            json!({"email": "x@example.com", "role": "owner"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "only owners invite");
+}
+
+#[tokio::test]
+async fn this_wasnt_me_ends_every_session_and_asks_for_a_new_password() {
+    let (_up, kw, mut mail) = server_with_mail().await;
+    create_user(&kw, "ada@example.com", "acme", "member").await;
+    let mut ada = Browser::new(&kw);
+    ada.sign_in("ada@example.com", PASSWORD).await;
+    let mut thief = Browser::new(&kw);
+    thief.http = reqwest::Client::builder()
+        .user_agent("curl/8.0")
+        .build()
+        .unwrap();
+    thief.sign_in("ada@example.com", PASSWORD).await;
+    let text = next_mail(&mut mail).await;
+    assert!(text.contains("new device"), "{text}");
+    let token = token_in(&text);
+    let (s, v) = Browser::new(&kw)
+        .post("/auth/not-me", json!({"token": token}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(thief.get("/auth/me").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(ada.get("/auth/me").await.0, StatusCode::UNAUTHORIZED);
+    let (s, _) = Browser::new(&kw)
+        .post(
+            "/auth/login",
+            json!({"email": "ada@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "a reset is required first");
 }

@@ -243,7 +243,7 @@ async fn a_receiver_that_is_down_then_up_gets_the_event_exactly_once() {
 }
 
 /// A minimal SMTP server: accepts every message and hands over its DATA.
-async fn smtp_server() -> (u16, mpsc::UnboundedReceiver<String>) {
+pub async fn smtp_server() -> (u16, mpsc::UnboundedReceiver<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = mpsc::unbounded_channel();

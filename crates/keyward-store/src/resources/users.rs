@@ -89,6 +89,9 @@ pub trait UserStore: Send + Sync {
         now_ms: i64,
     ) -> StoreResult<bool>;
 
+    /// Whether the user has signed in from any device before.
+    async fn has_devices(&self, id: &UserId) -> StoreResult<bool>;
+
     /// Adds a user to a project (members manage the keys of their projects).
     async fn add_project_member(&self, project: &ProjectId, user: &UserId) -> StoreResult<()>;
     /// Whether the user belongs to the project.
@@ -414,6 +417,15 @@ impl<S: SqlStore> UserStore for S {
         .await
         .map_err(backend)?;
         Ok(inserted == 1)
+    }
+
+    async fn has_devices(&self, id: &UserId) -> StoreResult<bool> {
+        let row = Stmt::new("SELECT 1 AS one FROM user_devices WHERE user_id = $1 LIMIT 1")
+            .bind(id.as_str())
+            .fetch_optional(self.db().reader())
+            .await
+            .map_err(backend)?;
+        Ok(row.is_some())
     }
 
     async fn add_project_member(&self, project: &ProjectId, user: &UserId) -> StoreResult<()> {

@@ -9,7 +9,7 @@ use super::keys::{path_segment, print_json};
 use super::table;
 use anyhow::Context;
 use clap::Subcommand;
-use keyward_api::users::{CreateUser, UpdateUser, User};
+use keyward_api::users::{CreateInvitation, CreateUser, Invitation, UpdateUser, User};
 use keyward_api::List;
 use keyward_core::Role;
 use std::io::IsTerminal;
@@ -37,6 +37,22 @@ pub enum UsersCommand {
         /// owner, admin, member or viewer.
         #[arg(long, value_parser = parse_role)]
         role: Role,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Invite someone by email: a single-use link, valid 7 days, is emailed
+    /// to them and printed here once.
+    Invite {
+        /// Their email address.
+        #[arg(long)]
+        email: String,
+        /// Their role once they accept.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Organization id or name (the caller's own by default).
+        #[arg(long)]
+        org: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -139,6 +155,26 @@ pub fn run(cmd: UsersCommand) -> anyhow::Result<()> {
                     "Created user {} ({}, {}).",
                     created.id, created.email, created.role
                 );
+            }
+        }
+        UsersCommand::Invite {
+            email,
+            role,
+            org,
+            json,
+        } => {
+            let made: Invitation = api.post_as(
+                "/api/v1/invitations",
+                &CreateInvitation { email, role, org },
+            )?;
+            if json {
+                print_json(&made)?;
+            } else {
+                println!(
+                    "Invited {} as {}. The link (single use, shown once):",
+                    made.email, made.role
+                );
+                println!("\n    {}\n", made.invitation_url);
             }
         }
         UsersCommand::Update {

@@ -726,6 +726,7 @@ fn every_management_route_has_a_cli_command() {
         ("POST /api/v1/admin-keys/{id}/revoke", "admin-keys revoke"),
         ("POST /api/v1/admin-keys/{id}/rotate", "admin-keys rotate"),
         ("POST /api/v1/email-recipients", "email-recipients add"),
+        ("POST /api/v1/invitations", "users invite"),
         ("POST /api/v1/keys", "keys create"),
         ("POST /api/v1/keys/{id}/clear-leak", "leaks clear"),
         ("POST /api/v1/keys/{id}/ephemeral", "keys ephemeral"),

@@ -1,5 +1,6 @@
 //! Tests of the `keyward` binary as users run it: real processes, real sockets.
 
+mod accounts;
 mod cli;
 mod cli_management;
 mod cli_usage;

@@ -3,6 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 
 pub fn keyward() -> Command {
     Command::new(env!("CARGO_BIN_EXE_keyward"))
@@ -13,10 +14,17 @@ pub struct ServeProcess {
     pub child: Child,
     pub url: String,
     pub data_dir: PathBuf,
+    /// Every line the server wrote to stderr (its log), as it arrives.
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl ServeProcess {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_logging(data_dir, extra, "info")
+    }
+
+    /// Starts with `KEYWARD_LOG` set to `log_filter`.
+    pub fn start_logging(data_dir: &Path, extra: &[&str], log_filter: &str) -> Self {
         let mut child = keyward()
             .args([
                 "serve",
@@ -30,7 +38,7 @@ impl ServeProcess {
             ])
             .arg(data_dir)
             .args(extra)
-            .env("KEYWARD_LOG", "info")
+            .env("KEYWARD_LOG", log_filter)
             .env_remove("KEYWARD_CONFIG")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -58,11 +66,18 @@ impl ServeProcess {
             seen.push(line);
         };
         // Keep draining stderr so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let log = Arc::new(Mutex::new(seen));
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
         Self {
             child,
             url: format!("http://{addr}"),
             data_dir: data_dir.to_owned(),
+            log,
         }
     }
 
