@@ -172,6 +172,10 @@ pub enum OneTimeKind {
     Invitation,
     /// "This wasn't me", from a new-device alert.
     NotMe,
+    /// An OpenID Connect sign-in between its redirect and its callback.
+    OidcSignIn,
+    /// A passkey ceremony between its challenge and its answer.
+    PasskeyCeremony,
 }
 
 impl OneTimeKind {
@@ -182,6 +186,8 @@ impl OneTimeKind {
             OneTimeKind::PasswordReset => "password_reset",
             OneTimeKind::Invitation => "invitation",
             OneTimeKind::NotMe => "not_me",
+            OneTimeKind::OidcSignIn => "oidc_sign_in",
+            OneTimeKind::PasskeyCeremony => "passkey_ceremony",
         }
     }
 }
@@ -216,4 +222,35 @@ pub struct OneTimeToken {
     pub data: serde_json::Value,
     /// Creation time, ms.
     pub created_at: i64,
+}
+
+/// A passkey as stored: the verifier's public record, never a private key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StoredPasskeyRow {
+    /// Credential id, base64url.
+    pub id: String,
+    /// Whose.
+    pub user_id: UserId,
+    /// The name the user gave it.
+    pub name: String,
+    /// The verifier's record (public key, counter), JSON.
+    #[serde(skip)]
+    pub data: String,
+    /// Registration time, ms.
+    pub created_at: i64,
+    /// Last sign-in with it, ms.
+    pub last_used_at: Option<i64>,
+}
+
+pub(crate) const PASSKEY_COLUMNS: &str = "id, user_id, name, data, created_at, last_used_at";
+
+pub(crate) fn passkey(row: &impl Columns) -> StoreResult<StoredPasskeyRow> {
+    Ok(StoredPasskeyRow {
+        id: row.text("id")?,
+        user_id: UserId::from_trusted(row.text("user_id")?),
+        name: row.text("name")?,
+        data: row.text("data")?,
+        created_at: row.int("created_at")?,
+        last_used_at: row.opt_int("last_used_at")?,
+    })
 }

@@ -16,7 +16,8 @@ mod sql;
 pub mod sqlite;
 
 pub use accounts::{
-    NewOneTimeToken, NewSession, NewUser, OneTimeKind, OneTimeToken, Session, User,
+    NewOneTimeToken, NewSession, NewUser, OneTimeKind, OneTimeToken, Session, StoredPasskeyRow,
+    User,
 };
 pub use leaks::{
     AttemptResult, Channel, ChannelScope, Delivery, DeliveryStatus, LeakOutcome, LeakReport,

@@ -8,7 +8,7 @@ pub(crate) mod events;
 pub(crate) mod links;
 pub(crate) mod profile;
 pub(crate) mod rules;
-pub(crate) mod session;
+pub mod session;
 pub(crate) mod sign_in;
 
 pub use session::SignedIn;

@@ -3,7 +3,9 @@
 //! invitations, pending sign-ins). Every "use once" below is one conditional
 //! statement, so two concurrent uses cannot both succeed.
 
-use crate::accounts::{self, NewOneTimeToken, NewUser, OneTimeKind, OneTimeToken, User};
+use crate::accounts::{
+    self, NewOneTimeToken, NewUser, OneTimeKind, OneTimeToken, StoredPasskeyRow, User,
+};
 use crate::columns::{backend, write_error, Columns};
 use crate::common;
 use crate::sql::{SqlStore, Stmt};
@@ -88,6 +90,26 @@ pub trait UserStore: Send + Sync {
         network: Option<&str>,
         now_ms: i64,
     ) -> StoreResult<bool>;
+
+    /// The user an OpenID Connect identity is linked to.
+    async fn oidc_user(&self, issuer: &str, subject: &str) -> StoreResult<Option<UserId>>;
+    /// Links an OpenID Connect identity to a user.
+    async fn link_oidc(
+        &self,
+        issuer: &str,
+        subject: &str,
+        user: &UserId,
+        now_ms: i64,
+    ) -> StoreResult<()>;
+
+    /// Stores a newly registered passkey; `Duplicate` if the credential exists.
+    async fn add_passkey(&self, passkey: &StoredPasskeyRow) -> StoreResult<()>;
+    /// The user's passkeys, oldest first.
+    async fn list_passkeys(&self, user: &UserId) -> StoreResult<Vec<StoredPasskeyRow>>;
+    /// Records a sign-in with a passkey (its new counter state).
+    async fn passkey_used(&self, id: &str, data: &str, now_ms: i64) -> StoreResult<()>;
+    /// Removes one of the user's passkeys; `false` if the user has no such passkey.
+    async fn remove_passkey(&self, user: &UserId, id: &str) -> StoreResult<bool>;
 
     /// Whether the user has signed in from any device before.
     async fn has_devices(&self, id: &UserId) -> StoreResult<bool>;
@@ -417,6 +439,86 @@ impl<S: SqlStore> UserStore for S {
         .await
         .map_err(backend)?;
         Ok(inserted == 1)
+    }
+
+    async fn oidc_user(&self, issuer: &str, subject: &str) -> StoreResult<Option<UserId>> {
+        let row =
+            Stmt::new("SELECT user_id FROM oidc_identities WHERE issuer = $1 AND subject = $2")
+                .bind(issuer)
+                .bind(subject)
+                .fetch_optional(self.db().reader())
+                .await
+                .map_err(backend)?;
+        row.map(|r| r.text("user_id").map(UserId::from_trusted))
+            .transpose()
+    }
+
+    async fn link_oidc(
+        &self,
+        issuer: &str,
+        subject: &str,
+        user: &UserId,
+        now_ms: i64,
+    ) -> StoreResult<()> {
+        Stmt::new(
+            "INSERT INTO oidc_identities (issuer, subject, user_id, created_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(issuer)
+        .bind(subject)
+        .bind(user.as_str())
+        .bind(now_ms)
+        .execute(self.db().writer())
+        .await
+        .map_err(|e| write_error(e, "identity", "user"))?;
+        Ok(())
+    }
+
+    async fn add_passkey(&self, p: &StoredPasskeyRow) -> StoreResult<()> {
+        Stmt::new(
+            "INSERT INTO passkeys (id, user_id, name, data, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&p.id)
+        .bind(p.user_id.as_str())
+        .bind(&p.name)
+        .bind(&p.data)
+        .bind(p.created_at)
+        .execute(self.db().writer())
+        .await
+        .map_err(|e| write_error(e, "passkey", "user"))?;
+        Ok(())
+    }
+
+    async fn list_passkeys(&self, user: &UserId) -> StoreResult<Vec<StoredPasskeyRow>> {
+        let sql = format!(
+            "SELECT {} FROM passkeys WHERE user_id = $1 ORDER BY created_at, id",
+            accounts::PASSKEY_COLUMNS
+        );
+        Stmt::new(&sql)
+            .bind(user.as_str())
+            .all(self.db().reader(), accounts::passkey)
+            .await
+    }
+
+    async fn passkey_used(&self, id: &str, data: &str, now_ms: i64) -> StoreResult<()> {
+        Stmt::new("UPDATE passkeys SET data = $1, last_used_at = $2 WHERE id = $3")
+            .bind(data)
+            .bind(now_ms)
+            .bind(id)
+            .execute(self.db().writer())
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn remove_passkey(&self, user: &UserId, id: &str) -> StoreResult<bool> {
+        let n = Stmt::new("DELETE FROM passkeys WHERE user_id = $1 AND id = $2")
+            .bind(user.as_str())
+            .bind(id)
+            .execute(self.db().writer())
+            .await
+            .map_err(backend)?;
+        Ok(n == 1)
     }
 
     async fn has_devices(&self, id: &UserId) -> StoreResult<bool> {

@@ -12,6 +12,7 @@ store_tests!(
     a_one_time_token_is_taken_once_and_not_after_it_expires,
     ending_sessions_is_scoped_to_their_user_and_keeps_the_current_one,
     devices_are_new_once,
+    passkeys_and_identities_belong_to_one_user,
 );
 
 async fn user(store: &SharedStore, email: &str) -> User {
@@ -266,4 +267,50 @@ async fn devices_are_new_once(store: SharedStore) {
         .remember_device(&u.id, "d2", None, None, 3)
         .await
         .unwrap());
+}
+
+async fn passkeys_and_identities_belong_to_one_user(store: SharedStore) {
+    let a = user(&store, "pk-a@example.com").await;
+    let b = user(&store, "pk-b@example.com").await;
+    let row = |id: &str, who: &User| keyward_store::StoredPasskeyRow {
+        id: id.into(),
+        user_id: who.id.clone(),
+        name: format!("key {id}"),
+        data: "{}".into(),
+        created_at: 1,
+        last_used_at: None,
+    };
+    store.add_passkey(&row("cred1", &a)).await.unwrap();
+    store.add_passkey(&row("cred2", &a)).await.unwrap();
+    assert!(matches!(
+        store.add_passkey(&row("cred1", &b)).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    assert_eq!(store.list_passkeys(&a.id).await.unwrap().len(), 2);
+    store.passkey_used("cred1", "{\"n\":2}", 9).await.unwrap();
+    let listed = store.list_passkeys(&a.id).await.unwrap();
+    assert_eq!(
+        (listed[0].last_used_at, listed[0].data.as_str()),
+        (Some(9), "{\"n\":2}")
+    );
+    assert!(
+        !store.remove_passkey(&b.id, "cred1").await.unwrap(),
+        "not b's"
+    );
+    assert!(store.remove_passkey(&a.id, "cred1").await.unwrap());
+    assert_eq!(store.list_passkeys(&a.id).await.unwrap().len(), 1);
+
+    assert_eq!(store.oidc_user("https://idp", "sub-1").await.unwrap(), None);
+    store
+        .link_oidc("https://idp", "sub-1", &a.id, 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.oidc_user("https://idp", "sub-1").await.unwrap(),
+        Some(a.id.clone())
+    );
+    assert!(store
+        .link_oidc("https://idp", "sub-1", &b.id, 6)
+        .await
+        .is_err());
 }
