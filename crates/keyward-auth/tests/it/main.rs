@@ -1,5 +1,6 @@
 //! keyward-auth's integration tests: one binary, one module per concern.
 
+mod blocklist;
 mod password;
 mod recovery;
 mod throttle;
