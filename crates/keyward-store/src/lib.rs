@@ -18,6 +18,7 @@ pub mod sqlite;
 pub use accounts::{
     NewOneTimeToken, NewSession, NewUser, OneTimeKind, OneTimeToken, Session, User,
 };
+pub use common::DEPLOYMENT_CHAIN;
 pub use leaks::{
     AttemptResult, Channel, ChannelScope, Delivery, DeliveryStatus, LeakOutcome, LeakReport,
     NewDelivery, NewLeakReport, NewWebhook, Recipient, Webhook,
