@@ -115,6 +115,18 @@ impl Raw {
     }
 }
 
+impl Raw {
+    /// The same database opened again, as a restarted server would.
+    async fn reopen(&self) -> SharedStore {
+        match self {
+            Raw::Sqlite(path) => Arc::new(SqliteStore::open(path).await.unwrap()),
+            Raw::Postgres { url, schema } => {
+                Arc::new(PgStore::connect_with_schema(url, schema).await.unwrap())
+            }
+        }
+    }
+}
+
 macro_rules! chain_tests {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -175,6 +187,7 @@ chain_tests!(
     reordering_two_events_is_detected,
     moving_an_event_to_another_organization_is_detected,
     inserting_an_event_without_a_hash_is_detected,
+    events_from_before_the_chain_are_chained_once_at_open,
 );
 
 /// Three events of `org_a`, two deployment-level, one of `org_b`,
@@ -453,4 +466,50 @@ async fn concurrent_appends_on_postgres_keep_one_chain() {
     let verdict = store.verify_audit().await.unwrap();
     drop_schema(&url, &schema).await;
     assert_eq!(verdict, Ok(80));
+}
+
+async fn events_from_before_the_chain_are_chained_once_at_open(store: SharedStore, raw: Raw) {
+    // The state the migration leaves behind for events written before it:
+    // rows without a hash, and the marker naming the last of them.
+    for (i, id) in ["aud_old1", "aud_old2"].iter().enumerate() {
+        raw.exec(&format!(
+            "INSERT INTO audit_events (id, at, actor, action, target, detail) \
+             VALUES ('{id}', {i}, 'key_admin', 'key.created', 'key_{i}', '{{\"n\": {i}}}')"
+        ))
+        .await;
+    }
+    raw.exec("INSERT INTO audit_legacy (max_seq) SELECT MAX(seq) FROM audit_events")
+        .await;
+    assert_eq!(
+        store
+            .verify_audit()
+            .await
+            .unwrap()
+            .unwrap_err()
+            .event_id
+            .as_str(),
+        "aud_old1",
+        "unchained until the next open"
+    );
+    let store = raw.reopen().await;
+    assert_eq!(store.verify_audit().await.unwrap(), Ok(2));
+    // New events continue the deployment chain after them.
+    let next = store
+        .append_audit(&audit(5, "key.revoked", "key_0", json!({})))
+        .await
+        .unwrap();
+    let old = store.list_audit(Some("key_1"), 1).await.unwrap();
+    assert_eq!(next.prev_hash, old[0].hash);
+    assert_eq!(store.verify_audit().await.unwrap(), Ok(3));
+
+    // The marker is used once: a row slipped in later without a hash stays
+    // unchained across opens and is reported.
+    raw.exec(
+        "INSERT INTO audit_events (id, at, actor, action, target, detail) \
+         VALUES ('aud_late', 9, 'key_admin', 'key.deleted', 'key_x', '{}')",
+    )
+    .await;
+    let store = raw.reopen().await;
+    let b = store.verify_audit().await.unwrap().unwrap_err();
+    assert_eq!(b.event_id.as_str(), "aud_late");
 }
