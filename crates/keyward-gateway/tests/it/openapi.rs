@@ -47,13 +47,14 @@ async fn every_documented_operation_is_a_registered_route() {
         ("post", "/keyward/v1/tokens"),
         ("delete", "/api/v1/email-recipients/{id}"),
         ("get", "/api/v1/openapi.json"),
+        ("get", "/api/v1/audit/verify"),
     ] {
         assert!(
             operations.iter().any(|(m, p)| (*m, p.as_str()) == expected),
             "{expected:?} is not documented"
         );
     }
-    assert_eq!(operations.len(), 38, "{operations:?}");
+    assert_eq!(operations.len(), 39, "{operations:?}");
     for (method, path) in &operations {
         if path.contains("{id}") {
             let params = &paths[path.as_str()][*method]["parameters"];

@@ -1,6 +1,7 @@
 //! Tests of the `keyward` binary as users run it: real processes, real sockets.
 
 mod cli;
+mod cli_audit;
 mod cli_management;
 mod cli_usage;
 mod health;
