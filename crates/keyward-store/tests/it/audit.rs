@@ -188,6 +188,7 @@ chain_tests!(
     moving_an_event_to_another_organization_is_detected,
     inserting_an_event_without_a_hash_is_detected,
     events_from_before_the_chain_are_chained_once_at_open,
+    deleting_a_chain_head_is_detected,
 );
 
 /// Three events of `org_a`, two deployment-level, one of `org_b`,
@@ -512,4 +513,20 @@ async fn events_from_before_the_chain_are_chained_once_at_open(store: SharedStor
     let store = raw.reopen().await;
     let b = store.verify_audit().await.unwrap().unwrap_err();
     assert_eq!(b.event_id.as_str(), "aud_late");
+}
+
+async fn deleting_a_chain_head_is_detected(store: SharedStore, raw: Raw) {
+    let events = seed(&store).await;
+    // Without its head, org_b's chain could lose its last event unseen.
+    assert_eq!(
+        raw.exec("DELETE FROM audit_heads WHERE chain = 'org_b'")
+            .await,
+        1
+    );
+    let b = broken(&store).await;
+    assert_eq!(
+        (b.event_id, b.chain.as_str()),
+        (events[3].id.clone(), "org_b")
+    );
+    assert!(b.reason.contains("head"), "{}", b.reason);
 }
