@@ -7,6 +7,7 @@ use axum::extract::{Query, State};
 use axum::Json;
 use keyward_api::audit::{self as api, AuditQuery, AuditVerification};
 use keyward_api::List;
+use keyward_core::Role;
 use keyward_store::{AuditEvent, AuditFilter};
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
@@ -19,7 +20,8 @@ pub fn router() -> OpenApiRouter<SharedState> {
         .routes(routes!(verify))
 }
 
-/// `GET /api/v1/audit`: events, newest first.
+/// `GET /api/v1/audit`: events, newest first: an organization's to its admins
+/// and owners, a member's or viewer's own to them.
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", responses((status = 200, description = "Audit events, newest first", body = keyward_api::List<keyward_api::audit::AuditEvent<serde_json::Value>>)))]
 async fn list(
     State(state): State<SharedState>,
@@ -33,10 +35,16 @@ async fn list(
         (None, Some(asked)) => Some(resolve_org(&state, Some(asked)).await?.id),
         (None, None) => None,
     };
+    // Users see their own activity; admins see their organization's.
+    let actor = if caller.role.at_least(Role::Admin) {
+        q.actor.clone()
+    } else {
+        Some(caller.actor.clone())
+    };
     let filter = AuditFilter {
         org_id,
         target: q.target.clone(),
-        actor: q.actor.clone(),
+        actor,
         action_prefix: q.action.clone(),
         since: q.since,
         until: q.until,

@@ -1,7 +1,9 @@
 //! `GET /api/v1/audit` and `GET /api/v1/audit/verify` against the caller
-//! (issue 18, item 10): an organization reads its own chain only, and only a
-//! deployment-wide caller may verify every chain.
+//! (issue 18, item 10): an organization reads its own chain only, a member or
+//! viewer only their own activity, and only a deployment-wide caller may
+//! verify every chain.
 
+use crate::accounts::{create_user, Browser, PASSWORD};
 use crate::support::*;
 use keyward_core::OrgId;
 use keyward_store::NewAuditEvent;
@@ -89,4 +91,55 @@ async fn an_organization_admin_key_cannot_read_another_organizations_audit_chain
     }
     let r = kw.admin_get("/api/v1/audit?org=nobody").await;
     assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn a_viewer_cannot_read_the_activity_of_others_in_their_organization() {
+    let up = Upstream::start().await;
+    let kw = Keyward::start(&up.base_url()).await;
+    let (acme, acme_key) = scoped_admin(&kw, "acme").await;
+    let viewer = create_user(&kw, "viewer@acme.example", &acme, "viewer").await;
+    for actor in [viewer.as_str(), "usr_someone_else"] {
+        let event = NewAuditEvent {
+            at: 1_000,
+            actor: actor.into(),
+            // An action no handler records, so that sign-ins do not count.
+            action: "probe.recorded".into(),
+            target: actor.into(),
+            org_id: Some(OrgId::parse(&acme).unwrap()),
+            ..Default::default()
+        };
+        kw.state.store.append_audit(&event).await.unwrap();
+    }
+    let mut browser = Browser::new(&kw);
+    browser.sign_in("viewer@acme.example", PASSWORD).await;
+    for path in [
+        "/api/v1/audit".to_owned(),
+        "/api/v1/audit?actor=usr_someone_else".to_owned(),
+        "/api/v1/audit?target=usr_someone_else".to_owned(),
+    ] {
+        let (status, answer) = browser.get(&path).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+        let events = answer["data"].as_array().unwrap();
+        assert!(
+            events.iter().all(|e| e["actor"] == viewer.as_str()),
+            "{path}: {answer}"
+        );
+        assert!(
+            !answer.to_string().contains("usr_someone_else"),
+            "{path}: {answer}"
+        );
+    }
+    let (_, own) = browser.get("/api/v1/audit?action=probe.").await;
+    assert!(
+        own["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["target"] == viewer.as_str()),
+        "the viewer sees their own: {own}"
+    );
+    // The organization's admin sees both.
+    let (_, all) = get_as(&kw, &acme_key, "/api/v1/audit?action=probe.").await;
+    assert_eq!(all["data"].as_array().unwrap().len(), 2, "{all}");
 }
