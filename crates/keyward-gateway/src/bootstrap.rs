@@ -153,6 +153,7 @@ pub async fn bootstrap(
             action: "admin_key.created".into(),
             target: admin.id.to_string(),
             detail: serde_json::json!({"reason": reason, "file": path.display().to_string()}),
+            ..Default::default()
         })
         .await?;
     Ok(Bootstrap {
@@ -241,6 +242,7 @@ pub async fn audit_file_removed(
         action: "admin_key.initial_file_removed".into(),
         target: id.to_string(),
         detail: serde_json::json!({"file": path.display().to_string(), "reason": reason}),
+        ..Default::default()
     };
     if let Err(e) = store.append_audit(&event).await {
         tracing::error!(error = %e, "could not audit the removal of the initial admin key file");

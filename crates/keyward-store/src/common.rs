@@ -1,8 +1,9 @@
 //! What the queries share: error mapping, column lists, row decoding, and the
 //! Rust side of usage batching.
 
+use crate::columns::backend;
 use crate::columns::Columns;
-use crate::sql::Stmt;
+use crate::sql::{Db, Row, Stmt, Tx};
 use crate::{
     AdminKey, AuditEvent, KeyRecord, KeyStatus, MintedFrom, Org, Project, ProjectPolicy,
     StoreError, StoreResult, UsageEvent, UsageFilter, UsageGroup, UsageTotals,
@@ -10,6 +11,7 @@ use crate::{
 use keyward_core::{
     AuditId, Budget, BudgetScope, KeyHash, KeyId, KeyPolicy, Micros, OrgId, Period, ProjectId,
 };
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// Revokes the active tokens of a parent (`$1` now, `$2` the parent's id).
@@ -280,6 +282,11 @@ pub(crate) fn audit_event(row: &impl Columns) -> StoreResult<AuditEvent> {
         target: row.text("target")?,
         detail: serde_json::from_str(&detail)
             .map_err(|e| StoreError::Backend(format!("decoding stored audit detail: {e}")))?,
+        org_id: row.opt_text("org_id")?.map(OrgId::from_trusted),
+        ip: row.opt_text("ip")?,
+        user_agent: row.opt_text("user_agent")?,
+        prev_hash: row.opt_text("prev_hash")?,
+        hash: row.opt_text("hash")?,
     })
 }
 
@@ -391,6 +398,143 @@ pub(crate) fn push_usage_filter<'a>(
 /// Where a rollup query starts: `from` rounded down to the bucket width.
 pub(crate) fn rounded_from(filter: &UsageFilter, width_ms: i64) -> Option<i64> {
     filter.from.map(|f| f - f.rem_euclid(width_ms))
+}
+
+// The audit chain: what both appending (`resources/audit.rs`) and chaining
+// old events at open (`sqlite.rs`, `postgres.rs`) need. The invariant is
+// described in `resources/audit.rs`.
+
+/// The chain of events that belong to no organization.
+pub const DEPLOYMENT_CHAIN: &str = "deployment";
+
+/// The columns [`audit_event`] decodes.
+pub(crate) const AUDIT_COLUMNS: &str =
+    "id, at, actor, action, target, CAST(detail AS TEXT) AS detail, \
+                       org_id, ip, user_agent, prev_hash, hash";
+
+/// The chain an event of `org` (none: deployment-level) joins. Organization
+/// ids start with `org_`, so they never collide with [`DEPLOYMENT_CHAIN`].
+pub(crate) fn chain_of(org: Option<&str>) -> &str {
+    org.unwrap_or(DEPLOYMENT_CHAIN)
+}
+
+/// An event and its detail exactly as the database gives the text back.
+pub(crate) fn decode_audit(row: &Row) -> StoreResult<(AuditEvent, String)> {
+    Ok((audit_event(row)?, row.text("detail")?))
+}
+
+pub(crate) async fn set_audit_head(
+    tx: &mut Tx,
+    chain: &str,
+    id: &str,
+    hash: &str,
+) -> StoreResult<()> {
+    Stmt::new("UPDATE audit_heads SET last_id = $1, last_hash = $2 WHERE chain = $3")
+        .bind(id)
+        .bind(hash)
+        .bind(chain)
+        .execute(tx.on())
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// SHA-256 (lowercase hex) of an event in `chain`, over a versioned,
+/// unambiguous encoding: each text field as its byte length (8 bytes, big
+/// endian) then its bytes, an optional field as one byte (0 absent, 1
+/// present) before that, the time as 8 bytes big endian. `detail` is the
+/// stored JSON text, not the decoded value (`event.detail` and `event.hash`
+/// are not read).
+pub(crate) fn event_hash(chain: &str, event: &AuditEvent, detail: &str) -> String {
+    fn text(h: &mut Sha256, s: &str) {
+        h.update((s.len() as u64).to_be_bytes());
+        h.update(s.as_bytes());
+    }
+    fn opt(h: &mut Sha256, s: Option<&str>) {
+        match s {
+            None => h.update([0u8]),
+            Some(s) => {
+                h.update([1u8]);
+                text(h, s);
+            }
+        }
+    }
+    let mut h = Sha256::new();
+    text(&mut h, "keyward-audit-v1");
+    text(&mut h, chain);
+    text(&mut h, event.id.as_str());
+    h.update(event.at.to_be_bytes());
+    text(&mut h, &event.actor);
+    text(&mut h, &event.action);
+    text(&mut h, &event.target);
+    text(&mut h, detail);
+    opt(&mut h, event.org_id.as_ref().map(|o| o.as_str()));
+    opt(&mut h, event.ip.as_deref());
+    opt(&mut h, event.user_agent.as_deref());
+    opt(&mut h, event.prev_hash.as_deref());
+    hex::encode(h.finalize())
+}
+
+/// Chains the events written before the audit chain existed, once, at the
+/// first open after the migration that added it (`audit_legacy` says up to
+/// which `seq`; the migration could not hash in SQL). They join the
+/// deployment chain in insertion order: their organization was never
+/// recorded. Called by both backends' `open` after migrating.
+pub(crate) async fn chain_legacy_audit(db: &Db) -> StoreResult<()> {
+    let mut tx = db.begin().await?;
+    // A write first (see `append_audit`), which also claims the marker.
+    let Some(max_seq) = Stmt::new("DELETE FROM audit_legacy RETURNING max_seq")
+        .optional(tx.on(), |r| r.int("max_seq"))
+        .await?
+    else {
+        return Ok(());
+    };
+    Stmt::new(
+        "INSERT INTO audit_heads (chain, last_id, last_hash) VALUES ($1, NULL, NULL) \
+         ON CONFLICT (chain) DO NOTHING",
+    )
+    .bind(DEPLOYMENT_CHAIN)
+    .execute(tx.on())
+    .await
+    .map_err(backend)?;
+    let mut prev = Stmt::new(format!(
+        "SELECT last_hash FROM audit_heads WHERE chain = $1{}",
+        db.for_update()
+    ))
+    .bind(DEPLOYMENT_CHAIN)
+    .optional(tx.on(), |r| r.opt_text("last_hash"))
+    .await?
+    .flatten();
+    let rows = Stmt::new(format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE hash IS NULL AND seq <= $1 ORDER BY seq"
+    ))
+    .bind(max_seq)
+    .fetch_all(tx.on())
+    .await
+    .map_err(backend)?;
+    let mut last = None;
+    for row in &rows {
+        let (event, detail) = decode_audit(row)?;
+        let event = AuditEvent {
+            org_id: None,
+            prev_hash: prev.clone(),
+            ..event
+        };
+        let hash = event_hash(DEPLOYMENT_CHAIN, &event, &detail);
+        Stmt::new("UPDATE audit_events SET org_id = NULL, prev_hash = $1, hash = $2 WHERE id = $3")
+            .bind(event.prev_hash.as_deref())
+            .bind(&hash)
+            .bind(event.id.as_str())
+            .execute(tx.on())
+            .await
+            .map_err(backend)?;
+        prev = Some(hash.clone());
+        last = Some((event.id, hash));
+    }
+    if let Some((id, hash)) = last {
+        set_audit_head(&mut tx, DEPLOYMENT_CHAIN, id.as_str(), &hash).await?;
+    }
+    tx.commit().await
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub use accounts::{
     NewOneTimeToken, NewSession, NewUser, OneTimeKind, OneTimeToken, Session, StoredPasskeyRow,
     User,
 };
+pub use common::DEPLOYMENT_CHAIN;
 pub use leaks::{
     AttemptResult, Channel, ChannelScope, Delivery, DeliveryStatus, LeakOutcome, LeakReport,
     NewDelivery, NewLeakReport, NewWebhook, Recipient, Webhook,

@@ -366,7 +366,10 @@ pub struct UsageBucket {
 }
 
 /// An audit event to append.
-#[derive(Clone, Debug)]
+///
+/// `Default` so that construction sites can leave the newer, optional fields
+/// (`org_id`, `ip`, `user_agent`) to `..Default::default()`.
+#[derive(Clone, Debug, Default)]
 pub struct NewAuditEvent {
     /// When, ms.
     pub at: i64,
@@ -378,6 +381,13 @@ pub struct NewAuditEvent {
     pub target: String,
     /// Structured detail (never secrets).
     pub detail: serde_json::Value,
+    /// The organization it happened in, whose chain it joins; `None`: a
+    /// deployment-level event (e.g. a use of the bootstrap admin key).
+    pub org_id: Option<OrgId>,
+    /// The client's address, when the event comes from a request.
+    pub ip: Option<String>,
+    /// The client's `User-Agent`, when the event comes from a request.
+    pub user_agent: Option<String>,
 }
 
 /// An audit event as stored.
@@ -395,6 +405,51 @@ pub struct AuditEvent {
     pub target: String,
     /// Structured detail.
     pub detail: serde_json::Value,
+    /// Its organization (and chain); `None`: the deployment chain.
+    pub org_id: Option<OrgId>,
+    /// The client's address, if recorded.
+    pub ip: Option<String>,
+    /// The client's `User-Agent`, if recorded.
+    pub user_agent: Option<String>,
+    /// The hash of the event before it in its chain; `None`: the first.
+    pub prev_hash: Option<String>,
+    /// SHA-256 (hex) over its fields and `prev_hash`; `None` only for a row
+    /// written outside keyward, which verification reports.
+    pub hash: Option<String>,
+}
+
+/// Which audit events to list, newest first. Every filter is optional; the
+/// default lists the whole log up to `limit`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only events of this organization.
+    pub org_id: Option<OrgId>,
+    /// Only events about this target.
+    pub target: Option<String>,
+    /// Only events by this actor.
+    pub actor: Option<String>,
+    /// Only events whose action starts with this, e.g. `key.`.
+    pub action_prefix: Option<String>,
+    /// Only events at or after this time, ms.
+    pub since: Option<i64>,
+    /// Only events before this time, ms.
+    pub until: Option<i64>,
+    /// Only events older than this one (the last id of the previous page).
+    pub before: Option<AuditId>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+/// The first audit event that does not fit its chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AuditBreak {
+    /// The event: present but altered or out of place, or (when the end of a
+    /// chain was cut) the missing last event its chain's head still names.
+    pub event_id: AuditId,
+    /// Its chain: an organization id, or `deployment`.
+    pub chain: String,
+    /// What does not fit, in words.
+    pub reason: String,
 }
 
 /// How to group usage.

@@ -88,9 +88,9 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(crate::columns::migrate_error)?;
-        Ok(Self {
-            db: Db::Postgres(pool),
-        })
+        let db = Db::Postgres(pool);
+        common::chain_legacy_audit(&db).await?;
+        Ok(Self { db })
     }
 
     /// Closes the pool, waiting for connections in use to be returned.

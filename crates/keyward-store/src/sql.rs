@@ -79,6 +79,33 @@ impl Db {
         })
     }
 
+    /// Starts a read-only transaction that sees one snapshot of the database
+    /// throughout: on a SQLite reader (WAL keeps its snapshot until the end),
+    /// or at PostgreSQL's `REPEATABLE READ`. For reads of many statements that
+    /// must agree with each other, such as walking the audit chains.
+    pub async fn begin_snapshot(&self) -> StoreResult<Tx> {
+        Ok(match self {
+            Db::Sqlite { reader, .. } => Tx::Sqlite(reader.begin().await.map_err(backend)?),
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await.map_err(backend)?;
+                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                Tx::Postgres(tx)
+            }
+        })
+    }
+
+    /// Appended to a `SELECT` of a row the transaction then changes, to hold
+    /// other writers off it until commit: SQLite's single writer already does.
+    pub fn for_update(&self) -> &'static str {
+        match self {
+            Db::Sqlite { .. } => "",
+            Db::Postgres(_) => " FOR UPDATE",
+        }
+    }
+
     /// The rows of `head <matches any hash> tail`, where `head` ends in the
     /// column holding hashes: `IN (…)` lists on SQLite, one array on PostgreSQL.
     pub async fn rows_by_hashes(

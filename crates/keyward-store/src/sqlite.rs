@@ -167,9 +167,9 @@ impl SqliteStore {
                  `chmod 600` it (and its -wal and -shm files)"
             );
         }
-        Ok(Self {
-            db: Db::Sqlite { writer, reader },
-        })
+        let db = Db::Sqlite { writer, reader };
+        common::chain_legacy_audit(&db).await?;
+        Ok(Self { db })
     }
 
     /// Closes both pools, waiting for connections in use to be returned.

@@ -73,7 +73,7 @@ enum Command {
         #[command(subcommand)]
         command: cli::leaks::LeaksCommand,
     },
-    /// Read the audit log.
+    /// Read the audit log, or verify its hash chains.
     Audit {
         #[command(subcommand)]
         command: cli::audit::AuditCommand,
@@ -117,7 +117,7 @@ fn main() -> ExitCode {
         Command::Budgets { command } => cli::budgets::run(command).map(|()| 0),
         Command::EmailRecipients { command } => cli::recipients::run(command).map(|()| 0),
         Command::Leaks { command } => cli::leaks::run(command).map(|()| 0),
-        Command::Audit { command } => cli::audit::run(command).map(|()| 0),
+        Command::Audit { command } => cli::audit::run(command),
         Command::Tokens { command } => cli::tokens::run(command).map(|()| 0),
         Command::Openapi => cli::api::print_openapi().map(|()| 0),
         Command::Webhooks { command } => cli::webhooks::run(command).map(|()| 0),

@@ -22,6 +22,7 @@ pub async fn record(
         action: action.to_owned(),
         target: user.map(|u| u.id.to_string()).unwrap_or_default(),
         detail: with_source(detail, origin),
+        ..Default::default()
     };
     if let Err(e) = state.store.append_audit(&event).await {
         tracing::error!(error = %e, action, "could not record a security event");

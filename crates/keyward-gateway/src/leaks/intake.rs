@@ -211,6 +211,7 @@ async fn rejected(state: &AppState, reason: LeakRejection, key_identifier: Optio
             "key_identifier": key_identifier,
             "folded_since_last": folded,
         }),
+        ..Default::default()
     };
     if let Err(e) = state.store.append_audit(&audit).await {
         tracing::error!(error = %e, "could not audit a refused GitHub report");

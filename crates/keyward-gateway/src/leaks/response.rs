@@ -220,6 +220,7 @@ async fn respond_admin(
                     "outcome": outcome.as_str(),
                     "status": admin.status.as_str(),
                 }),
+                ..Default::default()
             })
             .await?;
     }
@@ -288,6 +289,7 @@ async fn audit(
                 "outcome": outcome.as_str(),
                 "status": record.status.as_str(),
             }),
+            ..Default::default()
         })
         .await?;
     Ok(())

@@ -63,6 +63,7 @@ pub fn budget_thresholds(alerts: &BudgetAlerts, crossed: Vec<ThresholdCrossed>) 
                     "period": c.budget.period.as_str(),
                     "period_start": c.period_start,
                 }),
+                ..Default::default()
             };
             if let Err(e) = state.store.append_audit(&event).await {
                 tracing::error!(error = %e, "recording a budget alert failed");

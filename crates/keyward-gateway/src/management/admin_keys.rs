@@ -224,6 +224,7 @@ async fn audit(
             action: action.to_owned(),
             target: target.to_string(),
             detail,
+            ..Default::default()
         })
         .await?;
     Ok(())

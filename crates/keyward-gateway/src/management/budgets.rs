@@ -93,6 +93,7 @@ async fn set(
             action: "budget.set".into(),
             target: scope.id().to_owned(),
             detail: json!(budget),
+            ..Default::default()
         })
         .await?;
     Ok(Json(budget))
@@ -178,6 +179,7 @@ async fn delete(
             action: "budget.deleted".into(),
             target: scope.id().to_owned(),
             detail: json!(scope),
+            ..Default::default()
         })
         .await?;
     Ok(Json(Deleted { deleted: scope }))

@@ -239,6 +239,7 @@ async fn audit_bootstrap_use(state: &AppState, id: &KeyId, method: &Method, path
         action: "admin_key.bootstrap_used".into(),
         target: id.to_string(),
         detail: serde_json::json!({"method": method.as_str(), "path": path, "uses_folded": folded}),
+        ..Default::default()
     };
     if let Err(e) = state.store.append_audit(&event).await {
         tracing::error!(error = %e, "could not record a use of the bootstrap admin key");

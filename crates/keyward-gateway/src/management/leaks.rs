@@ -261,6 +261,7 @@ pub async fn clear(
             action: "key.leak_cleared".into(),
             target: id.to_string(),
             detail: json!({"reason": reason}),
+            ..Default::default()
         })
         .await?;
     Ok(Json(super::keys::answer_record(record)))

@@ -254,6 +254,7 @@ async fn set_project_policy(
             action: "project.policy_set".into(),
             target: project.id.to_string(),
             detail: json!(policy),
+            ..Default::default()
         })
         .await?;
     Ok(Json(answer_project(updated)))

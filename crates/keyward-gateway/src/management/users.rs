@@ -278,6 +278,7 @@ async fn audit(
             action: action.to_owned(),
             target: target.to_owned(),
             detail,
+            ..Default::default()
         })
         .await?;
     Ok(())

@@ -376,6 +376,7 @@ async fn audit(
             action: action.into(),
             target: target.into(),
             detail,
+            ..Default::default()
         })
         .await?;
     Ok(())

@@ -2,6 +2,7 @@
 //! test server that records what it receives, and HTTP clients on loopback.
 
 mod accounts;
+mod audit_chain;
 mod authorization;
 mod bad_input;
 mod budgets;

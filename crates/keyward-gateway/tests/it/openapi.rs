@@ -47,6 +47,7 @@ async fn every_documented_operation_is_a_registered_route() {
         ("post", "/keyward/v1/tokens"),
         ("delete", "/api/v1/email-recipients/{id}"),
         ("get", "/api/v1/openapi.json"),
+        ("get", "/api/v1/audit/verify"),
     ] {
         assert!(
             operations.iter().any(|(m, p)| (*m, p.as_str()) == expected),

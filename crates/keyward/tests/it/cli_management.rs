@@ -706,6 +706,7 @@ fn every_management_route_has_a_cli_command() {
         ("DELETE /api/v1/webhooks/{id}", "webhooks remove"),
         ("GET /api/v1/admin-keys", "admin-keys list"),
         ("GET /api/v1/audit", "audit list"),
+        ("GET /api/v1/audit/verify", "audit verify"),
         ("GET /api/v1/budgets", "budgets list"),
         ("GET /api/v1/email-recipients", "email-recipients list"),
         ("GET /api/v1/keys", "keys list"),

@@ -2,6 +2,7 @@
 
 mod accounts;
 mod cli;
+mod cli_audit;
 mod cli_management;
 mod cli_usage;
 mod health;

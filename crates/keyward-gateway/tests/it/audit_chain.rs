@@ -1,0 +1,145 @@
+//! `GET /api/v1/audit` and `GET /api/v1/audit/verify` against the caller
+//! (issue 18, item 10): an organization reads its own chain only, a member or
+//! viewer only their own activity, and only a deployment-wide caller may
+//! verify every chain.
+
+use crate::accounts::{create_user, Browser, PASSWORD};
+use crate::support::*;
+use keyward_core::OrgId;
+use keyward_store::NewAuditEvent;
+use serde_json::{json, Value};
+
+/// Creates an organization and an admin key scoped to it: (org id, secret).
+async fn scoped_admin(kw: &Keyward, name: &str) -> (String, String) {
+    let r = kw.admin_post("/api/v1/orgs", json!({"name": name})).await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let org: Value = r.json().await.unwrap();
+    let org = org["id"].as_str().unwrap().to_owned();
+    let r = kw
+        .admin_post(
+            "/api/v1/admin-keys",
+            json!({"name": format!("{name}-admin"), "org": org}),
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let admin: Value = r.json().await.unwrap();
+    (org, admin["key"].as_str().unwrap().to_owned())
+}
+
+async fn get_as(kw: &Keyward, secret: &str, path: &str) -> (u16, Value) {
+    let r = kw
+        .http
+        .get(format!("{}{path}", kw.url))
+        .bearer_auth(secret)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn an_organization_admin_key_cannot_read_another_organizations_audit_chain_or_verify() {
+    let up = Upstream::start().await;
+    let kw = Keyward::start(&up.base_url()).await;
+    let (acme, acme_key) = scoped_admin(&kw, "acme").await;
+    let (globex, _) = scoped_admin(&kw, "globex").await;
+    for (org, action) in [(&acme, "key.created"), (&globex, "key.revoked")] {
+        let event = NewAuditEvent {
+            at: 1_000,
+            actor: "usr_x".into(),
+            action: action.into(),
+            target: format!("key_of_{org}"),
+            org_id: Some(OrgId::parse(org).unwrap()),
+            ..Default::default()
+        };
+        kw.state.store.append_audit(&event).await.unwrap();
+    }
+
+    // Asking for globex's events (or none in particular) still answers acme's.
+    for query in ["", "?org=GLOBEX", "?action=key.revoked"] {
+        let path = format!("/api/v1/audit{}", query.replace("GLOBEX", &globex));
+        let (status, answer) = get_as(&kw, &acme_key, &path).await;
+        assert_eq!(status, 200, "{answer}");
+        let text = answer.to_string();
+        assert!(!text.contains(&globex), "{path} showed globex: {text}");
+        assert!(answer["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["org_id"] == acme.as_str()));
+    }
+    let (_, mine) = get_as(&kw, &acme_key, "/api/v1/audit").await;
+    assert_eq!(mine["data"][0]["action"], "key.created", "{mine}");
+    assert_eq!(mine["data"][0]["hash"].as_str().map(str::len), Some(64));
+
+    // Verifying reads every organization's chain: deployment-wide callers only.
+    let (status, answer) = get_as(&kw, &acme_key, "/api/v1/audit/verify").await;
+    assert_eq!(status, 403, "{answer}");
+    let r = kw.admin_get("/api/v1/audit/verify").await;
+    assert_eq!(r.status(), 200);
+    let verdict: Value = r.json().await.unwrap();
+    assert_eq!(verdict["ok"], true, "{verdict}");
+    assert!(verdict["events"].as_u64().unwrap() >= 2, "{verdict}");
+    // The bootstrap key filters by organization, by id or name, when it asks to.
+    for org in [globex.as_str(), "globex"] {
+        let r = kw
+            .admin_get(&format!("/api/v1/audit?org={org}&actor=usr_x"))
+            .await;
+        let theirs: Value = r.json().await.unwrap();
+        assert_eq!(theirs["data"].as_array().unwrap().len(), 1, "{theirs}");
+        assert_eq!(theirs["data"][0]["action"], "key.revoked");
+    }
+    let r = kw.admin_get("/api/v1/audit?org=nobody").await;
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn a_viewer_cannot_read_the_activity_of_others_in_their_organization() {
+    let up = Upstream::start().await;
+    let kw = Keyward::start(&up.base_url()).await;
+    let (acme, acme_key) = scoped_admin(&kw, "acme").await;
+    let viewer = create_user(&kw, "viewer@acme.example", &acme, "viewer").await;
+    for actor in [viewer.as_str(), "usr_someone_else"] {
+        let event = NewAuditEvent {
+            at: 1_000,
+            actor: actor.into(),
+            // An action no handler records, so that sign-ins do not count.
+            action: "probe.recorded".into(),
+            target: actor.into(),
+            org_id: Some(OrgId::parse(&acme).unwrap()),
+            ..Default::default()
+        };
+        kw.state.store.append_audit(&event).await.unwrap();
+    }
+    let mut browser = Browser::new(&kw);
+    browser.sign_in("viewer@acme.example", PASSWORD).await;
+    for path in [
+        "/api/v1/audit".to_owned(),
+        "/api/v1/audit?actor=usr_someone_else".to_owned(),
+        "/api/v1/audit?target=usr_someone_else".to_owned(),
+    ] {
+        let (status, answer) = browser.get(&path).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+        let events = answer["data"].as_array().unwrap();
+        assert!(
+            events.iter().all(|e| e["actor"] == viewer.as_str()),
+            "{path}: {answer}"
+        );
+        assert!(
+            !answer.to_string().contains("usr_someone_else"),
+            "{path}: {answer}"
+        );
+    }
+    let (_, own) = browser.get("/api/v1/audit?action=probe.").await;
+    assert!(
+        own["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["target"] == viewer.as_str()),
+        "the viewer sees their own: {own}"
+    );
+    // The organization's admin sees both.
+    let (_, all) = get_as(&kw, &acme_key, "/api/v1/audit?action=probe.").await;
+    assert_eq!(all["data"].as_array().unwrap().len(), 2, "{all}");
+}
