@@ -22,7 +22,9 @@ pub async fn record(
         action: action.to_owned(),
         target: user.map(|u| u.id.to_string()).unwrap_or_default(),
         detail: with_source(detail, origin),
-        ..Default::default()
+        org_id: user.map(|u| u.org_id.clone()),
+        ip: Some(origin.ip_text()),
+        user_agent: origin.user_agent.clone(),
     };
     if let Err(e) = state.store.append_audit(&event).await {
         tracing::error!(error = %e, action, "could not record a security event");

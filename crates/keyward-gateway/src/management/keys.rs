@@ -591,6 +591,7 @@ async fn audit(
             action: action.to_owned(),
             target: key.id.to_string(),
             detail,
+            org_id: Some(key.org_id.clone()),
             ..Default::default()
         })
         .await?;

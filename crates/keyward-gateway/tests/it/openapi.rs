@@ -54,7 +54,7 @@ async fn every_documented_operation_is_a_registered_route() {
             "{expected:?} is not documented"
         );
     }
-    assert_eq!(operations.len(), 39, "{operations:?}");
+    assert_eq!(operations.len(), 40, "{operations:?}");
     for (method, path) in &operations {
         if path.contains("{id}") {
             let params = &paths[path.as_str()][*method]["parameters"];
