@@ -7,4 +7,5 @@
 //! decides; keeping the rules here makes each one testable without a server.
 #![warn(missing_docs)]
 
+pub mod passkeys;
 pub mod token;

@@ -1,3 +1,4 @@
 //! keyward-auth's integration tests: one binary, one module per concern.
 
+mod passkeys;
 mod token;
