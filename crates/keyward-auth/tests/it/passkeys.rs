@@ -497,3 +497,43 @@ fn error_codes_and_messages_carry_no_response_data() {
         assert!(!shown.contains(&stored[0].id), "{shown}");
     }
 }
+
+#[test]
+fn tampered_or_mixed_up_state_is_refused() {
+    let rp = passkeys();
+    let (mut key, stored) = register(&rp, b"usr_ada", &[], "YubiKey");
+    let mut stored = vec![stored];
+    let (options, state) = rp.start_authentication(&stored).expect("start");
+    let response = KEYWARD.get(&options, &mut key);
+
+    // A registration state handed to the authentication half (a server bug or a row
+    // read for the wrong ceremony) does not decode as one.
+    let (_, registration) = rp
+        .start_registration(b"usr_ada", "ada@keyward.example", "Ada", &[])
+        .expect("start");
+    let mut wrong: Value = serde_json::to_value(&registration).expect("serialise");
+    wrong.as_object_mut().expect("object").remove("excluded");
+    let wrong: AuthenticationState = serde_json::from_value(wrong).expect("same shape");
+    let err = rp
+        .finish_authentication(wrong, &response, &mut stored, 0)
+        .expect_err("registration state used for authentication");
+    assert_eq!(err.code(), "passkey_storage_invalid");
+
+    // A stored state whose bytes were altered is refused, not trusted.
+    let mut altered: Value = serde_json::to_value(&state).expect("serialise");
+    altered["server"] = json!("AAAA");
+    let altered: AuthenticationState = serde_json::from_value(altered).expect("shape");
+    let err = rp
+        .finish_authentication(altered, &response, &mut stored, 0)
+        .expect_err("altered state");
+    assert_eq!(err.code(), "passkey_storage_invalid");
+    assert_eq!(stored[0].last_used_at, None);
+}
+
+#[test]
+fn sign_in_needs_a_registered_passkey() {
+    let err = passkeys()
+        .start_authentication(&[])
+        .expect_err("no passkeys, no ceremony");
+    assert_eq!(err.code(), "passkey_none_registered");
+}
