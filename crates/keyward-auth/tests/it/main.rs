@@ -1,6 +1,7 @@
 //! keyward-auth's integration tests: one binary, one module per concern.
 
 mod blocklist;
+mod passkeys;
 mod password;
 mod recovery;
 mod throttle;
