@@ -5,6 +5,9 @@
 
 use std::sync::Once;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
 use keyward_auth::oidc::{link_decision, Link, OidcClient, OidcConfig, OidcError};
 use serde_json::json;
 
@@ -156,7 +159,7 @@ async fn id_token_issued_to_another_site_is_refused() {
         .await
         .unwrap();
     let (url, pending) = other.begin();
-    let (state, code) = sign_in_at_provider(&url, "alice").await;
+    let (_state, code) = sign_in_at_provider(&url, "alice").await;
     let raw_id_token = raw_id_token(
         &provider,
         "other-site",
@@ -170,13 +173,46 @@ async fn id_token_issued_to_another_site_is_refused() {
         .verify_id_token_str(&raw_id_token, &pending.nonce)
         .unwrap();
     assert_eq!(at_other.email, "alice@keyward.test");
-    let _ = state;
 
     let err = keyward
         .verify_id_token_str(&raw_id_token, &pending.nonce)
         .unwrap_err();
     assert_eq!(err, OidcError::AudienceMismatch);
     assert_eq!(err.code(), "oidc_audience_mismatch");
+}
+
+#[tokio::test]
+async fn id_token_with_altered_claims_is_refused() {
+    let Some(provider) = start_provider() else {
+        return;
+    };
+    let client = keyward_client(&provider).await;
+    let (url, pending) = client.begin();
+    let (_state, code) = sign_in_at_provider(&url, "eve").await;
+    let genuine = raw_id_token(&provider, "keyward", SECRET, &code, &pending.pkce_verifier).await;
+    // Eve's genuine token says her email is unverified; she rewrites the payload to
+    // say it is, keeping the provider's signature.
+    let parts: Vec<&str> = genuine.split('.').collect();
+    assert_eq!(parts.len(), 3);
+    let payload = URL_SAFE_NO_PAD.decode(parts[1]).unwrap();
+    let mut claims: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(claims["email_verified"], json!(false));
+    claims["email_verified"] = json!(true);
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap()),
+        parts[2]
+    );
+    let err = client
+        .verify_id_token_str(&forged, &pending.nonce)
+        .unwrap_err();
+    assert_eq!(err.code(), "oidc_invalid_id_token", "{err}");
+    // The untouched token is checked the same way and refused only for its email.
+    let err = client
+        .verify_id_token_str(&genuine, &pending.nonce)
+        .unwrap_err();
+    assert_eq!(err, OidcError::EmailUnverified);
 }
 
 #[tokio::test]
@@ -192,7 +228,7 @@ async fn code_issued_to_another_site_is_refused() {
     // A code the provider issued to the other site, injected into keyward's callback
     // along with a pending login whose state matches (the attacker controls both).
     let (url, mut pending) = other.begin();
-    let (state, code) = sign_in_at_provider(&url, "alice").await;
+    let (_state, code) = sign_in_at_provider(&url, "alice").await;
     let (_, keyward_pending) = keyward.begin();
     pending.state = keyward_pending.state.clone();
     let err = keyward
@@ -200,7 +236,6 @@ async fn code_issued_to_another_site_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(err, OidcError::CodeRejected("invalid_grant".into()));
-    let _ = state;
 }
 
 #[tokio::test]
