@@ -131,6 +131,20 @@ async fn id_token_with_another_sign_ins_nonce_is_refused() {
 }
 
 #[tokio::test]
+async fn callback_for_a_sign_in_begun_long_ago_is_refused() {
+    let Some(provider) = start_provider() else {
+        return;
+    };
+    let client = keyward_client(&provider).await;
+    let (url, mut pending) = client.begin();
+    let (state, code) = sign_in_at_provider(&url, "alice").await;
+    // A pending login kept (or leaked) past its lifetime.
+    pending.created_at_unix -= keyward_auth::oidc::PENDING_LOGIN_LIFETIME.as_secs() + 60;
+    let err = client.finish(&pending, &state, &code).await.unwrap_err();
+    assert_eq!(err, OidcError::LoginExpired);
+}
+
+#[tokio::test]
 async fn code_with_a_swapped_pkce_verifier_is_refused() {
     let Some(provider) = start_provider() else {
         return;
