@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod blocklist;
+pub mod oidc;
 pub mod passkeys;
 pub mod password;
 pub mod recovery;

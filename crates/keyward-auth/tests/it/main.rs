@@ -1,6 +1,8 @@
 //! keyward-auth's integration tests: one binary, one module per concern.
 
 mod blocklist;
+mod oidc;
+mod oidc_provider;
 mod passkeys;
 mod password;
 mod recovery;
