@@ -38,12 +38,15 @@ pub struct Factor {
 }
 
 /// Which second factors a user has, by the names the API uses.
-pub fn second_factors(user: &User) -> Vec<&'static str> {
+pub async fn second_factors(state: &AppState, user: &User) -> Result<Vec<&'static str>, ApiError> {
     let mut methods = Vec::new();
     if user.has_totp() {
         methods.extend(["totp", "recovery_code"]);
     }
-    methods
+    if !state.store.list_passkeys(&user.id).await?.is_empty() {
+        methods.push("passkey");
+    }
+    Ok(methods)
 }
 
 /// `POST /auth/login`: 200 `signed_in` with the session cookie, or 200
@@ -99,9 +102,22 @@ pub async fn login(
         let hash = rules::hash_password(&req.password).await?;
         state.store.rehash_password(&user.id, &hash).await?;
     }
-    let methods = second_factors(&user);
+    after_first_factor(&state, &user, &origin, &headers, "password").await
+}
+
+/// After a first factor (a password, an OpenID Connect sign-in): a session at
+/// once when the user has no second factor, else 200 `second_factor_required`
+/// with a short-lived pending cookie.
+pub(crate) async fn after_first_factor(
+    state: &AppState,
+    user: &User,
+    origin: &Origin,
+    headers: &HeaderMap,
+    method: &str,
+) -> Result<Response, ApiError> {
+    let methods = second_factors(state, user).await?;
     if methods.is_empty() {
-        return signed_in(&state, &user, &origin, &headers, "password").await;
+        return signed_in(state, user, origin, headers, method).await;
     }
     let secret = keyward_auth::token::generate();
     let now = state.clock.now_ms();
@@ -113,7 +129,7 @@ pub async fn login(
             kind: OneTimeKind::PendingSignIn,
             user_id: Some(user.id.clone()),
             org_id: None,
-            data: json!({}),
+            data: json!({"first_factor": method}),
             created_at: now,
             expires_at: now + window,
         })
@@ -221,7 +237,7 @@ async fn second_factor_ok(
 }
 
 /// Why an account whose credentials are right may not sign in, if it may not.
-fn refused(user: &User) -> Option<&'static str> {
+pub(crate) fn refused(user: &User) -> Option<&'static str> {
     if user.disabled_at.is_some() {
         Some("disabled")
     } else if user.locked_at.is_some() {
@@ -281,7 +297,7 @@ async fn failed(state: &AppState, email: &str, origin: &Origin, what: &str) {
 }
 
 /// Starts the session and answers `signed_in` with its cookie.
-async fn signed_in(
+pub(crate) async fn signed_in(
     state: &AppState,
     user: &User,
     origin: &Origin,
