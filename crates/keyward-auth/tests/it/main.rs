@@ -6,6 +6,7 @@ mod oidc_provider;
 mod passkeys;
 mod password;
 mod recovery;
+mod soft_authenticator;
 mod throttle;
 mod token;
 mod totp;

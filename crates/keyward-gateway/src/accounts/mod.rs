@@ -18,6 +18,7 @@ use crate::config::AccountSettings;
 use crate::sealing::SealingKey;
 use crate::ttl_map::TtlMap;
 use axum::http::HeaderValue;
+use keyward_auth::passkeys::{PasskeyConfig, Passkeys};
 use keyward_auth::throttle::{LocalThrottleCounters, Throttle};
 use keyward_store::{Session, User};
 use std::sync::Arc;
@@ -39,6 +40,9 @@ pub struct Accounts {
     pub sealing: SealingKey,
     /// For the optional breach check.
     pub http: reqwest::Client,
+    /// The WebAuthn relying party, when the public URL names a domain that
+    /// browsers accept as one (https, or http://localhost).
+    pub passkeys: Option<Passkeys>,
 }
 
 impl Accounts {
@@ -70,7 +74,27 @@ impl Accounts {
             throttle: Throttle::new(Arc::new(LocalThrottleCounters::default()), clock),
             sealing,
             http: reqwest::Client::new(),
+            passkeys: settings.public_url.as_ref().and_then(relying_party),
             settings,
+        }
+    }
+}
+
+/// The WebAuthn relying party for a public URL: its host is the RP id, its
+/// origin the one origin answers may come from. Browsers refuse an IP address
+/// as RP id and plain http except on localhost, so such a URL turns passkeys
+/// off (with a line in the log) rather than offering what cannot work.
+fn relying_party(url: &http::Uri) -> Option<Passkeys> {
+    let config = PasskeyConfig {
+        rp_id: url.host()?.to_ascii_lowercase(),
+        rp_origin: web::origin_of(url)?,
+        rp_name: "keyward".to_owned(),
+    };
+    match Passkeys::new(config) {
+        Ok(passkeys) => Some(passkeys),
+        Err(e) => {
+            tracing::info!(public_url = %url, reason = %e, "passkeys are off: they need a public URL on a domain name, https or http://localhost");
+            None
         }
     }
 }

@@ -175,10 +175,13 @@ pub async fn confirm_reset(
         .await?
         .map(|o| o.name)
         .unwrap_or_default();
+    let has_second_factor = !super::profile::second_factor_names(&state, &user)
+        .await?
+        .is_empty();
     rules::check_new_password(
         &state,
         &req.new_password,
-        user.has_totp(),
+        has_second_factor,
         &[&user.email, &org],
     )
     .await?;

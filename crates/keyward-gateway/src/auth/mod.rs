@@ -6,6 +6,7 @@
 pub(crate) mod devices;
 pub(crate) mod events;
 pub(crate) mod links;
+pub(crate) mod passkeys;
 pub(crate) mod profile;
 pub(crate) mod rules;
 pub mod session;
@@ -23,8 +24,13 @@ pub fn router() -> Router<SharedState> {
     Router::new()
         .route("/auth/login", post(sign_in::login))
         .route("/auth/login/second-factor", post(sign_in::second_factor))
+        .route("/auth/login/passkey", post(sign_in::passkey_challenge))
         .route("/auth/logout", post(sign_in::logout))
         .route("/auth/reauthenticate", post(sign_in::reauthenticate))
+        .route(
+            "/auth/reauthenticate/passkey",
+            post(passkeys::reauthentication_challenge),
+        )
         .route("/auth/password-reset", post(links::request_reset))
         .route("/auth/password-reset/confirm", post(links::confirm_reset))
         .route("/auth/invitations/accept", post(links::accept_invitation))
@@ -40,6 +46,15 @@ pub fn router() -> Router<SharedState> {
             post(profile::start_totp).delete(profile::remove_totp),
         )
         .route("/auth/totp/confirm", post(profile::confirm_totp))
+        .route(
+            "/auth/passkeys",
+            get(passkeys::list).post(passkeys::finish_registration),
+        )
+        .route(
+            "/auth/passkeys/registration",
+            post(passkeys::start_registration),
+        )
+        .route("/auth/passkeys/{id}", delete(passkeys::remove))
         .layer(axum::middleware::map_response(json_rejections))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(axum::middleware::map_response(

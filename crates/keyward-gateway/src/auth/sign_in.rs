@@ -35,6 +35,8 @@ pub struct Factor {
     recovery_code: Option<String>,
     #[serde(default)]
     password: Option<String>,
+    #[serde(default)]
+    passkey: Option<super::passkeys::PasskeyAnswer>,
 }
 
 /// Which second factors a user has, by the names the API uses.
@@ -155,21 +157,7 @@ pub async fn second_factor(
         return Err(ApiError::CrossSite);
     }
     let origin = Origin::of(&state, peer.ip(), &headers);
-    let secret =
-        session::cookie(&headers, state.accounts.cookies.pending).ok_or(ApiError::Unauthorized)?;
-    let hash = keyward_auth::token::digest(secret);
-    let now = state.clock.now_ms();
-    let pending = state
-        .store
-        .peek_one_time_token(&hash, OneTimeKind::PendingSignIn, now)
-        .await?
-        .ok_or(ApiError::Unauthorized)?;
-    let user_id = pending.user_id.ok_or(ApiError::Unauthorized)?;
-    let user = state
-        .store
-        .get_user(&user_id)
-        .await?
-        .ok_or(ApiError::Unauthorized)?;
+    let (hash, user) = pending_user(&state, &headers).await?;
     throttled(&state, &user.email, &origin).await?;
     let method = match second_factor_ok(&state, &user, &req).await? {
         Some(m) => m,
@@ -178,6 +166,7 @@ pub async fn second_factor(
             return Err(ApiError::InvalidCredentials);
         }
     };
+    let now = state.clock.now_ms();
     if state
         .store
         .take_one_time_token(&hash, OneTimeKind::PendingSignIn, now)
@@ -203,8 +192,47 @@ pub async fn second_factor(
     Ok(response)
 }
 
-/// Checks a TOTP code or a recovery code; `Some(method)` when one is right.
-/// Each is accepted once: a TOTP step is recorded, a recovery code used up.
+/// The user a pending sign-in (right password, second factor to come) is
+/// for, and the digest of its cookie.
+async fn pending_user(state: &AppState, headers: &HeaderMap) -> Result<(String, User), ApiError> {
+    let secret =
+        session::cookie(headers, state.accounts.cookies.pending).ok_or(ApiError::Unauthorized)?;
+    let hash = keyward_auth::token::digest(secret);
+    let now = state.clock.now_ms();
+    let pending = state
+        .store
+        .peek_one_time_token(&hash, OneTimeKind::PendingSignIn, now)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    let user_id = pending.user_id.ok_or(ApiError::Unauthorized)?;
+    let user = state
+        .store
+        .get_user(&user_id)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    Ok((hash, user))
+}
+
+/// `POST /auth/login/passkey`: after a right password, a challenge for one of
+/// the user's passkeys; the answer goes to `POST /auth/login/second-factor`
+/// as `{"passkey": {"ceremony", "credential"}}`.
+pub async fn passkey_challenge(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if web::declared_cross_site(&headers, state.accounts.origin.as_deref()) {
+        return Err(ApiError::CrossSite);
+    }
+    let origin = Origin::of(&state, peer.ip(), &headers);
+    let (_, user) = pending_user(&state, &headers).await?;
+    throttled(&state, &user.email, &origin).await?;
+    Ok(Json(super::passkeys::challenge(&state, &user).await?))
+}
+
+/// Checks a TOTP code, a recovery code or a passkey's answer; `Some(method)`
+/// when one is right. Each is accepted once: a TOTP step is recorded, a
+/// recovery code used up, a passkey challenge taken.
 async fn second_factor_ok(
     state: &AppState,
     user: &User,
@@ -231,6 +259,12 @@ async fn second_factor_ok(
         let now = state.clock.now_ms();
         if state.store.use_recovery_code(&user.id, &hash, now).await? {
             return Ok(Some("recovery_code"));
+        }
+        return Ok(None);
+    }
+    if let Some(answer) = &req.passkey {
+        if super::passkeys::verify(state, user, answer).await? {
+            return Ok(Some("passkey"));
         }
     }
     Ok(None)
@@ -361,8 +395,9 @@ pub async fn logout(
         .into_response())
 }
 
-/// `POST /auth/reauthenticate`: `{"password"}` or `{"totp"}`; opens the
-/// window for sensitive actions.
+/// `POST /auth/reauthenticate`: `{"password"}`, `{"totp"}` or `{"passkey"}`
+/// (the answer to `POST /auth/reauthenticate/passkey`); opens the window for
+/// sensitive actions.
 pub async fn reauthenticate(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

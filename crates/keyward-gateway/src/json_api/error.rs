@@ -49,6 +49,11 @@ pub enum ApiError {
         super::MAX_BODY_BYTES
     )]
     PayloadTooLarge,
+    /// A refusal with its own status and stable code, for answers the other
+    /// variants do not name (a passkey ceremony that failed, a feature this
+    /// deployment has not configured).
+    #[error("{2}")]
+    Coded(StatusCode, &'static str, String),
     /// Storage failed; details are logged.
     #[error("internal error")]
     Internal,
@@ -117,6 +122,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Coded(status, code, _) => (status, code),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         let body = axum::Json(ErrorBody::new(code, self.to_string()));

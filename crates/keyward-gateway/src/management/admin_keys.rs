@@ -24,8 +24,8 @@ use axum::Json;
 use keyward_api::admin_keys::{self as api, CreateAdminKey, CreatedAdminKey};
 use keyward_api::List;
 use keyward_core::{key, KeyHash, KeyId, KeyKind};
-use keyward_store::{AdminKey, AdminKeyRevocation, NewAdminKey, NewAuditEvent, NewSecret};
-use serde_json::{json, Value};
+use keyward_store::{AdminKey, AdminKeyRevocation, NewAdminKey, NewSecret};
+use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -114,14 +114,15 @@ pub async fn create(
             org_id: org,
         })
         .await?;
-    audit(
-        &state,
-        &caller,
-        "admin_key.created",
-        &record.id,
-        json!({"name": record.name}),
-    )
-    .await?;
+    caller
+        .audit(
+            &state,
+            record.org_id.as_ref(),
+            "admin_key.created",
+            record.id.as_str(),
+            json!({"name": record.name}),
+        )
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedAdminKey {
@@ -149,14 +150,15 @@ pub async fn revoke(
             ))
         }
     };
-    audit(
-        &state,
-        &caller,
-        "admin_key.revoked",
-        &record.id,
-        json!({"name": record.name}),
-    )
-    .await?;
+    caller
+        .audit(
+            &state,
+            record.org_id.as_ref(),
+            "admin_key.revoked",
+            record.id.as_str(),
+            json!({"name": record.name}),
+        )
+        .await?;
     retire_initial_key_file(&state, &record.id, "its key was revoked").await;
     Ok(Json(answer(record)))
 }
@@ -181,14 +183,15 @@ pub async fn rotate(
         .rotate_admin_key(&id, &new, state.clock.now_ms())
         .await?
         .ok_or_else(|| ApiError::Conflict("a revoked admin key cannot be rotated".into()))?;
-    audit(
-        &state,
-        &caller,
-        "admin_key.rotated",
-        &record.id,
-        json!({"name": record.name, "previous_status": current.status}),
-    )
-    .await?;
+    caller
+        .audit(
+            &state,
+            record.org_id.as_ref(),
+            "admin_key.rotated",
+            record.id.as_str(),
+            json!({"name": record.name, "previous_status": current.status}),
+        )
+        .await?;
     retire_initial_key_file(&state, &record.id, "its key was rotated").await;
     Ok(Json(CreatedAdminKey {
         record: answer(record),
@@ -207,27 +210,6 @@ pub async fn retire_initial_key_file(state: &AppState, id: &KeyId, reason: &str)
         reason,
     )
     .await;
-}
-
-async fn audit(
-    state: &AppState,
-    caller: &Caller,
-    action: &str,
-    target: &KeyId,
-    detail: Value,
-) -> Result<(), ApiError> {
-    state
-        .store
-        .append_audit(&NewAuditEvent {
-            at: state.clock.now_ms(),
-            actor: caller.actor.clone(),
-            action: action.to_owned(),
-            target: target.to_string(),
-            detail,
-            ..Default::default()
-        })
-        .await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -11,8 +11,7 @@ use keyward_api::budgets::{BudgetStatus, ScopeRef, SetBudget};
 use keyward_api::keys::BudgetInput;
 use keyward_api::{Deleted, List};
 use keyward_core::Budget;
-use keyward_core::{BudgetScope, KeyId};
-use keyward_store::NewAuditEvent;
+use keyward_core::{BudgetScope, KeyId, OrgId};
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -85,16 +84,15 @@ async fn set(
     let now = state.clock.now_ms();
     state.store.set_budget(&budget, now).await?;
     state.limits.budgets.remove(scope.id());
-    state
-        .store
-        .append_audit(&NewAuditEvent {
-            at: now,
-            actor: caller.actor.clone(),
-            action: "budget.set".into(),
-            target: scope.id().to_owned(),
-            detail: json!(budget),
-            ..Default::default()
-        })
+    let org = scope_org(&state, &scope).await?;
+    caller
+        .audit(
+            &state,
+            org.as_ref(),
+            "budget.set",
+            scope.id(),
+            json!(budget),
+        )
         .await?;
     Ok(Json(budget))
 }
@@ -139,8 +137,14 @@ async fn scope_visible(
     if caller.org.is_none() {
         return Ok(true);
     }
-    let org = match scope {
-        BudgetScope::Org(id) => keyward_core::OrgId::parse(id),
+    let org = scope_org(state, scope).await?;
+    Ok(org.is_some_and(|o| caller.sees(&o)))
+}
+
+/// The organization a budget's scope belongs to (`None` once it is gone).
+async fn scope_org(state: &AppState, scope: &BudgetScope) -> Result<Option<OrgId>, ApiError> {
+    Ok(match scope {
+        BudgetScope::Org(id) => OrgId::parse(id),
         BudgetScope::Project(id) => match keyward_core::ProjectId::parse(id) {
             Some(p) => state.store.get_project(&p).await?.map(|p| p.org_id),
             None => None,
@@ -149,8 +153,7 @@ async fn scope_visible(
             Some(k) => state.store.get_key(&k).await?.map(|k| k.org_id),
             None => None,
         },
-    };
-    Ok(org.is_some_and(|o| caller.sees(&o)))
+    })
 }
 
 /// `DELETE /api/v1/budgets`: removes the budget of one scope.
@@ -168,19 +171,17 @@ async fn delete(
         req.key.as_deref(),
     )
     .await?;
+    let org = scope_org(&state, &scope).await?;
     state.store.delete_budget(&scope).await?;
     state.limits.budgets.remove(scope.id());
-    let now = state.clock.now_ms();
-    state
-        .store
-        .append_audit(&NewAuditEvent {
-            at: now,
-            actor: caller.actor.clone(),
-            action: "budget.deleted".into(),
-            target: scope.id().to_owned(),
-            detail: json!(scope),
-            ..Default::default()
-        })
+    caller
+        .audit(
+            &state,
+            org.as_ref(),
+            "budget.deleted",
+            scope.id(),
+            json!(scope),
+        )
         .await?;
     Ok(Json(Deleted { deleted: scope }))
 }

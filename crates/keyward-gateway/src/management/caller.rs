@@ -17,11 +17,12 @@
 use super::ApiError;
 use crate::auth::SignedIn;
 use crate::state::{AppState, SharedState};
-use axum::extract::{FromRequestParts, MatchedPath};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath};
 use axum::http::request::Parts;
 use axum::http::Method;
 use keyward_core::{KeyId, KeyKind, OrgId, Role, UserId};
 use keyward_store::{KeyStatus, NewAuditEvent, Project};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// The authenticated caller of a management request.
@@ -35,6 +36,17 @@ pub struct Caller {
     pub role: Role,
     /// How the caller authenticated.
     pub via: Via,
+    /// Where the request came from, for the audit log.
+    pub source: Source,
+}
+
+/// A request's source address and user agent, as audit events record them.
+#[derive(Clone, Debug, Default)]
+pub struct Source {
+    /// The client's address (behind trusted proxies: the one they name).
+    pub ip: Option<String>,
+    /// The `User-Agent`, cut to 512 bytes.
+    pub user_agent: Option<String>,
 }
 
 /// How a caller authenticated.
@@ -140,6 +152,34 @@ impl Caller {
         }
     }
 
+    /// Appends an event about an object of `org` (the caller's own when
+    /// `None`), with the caller as actor and the request's source, to that
+    /// organization's chain: its admins see what was done to their objects,
+    /// whoever did it, the bootstrap key included.
+    pub async fn audit(
+        &self,
+        state: &AppState,
+        org: Option<&OrgId>,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), ApiError> {
+        state
+            .store
+            .append_audit(&NewAuditEvent {
+                at: state.clock.now_ms(),
+                actor: self.actor.clone(),
+                action: action.to_owned(),
+                target: target.to_owned(),
+                detail,
+                org_id: org.or(self.org.as_ref()).cloned(),
+                ip: self.source.ip.clone(),
+                user_agent: self.source.user_agent.clone(),
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Only the deployment's bootstrap key may (create organizations).
     pub fn require_deployment(&self) -> Result<(), ApiError> {
         match (&self.via, &self.org) {
@@ -155,7 +195,7 @@ impl FromRequestParts<SharedState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, ApiError> {
-        let caller = match crate::request::credentials::presented_key(&parts.headers) {
+        let mut caller = match crate::request::credentials::presented_key(&parts.headers) {
             Some(presented) => by_admin_key(state, presented).await?,
             None => {
                 let signed_in = SignedIn::from_request_parts(parts, state).await?;
@@ -165,9 +205,17 @@ impl FromRequestParts<SharedState> for Caller {
                     org: Some(user.org_id.clone()),
                     role: user.role,
                     via: Via::Session(Box::new(signed_in)),
+                    source: Source::default(),
                 }
             }
         };
+        if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+            let origin = crate::auth::session::Origin::of(state, peer.ip(), &parts.headers);
+            caller.source = Source {
+                ip: Some(origin.ip_text()),
+                user_agent: origin.user_agent,
+            };
+        }
         let route = parts
             .extensions
             .get::<MatchedPath>()
@@ -180,7 +228,7 @@ impl FromRequestParts<SharedState> for Caller {
             )));
         }
         if let (Via::AdminKey(id), None) = (&caller.via, &caller.org) {
-            audit_bootstrap_use(state, id, &parts.method, parts.uri.path()).await;
+            audit_bootstrap_use(state, id, &caller.source, &parts.method, parts.uri.path()).await;
         }
         Ok(caller)
     }
@@ -219,6 +267,7 @@ async fn by_admin_key(state: &Arc<AppState>, presented: &str) -> Result<Caller, 
         org: admin.org_id,
         role: Role::Owner,
         via: Via::AdminKey(admin.id),
+        source: Source::default(),
     })
 }
 
@@ -227,7 +276,13 @@ async fn by_admin_key(state: &Arc<AppState>, presented: &str) -> Result<Caller, 
 /// on top, its use itself is recorded, folded per minute (the first use of a
 /// minute is written with the number of uses folded since the last one), so
 /// that a script polling with it cannot push real events out of the log.
-async fn audit_bootstrap_use(state: &AppState, id: &KeyId, method: &Method, path: &str) {
+async fn audit_bootstrap_use(
+    state: &AppState,
+    id: &KeyId,
+    source: &Source,
+    method: &Method,
+    path: &str,
+) {
     let now = state.clock.now_ms();
     let kind = format!("admin_key.bootstrap_used:{id}");
     let Some(folded) = state.audit_sampler.sample(&kind, now) else {
@@ -239,6 +294,8 @@ async fn audit_bootstrap_use(state: &AppState, id: &KeyId, method: &Method, path
         action: "admin_key.bootstrap_used".into(),
         target: id.to_string(),
         detail: serde_json::json!({"method": method.as_str(), "path": path, "uses_folded": folded}),
+        ip: source.ip.clone(),
+        user_agent: source.user_agent.clone(),
         ..Default::default()
     };
     if let Err(e) = state.store.append_audit(&event).await {

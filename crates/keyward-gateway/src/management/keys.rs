@@ -131,7 +131,9 @@ pub async fn create(
     if !record.policy.origins.is_empty() {
         state.origins.invalidate();
     }
-    audit(&state, &caller.actor, "key.created", &record, json!({"name": record.name, "project_id": record.project_id, "policy": record.policy, "budget": budget})).await?;
+    caller
+        .audit(&state, Some(&record.org_id), "key.created", record.id.as_str(), json!({"name": record.name, "project_id": record.project_id, "policy": record.policy, "budget": budget}))
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedKey {
@@ -214,7 +216,15 @@ pub async fn revoke(
     for token in state.store.revoke_tokens(&record.id, now).await? {
         forget(&state, &token);
     }
-    audit(&state, &caller.actor, "key.revoked", &record, json!({})).await?;
+    caller
+        .audit(
+            &state,
+            Some(&record.org_id),
+            "key.revoked",
+            record.id.as_str(),
+            json!({}),
+        )
+        .await?;
     Ok(Json(view(record, None, now)))
 }
 
@@ -227,14 +237,15 @@ pub async fn delete(
     let record = find(&state, &caller, &id, true).await?;
     state.store.delete_key(&record.id).await?;
     forget(&state, &record.id);
-    audit(
-        &state,
-        &caller.actor,
-        "key.deleted",
-        &record,
-        json!({"name": record.name}),
-    )
-    .await?;
+    caller
+        .audit(
+            &state,
+            Some(&record.org_id),
+            "key.deleted",
+            record.id.as_str(),
+            json!({"name": record.name}),
+        )
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -293,14 +304,15 @@ pub async fn rotate(
     for token in state.store.child_keys(&rotated.id).await? {
         forget(&state, &token.id);
     }
-    audit(
-        &state,
-        &caller.actor,
-        "key.rotated",
-        &rotated,
-        json!({"grace_seconds": grace, "previous_status": record.status}),
-    )
-    .await?;
+    caller
+        .audit(
+            &state,
+            Some(&rotated.org_id),
+            "key.rotated",
+            rotated.id.as_str(),
+            json!({"grace_seconds": grace, "previous_status": record.status}),
+        )
+        .await?;
     let project = state.store.get_project(&rotated.project_id).await?;
     Ok(Json(CreatedKey {
         record: view(rotated, project.as_ref(), now),
@@ -326,14 +338,15 @@ pub async fn ephemeral(
         .ok_or(ApiError::NotFound("key"))?;
     let actor = caller.actor.clone();
     let created = issue_token(&state, &parent, &secret, None, req, &actor).await?;
-    audit(
-        &state,
-        &actor,
-        "token.minted",
-        &parent,
-        json!({"token_id": created.record.record.id, "expires_at": created.record.record.expires_at}),
-    )
-    .await?;
+    caller
+        .audit(
+            &state,
+            Some(&parent.org_id),
+            "token.minted",
+            parent.id.as_str(),
+            json!({"token_id": created.record.record.id, "expires_at": created.record.record.expires_at}),
+        )
+        .await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 

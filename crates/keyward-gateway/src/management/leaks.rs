@@ -16,7 +16,7 @@ use axum::Json;
 use keyward_api::leaks::{self as api, ClearLeak, KeyMatch, LeakQuery, LeakResult, ReportLeaks};
 use keyward_api::List;
 use keyward_core::{KeyHash, KeyId};
-use keyward_store::{KeyStatus, LeakReport, NewAuditEvent};
+use keyward_store::{KeyStatus, LeakReport};
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -253,16 +253,14 @@ pub async fn clear(
         .ok_or_else(|| ApiError::Conflict("the key is no longer leaked".into()))?;
     state.keys.invalidate(&id);
     state.keys_by_id.remove(&id);
-    state
-        .store
-        .append_audit(&NewAuditEvent {
-            at: state.clock.now_ms(),
-            actor: caller.actor.clone(),
-            action: "key.leak_cleared".into(),
-            target: id.to_string(),
-            detail: json!({"reason": reason}),
-            ..Default::default()
-        })
+    caller
+        .audit(
+            &state,
+            Some(&record.org_id),
+            "key.leak_cleared",
+            id.as_str(),
+            json!({"reason": reason}),
+        )
         .await?;
     Ok(Json(super::keys::answer_record(record)))
 }

@@ -9,7 +9,7 @@ use axum::Json;
 use keyward_api::orgs::{self as api, CreateOrg, CreateProject, ProjectQuery, SetProjectPolicy};
 use keyward_api::List;
 use keyward_core::{OrgId, ProjectId};
-use keyward_store::{NewAuditEvent, Org, Project, ProjectPolicy};
+use keyward_store::{Org, Project, ProjectPolicy};
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -246,16 +246,14 @@ async fn set_project_policy(
     };
     let updated = state.store.set_project_policy(&project.id, &policy).await?;
     state.limits.projects.remove(&project.id);
-    state
-        .store
-        .append_audit(&NewAuditEvent {
-            at: state.clock.now_ms(),
-            actor: caller.actor.clone(),
-            action: "project.policy_set".into(),
-            target: project.id.to_string(),
-            detail: json!(policy),
-            ..Default::default()
-        })
+    caller
+        .audit(
+            &state,
+            Some(&project.org_id),
+            "project.policy_set",
+            project.id.as_str(),
+            json!(policy),
+        )
         .await?;
     Ok(Json(answer_project(updated)))
 }

@@ -11,7 +11,7 @@ use axum::Json;
 use keyward_api::users::{self as api, CreateUser, UpdateUser};
 use keyward_api::List;
 use keyward_core::{OrgId, UserId};
-use keyward_store::{NewAuditEvent, NewUser, User};
+use keyward_store::{NewUser, User};
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -68,14 +68,15 @@ async fn invite(
         .leaks
         .notifier
         .send_secret_mail(email.clone(), "You are invited".into(), text);
-    audit(
-        &state,
-        &caller,
-        "user.invited",
-        &org.id.to_string(),
-        json!({"email": email, "role": req.role}),
-    )
-    .await?;
+    caller
+        .audit(
+            &state,
+            Some(&org.id),
+            "user.invited",
+            org.id.as_str(),
+            json!({"email": email, "role": req.role}),
+        )
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(api::Invitation {
@@ -189,14 +190,15 @@ async fn create(
             created_at: state.clock.now_ms(),
         })
         .await?;
-    audit(
-        &state,
-        &caller,
-        "user.created",
-        user.id.as_str(),
-        json!({"email": user.email, "role": user.role}),
-    )
-    .await?;
+    caller
+        .audit(
+            &state,
+            Some(&user.org_id),
+            "user.created",
+            user.id.as_str(),
+            json!({"email": user.email, "role": user.role}),
+        )
+        .await?;
     Ok((StatusCode::CREATED, Json(answer(user))))
 }
 
@@ -225,14 +227,15 @@ async fn update(
     }
     if let Some(role) = req.role {
         state.store.set_role(&id, role).await?;
-        audit(
-            &state,
-            &caller,
-            "user.role_changed",
-            id.as_str(),
-            json!({"from": user.role, "to": role}),
-        )
-        .await?;
+        caller
+            .audit(
+                &state,
+                Some(&user.org_id),
+                "user.role_changed",
+                id.as_str(),
+                json!({"from": user.role, "to": role}),
+            )
+            .await?;
     }
     match req.disabled {
         Some(true) => {
@@ -241,17 +244,41 @@ async fn update(
                 .set_disabled(&id, Some(state.clock.now_ms()))
                 .await?;
             crate::auth::session::end_all(&state, &id, None, "account disabled").await?;
-            audit(&state, &caller, "user.disabled", id.as_str(), json!({})).await?;
+            caller
+                .audit(
+                    &state,
+                    Some(&user.org_id),
+                    "user.disabled",
+                    id.as_str(),
+                    json!({}),
+                )
+                .await?;
         }
         Some(false) => {
             state.store.set_disabled(&id, None).await?;
-            audit(&state, &caller, "user.enabled", id.as_str(), json!({})).await?;
+            caller
+                .audit(
+                    &state,
+                    Some(&user.org_id),
+                    "user.enabled",
+                    id.as_str(),
+                    json!({}),
+                )
+                .await?;
         }
         None => {}
     }
     if req.unlock == Some(true) {
         state.store.unlock_user(&id).await?;
-        audit(&state, &caller, "user.unlocked", id.as_str(), json!({})).await?;
+        caller
+            .audit(
+                &state,
+                Some(&user.org_id),
+                "user.unlocked",
+                id.as_str(),
+                json!({}),
+            )
+            .await?;
     }
     let open = state.store.list_sessions(&id, state.clock.now_ms()).await?;
     crate::auth::session::forget_user(&state, &open);
@@ -261,25 +288,4 @@ async fn update(
         .await?
         .ok_or(ApiError::NotFound("user"))?;
     Ok(Json(answer(user)))
-}
-
-async fn audit(
-    state: &AppState,
-    caller: &Caller,
-    action: &str,
-    target: &str,
-    detail: serde_json::Value,
-) -> Result<(), ApiError> {
-    state
-        .store
-        .append_audit(&NewAuditEvent {
-            at: state.clock.now_ms(),
-            actor: caller.actor.clone(),
-            action: action.to_owned(),
-            target: target.to_owned(),
-            detail,
-            ..Default::default()
-        })
-        .await?;
-    Ok(())
 }

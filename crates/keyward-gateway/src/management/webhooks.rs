@@ -15,9 +15,7 @@ use keyward_api::notify::{
 };
 use keyward_api::List;
 use keyward_core::{EventId, OrgId, ProjectId, RecipientId, WebhookId};
-use keyward_store::{
-    Channel, ChannelScope, Delivery, NewAuditEvent, NewWebhook, Recipient, Webhook,
-};
+use keyward_store::{Channel, ChannelScope, Delivery, NewWebhook, Recipient, Webhook};
 use serde_json::{json, Value};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -140,14 +138,15 @@ pub async fn create(
             created_at: state.clock.now_ms(),
         })
         .await?;
-    audit(
-        &state,
-        &caller,
-        "webhook.created",
-        webhook.id.as_str(),
-        json!({"events": webhook.scope.events}),
-    )
-    .await?;
+    caller
+        .audit(
+            &state,
+            webhook.scope.org_id.as_ref(),
+            "webhook.created",
+            webhook.id.as_str(),
+            json!({"events": webhook.scope.events}),
+        )
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedWebhook {
@@ -182,9 +181,17 @@ pub async fn remove(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let id = find_webhook(&state, &caller, &id).await?.id;
-    state.store.delete_webhook(&id).await?;
-    audit(&state, &caller, "webhook.deleted", id.as_str(), json!({})).await?;
+    let hook = find_webhook(&state, &caller, &id).await?;
+    state.store.delete_webhook(&hook.id).await?;
+    caller
+        .audit(
+            &state,
+            hook.scope.org_id.as_ref(),
+            "webhook.deleted",
+            hook.id.as_str(),
+            json!({}),
+        )
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -258,14 +265,15 @@ pub async fn create_recipient(
         created_at: state.clock.now_ms(),
     };
     let r = state.store.create_recipient(&recipient).await?;
-    audit(
-        &state,
-        &caller,
-        "email_recipient.created",
-        r.id.as_str(),
-        json!({"events": r.scope.events}),
-    )
-    .await?;
+    caller
+        .audit(
+            &state,
+            r.scope.org_id.as_ref(),
+            "email_recipient.created",
+            r.id.as_str(),
+            json!({"events": r.scope.events}),
+        )
+        .await?;
     Ok((StatusCode::CREATED, Json(answer_recipient(r))))
 }
 
@@ -291,24 +299,23 @@ pub async fn remove_recipient(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = RecipientId::parse(&id).ok_or(ApiError::NotFound("recipient"))?;
-    if !state
+    let recipient = state
         .store
         .list_recipients()
         .await?
-        .iter()
-        .any(|r| r.id == id && visible(&caller, &r.scope))
-    {
-        return Err(ApiError::NotFound("recipient"));
-    }
+        .into_iter()
+        .find(|r| r.id == id && visible(&caller, &r.scope))
+        .ok_or(ApiError::NotFound("recipient"))?;
     state.store.delete_recipient(&id).await?;
-    audit(
-        &state,
-        &caller,
-        "email_recipient.deleted",
-        id.as_str(),
-        json!({}),
-    )
-    .await?;
+    caller
+        .audit(
+            &state,
+            recipient.scope.org_id.as_ref(),
+            "email_recipient.deleted",
+            id.as_str(),
+            json!({}),
+        )
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -359,27 +366,6 @@ fn answer_delivery(d: Delivery) -> api::Delivery<Value> {
         created_at: d.created_at,
         delivered_at: d.delivered_at,
     }
-}
-
-async fn audit(
-    state: &AppState,
-    caller: &Caller,
-    action: &str,
-    target: &str,
-    detail: Value,
-) -> Result<(), ApiError> {
-    state
-        .store
-        .append_audit(&NewAuditEvent {
-            at: state.clock.now_ms(),
-            actor: caller.actor.clone(),
-            action: action.into(),
-            target: target.into(),
-            detail,
-            ..Default::default()
-        })
-        .await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -68,7 +68,7 @@ async fn an_organization_admin_key_cannot_read_another_organizations_audit_chain
             .iter()
             .all(|e| e["org_id"] == acme.as_str()));
     }
-    let (_, mine) = get_as(&kw, &acme_key, "/api/v1/audit").await;
+    let (_, mine) = get_as(&kw, &acme_key, "/api/v1/audit?action=key.created").await;
     assert_eq!(mine["data"][0]["action"], "key.created", "{mine}");
     assert_eq!(mine["data"][0]["hash"].as_str().map(str::len), Some(64));
 
@@ -142,4 +142,42 @@ async fn a_viewer_cannot_read_the_activity_of_others_in_their_organization() {
     // The organization's admin sees both.
     let (_, all) = get_as(&kw, &acme_key, "/api/v1/audit?action=probe.").await;
     assert_eq!(all["data"].as_array().unwrap().len(), 2, "{all}");
+}
+
+#[tokio::test]
+async fn what_the_bootstrap_key_does_to_an_organizations_objects_is_in_that_organizations_chain() {
+    let up = Upstream::start().await;
+    let kw = Keyward::start(&up.base_url()).await;
+    let (acme, acme_key) = scoped_admin(&kw, "acme").await;
+    let (_, globex_key) = scoped_admin(&kw, "globex").await;
+    let r = kw
+        .admin_put(
+            "/api/v1/budgets",
+            json!({"org": "acme", "usd": 5.0, "period": "month"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let r = kw
+        .admin_post(
+            "/api/v1/webhooks",
+            json!({"url": "http://127.0.0.1:9/hook", "org": acme}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let (_, theirs) = get_as(&kw, &acme_key, "/api/v1/audit").await;
+    let events = theirs["data"].as_array().unwrap();
+    for action in ["budget.set", "webhook.created", "admin_key.created"] {
+        let event = events
+            .iter()
+            .find(|e| e["action"] == action)
+            .unwrap_or_else(|| panic!("acme's admins see {action}: {theirs}"));
+        assert_eq!(event["org_id"], acme.as_str());
+        assert_eq!(event["ip"], "127.0.0.1", "the source is recorded: {event}");
+    }
+    let (_, others) = get_as(&kw, &globex_key, "/api/v1/audit").await;
+    let text = others.to_string();
+    assert!(
+        !text.contains("budget.set") && !text.contains("webhook.created"),
+        "{text}"
+    );
 }

@@ -13,10 +13,14 @@ mod management;
 mod metering;
 mod notify;
 mod openapi;
+mod passkeys;
 mod proxy;
 mod security_api;
 mod security_keys;
 mod security_proxy;
 mod security_server;
+/// The WebAuthn authenticator keyward-auth's tests use, shared by path.
+#[path = "../../../keyward-auth/tests/it/soft_authenticator.rs"]
+mod soft_authenticator;
 mod support;
 mod watchers;
