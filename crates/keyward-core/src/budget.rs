@@ -107,8 +107,9 @@ impl Budget {
     pub const DEFAULT_THRESHOLDS: [u32; 3] = [50, 80, 100];
 }
 
-// Howard Hinnant's civil calendar algorithms (days since 1970-01-01).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
+/// calendar (Howard Hinnant's civil calendar algorithms).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;

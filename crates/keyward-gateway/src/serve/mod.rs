@@ -131,13 +131,17 @@ impl Server {
     /// The routes of every path but `/v1`, which `crate::serve::entry` sends to the
     /// gateway handler before routing.
     pub fn router(&self) -> Router {
-        Router::new()
+        let api = Router::new()
             .merge(crate::management::router())
             .merge(crate::auth::router())
             .merge(crate::leaks::router())
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
-            .with_state(self.state.clone())
+            .with_state(self.state.clone());
+        // The dashboard reads and writes only through `api`, in process.
+        let options = keyward_web::WebOptions { oidc: false };
+        api.clone()
+            .merge(keyward_web::router(keyward_web::Api::new(api), options))
     }
 
     /// Serves on `listener` (and metrics on `metrics`, when given) until `shutdown`

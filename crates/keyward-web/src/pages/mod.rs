@@ -1,0 +1,113 @@
+//! The pages, one module per section, and what they share: answering an API
+//! refusal, and redirects that carry the API's cookies.
+
+mod keys;
+mod overview;
+mod sign_in;
+
+use crate::api::Refusal;
+use crate::layout::{self, Message};
+use crate::session::Me;
+use crate::SharedWeb;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use maud::html;
+
+/// Every page route.
+pub fn router() -> Router<SharedWeb> {
+    Router::new()
+        .route("/", get(overview::show))
+        .route("/sign-in", get(sign_in::form).post(sign_in::submit))
+        .route(
+            "/sign-in/second-factor",
+            get(sign_in::second_factor_form).post(sign_in::second_factor_submit),
+        )
+        .route("/sign-out", post(sign_in::sign_out))
+        .route(
+            "/reauthenticate",
+            get(sign_in::reauthenticate_form).post(sign_in::reauthenticate_submit),
+        )
+        .route("/keys", get(keys::list).post(keys::create))
+        .route("/keys/new", get(keys::new))
+        .route("/keys/{id}", get(keys::show))
+        .route("/keys/{id}/revoke", post(keys::revoke))
+        .route("/keys/{id}/rotate", post(keys::rotate))
+}
+
+/// A 303 to `to` that passes on the API's `Set-Cookie` headers.
+fn redirect_with(to: &str, cookies: Vec<HeaderValue>) -> Response {
+    let mut response = Redirect::to(to).into_response();
+    for cookie in cookies {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// The answer to an API refusal on a page of a signed-in user: the sign-in
+/// page when the session is gone, the re-authentication page (coming back
+/// to `back`) when the action needs a recent sign-in, else the API's message
+/// with its status.
+fn refused(me: &Me, refusal: Refusal, back: &str) -> Response {
+    match refusal.code.as_str() {
+        "unauthorized" => Redirect::to("/sign-in").into_response(),
+        "reauthentication_required" => {
+            Redirect::to(&format!("/reauthenticate?back={}", local_path(back))).into_response()
+        }
+        _ => {
+            let body = html! {
+                (layout::message(Message::Error, &refusal.message))
+                p { a href=(local_path(back)) { "Back" } }
+            };
+            let status = refusal.status;
+            (status, layout::page(me, "Refused", "", body)).into_response()
+        }
+    }
+}
+
+/// `path` if it is a path on this site, else `/` (never an open redirect).
+fn local_path(path: &str) -> &str {
+    // Letters, digits, `/`, `-`, `_`: every page path, and nothing that could
+    // leave the site or the query string.
+    let ok = path.starts_with('/')
+        && !path.starts_with("//")
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_".contains(&b));
+    if ok {
+        path
+    } else {
+        "/"
+    }
+}
+
+/// A bad form (a number that is not one): 400 with what to fix.
+fn bad_form(me: &Me, message: &str, back: &str) -> Response {
+    let refusal = Refusal {
+        status: StatusCode::BAD_REQUEST,
+        code: "bad_request".into(),
+        message: message.to_owned(),
+    };
+    refused(me, refusal, back)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_local_paths_are_redirect_targets() {
+        for bad in [
+            "//evil.example/x",
+            "https://evil.example",
+            "/\\evil",
+            "keys",
+            "/a b",
+            "/x?y=1",
+        ] {
+            assert_eq!(local_path(bad), "/", "{bad}");
+        }
+        assert_eq!(local_path("/keys/new"), "/keys/new");
+    }
+}
