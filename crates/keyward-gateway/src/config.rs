@@ -79,6 +79,30 @@ pub struct AccountSettings {
     /// A Pwned-Passwords-style range API (`GET {url}/range/{prefix}`) that new
     /// passwords are checked against, when set.
     pub breach_check_url: Option<String>,
+    /// "Sign in with Google" (any OpenID provider), when configured. Needs
+    /// `public_url`: the provider sends the browser back to
+    /// `{public_url}/auth/oidc/callback`, the redirect URI registered with it.
+    pub oidc: Option<OidcSettings>,
+}
+
+/// How keyward is registered with one OpenID provider. The client secret is
+/// not here: only the name of the environment variable that holds it, so it
+/// never sits in a config file or a `Debug` print.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OidcSettings {
+    /// The provider's issuer, as its discovery document states it
+    /// (`https://accounts.google.com` for Google).
+    pub issuer_url: String,
+    /// The client id the provider gave keyward.
+    pub client_id: String,
+    /// The name of the environment variable holding the client secret.
+    pub client_secret_env: String,
+    /// Email domains whose verified users get an account on their first
+    /// sign-in (just-in-time). Empty: only existing users sign in this way.
+    pub allowed_domains: Vec<String>,
+    /// The organization (name or id) just-in-time users join, as `member`.
+    /// Required when `allowed_domains` is not empty.
+    pub org: Option<String>,
 }
 
 impl Default for AccountSettings {
@@ -90,6 +114,7 @@ impl Default for AccountSettings {
             reauthentication_window: Duration::from_secs(600),
             second_factor_window: Duration::from_secs(300),
             breach_check_url: None,
+            oidc: None,
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Starts the real OpenID provider (`oidc-provider` on node, configured by
 //! tests/oidc-provider/provider.mjs) on 127.0.0.1, and plays the browser against it.
+//! keyward-gateway's tests include this file too (`#[path]`), so that both crates
+//! run against the same provider set up the same way.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
@@ -103,6 +105,25 @@ pub fn start(config: &serde_json::Value) -> Option<TestProvider> {
 /// cookies, until the provider redirects to [`REDIRECT_URL`]. Returns that
 /// redirect's `state` and `code`.
 pub async fn sign_in_at_provider(authorize_url: &str, login_hint: &str) -> (String, String) {
+    let next = browse_to_redirect(authorize_url, login_hint, REDIRECT_URL).await;
+    let param = |name: &str| {
+        next.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_else(|| panic!("no {name} in the callback: {next}"))
+    };
+    (param("state"), param("code"))
+}
+
+/// Plays the browser through the provider as [`sign_in_at_provider`] does, until
+/// the provider redirects to a URL starting with `redirect_url` (a relying
+/// party's registered callback); returns that whole URL, query and all, for the
+/// caller to deliver (or tamper with).
+pub async fn browse_to_redirect(
+    authorize_url: &str,
+    login_hint: &str,
+    redirect_url: &str,
+) -> reqwest::Url {
     let browser = reqwest::Client::builder()
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())
@@ -128,16 +149,10 @@ pub async fn sign_in_at_provider(authorize_url: &str, login_hint: &str) -> (Stri
             .to_str()
             .expect("Location is ASCII");
         let next = url.join(location).expect("Location is a URL");
-        if next.as_str().starts_with(REDIRECT_URL) {
-            let param = |name: &str| {
-                next.query_pairs()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.into_owned())
-                    .unwrap_or_else(|| panic!("no {name} in the callback: {next}"))
-            };
-            return (param("state"), param("code"));
+        if next.as_str().starts_with(redirect_url) {
+            return next;
         }
         url = next;
     }
-    panic!("the provider never redirected back to keyward");
+    panic!("the provider never redirected back to the relying party");
 }

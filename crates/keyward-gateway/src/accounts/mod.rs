@@ -1,6 +1,7 @@
 //! Accounts' share of the server state: the session cache, sign-in
 //! throttling, the cookie names and the public origin, plus the browser-facing
-//! checks (`web.rs`). The `/auth` routes that use them are in `crate::auth`.
+//! checks (`web.rs`) and the OpenID provider keyward relies on (`oidc.rs`).
+//! The `/auth` routes that use them are in `crate::auth`.
 //!
 //! Decisions that hold for accounts:
 //! - A wrong email, a wrong password, a locked, disabled or reset-pending account
@@ -12,6 +13,7 @@
 //!   next request is refused.
 //! - Argon2 runs on the blocking pool: a sign-in never stalls a connection thread.
 
+pub mod oidc;
 pub mod web;
 
 use crate::config::AccountSettings;
@@ -43,16 +45,21 @@ pub struct Accounts {
     /// The WebAuthn relying party, when the public URL names a domain that
     /// browsers accept as one (https, or http://localhost).
     pub passkeys: Option<Passkeys>,
+    /// "Sign in with Google" (any OpenID provider), when configured.
+    pub oidc: Option<oidc::OidcRelyingParty>,
 }
 
 impl Accounts {
     /// Builds the share; `cache_ttl_ms` bounds how long a session read from
-    /// storage is trusted (role changes take effect within it).
+    /// storage is trusted (role changes take effect within it). `oidc` is built
+    /// from `settings.oidc` first, so that a configuration that cannot work
+    /// stops the start before anything is written.
     pub fn new(
         settings: AccountSettings,
         sealing: SealingKey,
         clock: keyward_core::Clock,
         cache_ttl_ms: i64,
+        oidc: Option<oidc::OidcRelyingParty>,
     ) -> Self {
         let origin = settings.public_url.as_ref().and_then(web::origin_of);
         let secure = settings
@@ -75,6 +82,7 @@ impl Accounts {
             sealing,
             http: reqwest::Client::new(),
             passkeys: settings.public_url.as_ref().and_then(relying_party),
+            oidc,
             settings,
         }
     }
@@ -108,6 +116,8 @@ pub struct CookieNames {
     pub pending: &'static str,
     /// A long-lived cookie that recognises a device (new-device alerts).
     pub device: &'static str,
+    /// Binds an OpenID Connect sign-in to the browser that began it.
+    pub oidc: &'static str,
     /// `Secure` (https public URL).
     pub secure: bool,
 }
@@ -122,6 +132,7 @@ impl CookieNames {
                 session: "__Host-keyward_session",
                 pending: "__Host-keyward_pending",
                 device: "__Host-keyward_device",
+                oidc: "__Host-keyward_oidc",
                 secure,
             }
         } else {
@@ -129,6 +140,7 @@ impl CookieNames {
                 session: "keyward_session",
                 pending: "keyward_pending",
                 device: "keyward_device",
+                oidc: "keyward_oidc",
                 secure,
             }
         }

@@ -1,11 +1,12 @@
-//! `/auth`: signing in (password, then a second factor), sessions, password and
-//! second-factor changes, re-authentication. The rules live in `keyward-auth`;
-//! the state they need in `crate::accounts`; these handlers apply them to
-//! requests and record what happened.
+//! `/auth`: signing in (a password or an OpenID provider, then a second
+//! factor), sessions, password and second-factor changes, re-authentication.
+//! The rules live in `keyward-auth`; the state they need in `crate::accounts`;
+//! these handlers apply them to requests and record what happened.
 
 pub(crate) mod devices;
 pub(crate) mod events;
 pub(crate) mod links;
+pub(crate) mod oidc;
 pub(crate) mod passkeys;
 pub(crate) mod profile;
 pub(crate) mod rules;
@@ -35,6 +36,8 @@ pub fn router() -> Router<SharedState> {
         .route("/auth/password-reset/confirm", post(links::confirm_reset))
         .route("/auth/invitations/accept", post(links::accept_invitation))
         .route("/auth/not-me", post(links::not_me))
+        .route("/auth/oidc/start", get(oidc::start))
+        .route("/auth/oidc/callback", get(oidc::callback))
         .route("/auth/me", get(profile::me))
         .route("/auth/sessions", get(profile::sessions))
         .route("/auth/sessions/{id}", delete(profile::end_session))

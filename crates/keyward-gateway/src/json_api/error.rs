@@ -57,6 +57,21 @@ pub enum ApiError {
     /// Storage failed; details are logged.
     #[error("internal error")]
     Internal,
+    /// Sign-in with OpenID Connect is not configured on this server.
+    #[error("sign-in with an OpenID provider is not configured on this server")]
+    OidcNotConfigured,
+    /// The OpenID Connect sign-in failed at the provider or in the ID token's
+    /// checks, or its identity may not have an account (see
+    /// [`keyward_auth::oidc::OidcError::code`] for the codes).
+    #[error(transparent)]
+    Oidc(#[from] keyward_auth::oidc::OidcError),
+    /// An OpenID Connect callback keyward cannot match to a sign-in this
+    /// browser began, or whose user may not sign in: `.0` is the stable code
+    /// (`oidc_sign_in_unknown`, `oidc_browser_mismatch`, `oidc_provider_error`,
+    /// `oidc_callback_invalid`, `oidc_account_refused`), `.1` the message.
+    /// Never echoes the callback's state or code.
+    #[error("{1}")]
+    OidcCallback(&'static str, String),
     /// A gateway key was refused where it authenticates a request outside
     /// `/v1` (`POST /keyward/v1/tokens`): sent as the gateway sends it — same
     /// status, code and headers (`Retry-After`, `x-ratelimit-*`), in OpenAI's
@@ -124,6 +139,13 @@ impl IntoResponse for ApiError {
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Coded(status, code, _) => (status, code),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::OidcNotConfigured => (StatusCode::NOT_FOUND, "oidc_not_configured"),
+            ApiError::Oidc(e) => return oidc_error(&e),
+            ApiError::OidcCallback(
+                code @ ("oidc_browser_mismatch" | "oidc_account_refused"),
+                _,
+            ) => (StatusCode::FORBIDDEN, code),
+            ApiError::OidcCallback(code, _) => (StatusCode::BAD_REQUEST, code),
         };
         let body = axum::Json(ErrorBody::new(code, self.to_string()));
         if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -133,4 +155,33 @@ impl IntoResponse for ApiError {
         }
         (status, body).into_response()
     }
+}
+
+/// One status per kind of OpenID Connect failure. The provider being down or
+/// keyward misconfigured is 503 with a fixed message (the detail, which may
+/// name internal addresses, is logged); an identity refused an account is 403;
+/// anything wrong with the callback or the ID token is 400.
+fn oidc_error(e: &keyward_auth::oidc::OidcError) -> Response {
+    use keyward_auth::oidc::OidcError as E;
+    let (status, message) = match e {
+        E::Config(_) | E::ClientSecretMissing { .. } | E::ProviderUnreachable(_) => {
+            tracing::error!(error = %e, "OpenID Connect sign-in unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sign-in with the OpenID provider is unavailable for now; try again later, or \
+                 sign in with a password"
+                    .to_owned(),
+            )
+        }
+        E::EmailMissing | E::EmailUnverified | E::DomainNotAllowed => {
+            (StatusCode::FORBIDDEN, e.to_string())
+        }
+        E::StateMismatch
+        | E::LoginExpired
+        | E::CodeRejected(_)
+        | E::NonceMismatch
+        | E::AudienceMismatch
+        | E::InvalidIdToken(_) => (StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    (status, axum::Json(ErrorBody::new(e.code(), message))).into_response()
 }

@@ -35,6 +35,10 @@ pub enum StartError {
     /// The secrets key is missing or wrong, or sealing failed.
     #[error(transparent)]
     Sealing(#[from] crate::sealing::SealingError),
+    /// The OpenID Connect settings cannot work (no public URL, the client
+    /// secret's variable unset, a plain-http remote issuer).
+    #[error(transparent)]
+    Oidc(#[from] keyward_auth::oidc::OidcError),
 }
 
 /// A server ready to run: state built, first-start setup done.
@@ -51,6 +55,15 @@ impl Server {
         store: SharedStore,
         clock: Clock,
     ) -> Result<Self, StartError> {
+        // Before anything is written: a configuration that cannot work stops here.
+        let oidc = config
+            .accounts
+            .oidc
+            .as_ref()
+            .map(|o| {
+                crate::accounts::oidc::OidcRelyingParty::new(o, config.accounts.public_url.as_ref())
+            })
+            .transpose()?;
         let sealing = crate::sealing::prepare(&config.sealing_key, &store).await?;
         let setup = bootstrap(&store, &config.data_dir, &config.key_format, &clock).await?;
         if let Some((path, reason)) = &setup.written {
@@ -70,6 +83,7 @@ impl Server {
             sealing.clone(),
             clock.clone(),
             ttl,
+            oidc,
         );
         let leaks =
             crate::state::LeakState::start(&config.leaks, store.clone(), clock.clone(), sealing);
@@ -139,7 +153,9 @@ impl Server {
             .route("/readyz", get(readyz))
             .with_state(self.state.clone());
         // The dashboard reads and writes only through `api`, in process.
-        let options = keyward_web::WebOptions { oidc: false };
+        let options = keyward_web::WebOptions {
+            oidc: self.state.accounts.oidc.is_some(),
+        };
         api.clone()
             .merge(keyward_web::router(keyward_web::Api::new(api), options))
     }
@@ -158,6 +174,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         crate::leaks::watchers::spawn(self.state.clone());
+        discover_oidc_provider(self.state.clone());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
@@ -207,4 +224,28 @@ async fn readyz(State(state): State<SharedState>) -> impl IntoResponse {
 
 async fn render_metrics(State(state): State<SharedState>) -> String {
     state.metrics.render()
+}
+
+/// Discovers the OpenID provider in the background at start, so that a wrong
+/// issuer or client is in the log at once rather than at the first sign-in;
+/// sign-ins discover it again if this fails (see [`crate::accounts::oidc`]).
+fn discover_oidc_provider(state: SharedState) {
+    if state.accounts.oidc.is_none() {
+        return;
+    }
+    tokio::spawn(async move {
+        let Some(rp) = &state.accounts.oidc else {
+            return;
+        };
+        match rp.client().await {
+            Ok(_) => tracing::info!(
+                redirect_uri = rp.redirect_url(),
+                "OpenID provider discovered"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "the OpenID provider could not be discovered; sign-ins will try again"
+            ),
+        }
+    });
 }

@@ -12,6 +12,12 @@ mod limits;
 mod management;
 mod metering;
 mod notify;
+mod oidc;
+// The provider launcher keyward-auth's tests use, shared as is; this crate's
+// tests use part of it.
+#[allow(dead_code)] // reason: REDIRECT_URL and sign_in_at_provider serve keyward-auth's tests
+#[path = "../../../keyward-auth/tests/it/oidc_provider.rs"]
+mod oidc_provider;
 mod openapi;
 mod passkeys;
 mod proxy;

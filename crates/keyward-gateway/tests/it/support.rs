@@ -240,6 +240,18 @@ impl Keyward {
         clock: Clock,
         listen: &str,
     ) -> Self {
+        let listener = TcpListener::bind(listen).await.unwrap();
+        Self::start_on(listener, upstream, tweak, clock).await
+    }
+
+    /// A server on a socket bound beforehand, so that its address can be in
+    /// the config (a public URL with the real port, registered elsewhere).
+    pub async fn start_on(
+        listener: TcpListener,
+        upstream: &str,
+        tweak: impl FnOnce(&mut GatewayConfig),
+        clock: Clock,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = keyward_store::open(&format!(
             "sqlite://{}",
@@ -257,7 +269,6 @@ impl Keyward {
         tweak(&mut config);
         let server = Server::new(config, store, clock).await.unwrap();
         let state = server.state();
-        let listener = TcpListener::bind(listen).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run(listener, None, async move {

@@ -155,6 +155,26 @@ pub struct ServeArgs {
     /// (GET {url}/range/{5 hex}); off by default.
     #[arg(long, env = "KEYWARD_PASSWORD_BREACH_API")]
     password_breach_api: Option<String>,
+    /// "Sign in with Google" (any OpenID provider): the provider's issuer, e.g.
+    /// https://accounts.google.com. Needs --oidc-client-id,
+    /// --oidc-client-secret-env and --public-url; register
+    /// {public-url}/auth/oidc/callback as the redirect URI.
+    #[arg(long, env = "KEYWARD_OIDC_ISSUER")]
+    oidc_issuer: Option<String>,
+    /// The client id the OpenID provider gave keyward.
+    #[arg(long, env = "KEYWARD_OIDC_CLIENT_ID")]
+    oidc_client_id: Option<String>,
+    /// Name of the environment variable holding the OpenID client secret.
+    #[arg(long, env = "KEYWARD_OIDC_CLIENT_SECRET_ENV")]
+    oidc_client_secret_env: Option<String>,
+    /// Email domains (comma-separated) whose verified users get an account, as
+    /// `member` of --oidc-org, on their first sign-in [default: none, only
+    /// existing users sign in with the provider].
+    #[arg(long, env = "KEYWARD_OIDC_ALLOWED_DOMAINS")]
+    oidc_allowed_domains: Option<String>,
+    /// The organization (name or id) accounts made on first sign-in join.
+    #[arg(long, env = "KEYWARD_OIDC_ORG")]
+    oidc_org: Option<String>,
     /// Fixed costs (USD) for routes whose cost cannot be bounded: config file only,
     /// e.g. `[route_costs]` `"/v1/images/generations" = 0.08`.
     #[arg(skip)]
@@ -207,6 +227,11 @@ struct FileConfig {
     session_absolute_timeout: Option<String>,
     reauthentication_window: Option<String>,
     password_breach_api: Option<String>,
+    oidc_issuer: Option<String>,
+    oidc_client_id: Option<String>,
+    oidc_client_secret_env: Option<String>,
+    oidc_allowed_domains: Option<String>,
+    oidc_org: Option<String>,
 }
 
 impl ServeArgs {
@@ -228,6 +253,11 @@ impl ServeArgs {
             session_absolute_timeout,
             reauthentication_window,
             password_breach_api,
+            oidc_issuer,
+            oidc_client_id,
+            oidc_client_secret_env,
+            oidc_allowed_domains,
+            oidc_org,
             listen,
             data_dir,
             secrets_key_file,
@@ -612,5 +642,63 @@ fn accounts(
         }
     }
     settings.breach_check_url = args.password_breach_api.clone();
+    settings.oidc = oidc(args)?;
     Ok(())
+}
+
+/// The OpenID provider's settings: the issuer, client id and secret variable
+/// all or none (from flags, variables or the file, so checked after merging).
+fn oidc(args: &ServeArgs) -> anyhow::Result<Option<keyward_gateway::config::OidcSettings>> {
+    let required = [
+        ("--oidc-issuer", &args.oidc_issuer),
+        ("--oidc-client-id", &args.oidc_client_id),
+        ("--oidc-client-secret-env", &args.oidc_client_secret_env),
+    ];
+    let given: Vec<&str> = required
+        .iter()
+        .filter(|(_, v)| v.is_some())
+        .map(|(f, _)| *f)
+        .collect();
+    if given.is_empty() {
+        if args.oidc_allowed_domains.is_some() || args.oidc_org.is_some() {
+            bail!("--oidc-allowed-domains and --oidc-org need --oidc-issuer, --oidc-client-id and --oidc-client-secret-env");
+        }
+        return Ok(None);
+    }
+    if given.len() < required.len() {
+        let missing: Vec<&str> = required
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(f, _)| *f)
+            .collect();
+        bail!(
+            "--oidc-issuer, --oidc-client-id and --oidc-client-secret-env go together: {} given without {}",
+            given.join(", "),
+            missing.join(", ")
+        );
+    }
+    let issuer = args.oidc_issuer.clone().unwrap_or_default();
+    let parsed: Option<http::Uri> = issuer.parse().ok();
+    if !parsed
+        .is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
+    {
+        bail!(
+            "--oidc-issuer {issuer:?} is not an absolute https URL (plain http only on loopback)"
+        );
+    }
+    let allowed_domains = args
+        .oidc_allowed_domains
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(|d| d.trim().to_ascii_lowercase())
+        .filter(|d| !d.is_empty())
+        .collect();
+    Ok(Some(keyward_gateway::config::OidcSettings {
+        issuer_url: issuer,
+        client_id: args.oidc_client_id.clone().unwrap_or_default(),
+        client_secret_env: args.oidc_client_secret_env.clone().unwrap_or_default(),
+        allowed_domains,
+        org: args.oidc_org.clone(),
+    }))
 }

@@ -218,3 +218,54 @@ fn a_whole_sign_in_life_leaves_no_secret_in_the_log() {
         );
     }
 }
+
+#[test]
+fn serve_refuses_oidc_settings_that_cannot_work_before_writing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |extra: &[&str]| {
+        let out = keyward()
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "off",
+                "--upstream",
+                "simulated",
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .args(extra)
+            .env_remove("KEYWARD_CONFIG")
+            .env_remove("KEYWARD_TEST_OIDC_SECRET_NEVER_SET")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let issuer = ["--oidc-issuer", "https://accounts.google.com"];
+    let err = serve(&issuer);
+    assert!(
+        err.contains("--oidc-client-id") && err.contains("--oidc-client-secret-env"),
+        "{err}"
+    );
+    let all = [
+        &issuer[..],
+        &["--oidc-client-id", "keyward"],
+        &[
+            "--oidc-client-secret-env",
+            "KEYWARD_TEST_OIDC_SECRET_NEVER_SET",
+        ],
+    ]
+    .concat();
+    let err = serve(&all);
+    assert!(err.contains("--public-url"), "{err}");
+    let err = serve(&[&all[..], &["--public-url", "https://keys.example.com"]].concat());
+    assert!(err.contains("KEYWARD_TEST_OIDC_SECRET_NEVER_SET"), "{err}");
+    let err = serve(&["--oidc-allowed-domains", "example.com"]);
+    assert!(err.contains("--oidc-issuer"), "{err}");
+    assert!(
+        !dir.path().join("initial-admin-key").exists(),
+        "refused before the first admin key was written"
+    );
+}
