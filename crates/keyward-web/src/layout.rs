@@ -110,6 +110,8 @@ fn head(title: &str) -> Markup {
             meta charset="utf-8";
             meta name="viewport" content="width=device-width, initial-scale=1";
             title { (title) " · keyward" }
+            // No favicon request (and no 404 in the console).
+            link rel="icon" href="data:,";
             link rel="stylesheet" href="/assets/app.css";
             script src="/assets/app.js" defer {}
         }

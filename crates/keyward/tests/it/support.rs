@@ -25,11 +25,17 @@ impl ServeProcess {
 
     /// Starts with `KEYWARD_LOG` set to `log_filter`.
     pub fn start_logging(data_dir: &Path, extra: &[&str], log_filter: &str) -> Self {
+        Self::start_at("127.0.0.1:0", data_dir, extra, log_filter)
+    }
+
+    /// Starts listening on `listen` (a fixed port, when the public URL must
+    /// name it before the server starts).
+    pub fn start_at(listen: &str, data_dir: &Path, extra: &[&str], log_filter: &str) -> Self {
         let mut child = keyward()
             .args([
                 "serve",
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--metrics-listen",
                 "off",
                 "--upstream",
