@@ -118,6 +118,13 @@ class Dashboard:
         """
         return self.driver.execute_async_script(script, method, path, body)
 
+    def accept_confirmation(self):
+        """Accepts a confirm() dialog if the click opened one."""
+        try:
+            WebDriverWait(self.driver, 1).until(lambda drv: drv.switch_to.alert).accept()
+        except Exception:  # no dialog: nothing to accept
+            pass
+
     def screenshot(self, name):
         if self.shots:
             os.makedirs(self.shots, exist_ok=True)
@@ -241,6 +248,61 @@ def boundaries(fixture):
     return {"viewer_revoke_status": refused["status"]}
 
 
+def passkey(fixture):
+    """Enrol a passkey on the security page with Chromium's virtual authenticator
+    (the WebAuthn domain of the DevTools protocol, through WebDriver), then sign in
+    with the password and the passkey."""
+    from selenium.webdriver.common.virtual_authenticator import VirtualAuthenticatorOptions
+
+    d = Dashboard(fixture)
+    options = VirtualAuthenticatorOptions()
+    options.protocol = VirtualAuthenticatorOptions.Protocol.CTAP2
+    options.transport = VirtualAuthenticatorOptions.Transport.USB
+    options.has_resident_key = False
+    options.has_user_verification = True
+    options.is_user_verified = True
+    d.driver.add_virtual_authenticator(options)
+    d.sign_in(fixture["owner"])
+    d.go("/security")
+    add = d.find("[data-passkey-register]")
+    d.find(add.get_attribute("data-name")).send_keys("virtual key")
+    add.click()
+    WebDriverWait(d.driver, 10).until(lambda _: "virtual key" in d.find("main").text)
+    assert len(d.driver.get_credentials()) == 1
+    d.screenshot("security-passkey")
+    d.find("form[action='/sign-out'] button").click()
+
+    d.sign_in(fixture["owner"])
+    assert d.path() == "/sign-in/second-factor", d.driver.current_url
+    d.find("[data-passkey-sign-in]").click()
+    WebDriverWait(d.driver, 10).until(lambda _: d.path() == "/")
+    assert d.heading() == "Overview"
+    errors = d.console_errors()
+    assert not errors, errors
+    d.quit()
+    return {"credentials": 1}
+
+
+def log_out_everywhere(fixture):
+    """Two browsers signed in as the same person: "Log out everywhere" in one; the
+    other's next navigation lands on the sign-in page."""
+    laptop, phone = Dashboard(fixture), Dashboard(fixture)
+    for d in (laptop, phone):
+        d.sign_in(fixture["owner"])
+        assert d.path() == "/", d.driver.current_url
+    laptop.go("/security")
+    buttons = [b for b in laptop.find_all("button") if b.text == "Log out everywhere"]
+    assert len(buttons) == 1, [b.text for b in laptop.find_all("button")]
+    buttons[0].click()
+    laptop.accept_confirmation()
+    WebDriverWait(laptop.driver, 10).until(lambda _: laptop.path() == "/sign-in")
+    phone.go("/keys")
+    assert phone.path() == "/sign-in", phone.driver.current_url
+    laptop.quit()
+    phone.quit()
+    return {"phone": "signed out"}
+
+
 PAGES = [
     ("overview", "/"),
     ("keys", "/keys"),
@@ -274,7 +336,9 @@ def every_page(fixture):
     return {"pages": seen}
 
 
-SCENARIOS = {f.__name__: f for f in [key_lifecycle, boundaries, every_page]}
+SCENARIOS = {
+    f.__name__: f for f in [key_lifecycle, boundaries, every_page, passkey, log_out_everywhere]
+}
 
 if __name__ == "__main__":
     scenario, fixture = sys.argv[1], json.loads(sys.argv[2])

@@ -150,6 +150,30 @@ fn management_routes_are_registered_with_their_openapi_entry() {
     }
 }
 
+/// The dashboard reads and writes only through the API's own router (issue 19:
+/// "no second, weaker path"): it cannot reach storage, the server's state or
+/// the accounts rules, because it does not depend on the crates that hold them.
+#[test]
+fn dashboard_reaches_nothing_but_the_api() {
+    let deps = dependencies("keyward-web");
+    assert!(
+        deps.iter().any(|d| d == "maud"),
+        "keyward-web's dependencies were not read: {deps:?}"
+    );
+    for forbidden in [
+        "keyward-store",
+        "keyward-gateway",
+        "keyward-auth",
+        "sqlx",
+        "reqwest",
+    ] {
+        assert!(
+            !deps.iter().any(|d| d == forbidden),
+            "keyward-web must not depend on {forbidden}: pages go through the API"
+        );
+    }
+}
+
 #[test]
 fn storage_hides_sqlx_and_knows_nothing_of_the_gateway() {
     assert!(!dependencies("keyward-store")
