@@ -10,7 +10,6 @@
 //! Like TOTP, adding or removing a passkey needs a recent re-authentication
 //! and ends every other session of the user.
 
-use super::events;
 use super::session::{self, Origin, SignedIn};
 use crate::json_api::extract::ApiJson;
 use crate::json_api::ApiError;
@@ -208,23 +207,17 @@ pub async fn finish_registration(
         keyward_store::StoreError::Duplicate(_) => refusal(PasskeyError::AlreadyRegistered),
         e => e.into(),
     })?;
-    let ended = session::end_all(
+    let origin = Origin::of(&state, peer.ip(), &headers);
+    let ended = session::end_others_after(
         &state,
-        &user.id,
-        Some(signed_in.session_id()),
+        &signed_in,
+        user,
+        &origin,
         "second factor added",
+        "user.passkey_added",
+        json!({"passkey": row.id, "name": row.name}),
     )
     .await?;
-    let origin = Origin::of(&state, peer.ip(), &headers);
-    events::record(
-        &state,
-        Some(user),
-        user.id.as_str(),
-        "user.passkey_added",
-        &origin,
-        json!({"passkey": row.id, "name": row.name, "sessions_ended": ended}),
-    )
-    .await;
     let body = json!({
         "id": row.id,
         "name": row.name,
@@ -257,23 +250,17 @@ pub async fn remove(
     if !state.store.remove_passkey(&user.id, &id).await? {
         return Err(ApiError::NotFound("passkey"));
     }
-    let ended = session::end_all(
+    let origin = Origin::of(&state, peer.ip(), &headers);
+    let ended = session::end_others_after(
         &state,
-        &user.id,
-        Some(signed_in.session_id()),
+        &signed_in,
+        user,
+        &origin,
         "second factor removed",
+        "user.passkey_removed",
+        json!({"passkey": id}),
     )
     .await?;
-    let origin = Origin::of(&state, peer.ip(), &headers);
-    events::record(
-        &state,
-        Some(user),
-        user.id.as_str(),
-        "user.passkey_removed",
-        &origin,
-        json!({"passkey": id, "sessions_ended": ended}),
-    )
-    .await;
     Ok(Json(
         json!({"status": "removed", "id": id, "sessions_ended": ended}),
     ))

@@ -259,23 +259,17 @@ pub async fn change_password(
         .store
         .set_password(&user.id, &hash, state.clock.now_ms())
         .await?;
-    let ended = session::end_all(
+    let ended = session::end_others_after(
         &state,
-        &user.id,
-        Some(signed_in.session_id()),
+        &signed_in,
+        user,
+        &origin,
         "password changed",
+        "user.password_changed",
+        json!({}),
     )
     .await?;
     session::refresh_authentication(&state, &signed_in).await?;
-    events::record(
-        &state,
-        Some(user),
-        user.id.as_str(),
-        "user.password_changed",
-        &origin,
-        json!({"sessions_ended": ended}),
-    )
-    .await;
     Ok(Json(json!({"status": "changed", "sessions_ended": ended})))
 }
 
@@ -333,24 +327,19 @@ pub async fn confirm_totp(
         .store
         .confirm_totp(&user.id, &sealed, step as i64, &hashes, now)
         .await?;
-    let ended = session::end_all(
+    let origin = Origin::of(&state, peer.ip(), &headers);
+    session::end_others_after(
         &state,
-        &user.id,
-        Some(signed_in.session_id()),
+        &signed_in,
+        &user,
+        &origin,
         "second factor added",
+        "user.totp_enabled",
+        json!({}),
     )
     .await?;
+    // The cached user predates TOTP: read it again on the next request.
     state.accounts.sessions.remove(&signed_in.token_hash);
-    let origin = Origin::of(&state, peer.ip(), &headers);
-    events::record(
-        &state,
-        Some(&user),
-        user.id.as_str(),
-        "user.totp_enabled",
-        &origin,
-        json!({"sessions_ended": ended}),
-    )
-    .await;
     Ok(Json(json!({"recovery_codes": codes})))
 }
 
@@ -365,23 +354,18 @@ pub async fn remove_totp(
     signed_in.require_recent(&state)?;
     let user = signed_in.user();
     state.store.remove_totp(&user.id).await?;
-    let ended = session::end_all(
+    let origin = Origin::of(&state, peer.ip(), &headers);
+    let ended = session::end_others_after(
         &state,
-        &user.id,
-        Some(signed_in.session_id()),
+        &signed_in,
+        user,
+        &origin,
         "second factor removed",
+        "user.totp_removed",
+        json!({}),
     )
     .await?;
+    // The cached user still has TOTP: read it again on the next request.
     state.accounts.sessions.remove(&signed_in.token_hash);
-    let origin = Origin::of(&state, peer.ip(), &headers);
-    events::record(
-        &state,
-        Some(user),
-        user.id.as_str(),
-        "user.totp_removed",
-        &origin,
-        json!({"sessions_ended": ended}),
-    )
-    .await;
     Ok(Json(json!({"status": "removed", "sessions_ended": ended})))
 }

@@ -218,6 +218,25 @@ pub async fn end_all(
     Ok(ended.len())
 }
 
+/// After a change of credentials (a password, a second factor): ends every
+/// other session of the user and records `action`, with how many ended.
+pub async fn end_others_after(
+    state: &AppState,
+    signed_in: &SignedIn,
+    user: &User,
+    origin: &Origin,
+    reason: &str,
+    action: &str,
+    mut detail: serde_json::Value,
+) -> Result<usize, ApiError> {
+    let ended = end_all(state, &user.id, Some(signed_in.session_id()), reason).await?;
+    if let serde_json::Value::Object(map) = &mut detail {
+        map.insert("sessions_ended".into(), ended.into());
+    }
+    super::events::record(state, Some(user), user.id.as_str(), action, origin, detail).await;
+    Ok(ended)
+}
+
 /// Marks the request's session re-authenticated now, in storage and cache.
 pub async fn refresh_authentication(
     state: &AppState,
