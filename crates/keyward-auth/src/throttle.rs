@@ -109,7 +109,7 @@ pub struct Throttle {
 
 /// The source key: an IPv4 address, or an IPv6 /64 (one host holds a whole
 /// /64, so counting single IPv6 addresses would count nothing).
-fn source_key(ip: IpAddr) -> String {
+pub fn source_key(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => format!("src:{v4}"),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -23,6 +23,7 @@ use axum::http::HeaderValue;
 use keyward_auth::passkeys::{PasskeyConfig, Passkeys};
 use keyward_auth::throttle::{LocalThrottleCounters, Throttle};
 use keyward_store::{Session, User};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 /// The accounts share of the server state.
@@ -45,6 +46,9 @@ pub struct Accounts {
     /// The WebAuthn relying party, when the public URL names a domain that
     /// browsers accept as one (https, or http://localhost).
     pub passkeys: Option<Passkeys>,
+    /// OpenID sign-in starts per source address in the current minute: each
+    /// writes a pending sign-in, so an unauthenticated flood is bounded.
+    pub oidc_starts: TtlMap<String, Arc<AtomicU32>>,
     /// "Sign in with Google" (any OpenID provider), when configured.
     pub oidc: Option<oidc::OidcRelyingParty>,
 }
@@ -83,8 +87,29 @@ impl Accounts {
             http: reqwest::Client::new(),
             passkeys: settings.public_url.as_ref().and_then(relying_party),
             oidc,
+            oidc_starts: TtlMap::new(60_000),
             settings,
         }
+    }
+}
+
+/// OpenID sign-in starts one source may make in a minute.
+pub const OIDC_STARTS_PER_MINUTE: u32 = 30;
+
+impl Accounts {
+    /// Counts an OpenID sign-in start from `ip`; `false` once the source has
+    /// made [`OIDC_STARTS_PER_MINUTE`] this minute (an IPv6 /64 is one source).
+    pub fn admit_oidc_start(&self, ip: std::net::IpAddr, now_ms: i64) -> bool {
+        let source = keyward_auth::throttle::source_key(ip);
+        let counter = match self.oidc_starts.get(&source, now_ms) {
+            Some(counter) => counter,
+            None => {
+                let counter = Arc::new(AtomicU32::new(0));
+                self.oidc_starts.insert(source, counter.clone(), now_ms);
+                counter
+            }
+        };
+        counter.fetch_add(1, Ordering::Relaxed) < OIDC_STARTS_PER_MINUTE
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub(crate) mod devices;
 pub(crate) mod events;
+pub mod housekeeping;
 pub(crate) mod links;
 pub(crate) mod oidc;
 pub(crate) mod passkeys;

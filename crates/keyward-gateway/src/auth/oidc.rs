@@ -56,8 +56,19 @@ pub const SECOND_FACTOR_PAGE: &str = "/sign-in/second-factor";
 const PENDING_PURPOSE: &str = "oidc-pending-sign-in";
 
 /// `GET /auth/oidc/start`: 303 to the provider, with the browser-binding cookie.
-pub async fn start(State(state): State<SharedState>) -> Result<Response, ApiError> {
+pub async fn start(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let rp = relying_party(&state)?;
+    let origin = Origin::of(&state, peer.ip(), &headers);
+    if !state
+        .accounts
+        .admit_oidc_start(origin.ip, state.clock.now_ms())
+    {
+        return Err(ApiError::Throttled(60));
+    }
     let client = rp.client().await?;
     let (url, pending) = client.begin();
     let state_hash = keyward_auth::token::digest(&pending.state);

@@ -174,6 +174,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         crate::leaks::watchers::spawn(self.state.clone());
+        crate::auth::housekeeping::spawn(self.state.clone());
         discover_oidc_provider(self.state.clone());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {

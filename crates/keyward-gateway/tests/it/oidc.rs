@@ -423,6 +423,25 @@ async fn without_oidc_configured_its_routes_say_so() {
     }
 }
 
+#[tokio::test]
+async fn a_flood_of_sign_in_starts_from_one_address_is_cut_off() {
+    let Some(setup) = Setup::start().await else {
+        return;
+    };
+    let mut b = setup.browser();
+    for _ in 0..keyward_gateway::accounts::OIDC_STARTS_PER_MINUTE {
+        let (s, _, _) = b.send(reqwest::Method::GET, "/auth/oidc/start", None).await;
+        assert_eq!(s, StatusCode::SEE_OTHER);
+    }
+    let (s, headers, v) = b.send(reqwest::Method::GET, "/auth/oidc/start", None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("too_many_attempts")),
+        "{v}"
+    );
+    assert!(headers.contains_key("retry-after"));
+}
+
 /// Everything the process logs, from the first test that asks on. Each test
 /// runs in its own process under nextest; under `cargo test` other tests'
 /// lines are in it too, which only makes the search wider.

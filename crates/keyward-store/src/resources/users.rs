@@ -64,6 +64,9 @@ pub trait UserStore: Send + Sync {
 
     /// Stores a single-use token.
     async fn create_one_time_token(&self, token: &NewOneTimeToken) -> StoreResult<()>;
+    /// Deletes single-use tokens that expired or were used before `before_ms`
+    /// (they can never be taken again); returns how many.
+    async fn purge_one_time_tokens(&self, before_ms: i64) -> StoreResult<u64>;
     /// Consumes a single-use token of this kind: `Some` only the first time and
     /// only before it expires.
     async fn take_one_time_token(
@@ -368,6 +371,14 @@ impl<S: SqlStore> UserStore for S {
         .await
         .map_err(|e| write_error(e, "token", "user"))?;
         Ok(())
+    }
+
+    async fn purge_one_time_tokens(&self, before_ms: i64) -> StoreResult<u64> {
+        Stmt::new("DELETE FROM one_time_tokens WHERE expires_at < $1 OR used_at < $1")
+            .bind(before_ms)
+            .execute(self.db().writer())
+            .await
+            .map_err(|e| write_error(e, "token", "user"))
     }
 
     async fn take_one_time_token(

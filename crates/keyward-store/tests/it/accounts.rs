@@ -178,6 +178,25 @@ async fn a_one_time_token_is_taken_once_and_not_after_it_expires(store: SharedSt
             .is_none(),
         "expired"
     );
+    // Housekeeping deletes what can never be taken again, and only that.
+    store
+        .create_one_time_token(&NewOneTimeToken {
+            token_hash: "h3".into(),
+            kind,
+            user_id: Some(u.id.clone()),
+            org_id: None,
+            data: serde_json::json!({}),
+            created_at: 1,
+            expires_at: 9_000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.purge_one_time_tokens(1_001).await.unwrap(), 2);
+    assert!(store
+        .peek_one_time_token("h3", kind, 1_002)
+        .await
+        .unwrap()
+        .is_some());
 }
 
 async fn ending_sessions_is_scoped_to_their_user_and_keeps_the_current_one(store: SharedStore) {
