@@ -281,6 +281,18 @@ async fn link_or_create(
                 refused(state, Some(&user), user.id.as_str(), origin, why).await;
                 return Err(account_refused(why));
             }
+            // An email address can pass to someone else (a reassigned work
+            // address): an account already linked to one subject at this
+            // provider is never linked to a second one by email.
+            if state
+                .store
+                .has_oidc_identity(&user.id, &identity.issuer)
+                .await?
+            {
+                let why = "linked_to_another_identity";
+                refused(state, Some(&user), user.id.as_str(), origin, why).await;
+                return Err(account_refused(why));
+            }
             user
         }
         (Link::CreateUser, None) => {
@@ -370,6 +382,10 @@ fn account_refused(why: &str) -> ApiError {
         "locked" => {
             "this account is locked after too many failed sign-ins: reset its password or ask \
              an owner to unlock it"
+        }
+        "linked_to_another_identity" => {
+            "this account signs in with another identity at this provider; the email alone \
+             does not hand it over: sign in with a password and ask an owner"
         }
         _ => "this account needs a new password before it signs in: reset its password",
     };

@@ -52,6 +52,8 @@ impl Setup {
                 { "id": "lee", "email": "lee@corp.test", "email_verified": true },
                 { "id": "tia", "email": "tia@corp.test", "email_verified": true },
                 { "id": "dan", "email": "dan@corp.test", "email_verified": true },
+                // Lee's address, given to someone else after Lee linked it.
+                { "id": "lee-successor", "email": "lee@corp.test", "email_verified": true },
             ],
         }))?;
         let upstream = Upstream::start().await;
@@ -258,6 +260,34 @@ async fn a_password_user_with_the_same_verified_email_is_linked_then_found_by_su
     assert_eq!((links, sign_ins), (1, 2), "{actions:?}");
     // The password still works alongside.
     Browser::new(&t.kw).sign_in("lee@corp.test", PASSWORD).await;
+}
+
+#[tokio::test]
+async fn a_reassigned_email_does_not_hand_over_an_account_linked_to_its_first_owner() {
+    let Some(t) = Setup::start().await else {
+        return;
+    };
+    let lee = create_user(&t.kw, "lee@corp.test", "acme", "admin").await;
+    let (s, _, _) = t.sign_in(&mut t.browser(), "lee").await;
+    assert_eq!(s, StatusCode::SEE_OTHER, "Lee links the account");
+    // The provider now gives lee@corp.test to a different person (subject).
+    let mut successor = t.browser();
+    let answer = t.sign_in(&mut successor, "lee-successor").await;
+    assert_refused(&answer, StatusCode::FORBIDDEN, "oidc_account_refused");
+    assert!(!has_session(&successor));
+    let store = &t.kw.state.store;
+    assert!(store
+        .oidc_user(&t.provider.issuer, "lee-successor")
+        .await
+        .unwrap()
+        .is_none());
+    let refusals = t.actions(&lee).await;
+    assert!(
+        refusals.iter().any(
+            |(a, d)| a == "user.sign_in_refused" && d["reason"] == "linked_to_another_identity"
+        ),
+        "{refusals:?}"
+    );
 }
 
 #[tokio::test]

@@ -96,6 +96,8 @@ pub trait UserStore: Send + Sync {
 
     /// The user an OpenID Connect identity is linked to.
     async fn oidc_user(&self, issuer: &str, subject: &str) -> StoreResult<Option<UserId>>;
+    /// Whether `user` is linked to any identity at `issuer`.
+    async fn has_oidc_identity(&self, user: &UserId, issuer: &str) -> StoreResult<bool>;
     /// Links an OpenID Connect identity to a user.
     async fn link_oidc(
         &self,
@@ -462,6 +464,17 @@ impl<S: SqlStore> UserStore for S {
                 .map_err(backend)?;
         row.map(|r| r.text("user_id").map(UserId::from_trusted))
             .transpose()
+    }
+
+    async fn has_oidc_identity(&self, user: &UserId, issuer: &str) -> StoreResult<bool> {
+        let row =
+            Stmt::new("SELECT 1 AS one FROM oidc_identities WHERE user_id = $1 AND issuer = $2")
+                .bind(user.as_str())
+                .bind(issuer)
+                .fetch_optional(self.db().reader())
+                .await
+                .map_err(backend)?;
+        Ok(row.is_some())
     }
 
     async fn link_oidc(
