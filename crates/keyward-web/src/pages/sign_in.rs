@@ -177,7 +177,12 @@ pub struct Back {
     back: String,
 }
 
-fn reauthenticate_page(viewer: &Viewer, back: &str, error: Option<&str>) -> Markup {
+fn reauthenticate_page(
+    web: &SharedWeb,
+    viewer: &Viewer,
+    back: &str,
+    error: Option<&str>,
+) -> Markup {
     let me = &viewer.me;
     let totp = me.second_factors.iter().any(|f| f == "totp");
     let passkey = me.second_factors.iter().any(|f| f == "passkey");
@@ -202,13 +207,22 @@ fn reauthenticate_page(viewer: &Viewer, back: &str, error: Option<&str>) -> Mark
             p.error #passkey-error role="alert" hidden {}
             button type="button" data-passkey-reauthenticate data-back=(local_path(back)) { "Use a passkey" }
         }
+        @if web.options.oidc {
+            // An account made through the provider may have no password: a
+            // fresh sign-in there counts as recent.
+            p { a.button href="/auth/oidc/start" { "Sign in with Google again" } }
+        }
     };
     layout::page(me, "Confirm it is you", "", body)
 }
 
 /// `GET /reauthenticate?back=…`.
-pub async fn reauthenticate_form(viewer: Viewer, Query(q): Query<Back>) -> Markup {
-    reauthenticate_page(&viewer, &q.back, None)
+pub async fn reauthenticate_form(
+    State(web): State<SharedWeb>,
+    viewer: Viewer,
+    Query(q): Query<Back>,
+) -> Markup {
+    reauthenticate_page(&web, &viewer, &q.back, None)
 }
 
 /// The re-authentication form: a password or a TOTP code.
@@ -244,6 +258,6 @@ pub async fn reauthenticate_submit(
         return Redirect::to(local_path(&form.back)).into_response();
     }
     let refusal = answer.refusal();
-    let page = reauthenticate_page(&viewer, &form.back, Some(&refusal.message));
+    let page = reauthenticate_page(&web, &viewer, &form.back, Some(&refusal.message));
     (refusal.status, page).into_response()
 }
