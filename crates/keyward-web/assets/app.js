@@ -26,7 +26,23 @@ document.addEventListener("DOMContentLoaded", () => {
   wire("[data-passkey-sign-in]", passkeySignIn);
   wire("[data-passkey-reauthenticate]", passkeyReauthenticate);
   wire("[data-passkey-register]", passkeyRegister);
+  linkToken();
 });
+
+// The pages emailed links open carry their secret in the URL's fragment,
+// which no server ever receives: copy it into the form (which POSTs it), hide
+// the field, and drop the fragment from the address bar and the history.
+function linkToken() {
+  const box = document.querySelector("[data-link-token]");
+  if (!box) return;
+  const field = box.querySelector("input");
+  const token = new URLSearchParams(window.location.hash.slice(1)).get("token");
+  if (token) {
+    field.value = token;
+    history.replaceState(null, "", window.location.pathname);
+  }
+  if (field.value) box.hidden = true;
+}
 
 function wire(selector, action) {
   for (const button of document.querySelectorAll(selector)) {

@@ -2,7 +2,11 @@
 //! refusal, and redirects that carry the API's cookies.
 
 mod keys;
+mod members;
 mod overview;
+mod reset;
+mod security;
+mod settings;
 mod sign_in;
 
 use crate::api::Refusal;
@@ -34,6 +38,50 @@ pub fn router() -> Router<SharedWeb> {
         .route("/keys/{id}", get(keys::show))
         .route("/keys/{id}/revoke", post(keys::revoke))
         .route("/keys/{id}/rotate", post(keys::rotate))
+        .route("/security", get(security::show))
+        .route("/security/password", post(security::change_password))
+        .route("/security/totp", post(security::start_totp))
+        .route("/security/totp/confirm", post(security::confirm_totp))
+        .route("/security/totp/remove", post(security::remove_totp))
+        .route(
+            "/security/passkeys/{id}/remove",
+            post(security::remove_passkey),
+        )
+        .route("/security/sessions/{id}/end", post(security::end_session))
+        .route("/security/sessions/end-others", post(security::end_others))
+        .route("/security/sessions/end-all", post(security::end_all))
+        .route("/members", get(members::list))
+        .route("/members/invite", post(members::invite))
+        .route("/members/{id}", post(members::change))
+        .route("/settings", get(settings::show))
+        .route("/settings/webhooks", post(settings::create_webhook))
+        .route("/settings/webhooks/{id}", get(settings::deliveries))
+        .route("/settings/webhooks/{id}/test", post(settings::test_webhook))
+        .route(
+            "/settings/webhooks/{id}/delete",
+            post(settings::delete_webhook),
+        )
+        .route("/settings/recipients", post(settings::create_recipient))
+        .route(
+            "/settings/recipients/{id}/delete",
+            post(settings::delete_recipient),
+        )
+        .route(
+            "/reset",
+            get(reset::request_form).post(reset::request_submit),
+        )
+        .route(
+            "/reset-password",
+            get(reset::reset_form).post(reset::reset_submit),
+        )
+        .route(
+            "/accept-invitation",
+            get(reset::invitation_form).post(reset::invitation_submit),
+        )
+        .route(
+            "/not-me",
+            get(reset::not_me_form).post(reset::not_me_submit),
+        )
 }
 
 /// A 303 to `to` that passes on the API's `Set-Cookie` headers.

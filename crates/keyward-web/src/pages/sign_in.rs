@@ -32,6 +32,7 @@ fn sign_in_page(web: &SharedWeb, email: &str, error: Option<&str>) -> Markup {
             input #password type="password" name="password" autocomplete="current-password" required;
             button type="submit" { "Sign in" }
         }
+        p { a href="/reset" { "Forgot your password?" } }
         @if web.options.oidc {
             p { a.button href="/auth/oidc/start" { "Sign in with Google" } }
         }
