@@ -2,6 +2,7 @@
 //! refusal, and redirects that carry the API's cookies.
 
 mod keys;
+mod leaks;
 mod overview;
 mod sign_in;
 
@@ -34,6 +35,7 @@ pub fn router() -> Router<SharedWeb> {
         .route("/keys/{id}", get(keys::show))
         .route("/keys/{id}/revoke", post(keys::revoke))
         .route("/keys/{id}/rotate", post(keys::rotate))
+        .route("/leaks", get(leaks::list))
 }
 
 /// A 303 to `to` that passes on the API's `Set-Cookie` headers.
