@@ -1,6 +1,7 @@
 //! The pages, one module per section, and what they share: answering an API
 //! refusal, and redirects that carry the API's cookies.
 
+mod activity;
 mod keys;
 mod leaks;
 mod overview;
@@ -36,6 +37,7 @@ pub fn router() -> Router<SharedWeb> {
         .route("/keys/{id}/revoke", post(keys::revoke))
         .route("/keys/{id}/rotate", post(keys::rotate))
         .route("/leaks", get(leaks::list))
+        .route("/activity", get(activity::list))
 }
 
 /// A 303 to `to` that passes on the API's `Set-Cookie` headers.
