@@ -37,10 +37,10 @@ pub struct UsageBucket {
     pub totals: UsageTotals,
 }
 
-/// Totals for one key, model or tag.
+/// Totals for one key, project, model or tag.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct UsageGroup {
-    /// The key id, model name or tag.
+    /// The key id, project id, model name or tag.
     pub group: String,
     /// Totals in it.
     #[serde(flatten)]

@@ -458,6 +458,8 @@ pub struct AuditBreak {
 pub enum GroupBy {
     /// Per key id.
     Key,
+    /// Per project id.
+    Project,
     /// Per model name.
     Model,
 }
@@ -465,7 +467,7 @@ pub enum GroupBy {
 /// Totals for one group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct UsageGroup {
-    /// The key id or model name.
+    /// The key id, project id or model name.
     pub group: String,
     /// Totals in it.
     #[serde(flatten)]

@@ -50,8 +50,12 @@ pub fn budget_thresholds(alerts: &BudgetAlerts, crossed: Vec<ThresholdCrossed>) 
                 threshold = c.threshold,
                 "budget threshold crossed"
             );
+            let (org_id, project_id) = owners(&state.store, &c.budget.scope).await;
+            // In the organization's chain, so that its admins see their own
+            // budget alerts in the audit log (the dashboard's budgets page).
             let event = NewAuditEvent {
                 at: now,
+                org_id: org_id.clone(),
                 actor: "system".into(),
                 action: "budget.threshold_crossed".into(),
                 target: c.budget.scope.id().to_owned(),
@@ -72,7 +76,6 @@ pub fn budget_thresholds(alerts: &BudgetAlerts, crossed: Vec<ThresholdCrossed>) 
             // event, including those scoped to the budget's project or org: a
             // key's budget belongs to the key's project and org, a project's
             // to its org.
-            let (org_id, project_id) = owners(&state.store, &c.budget.scope).await;
             let notice = Event {
                 id: EventId::generate(),
                 event_type: "budget.threshold_crossed".into(),

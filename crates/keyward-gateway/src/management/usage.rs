@@ -30,7 +30,7 @@ pub struct UsageQuery {
     to: Option<i64>,
     /// `hour`, `day` or `month` (UTC calendar months) to include a time series.
     bucket: Option<Bucket>,
-    /// `key`, `model` or `tag` to include totals per group.
+    /// `key`, `project`, `model` or `tag` to include totals per group.
     group_by: Option<String>,
 }
 
@@ -122,6 +122,11 @@ pub async fn usage(
                 state.store.usage_grouped(&filter, GroupBy::Key).await?,
             ))
         }
+        Some("project") => {
+            body.groups = Some(api_groups(
+                state.store.usage_grouped(&filter, GroupBy::Project).await?,
+            ))
+        }
         Some("model") => {
             body.groups = Some(api_groups(
                 state.store.usage_grouped(&filter, GroupBy::Model).await?,
@@ -130,7 +135,7 @@ pub async fn usage(
         Some("tag") => body.groups = Some(by_tag(&state, &filter).await?),
         Some(other) => {
             return Err(ApiError::BadRequest(format!(
-                "unknown group_by {other:?}: use key, model or tag"
+                "unknown group_by {other:?}: use key, project, model or tag"
             )))
         }
     }

@@ -313,3 +313,72 @@ async fn bad_budgets_are_refused_and_nothing_is_stored() {
         "the refused key was not created"
     );
 }
+
+/// The dashboard's budgets page shows an organization's admins who was
+/// alerted, from the audit log: an alert recorded only in the deployment's
+/// chain would be invisible to them (an org-scoped caller reads its own
+/// chain only).
+#[tokio::test]
+async fn an_org_admin_sees_their_budget_alerts_and_another_org_does_not() {
+    let up = Upstream::start().await;
+    let kw = Keyward::start(&up.base_url()).await;
+    let mut admins = Vec::new();
+    for name in ["org-a", "org-b"] {
+        let r = kw.admin_post("/api/v1/orgs", json!({ "name": name })).await;
+        assert!(r.status().is_success());
+        let r = kw
+            .admin_post("/api/v1/admin-keys", json!({"name": "admin", "org": name}))
+            .await;
+        assert!(r.status().is_success());
+        let v: Value = r.json().await.unwrap();
+        admins.push(v["key"].as_str().unwrap().to_owned());
+    }
+    let created = kw
+        .create_key_with(json!({"org": "org-a", "project": "app-a"}))
+        .await;
+    let key = created["key"].as_str().unwrap();
+    let project = created["project_id"].as_str().unwrap();
+    let r = kw.admin_put("/api/v1/budgets", json!({"project": project, "usd": 3.0 * ACTUAL as f64 / 1e6, "period": "month", "soft": [50]})).await;
+    assert_eq!(r.status(), 200);
+    for _ in 0..2 {
+        let r = kw
+            .chat(key, ask("gpt-4o-mini-metered", false, Some(40)))
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    let alerts_seen_by = |admin: String| {
+        let kw = &kw;
+        async move {
+            let audit: Value = kw
+                .http
+                .get(format!(
+                    "{}/api/v1/audit?action=budget.threshold_crossed",
+                    kw.url
+                ))
+                .bearer_auth(admin)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            audit["data"].as_array().unwrap().clone()
+        }
+    };
+    // The alert is written off the request path.
+    let mut seen = Vec::new();
+    for _ in 0..200 {
+        seen = alerts_seen_by(admins[0].clone()).await;
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(seen.len(), 1, "org-a's admin sees its alert");
+    assert_eq!(seen[0]["target"], project);
+    assert_eq!(seen[0]["detail"]["threshold_percent"], 50);
+    assert!(
+        alerts_seen_by(admins[1].clone()).await.is_empty(),
+        "another organization's admin does not"
+    );
+}

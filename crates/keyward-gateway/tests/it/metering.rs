@@ -266,3 +266,40 @@ async fn graceful_shutdown_writes_every_buffered_event() {
     kw.shutdown().await;
     assert_eq!(store.usage_totals(&filter).await.unwrap().requests, 25);
 }
+
+/// The dashboard groups usage by project too, from the hourly rollups: each
+/// project's totals, and nothing of a project the filter leaves out.
+#[tokio::test]
+async fn usage_groups_by_project_and_the_groups_add_up_to_the_totals() {
+    let up = Upstream::start().await;
+    let kw = Keyward::start(&up.base_url()).await;
+    let (_, key_a) = kw.create_key("app-a", "ka").await;
+    let (_, key_b) = kw.create_key("app-b", "kb").await;
+    let hi = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    for key in [&key_a, &key_a, &key_b] {
+        assert_eq!(kw.chat(key, hi.clone()).await.status(), 200);
+    }
+    kw.state.usage.flush().await;
+    let v: Value = kw
+        .admin_get("/api/v1/usage?group_by=project")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let groups = v["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{v}");
+    let requests: Vec<i64> = groups
+        .iter()
+        .map(|g| g["requests"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        requests.iter().sum::<i64>(),
+        v["requests"].as_i64().unwrap()
+    );
+    assert!(requests.contains(&2) && requests.contains(&1), "{v}");
+    for g in groups {
+        assert!(g["group"].as_str().unwrap().starts_with("prj_"), "{v}");
+    }
+    let r = kw.admin_get("/api/v1/usage?group_by=team").await;
+    assert_eq!(r.status(), 400);
+}

@@ -26,7 +26,9 @@ pub trait UsageStore: Send + Sync {
     ) -> StoreResult<Vec<UsageBucket>>;
     /// Raw events matching `filter`, newest first, at most `limit`.
     async fn usage_events(&self, filter: &UsageFilter, limit: i64) -> StoreResult<Vec<UsageEvent>>;
-    /// Totals grouped by key (from the rollups) or by model (from the events).
+    /// Totals grouped by key or project (from the hourly rollups) or by model
+    /// (from the per-model rollup on SQLite, the events on PostgreSQL), most
+    /// expensive first.
     async fn usage_grouped(
         &self,
         filter: &UsageFilter,
@@ -129,9 +131,10 @@ impl<S: SqlStore> UsageStore for S {
         if let (GroupBy::Model, Db::Postgres(pool)) = (by, db) {
             return crate::postgres::usage_by_model(pool, filter).await;
         }
-        // Both groupings read a rollup, so a range is rounded out to whole hours.
+        // Every grouping reads a rollup, so a range is rounded out to whole hours.
         let (column, table) = match by {
             GroupBy::Key => ("key_id", "usage_hourly"),
+            GroupBy::Project => ("project_id", "usage_hourly"),
             GroupBy::Model => ("model", "usage_hourly_models"),
         };
         let mut qb = rollup_query(Some((column, "grp")), table);

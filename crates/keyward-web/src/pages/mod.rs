@@ -1,7 +1,9 @@
 //! The pages, one module per section, and what they share: answering an API
 //! refusal, and redirects that carry the API's cookies.
 
+mod activity;
 mod keys;
+mod leaks;
 mod members;
 mod overview;
 mod reset;
@@ -82,6 +84,8 @@ pub fn router() -> Router<SharedWeb> {
             "/not-me",
             get(reset::not_me_form).post(reset::not_me_submit),
         )
+        .route("/leaks", get(leaks::list))
+        .route("/activity", get(activity::list))
 }
 
 /// A 303 to `to` that passes on the API's `Set-Cookie` headers.

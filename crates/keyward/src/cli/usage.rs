@@ -20,7 +20,7 @@ pub struct UsageArgs {
     /// Include a time series: hour, day or month (UTC calendar months).
     #[arg(long, value_parser = ["hour", "day", "month"])]
     bucket: Option<String>,
-    /// Include totals per key, model or tag.
+    /// Include totals per key, project, model or tag.
     #[arg(long)]
     group_by: Option<String>,
     /// Print JSON.

@@ -26,6 +26,10 @@ os.environ.setdefault("SE_OFFLINE", "true")  # never download a driver: use Debi
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 PASSWORD = "correct horse battery staple 42"
@@ -117,6 +121,15 @@ class Dashboard:
               .catch(e => done({status: 0, body: String(e)}));
         """
         return self.driver.execute_async_script(script, method, path, body)
+
+    def wait_for_text(self, css, text):
+        """Waits until the element `css` holds `text`, across the page loads
+        that a script or a form starts (elements of the old page go stale)."""
+        WebDriverWait(
+            self.driver,
+            10,
+            ignored_exceptions=(StaleElementReferenceException, NoSuchElementException),
+        ).until(lambda _: text in self.find(css).text)
 
     def accept_confirmation(self):
         """Accepts a confirm() dialog if the click opened one."""
@@ -212,7 +225,7 @@ def key_lifecycle(fixture):
 
     d.find("form[action$='/revoke'] button").click()
     d.driver.switch_to.alert.accept()
-    WebDriverWait(d.driver, 10).until(lambda _: "revoked" in d.find("dl").text)
+    d.wait_for_text("dl", "revoked")
     assert d.path() == key_page
     assert gateway_call(fixture["url"], key) == 401
     errors = d.console_errors()
@@ -267,7 +280,7 @@ def passkey(fixture):
     add = d.find("[data-passkey-register]")
     d.find(add.get_attribute("data-name")).send_keys("virtual key")
     add.click()
-    WebDriverWait(d.driver, 10).until(lambda _: "virtual key" in d.find("main").text)
+    d.wait_for_text("main", "virtual key")
     assert len(d.driver.get_credentials()) == 1
     d.screenshot("security-passkey")
     d.find("form[action='/sign-out'] button").click()
@@ -307,6 +320,11 @@ PAGES = [
     ("overview", "/"),
     ("keys", "/keys"),
     ("key-new", "/keys/new"),
+    ("leaks", "/leaks"),
+    ("activity", "/activity"),
+    ("security", "/security"),
+    ("members", "/members"),
+    ("settings", "/settings"),
 ]
 
 

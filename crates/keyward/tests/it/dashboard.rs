@@ -217,3 +217,23 @@ fn every_page_has_the_csp_no_console_error_and_a_screenshot() {
         );
     }
 }
+
+#[test]
+fn a_passkey_enrolled_on_the_security_page_signs_in_with_chromiums_virtual_authenticator() {
+    let Some(python) = python_with_selenium() else {
+        return;
+    };
+    let site = Site::start();
+    let owner = site.user("owner@acme.example", "acme", "owner");
+    site.run(&python, "passkey", json!({ "owner": owner }));
+}
+
+#[test]
+fn log_out_everywhere_in_one_browser_sends_the_other_to_the_sign_in_page() {
+    let Some(python) = python_with_selenium() else {
+        return;
+    };
+    let site = Site::start();
+    let owner = site.user("owner@acme.example", "acme", "owner");
+    site.run(&python, "log_out_everywhere", json!({ "owner": owner }));
+}
