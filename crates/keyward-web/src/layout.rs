@@ -35,11 +35,11 @@ pub async fn security_headers(mut response: Response) -> Response {
 }
 
 /// The sections of the navigation, with the least role that sees each.
-const SECTIONS: [(&str, &str, Role); 9] = [
+/// (Usage and budgets pages are not built yet: the overview shows each
+/// budget's spend meanwhile, and `keyward usage` the usage.)
+const SECTIONS: [(&str, &str, Role); 7] = [
     ("/", "Overview", Role::Viewer),
     ("/keys", "Keys", Role::Viewer),
-    ("/usage", "Usage", Role::Viewer),
-    ("/budgets", "Budgets", Role::Viewer),
     ("/leaks", "Leaks", Role::Viewer),
     ("/activity", "Activity", Role::Viewer),
     ("/members", "Members", Role::Admin),

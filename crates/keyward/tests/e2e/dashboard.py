@@ -30,6 +30,7 @@ from selenium.common.exceptions import (  # noqa: E402
     NoSuchElementException,
     StaleElementReferenceException,
 )
+from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 PASSWORD = "correct horse battery staple 42"
@@ -103,7 +104,17 @@ class Dashboard:
                 element.send_keys(value)
 
     def submit(self, form_css):
-        self.find(form_css + " button[type='submit']").click()
+        self.click_to_load(self.find(form_css + " button[type='submit']"))
+
+    def click_to_load(self, element, confirm=False):
+        """Clicks something that loads a new page (accepting the confirm()
+        dialog first when it opens one) and waits until the new page is there:
+        a click returns before the navigation it starts has finished."""
+        old = self.find("html")
+        element.click()
+        if confirm:
+            self.accept_confirmation()
+        WebDriverWait(self.driver, 10).until(expected_conditions.staleness_of(old))
 
     def sign_in(self, email, password=PASSWORD):
         self.go("/sign-in")
@@ -184,7 +195,7 @@ def key_lifecycle(fixture):
     d.sign_in(owner)
     assert d.path() == "/", d.driver.current_url
     secret = enrol_totp(d)
-    d.find("form[action='/sign-out'] button").click()
+    d.click_to_load(d.find("form[action='/sign-out'] button"))
     assert d.path() == "/sign-in"
 
     d.sign_in(owner)
@@ -216,15 +227,14 @@ def key_lifecycle(fixture):
     WebDriverWait(d.driver, 10).until(lambda _: d.find(".copied").text != "")
 
     assert gateway_call(fixture["url"], key) == 200
-    d.find("main a[href^='/keys/']").click()
+    d.click_to_load(d.find("main a[href^='/keys/']"))
     key_page = d.path()
     assert d.heading() == "browser key"
     assert "never" not in d.find("dl").text.split("Last used")[1].split("\n")[1]
     assert "gpt-4o-mini" in d.find("dl").text
     d.screenshot("key")
 
-    d.find("form[action$='/revoke'] button").click()
-    d.driver.switch_to.alert.accept()
+    d.click_to_load(d.find("form[action$='/revoke'] button"), confirm=True)
     d.wait_for_text("dl", "revoked")
     assert d.path() == key_page
     assert gateway_call(fixture["url"], key) == 401
@@ -244,7 +254,7 @@ def boundaries(fixture):
     assert fixture["other_org_key_name"] not in d.driver.page_source
     d.go("/keys")
     assert fixture["other_org_key_name"] not in d.find("main").text
-    d.find("form[action='/sign-out'] button").click()
+    d.click_to_load(d.find("form[action='/sign-out'] button"))
 
     d.sign_in(fixture["viewer"])
     d.go("/keys")
@@ -283,7 +293,7 @@ def passkey(fixture):
     d.wait_for_text("main", "virtual key")
     assert len(d.driver.get_credentials()) == 1
     d.screenshot("security-passkey")
-    d.find("form[action='/sign-out'] button").click()
+    d.click_to_load(d.find("form[action='/sign-out'] button"))
 
     d.sign_in(fixture["owner"])
     assert d.path() == "/sign-in/second-factor", d.driver.current_url
@@ -306,8 +316,7 @@ def log_out_everywhere(fixture):
     laptop.go("/security")
     buttons = [b for b in laptop.find_all("button") if b.text == "Log out everywhere"]
     assert len(buttons) == 1, [b.text for b in laptop.find_all("button")]
-    buttons[0].click()
-    laptop.accept_confirmation()
+    laptop.click_to_load(buttons[0], confirm=True)
     WebDriverWait(laptop.driver, 10).until(lambda _: laptop.path() == "/sign-in")
     phone.go("/keys")
     assert phone.path() == "/sign-in", phone.driver.current_url
