@@ -175,7 +175,7 @@ pub async fn confirm_reset(
         .await?
         .map(|o| o.name)
         .unwrap_or_default();
-    let has_second_factor = !super::profile::second_factor_names(&state, &user)
+    let has_second_factor = !super::factors::second_factors(&state, &user)
         .await?
         .is_empty();
     rules::check_new_password(

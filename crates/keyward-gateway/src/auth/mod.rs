@@ -5,6 +5,7 @@
 
 pub(crate) mod devices;
 pub(crate) mod events;
+pub(crate) mod factors;
 pub mod housekeeping;
 pub(crate) mod links;
 pub(crate) mod oidc;

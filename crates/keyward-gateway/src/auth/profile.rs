@@ -49,19 +49,9 @@ pub async fn me(
         "org": org.map(|o| o.name),
         "org_id": user.org_id,
         "role": user.role,
-        "second_factors": second_factor_names(&state, user).await?,
+        "second_factors": super::factors::second_factors(&state, user).await?,
         "session": signed_in.session_id(),
     })))
-}
-
-/// The user's second factors by kind (recovery codes are part of TOTP).
-pub(crate) async fn second_factor_names(
-    state: &AppState,
-    user: &User,
-) -> Result<Vec<&'static str>, ApiError> {
-    let mut names = super::sign_in::second_factors(state, user).await?;
-    names.retain(|m| *m != "recovery_code");
-    Ok(names)
 }
 
 /// `GET /auth/sessions`: every open session of the user.
@@ -236,7 +226,9 @@ pub async fn change_password(
         .map(|o| o.name)
         .unwrap_or_default();
     let context = [user.email.as_str(), org.as_str()];
-    let has_second_factor = !second_factor_names(&state, user).await?.is_empty();
+    let has_second_factor = !super::factors::second_factors(&state, user)
+        .await?
+        .is_empty();
     rules::check_new_password(&state, &req.new_password, has_second_factor, &context).await?;
     let current_ok = req.current_password.len() <= rules::MAX_PASSWORD_BYTES
         && rules::verify_password(&req.current_password, user.password_hash.as_deref())

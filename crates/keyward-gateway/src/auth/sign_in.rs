@@ -39,18 +39,6 @@ pub struct Factor {
     passkey: Option<super::passkeys::PasskeyAnswer>,
 }
 
-/// Which second factors a user has, by the names the API uses.
-pub async fn second_factors(state: &AppState, user: &User) -> Result<Vec<&'static str>, ApiError> {
-    let mut methods = Vec::new();
-    if user.has_totp() {
-        methods.extend(["totp", "recovery_code"]);
-    }
-    if !state.store.list_passkeys(&user.id).await?.is_empty() {
-        methods.push("passkey");
-    }
-    Ok(methods)
-}
-
 /// `POST /auth/login`: 200 `signed_in` with the session cookie, or 200
 /// `second_factor_required` with a short-lived pending cookie.
 pub async fn login(
@@ -117,7 +105,7 @@ pub(crate) async fn after_first_factor(
     headers: &HeaderMap,
     method: &str,
 ) -> Result<Response, ApiError> {
-    let methods = second_factors(state, user).await?;
+    let methods = super::factors::sign_in_methods(state, user).await?;
     if methods.is_empty() {
         return signed_in(state, user, origin, headers, method).await;
     }
