@@ -200,7 +200,7 @@ pub(crate) fn usage_event(row: &impl Columns) -> StoreResult<UsageEvent> {
     })
 }
 
-/// The counters of `usage_hourly` (and SQLite's `usage_hourly_models`), each
+/// The counters of `usage_hourly`, `usage_hourly_models` and `usage_daily`, each
 /// summed as a column of the same name. The first two and the last are counts of
 /// events; the others are sums of the event column of the same name.
 pub(crate) const COUNTERS: [&str; 8] = [
@@ -253,24 +253,6 @@ pub(crate) fn budget(row: &impl Columns) -> StoreResult<Budget> {
     })
 }
 
-/// The filter a query over raw events needs to count exactly what the hourly
-/// rollups count: `from` rounded down and `to` rounded up to whole hours, since a
-/// rollup row holds its whole hour. Grouping by model then adds up to the totals.
-pub(crate) fn hour_aligned(filter: &UsageFilter) -> UsageFilter {
-    UsageFilter {
-        from: rounded_from(filter, HOUR_MS),
-        to: filter.to.map(|t| {
-            let start = t - t.rem_euclid(HOUR_MS);
-            if start == t {
-                t
-            } else {
-                start.saturating_add(HOUR_MS)
-            }
-        }),
-        ..filter.clone()
-    }
-}
-
 /// Columns selected for an [`AuditEvent`]; `detail` must come back as JSON text.
 pub(crate) fn audit_event(row: &impl Columns) -> StoreResult<AuditEvent> {
     let detail = row.text("detail")?;
@@ -312,14 +294,16 @@ pub(crate) fn hourly_deltas(events: &[UsageEvent]) -> BTreeMap<(&str, i64), Hour
     out
 }
 
-/// Sums a batch per (key, hour, model), sorted like [`hourly_deltas`].
-pub(crate) fn hourly_model_deltas(
+/// Sums a batch per (key, period start, model) for a rollup `width_ms` wide
+/// (an hour or a day), sorted like [`hourly_deltas`].
+pub(crate) fn model_deltas(
     events: &[UsageEvent],
+    width_ms: i64,
 ) -> BTreeMap<(&str, i64, &str), HourlyDelta<'_>> {
     let mut out: BTreeMap<(&str, i64, &str), HourlyDelta<'_>> = BTreeMap::new();
     for e in events {
-        let hour = keyward_core::clock::hour_start(e.at);
-        out.entry((e.key_id.as_str(), hour, e.model.as_str()))
+        let start = e.at - e.at.rem_euclid(width_ms);
+        out.entry((e.key_id.as_str(), start, e.model.as_str()))
             .or_insert_with(|| HourlyDelta::of(e))
             .add(e);
     }
@@ -619,24 +603,5 @@ mod tests {
         };
         assert_eq!(rounded_from(&f, HOUR_MS), Some(DAY_MS + HOUR_MS));
         assert_eq!(rounded_from(&f, DAY_MS), Some(DAY_MS));
-    }
-
-    #[test]
-    fn event_queries_cover_the_whole_hours_rollups_cover() {
-        let mid = UsageFilter {
-            from: Some(HOUR_MS + 5),
-            to: Some(2 * HOUR_MS + 1),
-            ..Default::default()
-        };
-        let a = hour_aligned(&mid);
-        assert_eq!((a.from, a.to), (Some(HOUR_MS), Some(3 * HOUR_MS)));
-        let exact = UsageFilter {
-            from: Some(HOUR_MS),
-            to: Some(2 * HOUR_MS),
-            ..Default::default()
-        };
-        let a = hour_aligned(&exact);
-        assert_eq!((a.from, a.to), (Some(HOUR_MS), Some(2 * HOUR_MS)));
-        assert_eq!(hour_aligned(&UsageFilter::default()).to, None);
     }
 }

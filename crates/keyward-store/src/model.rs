@@ -464,6 +464,18 @@ pub enum GroupBy {
     Model,
 }
 
+/// Totals for one group in one time bucket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UsageSeriesPoint {
+    /// Bucket start, ms.
+    pub start: i64,
+    /// The key id, project id or model name.
+    pub group: String,
+    /// Totals in it.
+    #[serde(flatten)]
+    pub totals: UsageTotals,
+}
+
 /// Totals for one group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct UsageGroup {

@@ -1,7 +1,7 @@
 //! PostgreSQL backend, for several gateway nodes sharing durable state.
 //!
-//! Batches travel as arrays (`UNNEST`), so a usage batch of any size is two
-//! statements. Rows that concurrent transactions both update (rollups, keys'
+//! Batches travel as arrays (`UNNEST`), so a usage batch of any size is four
+//! statements (the events and three rollups). Rows that concurrent transactions both update (rollups, keys'
 //! `last_used_at`) are always locked in key order, so batches cannot deadlock.
 //!
 //! The queries are in `resources/`, shared with SQLite; this module holds what
@@ -11,7 +11,7 @@
 use crate::columns::backend;
 use crate::common;
 use crate::sql::{Db, On, SqlStore, Stmt};
-use crate::{StoreError, StoreResult, UsageEvent, UsageFilter, UsageGroup, UsageTotals};
+use crate::{StoreError, StoreResult, UsageEvent, UsageFilter};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::collections::BTreeMap;
@@ -127,12 +127,11 @@ pub(crate) async fn touch_keys(pool: &PgPool, uses: &BTreeMap<&str, i64>) -> Sto
     Ok(())
 }
 
-/// Appends a batch to `usage_events` and adds it to the hourly rollups, each
-/// in one statement of arrays.
+/// Appends a batch to `usage_events` and adds it to the hourly and daily
+/// rollups, each in one statement of arrays.
 pub(crate) async fn insert_usage(pool: &PgPool, events: &[UsageEvent]) -> StoreResult<()> {
     let deltas = common::hourly_deltas(events);
-    let events = EventColumns::new(events);
-    let rollups = RollupColumns::new(&deltas);
+    let columns = EventColumns::new(events);
     let mut tx = pool.begin().await.map_err(backend)?;
     sqlx::query(&format!(
         "INSERT INTO usage_events ({}) SELECT * FROM UNNEST(\
@@ -141,57 +140,87 @@ pub(crate) async fn insert_usage(pool: &PgPool, events: &[UsageEvent]) -> StoreR
          $14::BIGINT[], $15::TEXT[], $16::BOOLEAN[], $17::BOOLEAN[])",
         common::USAGE_EVENT_COLUMNS
     ))
-    .bind(&events.key_id)
-    .bind(&events.project_id)
-    .bind(&events.org_id)
-    .bind(&events.at)
-    .bind(&events.endpoint)
-    .bind(&events.model)
-    .bind(&events.status)
-    .bind(&events.input_tokens)
-    .bind(&events.cached_input_tokens)
-    .bind(&events.output_tokens)
-    .bind(&events.reasoning_tokens)
-    .bind(&events.cost_micros)
-    .bind(&events.upstream_latency_ms)
-    .bind(&events.total_latency_ms)
-    .bind(&events.client_ip)
-    .bind(&events.streamed)
-    .bind(&events.incomplete)
+    .bind(&columns.key_id)
+    .bind(&columns.project_id)
+    .bind(&columns.org_id)
+    .bind(&columns.at)
+    .bind(&columns.endpoint)
+    .bind(&columns.model)
+    .bind(&columns.status)
+    .bind(&columns.input_tokens)
+    .bind(&columns.cached_input_tokens)
+    .bind(&columns.output_tokens)
+    .bind(&columns.reasoning_tokens)
+    .bind(&columns.cost_micros)
+    .bind(&columns.upstream_latency_ms)
+    .bind(&columns.total_latency_ms)
+    .bind(&columns.client_ip)
+    .bind(&columns.streamed)
+    .bind(&columns.incomplete)
     .execute(&mut *tx)
     .await
     .map_err(backend)?;
-    // ORDER BY makes the row-lock order explicit (see the module docs).
+    let hourly = RollupColumns::new(deltas.iter().map(|((k, h), d)| (*k, *h, "", d)));
+    upsert_rollup(&mut tx, "usage_hourly", "hour_start", false, &hourly).await?;
+    for (table, start, width) in [
+        ("usage_hourly_models", "hour_start", common::HOUR_MS),
+        ("usage_daily", "day_start", common::DAY_MS),
+    ] {
+        let deltas = common::model_deltas(events, width);
+        let columns = RollupColumns::new(deltas.iter().map(|((k, s, m), d)| (*k, *s, *m, d)));
+        upsert_rollup(&mut tx, table, start, true, &columns).await?;
+    }
+    tx.commit().await.map_err(backend)
+}
+
+/// Adds `rows` to a rollup keyed by (key, `start`) or, `with_model`, by (key,
+/// `start`, model), in one statement of arrays. ORDER BY makes the row-lock
+/// order explicit (see the module docs).
+async fn upsert_rollup(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    table: &str,
+    start: &str,
+    with_model: bool,
+    rows: &RollupColumns<'_>,
+) -> StoreResult<()> {
     let counters = common::COUNTERS.join(", ");
     let updates: Vec<String> = common::COUNTERS
         .iter()
-        .map(|c| format!("{c} = usage_hourly.{c} + excluded.{c}"))
+        .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
         .collect();
-    sqlx::query(&format!(
-        "INSERT INTO usage_hourly (key_id, hour_start, project_id, org_id, {counters}) \
-         SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[], \
-         $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[]) \
-         AS v (key_id, hour_start, project_id, org_id, {counters}) \
-         ORDER BY key_id, hour_start \
-         ON CONFLICT (key_id, hour_start) DO UPDATE SET {}",
+    let (model, model_array, key) = if with_model {
+        ("model, ", "$13::TEXT[], ", format!("key_id, {start}, model"))
+    } else {
+        ("", "", format!("key_id, {start}"))
+    };
+    let sql = format!(
+        "INSERT INTO {table} (key_id, {start}, {model}project_id, org_id, {counters}) \
+         SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], {model_array}$3::TEXT[], $4::TEXT[], \
+         $5::BIGINT[], $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], \
+         $11::BIGINT[], $12::BIGINT[]) \
+         AS v (key_id, {start}, {model}project_id, org_id, {counters}) \
+         ORDER BY {key} \
+         ON CONFLICT ({key}) DO UPDATE SET {}",
         updates.join(", ")
-    ))
-    .bind(&rollups.key_id)
-    .bind(&rollups.hour_start)
-    .bind(&rollups.project_id)
-    .bind(&rollups.org_id)
-    .bind(&rollups.requests)
-    .bind(&rollups.errors)
-    .bind(&rollups.input_tokens)
-    .bind(&rollups.cached_input_tokens)
-    .bind(&rollups.output_tokens)
-    .bind(&rollups.reasoning_tokens)
-    .bind(&rollups.cost_micros)
-    .bind(&rollups.incomplete)
-    .execute(&mut *tx)
-    .await
-    .map_err(backend)?;
-    tx.commit().await.map_err(backend)
+    );
+    let mut q = sqlx::query(&sql)
+    .bind(&rows.key_id)
+    .bind(&rows.start)
+    .bind(&rows.project_id)
+    .bind(&rows.org_id)
+    .bind(&rows.requests)
+    .bind(&rows.errors)
+    .bind(&rows.input_tokens)
+    .bind(&rows.cached_input_tokens)
+    .bind(&rows.output_tokens)
+    .bind(&rows.reasoning_tokens)
+    .bind(&rows.cost_micros)
+    .bind(&rows.incomplete);
+    if with_model {
+        q = q.bind(&rows.model);
+    }
+    q.execute(&mut **tx).await.map_err(backend)?;
+    Ok(())
 }
 
 /// Raw events matching `filter`, newest first, at most `limit`.
@@ -209,31 +238,6 @@ pub(crate) async fn usage_events(
         .push_bind(limit.max(0));
     let rows = qb.fetch_all(On::PgPool(pool)).await.map_err(backend)?;
     rows.iter().map(common::usage_event).collect()
-}
-
-/// Usage per model, from the raw events (PostgreSQL keeps no per-model rollup),
-/// over whole hours so that the groups add up to the rollups' totals. Ties are
-/// broken by byte order ("C"), as SQLite does, whatever the database's collation.
-pub(crate) async fn usage_by_model(
-    pool: &PgPool,
-    filter: &UsageFilter,
-) -> StoreResult<Vec<UsageGroup>> {
-    let aligned = common::hour_aligned(filter);
-    // SUM(BIGINT) is NUMERIC in PostgreSQL.
-    let mut qb = Stmt::new(
-        "SELECT model AS grp, COUNT(*) AS requests, \
-         CAST(SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS BIGINT) AS errors, \
-         CAST(SUM(CASE WHEN incomplete THEN 1 ELSE 0 END) AS BIGINT) AS incomplete",
-    );
-    // The sums of event columns; the counts of events are above.
-    for c in &common::COUNTERS[2..common::COUNTERS.len() - 1] {
-        qb.push(&format!(", CAST(SUM({c}) AS BIGINT) AS {c}"));
-    }
-    qb.push(" FROM usage_events");
-    common::push_usage_filter(&mut qb, &aligned, "at", aligned.from);
-    qb.push(" GROUP BY model ORDER BY cost_micros DESC, model COLLATE \"C\"");
-    let rows = qb.fetch_all(On::PgPool(pool)).await.map_err(backend)?;
-    rows.iter().map(common::usage_group).collect()
 }
 
 /// A usage batch as one array per column, for `UNNEST`.
@@ -285,7 +289,9 @@ impl<'a> EventColumns<'a> {
 /// Rollup deltas as one array per column, for `UNNEST`.
 struct RollupColumns<'a> {
     key_id: Vec<&'a str>,
-    hour_start: Vec<i64>,
+    start: Vec<i64>,
+    /// Empty strings for a rollup without a model column (not bound then).
+    model: Vec<&'a str>,
     project_id: Vec<&'a str>,
     org_id: Vec<&'a str>,
     requests: Vec<i64>,
@@ -299,22 +305,44 @@ struct RollupColumns<'a> {
 }
 
 impl<'a> RollupColumns<'a> {
-    fn new(deltas: &std::collections::BTreeMap<(&'a str, i64), common::HourlyDelta<'a>>) -> Self {
-        let col =
-            |f: fn(&UsageTotals) -> i64| deltas.values().map(|d| f(&d.totals)).collect::<Vec<_>>();
-        Self {
-            key_id: deltas.keys().map(|(k, _)| *k).collect(),
-            hour_start: deltas.keys().map(|(_, h)| *h).collect(),
-            project_id: deltas.values().map(|d| d.project_id).collect(),
-            org_id: deltas.values().map(|d| d.org_id).collect(),
-            requests: col(|t| t.requests),
-            errors: col(|t| t.errors),
-            input_tokens: col(|t| t.input_tokens),
-            cached_input_tokens: col(|t| t.cached_input_tokens),
-            output_tokens: col(|t| t.output_tokens),
-            reasoning_tokens: col(|t| t.reasoning_tokens),
-            cost_micros: col(|t| t.cost_micros),
-            incomplete: col(|t| t.incomplete),
+    /// From (key, period start, model, delta) rows.
+    fn new<'d>(
+        rows: impl Iterator<Item = (&'a str, i64, &'a str, &'d common::HourlyDelta<'a>)>,
+    ) -> Self
+    where
+        'a: 'd,
+    {
+        let mut out = RollupColumns {
+            key_id: vec![],
+            start: vec![],
+            model: vec![],
+            project_id: vec![],
+            org_id: vec![],
+            requests: vec![],
+            errors: vec![],
+            input_tokens: vec![],
+            cached_input_tokens: vec![],
+            output_tokens: vec![],
+            reasoning_tokens: vec![],
+            cost_micros: vec![],
+            incomplete: vec![],
+        };
+        for (key, start, model, d) in rows {
+            let t = &d.totals;
+            out.key_id.push(key);
+            out.start.push(start);
+            out.model.push(model);
+            out.project_id.push(d.project_id);
+            out.org_id.push(d.org_id);
+            out.requests.push(t.requests);
+            out.errors.push(t.errors);
+            out.input_tokens.push(t.input_tokens);
+            out.cached_input_tokens.push(t.cached_input_tokens);
+            out.output_tokens.push(t.output_tokens);
+            out.reasoning_tokens.push(t.reasoning_tokens);
+            out.cost_micros.push(t.cost_micros);
+            out.incomplete.push(t.incomplete);
         }
+        out
     }
 }

@@ -86,19 +86,30 @@ mod statements {
     pub(super) fn usage_hourly_models(rows: usize) -> &'static str {
         static CACHE: [OnceLock<String>; INSERT_CHUNKS.len()] =
             [const { OnceLock::new() }; INSERT_CHUNKS.len()];
-        cached(&CACHE, rows, |rows| {
-            let add: Vec<String> = common::COUNTERS
-                .iter()
-                .map(|c| format!("{c} = usage_hourly_models.{c} + excluded.{c}"))
-                .collect();
-            format!(
-                "INSERT INTO usage_hourly_models (key_id, hour_start, model, project_id, org_id, {}) \
-                 VALUES {} ON CONFLICT (key_id, hour_start, model) DO UPDATE SET {}",
-                common::COUNTERS.join(", "),
-                values(rows, 5 + common::COUNTERS.len()),
-                add.join(", ")
-            )
-        })
+        cached(&CACHE, rows, |rows| model_rollup("usage_hourly_models", "hour_start", rows))
+    }
+
+    /// The daily (per key and model) rollup upsert with `rows` rows.
+    pub(super) fn usage_daily(rows: usize) -> &'static str {
+        static CACHE: [OnceLock<String>; INSERT_CHUNKS.len()] =
+            [const { OnceLock::new() }; INSERT_CHUNKS.len()];
+        cached(&CACHE, rows, |rows| model_rollup("usage_daily", "day_start", rows))
+    }
+
+    /// An upsert into a rollup keyed by (key, `start`, model): counters are
+    /// added to the row's.
+    fn model_rollup(table: &str, start: &str, rows: usize) -> String {
+        let add: Vec<String> = common::COUNTERS
+            .iter()
+            .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
+            .collect();
+        format!(
+            "INSERT INTO {table} (key_id, {start}, model, project_id, org_id, {}) \
+             VALUES {} ON CONFLICT (key_id, {start}, model) DO UPDATE SET {}",
+            common::COUNTERS.join(", "),
+            values(rows, 5 + common::COUNTERS.len()),
+            add.join(", ")
+        )
     }
 }
 
@@ -260,11 +271,16 @@ pub(crate) async fn touch_keys(writer: &SqlitePool, uses: &BTreeMap<&str, i64>) 
     tx.commit().await.map_err(backend)
 }
 
-/// Appends a batch as one block and adds it to both hourly rollups.
+/// Appends a batch as one block and adds it to the hourly and daily rollups.
 pub(crate) async fn insert_usage(writer: &SqlitePool, events: &[UsageEvent]) -> StoreResult<()> {
     let block = usage_blocks::encode(events)?;
     let deltas: Vec<_> = common::hourly_deltas(events).into_iter().collect();
-    let model_deltas: Vec<_> = common::hourly_model_deltas(events).into_iter().collect();
+    let model_deltas: Vec<_> = common::model_deltas(events, common::HOUR_MS)
+        .into_iter()
+        .collect();
+    let daily_deltas: Vec<_> = common::model_deltas(events, common::DAY_MS)
+        .into_iter()
+        .collect();
     let mut tx = writer.begin().await.map_err(backend)?;
     sqlx::query(
         "INSERT INTO usage_event_blocks (first_at, last_at, events, body) VALUES (?, ?, ?, ?)",
@@ -286,13 +302,18 @@ pub(crate) async fn insert_usage(writer: &SqlitePool, events: &[UsageEvent]) -> 
         }
         q.execute(&mut *tx).await.map_err(backend)?;
     }
-    for chunk in insert_chunks(&model_deltas) {
-        let mut q = sqlx::query(statements::usage_hourly_models(chunk.len()));
-        for ((key, hour, model), d) in chunk {
-            q = q.bind(*key).bind(*hour).bind(*model);
-            q = bind_totals(q.bind(d.project_id).bind(d.org_id), d);
+    for (deltas, statement) in [
+        (&model_deltas, statements::usage_hourly_models as fn(usize) -> &'static str),
+        (&daily_deltas, statements::usage_daily),
+    ] {
+        for chunk in insert_chunks(deltas) {
+            let mut q = sqlx::query(statement(chunk.len()));
+            for ((key, start, model), d) in chunk {
+                q = q.bind(*key).bind(*start).bind(*model);
+                q = bind_totals(q.bind(d.project_id).bind(d.org_id), d);
+            }
+            q.execute(&mut *tx).await.map_err(backend)?;
         }
-        q.execute(&mut *tx).await.map_err(backend)?;
     }
     tx.commit().await.map_err(backend)
 }

@@ -5,7 +5,7 @@ use keyward_core::{
     Budget, BudgetScope, EndpointRule, KeyHash, KeyId, KeyPolicy, Micros, Period, ProjectId,
 };
 use keyward_store::{
-    GroupBy, KeyRecord, KeyStatus, NewSecret, ProjectPolicy, SharedStore, StoreError, UsageEvent,
+    Bucket, GroupBy, KeyRecord, KeyStatus, NewSecret, ProjectPolicy, SharedStore, StoreError, UsageEvent,
     UsageFilter, UsageGroup, UsageTotals,
 };
 use std::collections::BTreeMap;
@@ -21,6 +21,8 @@ store_tests!(
     budget_alerts_fire_once_per_threshold_and_period,
     usage_grouped_by_key_honours_every_filter,
     usage_grouped_by_model_honours_every_filter,
+    usage_series_is_the_groups_per_bucket,
+    daily_and_hourly_rollups_agree,
 );
 
 const H: i64 = 3_600_000;
@@ -591,6 +593,21 @@ fn filters(a: &KeyRecord, c: &KeyRecord) -> Vec<UsageFilter> {
         UsageFilter {
             to: Some(DAY + H),
             org: Some(a.org_id.clone()),
+            ..all.clone()
+        },
+        // Whole days, read from the daily rollup.
+        UsageFilter {
+            from: Some(DAY),
+            to: Some(DAY + 24 * H),
+            ..all.clone()
+        },
+        UsageFilter {
+            from: Some(DAY + 24 * H),
+            project: Some(a.project_id.clone()),
+            ..all.clone()
+        },
+        UsageFilter {
+            to: Some(DAY),
             ..all
         },
     ]
@@ -698,4 +715,96 @@ async fn usage_grouped_by_model_honours_every_filter(store: SharedStore) {
         .unwrap();
     let names: Vec<_> = got.iter().map(|g| g.group.as_str()).collect();
     assert_eq!(names, ["gpt-4o", "gpt-4o-mini", ""]);
+}
+
+async fn usage_series_is_the_groups_per_bucket(store: SharedStore) {
+    let (a, _, c, events) = fleet(&store).await;
+    for filter in filters(&a, &c) {
+        for (by, name) in [
+            (GroupBy::Key, (|e: &UsageEvent| e.key_id.to_string()) as fn(&UsageEvent) -> String),
+            (GroupBy::Project, |e| e.project_id.to_string()),
+            (GroupBy::Model, |e| e.model.clone()),
+        ] {
+            let series = store.usage_series(&filter, Bucket::Hour, by).await.unwrap();
+            let mut want = Vec::new();
+            for hour in [DAY, DAY + H, DAY + 2 * H] {
+                let in_hour: Vec<UsageEvent> = events
+                    .iter()
+                    .filter(|e| e.at - e.at.rem_euclid(H) == hour)
+                    .cloned()
+                    .collect();
+                let mut groups = expected_groups(&in_hour, &filter, name);
+                groups.sort_by(|x, y| x.group.cmp(&y.group));
+                want.extend(groups.into_iter().map(|g| (hour, g.group, g.totals)));
+            }
+            let got: Vec<_> = series
+                .into_iter()
+                .map(|p| (p.start, p.group, p.totals))
+                .collect();
+            assert_eq!(got, want, "{filter:?} {by:?}");
+
+            // Day and month buckets are whole: `from` rounds down to the bucket.
+            if filter.from.is_some_and(|f| f.rem_euclid(24 * H) != 0) {
+                continue;
+            }
+            // One day: the day's cells are the groups.
+            let day = store.usage_series(&filter, Bucket::Day, by).await.unwrap();
+            let mut groups = store.usage_grouped(&filter, by).await.unwrap();
+            groups.sort_by(|x, y| x.group.cmp(&y.group));
+            let by_day: Vec<_> = day.iter().map(|p| (p.group.clone(), p.totals)).collect();
+            let grouped: Vec<_> = groups.into_iter().map(|g| (g.group, g.totals)).collect();
+            assert_eq!(by_day, grouped, "{filter:?} {by:?}");
+            assert!(day.iter().all(|p| p.start == DAY));
+            if filter.from.is_some() {
+                continue; // a month bucket starts at the month's first day
+            }
+            let month = store.usage_series(&filter, Bucket::Month, by).await.unwrap();
+            assert_eq!(
+                month.iter().map(|p| (p.group.clone(), p.totals)).collect::<Vec<_>>(),
+                grouped
+            );
+        }
+    }
+}
+
+/// Usage over three days, read through the daily rollup (whole-day bounds) and
+/// the hourly one (the same range, bounds a millisecond inside their hour).
+async fn daily_and_hourly_rollups_agree(store: SharedStore) {
+    let a = key_in_new_project(&store, "acme", "web").await;
+    let mut events = Vec::new();
+    for day in 0..3 {
+        for hour in [0, 5, 23] {
+            let at = DAY + day * 24 * H + hour * H + 17;
+            events.push(used(&a, at, "gpt-4o", 200, 100 + day * 10 + hour));
+            events.push(used(&a, at + 1, "gpt-4o-mini", 500, 7));
+        }
+    }
+    store.insert_usage(&events).await.unwrap();
+    let days = |from: i64, to: i64| UsageFilter {
+        from: Some(from),
+        to: Some(to),
+        ..Default::default()
+    };
+    for (from, to) in [(DAY, DAY + 72 * H), (DAY + 24 * H, DAY + 48 * H), (DAY, DAY + 24 * H)] {
+        let daily = days(from, to);
+        let hourly = days(from + 1, to - H + 1);
+        assert_eq!(
+            store.usage_totals(&daily).await.unwrap(),
+            store.usage_totals(&hourly).await.unwrap()
+        );
+        for by in [GroupBy::Key, GroupBy::Model] {
+            assert_eq!(
+                store.usage_grouped(&daily, by).await.unwrap(),
+                store.usage_grouped(&hourly, by).await.unwrap(),
+                "{by:?}"
+            );
+        }
+        let buckets = store.usage_buckets(&daily, Bucket::Day).await.unwrap();
+        assert_eq!(buckets, store.usage_buckets(&hourly, Bucket::Day).await.unwrap());
+        assert_eq!(buckets.len() as i64, (to - from) / (24 * H));
+        assert_eq!(
+            store.usage_series(&daily, Bucket::Day, GroupBy::Model).await.unwrap(),
+            store.usage_series(&hourly, Bucket::Day, GroupBy::Model).await.unwrap()
+        );
+    }
 }
