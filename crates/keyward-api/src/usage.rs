@@ -37,14 +37,33 @@ pub struct UsageBucket {
     pub totals: UsageTotals,
 }
 
+/// The group that sums every group beyond `top`.
+pub const OTHER_GROUP: &str = "(other)";
+
 /// Totals for one key, project, model or tag.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct UsageGroup {
-    /// The key id, project id, model name or tag.
+    /// The key id, project id, model name or tag; [`OTHER_GROUP`] for the
+    /// rest beyond `top`.
     pub group: String,
+    /// The key's or project's name, for people (absent for models and tags).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Totals in it.
     #[serde(flatten)]
     pub totals: UsageTotals,
+}
+
+/// One group's time series.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UsageSeries {
+    /// The group, as in [`UsageGroup::group`].
+    pub group: String,
+    /// Its name, as in [`UsageGroup::name`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Its totals per bucket, oldest first, empty buckets omitted.
+    pub buckets: Vec<UsageBucket>,
 }
 
 /// The answer to `GET /api/v1/usage`.
@@ -72,7 +91,11 @@ pub struct Usage {
     /// Micro-dollars held by requests in flight against the key's budget (with `key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserved_micros: Option<i64>,
-    /// Totals per group, when `group_by` was given.
+    /// Totals per group, most expensive first, when `group_by` was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<UsageGroup>>,
+    /// Each group's time series, in the order of `groups`, when both `bucket`
+    /// and `group_by` were given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series: Option<Vec<UsageSeries>>,
 }

@@ -5,11 +5,12 @@ use super::{ApiError, Caller};
 use crate::state::SharedState;
 use axum::extract::{Query, State};
 use axum::Json;
-use keyward_api::usage::{Usage, UsageBucket, UsageGroup, UsageTotals};
+use keyward_api::usage::{Usage, UsageBucket, UsageGroup, UsageSeries, UsageTotals, OTHER_GROUP};
 use keyward_core::BudgetScope;
 use keyward_core::KeyId;
 use keyward_store::{Bucket, GroupBy, UsageFilter};
 use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -30,8 +31,11 @@ pub struct UsageQuery {
     to: Option<i64>,
     /// `hour`, `day` or `month` (UTC calendar months) to include a time series.
     bucket: Option<Bucket>,
-    /// `key`, `project`, `model` or `tag` to include totals per group.
+    /// `key`, `project`, `model` or `tag` to include totals per group (and,
+    /// with `bucket`, each group's time series).
     group_by: Option<String>,
+    /// Keep the `top` most expensive groups; the rest are summed as `(other)`.
+    top: Option<usize>,
 }
 
 #[utoipa::path(get, path = "/api/v1/usage", tag = "usage",  responses((status = 200, description = "Totals, and buckets or groups when asked for", body = keyward_api::usage::Usage)))]
@@ -80,6 +84,7 @@ pub async fn usage(
         buckets: None,
         reserved_micros: None,
         groups: None,
+        series: None,
     };
     if let Some(b) = q.bucket {
         let buckets = state.store.usage_buckets(&filter, b).await?;
@@ -115,66 +120,167 @@ pub async fn usage(
         };
         body.reserved_micros = Some(reserved);
     }
-    match q.group_by.as_deref() {
-        None => {}
-        Some("key") => {
-            body.groups = Some(api_groups(
-                state.store.usage_grouped(&filter, GroupBy::Key).await?,
-            ))
-        }
-        Some("project") => {
-            body.groups = Some(api_groups(
-                state.store.usage_grouped(&filter, GroupBy::Project).await?,
-            ))
-        }
-        Some("model") => {
-            body.groups = Some(api_groups(
-                state.store.usage_grouped(&filter, GroupBy::Model).await?,
-            ))
-        }
-        Some("tag") => body.groups = Some(by_tag(&state, &filter).await?),
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "unknown group_by {other:?}: use key, project, model or tag"
-            )))
-        }
+    if let Some(by) = q.group_by.as_deref() {
+        let by = Grouping::parse(by)?;
+        let groups = grouped(&state, &filter, by, q.bucket, q.top).await?;
+        body.groups = Some(groups.groups);
+        body.series = groups.series;
     }
     Ok(Json(body))
 }
 
-/// Totals per tag: each key's totals count toward every tag it carries; keys
-/// without tags are grouped under `(untagged)`.
-async fn by_tag(
+/// What usage is grouped by: a rollup column, or tags (each key's usage
+/// counted toward every tag it carries).
+#[derive(Clone, Copy)]
+enum Grouping {
+    Column(GroupBy),
+    Tag,
+}
+
+impl Grouping {
+    fn parse(by: &str) -> Result<Self, ApiError> {
+        Ok(match by {
+            "key" => Grouping::Column(GroupBy::Key),
+            "project" => Grouping::Column(GroupBy::Project),
+            "model" => Grouping::Column(GroupBy::Model),
+            "tag" => Grouping::Tag,
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown group_by {other:?}: use key, project, model or tag"
+                )))
+            }
+        })
+    }
+}
+
+/// Groups and, with a bucket, their series.
+struct Grouped {
+    groups: Vec<UsageGroup>,
+    series: Option<Vec<UsageSeries>>,
+}
+
+/// Totals per group (most expensive first, ties by name) and each group's
+/// series, named for people, the groups beyond `top` summed as `(other)`.
+async fn grouped(
     state: &crate::state::AppState,
     filter: &UsageFilter,
-) -> Result<Vec<UsageGroup>, ApiError> {
-    let per_key = state.store.usage_grouped(filter, GroupBy::Key).await?;
-    let keys = state.store.list_keys(None).await?;
-    let mut tags: std::collections::BTreeMap<String, keyward_store::UsageTotals> =
-        Default::default();
-    for g in per_key {
-        let key_tags = keys
-            .iter()
-            .find(|k| k.id.as_str() == g.group)
-            .map(|k| k.tags.clone())
-            .unwrap_or_default();
-        let names = if key_tags.is_empty() {
-            vec!["(untagged)".to_owned()]
-        } else {
-            key_tags
-        };
-        for t in names {
-            tags.entry(t).or_default().add(&g.totals);
+    by: Grouping,
+    bucket: Option<Bucket>,
+    top: Option<usize>,
+) -> Result<Grouped, ApiError> {
+    let column = match by {
+        Grouping::Column(c) => c,
+        Grouping::Tag => GroupBy::Key,
+    };
+    let rows = state.store.usage_grouped(filter, column).await?;
+    let points = match bucket {
+        Some(b) => Some(state.store.usage_series(filter, b, column).await?),
+        None => None,
+    };
+    // Names of keys and projects, and each key's tags, for the groups at hand.
+    let names: HashMap<String, (String, Vec<String>)> = match column {
+        GroupBy::Key => state
+            .store
+            .list_keys(None)
+            .await?
+            .into_iter()
+            .map(|k| (k.id.to_string(), (k.name, k.tags)))
+            .collect(),
+        GroupBy::Project => state
+            .store
+            .list_projects(None)
+            .await?
+            .into_iter()
+            .map(|p| (p.id.to_string(), (p.name, Vec::new())))
+            .collect(),
+        GroupBy::Model => HashMap::new(),
+    };
+    // The group(s) one rollup row counts toward.
+    let targets = |group: &str| -> Vec<String> {
+        match by {
+            Grouping::Column(_) => vec![group.to_owned()],
+            Grouping::Tag => match names.get(group) {
+                Some((_, tags)) if !tags.is_empty() => tags.clone(),
+                _ => vec![UNTAGGED.to_owned()],
+            },
+        }
+    };
+    let mut totals: HashMap<String, keyward_store::UsageTotals> = HashMap::new();
+    for row in &rows {
+        for t in targets(&row.group) {
+            totals.entry(t).or_default().add(&row.totals);
         }
     }
-    Ok(tags
-        .into_iter()
-        .map(|(tag, totals)| UsageGroup {
-            group: tag,
-            totals: api_totals(totals),
+    let mut order: Vec<(String, keyward_store::UsageTotals)> = totals.into_iter().collect();
+    order.sort_by(|a, b| {
+        b.1.cost_micros
+            .cmp(&a.1.cost_micros)
+            .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
+    });
+    // Beyond `top`, everything is `(other)`.
+    let kept: HashMap<String, usize> = order
+        .iter()
+        .take(top.unwrap_or(usize::MAX))
+        .enumerate()
+        .map(|(i, (g, _))| (g.clone(), i))
+        .collect();
+    let slot = |g: &str| kept.get(g).copied().unwrap_or(kept.len());
+    let name_of = |g: &str| match by {
+        Grouping::Column(_) => names.get(g).map(|(n, _)| n.clone()),
+        Grouping::Tag => None,
+    };
+    let mut groups: Vec<UsageGroup> = order
+        .iter()
+        .take(kept.len())
+        .map(|(g, t)| UsageGroup {
+            group: g.clone(),
+            name: name_of(g),
+            totals: api_totals(*t),
         })
-        .collect())
+        .collect();
+    let mut other = keyward_store::UsageTotals::default();
+    for (_, t) in order.iter().skip(kept.len()) {
+        other.add(t);
+    }
+    let has_other = order.len() > kept.len();
+    if has_other {
+        groups.push(UsageGroup {
+            group: OTHER_GROUP.to_owned(),
+            name: None,
+            totals: api_totals(other),
+        });
+    }
+    let series = points.map(|points| {
+        // Per group slot, per bucket start: points arrive oldest bucket first.
+        let mut cells: Vec<BTreeMap<i64, keyward_store::UsageTotals>> =
+            vec![BTreeMap::new(); groups.len()];
+        for p in &points {
+            for t in targets(&p.group) {
+                let i = slot(&t);
+                cells[i].entry(p.start).or_default().add(&p.totals);
+            }
+        }
+        groups
+            .iter()
+            .zip(cells)
+            .map(|(g, cells)| UsageSeries {
+                group: g.group.clone(),
+                name: g.name.clone(),
+                buckets: cells
+                    .into_iter()
+                    .map(|(start, t)| UsageBucket {
+                        start,
+                        totals: api_totals(t),
+                    })
+                    .collect(),
+            })
+            .collect()
+    });
+    Ok(Grouped { groups, series })
 }
+
+/// The tag group of keys without tags.
+const UNTAGGED: &str = "(untagged)";
 
 /// Storage's sums as the API shows them (the same fields).
 fn api_totals(t: keyward_store::UsageTotals) -> UsageTotals {
@@ -188,14 +294,4 @@ fn api_totals(t: keyward_store::UsageTotals) -> UsageTotals {
         cost_micros: t.cost_micros,
         incomplete: t.incomplete,
     }
-}
-
-fn api_groups(groups: Vec<keyward_store::UsageGroup>) -> Vec<UsageGroup> {
-    groups
-        .into_iter()
-        .map(|g| UsageGroup {
-            group: g.group,
-            totals: api_totals(g.totals),
-        })
-        .collect()
 }

@@ -303,3 +303,90 @@ async fn usage_groups_by_project_and_the_groups_add_up_to_the_totals() {
     let r = kw.admin_get("/api/v1/usage?group_by=team").await;
     assert_eq!(r.status(), 400);
 }
+
+/// The dashboard's chart: each group's series (per bucket), named for people;
+/// beyond `top`, the rest summed as `(other)`; series, groups and totals agree.
+#[tokio::test]
+async fn usage_series_per_group_add_up_and_top_sums_the_rest_as_other() {
+    let up = Upstream::start().await;
+    let kw = Keyward::start(&up.base_url()).await;
+    let mut keys = Vec::new();
+    for (name, tags) in [
+        ("alpha", json!(["team:a"])),
+        ("beta", json!(["team:a", "team:b"])),
+        ("gamma", json!([])),
+    ] {
+        let v = kw
+            .create_key_with(json!({"name": name, "tags": tags}))
+            .await;
+        keys.push(v["key"].as_str().unwrap().to_owned());
+    }
+    let hi = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    for (i, key) in keys.iter().enumerate() {
+        for _ in 0..=i {
+            assert_eq!(kw.chat(key, hi.clone()).await.status(), 200);
+        }
+    }
+    let v: Value = kw
+        .admin_get("/api/v1/usage?bucket=hour&group_by=key&top=2")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let groups = v["groups"].as_array().unwrap();
+    let names: Vec<&str> = groups
+        .iter()
+        .map(|g| g["name"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(names, ["gamma", "beta", "-"], "{v}");
+    assert_eq!(groups[2]["group"], "(other)");
+    assert_eq!(groups[2]["requests"], 1, "alpha's one request: {v}");
+    let series = v["series"].as_array().unwrap();
+    assert_eq!(series.len(), 3, "{v}");
+    for (g, s) in groups.iter().zip(series) {
+        assert_eq!(g["group"], s["group"]);
+        let sum: i64 = s["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["requests"].as_i64().unwrap())
+            .sum();
+        assert_eq!(sum, g["requests"].as_i64().unwrap(), "{v}");
+    }
+    let total: i64 = groups.iter().map(|g| g["requests"].as_i64().unwrap()).sum();
+    assert_eq!(total, v["requests"].as_i64().unwrap());
+    assert_eq!(total, 6);
+
+    // By tag: beta counts toward both of its tags, gamma is untagged.
+    let v: Value = kw
+        .admin_get("/api/v1/usage?bucket=day&group_by=tag")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let by_tag: Vec<(String, i64)> = v["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let n = s["buckets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["requests"].as_i64().unwrap())
+                .sum();
+            (s["group"].as_str().unwrap().to_owned(), n)
+        })
+        .collect();
+    let mut by_tag = by_tag;
+    by_tag.sort();
+    assert_eq!(
+        by_tag,
+        [
+            ("(untagged)".into(), 3),
+            ("team:a".into(), 3),
+            ("team:b".into(), 2)
+        ],
+        "{v}"
+    );
+}
