@@ -21,8 +21,14 @@ pub struct AuditQuery {
     pub target: Option<String>,
     /// Only events at or after this time, ms.
     pub since: Option<i64>,
-    /// Only events before this time, ms.
+    /// Only events before this time, ms. Exclusive by time: to page, use
+    /// `before`, which does not skip events sharing a millisecond.
     pub until: Option<i64>,
+    /// Only events older than this one, by id (`aud_…`): the last event of the
+    /// previous page. Events are ordered by time, then by the order they were
+    /// written, so paging with it returns each event exactly once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
     /// At most this many events, newest first ([`DEFAULT_LIMIT`], 1 to 1,000).
     pub limit: Option<i64>,
 }

@@ -35,11 +35,12 @@ pub async fn security_headers(mut response: Response) -> Response {
 }
 
 /// The sections of the navigation, with the least role that sees each.
-/// (Usage and budgets pages are not built yet: the overview shows each
-/// budget's spend meanwhile, and `keyward usage` the usage.)
-const SECTIONS: [(&str, &str, Role); 7] = [
+/// (The usage page, after Keys, is not built yet: `keyward usage` reports
+/// usage meanwhile.)
+const SECTIONS: [(&str, &str, Role); 8] = [
     ("/", "Overview", Role::Viewer),
     ("/keys", "Keys", Role::Viewer),
+    ("/budgets", "Budgets", Role::Viewer),
     ("/leaks", "Leaks", Role::Viewer),
     ("/activity", "Activity", Role::Viewer),
     ("/members", "Members", Role::Admin),

@@ -7,7 +7,7 @@ use axum::extract::{Query, State};
 use axum::Json;
 use keyward_api::audit::{self as api, AuditQuery, AuditVerification};
 use keyward_api::List;
-use keyward_core::Role;
+use keyward_core::{AuditId, Role};
 use keyward_store::{AuditEvent, AuditFilter};
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
@@ -41,6 +41,15 @@ async fn list(
     } else {
         Some(caller.actor.clone())
     };
+    let before = match q.before.as_deref() {
+        Some(id) => Some(AuditId::parse(id).ok_or_else(|| {
+            ApiError::BadRequest(
+                "before must be an audit event id (aud_…): the last one of the previous page"
+                    .into(),
+            )
+        })?),
+        None => None,
+    };
     let filter = AuditFilter {
         org_id,
         target: q.target.clone(),
@@ -48,7 +57,7 @@ async fn list(
         action_prefix: q.action.clone(),
         since: q.since,
         until: q.until,
-        before: None,
+        before,
         limit: q.limit(),
     };
     let events = state.store.query_audit(&filter).await?;
@@ -102,7 +111,6 @@ fn answer(e: AuditEvent) -> api::AuditEvent<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keyward_core::AuditId;
 
     /// Audit events used to be answered as their storage records: the API type
     /// must put the same bytes on the wire, and read back without loss.

@@ -181,3 +181,79 @@ async fn what_the_bootstrap_key_does_to_an_organizations_objects_is_in_that_orga
         "{text}"
     );
 }
+
+/// `until` is exclusive by time, so paging by time skips the rest of a
+/// millisecond that a page ends in; `before` (the last id of the page) is a
+/// cursor in the log's own order and returns every event exactly once.
+#[tokio::test]
+async fn paging_with_before_returns_every_event_of_one_millisecond_exactly_once() {
+    let up = Upstream::start().await;
+    let kw = Keyward::start(&up.base_url()).await;
+    let (acme, acme_key) = scoped_admin(&kw, "acme").await;
+    let mut written = Vec::new();
+    for n in 0..7 {
+        // Seven events in one millisecond, two older ones around them.
+        let at = match n {
+            0 => 4_000,
+            6 => 6_000,
+            _ => 5_000,
+        };
+        let event = NewAuditEvent {
+            at,
+            actor: "system".into(),
+            action: "probe.paged".into(),
+            target: format!("t{n}"),
+            org_id: Some(OrgId::parse(&acme).unwrap()),
+            ..Default::default()
+        };
+        kw.state.store.append_audit(&event).await.unwrap();
+        written.push(format!("t{n}"));
+    }
+    let mut seen: Vec<String> = Vec::new();
+    let mut before: Option<String> = None;
+    for _ in 0..10 {
+        let mut path = "/api/v1/audit?action=probe.paged&limit=2".to_owned();
+        if let Some(id) = &before {
+            path.push_str(&format!("&before={id}"));
+        }
+        let (status, page) = get_as(&kw, &acme_key, &path).await;
+        assert_eq!(status, 200, "{page}");
+        let events = page["data"].as_array().unwrap();
+        if events.is_empty() {
+            break;
+        }
+        seen.extend(
+            events
+                .iter()
+                .map(|e| e["target"].as_str().unwrap().to_owned()),
+        );
+        before = Some(events.last().unwrap()["id"].as_str().unwrap().to_owned());
+    }
+    // Newest first: the latest at 6,000, the five of 5,000 in reverse order
+    // of writing, then the one at 4,000.
+    written.reverse();
+    assert_eq!(seen, written);
+
+    // Paging by time instead loses events: the point of the cursor.
+    let (_, first) = get_as(&kw, &acme_key, "/api/v1/audit?action=probe.paged&limit=2").await;
+    let until = first["data"][1]["at"].as_i64().unwrap();
+    let (_, next) = get_as(
+        &kw,
+        &acme_key,
+        &format!("/api/v1/audit?action=probe.paged&limit=10&until={until}"),
+    )
+    .await;
+    assert!(next["data"].as_array().unwrap().len() < 5, "{next}");
+
+    for bad in ["nonsense", "key_abc", "aud_", "aud_not%20base62"] {
+        let (status, answer) = get_as(&kw, &acme_key, &format!("/api/v1/audit?before={bad}")).await;
+        assert_eq!(status, 400, "{bad}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("audit event id"),
+            "{answer}"
+        );
+    }
+}

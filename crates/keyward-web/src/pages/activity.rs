@@ -24,8 +24,10 @@ pub struct Filters {
     action: String,
     #[serde(default)]
     actor: String,
-    /// Older than this, ms (the "older" link).
-    until: Option<i64>,
+    /// Older than this event, by id (the "older" link: the last event of
+    /// the page before).
+    #[serde(default)]
+    before: String,
 }
 
 /// `GET /activity`.
@@ -41,8 +43,8 @@ pub async fn list(
             query.push(format!("{name}={}", encode(value)));
         }
     }
-    if let Some(u) = f.until {
-        query.push(format!("until={u}"));
+    if !f.before.is_empty() {
+        query.push(format!("before={}", encode(&f.before)));
     }
     let path = format!("/api/v1/audit?{}", query.join("&"));
     let events = match web
@@ -62,7 +64,7 @@ pub async fn list(
         .parse::<AuditVerification>()
         .ok();
     let older = (events.len() as i64 == PAGE)
-        .then(|| events.last().map(|e| e.at))
+        .then(|| events.last().map(|e| e.id.as_str()))
         .flatten();
     let body = html! {
         p {
@@ -95,10 +97,10 @@ pub async fn list(
                 }
             }
         }
-        @if let Some(until) = older {
-            // Events sharing the last one's millisecond may be left out of the
-            // next page: the API's `until` is exclusive and offers no cursor.
-            p { a href={ "/activity?action=" (encode(&f.action)) "&actor=" (encode(&f.actor)) "&until=" (until) } { "Older" } }
+        @if let Some(last) = older {
+            // A cursor, not a time: events sharing the last one's millisecond
+            // are on the next page, not skipped.
+            p { a href={ "/activity?action=" (encode(&f.action)) "&actor=" (encode(&f.actor)) "&before=" (encode(last)) } { "Older" } }
         }
     };
     layout::page(&me, "Activity", "/activity", body).into_response()

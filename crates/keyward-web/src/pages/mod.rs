@@ -2,6 +2,7 @@
 //! refusal, and redirects that carry the API's cookies.
 
 mod activity;
+mod budgets;
 mod keys;
 mod leaks;
 mod members;
@@ -40,6 +41,8 @@ pub fn router() -> Router<SharedWeb> {
         .route("/keys/{id}", get(keys::show))
         .route("/keys/{id}/revoke", post(keys::revoke))
         .route("/keys/{id}/rotate", post(keys::rotate))
+        .route("/budgets", get(budgets::show).post(budgets::set))
+        .route("/budgets/delete", post(budgets::delete))
         .route("/security", get(security::show))
         .route("/security/password", post(security::change_password))
         .route("/security/totp", post(security::start_totp))

@@ -5,6 +5,7 @@
 
 use super::security::segment;
 use super::{redirect_with, refused};
+use crate::api::{Refusal, Visitor};
 use crate::layout::{self, Message};
 use crate::session::{Me, Viewer};
 use crate::SharedWeb;
@@ -47,16 +48,34 @@ fn notice(done: &str) -> Option<&'static str> {
     })
 }
 
+/// The webhooks the visitor may see (`GET /api/v1/webhooks`).
+pub(super) async fn webhooks(web: &SharedWeb, visitor: &Visitor) -> Result<Vec<Webhook>, Refusal> {
+    web.api
+        .get(visitor, "/api/v1/webhooks")
+        .await
+        .parse::<List<Webhook>>()
+        .map(|l| l.data)
+}
+
+/// A webhook's delivery log, newest first
+/// (`GET /api/v1/webhooks/{id}/deliveries`); `id` is a path segment already.
+pub(super) async fn delivery_log(
+    web: &SharedWeb,
+    visitor: &Visitor,
+    id: &str,
+) -> Result<Vec<Delivery<Value>>, Refusal> {
+    web.api
+        .get(visitor, &format!("/api/v1/webhooks/{id}/deliveries"))
+        .await
+        .parse::<List<Delivery<Value>>>()
+        .map(|l| l.data)
+}
+
 /// `GET /settings`.
 pub async fn show(State(web): State<SharedWeb>, viewer: Viewer, Query(q): Query<Done>) -> Response {
     let Viewer { me, visitor } = viewer;
-    let webhooks = match web
-        .api
-        .get(&visitor, "/api/v1/webhooks")
-        .await
-        .parse::<List<Webhook>>()
-    {
-        Ok(l) => l.data,
+    let webhooks = match webhooks(&web, &visitor).await {
+        Ok(w) => w,
         Err(r) => return refused(&me, r, "/"),
     };
     let recipients = match web
@@ -256,13 +275,8 @@ pub async fn deliveries(
 ) -> Response {
     let Viewer { me, visitor } = viewer;
     let id = segment(&id);
-    let log = match web
-        .api
-        .get(&visitor, &format!("/api/v1/webhooks/{id}/deliveries"))
-        .await
-        .parse::<List<Delivery<Value>>>()
-    {
-        Ok(l) => l.data,
+    let log = match delivery_log(&web, &visitor, id).await {
+        Ok(l) => l,
         Err(r) => return refused(&me, r, BACK),
     };
     let body = html! {

@@ -36,6 +36,11 @@ pub enum AuditCommand {
         /// Only events before this time (ms since the Unix epoch).
         #[arg(long, allow_hyphen_values = true)]
         until: Option<i64>,
+        /// Only events older than this one, by id (`aud_…`): to page, pass
+        /// the last id of the previous page (`--json` shows ids). Unlike
+        /// `--until`, it skips no event sharing that one's millisecond.
+        #[arg(long)]
+        before: Option<String>,
         /// At most this many events (the server's default is 100, its maximum 1000).
         #[arg(long, allow_hyphen_values = true, value_parser = positive_u32)]
         limit: Option<u32>,
@@ -68,6 +73,7 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<i32> {
             target,
             since,
             until,
+            before,
             limit,
             json,
         } => {
@@ -78,6 +84,7 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<i32> {
                 ("target", target),
                 ("since", since.map(|t| t.to_string())),
                 ("until", until.map(|t| t.to_string())),
+                ("before", before),
                 ("limit", limit.map(|n| n.to_string())),
             ]
             .into_iter()

@@ -234,6 +234,18 @@ def key_lifecycle(fixture):
     assert "gpt-4o-mini" in d.find("dl").text
     d.screenshot("key")
 
+    # The key's budget, with its bar, on the budgets page.
+    d.go("/budgets")
+    budget = d.find(f"section.budget-status:has(h2 a[href='{key_page}'])")
+    bar = budget.find_element(By.CSS_SELECTOR, "progress")
+    label = budget.find_element(By.CSS_SELECTOR, f"label[for='{bar.get_attribute('id')}']")
+    assert "of $5.00 per month" in label.text and "in flight" in label.text, label.text
+    assert bar.get_attribute("max") == "100", bar.get_attribute("outerHTML")
+    assert "50%" in budget.text and "100%" in budget.text, budget.text
+    assert budget.find_elements(By.CSS_SELECTOR, "form[action='/budgets/delete'] button")
+    d.screenshot("budgets-key")
+    d.go(key_page)
+
     d.click_to_load(d.find("form[action$='/revoke'] button"), confirm=True)
     d.wait_for_text("dl", "revoked")
     assert d.path() == key_page
@@ -329,6 +341,7 @@ PAGES = [
     ("overview", "/"),
     ("keys", "/keys"),
     ("key-new", "/keys/new"),
+    ("budgets", "/budgets"),
     ("leaks", "/leaks"),
     ("activity", "/activity"),
     ("security", "/security"),

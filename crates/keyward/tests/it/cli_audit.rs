@@ -194,3 +194,26 @@ fn audit_list_filters_by_action_prefix_and_actor() {
         .iter()
         .all(|e| e["hash"].as_str().is_some_and(|h| h.len() == 64)));
 }
+
+#[test]
+fn audit_list_pages_with_before_through_every_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut ids) = server_with_audited_changes(dir.path());
+    ids.reverse();
+    let mut paged: Vec<String> = Vec::new();
+    for _ in 0..=ids.len() {
+        let mut args = vec!["audit", "list", "--limit", "1", "--json"];
+        if let Some(last) = paged.last() {
+            args.extend(["--before", last.as_str()]);
+        }
+        let page = server.cli_json(&args);
+        let Some(event) = page.as_array().unwrap().first() else {
+            break;
+        };
+        paged.push(event["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(paged, ids);
+    let out = server.cli(&["audit", "list", "--before", "not-an-id"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("audit event id"));
+}
