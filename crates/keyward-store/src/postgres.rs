@@ -189,7 +189,11 @@ async fn upsert_rollup(
         .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
         .collect();
     let (model, model_array, key) = if with_model {
-        ("model, ", "$13::TEXT[], ", format!("key_id, {start}, model"))
+        (
+            "model, ",
+            "$13::TEXT[], ",
+            format!("key_id, {start}, model"),
+        )
     } else {
         ("", "", format!("key_id, {start}"))
     };
@@ -204,18 +208,18 @@ async fn upsert_rollup(
         updates.join(", ")
     );
     let mut q = sqlx::query(&sql)
-    .bind(&rows.key_id)
-    .bind(&rows.start)
-    .bind(&rows.project_id)
-    .bind(&rows.org_id)
-    .bind(&rows.requests)
-    .bind(&rows.errors)
-    .bind(&rows.input_tokens)
-    .bind(&rows.cached_input_tokens)
-    .bind(&rows.output_tokens)
-    .bind(&rows.reasoning_tokens)
-    .bind(&rows.cost_micros)
-    .bind(&rows.incomplete);
+        .bind(&rows.key_id)
+        .bind(&rows.start)
+        .bind(&rows.project_id)
+        .bind(&rows.org_id)
+        .bind(&rows.requests)
+        .bind(&rows.errors)
+        .bind(&rows.input_tokens)
+        .bind(&rows.cached_input_tokens)
+        .bind(&rows.output_tokens)
+        .bind(&rows.reasoning_tokens)
+        .bind(&rows.cost_micros)
+        .bind(&rows.incomplete);
     if with_model {
         q = q.bind(&rows.model);
     }

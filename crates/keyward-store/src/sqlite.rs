@@ -86,14 +86,18 @@ mod statements {
     pub(super) fn usage_hourly_models(rows: usize) -> &'static str {
         static CACHE: [OnceLock<String>; INSERT_CHUNKS.len()] =
             [const { OnceLock::new() }; INSERT_CHUNKS.len()];
-        cached(&CACHE, rows, |rows| model_rollup("usage_hourly_models", "hour_start", rows))
+        cached(&CACHE, rows, |rows| {
+            model_rollup("usage_hourly_models", "hour_start", rows)
+        })
     }
 
     /// The daily (per key and model) rollup upsert with `rows` rows.
     pub(super) fn usage_daily(rows: usize) -> &'static str {
         static CACHE: [OnceLock<String>; INSERT_CHUNKS.len()] =
             [const { OnceLock::new() }; INSERT_CHUNKS.len()];
-        cached(&CACHE, rows, |rows| model_rollup("usage_daily", "day_start", rows))
+        cached(&CACHE, rows, |rows| {
+            model_rollup("usage_daily", "day_start", rows)
+        })
     }
 
     /// An upsert into a rollup keyed by (key, `start`, model): counters are
@@ -303,7 +307,10 @@ pub(crate) async fn insert_usage(writer: &SqlitePool, events: &[UsageEvent]) -> 
         q.execute(&mut *tx).await.map_err(backend)?;
     }
     for (deltas, statement) in [
-        (&model_deltas, statements::usage_hourly_models as fn(usize) -> &'static str),
+        (
+            &model_deltas,
+            statements::usage_hourly_models as fn(usize) -> &'static str,
+        ),
         (&daily_deltas, statements::usage_daily),
     ] {
         for chunk in insert_chunks(deltas) {

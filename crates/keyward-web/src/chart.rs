@@ -1,6 +1,12 @@
-//! Bar charts drawn on the server as SVG: no script, nothing inline for the
-//! CSP to allow, readable by screen readers (`role="img"`, an `aria-label`,
-//! and a `<title>` per bar with its exact value), and styled by `app.css`.
+//! Stacked bar charts drawn on the server as SVG.
+//!
+//! Why SVG from the server and not a chart library: the usage page needs bars
+//! over time split by group, which is a few rectangles per bucket; drawing them
+//! here keeps the dashboard free of third-party script (nothing to vendor,
+//! audit or allow in the CSP), works without JavaScript, costs the browser
+//! nothing to lay out, and lets screen readers read it: `role="img"`, an
+//! `aria-label`, and a `<title>` on every segment with its exact value. Colours
+//! come from `app.css` classes (`s0` … `s8`), so nothing is inline for the CSP.
 
 use maud::{html, Markup};
 
@@ -11,37 +17,54 @@ const HEIGHT: f64 = 240.0;
 const LEFT: f64 = 64.0;
 const BOTTOM: f64 = 28.0;
 const TOP: f64 = 8.0;
+/// Colour classes in `app.css`; series beyond the last reuse it.
+pub const COLOURS: usize = 9;
 
-/// One bar: its label (a bucket's time, a group's name), its value, and the
-/// value as people read it (`$1.23`, `4,096 tokens`).
+/// One series: a group's values, one per bucket (in the chart's bucket order).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Bar {
-    /// Shown under the bar (when there is room) and in its title.
-    pub label: String,
-    /// Its height, relative to the tallest bar.
-    pub value: f64,
-    /// The exact value, in its title.
-    pub shown: String,
+pub struct Series {
+    /// The group's name, in the legend and in every segment's title.
+    pub name: String,
+    /// Its value in each bucket.
+    pub values: Vec<f64>,
 }
 
-/// A bar chart titled `title` (its accessible name). Bars scale to the
-/// tallest; an empty or all-zero series draws the axes and says so.
-pub fn bars(title: &str, data: &[Bar]) -> Markup {
-    let max = data.iter().map(|b| b.value).fold(0.0_f64, f64::max);
+/// A stacked bar chart titled `title` (its accessible name): one bar per
+/// bucket (`labels`), split by `series`, scaled to the tallest bar; `shown`
+/// writes a value as people read it (`$1.23`, `4,096`). An empty or all-zero
+/// chart draws the axes and says so.
+pub fn stacked(
+    title: &str,
+    labels: &[String],
+    series: &[Series],
+    shown: fn(f64) -> String,
+) -> Markup {
+    let value = |s: &Series, i: usize| s.values.get(i).copied().unwrap_or(0.0).max(0.0);
+    let totals: Vec<f64> = (0..labels.len())
+        .map(|i| series.iter().map(|s| value(s, i)).sum())
+        .collect();
+    let max = totals.iter().copied().fold(0.0_f64, f64::max);
     let plot_w = WIDTH - LEFT;
     let plot_h = HEIGHT - TOP - BOTTOM;
-    let slot = if data.is_empty() {
-        plot_w
-    } else {
-        plot_w / data.len() as f64
-    };
+    let slot = plot_w / labels.len().max(1) as f64;
     // At most about twelve labels under the axis, whatever the bar count.
-    let every = data.len().div_ceil(12).max(1);
-    let top_label = data
-        .iter()
-        .find(|b| b.value == max)
-        .map(|b| b.shown.clone())
-        .unwrap_or_default();
+    let every = labels.len().div_ceil(12).max(1);
+    // Each bar's segments, bottom up: (series index, y, height, value).
+    let bars: Vec<Vec<(usize, f64, f64, f64)>> = (0..labels.len())
+        .map(|i| {
+            let mut base = HEIGHT - BOTTOM;
+            let mut segments = Vec::new();
+            for (n, s) in series.iter().enumerate() {
+                let v = value(s, i);
+                if v > 0.0 && max > 0.0 {
+                    let h = v / max * plot_h;
+                    base -= h;
+                    segments.push((n, base, h, v));
+                }
+            }
+            segments
+        })
+        .collect();
     html! {
         svg.chart role="img" aria-label=(title) viewBox={ "0 0 " (WIDTH) " " (HEIGHT) }
             xmlns="http://www.w3.org/2000/svg" {
@@ -49,21 +72,32 @@ pub fn bars(title: &str, data: &[Bar]) -> Markup {
             line.axis x1=(LEFT) y1=(TOP) x2=(LEFT) y2=(HEIGHT - BOTTOM) {}
             line.axis x1=(LEFT) y1=(HEIGHT - BOTTOM) x2=(WIDTH) y2=(HEIGHT - BOTTOM) {}
             @if max > 0.0 {
-                text x=(LEFT - 4.0) y=(TOP + 10.0) text-anchor="end" { (top_label) }
-            }
-            text x=(LEFT - 4.0) y=(HEIGHT - BOTTOM) text-anchor="end" { "0" }
-            @if max <= 0.0 {
+                text x=(LEFT - 4.0) y=(TOP + 10.0) text-anchor="end" { (shown(max)) }
+            } @else {
                 text x=(LEFT + plot_w / 2.0) y=(TOP + plot_h / 2.0) text-anchor="middle" { "No usage in this period" }
             }
-            @for (i, b) in data.iter().enumerate() {
-                @let h = if max > 0.0 { (b.value.max(0.0) / max) * plot_h } else { 0.0 };
-                @let x = LEFT + slot * i as f64 + slot * 0.1;
-                rect.bar x=(round(x)) y=(round(HEIGHT - BOTTOM - h)) width=(round(slot * 0.8)) height=(round(h)) {
-                    title { (b.label) ": " (b.shown) }
+            text x=(LEFT - 4.0) y=(HEIGHT - BOTTOM) text-anchor="end" { "0" }
+            @for (i, (label, segments)) in labels.iter().zip(&bars).enumerate() {
+                @let x = round(LEFT + slot * i as f64 + slot * 0.1);
+                @for (n, y, h, v) in segments {
+                    rect class={ "bar s" ((*n).min(COLOURS - 1)) } x=(x) y=(round(*y)) width=(round(slot * 0.8)) height=(round(*h)) {
+                        title { (label) " · " (series[*n].name) ": " (shown(*v)) }
+                    }
                 }
                 @if i % every == 0 {
-                    text x=(round(x + slot * 0.4)) y=(HEIGHT - BOTTOM + 16.0) text-anchor="middle" { (b.label) }
+                    text x=(round(x + slot * 0.4)) y=(HEIGHT - BOTTOM + 16.0) text-anchor="middle" { (label) }
                 }
+            }
+        }
+    }
+}
+
+/// The legend of a [`stacked`] chart: each series' colour and name.
+pub fn legend(series: &[Series]) -> Markup {
+    html! {
+        ul.legend {
+            @for (n, s) in series.iter().enumerate() {
+                li { span class={ "swatch s" (n.min(COLOURS - 1)) } aria-hidden="true" {} (s.name) }
             }
         }
     }
@@ -78,48 +112,96 @@ fn round(v: f64) -> f64 {
 mod tests {
     use super::*;
 
-    fn bar(label: &str, value: f64) -> Bar {
-        Bar {
-            label: label.into(),
-            value,
-            shown: format!("{value}"),
+    fn series(name: &str, values: &[f64]) -> Series {
+        Series {
+            name: name.into(),
+            values: values.to_vec(),
         }
     }
 
-    fn heights(svg: &str) -> Vec<f64> {
+    fn labels(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("d{i}")).collect()
+    }
+
+    fn plain(v: f64) -> String {
+        format!("{v}")
+    }
+
+    /// (class, height) of every segment, in drawing order.
+    fn segments(svg: &str) -> Vec<(String, f64)> {
         svg.split("<rect")
             .skip(1)
             .map(|r| {
-                let h = r.split("height=\"").nth(1).unwrap();
-                h[..h.find('"').unwrap()].parse().unwrap()
+                let attr = |name: &str| {
+                    let v = r.split(&format!("{name}=\"")).nth(1).unwrap();
+                    v[..v.find('"').unwrap()].to_owned()
+                };
+                (attr("class"), attr("height").parse().unwrap())
             })
             .collect()
     }
 
     #[test]
-    fn bars_scale_to_the_tallest() {
-        let svg = bars("Cost", &[bar("a", 1.0), bar("b", 4.0), bar("c", 2.0)]).into_string();
-        let h = heights(&svg);
+    fn bars_stack_their_series_and_scale_to_the_tallest_total() {
+        let svg = stacked(
+            "Cost",
+            &labels(2),
+            &[series("a", &[1.0, 3.0]), series("b", &[1.0, 1.0])],
+            plain,
+        )
+        .into_string();
         let plot = HEIGHT - TOP - BOTTOM;
-        assert_eq!(h, vec![round(plot / 4.0), round(plot), round(plot / 2.0)]);
+        let got = segments(&svg);
+        assert_eq!(
+            got,
+            vec![
+                ("bar s0".into(), round(plot / 4.0)),
+                ("bar s1".into(), round(plot / 4.0)),
+                ("bar s0".into(), round(plot * 3.0 / 4.0)),
+                ("bar s1".into(), round(plot / 4.0)),
+            ]
+        );
+        assert!(svg.contains("<title>d1 · a: 3</title>"), "{svg}");
         assert!(svg.contains("role=\"img\"") && svg.contains("aria-label=\"Cost\""));
-        assert!(svg.contains("<title>b: 4</title>"), "{svg}");
+        assert!(
+            svg.contains(">4</text>"),
+            "the axis names the tallest total: {svg}"
+        );
     }
 
     #[test]
-    fn an_empty_series_draws_axes_and_says_so() {
-        for data in [vec![], vec![bar("a", 0.0)]] {
-            let svg = bars("Cost", &data).into_string();
+    fn an_empty_chart_draws_axes_and_says_so() {
+        for data in [vec![], vec![series("a", &[0.0, 0.0])]] {
+            let svg = stacked("Cost", &labels(2), &data, plain).into_string();
             assert!(svg.contains("No usage in this period"), "{svg}");
-            assert!(heights(&svg).iter().all(|h| *h == 0.0));
+            assert!(segments(&svg).is_empty());
             assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
         }
+        let svg = stacked("Cost", &[], &[], plain).into_string();
+        assert!(svg.contains("No usage in this period"));
     }
 
     #[test]
-    fn labels_cannot_inject_markup() {
-        let svg = bars("<script>", &[bar("</title><script>x</script>", 1.0)]).into_string();
-        assert!(!svg.contains("<script>"), "{svg}");
+    fn series_beyond_the_palette_share_its_last_colour() {
+        let many: Vec<Series> = (0..12).map(|i| series(&format!("g{i}"), &[1.0])).collect();
+        let svg = stacked("Cost", &labels(1), &many, plain).into_string();
+        let classes: Vec<String> = segments(&svg).into_iter().map(|(c, _)| c).collect();
+        assert_eq!(classes[8], "bar s8");
+        assert_eq!(classes[11], "bar s8");
+        assert!(legend(&many).into_string().contains("swatch s8"));
+    }
+
+    #[test]
+    fn names_and_labels_cannot_inject_markup() {
+        let svg = stacked(
+            "<script>",
+            &["</title><script>x</script>".to_owned()],
+            &[series("<img src=x>", &[1.0])],
+            plain,
+        )
+        .into_string();
+        assert!(!svg.contains("<script>") && !svg.contains("<img"), "{svg}");
         assert!(svg.contains("&lt;/title&gt;&lt;script&gt;"));
+        assert!(!legend(&[series("<b>", &[])]).into_string().contains("<b>"));
     }
 }

@@ -35,11 +35,10 @@ pub async fn security_headers(mut response: Response) -> Response {
 }
 
 /// The sections of the navigation, with the least role that sees each.
-/// (The usage page, after Keys, is not built yet: `keyward usage` reports
-/// usage meanwhile.)
-const SECTIONS: [(&str, &str, Role); 8] = [
+const SECTIONS: [(&str, &str, Role); 9] = [
     ("/", "Overview", Role::Viewer),
     ("/keys", "Keys", Role::Viewer),
+    ("/usage", "Usage", Role::Viewer),
     ("/budgets", "Budgets", Role::Viewer),
     ("/leaks", "Leaks", Role::Viewer),
     ("/activity", "Activity", Role::Viewer),

@@ -5,8 +5,8 @@ use keyward_core::{
     Budget, BudgetScope, EndpointRule, KeyHash, KeyId, KeyPolicy, Micros, Period, ProjectId,
 };
 use keyward_store::{
-    Bucket, GroupBy, KeyRecord, KeyStatus, NewSecret, ProjectPolicy, SharedStore, StoreError, UsageEvent,
-    UsageFilter, UsageGroup, UsageTotals,
+    Bucket, GroupBy, KeyRecord, KeyStatus, NewSecret, ProjectPolicy, SharedStore, StoreError,
+    UsageEvent, UsageFilter, UsageGroup, UsageTotals,
 };
 use std::collections::BTreeMap;
 
@@ -721,7 +721,10 @@ async fn usage_series_is_the_groups_per_bucket(store: SharedStore) {
     let (a, _, c, events) = fleet(&store).await;
     for filter in filters(&a, &c) {
         for (by, name) in [
-            (GroupBy::Key, (|e: &UsageEvent| e.key_id.to_string()) as fn(&UsageEvent) -> String),
+            (
+                GroupBy::Key,
+                (|e: &UsageEvent| e.key_id.to_string()) as fn(&UsageEvent) -> String,
+            ),
             (GroupBy::Project, |e| e.project_id.to_string()),
             (GroupBy::Model, |e| e.model.clone()),
         ] {
@@ -758,9 +761,15 @@ async fn usage_series_is_the_groups_per_bucket(store: SharedStore) {
             if filter.from.is_some() {
                 continue; // a month bucket starts at the month's first day
             }
-            let month = store.usage_series(&filter, Bucket::Month, by).await.unwrap();
+            let month = store
+                .usage_series(&filter, Bucket::Month, by)
+                .await
+                .unwrap();
             assert_eq!(
-                month.iter().map(|p| (p.group.clone(), p.totals)).collect::<Vec<_>>(),
+                month
+                    .iter()
+                    .map(|p| (p.group.clone(), p.totals))
+                    .collect::<Vec<_>>(),
                 grouped
             );
         }
@@ -785,7 +794,11 @@ async fn daily_and_hourly_rollups_agree(store: SharedStore) {
         to: Some(to),
         ..Default::default()
     };
-    for (from, to) in [(DAY, DAY + 72 * H), (DAY + 24 * H, DAY + 48 * H), (DAY, DAY + 24 * H)] {
+    for (from, to) in [
+        (DAY, DAY + 72 * H),
+        (DAY + 24 * H, DAY + 48 * H),
+        (DAY, DAY + 24 * H),
+    ] {
         let daily = days(from, to);
         let hourly = days(from + 1, to - H + 1);
         assert_eq!(
@@ -800,11 +813,20 @@ async fn daily_and_hourly_rollups_agree(store: SharedStore) {
             );
         }
         let buckets = store.usage_buckets(&daily, Bucket::Day).await.unwrap();
-        assert_eq!(buckets, store.usage_buckets(&hourly, Bucket::Day).await.unwrap());
+        assert_eq!(
+            buckets,
+            store.usage_buckets(&hourly, Bucket::Day).await.unwrap()
+        );
         assert_eq!(buckets.len() as i64, (to - from) / (24 * H));
         assert_eq!(
-            store.usage_series(&daily, Bucket::Day, GroupBy::Model).await.unwrap(),
-            store.usage_series(&hourly, Bucket::Day, GroupBy::Model).await.unwrap()
+            store
+                .usage_series(&daily, Bucket::Day, GroupBy::Model)
+                .await
+                .unwrap(),
+            store
+                .usage_series(&hourly, Bucket::Day, GroupBy::Model)
+                .await
+                .unwrap()
         );
     }
 }

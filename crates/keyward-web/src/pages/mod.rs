@@ -11,6 +11,7 @@ mod reset;
 mod security;
 mod settings;
 mod sign_in;
+mod usage;
 
 use crate::api::Refusal;
 use crate::layout::{self, Message};
@@ -41,6 +42,8 @@ pub fn router() -> Router<SharedWeb> {
         .route("/keys/{id}", get(keys::show))
         .route("/keys/{id}/revoke", post(keys::revoke))
         .route("/keys/{id}/rotate", post(keys::rotate))
+        .route("/usage", get(usage::show))
+        .route("/usage.csv", get(usage::csv))
         .route("/budgets", get(budgets::show).post(budgets::set))
         .route("/budgets/delete", post(budgets::delete))
         .route("/security", get(security::show))
@@ -119,6 +122,13 @@ fn refused(me: &Me, refusal: Refusal, back: &str) -> Response {
             (status, layout::page(me, "Refused", "", body)).into_response()
         }
     }
+}
+
+/// Now, in ms since the epoch (0 if the clock is before 1970).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// `path` if it is a path on this site, else `/` (never an open redirect).

@@ -2,7 +2,7 @@
 //! the keys that need attention (leaked, rotation due, expiring within a week,
 //! unused for 90 days).
 
-use super::refused;
+use super::{now_ms, refused};
 use crate::layout;
 use crate::session::Viewer;
 use crate::SharedWeb;
@@ -97,10 +97,4 @@ pub async fn show(State(web): State<SharedWeb>, viewer: Viewer) -> Response {
         }
     };
     layout::page(&me, "Overview", "/", body).into_response()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

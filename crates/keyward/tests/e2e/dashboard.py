@@ -26,11 +26,7 @@ os.environ.setdefault("SE_OFFLINE", "true")  # never download a driver: use Debi
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.common.exceptions import (  # noqa: E402
-    NoSuchElementException,
-    StaleElementReferenceException,
-)
-from selenium.webdriver.support import expected_conditions  # noqa: E402
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 PASSWORD = "correct horse battery staple 42"
@@ -66,6 +62,18 @@ def totp(secret, at=None):
     offset = digest[-1] & 15
     code = (struct.unpack(">I", digest[offset : offset + 4])[0] & 0x7FFFFFFF) % 1_000_000
     return f"{code:06d}"
+
+
+def gone(element):
+    """Whether `element` left the document. Chromium may answer a question
+    about a node of the page being replaced with a plain inspector error
+    ("Node with given id does not belong to the document") rather than a
+    stale-element one: that means gone too."""
+    try:
+        element.is_enabled()
+        return False
+    except WebDriverException:  # StaleElementReferenceException is one
+        return True
 
 
 class Dashboard:
@@ -114,7 +122,7 @@ class Dashboard:
         element.click()
         if confirm:
             self.accept_confirmation()
-        WebDriverWait(self.driver, 10).until(expected_conditions.staleness_of(old))
+        WebDriverWait(self.driver, 10).until(lambda _: gone(old))
 
     def sign_in(self, email, password=PASSWORD):
         self.go("/sign-in")
@@ -139,7 +147,9 @@ class Dashboard:
         WebDriverWait(
             self.driver,
             10,
-            ignored_exceptions=(StaleElementReferenceException, NoSuchElementException),
+            # A node of the page being replaced: stale, missing, or (Chromium)
+            # an inspector error that it "does not belong to the document".
+            ignored_exceptions=(WebDriverException,),
         ).until(lambda _: text in self.find(css).text)
 
     def accept_confirmation(self):
@@ -244,6 +254,31 @@ def key_lifecycle(fixture):
     assert "50%" in budget.text and "100%" in budget.text, budget.text
     assert budget.find_elements(By.CSS_SELECTOR, "form[action='/budgets/delete'] button")
     d.screenshot("budgets-key")
+
+    # The request on the usage chart and in the table (the last 24 hours, by
+    # hour), and in the CSV export.
+    d.go("/usage?range=24h&group_by=key")
+    titles = [t.get_attribute("textContent") for t in d.find_all("svg.chart rect title")]
+    assert any("browser key: $" in t for t in titles), titles
+    assert any("browser key: " in t and "$" not in t for t in titles), "tokens chart: %s" % titles
+    row = d.find(f"main table tr:has(a[href='{key_page}'])")
+    cells = [c.text for c in row.find_elements(By.CSS_SELECTOR, "td")]
+    assert cells[0] == "browser key" and cells[1] == "1", cells
+    d.screenshot("usage-key")
+    export = d.driver.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        fetch('/usage.csv?range=24h&group_by=key', {credentials: 'same-origin'})
+          .then(async r => done({status: r.status, body: await r.text(),
+                                 disposition: r.headers.get('content-disposition')}))
+          .catch(e => done({status: 0, body: String(e)}));
+        """
+    )
+    assert export["status"] == 200, export
+    assert export["disposition"].startswith("attachment; filename="), export
+    lines = export["body"].splitlines()
+    assert lines[0].startswith("period_start_utc,key,name,requests"), lines
+    assert any(",browser key,1," in line for line in lines[1:]), lines
     d.go(key_page)
 
     d.click_to_load(d.find("form[action$='/revoke'] button"), confirm=True)
@@ -341,6 +376,7 @@ PAGES = [
     ("overview", "/"),
     ("keys", "/keys"),
     ("key-new", "/keys/new"),
+    ("usage", "/usage"),
     ("budgets", "/budgets"),
     ("leaks", "/leaks"),
     ("activity", "/activity"),
