@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
-use keyward_api::keys::{BudgetInput, CreateKey, CreatedKey, Key, PolicyInput};
+use keyward_api::keys::{BudgetInput, CreateKey, CreatedKey, EphemeralRequest, Key, PolicyInput};
 use keyward_api::orgs::Project;
 use keyward_api::List;
 use keyward_core::Role;
@@ -53,6 +53,8 @@ pub async fn list(
     let needle = f.q.to_lowercase();
     let shown: Vec<&Key> = keys
         .iter()
+        // Ephemeral tokens are listed on their key's page, not here.
+        .filter(|k| k.record.parent_id.is_none())
         .filter(|k| f.status.is_empty() || k.record.status == f.status)
         .filter(|k| f.project.is_empty() || k.record.project_id.as_str() == f.project)
         .filter(|k| needle.is_empty() || k.record.name.to_lowercase().contains(&needle))
@@ -150,7 +152,7 @@ fn new_form(projects: &[Project], error: Option<&str>) -> Markup {
                 legend { "Restrictions" }
                 label for="endpoints" { "Endpoints" }
                 select #endpoints name="endpoints" {
-                    option value="" { "all of /v1" }
+                    option value="all" { "all of /v1" }
                     @for preset in ["inference", "chat-only", "embeddings-only", "read-only"] {
                         option value=(preset) { (preset) }
                     }
@@ -165,6 +167,15 @@ fn new_form(projects: &[Project], error: Option<&str>) -> Markup {
                 input #rpm name="rpm" type="number" min="1";
                 label for="tpm" { "Tokens per minute" }
                 input #tpm name="tpm" type="number" min="1";
+            }
+            fieldset {
+                legend { "Ephemeral tokens and browsers" }
+                label {
+                    input #mint name="mint" type="checkbox" value="yes";
+                    " Its holder may mint short-lived tokens (" code { (MINT) } ") to hand to browsers and apps"
+                }
+                label for="origins" { "Web origins whose pages may use it or its tokens (comma-separated, e.g. https://app.example.com)" }
+                input #origins name="origins" inputmode="url";
             }
             fieldset {
                 legend { "Budget" }
@@ -207,7 +218,15 @@ pub struct NewKey {
     budget_period: String,
     #[serde(default)]
     tags: String,
+    #[serde(default)]
+    mint: String,
+    #[serde(default)]
+    origins: String,
 }
+
+/// The endpoint a key must allow for its holder to mint ephemeral tokens; no
+/// preset includes it, so a key made here mints only when asked to.
+const MINT: &str = "POST /keyward/v1/tokens";
 
 fn list_of(text: &str) -> Vec<String> {
     text.split(',')
@@ -232,12 +251,23 @@ impl NewKey {
     fn request(self) -> Result<CreateKey, String> {
         let models = list_of(&self.models);
         let networks = list_of(&self.networks);
+        let preset = match self.endpoints.trim() {
+            "" => "all",
+            other => other,
+        };
+        let endpoints = if self.mint == "yes" {
+            format!("{preset}, {MINT}")
+        } else {
+            preset.to_owned()
+        };
+        let origins = list_of(&self.origins);
         let policy = PolicyInput {
-            endpoints: Some(self.endpoints).filter(|e| !e.is_empty()),
+            endpoints: Some(endpoints),
             models: Some(models).filter(|m| !m.is_empty()),
             networks: Some(networks).filter(|n| !n.is_empty()),
             rpm: number(&self.rpm, "requests per minute")?,
             tpm: number(&self.tpm, "tokens per minute")?,
+            origins: Some(origins).filter(|o| !o.is_empty()),
             ..PolicyInput::default()
         };
         let days: Option<i64> = number(&self.expires_in_days, "expiry")?;
@@ -311,7 +341,8 @@ fn secret_once(me: &Me, title: &str, created: &CreatedKey) -> Markup {
             button type="button" data-copy="#secret" { "Copy" }
             span.copied role="status" aria-live="polite" {}
         }
-        p { a href={ "/keys/" (id) } { "Done" } }
+        // A token's page is its parent's.
+        p { a href={ "/keys/" (created.record.record.parent_id.as_ref().map_or(id, |p| p.as_str())) } { "Done" } }
     };
     layout::page(me, title, "/keys", body)
 }
@@ -334,6 +365,24 @@ pub async fn show(
     let r = &key.record;
     let id = r.id.as_str();
     let p = &r.policy;
+    // Its tokens (ephemeral keys minted from it), from the organization's list.
+    let tokens: Vec<Key> = match web
+        .api
+        .get(&visitor, "/api/v1/keys")
+        .await
+        .parse::<List<Key>>()
+    {
+        Ok(list) => list
+            .data
+            .into_iter()
+            .filter(|t| t.record.parent_id.as_ref() == Some(&r.id))
+            .collect(),
+        Err(r) => return refused(&me, r, "/keys"),
+    };
+    let mints = p.endpoints.is_empty()
+        || p.endpoints
+            .iter()
+            .any(|e| format!("{} {}", e.method, e.path) == MINT);
     let body = html! {
         dl {
             dt { "Key" } dd { code { (r.hint) } }
@@ -357,8 +406,100 @@ pub async fn show(
                 button.danger type="submit" data-confirm="Revoke this key? Calls with it are refused at once." { "Revoke" }
             }
         }
+        @if r.parent_id.is_none() {
+            (ephemeral_section(&me, &key, &tokens, mints))
+        }
     };
     layout::page(&me, &r.name, "/keys", body).into_response()
+}
+
+/// A key's ephemeral-token settings: whether its holder may mint tokens, the
+/// web origins allowed, its live tokens, and minting one here.
+fn ephemeral_section(me: &Me, key: &Key, tokens: &[Key], mints: bool) -> Markup {
+    let r = &key.record;
+    let id = r.id.as_str();
+    let live: Vec<&Key> = tokens
+        .iter()
+        .filter(|t| t.record.status == "active")
+        .collect();
+    html! {
+        section {
+            h2 { "Ephemeral tokens" }
+            dl {
+                dt { "Its holder mints tokens" } dd { @if mints { "yes (" code { (MINT) } ")" } @else { "no" } }
+                dt { "Web origins" } dd { @if r.policy.origins.is_empty() { "none (no browser use)" } @else { (r.policy.origins.join(", ")) } }
+            }
+            p { "A token lives at most 24 hours, has at most this key's permissions, and ends when this key's secret is revoked, rotated out or reported leaked." }
+            table {
+                caption { "Live tokens: " (live.len()) }
+                thead { tr { th { "Token" } th { "Created" } th { "Expires" } th { "Last used" } } }
+                tbody {
+                    @for t in &live {
+                        tr {
+                            td { code { (t.record.hint) } }
+                            td { (layout::time(t.record.created_at)) }
+                            td { (t.record.expires_at.map(layout::time).unwrap_or_else(|| "never".into())) }
+                            td { (t.record.last_used_at.map(layout::time).unwrap_or_else(|| "never".into())) }
+                        }
+                    }
+                }
+            }
+            @if me.can(Role::Member) && r.status == "active" {
+                form.inline method="post" action={ "/keys/" (id) "/ephemeral" } {
+                    label for="ttl_minutes" { "Mint a token for (minutes)" }
+                    input #ttl_minutes name="ttl_minutes" type="number" min="1" max="1440" value="10";
+                    label for="token_budget" { "Its own budget (USD, optional)" }
+                    input #token_budget name="budget_usd" type="number" min="0" step="0.01";
+                    button type="submit" { "Mint" }
+                }
+            }
+        }
+    }
+}
+
+/// The mint form.
+#[derive(Deserialize)]
+pub struct Mint {
+    #[serde(default)]
+    ttl_minutes: String,
+    #[serde(default)]
+    budget_usd: String,
+}
+
+/// `POST /keys/{id}/ephemeral`: a token minted from the key, shown once.
+pub async fn mint(
+    State(web): State<SharedWeb>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    Form(form): Form<Mint>,
+) -> Response {
+    let Viewer { me, visitor } = viewer;
+    let back = format!("/keys/{id}");
+    let request = number::<i64>(&form.ttl_minutes, "the lifetime").and_then(|ttl| {
+        Ok(EphemeralRequest {
+            ttl_seconds: ttl.map(|m| m.saturating_mul(60)),
+            policy: None,
+            budget_usd: number(&form.budget_usd, "the budget")?,
+        })
+    });
+    let request = match request {
+        Ok(r) => r,
+        Err(e) => return bad_form(&me, &e, &back),
+    };
+    let path = format!("/api/v1/keys{}/ephemeral", local_path(&format!("/{id}")));
+    let body = json!(request);
+    let answer = web
+        .api
+        .send(&visitor, Method::POST, &path, Some(&body))
+        .await;
+    match answer.parse::<CreatedKey>() {
+        Ok(created) => (
+            StatusCode::CREATED,
+            secret_once(&me, "Token minted", &created),
+        )
+            .into_response(),
+        Err(r) => refused(&me, r, &back),
+    }
 }
 
 /// `POST /keys/{id}/revoke`.
@@ -406,5 +547,60 @@ pub async fn rotate(
     match answer.parse::<CreatedKey>() {
         Ok(created) => secret_once(&me, "Key rotated", &created).into_response(),
         Err(r) => refused(&me, r, &back),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(endpoints: &str, mint: &str, origins: &str) -> NewKey {
+        NewKey {
+            name: "k".into(),
+            project: "web".into(),
+            endpoints: endpoints.into(),
+            models: String::new(),
+            networks: String::new(),
+            expires_in_days: String::new(),
+            rpm: String::new(),
+            tpm: String::new(),
+            budget_usd: String::new(),
+            budget_period: String::new(),
+            tags: String::new(),
+            mint: mint.into(),
+            origins: origins.into(),
+        }
+    }
+
+    fn endpoints(f: NewKey) -> Option<String> {
+        f.request().unwrap().policy.and_then(|p| p.endpoints)
+    }
+
+    #[test]
+    fn a_key_made_here_mints_tokens_only_when_asked() {
+        // An empty endpoint list would let its holder mint: the form never sends one.
+        assert_eq!(endpoints(form("", "", "")).as_deref(), Some("all"));
+        assert_eq!(
+            endpoints(form("chat-only", "", "")).as_deref(),
+            Some("chat-only")
+        );
+        assert_eq!(
+            endpoints(form("chat-only", "yes", "")).as_deref(),
+            Some("chat-only, POST /keyward/v1/tokens")
+        );
+    }
+
+    #[test]
+    fn origins_are_a_trimmed_list() {
+        let request = form("", "", " https://a.example , https://b.example,, ")
+            .request()
+            .unwrap();
+        assert_eq!(
+            request.policy.unwrap().origins,
+            Some(vec![
+                "https://a.example".to_owned(),
+                "https://b.example".to_owned()
+            ])
+        );
     }
 }

@@ -42,6 +42,7 @@ pub fn router() -> Router<SharedWeb> {
         .route("/keys/{id}", get(keys::show))
         .route("/keys/{id}/revoke", post(keys::revoke))
         .route("/keys/{id}/rotate", post(keys::rotate))
+        .route("/keys/{id}/ephemeral", post(keys::mint))
         .route("/usage", get(usage::show))
         .route("/usage.csv", get(usage::csv))
         .route("/budgets", get(budgets::show).post(budgets::set))

@@ -18,6 +18,10 @@ const DAY_MS: i64 = 86_400_000;
 /// Why a key needs attention, if it does, at `now`.
 fn attention(key: &Key, now: i64) -> Option<&'static str> {
     let r = &key.record;
+    // Ephemeral tokens live minutes to hours, by design: never "expiring".
+    if r.parent_id.is_some() {
+        return None;
+    }
     if r.status == "leaked" {
         return Some("leaked: rotate it");
     }

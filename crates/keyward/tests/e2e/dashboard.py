@@ -244,6 +244,17 @@ def key_lifecycle(fixture):
     assert "gpt-4o-mini" in d.find("dl").text
     d.screenshot("key")
 
+    # An ephemeral token minted on the key's page: shown once, then listed under
+    # the key, usable, and ended with it (checked after the revocation below).
+    d.fill({"ttl_minutes": "10"})
+    d.submit(f"form[action='{key_page}/ephemeral']")
+    assert "you will not see it again" in d.find("main").text
+    token = d.find("#secret").get_attribute("value")
+    assert token.startswith("kwe_"), token
+    d.click_to_load(d.find(f"main a[href='{key_page}']"))
+    assert "Live tokens: 1" in d.find("main").text, d.find("main").text
+    assert gateway_call(fixture["url"], token) == 200
+
     # The key's budget, with its bar, on the budgets page.
     d.go("/budgets")
     budget = d.find(f"section.budget-status:has(h2 a[href='{key_page}'])")
@@ -285,6 +296,7 @@ def key_lifecycle(fixture):
     d.wait_for_text("dl", "revoked")
     assert d.path() == key_page
     assert gateway_call(fixture["url"], key) == 401
+    assert gateway_call(fixture["url"], token) == 401, "a token dies with its key"
     errors = d.console_errors()
     assert not errors, errors
     d.quit()
