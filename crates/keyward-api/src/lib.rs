@@ -17,6 +17,7 @@ pub mod leaks;
 pub mod notify;
 pub mod orgs;
 pub mod usage;
+pub mod usage_csv;
 pub mod users;
 
 use serde::{Deserialize, Serialize};

@@ -19,7 +19,6 @@
 pub mod api;
 pub mod assets;
 pub mod chart;
-pub mod csv;
 pub mod layout;
 mod pages;
 pub mod session;

@@ -8,7 +8,6 @@
 
 use super::{now_ms, refused};
 use crate::chart::{self, Series};
-use crate::csv;
 use crate::layout;
 use crate::session::Viewer;
 use crate::SharedWeb;
@@ -16,6 +15,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use keyward_api::usage::{Usage, UsageGroup, UsageTotals, OTHER_GROUP};
+use keyward_api::usage_csv;
 use keyward_core::Period;
 use maud::{html, Markup};
 use serde::Deserialize;
@@ -178,23 +178,15 @@ pub async fn show(
 ) -> Response {
     let Viewer { me, visitor } = viewer;
     let window = Window::of(&view, now_ms());
-    let chart = match web
-        .api
-        .get(&visitor, &window.api_path(true, Some(CHART_GROUPS)))
-        .await
-        .parse::<Usage>()
-    {
-        Ok(u) => u,
-        Err(r) => return refused(&me, r, "/"),
-    };
-    let table = match web
-        .api
-        .get(&visitor, &window.api_path(false, None))
-        .await
-        .parse::<Usage>()
-    {
-        Ok(u) => u,
-        Err(r) => return refused(&me, r, "/"),
+    let (chart_path, table_path) = (
+        window.api_path(true, Some(CHART_GROUPS)),
+        window.api_path(false, None),
+    );
+    let chart = web.api.get(&visitor, &chart_path).await.parse::<Usage>();
+    let table = web.api.get(&visitor, &table_path).await.parse::<Usage>();
+    let (chart, table) = match (chart, table) {
+        (Ok(c), Ok(t)) => (c, t),
+        (Err(r), _) | (_, Err(r)) => return refused(&me, r, "/"),
     };
     let groups = table.groups.unwrap_or_default();
     let pages = groups.len().div_ceil(PAGE).max(1);
@@ -265,8 +257,8 @@ pub async fn show(
     layout::page(&me, "Usage", "/usage", body).into_response()
 }
 
-/// `GET /usage.csv`: one row per bucket and group (every group), for a
-/// spreadsheet; cells a spreadsheet would run as formulas are neutralised.
+/// `GET /usage.csv`: one row per bucket and group (every group), in the
+/// format `keyward usage --csv` writes.
 pub async fn csv(
     State(web): State<SharedWeb>,
     viewer: Viewer,
@@ -283,35 +275,19 @@ pub async fn csv(
         Ok(u) => u,
         Err(r) => return refused(&me, r, "/usage"),
     };
-    let mut out = csv::line(&[
-        "period_start_utc",
-        window.group_by,
-        "name",
-        "requests",
-        "errors",
-        "input_tokens",
-        "cached_input_tokens",
-        "output_tokens",
-        "reasoning_tokens",
-        "cost_usd",
-        "incomplete",
-    ]);
+    let lead = ["start", "start_ms", window.group_by, "name"];
+    let header: Vec<&str> = lead.iter().chain(&usage_csv::COUNTS).copied().collect();
+    let mut out = usage_csv::line(&header);
     for s in usage.series.unwrap_or_default() {
         for b in &s.buckets {
-            let t = &b.totals;
-            out.push_str(&csv::line(&[
-                layout::time(b.start),
+            let mut cells = vec![
+                usage_csv::iso_time(b.start),
+                b.start.to_string(),
                 s.group.clone(),
                 s.name.clone().unwrap_or_default(),
-                t.requests.to_string(),
-                t.errors.to_string(),
-                t.input_tokens.to_string(),
-                t.cached_input_tokens.to_string(),
-                t.output_tokens.to_string(),
-                t.reasoning_tokens.to_string(),
-                format!("{:.6}", t.cost_micros as f64 / 1e6),
-                t.incomplete.to_string(),
-            ]));
+            ];
+            cells.extend(usage_csv::counts(&b.totals));
+            out.push_str(&usage_csv::line(&cells));
         }
     }
     let file = format!(
@@ -435,7 +411,7 @@ fn share(part: i64, whole: i64) -> String {
 mod tests {
     use super::*;
 
-    /// 2026-12-06T10:30:00Z.
+    /// 2026-12-07T10:30:00Z.
     const NOW: i64 = 1_796_639_400_000;
 
     fn view(range: &str, bucket: &str) -> View {

@@ -4,6 +4,7 @@ use super::api::Api;
 use super::table;
 use clap::Args;
 use keyward_api::usage::{Usage, UsageTotals};
+use keyward_api::usage_csv;
 
 /// Flags of `keyward usage`.
 #[derive(Args)]
@@ -143,28 +144,8 @@ pub fn run(args: UsageArgs) -> anyhow::Result<()> {
 
 /// Micro-dollars as dollars with all six decimals.
 fn dollars(micros: i64) -> String {
-    format!("${}", usd(micros))
+    format!("${}", usage_csv::usd(micros))
 }
-
-/// Micro-dollars as an exact decimal number of dollars (`-0.000001`,
-/// `12.340000`): integer arithmetic, so no amount is rounded.
-fn usd(micros: i64) -> String {
-    let sign = if micros < 0 { "-" } else { "" };
-    let abs = micros.unsigned_abs();
-    format!("{sign}{}.{:06}", abs / 1_000_000, abs % 1_000_000)
-}
-
-/// The columns every CSV row ends with.
-const CSV_COUNTS: [&str; 8] = [
-    "requests",
-    "errors",
-    "input_tokens",
-    "cached_input_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "incomplete",
-];
 
 /// The usage as CSV (RFC 4180, `\r\n` line ends): a header row, then one row
 /// per bucket, per group, or for the totals, each led by what identifies it.
@@ -175,90 +156,28 @@ fn csv(usage: &Usage) -> String {
                 &["start", "start_ms"],
                 buckets
                     .iter()
-                    .map(|b| (vec![iso_time(b.start), b.start.to_string()], &b.totals))
+                    .map(|b| {
+                        (
+                            vec![usage_csv::iso_time(b.start), b.start.to_string()],
+                            &b.totals,
+                        )
+                    })
                     .collect(),
             ),
             (None, Some(groups)) => (
                 &["group"],
                 groups
                     .iter()
-                    .map(|g| (vec![csv_cell(&g.group)], &g.totals))
+                    .map(|g| (vec![g.group.clone()], &g.totals))
                     .collect(),
             ),
             (None, None) => (&[], vec![(vec![], &usage.totals)]),
         };
-    let mut out = lead
-        .iter()
-        .chain(&CSV_COUNTS)
-        .copied()
-        .collect::<Vec<_>>()
-        .join(",");
-    out.push_str("\r\n");
+    let header: Vec<&str> = lead.iter().chain(&usage_csv::COUNTS).copied().collect();
+    let mut out = usage_csv::line(&header);
     for (mut cells, t) in rows {
-        cells.extend([
-            t.requests.to_string(),
-            t.errors.to_string(),
-            t.input_tokens.to_string(),
-            t.cached_input_tokens.to_string(),
-            t.output_tokens.to_string(),
-            t.reasoning_tokens.to_string(),
-            usd(t.cost_micros),
-            t.incomplete.to_string(),
-        ]);
-        out.push_str(&cells.join(","));
-        out.push_str("\r\n");
+        cells.extend(usage_csv::counts(t));
+        out.push_str(&usage_csv::line(&cells));
     }
     out
-}
-
-/// One CSV field: quoted when it holds a comma, quote or line break (quotes
-/// doubled). A group name comes from a client (the model a request named) or
-/// an operator (a tag); one that a spreadsheet would run as a formula (it
-/// starts with `=`, `+`, `-`, `@`, a tab or a carriage return) gets a leading
-/// `'`, as OWASP advises against CSV injection.
-fn csv_cell(value: &str) -> String {
-    let mut v = String::with_capacity(value.len() + 3);
-    if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        v.push('\'');
-    }
-    v.push_str(value);
-    if v.contains([',', '"', '\r', '\n']) {
-        format!("\"{}\"", v.replace('"', "\"\""))
-    } else {
-        v
-    }
-}
-
-/// A bucket's start as RFC 3339 UTC (buckets start on whole hours).
-fn iso_time(ms: i64) -> String {
-    // `table::time` gives "YYYY-MM-DD HH:MM", UTC.
-    let t = table::time(Some(ms));
-    let (date, hm) = t.split_once(' ').unwrap_or((&t, "00:00"));
-    format!("{date}T{hm}:00Z")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dollars_are_exact() {
-        assert_eq!(usd(0), "0.000000");
-        assert_eq!(usd(1), "0.000001");
-        assert_eq!(usd(-1), "-0.000001");
-        assert_eq!(usd(12_340_000), "12.340000");
-        assert_eq!(usd(i64::MAX), "9223372036854.775807");
-        assert_eq!(usd(i64::MIN), "-9223372036854.775808");
-    }
-
-    #[test]
-    fn csv_fields_are_quoted_and_formulas_defused() {
-        assert_eq!(csv_cell("gpt-4o"), "gpt-4o");
-        assert_eq!(csv_cell("a,b"), "\"a,b\"");
-        assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(csv_cell("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
-        assert_eq!(csv_cell("@SUM(A1)"), "'@SUM(A1)");
-        assert_eq!(csv_cell("a\nb"), "\"a\nb\"");
-        assert_eq!(iso_time(1_704_067_200_000), "2024-01-01T00:00:00Z");
-    }
 }

@@ -288,7 +288,7 @@ def key_lifecycle(fixture):
     assert export["status"] == 200, export
     assert export["disposition"].startswith("attachment; filename="), export
     lines = export["body"].splitlines()
-    assert lines[0].startswith("period_start_utc,key,name,requests"), lines
+    assert lines[0].startswith("start,start_ms,key,name,requests"), lines
     assert any(",browser key,1," in line for line in lines[1:]), lines
     d.go(key_page)
 
