@@ -24,6 +24,11 @@ pub struct Options {
     /// targets `baseline` and `baseline+limits`, so a change is judged side by
     /// side instead of against numbers from another day.
     pub baseline: Option<PathBuf>,
+    /// Counts of concurrent slow streams to hold, one cell each (none: skip).
+    pub slow_streams: Vec<usize>,
+    /// Events per slow stream, and their pace (events per second).
+    pub stream_events: usize,
+    pub stream_rate: f64,
 }
 
 /// Targets, in report order.
@@ -241,7 +246,10 @@ async fn bench(
         metered: metered[0],
         baseline: opts.baseline.as_ref().map(|p| p.display().to_string()),
     };
-    let text = report::markdown(&env, &cells);
+    let mut text = report::markdown(&env, &cells);
+    if !opts.slow_streams.is_empty() {
+        text.push_str(&slow_streams(opts, nginx_bin, keyward_bin, dir).await?);
+    }
     println!("{text}");
     if let Some(out) = &opts.out {
         std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
@@ -342,13 +350,18 @@ fn start(
     let mut simulator = Service::spawn("keyward simulate", cmd, &sim_log)?;
     simulator.wait_listening(sim_addr, &sim_log)?;
 
-    let mut keywards = vec![start_keyward(keyward_bin, sim_addr, &dir.join("keyward"))?];
+    let mut keywards = vec![start_keyward(
+        keyward_bin,
+        sim_addr,
+        &dir.join("keyward"),
+        &[],
+    )?];
     if let Some(bin) = baseline_bin {
-        keywards.push(start_keyward(bin, sim_addr, &dir.join("baseline"))?);
+        keywards.push(start_keyward(bin, sim_addr, &dir.join("baseline"), &[])?);
     }
 
     let nginx_addr = procs::free_addr()?;
-    let nginx = nginx::start(nginx_bin, dir, nginx_addr, sim_addr)?;
+    let nginx = nginx::start(nginx_bin, dir, nginx_addr, sim_addr, 1_024)?;
     Ok(Bench {
         simulator,
         nginx,
@@ -359,8 +372,13 @@ fn start(
 }
 
 /// Starts `keyward serve` from `bin` in front of the simulator, with a plain
-/// key and a key with limits.
-fn start_keyward(bin: &Path, sim_addr: SocketAddr, dir: &Path) -> anyhow::Result<Keyward> {
+/// key and a key with limits; `extra` are more `serve` flags.
+fn start_keyward(
+    bin: &Path,
+    sim_addr: SocketAddr,
+    dir: &Path,
+    extra: &[&str],
+) -> anyhow::Result<Keyward> {
     std::fs::create_dir_all(dir)?;
     let addr = procs::free_addr()?;
     let data = dir.join("data");
@@ -377,6 +395,7 @@ fn start_keyward(bin: &Path, sim_addr: SocketAddr, dir: &Path) -> anyhow::Result
     .arg(format!("http://{sim_addr}/v1"))
     .arg("--data-dir")
     .arg(&data)
+    .args(extra)
     // The gateway swaps in an upstream key as it would in production.
     .env("OPENAI_API_KEY", "sk-benchmark-not-a-real-key")
     .env("KEYWARD_LOG", "warn");
@@ -511,4 +530,99 @@ fn git_commit(root: &Path) -> String {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
+}
+
+/// The many-slow-streams cells: a paced simulator (each event flushed on its
+/// own, `stream_rate` a second, `stream_events` of them) called directly, through
+/// nginx and through keyward, holding N streams open at once. A Markdown section.
+async fn slow_streams(
+    opts: &Options,
+    nginx_bin: &Path,
+    keyward_bin: &Path,
+    dir: &Path,
+) -> anyhow::Result<String> {
+    let most = opts.slow_streams.iter().copied().max().unwrap_or(0);
+    // Every stream is a client connection and an upstream one.
+    let connections = 2 * most + 256;
+    let dir = dir.join("slow");
+    std::fs::create_dir_all(&dir)?;
+    let sim_addr = procs::free_addr()?;
+    let sim_log = dir.join("simulate.log");
+    let mut cmd = Command::new(keyward_bin);
+    cmd.args(["simulate", "--listen", &sim_addr.to_string()])
+        .args([
+            "--simulate-tokens-per-second",
+            &opts.stream_rate.to_string(),
+        ])
+        .args(["--simulate-output-tokens", &opts.stream_events.to_string()])
+        .env("KEYWARD_LOG", "warn");
+    let mut simulator = Service::spawn("keyward simulate (paced)", cmd, &sim_log)?;
+    simulator.wait_listening(sim_addr, &sim_log)?;
+    let max = connections.to_string();
+    let keyward = start_keyward(
+        keyward_bin,
+        sim_addr,
+        &dir.join("keyward"),
+        &["--max-connections", &max],
+    )?;
+    let nginx_dir = dir.join("nginx");
+    std::fs::create_dir_all(&nginx_dir)?;
+    let nginx_addr = procs::free_addr()?;
+    let nginx = nginx::start(nginx_bin, &nginx_dir, nginx_addr, sim_addr, connections)?;
+
+    let [_, (_, stream)] = workloads(&keyward.key);
+    let mut out = format!(
+        "\n## Many slow streams\n\nEach stream: {} events at {} a second, each flushed on its own by the \
+         paced simulator; N streams opened at once, each on its own connection, read to the end. \
+         CPU per event: the proxy's CPU time over the run ÷ events delivered. Memory per stream: \
+         the proxy's resident memory with every stream open, minus before, ÷ N. Added delay: \
+         the write-to-read delay of stamped events through the proxy minus the same quantile \
+         measured directly.\n\n\
+         | streams | target | errors | events | CPU per event | memory per stream | delay p50 | delay p99 | added p99 |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        opts.stream_events, opts.stream_rate
+    );
+    for &n in &opts.slow_streams {
+        let mut direct_p99 = f64::NAN;
+        for target in ["direct", "nginx", "keyward"] {
+            let (addr, service) = match target {
+                "direct" => (sim_addr, &simulator),
+                "nginx" => (nginx_addr, &nginx),
+                _ => (keyward.addr, &keyward.service),
+            };
+            let rss_before = crate::streams::rss_kib(service.pids());
+            let cpu_before = service.cpu();
+            let mut rss_open = 0;
+            let o = crate::streams::run(
+                addr,
+                stream.body.clone(),
+                stream.authorization.clone(),
+                n,
+                || rss_open = crate::streams::rss_kib(service.pids()),
+            )
+            .await?;
+            let cpu = service.cpu().saturating_sub(cpu_before);
+            let per_event_us = cpu.as_secs_f64() * 1e6 / o.events.max(1) as f64;
+            let per_stream_kib = rss_open.saturating_sub(rss_before) as f64 / n as f64;
+            let (p50, p99) = (o.delay_us(0.5), o.delay_us(0.99));
+            if target == "direct" {
+                direct_p99 = p99;
+            }
+            eprintln!(
+                "slow streams {n:>5} {target:8} errors {:>4} events {:>8} cpu/event {per_event_us:>6.1} µs  mem/stream {per_stream_kib:>6.1} KiB  delay p50 {p50:>7.0} µs p99 {p99:>7.0} µs",
+                o.errors, o.events
+            );
+            let added = if target == "direct" {
+                "—".to_owned()
+            } else {
+                format!("{:.0} µs", p99 - direct_p99)
+            };
+            out.push_str(&format!(
+                "| {n} | {target} | {} | {} | {per_event_us:.1} µs | {per_stream_kib:.1} KiB | {p50:.0} µs | {p99:.0} µs | {added} |\n",
+                o.errors, o.events
+            ));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    Ok(out)
 }

@@ -2,7 +2,8 @@
 //!
 //! - `bench gateway [--duration SECS] [--rounds N] [--out FILE]`: requests/s and
 //!   latency of the simulated upstream called directly, through nginx and through
-//!   keyward, in one run on loopback.
+//!   keyward, in one run on loopback; then many slow streams held at once (a paced
+//!   simulator; CPU per event, memory per stream, the delay added to an event).
 //! - `bench keys [--sizes 1000,100000,1000000]`: key verification from cache at
 //!   growing cache sizes (runs the `key_verify` bench of keyward-gateway).
 //! - `bench load HOST:PORT [--connections N] [--duration SECS] [--stream] [--key KEY]`:
@@ -13,6 +14,7 @@ mod load;
 mod nginx;
 mod procs;
 mod report;
+mod streams;
 
 use anyhow::{bail, Context};
 use std::process::Command;
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 const USAGE: &str = "usage:
   cargo xtask bench gateway [--duration SECS] [--rounds N] [--out FILE] [--baseline KEYWARD_BIN]
+                            [--slow-streams 1000,5000|none] [--stream-events 200] [--stream-rate 50]
   cargo xtask bench keys [--sizes 1000,100000,1000000]
   cargo xtask bench load HOST:PORT [--connections N] [--duration SECS] [--stream] [--limited] [--key KEY]";
 
@@ -44,6 +47,9 @@ fn run() -> anyhow::Result<()> {
                 rounds: 3,
                 out: None,
                 baseline: None,
+                slow_streams: vec![1_000, 5_000],
+                stream_events: 200,
+                stream_rate: 50.0,
             };
             let mut it = rest.iter();
             while let Some(flag) = it.next() {
@@ -57,6 +63,27 @@ fn run() -> anyhow::Result<()> {
                     "--rounds" => opts.rounds = value()?.parse().context("--rounds: a count")?,
                     "--out" => opts.out = Some(value()?.into()),
                     "--baseline" => opts.baseline = Some(value()?.into()),
+                    "--slow-streams" => {
+                        opts.slow_streams = match value()?.trim() {
+                            "none" | "0" => Vec::new(),
+                            list => list
+                                .split(',')
+                                .map(|n| {
+                                    n.trim()
+                                        .parse()
+                                        .context("--slow-streams: counts, e.g. 1000,5000, or none")
+                                })
+                                .collect::<anyhow::Result<_>>()?,
+                        }
+                    }
+                    "--stream-events" => {
+                        opts.stream_events = value()?.parse().context("--stream-events: a count")?
+                    }
+                    "--stream-rate" => {
+                        opts.stream_rate = value()?
+                            .parse()
+                            .context("--stream-rate: events per second")?
+                    }
                     other => bail!("unknown flag {other}\n{USAGE}"),
                 }
             }

@@ -35,23 +35,28 @@ pub fn version(bin: &Path) -> String {
 }
 
 /// Starts nginx in the foreground, listening on `listen` and proxying everything to
-/// `upstream`, with its config, pid file, logs and temp dirs under `dir`.
+/// `upstream`, with its config, pid file, logs and temp dirs under `dir`, each
+/// worker holding up to `connections` connections (a proxied request takes two).
 pub fn start(
     bin: &Path,
     dir: &Path,
     listen: SocketAddr,
     upstream: SocketAddr,
+    connections: usize,
 ) -> anyhow::Result<Service> {
     let d = dir.display();
+    // Each connection is a file; nginx may raise its limit up to the hard one.
+    let files = (connections + 64).min(hard_file_limit());
     // `proxy_buffering off` forwards each upstream read at once, as keyward forwards
     // SSE chunk by chunk; the high `keepalive_requests` keep nginx (default 1000)
     // from closing connections in the middle of a run.
     let conf = format!(
         r#"daemon off;
 worker_processes auto;
+worker_rlimit_nofile {files};
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
-events {{ worker_connections 1024; }}
+events {{ worker_connections {connections}; }}
 http {{
     access_log off;
     client_body_temp_path {d}/client_body;
@@ -92,4 +97,18 @@ http {{
     svc.wait_listening(listen, &dir.join("error.log"))?;
     svc.include_children();
     Ok(svc)
+}
+
+/// This process's hard limit on open files (`/proc/self/limits`), which a
+/// child may raise its soft limit to; 4096 when unreadable.
+pub fn hard_file_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(4))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(4_096)
 }

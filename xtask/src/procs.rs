@@ -79,6 +79,11 @@ impl Service {
         }
     }
 
+    /// The service's processes (the main one, and its children when included).
+    pub fn pids(&self) -> &[u32] {
+        &self.pids
+    }
+
     /// CPU time (user + system) used so far by the service's processes.
     pub fn cpu(&self) -> Duration {
         self.pids.iter().map(|&p| cpu_of(p)).sum()
