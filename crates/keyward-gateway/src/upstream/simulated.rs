@@ -1,20 +1,115 @@
 //! A simulated OpenAI-compatible upstream, so the whole flow can be tried (and
 //! benchmarked) without an OpenAI account. Every answer says it is simulated: the
-//! text, the `system_fingerprint`, and an `x-keyward-simulated: true` header.
+//! `system_fingerprint`, an `x-keyward-simulated: true` header, and the text
+//! (unless `max_tokens` or a short `output_tokens` cuts it before the word).
+//!
+//! Streams go as a real upstream sends them: each SSE event is its own body
+//! frame, and the body is pending between two events (a timer when paced, else a
+//! yield), so that hyper writes and flushes each event on its own instead of
+//! coalescing them into one write.
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use std::time::Duration;
 
 const REPLY: &str =
     "This is a simulated response from keyward's built-in upstream; no real model was called.";
 const FINGERPRINT: &str = "keyward-simulated";
 
+/// How the simulator answers: the pace of its streams and the length of its
+/// replies. The default is today's quick start: the reply sentence (one token
+/// per word), each event sent as soon as the client can take it.
+///
+/// Decision: the pace applies to streams only; a non-streaming answer (same text,
+/// same usage) comes at once, as a benchmark of held streams needs no slow plain
+/// answers and a real upstream's plain latency is not what the pace models.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SimulatorOptions {
+    tokens_per_second: Option<f64>,
+    output_tokens: Option<usize>,
+}
+
+/// A simulator option out of its range.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum InvalidSimulatorOption {
+    #[error(
+        "tokens per second must be a number from {min} to {max}, not {0}",
+        min = SimulatorOptions::MIN_TOKENS_PER_SECOND,
+        max = SimulatorOptions::MAX_TOKENS_PER_SECOND
+    )]
+    /// The pace is not a number in range.
+    TokensPerSecond(f64),
+    #[error(
+        "output tokens must be a whole number from 1 to {max}, not {0}",
+        max = SimulatorOptions::MAX_OUTPUT_TOKENS
+    )]
+    /// The reply length is not in range.
+    OutputTokens(usize),
+}
+
+impl SimulatorOptions {
+    /// The slowest pace: one token every 1,000 seconds.
+    pub const MIN_TOKENS_PER_SECOND: f64 = 0.001;
+    /// The fastest pace: a benchmark's stream is rarely above a few hundred.
+    pub const MAX_TOKENS_PER_SECOND: f64 = 100_000.0;
+    /// The longest reply, in content events.
+    pub const MAX_OUTPUT_TOKENS: usize = 100_000;
+
+    /// `tokens_per_second`: the pace of each stream, one event every
+    /// `1 / tokens_per_second` seconds (`None`: no pacing). `output_tokens`: the
+    /// content events of a reply, the reply's words repeated as needed (`None`:
+    /// the reply once); a request's `max_tokens` still cuts it.
+    pub fn new(
+        tokens_per_second: Option<f64>,
+        output_tokens: Option<usize>,
+    ) -> Result<Self, InvalidSimulatorOption> {
+        if let Some(r) = tokens_per_second {
+            // NaN fails both comparisons.
+            if !(Self::MIN_TOKENS_PER_SECOND..=Self::MAX_TOKENS_PER_SECOND).contains(&r) {
+                return Err(InvalidSimulatorOption::TokensPerSecond(r));
+            }
+        }
+        if let Some(n) = output_tokens {
+            if !(1..=Self::MAX_OUTPUT_TOKENS).contains(&n) {
+                return Err(InvalidSimulatorOption::OutputTokens(n));
+            }
+        }
+        Ok(Self {
+            tokens_per_second,
+            output_tokens,
+        })
+    }
+
+    /// The pace of each stream, if paced.
+    pub fn tokens_per_second(&self) -> Option<f64> {
+        self.tokens_per_second
+    }
+
+    /// The content events of a reply, if not the default.
+    pub fn output_tokens(&self) -> Option<usize> {
+        self.output_tokens
+    }
+
+    /// The time between two events of a stream, when paced.
+    fn period(&self) -> Option<Duration> {
+        self.tokens_per_second
+            .map(|r| Duration::from_secs_f64(1.0 / r))
+    }
+
+    /// Content events in a full reply.
+    fn reply_len(&self) -> usize {
+        self.output_tokens
+            .unwrap_or_else(|| REPLY.split(' ').count())
+    }
+}
+
 /// The simulator's routes (`/v1/...`).
-pub fn router() -> Router {
+pub fn router(options: SimulatorOptions) -> Router {
     Router::new()
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
@@ -23,11 +118,15 @@ pub fn router() -> Router {
         .fallback(|| async {
             labelled((StatusCode::NOT_FOUND, Json(json!({"error": {"message": "The simulated upstream does not implement this endpoint.", "type": "invalid_request_error", "param": null, "code": "unknown_url"}}))))
         })
+        .with_state(options)
 }
 
 /// Serves the simulator on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
-    axum::serve(listener, router()).await
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    options: SimulatorOptions,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(options)).await
 }
 
 fn labelled(r: impl IntoResponse) -> Response {
@@ -97,10 +196,16 @@ fn text_of(v: &Value) -> String {
     }
 }
 
-/// The reply's tokens (one per word), cut to the request's output cap.
-fn reply_tokens(max: Option<i64>) -> Vec<String> {
-    let words: Vec<String> = REPLY
+/// The reply's tokens: one per word, the reply's words repeated up to `len`,
+/// then cut to the request's output cap.
+fn reply_tokens(len: usize, max: Option<i64>) -> Vec<String> {
+    let n = max.map_or(len, |m| {
+        usize::try_from(m.max(0)).map_or(len, |m| m.min(len))
+    });
+    REPLY
         .split(' ')
+        .cycle()
+        .take(n)
         .enumerate()
         .map(|(i, w)| {
             if i == 0 {
@@ -109,9 +214,7 @@ fn reply_tokens(max: Option<i64>) -> Vec<String> {
                 format!(" {w}")
             }
         })
-        .collect();
-    let n = max.map_or(words.len(), |m| (m.max(0) as usize).min(words.len()));
-    words.into_iter().take(n).collect()
+        .collect()
 }
 
 fn parse(body: &[u8]) -> Option<Value> {
@@ -127,34 +230,45 @@ fn bad_json() -> Response {
     ))
 }
 
-async fn chat(body: axum::body::Bytes) -> Response {
+async fn chat(State(options): State<SimulatorOptions>, body: Bytes) -> Response {
     let Some(body) = parse(&body) else {
         return bad_json();
     };
     let input = tokens_in(&text_of(body.get("messages").unwrap_or(&Value::Null)));
-    generate(ask(&body, input), "chat.completion")
+    generate(&options, ask(&body, input), Kind::Chat)
 }
 
-async fn completions(body: axum::body::Bytes) -> Response {
+async fn completions(State(options): State<SimulatorOptions>, body: Bytes) -> Response {
     let Some(body) = parse(&body) else {
         return bad_json();
     };
     let input = tokens_in(&text_of(body.get("prompt").unwrap_or(&Value::Null)));
-    generate(ask(&body, input), "text_completion")
+    generate(&options, ask(&body, input), Kind::Completion)
 }
 
-fn generate(a: Ask, object: &str) -> Response {
-    let tokens = reply_tokens(a.max_tokens);
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+fn generate(options: &SimulatorOptions, a: Ask, kind: Kind) -> Response {
+    let tokens = reply_tokens(options.reply_len(), a.max_tokens);
     let output = tokens.len() as i64;
-    let finish = if output < reply_tokens(None).len() as i64 {
+    let finish = if tokens.len() < options.reply_len() {
         "length"
     } else {
         "stop"
     };
     let usage = json!({"prompt_tokens": a.input_tokens, "completion_tokens": output, "total_tokens": a.input_tokens + output});
-    let chat = object == "chat.completion";
+    let chat = kind == Kind::Chat;
     let id = format!("sim-{}", keyward_core::base62::random(12));
     if !a.stream {
+        let object = if chat {
+            "chat.completion"
+        } else {
+            "text_completion"
+        };
         let choice = if chat {
             json!({"index": 0, "message": {"role": "assistant", "content": tokens.concat()}, "finish_reason": finish, "logprobs": null})
         } else {
@@ -165,46 +279,112 @@ fn generate(a: Ask, object: &str) -> Response {
             "choices": [choice], "usage": usage,
         })));
     }
-    let chunk_object = if chat {
-        "chat.completion.chunk"
-    } else {
-        "text_completion"
+    let stream = SimulatedStream {
+        kind,
+        head: json!({"id": id, "object": if chat { "chat.completion.chunk" } else { "text_completion" },
+                     "created": 0, "model": a.model, "system_fingerprint": FINGERPRINT}),
+        tokens,
+        finish,
+        usage: a.include_usage.then_some(usage),
+        next: 0,
     };
-    let chunk = |choices: Value| json!({"id": id, "object": chunk_object, "created": 0, "model": a.model, "system_fingerprint": FINGERPRINT, "choices": choices});
-    let mut events = Vec::new();
-    if chat {
-        events.push(chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}])));
-    }
-    for t in &tokens {
-        let choice = if chat {
-            json!({"index": 0, "delta": {"content": t}, "finish_reason": null})
-        } else {
-            json!({"index": 0, "text": t, "finish_reason": null})
-        };
-        events.push(chunk(json!([choice])));
-    }
-    let last = if chat {
-        json!({"index": 0, "delta": {}, "finish_reason": finish})
-    } else {
-        json!({"index": 0, "text": "", "finish_reason": finish})
-    };
-    events.push(chunk(json!([last])));
-    if a.include_usage {
-        let mut u = chunk(json!([]));
-        u["usage"] = usage;
-        events.push(u);
-    }
-    let mut sse = String::new();
-    for e in events {
-        sse.push_str("data: ");
-        sse.push_str(&e.to_string());
-        sse.push_str("\n\n");
-    }
-    sse.push_str("data: [DONE]\n\n");
+    let pace = options.period();
+    let events = futures_util::stream::unfold(
+        (stream, None::<tokio::time::Instant>),
+        move |(mut s, start)| async move {
+            let event = s.next_event()?;
+            let start = match start {
+                None => tokio::time::Instant::now(),
+                // Pending between two events, so that each is written and
+                // flushed on its own instead of coalesced with the next.
+                Some(start) => {
+                    let due = pace.map(|p| start + p.mul_f64((s.next - 1) as f64));
+                    match due {
+                        Some(due) if due > tokio::time::Instant::now() => {
+                            tokio::time::sleep_until(due).await;
+                        }
+                        _ => tokio::task::yield_now().await,
+                    }
+                    start
+                }
+            };
+            Some((
+                Ok::<_, std::convert::Infallible>(Bytes::from(event)),
+                (s, Some(start)),
+            ))
+        },
+    );
     labelled((
         [(header::CONTENT_TYPE, "text/event-stream")],
-        Body::from(sse),
+        Body::from_stream(events),
     ))
+}
+
+/// The events of one streamed answer, made one at a time (a long reply held open
+/// by many streams at once is never built whole): for chat a role chunk, then a
+/// chunk per token, the finish chunk, the usage chunk when asked for, and
+/// `[DONE]`; each `data: …\n\n`.
+struct SimulatedStream {
+    kind: Kind,
+    /// The chunk's members other than `choices`.
+    head: Value,
+    tokens: Vec<String>,
+    finish: &'static str,
+    usage: Option<Value>,
+    /// The index of the next event.
+    next: usize,
+}
+
+impl SimulatedStream {
+    fn next_event(&mut self) -> Option<String> {
+        let chat = self.kind == Kind::Chat;
+        let mut i = self.next;
+        self.next += 1;
+        let chunk = |choices: Value| {
+            let mut c = self.head.clone();
+            c["choices"] = choices;
+            c
+        };
+        if chat {
+            if i == 0 {
+                return Some(sse(&chunk(
+                    json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
+                )));
+            }
+            i -= 1;
+        }
+        if let Some(t) = self.tokens.get(i) {
+            let choice = if chat {
+                json!({"index": 0, "delta": {"content": t}, "finish_reason": null})
+            } else {
+                json!({"index": 0, "text": t, "finish_reason": null})
+            };
+            return Some(sse(&chunk(json!([choice]))));
+        }
+        i -= self.tokens.len();
+        if i == 0 {
+            let last = if chat {
+                json!({"index": 0, "delta": {}, "finish_reason": self.finish})
+            } else {
+                json!({"index": 0, "text": "", "finish_reason": self.finish})
+            };
+            return Some(sse(&chunk(json!([last]))));
+        }
+        i -= 1;
+        if let Some(usage) = &self.usage {
+            if i == 0 {
+                let mut u = chunk(json!([]));
+                u["usage"] = usage.clone();
+                return Some(sse(&u));
+            }
+            i -= 1;
+        }
+        (i == 0).then(|| "data: [DONE]\n\n".to_owned())
+    }
+}
+
+fn sse(event: &Value) -> String {
+    format!("data: {event}\n\n")
 }
 
 async fn embeddings(body: axum::body::Bytes) -> Response {

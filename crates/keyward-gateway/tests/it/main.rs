@@ -28,5 +28,6 @@ mod security_server;
 /// The WebAuthn authenticator keyward-auth's tests use, shared by path.
 #[path = "../../../keyward-auth/tests/it/soft_authenticator.rs"]
 mod soft_authenticator;
+mod streams;
 mod support;
 mod watchers;

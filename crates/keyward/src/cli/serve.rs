@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use keyward_core::{Clock, KeyFormat, PriceTable, Secret};
 use keyward_gateway::sealing::{self, SealingKey, SealingKeySource};
+use keyward_gateway::upstream::simulated::SimulatorOptions;
 use keyward_gateway::{GatewayConfig, Server, UpstreamConfig};
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -179,6 +180,77 @@ pub struct ServeArgs {
     /// e.g. `[route_costs]` `"/v1/images/generations" = 0.08`.
     #[arg(skip)]
     route_costs: Option<std::collections::HashMap<String, f64>>,
+    #[command(flatten)]
+    simulator: SimulatorFlags,
+}
+
+/// How the simulated upstream answers: flags of `keyward simulate`, and of
+/// `keyward serve --upstream simulated`.
+#[derive(Args, Debug, Default, Clone)]
+pub struct SimulatorFlags {
+    /// Pace of each simulated stream, tokens per second: one event every 1/N
+    /// seconds, from 0.001 to 100000 [default: no pacing, events as fast as the
+    /// client reads them]. Plain (non-streaming) answers are not paced.
+    #[arg(
+        long,
+        env = "KEYWARD_SIMULATE_TOKENS_PER_SECOND",
+        value_name = "N",
+        value_parser = parse_tokens_per_second,
+        allow_negative_numbers = true
+    )]
+    simulate_tokens_per_second: Option<f64>,
+    /// Content events (tokens) of each simulated reply, from 1 to 100000: the
+    /// reply's words repeated as needed; a request's max_tokens still cuts it
+    /// [default: the 14-word reply once].
+    #[arg(
+        long,
+        env = "KEYWARD_SIMULATE_OUTPUT_TOKENS",
+        value_name = "N",
+        value_parser = parse_output_tokens,
+        allow_negative_numbers = true
+    )]
+    simulate_output_tokens: Option<usize>,
+}
+
+impl SimulatorFlags {
+    fn is_set(&self) -> bool {
+        self.simulate_tokens_per_second.is_some() || self.simulate_output_tokens.is_some()
+    }
+
+    /// The simulator's options; values from the config file are checked here
+    /// (flags and variables already were, by their parsers).
+    fn options(&self) -> anyhow::Result<SimulatorOptions> {
+        SimulatorOptions::new(self.simulate_tokens_per_second, None)
+            .context("invalid --simulate-tokens-per-second (simulate_tokens_per_second)")?;
+        SimulatorOptions::new(None, self.simulate_output_tokens)
+            .context("invalid --simulate-output-tokens (simulate_output_tokens)")?;
+        Ok(SimulatorOptions::new(
+            self.simulate_tokens_per_second,
+            self.simulate_output_tokens,
+        )?)
+    }
+}
+
+fn parse_tokens_per_second(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of tokens per second"))?;
+    SimulatorOptions::new(Some(rate), None)
+        .map(|_| rate)
+        .map_err(|e| e.to_string())
+}
+
+fn parse_output_tokens(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) => SimulatorOptions::new(None, Some(n))
+            .map(|_| n)
+            .map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "output tokens must be a whole number from 1 to {}, not {text:?}",
+            SimulatorOptions::MAX_OUTPUT_TOKENS
+        )),
+    }
 }
 
 /// The config file: the same settings as the flags.
@@ -232,6 +304,8 @@ struct FileConfig {
     oidc_client_secret_env: Option<String>,
     oidc_allowed_domains: Option<String>,
     oidc_org: Option<String>,
+    simulate_tokens_per_second: Option<f64>,
+    simulate_output_tokens: Option<usize>,
 }
 
 impl ServeArgs {
@@ -292,6 +366,12 @@ impl ServeArgs {
             watch_interval,
             route_costs
         );
+        if self.simulator.simulate_tokens_per_second.is_none() {
+            self.simulator.simulate_tokens_per_second = f.simulate_tokens_per_second;
+        }
+        if self.simulator.simulate_output_tokens.is_none() {
+            self.simulator.simulate_output_tokens = f.simulate_output_tokens;
+        }
         if self.watch_dirs.is_empty() {
             self.watch_dirs = f.watch_dirs;
         }
@@ -308,6 +388,8 @@ pub struct SimulateArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9000")]
     listen: String,
+    #[command(flatten)]
+    simulator: SimulatorFlags,
 }
 
 /// Runs the server until SIGTERM or Ctrl-C.
@@ -488,16 +570,23 @@ async fn upstream(args: &ServeArgs) -> anyhow::Result<UpstreamConfig> {
         .clone()
         .unwrap_or_else(|| "https://api.openai.com/v1".into());
     if upstream_arg == "simulated" {
+        let options = args.simulator.options()?;
         let sim = TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the simulated upstream")?;
         let addr = sim.local_addr()?;
-        tokio::spawn(keyward_gateway::upstream::simulated::serve(sim));
+        tokio::spawn(keyward_gateway::upstream::simulated::serve(sim, options));
         tracing::warn!(%addr, "SIMULATED upstream: answers are generated by keyward, no real model is called");
         return Ok(UpstreamConfig {
             base_url: format!("http://{addr}/v1").parse()?,
             api_key: None,
         });
+    }
+    if args.simulator.is_set() {
+        bail!(
+            "--simulate-tokens-per-second and --simulate-output-tokens apply only to the \
+             simulated upstream (--upstream simulated), not to {upstream_arg:?}"
+        );
     }
     let base_url: http::Uri = upstream_arg
         .parse()
@@ -573,13 +662,14 @@ async fn shutdown_signal() {
 
 /// Runs the simulated upstream alone.
 pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    let options = args.simulator.options()?;
     init_logging("text")?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-        tracing::warn!(addr = %listener.local_addr()?, "SIMULATED upstream serving: no real model is called");
+        tracing::warn!(addr = %listener.local_addr()?, tokens_per_second = ?options.tokens_per_second(), output_tokens = ?options.output_tokens(), "SIMULATED upstream serving: no real model is called");
         tokio::select! {
-            r = keyward_gateway::upstream::simulated::serve(listener) => r.context("serving"),
+            r = keyward_gateway::upstream::simulated::serve(listener, options) => r.context("serving"),
             _ = shutdown_signal() => Ok(()),
         }
     })
@@ -701,4 +791,90 @@ fn oidc(args: &ServeArgs) -> anyhow::Result<Option<keyward_gateway::config::Oidc
         allowed_domains,
         org: args.oidc_org.clone(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Simulate {
+        #[command(flatten)]
+        args: SimulateArgs,
+    }
+
+    fn parse(flags: &[&str]) -> Result<SimulatorOptions, String> {
+        let argv = std::iter::once("simulate").chain(flags.iter().copied());
+        let parsed = Simulate::try_parse_from(argv).map_err(|e| e.to_string())?;
+        parsed
+            .args
+            .simulator
+            .options()
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn simulate_flags_set_the_pace_and_the_reply_length() {
+        assert_eq!(parse(&[]).unwrap(), SimulatorOptions::default());
+        let o = parse(&[
+            "--simulate-tokens-per-second",
+            "50",
+            "--simulate-output-tokens",
+            "200",
+        ])
+        .unwrap();
+        assert_eq!(o.tokens_per_second(), Some(50.0));
+        assert_eq!(o.output_tokens(), Some(200));
+    }
+
+    #[test]
+    fn simulate_flags_out_of_range_are_refused_naming_the_flag() {
+        for (flag, value) in [
+            ("--simulate-tokens-per-second", "0"),
+            ("--simulate-tokens-per-second", "-5"),
+            ("--simulate-tokens-per-second", "NaN"),
+            ("--simulate-tokens-per-second", "inf"),
+            ("--simulate-tokens-per-second", "100001"),
+            ("--simulate-tokens-per-second", "fast"),
+            ("--simulate-output-tokens", "0"),
+            ("--simulate-output-tokens", "-3"),
+            ("--simulate-output-tokens", "100001"),
+            ("--simulate-output-tokens", "2.5"),
+        ] {
+            let err = parse(&[flag, value]).unwrap_err();
+            assert!(err.contains(flag), "{flag} {value}: {err}");
+        }
+    }
+
+    #[test]
+    fn simulate_settings_from_the_config_file_are_checked_naming_the_flag() {
+        let flags = SimulatorFlags {
+            simulate_tokens_per_second: Some(1e9),
+            simulate_output_tokens: None,
+        };
+        let err = format!("{:#}", flags.options().unwrap_err());
+        assert!(err.contains("--simulate-tokens-per-second"), "{err}");
+        let flags = SimulatorFlags {
+            simulate_tokens_per_second: None,
+            simulate_output_tokens: Some(0),
+        };
+        let err = format!("{:#}", flags.options().unwrap_err());
+        assert!(err.contains("--simulate-output-tokens"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn simulate_flags_for_a_real_upstream_are_refused() {
+        let args = ServeArgs {
+            upstream: Some("http://127.0.0.1:1/v1".into()),
+            upstream_no_key: Some(true),
+            simulator: SimulatorFlags {
+                simulate_tokens_per_second: Some(10.0),
+                simulate_output_tokens: None,
+            },
+            ..ServeArgs::default()
+        };
+        let err = format!("{:#}", upstream(&args).await.unwrap_err());
+        assert!(err.contains("--upstream simulated"), "{err}");
+    }
 }
