@@ -196,25 +196,23 @@ fn text_of(v: &Value) -> String {
     }
 }
 
-/// The reply's tokens: one per word, the reply's words repeated up to `len`,
-/// then cut to the request's output cap.
-fn reply_tokens(len: usize, max: Option<i64>) -> Vec<String> {
-    let n = max.map_or(len, |m| {
+/// The number of tokens of a reply `len` tokens long, cut to the request's
+/// output cap.
+fn reply_count(len: usize, max: Option<i64>) -> usize {
+    max.map_or(len, |m| {
         usize::try_from(m.max(0)).map_or(len, |m| m.min(len))
-    });
-    REPLY
-        .split(' ')
-        .cycle()
-        .take(n)
-        .enumerate()
-        .map(|(i, w)| {
-            if i == 0 {
-                w.to_owned()
-            } else {
-                format!(" {w}")
-            }
-        })
-        .collect()
+    })
+}
+
+/// The reply's `i`th token: its words one per token, repeated as needed.
+fn reply_token(i: usize) -> String {
+    let words = REPLY.split(' ').count();
+    let w = REPLY.split(' ').nth(i % words).unwrap_or(REPLY);
+    if i == 0 {
+        w.to_owned()
+    } else {
+        format!(" {w}")
+    }
 }
 
 fn parse(body: &[u8]) -> Option<Value> {
@@ -253,13 +251,13 @@ enum Kind {
 }
 
 fn generate(options: &SimulatorOptions, a: Ask, kind: Kind) -> Response {
-    let tokens = reply_tokens(options.reply_len(), a.max_tokens);
-    let output = tokens.len() as i64;
-    let finish = if tokens.len() < options.reply_len() {
+    let tokens = reply_count(options.reply_len(), a.max_tokens);
+    let finish = if tokens < options.reply_len() {
         "length"
     } else {
         "stop"
     };
+    let output = tokens as i64;
     let usage = json!({"prompt_tokens": a.input_tokens, "completion_tokens": output, "total_tokens": a.input_tokens + output});
     let chat = kind == Kind::Chat;
     let id = format!("sim-{}", keyward_core::base62::random(12));
@@ -269,23 +267,29 @@ fn generate(options: &SimulatorOptions, a: Ask, kind: Kind) -> Response {
         } else {
             "text_completion"
         };
+        let text: String = (0..tokens).map(reply_token).collect();
         let choice = if chat {
-            json!({"index": 0, "message": {"role": "assistant", "content": tokens.concat()}, "finish_reason": finish, "logprobs": null})
+            json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": null})
         } else {
-            json!({"index": 0, "text": tokens.concat(), "finish_reason": finish, "logprobs": null})
+            json!({"index": 0, "text": text, "finish_reason": finish, "logprobs": null})
         };
         return labelled(Json(json!({
             "id": id, "object": object, "created": 0, "model": a.model, "system_fingerprint": FINGERPRINT,
             "choices": [choice], "usage": usage,
         })));
     }
+    let head = json!({"id": id, "object": if chat { "chat.completion.chunk" } else { "text_completion" },
+                      "created": 0, "model": a.model, "system_fingerprint": FINGERPRINT});
+    // The members after `choices` (and `usage`), written once: `"created":0,…}`.
+    let mut tail = head.to_string();
+    tail.remove(0);
+    tail.push_str("\n\n");
     let stream = SimulatedStream {
         kind,
-        head: json!({"id": id, "object": if chat { "chat.completion.chunk" } else { "text_completion" },
-                     "created": 0, "model": a.model, "system_fingerprint": FINGERPRINT}),
+        tail,
         tokens,
         finish,
-        usage: a.include_usage.then_some(usage),
+        usage: a.include_usage.then(|| usage.to_string()),
         next: 0,
     };
     let pace = options.period();
@@ -326,11 +330,13 @@ fn generate(options: &SimulatorOptions, a: Ask, kind: Kind) -> Response {
 /// `[DONE]`; each `data: …\n\n`.
 struct SimulatedStream {
     kind: Kind,
-    /// The chunk's members other than `choices`.
-    head: Value,
-    tokens: Vec<String>,
+    /// Every chunk's members after `choices`, as JSON without the opening brace,
+    /// and the event's end.
+    tail: String,
+    tokens: usize,
     finish: &'static str,
-    usage: Option<Value>,
+    /// The usage object, as JSON, when the client asked for it.
+    usage: Option<String>,
     /// The index of the next event.
     next: usize,
 }
@@ -340,51 +346,60 @@ impl SimulatedStream {
         let chat = self.kind == Kind::Chat;
         let mut i = self.next;
         self.next += 1;
-        let chunk = |choices: Value| {
-            let mut c = self.head.clone();
-            c["choices"] = choices;
-            c
+        let event = |choices: &str, usage: Option<&str>| {
+            let mut e = String::with_capacity(64 + choices.len() + self.tail.len());
+            e.push_str("data: {\"choices\":");
+            e.push_str(choices);
+            if let Some(u) = usage {
+                e.push_str(",\"usage\":");
+                e.push_str(u);
+            }
+            e.push(',');
+            e.push_str(&self.tail);
+            e
         };
         if chat {
             if i == 0 {
-                return Some(sse(&chunk(
-                    json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
-                )));
+                return Some(event(
+                    r#"[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]"#,
+                    None,
+                ));
             }
             i -= 1;
         }
-        if let Some(t) = self.tokens.get(i) {
-            let choice = if chat {
-                json!({"index": 0, "delta": {"content": t}, "finish_reason": null})
+        if i < self.tokens {
+            let token = Value::String(reply_token(i));
+            let choices = if chat {
+                format!(r#"[{{"index":0,"delta":{{"content":{token}}},"finish_reason":null}}]"#)
             } else {
-                json!({"index": 0, "text": t, "finish_reason": null})
+                format!(r#"[{{"index":0,"text":{token},"finish_reason":null}}]"#)
             };
-            return Some(sse(&chunk(json!([choice]))));
+            return Some(event(&choices, None));
         }
-        i -= self.tokens.len();
+        i -= self.tokens;
         if i == 0 {
-            let last = if chat {
-                json!({"index": 0, "delta": {}, "finish_reason": self.finish})
+            let choices = if chat {
+                format!(
+                    r#"[{{"index":0,"delta":{{}},"finish_reason":"{}"}}]"#,
+                    self.finish
+                )
             } else {
-                json!({"index": 0, "text": "", "finish_reason": self.finish})
+                format!(
+                    r#"[{{"index":0,"text":"","finish_reason":"{}"}}]"#,
+                    self.finish
+                )
             };
-            return Some(sse(&chunk(json!([last]))));
+            return Some(event(&choices, None));
         }
         i -= 1;
         if let Some(usage) = &self.usage {
             if i == 0 {
-                let mut u = chunk(json!([]));
-                u["usage"] = usage.clone();
-                return Some(sse(&u));
+                return Some(event("[]", Some(usage)));
             }
             i -= 1;
         }
         (i == 0).then(|| "data: [DONE]\n\n".to_owned())
     }
-}
-
-fn sse(event: &Value) -> String {
-    format!("data: {event}\n\n")
 }
 
 async fn embeddings(body: axum::body::Bytes) -> Response {

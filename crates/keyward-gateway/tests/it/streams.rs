@@ -142,6 +142,46 @@ async fn a_paced_simulator_spaces_its_events_in_time() {
     );
 }
 
+#[tokio::test]
+async fn a_plain_simulated_answer_has_the_streams_text_and_usage() {
+    let addr = simulator(paced(Some(1_000.0), 40)).await;
+    for (max, tokens, finish) in [(None, 40, "stop"), (Some(7), 7, "length")] {
+        let mut body =
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi there"}]});
+        if let Some(max) = max {
+            body["max_tokens"] = json!(max);
+        }
+        let r = reqwest::Client::new()
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-keyward-simulated"], "true");
+        let plain: Value = r.json().await.unwrap();
+        assert_eq!(plain["system_fingerprint"], "keyward-simulated");
+        assert_eq!(plain["usage"]["completion_tokens"], tokens);
+        assert_eq!(plain["choices"][0]["finish_reason"], finish);
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+        let events: Vec<Value> = raw_chunks(addr, "/v1/chat/completions", &body)
+            .await
+            .iter()
+            .filter_map(|(_, c)| serde_json::from_str(c.strip_prefix("data: ")?.trim_end()).ok())
+            .collect();
+        let streamed: String = events
+            .iter()
+            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        let text = plain["choices"][0]["message"]["content"].as_str().unwrap();
+        assert_eq!(streamed, text);
+        assert_eq!(text.split(' ').count(), tokens, "a word per token: {text}");
+        assert!(text.starts_with("This is a simulated response"), "{text}");
+        let usage = events.iter().find(|e| e["usage"].is_object()).unwrap();
+        assert_eq!(usage["usage"], plain["usage"]);
+    }
+}
+
 #[test]
 fn simulator_options_out_of_range_are_refused() {
     for rate in [0.0, -1.0, f64::NAN, f64::INFINITY, 100_000.5, 1e9] {
@@ -220,6 +260,20 @@ async fn a_paced_simulated_stream_is_metered_exactly() {
     metered_exactly(paced(Some(200.0), 40), 40).await;
 }
 
+/// The complete events of `text` with some content: one token each.
+fn tokens_in(text: &str) -> i64 {
+    let complete = &text[..text.rfind("\n\n").map_or(0, |i| i + 2)];
+    complete
+        .split("\n\n")
+        .filter_map(|e| serde_json::from_str::<Value>(e.strip_prefix("data: ")?).ok())
+        .filter(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty())
+        })
+        .count() as i64
+}
+
 #[tokio::test]
 async fn a_simulated_stream_the_client_drops_mid_way_is_charged_for_what_was_seen_and_marked_incomplete(
 ) {
@@ -236,11 +290,10 @@ async fn a_simulated_stream_the_client_drops_mid_way_is_charged_for_what_was_see
     assert_eq!(r.status(), 200);
     let mut stream = r.bytes_stream();
     let mut text = String::new();
-    while text.matches("\"delta\":{\"content\":\"").count() < 6 {
+    while tokens_in(&text) < 5 {
         text.push_str(std::str::from_utf8(&stream.next().await.unwrap().unwrap()).unwrap());
     }
-    // The role chunk's empty content is no token.
-    let seen = text.matches("\"delta\":{\"content\":\"").count() as i64 - 1;
+    let seen = tokens_in(&text);
     drop(stream);
     let u = loop {
         let u = kw.usage_of(&id).await;
