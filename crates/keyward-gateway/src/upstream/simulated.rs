@@ -300,7 +300,10 @@ fn generate(options: &SimulatorOptions, a: Ask, kind: Kind) -> Response {
             let start = match start {
                 None => tokio::time::Instant::now(),
                 // Pending between two events, so that each is written and
-                // flushed on its own instead of coalesced with the next.
+                // flushed on its own instead of coalesced with the next. When
+                // paced, event k is due at start + k/rate: a stream held back by
+                // a slow reader catches up, as a real upstream's buffered tokens
+                // would, instead of drifting later and later.
                 Some(start) => {
                     let due = pace.map(|p| start + p.mul_f64((s.next - 1) as f64));
                     match due {
