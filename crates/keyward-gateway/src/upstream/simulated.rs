@@ -315,10 +315,18 @@ fn generate(options: &SimulatorOptions, a: Ask, kind: Kind) -> Response {
                     start
                 }
             };
-            Some((
-                Ok::<_, std::convert::Infallible>(Bytes::from(event)),
-                (s, Some(start)),
-            ))
+            // A paced event says when it was written, in an SSE comment line
+            // (which clients ignore): the benchmark's many-slow-streams cells
+            // read it to measure the delay a proxy adds to each event.
+            let event = match pace {
+                Some(_) => {
+                    let mut stamped = format!(": sent_us={}\n", now_us()).into_bytes();
+                    stamped.extend_from_slice(event.as_ref());
+                    Bytes::from(stamped)
+                }
+                None => Bytes::from(event),
+            };
+            Some((Ok::<_, std::convert::Infallible>(event), (s, Some(start))))
         },
     );
     labelled((
@@ -439,4 +447,11 @@ fn crc(s: &str) -> u32 {
     s.bytes().fold(0x811C_9DC5u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     })
+}
+
+/// Now, in microseconds since the epoch.
+fn now_us() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
 }

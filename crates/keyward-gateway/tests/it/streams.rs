@@ -69,8 +69,17 @@ async fn raw_chunks(addr: SocketAddr, path: &str, body: &Value) -> Vec<(Instant,
     }
 }
 
-/// True when `chunk` is exactly one SSE event.
+/// The event without the stamp a paced simulator puts first (`: sent_us=…`).
+fn unstamped(chunk: &str) -> &str {
+    match chunk.strip_prefix(": sent_us=") {
+        Some(rest) => rest.split_once('\n').map_or(rest, |(_, event)| event),
+        None => chunk,
+    }
+}
+
+/// True when `chunk` is exactly one SSE event (after a paced stream's stamp).
 fn one_event(chunk: &str) -> bool {
+    let chunk = unstamped(chunk);
     chunk.starts_with("data: ")
         && chunk.ends_with("\n\n")
         && chunk.matches("\n\n").count() == 1
@@ -128,6 +137,20 @@ async fn a_paced_simulator_spaces_its_events_in_time() {
     // The role chunk, 20 tokens, the finish chunk, [DONE]: 22 gaps of 1/rate.
     assert_eq!(chunks.len(), 23);
     assert!(chunks.iter().all(|(_, c)| one_event(c)), "{chunks:#?}");
+    // Each says when it was written (for the benchmark's delay measurement).
+    let stamps: Vec<u128> = chunks
+        .iter()
+        .map(|(_, c)| {
+            let stamp = c
+                .strip_prefix(": sent_us=")
+                .unwrap()
+                .split('\n')
+                .next()
+                .unwrap();
+            stamp.parse().unwrap()
+        })
+        .collect();
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{stamps:?}");
     let spread = chunks[22].0 - chunks[0].0;
     let expected = Duration::from_secs_f64(22.0 / rate);
     assert!(
@@ -167,7 +190,9 @@ async fn a_plain_simulated_answer_has_the_streams_text_and_usage() {
         let events: Vec<Value> = raw_chunks(addr, "/v1/chat/completions", &body)
             .await
             .iter()
-            .filter_map(|(_, c)| serde_json::from_str(c.strip_prefix("data: ")?.trim_end()).ok())
+            .filter_map(|(_, c)| {
+                serde_json::from_str(unstamped(c).strip_prefix("data: ")?.trim_end()).ok()
+            })
             .collect();
         let streamed: String = events
             .iter()
@@ -205,7 +230,8 @@ async fn simulator_usage(addr: SocketAddr, body: &Value) -> (i64, i64) {
     let usage = chunks
         .iter()
         .find_map(|(_, c)| {
-            let v: Value = serde_json::from_str(c.strip_prefix("data: ")?.trim_end()).ok()?;
+            let v: Value =
+                serde_json::from_str(unstamped(c).strip_prefix("data: ")?.trim_end()).ok()?;
             v.get("usage").cloned()
         })
         .unwrap();
@@ -265,7 +291,7 @@ fn tokens_in(text: &str) -> i64 {
     let complete = &text[..text.rfind("\n\n").map_or(0, |i| i + 2)];
     complete
         .split("\n\n")
-        .filter_map(|e| serde_json::from_str::<Value>(e.strip_prefix("data: ")?).ok())
+        .filter_map(|e| serde_json::from_str::<Value>(unstamped(e).strip_prefix("data: ")?).ok())
         .filter(|v| {
             v["choices"][0]["delta"]["content"]
                 .as_str()
