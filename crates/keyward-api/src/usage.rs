@@ -37,14 +37,13 @@ pub struct UsageBucket {
     pub totals: UsageTotals,
 }
 
-/// The group that sums every group beyond `top`.
+/// The series that sums every group beyond `top`.
 pub const OTHER_GROUP: &str = "(other)";
 
 /// Totals for one key, project, model or tag.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct UsageGroup {
-    /// The key id, project id, model name or tag; [`OTHER_GROUP`] for the
-    /// rest beyond `top`.
+    /// The key id, project id, model name or tag.
     pub group: String,
     /// The key's or project's name, for people (absent for models and tags).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -57,7 +56,8 @@ pub struct UsageGroup {
 /// One group's time series.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct UsageSeries {
-    /// The group, as in [`UsageGroup::group`].
+    /// The group, as in [`UsageGroup::group`]; [`OTHER_GROUP`] for the sum
+    /// of the groups beyond `top`.
     pub group: String,
     /// Its name, as in [`UsageGroup::name`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,8 +94,8 @@ pub struct Usage {
     /// Totals per group, most expensive first, when `group_by` was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<UsageGroup>>,
-    /// Each group's time series, in the order of `groups`, when both `bucket`
-    /// and `group_by` were given.
+    /// Each group's time series, in the order of `groups` (with `top`: the
+    /// first `top`, then `(other)`), when both `bucket` and `group_by` were given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub series: Option<Vec<UsageSeries>>,
 }

@@ -345,13 +345,13 @@ pub(crate) fn latest_uses(last_used: &[(KeyId, i64)]) -> BTreeMap<&str, i64> {
 
 /// Appends ` WHERE …` for the filter's key, project and org, and for `time_col` in
 /// `[from, to)`. Only present conditions are written, so each shape of filter gets
-/// a plan that uses the matching index.
+/// a plan that uses the matching index. Returns whether it wrote a condition.
 pub(crate) fn push_usage_filter<'a>(
     qb: &mut Stmt<'a>,
     filter: &'a UsageFilter,
     time_col: &str,
     from: Option<i64>,
-) {
+) -> bool {
     let mut first = true;
     let mut and = |qb: &mut Stmt<'a>| {
         qb.push(if first { " WHERE " } else { " AND " });
@@ -377,6 +377,7 @@ pub(crate) fn push_usage_filter<'a>(
         and(qb);
         qb.push(time_col).push(" < ").push_bind(to);
     }
+    !first
 }
 
 /// Where a rollup query starts: `from` rounded down to the bucket width.

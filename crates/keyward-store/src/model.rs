@@ -341,6 +341,18 @@ impl UsageTotals {
         self.cost_micros += other.cost_micros;
         self.incomplete += other.incomplete;
     }
+
+    /// Takes `other`'s counts from these (a part from its whole).
+    pub fn subtract(&mut self, other: &UsageTotals) {
+        self.requests -= other.requests;
+        self.errors -= other.errors;
+        self.input_tokens -= other.input_tokens;
+        self.cached_input_tokens -= other.cached_input_tokens;
+        self.output_tokens -= other.output_tokens;
+        self.reasoning_tokens -= other.reasoning_tokens;
+        self.cost_micros -= other.cost_micros;
+        self.incomplete -= other.incomplete;
+    }
 }
 
 /// Bucket width for time series.

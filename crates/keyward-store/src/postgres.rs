@@ -2,7 +2,8 @@
 //!
 //! Batches travel as arrays (`UNNEST`), so a usage batch of any size is four
 //! statements (the events and three rollups). Rows that concurrent transactions both update (rollups, keys'
-//! `last_used_at`) are always locked in key order, so batches cannot deadlock.
+//! `last_used_at`) are always locked in primary-key order, so batches cannot
+//! deadlock.
 //!
 //! The queries are in `resources/`, shared with SQLite; this module holds what
 //! only PostgreSQL does: connecting, those array statements, raw usage in a
@@ -161,25 +162,44 @@ pub(crate) async fn insert_usage(pool: &PgPool, events: &[UsageEvent]) -> StoreR
     .await
     .map_err(backend)?;
     let hourly = RollupColumns::new(deltas.iter().map(|((k, h), d)| (*k, *h, "", d)));
-    upsert_rollup(&mut tx, "usage_hourly", "hour_start", false, &hourly).await?;
-    for (table, start, width) in [
-        ("usage_hourly_models", "hour_start", common::HOUR_MS),
-        ("usage_daily", "day_start", common::DAY_MS),
+    upsert_rollup(
+        &mut tx,
+        "usage_hourly",
+        "hour_start",
+        "key_id, hour_start",
+        false,
+        &hourly,
+    )
+    .await?;
+    for (table, start, primary, width) in [
+        (
+            "usage_hourly_models",
+            "hour_start",
+            "key_id, hour_start, model",
+            common::HOUR_MS,
+        ),
+        (
+            "usage_daily",
+            "day_start",
+            "org_id, day_start, key_id, model",
+            common::DAY_MS,
+        ),
     ] {
         let deltas = common::model_deltas(events, width);
         let columns = RollupColumns::new(deltas.iter().map(|((k, s, m), d)| (*k, *s, *m, d)));
-        upsert_rollup(&mut tx, table, start, true, &columns).await?;
+        upsert_rollup(&mut tx, table, start, primary, true, &columns).await?;
     }
     tx.commit().await.map_err(backend)
 }
 
-/// Adds `rows` to a rollup keyed by (key, `start`) or, `with_model`, by (key,
-/// `start`, model), in one statement of arrays. ORDER BY makes the row-lock
-/// order explicit (see the module docs).
+/// Adds `rows` (per key and `start`, and per model when `with_model`) to a
+/// rollup whose primary key is `primary`, in one statement of arrays. ORDER BY
+/// the primary key makes the row-lock order explicit (see the module docs).
 async fn upsert_rollup(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     table: &str,
     start: &str,
+    primary: &str,
     with_model: bool,
     rows: &RollupColumns<'_>,
 ) -> StoreResult<()> {
@@ -188,14 +208,10 @@ async fn upsert_rollup(
         .iter()
         .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
         .collect();
-    let (model, model_array, key) = if with_model {
-        (
-            "model, ",
-            "$13::TEXT[], ",
-            format!("key_id, {start}, model"),
-        )
+    let (model, model_array) = if with_model {
+        ("model, ", "$13::TEXT[], ")
     } else {
-        ("", "", format!("key_id, {start}"))
+        ("", "")
     };
     let sql = format!(
         "INSERT INTO {table} (key_id, {start}, {model}project_id, org_id, {counters}) \
@@ -203,8 +219,8 @@ async fn upsert_rollup(
          $5::BIGINT[], $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], \
          $11::BIGINT[], $12::BIGINT[]) \
          AS v (key_id, {start}, {model}project_id, org_id, {counters}) \
-         ORDER BY {key} \
-         ON CONFLICT ({key}) DO UPDATE SET {}",
+         ORDER BY {primary} \
+         ON CONFLICT ({primary}) DO UPDATE SET {}",
         updates.join(", ")
     );
     let mut q = sqlx::query(&sql)

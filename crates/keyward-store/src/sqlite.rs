@@ -87,7 +87,12 @@ mod statements {
         static CACHE: [OnceLock<String>; INSERT_CHUNKS.len()] =
             [const { OnceLock::new() }; INSERT_CHUNKS.len()];
         cached(&CACHE, rows, |rows| {
-            model_rollup("usage_hourly_models", "hour_start", rows)
+            model_rollup(
+                "usage_hourly_models",
+                "hour_start",
+                "key_id, hour_start, model",
+                rows,
+            )
         })
     }
 
@@ -96,20 +101,25 @@ mod statements {
         static CACHE: [OnceLock<String>; INSERT_CHUNKS.len()] =
             [const { OnceLock::new() }; INSERT_CHUNKS.len()];
         cached(&CACHE, rows, |rows| {
-            model_rollup("usage_daily", "day_start", rows)
+            model_rollup(
+                "usage_daily",
+                "day_start",
+                "org_id, day_start, key_id, model",
+                rows,
+            )
         })
     }
 
-    /// An upsert into a rollup keyed by (key, `start`, model): counters are
-    /// added to the row's.
-    fn model_rollup(table: &str, start: &str, rows: usize) -> String {
+    /// An upsert into a rollup of (key, `start`, model) rows whose primary key
+    /// is `conflict`: counters are added to the row's.
+    fn model_rollup(table: &str, start: &str, conflict: &str, rows: usize) -> String {
         let add: Vec<String> = common::COUNTERS
             .iter()
             .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
             .collect();
         format!(
             "INSERT INTO {table} (key_id, {start}, model, project_id, org_id, {}) \
-             VALUES {} ON CONFLICT (key_id, {start}, model) DO UPDATE SET {}",
+             VALUES {} ON CONFLICT ({conflict}) DO UPDATE SET {}",
             common::COUNTERS.join(", "),
             values(rows, 5 + common::COUNTERS.len()),
             add.join(", ")

@@ -34,7 +34,8 @@ pub struct UsageQuery {
     /// `key`, `project`, `model` or `tag` to include totals per group (and,
     /// with `bucket`, each group's time series).
     group_by: Option<String>,
-    /// Keep the `top` most expensive groups; the rest are summed as `(other)`.
+    /// Series for the `top` most expensive groups only; the rest are summed
+    /// as one `(other)` series. `groups` still lists every group.
     top: Option<usize>,
 }
 
@@ -73,7 +74,23 @@ pub async fn usage(
     // Read-your-writes on this node: events still waiting in the batch are written
     // first, so a caller sees the request it just made.
     state.usage.flush().await;
-    let totals = state.store.usage_totals(&filter).await?;
+    // Each aggregation reads the rollup rows of the range once; the totals are
+    // summed from what was read for the buckets or groups when those cover the
+    // same range (a rollup query costs the rows it reads, not the events).
+    let grouping = q.group_by.as_deref().map(Grouping::parse).transpose()?;
+    let buckets = match q.bucket {
+        Some(b) => Some(state.store.usage_buckets(&filter, b).await?),
+        None => None,
+    };
+    let grouped = match grouping {
+        Some(by) => Some(grouped(&state, &filter, by, buckets.as_deref(), q.bucket, q.top).await?),
+        None => None,
+    };
+    let totals = match (&grouped, &buckets) {
+        (Some(g), _) => g.totals,
+        (None, Some(b)) if whole_buckets(q.from, q.bucket) => sum(b.iter().map(|b| &b.totals)),
+        _ => state.store.usage_totals(&filter).await?,
+    };
     let mut body = Usage {
         key: filter.key.clone(),
         project: filter.project.clone(),
@@ -81,22 +98,22 @@ pub async fn usage(
         from: q.from,
         to: q.to,
         totals: api_totals(totals),
-        buckets: None,
-        reserved_micros: None,
-        groups: None,
-        series: None,
-    };
-    if let Some(b) = q.bucket {
-        let buckets = state.store.usage_buckets(&filter, b).await?;
-        body.buckets = Some(
+        buckets: buckets.map(|buckets| {
             buckets
                 .into_iter()
                 .map(|b| UsageBucket {
                     start: b.start,
                     totals: api_totals(b.totals),
                 })
-                .collect(),
-        );
+                .collect()
+        }),
+        reserved_micros: None,
+        groups: None,
+        series: None,
+    };
+    if let Some(g) = grouped {
+        body.groups = Some(g.groups);
+        body.series = g.series;
     }
     if let Some(key) = &filter.key {
         // Money held right now by requests in flight against the key's budget.
@@ -120,13 +137,31 @@ pub async fn usage(
         };
         body.reserved_micros = Some(reserved);
     }
-    if let Some(by) = q.group_by.as_deref() {
-        let by = Grouping::parse(by)?;
-        let groups = grouped(&state, &filter, by, q.bucket, q.top).await?;
-        body.groups = Some(groups.groups);
-        body.series = groups.series;
-    }
     Ok(Json(body))
+}
+
+/// Whether buckets starting at `from` cover exactly what the totals count:
+/// the totals round `from` down to its hour, buckets to their own start.
+fn whole_buckets(from: Option<i64>, bucket: Option<Bucket>) -> bool {
+    const HOUR_MS: i64 = 3_600_000;
+    let Some(from) = from else { return true };
+    match bucket {
+        Some(Bucket::Hour) => true,
+        Some(Bucket::Day) => from.rem_euclid(24 * HOUR_MS) == 0,
+        Some(Bucket::Month) => keyward_core::Period::Month.start(from) == from,
+        None => false,
+    }
+}
+
+/// The sum of some totals.
+fn sum<'a>(
+    all: impl Iterator<Item = &'a keyward_store::UsageTotals>,
+) -> keyward_store::UsageTotals {
+    let mut out = keyward_store::UsageTotals::default();
+    for t in all {
+        out.add(t);
+    }
+    out
 }
 
 /// What usage is grouped by: a rollup column, or tags (each key's usage
@@ -153,18 +188,21 @@ impl Grouping {
     }
 }
 
-/// Groups and, with a bucket, their series.
+/// Groups and, with a bucket, their series; and the totals they add up to.
 struct Grouped {
     groups: Vec<UsageGroup>,
     series: Option<Vec<UsageSeries>>,
+    totals: keyward_store::UsageTotals,
 }
 
-/// Totals per group (most expensive first, ties by name) and each group's
-/// series, named for people, the groups beyond `top` summed as `(other)`.
+/// Totals per group (most expensive first, ties by name), named for people,
+/// and the series of the `top` most expensive groups (all without `top`), the
+/// rest summed as one `(other)` series.
 async fn grouped(
     state: &crate::state::AppState,
     filter: &UsageFilter,
     by: Grouping,
+    buckets: Option<&[keyward_store::UsageBucket]>,
     bucket: Option<Bucket>,
     top: Option<usize>,
 ) -> Result<Grouped, ApiError> {
@@ -173,10 +211,7 @@ async fn grouped(
         Grouping::Tag => GroupBy::Key,
     };
     let rows = state.store.usage_grouped(filter, column).await?;
-    let points = match bucket {
-        Some(b) => Some(state.store.usage_series(filter, b, column).await?),
-        None => None,
-    };
+    let totals = sum(rows.iter().map(|r| &r.totals));
     // Names of keys and projects, and each key's tags, for the groups at hand.
     let names: HashMap<String, (String, Vec<String>)> = match column {
         GroupBy::Key => state
@@ -205,13 +240,13 @@ async fn grouped(
             },
         }
     };
-    let mut totals: HashMap<String, keyward_store::UsageTotals> = HashMap::new();
+    let mut per_group: HashMap<String, keyward_store::UsageTotals> = HashMap::new();
     for row in &rows {
         for t in targets(&row.group) {
-            totals.entry(t).or_default().add(&row.totals);
+            per_group.entry(t).or_default().add(&row.totals);
         }
     }
-    let mut order: Vec<(String, keyward_store::UsageTotals)> = totals.into_iter().collect();
+    let mut order: Vec<(String, keyward_store::UsageTotals)> = per_group.into_iter().collect();
     order.sort_by(|a, b| {
         b.1.cost_micros
             .cmp(&a.1.cost_micros)
@@ -225,47 +260,69 @@ async fn grouped(
         .map(|(i, (g, _))| (g.clone(), i))
         .collect();
     let slot = |g: &str| kept.get(g).copied().unwrap_or(kept.len());
+    // A chart of the top few reads the series of those few only; "(other)"
+    // is then what the buckets hold beyond them.
+    let only: Vec<String> = match by {
+        Grouping::Column(_) if kept.len() < order.len() => order
+            .iter()
+            .take(kept.len())
+            .map(|(g, _)| g.clone())
+            .collect(),
+        _ => Vec::new(),
+    };
+    let points = match bucket {
+        Some(b) => Some(state.store.usage_series(filter, b, column, &only).await?),
+        None => None,
+    };
     let name_of = |g: &str| match by {
         Grouping::Column(_) => names.get(g).map(|(n, _)| n.clone()),
         Grouping::Tag => None,
     };
-    let mut groups: Vec<UsageGroup> = order
+    let groups: Vec<UsageGroup> = order
         .iter()
-        .take(kept.len())
         .map(|(g, t)| UsageGroup {
             group: g.clone(),
             name: name_of(g),
             totals: api_totals(*t),
         })
         .collect();
-    let mut other = keyward_store::UsageTotals::default();
-    for (_, t) in order.iter().skip(kept.len()) {
-        other.add(t);
-    }
-    let has_other = order.len() > kept.len();
-    if has_other {
-        groups.push(UsageGroup {
-            group: OTHER_GROUP.to_owned(),
-            name: None,
-            totals: api_totals(other),
-        });
-    }
     let series = points.map(|points| {
-        // Per group slot, per bucket start: points arrive oldest bucket first.
+        // Per kept group (then "(other)"), per bucket start.
+        let slots = kept.len() + usize::from(kept.len() < order.len());
         let mut cells: Vec<BTreeMap<i64, keyward_store::UsageTotals>> =
-            vec![BTreeMap::new(); groups.len()];
+            vec![BTreeMap::new(); slots];
         for p in &points {
             for t in targets(&p.group) {
-                let i = slot(&t);
-                cells[i].entry(p.start).or_default().add(&p.totals);
+                cells[slot(&t)].entry(p.start).or_default().add(&p.totals);
             }
         }
-        groups
+        if !only.is_empty() {
+            // "(other)" per bucket: the bucket's totals less the kept groups'.
+            let mut rest: BTreeMap<i64, keyward_store::UsageTotals> = buckets
+                .unwrap_or_default()
+                .iter()
+                .map(|b| (b.start, b.totals))
+                .collect();
+            for kept in &cells[..kept.len()] {
+                for (start, t) in kept {
+                    if let Some(r) = rest.get_mut(start) {
+                        r.subtract(t);
+                    }
+                }
+            }
+            rest.retain(|_, t| *t != keyward_store::UsageTotals::default());
+            cells[kept.len()] = rest;
+        }
+        let names = groups
             .iter()
+            .take(kept.len())
+            .map(|g| (g.group.clone(), g.name.clone()))
+            .chain((slots > kept.len()).then(|| (OTHER_GROUP.to_owned(), None)));
+        names
             .zip(cells)
-            .map(|(g, cells)| UsageSeries {
-                group: g.group.clone(),
-                name: g.name.clone(),
+            .map(|((group, name), cells)| UsageSeries {
+                group,
+                name,
                 buckets: cells
                     .into_iter()
                     .map(|(start, t)| UsageBucket {
@@ -276,7 +333,11 @@ async fn grouped(
             })
             .collect()
     });
-    Ok(Grouped { groups, series })
+    Ok(Grouped {
+        groups,
+        series,
+        totals,
+    })
 }
 
 /// The tag group of keys without tags.

@@ -36,10 +36,11 @@ CREATE TABLE usage_daily (
     reasoning_tokens    BIGINT NOT NULL,
     cost_micros         BIGINT NOT NULL,
     incomplete          BIGINT NOT NULL,
-    PRIMARY KEY (key_id, day_start, model)
+    -- An organization's days first, as on SQLite (see its 0009).
+    PRIMARY KEY (org_id, day_start, key_id, model)
 );
+CREATE INDEX usage_daily_by_key ON usage_daily (key_id, day_start);
 CREATE INDEX usage_daily_by_project ON usage_daily (project_id, day_start);
-CREATE INDEX usage_daily_by_org ON usage_daily (org_id, day_start);
 CREATE INDEX usage_daily_by_time ON usage_daily (day_start);
 
 INSERT INTO usage_hourly_models

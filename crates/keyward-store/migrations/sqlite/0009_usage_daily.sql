@@ -2,7 +2,9 @@
 -- same transaction. Usage over whole days (the dashboard's day and month views,
 -- totals over day-aligned ranges) reads at most one row per key, model and day,
 -- however many requests those days held: the cost of a chart stays flat as
--- traffic grows. Built here from the per-model hourly rollup.
+-- traffic grows. Rows are stored in (org, day, key, model) order, so that an
+-- organization's days are one contiguous range that carries its counters: no
+-- seek per row. Built here from the per-model hourly rollup.
 CREATE TABLE usage_daily (
     key_id              TEXT    NOT NULL,
     day_start           INTEGER NOT NULL,
@@ -17,10 +19,10 @@ CREATE TABLE usage_daily (
     reasoning_tokens    INTEGER NOT NULL,
     cost_micros         INTEGER NOT NULL,
     incomplete          INTEGER NOT NULL,
-    PRIMARY KEY (key_id, day_start, model)
+    PRIMARY KEY (org_id, day_start, key_id, model)
 ) WITHOUT ROWID;
+CREATE INDEX usage_daily_by_key ON usage_daily (key_id, day_start);
 CREATE INDEX usage_daily_by_project ON usage_daily (project_id, day_start);
-CREATE INDEX usage_daily_by_org ON usage_daily (org_id, day_start);
 CREATE INDEX usage_daily_by_time ON usage_daily (day_start);
 
 INSERT INTO usage_daily (key_id, day_start, model, project_id, org_id, requests, errors,

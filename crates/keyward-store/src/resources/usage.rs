@@ -26,12 +26,14 @@ pub trait UsageStore: Send + Sync {
         bucket: Bucket,
     ) -> StoreResult<Vec<UsageBucket>>;
     /// Totals per time bucket and group, oldest bucket first and, within one,
-    /// groups in byte order; empty cells omitted.
+    /// groups in byte order; empty cells omitted. `only`, when not empty: just
+    /// these groups (a chart's top few).
     async fn usage_series(
         &self,
         filter: &UsageFilter,
         bucket: Bucket,
         by: GroupBy,
+        only: &[String],
     ) -> StoreResult<Vec<UsageSeriesPoint>>;
     /// Raw events matching `filter`, newest first, at most `limit`.
     async fn usage_events(&self, filter: &UsageFilter, limit: i64) -> StoreResult<Vec<UsageEvent>>;
@@ -160,12 +162,25 @@ impl<S: SqlStore> UsageStore for S {
         filter: &UsageFilter,
         bucket: Bucket,
         by: GroupBy,
+        only: &[String],
     ) -> StoreResult<Vec<UsageSeriesPoint>> {
         let db = self.db();
         let (expr, rollup, from) = bucket_query(db, filter, bucket, by == GroupBy::Model);
         let column = group_column(by);
         let mut qb = rollup_query(&[(&expr, "bucket_start"), (column, "grp")], rollup.table);
-        common::push_usage_filter(&mut qb, filter, rollup.start, from);
+        let filtered = common::push_usage_filter(&mut qb, filter, rollup.start, from);
+        if !only.is_empty() {
+            qb.push(if filtered { " AND " } else { " WHERE " })
+                .push(column)
+                .push(" IN (");
+            for (i, group) in only.iter().enumerate() {
+                if i > 0 {
+                    qb.push(", ");
+                }
+                qb.push_bind(group.as_str());
+            }
+            qb.push(")");
+        }
         qb.push(" GROUP BY bucket_start, ").push(column);
         qb.push(" ORDER BY bucket_start, ")
             .push(column)

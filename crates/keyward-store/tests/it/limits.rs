@@ -728,7 +728,10 @@ async fn usage_series_is_the_groups_per_bucket(store: SharedStore) {
             (GroupBy::Project, |e| e.project_id.to_string()),
             (GroupBy::Model, |e| e.model.clone()),
         ] {
-            let series = store.usage_series(&filter, Bucket::Hour, by).await.unwrap();
+            let series = store
+                .usage_series(&filter, Bucket::Hour, by, &[])
+                .await
+                .unwrap();
             let mut want = Vec::new();
             for hour in [DAY, DAY + H, DAY + 2 * H] {
                 let in_hour: Vec<UsageEvent> = events
@@ -746,12 +749,32 @@ async fn usage_series_is_the_groups_per_bucket(store: SharedStore) {
                 .collect();
             assert_eq!(got, want, "{filter:?} {by:?}");
 
+            // Only some groups: the same cells, the others left out.
+            if let Some(first) = want.first().map(|(_, g, _)| g.clone()) {
+                let only = store
+                    .usage_series(&filter, Bucket::Hour, by, std::slice::from_ref(&first))
+                    .await
+                    .unwrap();
+                let kept: Vec<_> = want
+                    .iter()
+                    .filter(|(_, g, _)| *g == first)
+                    .cloned()
+                    .collect();
+                let got: Vec<_> = only
+                    .into_iter()
+                    .map(|p| (p.start, p.group, p.totals))
+                    .collect();
+                assert_eq!(got, kept, "{filter:?} {by:?} only {first:?}");
+            }
             // Day and month buckets are whole: `from` rounds down to the bucket.
             if filter.from.is_some_and(|f| f.rem_euclid(24 * H) != 0) {
                 continue;
             }
             // One day: the day's cells are the groups.
-            let day = store.usage_series(&filter, Bucket::Day, by).await.unwrap();
+            let day = store
+                .usage_series(&filter, Bucket::Day, by, &[])
+                .await
+                .unwrap();
             let mut groups = store.usage_grouped(&filter, by).await.unwrap();
             groups.sort_by(|x, y| x.group.cmp(&y.group));
             let by_day: Vec<_> = day.iter().map(|p| (p.group.clone(), p.totals)).collect();
@@ -762,7 +785,7 @@ async fn usage_series_is_the_groups_per_bucket(store: SharedStore) {
                 continue; // a month bucket starts at the month's first day
             }
             let month = store
-                .usage_series(&filter, Bucket::Month, by)
+                .usage_series(&filter, Bucket::Month, by, &[])
                 .await
                 .unwrap();
             assert_eq!(
@@ -820,11 +843,11 @@ async fn daily_and_hourly_rollups_agree(store: SharedStore) {
         assert_eq!(buckets.len() as i64, (to - from) / (24 * H));
         assert_eq!(
             store
-                .usage_series(&daily, Bucket::Day, GroupBy::Model)
+                .usage_series(&daily, Bucket::Day, GroupBy::Model, &[])
                 .await
                 .unwrap(),
             store
-                .usage_series(&hourly, Bucket::Day, GroupBy::Model)
+                .usage_series(&hourly, Bucket::Day, GroupBy::Model, &[])
                 .await
                 .unwrap()
         );

@@ -14,7 +14,7 @@ use crate::SharedWeb;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use keyward_api::usage::{Usage, UsageGroup, UsageTotals, OTHER_GROUP};
+use keyward_api::usage::{Usage, UsageGroup, UsageTotals};
 use keyward_api::usage_csv;
 use keyward_core::Period;
 use maud::{html, Markup};
@@ -135,7 +135,7 @@ impl Window {
         }
     }
 
-    /// The API query for this window; `top` for the chart.
+    /// The API query for this window; `top` for the chart's series.
     fn api_path(&self, bucket: bool, top: Option<usize>) -> String {
         let mut path = format!(
             "/api/v1/usage?from={}&to={}&group_by={}",
@@ -178,21 +178,20 @@ pub async fn show(
 ) -> Response {
     let Viewer { me, visitor } = viewer;
     let window = Window::of(&view, now_ms());
-    let (chart_path, table_path) = (
-        window.api_path(true, Some(CHART_GROUPS)),
-        window.api_path(false, None),
-    );
-    let chart = web.api.get(&visitor, &chart_path).await.parse::<Usage>();
-    let table = web.api.get(&visitor, &table_path).await.parse::<Usage>();
-    let (chart, table) = match (chart, table) {
-        (Ok(c), Ok(t)) => (c, t),
-        (Err(r), _) | (_, Err(r)) => return refused(&me, r, "/"),
+    let usage = match web
+        .api
+        .get(&visitor, &window.api_path(true, Some(CHART_GROUPS)))
+        .await
+        .parse::<Usage>()
+    {
+        Ok(u) => u,
+        Err(r) => return refused(&me, r, "/"),
     };
-    let groups = table.groups.unwrap_or_default();
+    let groups = usage.groups.clone().unwrap_or_default();
     let pages = groups.len().div_ceil(PAGE).max(1);
     let page = view.page.min(pages - 1);
     let labels: Vec<String> = window.starts.iter().map(|s| window.label(*s)).collect();
-    let (cost, tokens) = chart_series(&window, &chart);
+    let (cost, tokens) = chart_series(&window, &usage);
     let grouping = GROUPINGS
         .iter()
         .find(|(g, _)| *g == window.group_by)
@@ -214,7 +213,7 @@ pub async fn show(
             button type="submit" { "Show" }
             a href={ "/usage.csv?" (window.query(0)) } download { "Download CSV" }
         }
-        (summary(&chart.totals, &window))
+        (summary(&usage.totals, &window))
         section {
             h2 { "Cost" }
             (chart::stacked(&format!("Cost per {} by {}", window.bucket, grouping.to_lowercase()), &labels, &cost, dollars))
@@ -239,7 +238,7 @@ pub async fn show(
                             td.num { (count(g.totals.input_tokens)) }
                             td.num { (count(g.totals.output_tokens)) }
                             td.num { (micros(g.totals.cost_micros)) }
-                            td.num { (share(g.totals.cost_micros, table.totals.cost_micros)) }
+                            td.num { (share(g.totals.cost_micros, usage.totals.cost_micros)) }
                         }
                     }
                 }
@@ -359,7 +358,7 @@ fn display_name(group: &str, name: Option<&str>) -> String {
 fn group_cell(window: &Window, g: &UsageGroup) -> Markup {
     let name = display_name(&g.group, g.name.as_deref());
     html! {
-        @if window.group_by == "key" && g.group != OTHER_GROUP {
+        @if window.group_by == "key" {
             a href={ "/keys/" (g.group) } { (name) }
         } @else {
             (name)
