@@ -16,8 +16,10 @@
 //!    (`usage_events` for the org and range, summed in Rust per day and key,
 //!    named, cut at the top 8, serialized), checked equal to the API's answer.
 //!
-//! Also printed: seeding time, the rollups' row counts, and the store calls the
-//! API makes, timed in process (to tell the queries from HTTP, JSON and HTML).
+//! Also printed: seeding time, the rollups' row counts, the page's second API
+//! call (its table: every group's totals), the store calls the chart's API call
+//! makes, timed in process, each alone too (to tell the queries from HTTP, JSON
+//! and HTML), and the raw-events read alone.
 //!
 //! Run: `cargo bench -p keyward-gateway --bench usage_page [-- --sizes 1000,100000]`
 //! (or `cargo xtask bench dashboard`). Plain `main` (`harness = false`).
@@ -155,7 +157,11 @@ struct Row {
     seed: Duration,
     page: Option<Timing>,
     chart: Timing,
+    /// The page's other API call: every group's totals, no buckets.
+    table: Timing,
     baseline: Timing,
+    /// The raw-events read alone (`usage_events`), one run.
+    raw_read: Duration,
     queries: Timing,
     daily_rows: i64,
     hourly_rows: i64,
@@ -197,18 +203,20 @@ fn main() {
         );
     }
     println!();
-    println!("| events | seeding s (events/s) | usage_daily rows | usage_hourly rows | usage_hourly_models rows | the API's store calls in process, ms (p50 / p90) |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("| events | seeding s (events/s) | usage_daily rows | usage_hourly rows | usage_hourly_models rows | the page's table call ms | the chart call's store calls in process ms | raw-events read alone ms (1 run) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {:.1} ({}/s) | {} | {} | {} | {} |",
+            "| {} | {:.1} ({}/s) | {} | {} | {} | {} | {} | {:.1} |",
             thousands(r.events),
             r.seed.as_secs_f64(),
             thousands((r.events as f64 / r.seed.as_secs_f64()) as usize),
             thousands(r.daily_rows as usize),
             thousands(r.hourly_rows as usize),
             thousands(r.hourly_model_rows as usize),
-            r.queries.cell()
+            r.table.cell(),
+            r.queries.cell(),
+            ms(r.raw_read)
         );
     }
 }
@@ -301,6 +309,19 @@ async fn run(n: usize) -> Row {
         black_box(r.bytes().await.expect("the chart data"));
     })
     .await;
+    // The page's second call, for its table: every group, no buckets.
+    let table_url = format!("{url}/api/v1/usage?from={from}&to={to}&group_by=key");
+    let table = measure(|| async {
+        let r = http
+            .get(&table_url)
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("GET /api/v1/usage");
+        assert_eq!(r.status(), 200);
+        black_box(r.bytes().await.expect("the table data"));
+    })
+    .await;
     let answer: Usage = http
         .get(&api_url)
         .header("cookie", &cookie)
@@ -345,6 +366,14 @@ async fn run(n: usize) -> Row {
         black_box(serde_json::to_vec(&usage).expect("serialize"));
     })
     .await;
+    let t = Instant::now();
+    black_box(
+        store
+            .usage_events(&filter, i64::MAX)
+            .await
+            .expect("raw events"),
+    );
+    let raw_read = t.elapsed();
     let queries = measure(|| async {
         black_box(store.usage_totals(&filter).await.expect("totals"));
         black_box(
@@ -431,11 +460,13 @@ async fn run(n: usize) -> Row {
         calls.join(", ")
     );
     println!(
-        "{} events: page {}, chart data {}, baseline {}, store calls {} (ms, p50 / p90)",
+        "{} events: page {}, chart data {}, table data {}, baseline {} (raw read alone {:.1}), store calls {} (ms, p50 / p90)",
         thousands(n),
         page.map_or_else(|| "—".to_owned(), |p| p.cell()),
         chart.cell(),
+        table.cell(),
         baseline.cell(),
+        ms(raw_read),
         queries.cell()
     );
 
@@ -450,7 +481,9 @@ async fn run(n: usize) -> Row {
         seed,
         page,
         chart,
+        table,
         baseline,
+        raw_read,
         queries,
         daily_rows,
         hourly_rows,
