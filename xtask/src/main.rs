@@ -6,6 +6,9 @@
 //!   simulator; CPU per event, memory per stream, the delay added to an event).
 //! - `bench keys [--sizes 1000,100000,1000000]`: key verification from cache at
 //!   growing cache sizes (runs the `key_verify` bench of keyward-gateway).
+//! - `bench dashboard [--sizes 1000,100000,1000000]`: the usage page and its
+//!   chart data at growing numbers of usage events, against the same answer
+//!   from the raw events (runs the `usage_page` bench of keyward-gateway).
 //! - `bench load HOST:PORT [--connections N] [--duration SECS] [--stream] [--key KEY]`:
 //!   the gateway benchmark's load against one address, for profiling one target.
 
@@ -24,6 +27,7 @@ const USAGE: &str = "usage:
   cargo xtask bench gateway [--duration SECS] [--rounds N] [--out FILE] [--baseline KEYWARD_BIN]
                             [--slow-streams 1000,5000|none] [--stream-events 200] [--stream-rate 50]
   cargo xtask bench keys [--sizes 1000,100000,1000000]
+  cargo xtask bench dashboard [--sizes 1000,100000,1000000]
   cargo xtask bench load HOST:PORT [--connections N] [--duration SECS] [--stream] [--limited] [--key KEY]";
 
 fn main() {
@@ -142,28 +146,25 @@ fn run() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        ["bench", "keys", rest @ ..] => {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .context("workspace root")?;
-            let status = Command::new(cargo)
-                .current_dir(root)
-                .args([
-                    "bench",
-                    "-p",
-                    "keyward-gateway",
-                    "--bench",
-                    "key_verify",
-                    "--",
-                ])
-                .args(rest)
-                .status()?;
-            if !status.success() {
-                bail!("the key_verify bench failed");
-            }
-            Ok(())
-        }
+        ["bench", "keys", rest @ ..] => cargo_bench("key_verify", rest),
+        ["bench", "dashboard", rest @ ..] => cargo_bench("usage_page", rest),
         _ => bail!("{USAGE}"),
     }
+}
+
+/// Runs keyward-gateway's bench `name` in release, passing `args` on to it.
+fn cargo_bench(name: &str, args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?;
+    let status = Command::new(cargo)
+        .current_dir(root)
+        .args(["bench", "-p", "keyward-gateway", "--bench", name, "--"])
+        .args(args)
+        .status()?;
+    if !status.success() {
+        bail!("the {name} bench failed");
+    }
+    Ok(())
 }
