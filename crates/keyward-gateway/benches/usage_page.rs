@@ -14,12 +14,12 @@
 //!    API call the page reads (its chart data);
 //! 3. the baseline, in the same process: the same answer from the raw events
 //!    (`usage_events` for the org and range, summed in Rust per day and key,
-//!    named, cut at the top 8, serialized), checked equal to the API's answer.
+//!    named, the top 8's series and "(other)", serialized), checked equal to
+//!    the API's answer.
 //!
-//! Also printed: seeding time, the rollups' row counts, the page's second API
-//! call (its table: every group's totals), the store calls the chart's API call
-//! makes, timed in process, each alone too (to tell the queries from HTTP, JSON
-//! and HTML), and the raw-events read alone.
+//! Also printed: seeding time, the rollups' row counts, the store calls the
+//! API call makes, timed in process, each alone too (to tell the queries from
+//! HTTP, JSON and HTML), and the raw-events read alone.
 //!
 //! Run: `cargo bench -p keyward-gateway --bench usage_page [-- --sizes 1000,100000]`
 //! (or `cargo xtask bench dashboard`). Plain `main` (`harness = false`).
@@ -158,7 +158,6 @@ struct Row {
     page: Option<Timing>,
     chart: Timing,
     /// The page's other API call: every group's totals, no buckets.
-    table: Timing,
     baseline: Timing,
     /// The raw-events read alone (`usage_events`), one run.
     raw_read: Duration,
@@ -203,18 +202,17 @@ fn main() {
         );
     }
     println!();
-    println!("| events | seeding s (events/s) | usage_daily rows | usage_hourly rows | usage_hourly_models rows | the page's table call ms | the chart call's store calls in process ms | raw-events read alone ms (1 run) |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| events | seeding s (events/s) | usage_daily rows | usage_hourly rows | usage_hourly_models rows | the API call's store calls in process ms | raw-events read alone ms (1 run) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {:.1} ({}/s) | {} | {} | {} | {} | {} | {:.1} |",
+            "| {} | {:.1} ({}/s) | {} | {} | {} | {} | {:.1} |",
             thousands(r.events),
             r.seed.as_secs_f64(),
             thousands((r.events as f64 / r.seed.as_secs_f64()) as usize),
             thousands(r.daily_rows as usize),
             thousands(r.hourly_rows as usize),
             thousands(r.hourly_model_rows as usize),
-            r.table.cell(),
             r.queries.cell(),
             ms(r.raw_read)
         );
@@ -309,19 +307,6 @@ async fn run(n: usize) -> Row {
         black_box(r.bytes().await.expect("the chart data"));
     })
     .await;
-    // The page's second call, for its table: every group, no buckets.
-    let table_url = format!("{url}/api/v1/usage?from={from}&to={to}&group_by=key");
-    let table = measure(|| async {
-        let r = http
-            .get(&table_url)
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .expect("GET /api/v1/usage");
-        assert_eq!(r.status(), 200);
-        black_box(r.bytes().await.expect("the table data"));
-    })
-    .await;
     let answer: Usage = http
         .get(&api_url)
         .header("cookie", &cookie)
@@ -341,6 +326,14 @@ async fn run(n: usize) -> Row {
         filter.org.is_some(),
         "the API answered for the caller's organization"
     );
+    // The groups whose series the chart draws (the API reads only theirs).
+    let top: Vec<String> = answer
+        .groups
+        .iter()
+        .flatten()
+        .take(TOP)
+        .map(|g| g.group.clone())
+        .collect();
     let expected = from_raw_events(&store, &filter).await;
     assert_eq!(
         (
@@ -375,7 +368,6 @@ async fn run(n: usize) -> Row {
     );
     let raw_read = t.elapsed();
     let queries = measure(|| async {
-        black_box(store.usage_totals(&filter).await.expect("totals"));
         black_box(
             store
                 .usage_buckets(&filter, Bucket::Day)
@@ -390,7 +382,7 @@ async fn run(n: usize) -> Row {
         );
         black_box(
             store
-                .usage_series(&filter, Bucket::Day, GroupBy::Key)
+                .usage_series(&filter, Bucket::Day, GroupBy::Key, &top)
                 .await
                 .expect("series"),
         );
@@ -399,13 +391,6 @@ async fn run(n: usize) -> Row {
     .await;
     // Each call alone, to see which one the time goes to.
     let calls = [
-        (
-            "usage_totals",
-            measure(|| async {
-                black_box(store.usage_totals(&filter).await.expect("totals"));
-            })
-            .await,
-        ),
         (
             "usage_buckets",
             measure(|| async {
@@ -435,7 +420,7 @@ async fn run(n: usize) -> Row {
             measure(|| async {
                 black_box(
                     store
-                        .usage_series(&filter, Bucket::Day, GroupBy::Key)
+                        .usage_series(&filter, Bucket::Day, GroupBy::Key, &top)
                         .await
                         .expect("series"),
                 );
@@ -460,11 +445,10 @@ async fn run(n: usize) -> Row {
         calls.join(", ")
     );
     println!(
-        "{} events: page {}, chart data {}, table data {}, baseline {} (raw read alone {:.1}), store calls {} (ms, p50 / p90)",
+        "{} events: page {}, chart data {}, baseline {} (raw read alone {:.1}), store calls {} (ms, p50 / p90)",
         thousands(n),
         page.map_or_else(|| "—".to_owned(), |p| p.cell()),
         chart.cell(),
-        table.cell(),
         baseline.cell(),
         ms(raw_read),
         queries.cell()
@@ -481,7 +465,6 @@ async fn run(n: usize) -> Row {
         seed,
         page,
         chart,
-        table,
         baseline,
         raw_read,
         queries,
@@ -683,40 +666,35 @@ async fn from_raw_events(store: &SharedStore, filter: &UsageFilter) -> Usage {
             .cmp(&a.1 .0.cost_micros)
             .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
     });
+    // Every key in `groups`; the top 8's series, then the rest as "(other)".
     let has_other = order.len() > TOP;
     let mut groups = Vec::new();
     let mut series = Vec::new();
-    let mut other = (UsageTotals::default(), BTreeMap::<i64, UsageTotals>::new());
+    let mut other = BTreeMap::<i64, UsageTotals>::new();
     for (i, (key, (t, days))) in order.into_iter().enumerate() {
+        let name = names.get(key).cloned();
+        groups.push(UsageGroup {
+            group: key.to_owned(),
+            name: name.clone(),
+            totals: t,
+        });
         if i < TOP {
-            let name = names.get(key).cloned();
-            groups.push(UsageGroup {
-                group: key.to_owned(),
-                name: name.clone(),
-                totals: t,
-            });
             series.push(UsageSeries {
                 group: key.to_owned(),
                 name,
                 buckets: buckets(days),
             });
         } else {
-            sum(&mut other.0, &t);
             for (day, t) in days {
-                sum(other.1.entry(day).or_default(), &t);
+                sum(other.entry(day).or_default(), &t);
             }
         }
     }
     if has_other {
-        groups.push(UsageGroup {
-            group: OTHER_GROUP.to_owned(),
-            name: None,
-            totals: other.0,
-        });
         series.push(UsageSeries {
             group: OTHER_GROUP.to_owned(),
             name: None,
-            buckets: buckets(other.1),
+            buckets: buckets(other),
         });
     }
     Usage {
