@@ -126,6 +126,13 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     options: SimulatorOptions,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Each event is a small write of its own: without TCP_NODELAY, Nagle's
+    // algorithm holds it until the previous one is acknowledged, and delayed
+    // ACKs make that about 40 ms per stream.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(options)).await
 }
 
