@@ -78,13 +78,15 @@ pub async fn usage(
     // summed from what was read for the buckets or groups when those cover the
     // same range (a rollup query costs the rows it reads, not the events).
     let grouping = q.group_by.as_deref().map(Grouping::parse).transpose()?;
-    let buckets = match q.bucket {
-        Some(b) => Some(state.store.usage_buckets(&filter, b).await?),
-        None => None,
-    };
-    let grouped = match grouping {
-        Some(by) => Some(grouped(&state, &filter, by, buckets.as_deref(), q.bucket, q.top).await?),
-        None => None,
+    let (buckets, grouped) = match grouping {
+        Some(by) => {
+            let mut g = grouped(&state, &filter, by, q.bucket, q.top).await?;
+            (g.buckets.take(), Some(g))
+        }
+        None => match q.bucket {
+            Some(b) => (Some(state.store.usage_buckets(&filter, b).await?), None),
+            None => (None, None),
+        },
     };
     let totals = match (&grouped, &buckets) {
         (Some(g), _) => g.totals,
@@ -188,11 +190,13 @@ impl Grouping {
     }
 }
 
-/// Groups and, with a bucket, their series; and the totals they add up to.
+/// Groups and, with a bucket, their series; the totals they add up to; and
+/// the buckets, read beside them.
 struct Grouped {
     groups: Vec<UsageGroup>,
     series: Option<Vec<UsageSeries>>,
     totals: keyward_store::UsageTotals,
+    buckets: Option<Vec<keyward_store::UsageBucket>>,
 }
 
 /// Totals per group (most expensive first, ties by name), named for people,
@@ -202,7 +206,6 @@ async fn grouped(
     state: &crate::state::AppState,
     filter: &UsageFilter,
     by: Grouping,
-    buckets: Option<&[keyward_store::UsageBucket]>,
     bucket: Option<Bucket>,
     top: Option<usize>,
 ) -> Result<Grouped, ApiError> {
@@ -210,26 +213,36 @@ async fn grouped(
         Grouping::Column(c) => c,
         Grouping::Tag => GroupBy::Key,
     };
-    let rows = state.store.usage_grouped(filter, column).await?;
-    let totals = sum(rows.iter().map(|r| &r.totals));
     // Names of keys and projects, and each key's tags, for the groups at hand.
-    let names: HashMap<String, (String, Vec<String>)> = match column {
-        GroupBy::Key => state
-            .store
-            .list_keys(None)
-            .await?
-            .into_iter()
-            .map(|k| (k.id.to_string(), (k.name, k.tags)))
-            .collect(),
-        GroupBy::Project => state
-            .store
-            .list_projects(None)
-            .await?
-            .into_iter()
-            .map(|p| (p.id.to_string(), (p.name, Vec::new())))
-            .collect(),
-        GroupBy::Model => HashMap::new(),
+    let names = async {
+        Ok::<HashMap<String, (String, Vec<String>)>, keyward_store::StoreError>(match column {
+            GroupBy::Key => state
+                .store
+                .list_keys(None)
+                .await?
+                .into_iter()
+                .map(|k| (k.id.to_string(), (k.name, k.tags)))
+                .collect(),
+            GroupBy::Project => state
+                .store
+                .list_projects(None)
+                .await?
+                .into_iter()
+                .map(|p| (p.id.to_string(), (p.name, Vec::new())))
+                .collect(),
+            GroupBy::Model => HashMap::new(),
+        })
     };
+    let buckets = async {
+        match bucket {
+            Some(b) => state.store.usage_buckets(filter, b).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    // Independent reads, on the store's several reader connections at once.
+    let (rows, names, buckets) =
+        tokio::try_join!(state.store.usage_grouped(filter, column), names, buckets)?;
+    let totals = sum(rows.iter().map(|r| &r.totals));
     // The group(s) one rollup row counts toward.
     let targets = |group: &str| -> Vec<String> {
         match by {
@@ -299,6 +312,7 @@ async fn grouped(
         if !only.is_empty() {
             // "(other)" per bucket: the bucket's totals less the kept groups'.
             let mut rest: BTreeMap<i64, keyward_store::UsageTotals> = buckets
+                .as_deref()
                 .unwrap_or_default()
                 .iter()
                 .map(|b| (b.start, b.totals))
@@ -337,6 +351,7 @@ async fn grouped(
         groups,
         series,
         totals,
+        buckets,
     })
 }
 
