@@ -309,14 +309,11 @@ async fn grouped(
                 cells[slot(&t)].entry(p.start).or_default().add(&p.totals);
             }
         }
-        if !only.is_empty() {
+        // With a bucket there are buckets; "(other)" is needed when `only` is set.
+        if let (false, Some(buckets)) = (only.is_empty(), buckets.as_deref()) {
             // "(other)" per bucket: the bucket's totals less the kept groups'.
-            let mut rest: BTreeMap<i64, keyward_store::UsageTotals> = buckets
-                .as_deref()
-                .unwrap_or_default()
-                .iter()
-                .map(|b| (b.start, b.totals))
-                .collect();
+            let mut rest: BTreeMap<i64, keyward_store::UsageTotals> =
+                buckets.iter().map(|b| (b.start, b.totals)).collect();
             for kept in &cells[..kept.len()] {
                 for (start, t) in kept {
                     if let Some(r) = rest.get_mut(start) {

@@ -132,13 +132,8 @@ async fn client_hang_up_mid_stream_ends_the_upstream_request_and_is_charged() {
         u["output_tokens"].as_i64().unwrap() >= 3,
         "what was produced is charged: {u}"
     );
-    let events = kw
-        .state
-        .store
-        .usage_events(&keyward_store::UsageFilter::default(), 10)
-        .await
-        .unwrap();
-    assert!(events[0].incomplete && events[0].streamed);
+    let event = kw.latest_usage_event().await;
+    assert!(event.incomplete && event.streamed);
 }
 
 #[tokio::test]
@@ -227,13 +222,8 @@ async fn a_cut_off_stream_with_spaced_json_is_charged_for_every_text_chunk() {
     );
     assert!(u["cost_micros"].as_i64().unwrap() > 0, "{u}");
     assert_eq!(u["incomplete"], 1, "the charge is an estimate: {u}");
-    let events = kw
-        .state
-        .store
-        .usage_events(&keyward_store::UsageFilter::default(), 10)
-        .await
-        .unwrap();
-    assert!(events[0].incomplete && events[0].streamed);
+    let event = kw.latest_usage_event().await;
+    assert!(event.incomplete && event.streamed);
 }
 
 #[tokio::test]

@@ -321,13 +321,7 @@ async fn a_simulated_stream_the_client_drops_mid_way_is_charged_for_what_was_see
     }
     let seen = tokens_in(&text);
     drop(stream);
-    let u = loop {
-        let u = kw.usage_of(&id).await;
-        if u["requests"] == 1 {
-            break u;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let u = kw.usage_once(&id, 1).await;
     let output = u["output_tokens"].as_i64().unwrap();
     assert!(
         output >= seen && output < 1_000,
@@ -335,13 +329,8 @@ async fn a_simulated_stream_the_client_drops_mid_way_is_charged_for_what_was_see
     );
     assert!(u["input_tokens"].as_i64().unwrap() > 0, "{u}");
     assert_eq!(u["incomplete"], 1, "the charge is an estimate: {u}");
-    let events = kw
-        .state
-        .store
-        .usage_events(&keyward_store::UsageFilter::default(), 10)
-        .await
-        .unwrap();
-    assert!(events[0].incomplete && events[0].streamed);
+    let event = kw.latest_usage_event().await;
+    assert!(event.incomplete && event.streamed);
 }
 
 /// What a [`scripted_upstream`] does after reading the request.
@@ -590,11 +579,6 @@ async fn a_stream_whose_upstream_closes_the_connection_mid_way_is_charged_for_wh
     assert_eq!(u["output_tokens"], 3, "one token per chunk seen: {u}");
     assert!(u["input_tokens"].as_i64().unwrap() > 0, "{u}");
     assert_eq!(u["incomplete"], 1, "the charge is an estimate: {u}");
-    let events = kw
-        .state
-        .store
-        .usage_events(&keyward_store::UsageFilter::default(), 10)
-        .await
-        .unwrap();
-    assert!(events[0].incomplete && events[0].streamed);
+    let event = kw.latest_usage_event().await;
+    assert!(event.incomplete && event.streamed);
 }

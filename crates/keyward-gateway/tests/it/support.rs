@@ -357,6 +357,32 @@ impl Keyward {
         r.json().await.unwrap()
     }
 
+    /// Usage totals of a key once it counts `requests` requests. A client's
+    /// hang-up reaches the server only when it next touches the socket, so the
+    /// charge for a dropped stream lands a moment after the drop: this asks
+    /// again until it has (no time limit; the test runner's is the bound).
+    pub async fn usage_once(&self, key_id: &str, requests: i64) -> Value {
+        loop {
+            let u = self.usage_of(key_id).await;
+            if u["requests"] == requests {
+                return u;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The newest usage event written.
+    pub async fn latest_usage_event(&self) -> keyward_store::UsageEvent {
+        self.state.usage.flush().await;
+        let mut events = self
+            .state
+            .store
+            .usage_events(&keyward_store::UsageFilter::default(), 1)
+            .await
+            .unwrap();
+        events.pop().expect("a usage event")
+    }
+
     /// A chat completion with `key`.
     pub async fn chat(&self, key: &str, body: Value) -> reqwest::Response {
         self.http

@@ -187,7 +187,8 @@ pub async fn show(
         Ok(u) => u,
         Err(r) => return refused(&me, r, "/"),
     };
-    let groups = usage.groups.clone().unwrap_or_default();
+    // Absent only when nothing was grouped; then there is no row to show.
+    let groups = usage.groups.as_deref().unwrap_or(&[]);
     let pages = groups.len().div_ceil(PAGE).max(1);
     let page = view.page.min(pages - 1);
     let labels: Vec<String> = window.starts.iter().map(|s| window.label(*s)).collect();
@@ -277,7 +278,7 @@ pub async fn csv(
     let lead = ["start", "start_ms", window.group_by, "name"];
     let header: Vec<&str> = lead.iter().chain(&usage_csv::COUNTS).copied().collect();
     let mut out = usage_csv::line(&header);
-    for s in usage.series.unwrap_or_default() {
+    for s in usage.series.iter().flatten() {
         for b in &s.buckets {
             let mut cells = vec![
                 usage_csv::iso_time(b.start),
