@@ -1,13 +1,24 @@
 //! The pooled HTTP client that talks to the upstream API.
 //!
-//! Each thread that sends requests keeps its own idle connections. A connection
-//! is driven by a task on the runtime that opened it; with one pool per thread, a
-//! request served by a thread-per-core worker (`crate::serve::workers`) and its upstream
-//! connection stay on that thread, instead of handing every request's bytes to
-//! another thread and waking it.
+//! Each thread that sends requests keeps its own idle connections. With one pool
+//! per thread, a request served by a thread-per-core worker
+//! (`crate::serve::workers`) and its upstream connection stay on that thread.
+//!
+//! No task of its own drives a connection: the request that uses it does
+//! (`Conn`). While it waits for the response's head, the exchange polls the
+//! connection; then the response body polls it from its own `poll_frame`. A
+//! streamed response is a train of small chunks, one per event, and one read
+//! from the upstream's socket holds several; hyper hands a connection's body
+//! over one frame at a time (its channel holds one). Driven by a task of its
+//! own, each event cost a wake-up of the client's task, a write syscall to the
+//! client and a wake-up of the connection's task (profiled: nine writes per
+//! upstream read). Driven from the body, the client's connection takes every
+//! event already read in one pass and writes them together, and an event is
+//! never held back for the next: the pass ends at the first event not yet
+//! read (docs/BENCHMARKS.md, Gateway).
 //!
 //! The pool is ours, over hyper's HTTP/1 connection API: a per-thread stack of
-//! idle senders, most recently used first. hyper-util's general pool (keyed
+//! idle connections, most recently used first. hyper-util's general pool (keyed
 //! maps, locks, waiters) cost about a tenth of the gateway's instructions per
 //! request (docs/BENCHMARKS.md history, `git log -p`). A connection goes back to the stack when its
 //! response body has been read to the end; a body dropped early closes its
@@ -25,18 +36,22 @@ use bytes::Bytes;
 use http::uri::{PathAndQuery, Uri};
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::http1::{Connection, SendRequest};
+use hyper_rustls::MaybeHttpsStream;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::pin::Pin;
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tower_service::Service;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 type Sender = SendRequest<Full<Bytes>>;
+type Driver = Connection<MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>, Full<Bytes>>;
 
 /// An idle connection is not reused after this long.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -47,8 +62,8 @@ const MAX_IDLE: usize = 1024;
 struct Pool {
     upstream: u64,
     connector: Connector,
-    /// Idle senders with the time they became idle; the newest at the back.
-    idle: VecDeque<(Sender, Instant)>,
+    /// Idle connections with the time they became idle; the newest at the back.
+    idle: VecDeque<(Conn, Instant)>,
 }
 
 thread_local! {
@@ -78,6 +93,65 @@ enum Failure {
     Connect(Box<dyn std::error::Error + Send + Sync>),
     /// The connection failed after the request was handed to it.
     Request(hyper::Error),
+    /// The upstream closed the connection before answering.
+    Closed,
+}
+
+/// One upstream connection: the handle that sends requests on it and the
+/// state machine that reads and writes its socket, which whoever waits on the
+/// connection polls (see the module doc).
+struct Conn {
+    sender: Sender,
+    /// `None` once the connection has ended (dropping it closes the socket).
+    driver: Option<Driver>,
+}
+
+impl Conn {
+    /// Reads and writes what the socket allows; after the connection ended
+    /// (closed by the upstream, or broken), there is nothing left to drive.
+    fn drive(driver: &mut Option<Driver>, cx: &mut Context<'_>) {
+        let Some(conn) = driver.as_mut() else {
+            return;
+        };
+        if let Poll::Ready(ended) = Pin::new(conn).poll(cx) {
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+            *driver = None;
+        }
+    }
+
+    /// Waits for `step` (a future of the sender's) while driving the
+    /// connection; `None` when the connection ended first.
+    async fn drive_until<F: Future>(driver: &mut Option<Driver>, step: F) -> Option<F::Output> {
+        let mut step = pin!(step);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = step.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            if driver.is_none() {
+                return Poll::Ready(None);
+            }
+            Self::drive(driver, cx);
+            // What the connection just did (a response head read, the request
+            // written) may have completed the step.
+            match step.as_mut().poll(cx) {
+                Poll::Ready(out) => Poll::Ready(Some(out)),
+                Poll::Pending if driver.is_none() => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Whether the sender can take a request now (driving the connection to find out).
+    async fn ready(&mut self) -> bool {
+        let Self { sender, driver } = self;
+        matches!(
+            Self::drive_until(driver, sender.ready()).await,
+            Some(Ok(()))
+        )
+    }
 }
 
 impl Upstream {
@@ -105,13 +179,13 @@ impl Upstream {
     }
 
     /// An idle connection of this thread, if one is still open.
-    fn checkout(&self) -> Option<Sender> {
+    fn checkout(&self) -> Option<Conn> {
         POOLS.with(|pools| {
             let mut pools = pools.borrow_mut();
             let pool = pools.iter_mut().find(|p| p.upstream == self.id)?;
-            while let Some((sender, since)) = pool.idle.pop_back() {
-                if since.elapsed() < IDLE_TIMEOUT && !sender.is_closed() {
-                    return Some(sender);
+            while let Some((conn, since)) = pool.idle.pop_back() {
+                if since.elapsed() < IDLE_TIMEOUT && conn.driver.is_some() {
+                    return Some(conn);
                 }
             }
             None
@@ -135,8 +209,8 @@ impl Upstream {
         })
     }
 
-    /// Opens a new connection, driven by a task on this thread's runtime.
-    async fn connect(&self) -> Result<Sender, Failure> {
+    /// Opens a new connection.
+    async fn connect(&self) -> Result<Conn, Failure> {
         let mut connector = self.connector();
         std::future::poll_fn(|cx| connector.poll_ready(cx))
             .await
@@ -145,15 +219,31 @@ impl Upstream {
             .call(self.base.clone())
             .await
             .map_err(Failure::Connect)?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(io)
+        let (sender, driver) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(Failure::Request)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
+        Ok(Conn {
+            sender,
+            driver: Some(driver),
+        })
+    }
+
+    /// Sends `req` on `conn`, driving it until the response's head arrives;
+    /// gives the request back when it was never written.
+    async fn send_on(
+        &self,
+        mut conn: Conn,
+        req: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<UpstreamBody>, (Failure, Option<http::Request<Full<Bytes>>>)> {
+        let Conn { sender, driver } = &mut conn;
+        match Conn::drive_until(driver, sender.try_send_request(req)).await {
+            Some(Ok(resp)) => Ok(pooled(resp, conn, self.id)),
+            Some(Err(mut e)) => {
+                let unsent = e.take_message();
+                Err((Failure::Request(e.into_error()), unsent))
             }
-        });
-        Ok(sender)
+            None => Err((Failure::Closed, None)),
+        }
     }
 
     /// Sends `req` on an idle connection or a new one.
@@ -162,24 +252,23 @@ impl Upstream {
         req: http::Request<Full<Bytes>>,
     ) -> Result<http::Response<UpstreamBody>, Failure> {
         let mut req = req;
-        if let Some(mut sender) = self.checkout() {
-            if sender.ready().await.is_ok() {
-                match sender.try_send_request(req).await {
-                    Ok(resp) => return Ok(pooled(resp, sender, self.id)),
-                    Err(mut e) => match e.take_message() {
-                        // Never written: the connection had closed. Try a new one.
-                        Some(unsent) => req = unsent,
-                        None => return Err(Failure::Request(e.into_error())),
-                    },
+        if let Some(mut conn) = self.checkout() {
+            if conn.ready().await {
+                match self.send_on(conn, req).await {
+                    Ok(resp) => return Ok(resp),
+                    // Never written: the connection had closed. Try a new one.
+                    Err((_, Some(unsent))) => req = unsent,
+                    Err((failure, None)) => return Err(failure),
                 }
             }
         }
-        let mut sender = self.connect().await?;
-        sender.ready().await.map_err(Failure::Request)?;
-        match sender.send_request(req).await {
-            Ok(resp) => Ok(pooled(resp, sender, self.id)),
-            Err(e) => Err(Failure::Request(e)),
+        let mut conn = self.connect().await?;
+        if !conn.ready().await {
+            return Err(Failure::Closed);
         }
+        self.send_on(conn, req)
+            .await
+            .map_err(|(failure, _)| failure)
     }
 
     /// The `Authorization` header the upstream gets, when a key is configured.
@@ -236,6 +325,13 @@ impl Upstream {
                         tracing::warn!(error = %e, connect = false, "upstream request failed");
                         is_timeout(e)
                     }
+                    Failure::Closed => {
+                        tracing::warn!(
+                            connect = false,
+                            "upstream request failed: the upstream closed the connection"
+                        );
+                        false
+                    }
                 };
                 Err(if timed_out {
                     GatewayError::UpstreamTimeout
@@ -247,30 +343,37 @@ impl Upstream {
     }
 }
 
-/// The response with its body wrapped so that the connection returns to this
-/// thread's pool once the body has been read to the end.
+/// The response with its body wrapped so that it drives its connection, which
+/// returns to this thread's pool once the body has been read to the end.
 fn pooled(
     resp: http::Response<Incoming>,
-    sender: Sender,
+    conn: Conn,
     upstream: u64,
 ) -> http::Response<UpstreamBody> {
     resp.map(|inner| {
         let mut body = UpstreamBody {
             inner,
-            sender: Some(sender),
+            conn: Some(conn),
             upstream,
+            in_pass: false,
+            broken: None,
         };
         body.release_if_done(false);
         body
     })
 }
 
-/// An upstream response body. Its connection goes back to the pool when the
-/// body ends, and is closed if the body is dropped before that.
+/// An upstream response body. Polling it drives its connection; the
+/// connection goes back to the pool when the body ends, and is closed if the
+/// body is dropped before that.
 pub struct UpstreamBody {
     inner: Incoming,
-    sender: Option<Sender>,
+    conn: Option<Conn>,
     upstream: u64,
+    /// A frame was returned since the body last answered `Pending`.
+    in_pass: bool,
+    /// An error held back until the frames before it have been written.
+    broken: Option<hyper::Error>,
 }
 
 impl UpstreamBody {
@@ -281,9 +384,12 @@ impl UpstreamBody {
         if !ended && !self.inner.is_end_stream() {
             return;
         }
-        let Some(sender) = self.sender.take() else {
+        let Some(conn) = self.conn.take() else {
             return;
         };
+        if conn.driver.is_none() {
+            return;
+        }
         let upstream = self.upstream;
         // A thread that is being torn down has no pool to return to.
         let _ = POOLS.try_with(|pools| {
@@ -294,7 +400,7 @@ impl UpstreamBody {
                 if pool.idle.len() >= MAX_IDLE {
                     pool.idle.pop_front();
                 }
-                pool.idle.push_back((sender, Instant::now()));
+                pool.idle.push_back((conn, Instant::now()));
             }
         });
     }
@@ -309,14 +415,50 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        match &frame {
-            Some(Ok(_)) => this.release_if_done(false),
-            None => this.release_if_done(true),
-            // A broken body leaves its connection unusable: close it.
-            Some(Err(_)) => this.sender = None,
+        if let Some(e) = this.broken.take() {
+            return Poll::Ready(Some(Err(e)));
         }
-        Poll::Ready(frame)
+        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_pending() {
+            let Some(conn) = this.conn.as_mut() else {
+                this.in_pass = false;
+                return Poll::Pending;
+            };
+            // The connection hands the body one frame per poll: decode the
+            // next from what it has read, or read the socket (Pending when it
+            // has nothing, which ends this pass of the client's writes).
+            Conn::drive(&mut conn.driver, cx);
+            polled = Pin::new(&mut this.inner).poll_frame(cx);
+        }
+        let Poll::Ready(frame) = polled else {
+            this.in_pass = false;
+            return Poll::Pending;
+        };
+        match frame {
+            Some(Ok(frame)) => {
+                this.in_pass = true;
+                this.release_if_done(false);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            None => {
+                this.release_if_done(true);
+                Poll::Ready(None)
+            }
+            // A broken body leaves its connection unusable: close it.
+            Some(Err(e)) => {
+                this.conn = None;
+                if !this.in_pass {
+                    return Poll::Ready(Some(Err(e)));
+                }
+                // The frames of this pass are still in the server's buffer, and
+                // an error makes it drop the connection without writing them:
+                // answer Pending first (it then writes them), the error next.
+                this.in_pass = false;
+                this.broken = Some(e);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
