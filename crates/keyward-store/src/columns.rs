@@ -29,7 +29,30 @@ pub(crate) fn write_error(
 }
 
 pub(crate) fn migrate_error(e: sqlx::migrate::MigrateError) -> StoreError {
-    StoreError::Backend(format!("running migrations: {e}"))
+    match e {
+        // Below the newest version, so not caught by `refuse_newer_schema`: a
+        // migration of another build (a branch) was applied to this database.
+        sqlx::migrate::MigrateError::VersionMissing(v) => StoreError::Backend(format!(
+            "the database records migration {v}, which this keyward does not have: \
+             it was migrated by another build of keyward"
+        )),
+        e => StoreError::Backend(format!("running migrations: {e}")),
+    }
+}
+
+/// Refuses a database whose newest applied migration (`applied`, `None` on an
+/// empty database) is newer than any `migrator` carries: a node of an older
+/// version must not start on a schema a newer one has changed. sqlx alone
+/// would answer with a bare "migration N was previously applied but is missing".
+pub(crate) fn refuse_newer_schema(
+    applied: Option<i64>,
+    migrator: &sqlx::migrate::Migrator,
+) -> StoreResult<()> {
+    let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    match applied {
+        Some(database) if database > known => Err(StoreError::SchemaNewer { database, known }),
+        _ => Ok(()),
+    }
 }
 
 /// Typed column access with errors already mapped, implemented for both backends'

@@ -45,6 +45,16 @@ pub enum StoreError {
     /// The database failed; the detail is for logs, not for clients.
     #[error("database error: {0}")]
     Backend(String),
+    /// The database's schema was migrated by a newer keyward than this one:
+    /// running on it could misread or corrupt what the newer version wrote, so
+    /// the store does not open.
+    #[error("the database schema is at version {database}, newer than this keyward (which knows up to {known}): upgrade keyward before starting it on this database")]
+    SchemaNewer {
+        /// The newest migration the database records.
+        database: i64,
+        /// The newest migration this binary carries.
+        known: i64,
+    },
 }
 
 /// Result alias for storage calls.

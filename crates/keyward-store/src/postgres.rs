@@ -14,7 +14,8 @@ use crate::common;
 use crate::sql::{Db, On, SqlStore, Stmt};
 use crate::{StoreError, StoreResult, UsageEvent, UsageFilter};
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::Connection;
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
@@ -39,7 +40,7 @@ impl PgStore {
     /// Connects to `url` and brings the schema up to date, in the server's default
     /// `search_path` (normally `public`).
     pub async fn connect(url: &str) -> StoreResult<Self> {
-        Self::connect_options(parse_url(url)?).await
+        Self::connect_options(parse_url(url)?, None).await
     }
 
     /// Connects to `url` with every table in `schema` (created if missing) instead
@@ -62,35 +63,24 @@ impl PgStore {
             )));
         }
         let options = parse_url(url)?.options([("search_path", schema)]);
+        Self::connect_options(options, Some(schema)).await
+    }
+
+    async fn connect_options(options: PgConnectOptions, schema: Option<&str>) -> StoreResult<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .connect_with(options)
             .await
             .map_err(backend)?;
-        // The name was checked above, so it can be spliced in unquoted.
-        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-            .execute(&pool)
-            .await
-            .map_err(backend)?;
-        Self::migrate(pool).await
-    }
-
-    async fn connect_options(options: PgConnectOptions) -> StoreResult<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .connect_with(options)
-            .await
-            .map_err(backend)?;
-        Self::migrate(pool).await
-    }
-
-    async fn migrate(pool: PgPool) -> StoreResult<Self> {
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(crate::columns::migrate_error)?;
-        let db = Db::Postgres(pool);
-        common::chain_legacy_audit(&db).await?;
+        let db = Db::Postgres(pool.clone());
+        // The lock is held by a connection taken off the pool and closed at the
+        // end: PostgreSQL drops a session's advisory locks when it ends, so the
+        // lock is released on every path (an error, a refusal, a start cut short
+        // by a dropped future), never left on a pooled connection.
+        let mut conn = pool.acquire().await.map_err(backend)?.detach();
+        let prepared = prepare_schema(&mut conn, &db, schema).await;
+        let _ = conn.close().await;
+        prepared?;
         Ok(Self { db })
     }
 
@@ -100,6 +90,57 @@ impl PgStore {
             pool.close().await;
         }
     }
+}
+
+/// Brings the schema up to date, once, however many nodes start at the same
+/// time: everything runs under one advisory lock per database and schema, so a
+/// second node waits, then finds the migrations applied and the legacy audit
+/// events chained. sqlx's migrator takes its own lock (per database) inside
+/// ours, always in that order, and does not release it when it fails; closing
+/// `conn` does.
+///
+/// `CREATE SCHEMA IF NOT EXISTS` needs the lock too: two at once can both see
+/// the schema missing and one fails on PostgreSQL's unique name index.
+async fn prepare_schema(conn: &mut PgConnection, db: &Db, schema: Option<&str>) -> StoreResult<()> {
+    sqlx::query(
+        "SELECT pg_advisory_lock(hashtextextended('keyward schema ' || current_database() || '.' || $1, 0))",
+    )
+    .bind(schema.unwrap_or(""))
+    .execute(&mut *conn)
+    .await
+    .map_err(backend)?;
+    if let Some(schema) = schema {
+        // `connect_with_schema` checked the name, so it can be spliced in unquoted.
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+    }
+    // Two statements: PostgreSQL resolves every table a statement names
+    // before running it, even in a branch that is not taken.
+    let tracked: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(backend)?;
+    let applied: Option<i64> = if tracked {
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(backend)?
+    } else {
+        None
+    };
+    crate::columns::refuse_newer_schema(applied, &MIGRATOR)?;
+    MIGRATOR
+        .run_direct(&mut *conn)
+        .await
+        .map_err(crate::columns::migrate_error)?;
+    common::chain_legacy_audit(db).await?;
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    Ok(())
 }
 
 /// Parses a connection URL. The error never repeats the URL: it may hold a password.

@@ -149,6 +149,23 @@ impl SqlStore for SqliteStore {
     }
 }
 
+/// The newest migration applied to the database, `None` on a new one.
+async fn applied_version(writer: &SqlitePool) -> StoreResult<Option<i64>> {
+    let tracked: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+    )
+    .fetch_one(writer)
+    .await
+    .map_err(backend)?;
+    if !tracked {
+        return Ok(None);
+    }
+    sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+        .fetch_one(writer)
+        .await
+        .map_err(backend)
+}
+
 impl SqliteStore {
     /// Opens (creating it and its directory if missing) the database at `path` and
     /// brings its schema up to date.
@@ -175,6 +192,7 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(backend)?;
+        crate::columns::refuse_newer_schema(applied_version(&writer).await?, &MIGRATOR)?;
         MIGRATOR
             .run(&writer)
             .await

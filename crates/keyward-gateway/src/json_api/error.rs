@@ -89,6 +89,11 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %detail, "storage failed in the management API");
                 ApiError::Internal
             }
+            // Only opening a store answers this; a running server never sees it.
+            e @ StoreError::SchemaNewer { .. } => {
+                tracing::error!(error = %e, "storage refused in the management API");
+                ApiError::Internal
+            }
         }
     }
 }

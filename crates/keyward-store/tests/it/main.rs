@@ -15,6 +15,7 @@ mod backends;
 mod keys;
 mod leaks;
 mod limits;
+mod migrations;
 mod orgs;
 mod tokens;
 mod usage;
