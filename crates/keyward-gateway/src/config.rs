@@ -58,6 +58,33 @@ pub struct GatewayConfig {
     pub connections: ConnectionLimits,
     /// Accounts: the public URL, session timeouts, re-authentication.
     pub accounts: AccountSettings,
+    /// Cluster mode: the Redis that nodes sharing one PostgreSQL database also
+    /// share (the invalidation bus, shared counters). `None`: one node.
+    pub redis: Option<RedisSettings>,
+}
+
+/// Where a cluster's Redis is, and the prefix of every name keyward uses in it.
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host[:port][/db]` (or `rediss://`). Held as a
+    /// [`Secret`]: it may carry a password, so it is never printed or logged.
+    pub url: Secret,
+    /// Prefix of every key and channel name, so that several deployments (or
+    /// parallel tests) can share one Redis.
+    pub prefix: String,
+}
+
+impl RedisSettings {
+    /// The default prefix, `keyward:`.
+    pub const DEFAULT_PREFIX: &'static str = "keyward:";
+
+    /// Settings for `url` with the default prefix.
+    pub fn new(url: Secret) -> Self {
+        Self {
+            url,
+            prefix: Self::DEFAULT_PREFIX.to_owned(),
+        }
+    }
 }
 
 /// How people sign in and how long that lasts. The defaults are NIST SP
@@ -178,6 +205,7 @@ impl GatewayConfig {
             data_dir,
             connections: ConnectionLimits::default(),
             accounts: AccountSettings::default(),
+            redis: None,
         }
     }
 }

@@ -19,6 +19,24 @@ struct Entry {
 struct Inner {
     by_hash: HashMap<KeyHash, Entry>,
     by_id: HashMap<KeyId, Vec<KeyHash>>,
+    /// Bumped by every invalidation (see [`KeyCache::insert_unless_invalidated`]).
+    generation: u64,
+}
+
+impl Inner {
+    fn store(&mut self, hash: KeyHash, record: Arc<KeyRecord>, now_ms: i64) {
+        let hashes = self.by_id.entry(record.id.clone()).or_default();
+        if !hashes.contains(&hash) {
+            hashes.push(hash);
+        }
+        self.by_hash.insert(
+            hash,
+            Entry {
+                record,
+                loaded_at: now_ms,
+            },
+        );
+    }
 }
 
 /// Cached key records by secret hash.
@@ -46,27 +64,54 @@ impl KeyCache {
     /// Caches `record` as the owner of `hash`.
     pub fn insert(&self, hash: KeyHash, record: Arc<KeyRecord>, now_ms: i64) {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        let hashes = inner.by_id.entry(record.id.clone()).or_default();
-        if !hashes.contains(&hash) {
-            hashes.push(hash);
+        inner.store(hash, record, now_ms);
+    }
+
+    /// The invalidation count, to read before looking a key up in storage.
+    pub fn generation(&self) -> u64 {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation
+    }
+
+    /// Caches `record`, read from storage after [`KeyCache::generation`]
+    /// answered `generation`, unless a key was invalidated since: the record
+    /// may be from before a revocation this node (or another, through the
+    /// cluster's bus) has just applied, and caching it would let the revoked
+    /// key through for a whole TTL. Returns whether it was cached.
+    pub fn insert_unless_invalidated(
+        &self,
+        hash: KeyHash,
+        record: Arc<KeyRecord>,
+        now_ms: i64,
+        generation: u64,
+    ) -> bool {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if inner.generation != generation {
+            return false;
         }
-        inner.by_hash.insert(
-            hash,
-            Entry {
-                record,
-                loaded_at: now_ms,
-            },
-        );
+        inner.store(hash, record, now_ms);
+        true
     }
 
     /// Forgets every secret of key `id`; the next request reads storage.
     pub fn invalidate(&self, id: &KeyId) {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.generation += 1;
         if let Some(hashes) = inner.by_id.remove(id) {
             for h in hashes {
                 inner.by_hash.remove(&h);
             }
         }
+    }
+
+    /// Forgets every key (a node that may have missed invalidations).
+    pub fn clear(&self) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.generation += 1;
+        inner.by_hash.clear();
+        inner.by_id.clear();
     }
 
     /// Number of cached secrets.
@@ -126,6 +171,21 @@ mod tests {
         assert!(cache.get(&a, 10).is_none());
         assert!(cache.get(&b, 10).is_none());
         assert!(cache.get(&KeyHash::of("c"), 10).is_some());
+    }
+
+    #[test]
+    fn a_record_read_before_an_invalidation_is_not_cached_after_it() {
+        let cache = KeyCache::new(1_000);
+        let id = KeyId::generate();
+        let before = cache.generation();
+        cache.invalidate(&KeyId::generate());
+        assert!(!cache.insert_unless_invalidated(KeyHash::of("a"), record(&id), 0, before));
+        assert!(cache.get(&KeyHash::of("a"), 1).is_none());
+        let now = cache.generation();
+        assert!(cache.insert_unless_invalidated(KeyHash::of("a"), record(&id), 0, now));
+        assert!(cache.get(&KeyHash::of("a"), 1).is_some());
+        cache.clear();
+        assert!(cache.is_empty());
     }
 
     #[test]

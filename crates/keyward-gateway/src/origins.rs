@@ -5,8 +5,9 @@
 //! cannot name its key, so it is answered for an origin that any active
 //! standard key lists; the request that follows carries the key and is
 //! refused unless that key lists the origin (see `limits::admission`). The set
-//! is read from storage and trusted for `ttl_ms`, and dropped at once when this
-//! node changes a key's origins; another node's change is seen within `ttl_ms`.
+//! is read from storage and trusted for `ttl_ms`, and dropped at once when a
+//! key's origins change (on another node: when its invalidation arrives, see
+//! `crate::cluster`; without the bus, within `ttl_ms`).
 //! Storage failures fail closed: no origin is listed.
 
 use keyward_store::SharedStore;
@@ -17,7 +18,15 @@ use std::sync::{Arc, RwLock};
 pub struct ListedOrigins {
     store: SharedStore,
     ttl_ms: i64,
-    cached: RwLock<Option<Loaded>>,
+    cached: RwLock<Cached>,
+}
+
+#[derive(Default)]
+struct Cached {
+    loaded: Option<Loaded>,
+    /// Bumped by every invalidation: a set read from storage before one is
+    /// not kept after it.
+    generation: u64,
 }
 
 struct Loaded {
@@ -31,7 +40,7 @@ impl ListedOrigins {
         Self {
             store,
             ttl_ms,
-            cached: RwLock::new(None),
+            cached: RwLock::default(),
         }
     }
 
@@ -42,19 +51,23 @@ impl ListedOrigins {
 
     /// Forgets the cached set; the next question reads storage.
     pub fn invalidate(&self) {
-        *self.cached.write().unwrap_or_else(|e| e.into_inner()) = None;
+        let mut cached = self.cached.write().unwrap_or_else(|e| e.into_inner());
+        cached.loaded = None;
+        cached.generation += 1;
     }
 
     async fn current(&self, now_ms: i64) -> Arc<BTreeSet<String>> {
-        if let Some(l) = self
-            .cached
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .filter(|l| now_ms - l.at_ms < self.ttl_ms)
-        {
-            return l.origins.clone();
-        }
+        let generation = {
+            let cached = self.cached.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(l) = cached
+                .loaded
+                .as_ref()
+                .filter(|l| now_ms - l.at_ms < self.ttl_ms)
+            {
+                return l.origins.clone();
+            }
+            cached.generation
+        };
         let origins = match self.store.listed_origins(now_ms).await {
             Ok(list) => Arc::new(list.into_iter().collect::<BTreeSet<_>>()),
             Err(e) => {
@@ -62,10 +75,13 @@ impl ListedOrigins {
                 return Arc::default();
             }
         };
-        *self.cached.write().unwrap_or_else(|e| e.into_inner()) = Some(Loaded {
-            origins: origins.clone(),
-            at_ms: now_ms,
-        });
+        let mut cached = self.cached.write().unwrap_or_else(|e| e.into_inner());
+        if cached.generation == generation {
+            cached.loaded = Some(Loaded {
+                origins: origins.clone(),
+                at_ms: now_ms,
+            });
+        }
         origins
     }
 }

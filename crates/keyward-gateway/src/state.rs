@@ -45,6 +45,9 @@ pub struct AppState {
     pub leaks: Arc<LeakState>,
     /// Accounts: sessions, sign-in throttling, the public origin.
     pub accounts: crate::accounts::Accounts,
+    /// The cluster's invalidation bus (inert on one node); changes go through
+    /// [`AppState::invalidate`] (`crate::invalidation`).
+    pub bus: crate::cluster::Bus,
     /// The runtime that built the server. Request handlers run on worker threads
     /// (`crate::serve::workers`) whose runtimes stop with their connections; work that
     /// must outlive a request is spawned here.

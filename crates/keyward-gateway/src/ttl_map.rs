@@ -23,6 +23,9 @@ const SWEEP_FLOOR: usize = 1024;
 struct Entries<K, V> {
     map: HashMap<K, (V, i64)>,
     next_sweep: usize,
+    /// Bumped by every removal, so that a value read from storage before a
+    /// removal is not stored after it (see [`TtlMap::insert_unless_removed`]).
+    generation: u64,
 }
 
 impl<K: Eq + Hash + Clone, V: Clone> TtlMap<K, V> {
@@ -32,6 +35,7 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlMap<K, V> {
             entries: RwLock::new(Entries {
                 map: HashMap::default(),
                 next_sweep: SWEEP_FLOOR,
+                generation: 0,
             }),
             ttl_ms,
         }
@@ -53,12 +57,28 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlMap<K, V> {
     /// Stores a value.
     pub fn insert(&self, key: K, value: V, now_ms: i64) {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        if entries.map.len() >= entries.next_sweep {
-            let ttl_ms = self.ttl_ms;
-            entries.map.retain(|_, (_, at)| now_ms - *at < ttl_ms);
-            entries.next_sweep = (entries.map.len() * 2).max(SWEEP_FLOOR);
+        entries.store(key, value, now_ms, self.ttl_ms);
+    }
+
+    /// The removal count, to read before loading a value from storage.
+    pub fn generation(&self) -> u64 {
+        self.entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation
+    }
+
+    /// Stores a value loaded from storage after [`TtlMap::generation`] answered
+    /// `generation`, unless something was removed since: the value may predate
+    /// that change (a session read as the user logs out everywhere) and must
+    /// not outlive it in the map. Returns whether it was stored.
+    pub fn insert_unless_removed(&self, key: K, value: V, now_ms: i64, generation: u64) -> bool {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if entries.generation != generation {
+            return false;
         }
-        entries.map.insert(key, (value, now_ms));
+        entries.store(key, value, now_ms, self.ttl_ms);
+        true
     }
 
     /// How many entries are held, fresh or not (for tests of eviction).
@@ -80,11 +100,31 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlMap<K, V> {
     where
         K: Borrow<Q>,
     {
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .map
-            .remove(key);
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        entries.generation += 1;
+        entries.map.remove(key);
+    }
+
+    /// Forgets every value for which `stale` says so.
+    pub fn remove_where(&self, mut stale: impl FnMut(&K, &V) -> bool) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        entries.generation += 1;
+        entries.map.retain(|k, (v, _)| !stale(k, v));
+    }
+
+    /// Forgets everything.
+    pub fn clear(&self) {
+        self.remove_where(|_, _| true);
+    }
+}
+
+impl<K: Eq + Hash, V> Entries<K, V> {
+    fn store(&mut self, key: K, value: V, now_ms: i64, ttl_ms: i64) {
+        if self.map.len() >= self.next_sweep {
+            self.map.retain(|_, (_, at)| now_ms - *at < ttl_ms);
+            self.next_sweep = (self.map.len() * 2).max(SWEEP_FLOOR);
+        }
+        self.map.insert(key, (value, now_ms));
     }
 }
 
@@ -99,6 +139,22 @@ mod tests {
         m.insert("b", 2, 0);
         m.remove(&"b");
         assert_eq!(m.get(&"b", 1), None);
+    }
+
+    #[test]
+    fn a_value_read_before_a_removal_is_not_stored_after_it() {
+        let m = super::TtlMap::new(100);
+        let before = m.generation();
+        m.remove(&"a");
+        assert!(!m.insert_unless_removed("a", 1, 0, before));
+        assert_eq!(m.get(&"a", 1), None);
+        assert!(m.insert_unless_removed("a", 2, 0, m.generation()));
+        assert_eq!(m.get(&"a", 1), Some(2));
+        m.insert("b", 3, 0);
+        m.remove_where(|_, v| *v == 2);
+        assert_eq!((m.get(&"a", 1), m.get(&"b", 1)), (None, Some(3)));
+        m.clear();
+        assert!(m.is_empty());
     }
 
     #[test]

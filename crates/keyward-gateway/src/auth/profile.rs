@@ -4,6 +4,7 @@
 use super::events;
 use super::rules;
 use super::session::{self, Origin, SignedIn};
+use crate::cluster::Invalidation;
 use crate::json_api::extract::ApiJson;
 use crate::json_api::ApiError;
 use crate::state::{AppState, SharedState};
@@ -129,7 +130,9 @@ pub async fn end_session(
         .end_session(&user.id, &id, state.clock.now_ms(), "ended by the user")
         .await?
         .ok_or(ApiError::NotFound("session"))?;
-    state.accounts.sessions.remove(&ended.token_hash);
+    state
+        .invalidate(Invalidation::Session(ended.id.clone()))
+        .await;
     let origin = Origin::of(&state, peer.ip(), &headers);
     events::record(
         &state,
@@ -330,8 +333,6 @@ pub async fn confirm_totp(
         json!({}),
     )
     .await?;
-    // The cached user predates TOTP: read it again on the next request.
-    state.accounts.sessions.remove(&signed_in.token_hash);
     Ok(Json(json!({"recovery_codes": codes})))
 }
 
@@ -357,7 +358,5 @@ pub async fn remove_totp(
         json!({}),
     )
     .await?;
-    // The cached user still has TOTP: read it again on the next request.
-    state.accounts.sessions.remove(&signed_in.token_hash);
     Ok(Json(json!({"status": "removed", "sessions_ended": ended})))
 }

@@ -7,6 +7,7 @@
 //! in the same call, so the ended session's next request is refused.
 
 use crate::accounts::{web, ActiveSession};
+use crate::cluster::Invalidation;
 use crate::json_api::ApiError;
 use crate::state::{AppState, SharedState};
 use axum::extract::FromRequestParts;
@@ -94,6 +95,9 @@ pub async fn find(state: &AppState, headers: &HeaderMap) -> Result<Option<Signed
     let token_hash = keyward_auth::token::digest(secret);
     let now = state.clock.now_ms();
     let cache = &state.accounts.sessions;
+    // Read first: what is stored below must not outlive an invalidation (an
+    // ended session, a user changed on another node) applied meanwhile.
+    let generation = cache.generation();
     let active = match cache.get(&token_hash, now) {
         Some(a) => a,
         None => {
@@ -104,7 +108,7 @@ pub async fn find(state: &AppState, headers: &HeaderMap) -> Result<Option<Signed
                 return Ok(None);
             };
             let active = Arc::new(ActiveSession { session, user });
-            cache.insert(token_hash.clone(), active.clone(), now);
+            cache.insert_unless_removed(token_hash.clone(), active.clone(), now, generation);
             active
         }
     };
@@ -126,7 +130,7 @@ pub async fn find(state: &AppState, headers: &HeaderMap) -> Result<Option<Signed
         state.store.touch_session(&s.id, now).await?;
         let mut fresh = (*active).clone();
         fresh.session.last_seen_at = now;
-        cache.insert(token_hash.clone(), Arc::new(fresh), now);
+        cache.insert_unless_removed(token_hash.clone(), Arc::new(fresh), now, generation);
     }
     Ok(Some(SignedIn { active, token_hash }))
 }
@@ -212,9 +216,10 @@ pub async fn end_all(
         .store
         .end_sessions(user, keep, state.clock.now_ms(), reason)
         .await?;
-    for s in &ended {
-        state.accounts.sessions.remove(&s.token_hash);
-    }
+    // One message for all of them. The kept session is dropped from caches
+    // too, and re-read: its cached user predates the change that ended the
+    // others (a new password or second factor).
+    state.invalidate(Invalidation::User(user.clone())).await;
     Ok(ended.len())
 }
 
@@ -257,10 +262,8 @@ pub async fn refresh_authentication(
     Ok(())
 }
 
-/// Drops every cached session of `user` whose cached copy is stale (a role,
-/// lock or password change): the next request reads storage again.
-pub fn forget_user(state: &AppState, sessions: &[Session]) {
-    for s in sessions {
-        state.accounts.sessions.remove(&s.token_hash);
-    }
+/// Drops every cached session of `user`, whose cached copy is stale (a role,
+/// lock or password change), on every node: the next request reads storage.
+pub async fn forget_user(state: &AppState, user: &UserId) {
+    state.invalidate(Invalidation::User(user.clone())).await;
 }

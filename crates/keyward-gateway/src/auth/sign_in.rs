@@ -365,7 +365,11 @@ pub async fn logout(
             "signed out",
         )
         .await?;
-    state.accounts.sessions.remove(&signed_in.token_hash);
+    state
+        .invalidate(crate::cluster::Invalidation::Session(
+            signed_in.session_id().clone(),
+        ))
+        .await;
     events::record(
         &state,
         Some(user),

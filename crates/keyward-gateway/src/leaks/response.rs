@@ -17,6 +17,7 @@
 //! or project. Admin requests read the key from storage every time, so the
 //! next one is refused on every node.
 
+use crate::cluster::Invalidation;
 use crate::notify::Event;
 use crate::state::AppState;
 use keyward_core::{EventId, KeyHash};
@@ -131,11 +132,16 @@ pub async fn respond(state: &AppState, sightings: &[Sighting]) -> Result<Vec<Ver
         if outcome == LeakOutcome::Disabled {
             // Every secret of the key, and it as the parent of tokens; the
             // store revoked the tokens themselves.
-            state.keys.invalidate(&record.id);
-            state.keys_by_id.remove(&record.id);
-            for token in state.store.child_keys(&record.id).await? {
-                state.keys.invalidate(&token.id);
-            }
+            let mut stale = vec![record.id.clone()];
+            stale.extend(
+                state
+                    .store
+                    .child_keys(&record.id)
+                    .await?
+                    .into_iter()
+                    .map(|token| token.id),
+            );
+            state.invalidate(Invalidation::Keys(stale)).await;
             if let Some(cached) = keys.get_mut(&hash) {
                 cached.status = KeyStatus::Leaked;
             }

@@ -4,6 +4,7 @@ use super::extract::ApiJson;
 use super::orgs::{resolve_org, resolve_project};
 use super::policy_input::ToBudget;
 use super::{ApiError, Caller};
+use crate::cluster::Invalidation;
 use crate::state::{AppState, SharedState};
 use axum::extract::State;
 use axum::Json;
@@ -83,7 +84,9 @@ async fn set(
     budget.scope = scope.clone();
     let now = state.clock.now_ms();
     state.store.set_budget(&budget, now).await?;
-    state.limits.budgets.remove(scope.id());
+    state
+        .invalidate(Invalidation::Budget(scope.id().to_owned()))
+        .await;
     let org = scope_org(&state, &scope).await?;
     caller
         .audit(
@@ -173,7 +176,9 @@ async fn delete(
     .await?;
     let org = scope_org(&state, &scope).await?;
     state.store.delete_budget(&scope).await?;
-    state.limits.budgets.remove(scope.id());
+    state
+        .invalidate(Invalidation::Budget(scope.id().to_owned()))
+        .await;
     caller
         .audit(
             &state,

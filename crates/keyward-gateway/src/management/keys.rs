@@ -5,6 +5,7 @@ use super::extract::ApiJson;
 use super::orgs::{resolve_project, valid_name};
 use super::policy_input::{ToBudget, ToPolicy};
 use super::{ApiError, Caller};
+use crate::cluster::Invalidation;
 use crate::error::GatewayError;
 use crate::state::{AppState, SharedState};
 use axum::extract::{ConnectInfo, Path, Query, State};
@@ -129,7 +130,7 @@ pub async fn create(
     )
     .await?;
     if !record.policy.origins.is_empty() {
-        state.origins.invalidate();
+        state.invalidate(Invalidation::Origins).await;
     }
     caller
         .audit(&state, Some(&record.org_id), "key.created", record.id.as_str(), json!({"name": record.name, "project_id": record.project_id, "policy": record.policy, "budget": budget}))
@@ -212,10 +213,9 @@ pub async fn revoke(
         .store
         .set_key_status(&current.id, KeyStatus::Revoked, now)
         .await?;
-    forget(&state, &record.id);
-    for token in state.store.revoke_tokens(&record.id, now).await? {
-        forget(&state, &token);
-    }
+    let mut ended = vec![record.id.clone()];
+    ended.extend(state.store.revoke_tokens(&record.id, now).await?);
+    state.invalidate(Invalidation::Keys(ended)).await;
     caller
         .audit(
             &state,
@@ -236,7 +236,9 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let record = find(&state, &caller, &id, true).await?;
     state.store.delete_key(&record.id).await?;
-    forget(&state, &record.id);
+    state
+        .invalidate(Invalidation::Keys(vec![record.id.clone()]))
+        .await;
     caller
         .audit(
             &state,
@@ -299,11 +301,17 @@ pub async fn rotate(
             leaked,
         )
         .await?;
-    forget(&state, &rotated.id);
     // Cached tokens carry their parent secret's state as it was read.
-    for token in state.store.child_keys(&rotated.id).await? {
-        forget(&state, &token.id);
-    }
+    let mut stale = vec![rotated.id.clone()];
+    stale.extend(
+        state
+            .store
+            .child_keys(&rotated.id)
+            .await?
+            .into_iter()
+            .map(|token| token.id),
+    );
+    state.invalidate(Invalidation::Keys(stale)).await;
     caller
         .audit(
             &state,
@@ -579,14 +587,6 @@ pub(crate) async fn find(
         caller.check_project_write(state, &project).await?;
     }
     Ok(record)
-}
-
-/// Drops every cached copy of a key so the next request reads storage.
-pub fn forget(state: &AppState, id: &KeyId) {
-    state.keys.invalidate(id);
-    state.keys_by_id.remove(id);
-    // A revoked or deleted key's origins stop being answered at once.
-    state.origins.invalidate();
 }
 
 async fn audit(

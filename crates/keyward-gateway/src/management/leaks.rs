@@ -251,8 +251,9 @@ pub async fn clear(
         .clear_key_leak(&id)
         .await?
         .ok_or_else(|| ApiError::Conflict("the key is no longer leaked".into()))?;
-    state.keys.invalidate(&id);
-    state.keys_by_id.remove(&id);
+    state
+        .invalidate(crate::cluster::Invalidation::Keys(vec![id.clone()]))
+        .await;
     caller
         .audit(
             &state,

@@ -245,7 +245,9 @@ async fn set_project_policy(
         max_key_age_ms: req.max_key_age_days.map(|d| i64::from(d) * 86_400_000),
     };
     let updated = state.store.set_project_policy(&project.id, &policy).await?;
-    state.limits.projects.remove(&project.id);
+    state
+        .invalidate(crate::cluster::Invalidation::Project(project.id.clone()))
+        .await;
     caller
         .audit(
             &state,

@@ -280,8 +280,7 @@ async fn update(
             )
             .await?;
     }
-    let open = state.store.list_sessions(&id, state.clock.now_ms()).await?;
-    crate::auth::session::forget_user(&state, &open);
+    crate::auth::session::forget_user(&state, &id).await;
     let user = state
         .store
         .get_user(&id)

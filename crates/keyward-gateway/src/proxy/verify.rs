@@ -65,6 +65,7 @@ pub async fn verify_caller(
     let parent = match state.keys_by_id.get(&parent_id, now) {
         Some(p) => p,
         None => {
+            let generation = state.keys_by_id.generation();
             let p = state.store.get_key(&parent_id).await.map_err(|e| {
                 tracing::error!(error = %e, "parent key lookup failed");
                 GatewayError::Internal
@@ -72,7 +73,9 @@ pub async fn verify_caller(
             let p = Arc::new(p.ok_or_else(|| {
                 GatewayError::InvalidKey("This token's parent key no longer exists.".into())
             })?);
-            state.keys_by_id.insert(parent_id, p.clone(), now);
+            state
+                .keys_by_id
+                .insert_unless_removed(parent_id, p.clone(), now, generation);
             p
         }
     };
@@ -120,6 +123,7 @@ pub async fn verify_key(
         }
         None => {
             state.metrics.key_cache_misses.inc();
+            let generation = state.keys.generation();
             let found = state.store.key_by_hash(&parsed.hash).await.map_err(|e| {
                 tracing::error!(error = %e, "key lookup failed");
                 GatewayError::Internal
@@ -130,7 +134,9 @@ pub async fn verify_key(
                 ));
             };
             let record = Arc::new(record);
-            state.keys.insert(parsed.hash, record.clone(), now);
+            state
+                .keys
+                .insert_unless_invalidated(parsed.hash, record.clone(), now, generation);
             record
         }
     };

@@ -4,6 +4,7 @@ pub mod entry;
 pub mod workers;
 
 use crate::bootstrap::{bootstrap, BootstrapError};
+use crate::cluster::Health;
 use crate::config::GatewayConfig;
 use crate::key_cache::KeyCache;
 use crate::limits::alerts::BudgetAlerts;
@@ -39,6 +40,12 @@ pub enum StartError {
     /// secret's variable unset, a plain-http remote issuer).
     #[error(transparent)]
     Oidc(#[from] keyward_auth::oidc::OidcError),
+    /// The Redis settings cannot work.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    /// Redis is configured over a SQLite store.
+    #[error("cluster mode (Redis) needs PostgreSQL as the database: nodes share their durable state there, and a SQLite file belongs to one node")]
+    ClusterOnSqlite,
 }
 
 /// A server ready to run: state built, first-start setup done.
@@ -64,6 +71,10 @@ impl Server {
                 crate::accounts::oidc::OidcRelyingParty::new(o, config.accounts.public_url.as_ref())
             })
             .transpose()?;
+        if config.redis.is_some() && store.backend() == "sqlite" {
+            return Err(StartError::ClusterOnSqlite);
+        }
+        let bus = crate::cluster::Bus::new(config.redis.as_ref())?;
         let sealing = crate::sealing::prepare(&config.sealing_key, &store).await?;
         let setup = bootstrap(&store, &config.data_dir, &config.key_format, &clock).await?;
         if let Some((path, reason)) = &setup.written {
@@ -132,6 +143,7 @@ impl Server {
                 initial_admin_key: setup.initial_key,
                 leaks,
                 accounts,
+                bus,
                 tasks,
             }),
         })
@@ -177,6 +189,7 @@ impl Server {
         crate::auth::housekeeping::spawn(self.state.clone());
         discover_oidc_provider(self.state.clone());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        crate::invalidation::subscribe(&self.state, stop_rx.clone());
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
@@ -213,18 +226,44 @@ impl Server {
     }
 }
 
+/// Ready when every dependency answers: the database, and Redis when this
+/// node is part of a cluster (a ping, and the invalidation subscription up).
+/// The answer names each: `{"status": "ready", "database": "up", "redis": "up"}`
+/// (no `redis` on one node); 503 with `"status": "unavailable"` when one is
+/// down. Why is in the log, not in this unauthenticated answer.
 async fn readyz(State(state): State<SharedState>) -> impl IntoResponse {
-    match state.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready"),
+    let (database, redis) = tokio::join!(state.store.ping(), state.bus.health());
+    let database = match database {
+        Ok(()) => Health::Up,
         Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable")
+            tracing::warn!(error = %e, "readiness check: the database failed");
+            Health::Down
         }
+    };
+    let word = |h: Health| match h {
+        Health::Up => "up",
+        Health::Down => "down",
+    };
+    let ready = database == Health::Up && redis != Some(Health::Down);
+    let mut body = serde_json::json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "database": word(database),
+    });
+    if let Some(redis) = redis {
+        body["redis"] = word(redis).into();
     }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body))
 }
 
 async fn render_metrics(State(state): State<SharedState>) -> String {
-    state.metrics.render()
+    let mut text = state.metrics.render();
+    state.bus.render_metrics(&mut text);
+    text
 }
 
 /// Discovers the OpenID provider in the background at start, so that a wrong

@@ -6,6 +6,7 @@ mod audit_chain;
 mod authorization;
 mod bad_input;
 mod budgets;
+mod cluster;
 mod cors;
 mod leaks;
 mod limits;

@@ -35,6 +35,11 @@ pub struct ServeArgs {
     /// Database URL: postgres://… for shared state [default: SQLite in the data directory].
     #[arg(long, env = "KEYWARD_DATABASE")]
     database: Option<String>,
+    /// Redis URL (redis://[:password@]host[:port][/db]) for cluster mode: every node
+    /// on the same PostgreSQL --database names the same Redis, which carries
+    /// invalidations between them [default: none, one node].
+    #[arg(long, env = "KEYWARD_REDIS")]
+    redis: Option<String>,
     /// Upstream base URL including /v1, or `simulated` for the built-in simulated upstream
     /// [default: https://api.openai.com/v1].
     #[arg(long, env = "KEYWARD_UPSTREAM")]
@@ -261,6 +266,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     secrets_key_file: Option<PathBuf>,
     database: Option<String>,
+    redis: Option<String>,
     upstream: Option<String>,
     upstream_key_env: Option<String>,
     upstream_no_key: Option<bool>,
@@ -336,6 +342,7 @@ impl ServeArgs {
             data_dir,
             secrets_key_file,
             database,
+            redis,
             upstream,
             upstream_key_env,
             upstream_no_key,
@@ -413,12 +420,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(url) => url.clone(),
         None => format!("sqlite://{}", data_dir.join("keyward.db").display()),
     };
+    // Before the database is opened (or a SQLite file created).
+    let redis = cluster_redis(args.redis.as_deref(), &database)?;
     let store = keyward_store::open(&database)
         .await
         .context("opening the database")?;
     tracing::info!(backend = store.backend(), "database ready");
 
     let mut config = GatewayConfig::new(upstream, data_dir);
+    config.redis = redis;
     if let Some(source) = sealing_key(&args)? {
         config.sealing_key = source;
     }
@@ -555,6 +565,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .run(listener, metrics, shutdown_signal())
         .await
         .context("serving")
+}
+
+/// The cluster's Redis, if `--redis` names one. Cluster mode shares durable
+/// state through PostgreSQL, so Redis over SQLite (one node's file) is refused
+/// rather than letting nodes with separate databases believe they are one.
+/// Messages never repeat the URL: it may hold a password.
+fn cluster_redis(
+    url: Option<&str>,
+    database: &str,
+) -> anyhow::Result<Option<keyward_gateway::config::RedisSettings>> {
+    let Some(url) = url.filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    if !(database.starts_with("postgres://") || database.starts_with("postgresql://")) {
+        bail!(
+            "--redis needs --database postgres://…: cluster mode keeps the nodes' shared state in PostgreSQL, and a SQLite database is one node's file"
+        );
+    }
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        bail!("--redis must be a redis:// or rediss:// URL");
+    }
+    Ok(Some(keyward_gateway::config::RedisSettings::new(
+        Secret::new(url),
+    )))
 }
 
 /// The upstream to forward to, with its key.

@@ -263,6 +263,39 @@ fn serve_refuses_bad_settings_with_exit_2() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// Cluster mode shares state through PostgreSQL: `--redis` with the default
+/// SQLite database is refused before any file is created, and the message does
+/// not repeat the URL's password.
+#[test]
+fn serve_refuses_redis_over_sqlite_without_echoing_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = keyward()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--upstream",
+            "simulated",
+            "--redis",
+            "redis://:hunter2-redis-password@127.0.0.1:6379",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--redis needs --database postgres://"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    assert!(!data.join("keyward.db").exists());
+}
+
 #[test]
 fn restricted_keys_rotation_tokens_and_budgets_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();

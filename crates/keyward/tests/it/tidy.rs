@@ -366,10 +366,10 @@ const GATEWAY_LAYERS: &[&[&str]] = &[
         "github",
     ],
     &["config"],
-    &["upstream", "limits", "accounts"],
+    &["upstream", "limits", "accounts", "cluster"],
     &["metering"],
     &["state"],
-    &["proxy", "leaks", "auth"],
+    &["proxy", "leaks", "auth", "invalidation"],
     &["management"],
     &["serve"],
 ];
