@@ -261,7 +261,9 @@ impl Bus {
     /// within their caches' TTL).
     pub async fn publish(&self, what: &Invalidation) {
         let Some(bus) = &self.redis else { return };
-        for message in what.messages(&bus.node) {
+        let messages = what.messages(&bus.node);
+        let total = messages.len() as u64;
+        for (sent_before, message) in (0u64..).zip(messages) {
             let payload = match serde_json::to_string(&message) {
                 Ok(p) => p,
                 Err(_) => continue, // strings only: cannot fail
@@ -278,19 +280,23 @@ impl Bus {
             match sent {
                 Ok(Ok(_)) => {
                     bus.counts.published.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
                 Ok(Err(e)) => {
-                    bus.counts.publish_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, kind = message.kind, "publishing an invalidation failed; other nodes will see the change within their cache TTL");
                 }
                 Err(_) => {
-                    bus.counts.publish_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         kind = message.kind,
                         "publishing an invalidation timed out; other nodes will see the change within their cache TTL"
                     );
                 }
             }
+            // Redis is failing: the rest would wait as long and fail too.
+            bus.counts
+                .publish_failures
+                .fetch_add(total - sent_before, Ordering::Relaxed);
+            return;
         }
     }
 

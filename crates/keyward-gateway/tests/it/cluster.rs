@@ -599,6 +599,7 @@ async fn a_malformed_message_on_the_channel_is_ignored() {
 
 /// `/readyz` names each dependency: with Redis unreachable (a closed port)
 /// the node starts, and says it is not ready and why; with Redis up, ready.
+/// Changes made meanwhile are not held up by the bus.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_reports_redis_down() {
     with_deps(|deps| async move {
@@ -624,6 +625,36 @@ async fn readyz_reports_redis_down() {
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"status": "unavailable", "database": "up", "redis": "down"})
             )
+        );
+
+        // A change made on the node that cannot reach Redis is still made and
+        // answered, takes effect there at once, and the failed publish counts.
+        let admin_key = std::fs::read_to_string(dir.path().join("initial-admin-key")).unwrap();
+        let admin_key = admin_key.trim();
+        let (s, created) = down
+            .admin_post(
+                admin_key,
+                "/api/v1/keys",
+                json!({"project": "app", "name": "k", "create_project": true}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{created}");
+        let secret = created["key"].as_str().unwrap();
+        assert_eq!(down.chat(secret).await, StatusCode::OK);
+        let (s, v) = down
+            .admin_post(
+                admin_key,
+                &format!("/api/v1/keys/{}/revoke", created["id"].as_str().unwrap()),
+                json!({}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(down.chat(secret).await, StatusCode::UNAUTHORIZED);
+        let mut metrics = String::new();
+        down.state.bus.render_metrics(&mut metrics);
+        assert!(
+            metrics.contains("keyward_invalidations_publish_failures_total 1\n"),
+            "{metrics}"
         );
         up.shutdown().await;
         down.shutdown().await;
