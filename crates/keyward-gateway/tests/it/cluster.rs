@@ -390,6 +390,44 @@ async fn revoked_on_one_node_refused_by_the_other() {
     .await;
 }
 
+/// A leak reported through node A disables the key on node B, which had it
+/// cached, at once; and clearing the leak through A lets B serve it again
+/// (B's cached "leaked" copy is dropped too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leak_reported_on_one_node_is_refused_by_the_other() {
+    with_deps(|deps| async move {
+        let pair = Pair::start(&deps, &deps.redis).await;
+        let (id, secret) = pair.key().await;
+        assert_eq!(pair.b.chat(&secret).await, StatusCode::OK);
+        let (s, v) = pair
+            .a
+            .admin_post(
+                &pair.admin_key,
+                "/api/v1/leaks",
+                json!({"leaks": [{"token": secret, "location": "app.py:3"}]}),
+            )
+            .await;
+        assert_eq!(
+            (s, v["data"][0]["result"].as_str()),
+            (StatusCode::OK, Some("disabled")),
+            "{v}"
+        );
+        assert_eq!(pair.b.chat(&secret).await, StatusCode::UNAUTHORIZED);
+        let (s, v) = pair
+            .a
+            .admin_post(
+                &pair.admin_key,
+                &format!("/api/v1/keys/{id}/clear-leak"),
+                json!({"reason": "a false positive"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(pair.b.chat(&secret).await, StatusCode::OK);
+        pair.shutdown().await;
+    })
+    .await;
+}
+
 /// A session ended through node A (from another device, by its id) is
 /// refused by node B, which had it cached, on its very next request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
