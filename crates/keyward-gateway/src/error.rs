@@ -47,6 +47,11 @@ pub enum GatewayError {
     /// The request's cost cannot be bounded, and a hard budget applies.
     #[error("{0}")]
     CostUnbounded(String),
+    /// The shared counters (cluster mode's Redis) cannot be reached, so the
+    /// key's rate limits and budgets cannot be checked: refused, not let
+    /// through unchecked.
+    #[error("The gateway cannot check this key's rate limits and budgets right now (its shared counters are unreachable), so the request was refused rather than risk exceeding them. Try again shortly.")]
+    LimitsUnavailable,
     /// The upstream could not be reached.
     #[error("The upstream API could not be reached. Try again later.")]
     UpstreamUnreachable,
@@ -106,6 +111,11 @@ impl GatewayError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
                 Some("request_too_large"),
+            ),
+            GatewayError::LimitsUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "api_error",
+                Some("limits_unavailable"),
             ),
             GatewayError::UpstreamUnreachable => (
                 StatusCode::BAD_GATEWAY,

@@ -125,6 +125,9 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// Refused GitHub leak reports, by [`LeakRejection`].
     pub leak_rejections: [Counter; LeakRejection::ALL.len()],
+    /// Failed calls to the shared counters' Redis (cluster mode): unreachable,
+    /// timed out, or a script error.
+    pub redis_errors: Counter,
 }
 
 /// Least time between two unpriced-model warnings in the log.
@@ -221,6 +224,11 @@ impl Metrics {
             "keyward_connections_refused_total",
             "Connections closed at once because the connection cap was reached.",
             &[("", self.connections_refused.get())],
+        );
+        counter(
+            "keyward_redis_errors_total",
+            "Failed calls to the shared counters' Redis (unreachable, timed out, script error).",
+            &[("", self.redis_errors.get())],
         );
         let labels: Vec<String> = LeakRejection::ALL
             .iter()

@@ -147,6 +147,7 @@ async fn charge(
             Ok(charged) => return Ok(charged),
             Err(Refusal::RateLimited(r)) => return Err(GatewayError::RateLimited(r)),
             Err(Refusal::Exhausted(e)) => return Err(exhausted(e)),
+            Err(Refusal::Unavailable) => return Err(GatewayError::LimitsUnavailable),
             Err(Refusal::Unloaded(ids)) => {
                 for id in ids {
                     load(limits, id, caller, now).await?;

@@ -112,55 +112,14 @@ impl Accounts {
     }
 
     /// Checks that the request's upper bound fits every budget; returns the
-    /// amount to hold per budget.
-    ///
-    /// When the request set no output cap, the cap becomes the most output tokens
-    /// the tightest budget can pay for, limited by the model's own limit; the
-    /// returned `Some(cap)` must then be sent upstream. Every account must be loaded.
+    /// amount to hold per budget (see [`fit`]). Every account must be loaded.
     pub(crate) fn check(
         &self,
         budgets: &[(Arc<Budget>, i64)],
         bound: CostBound,
     ) -> Result<(i64, Option<i64>), Exhausted> {
-        let tightest = budgets
-            .iter()
-            .map(|(b, s)| (b, self.remaining(b, *s)))
-            .min_by_key(|(_, r)| *r);
-        let mut cap_to_set = None;
-        let output = match (bound.requested_output, tightest) {
-            (Some(n), _) => n.max(0),
-            (None, _) if bound.output_price == 0 => 0,
-            (None, None) => bound.model_max_output.unwrap_or(0),
-            (None, Some((_, rem))) => {
-                let affordable = ((i128::from(rem) * 1_000_000 - bound.input_e6)
-                    / i128::from(bound.output_price))
-                .max(0);
-                let affordable = i64::try_from(affordable).unwrap_or(i64::MAX);
-                match bound.model_max_output {
-                    Some(max) if affordable >= max => max,
-                    max => {
-                        let cap = max.map_or(affordable, |m| affordable.min(m));
-                        cap_to_set = Some(cap);
-                        cap
-                    }
-                }
-            }
-        };
-        let needed_e6 = bound.input_e6 + i128::from(output) * i128::from(bound.output_price);
-        let needed = i64::try_from((needed_e6 + 999_999) / 1_000_000).unwrap_or(i64::MAX);
-        for (b, start) in budgets {
-            let rem = self.remaining(b, *start);
-            // A request whose cap is zero tokens would be pointless: refuse it too.
-            if needed > rem || cap_to_set == Some(0) {
-                return Err(Exhausted {
-                    scope: b.scope.clone(),
-                    amount: b.amount_micros.0,
-                    remaining: rem,
-                    needed,
-                });
-            }
-        }
-        Ok((needed, cap_to_set))
+        let remaining: Vec<i64> = budgets.iter().map(|(b, s)| self.remaining(b, *s)).collect();
+        fit(budgets, &remaining, bound)
     }
 
     /// Holds `needed` against every budget; [`Accounts::check`] must have
@@ -188,6 +147,80 @@ impl Accounts {
                 .collect(),
         )
     }
+}
+
+/// Checks that the request's upper bound fits every budget, given what
+/// remains of each (`remaining[i]` of `budgets[i]`); returns the amount to
+/// hold per budget. Every implementation of the counters decides with this
+/// one function (the shared one re-derives its answer with it), so they all
+/// hold, cap and refuse alike.
+///
+/// When the request set no output cap, the cap becomes the most output tokens
+/// the tightest budget can pay for, limited by the model's own limit; the
+/// returned `Some(cap)` must then be sent upstream.
+pub(crate) fn fit(
+    budgets: &[(Arc<Budget>, i64)],
+    remaining: &[i64],
+    bound: CostBound,
+) -> Result<(i64, Option<i64>), Exhausted> {
+    let tightest = budgets
+        .iter()
+        .zip(remaining.iter().copied())
+        .min_by_key(|(_, r)| *r);
+    let mut cap_to_set = None;
+    let output = match (bound.requested_output, tightest) {
+        (Some(n), _) => n.max(0),
+        (None, _) if bound.output_price == 0 => 0,
+        (None, None) => bound.model_max_output.unwrap_or(0),
+        (None, Some((_, rem))) => {
+            let affordable = ((i128::from(rem) * 1_000_000 - bound.input_e6)
+                / i128::from(bound.output_price))
+            .max(0);
+            let affordable = i64::try_from(affordable).unwrap_or(i64::MAX);
+            match bound.model_max_output {
+                Some(max) if affordable >= max => max,
+                max => {
+                    let cap = max.map_or(affordable, |m| affordable.min(m));
+                    cap_to_set = Some(cap);
+                    cap
+                }
+            }
+        }
+    };
+    let needed_e6 = bound.input_e6 + i128::from(output) * i128::from(bound.output_price);
+    let needed = i64::try_from((needed_e6 + 999_999) / 1_000_000).unwrap_or(i64::MAX);
+    for ((b, _), &rem) in budgets.iter().zip(remaining) {
+        // A request whose cap is zero tokens would be pointless: refuse it too.
+        if needed > rem || cap_to_set == Some(0) {
+            return Err(Exhausted {
+                scope: b.scope.clone(),
+                amount: b.amount_micros.0,
+                remaining: rem,
+                needed,
+            });
+        }
+    }
+    Ok((needed, cap_to_set))
+}
+
+/// The soft thresholds of `budget` that a spend going from `before` to
+/// `after` crossed (each implementation of the counters raises these).
+pub(crate) fn thresholds_crossed(
+    budget: &Arc<Budget>,
+    period_start: i64,
+    before: i64,
+    after: i64,
+) -> impl Iterator<Item = ThresholdCrossed> + '_ {
+    let amount = budget.amount_micros.0.max(1);
+    budget.soft_thresholds.iter().filter_map(move |&t| {
+        let line = i128::from(amount) * i128::from(t) / 100;
+        (i128::from(before) < line && i128::from(after) >= line).then(|| ThresholdCrossed {
+            budget: Budget::clone(budget),
+            period_start,
+            threshold: t,
+            spent: after,
+        })
+    })
 }
 
 /// Every account of this node (inside [`crate::limits::LocalCounters`]).
@@ -240,18 +273,7 @@ impl BudgetLedger {
             let before = a.spent;
             a.reserved -= held;
             a.spent += actual.max(0);
-            let amount = budget.amount_micros.0.max(1);
-            for &t in &budget.soft_thresholds {
-                let line = i128::from(amount) * i128::from(t) / 100;
-                if i128::from(before) < line && i128::from(a.spent) >= line {
-                    crossed.push(ThresholdCrossed {
-                        budget: Budget::clone(budget),
-                        period_start: *start,
-                        threshold: t,
-                        spent: a.spent,
-                    });
-                }
-            }
+            crossed.extend(thresholds_crossed(budget, *start, before, a.spent));
         }
         crossed
     }

@@ -48,6 +48,10 @@ pub enum Refusal {
     /// These budget accounts are not loaded: load them
     /// ([`Counters::load`]) and charge again.
     Unloaded(Vec<AccountId>),
+    /// The counters cannot be reached (shared counters: Redis is down or
+    /// failed): nothing was checked, so the request is refused rather than
+    /// risk a hard limit (fail closed).
+    Unavailable,
 }
 
 /// Rate-limit buckets and budget accounts, checked and charged per request.

@@ -1,7 +1,7 @@
 //! Spend control on the request path: the order of checks a request passes
 //! (`admission`), rate limits (`rate`), budget reservations (`budgets`), the
-//! counters both are kept in (`counters`), and the alerts a budget's thresholds
-//! raise (`alerts`).
+//! counters both are kept in (`counters`; `shared` for cluster mode), and the
+//! alerts a budget's thresholds raise (`alerts`).
 //!
 //! # The seam
 //!
@@ -16,8 +16,8 @@
 //! to actual use when the response ends.
 //!
 //! [`LocalCounters`] keeps the numbers in this process (one lock for the rate
-//! limits and one for the budgets, as before the seam). A shared (Redis)
-//! implementation for cluster mode implements the same trait and nothing in
+//! limits and one for the budgets, as before the seam). [`RedisCounters`]
+//! (`shared`), cluster mode's, implements the same trait and nothing in
 //! `proxy/` or [`admission`] changes:
 //!
 //! - `charge`: one script that checks every bucket and account, answers
@@ -34,8 +34,10 @@ pub mod budgets;
 pub mod counters;
 pub mod held;
 pub mod rate;
+pub mod shared;
 
 pub use counters::{Counters, LocalCounters};
+pub use shared::RedisCounters;
 
 use crate::ttl_map::TtlMap;
 use keyward_core::{Budget, Clock, Micros, ProjectId};

@@ -43,10 +43,11 @@ impl Limits {
     }
 }
 
+/// A token bucket: its level when last refilled, and when that was.
 #[derive(Clone, Copy, Debug)]
-struct Bucket {
-    level: f64,
-    at_ms: i64,
+pub(crate) struct Bucket {
+    pub(crate) level: f64,
+    pub(crate) at_ms: i64,
 }
 
 impl Bucket {
@@ -58,11 +59,12 @@ impl Bucket {
     }
 }
 
+/// One subject's buckets and requests in flight.
 #[derive(Debug, Default)]
-struct State {
-    requests: Option<Bucket>,
-    tokens: Option<Bucket>,
-    in_flight: u32,
+pub(crate) struct State {
+    pub(crate) requests: Option<Bucket>,
+    pub(crate) tokens: Option<Bucket>,
+    pub(crate) in_flight: u32,
 }
 
 impl State {
@@ -124,47 +126,11 @@ impl Subjects {
             self.map.retain(|_, st| !st.is_idle(now_ms));
             self.next_sweep = (self.map.len() * 2).max(SWEEP_FLOOR);
         }
-        let estimated = estimated_tokens.max(0) as f64;
         let map = &mut self.map;
         for (subject, limits) in subjects {
             let st = map.entry(subject.clone()).or_default();
             refill(st, limits, now_ms);
-            let name = match subject {
-                Subject::Key(_) => "key",
-                Subject::Project(_) => "project",
-            };
-            if let (Some(rpm), Some(b)) = (limits.rpm, st.requests) {
-                if b.level < 1.0 {
-                    let wait = ((1.0 - b.level) * MINUTE_MS / f64::from(rpm)).ceil() as i64;
-                    return Err(refusal(
-                        format!("Rate limit reached for this {name}: {rpm} requests per minute."),
-                        wait,
-                        st,
-                        limits,
-                        now_ms,
-                    ));
-                }
-            }
-            if let (Some(tpm), Some(b)) = (limits.tpm, st.tokens) {
-                let need = estimated.min(f64::from(tpm));
-                if b.level < need {
-                    let wait = ((need - b.level) * MINUTE_MS / f64::from(tpm)).ceil() as i64;
-                    return Err(refusal(format!("Rate limit reached for this {name}: {tpm} tokens per minute (this request needs up to {estimated_tokens})."), wait, st, limits, now_ms));
-                }
-            }
-            if let Some(max) = limits.max_concurrent {
-                if st.in_flight >= max {
-                    return Err(refusal(
-                        format!(
-                            "Too many concurrent requests for this {name}: at most {max} at once."
-                        ),
-                        1_000,
-                        st,
-                        limits,
-                        now_ms,
-                    ));
-                }
-            }
+            within(subject, limits, st, estimated_tokens, now_ms)?;
         }
         Ok(())
     }
@@ -190,17 +156,70 @@ impl Subjects {
                 b.level -= estimated;
             }
             st.in_flight += 1;
-            // The key's own limits are what its holder is told about; a project's
-            // when the key has none.
-            let h = report(st, limits, now_ms);
-            if headers.requests.is_none() {
-                headers.requests = h.requests;
-            }
-            if headers.tokens.is_none() {
-                headers.tokens = h.tokens;
-            }
+            tell(&mut headers, st, limits, now_ms);
         }
         headers
+    }
+}
+
+/// Checks one subject's refilled state against its limits, in the order every
+/// implementation checks them: requests per minute, tokens per minute, then
+/// requests in flight; the refusal names the first limit reached.
+pub(crate) fn within(
+    subject: &Subject,
+    limits: &Limits,
+    st: &State,
+    estimated_tokens: i64,
+    now_ms: i64,
+) -> Result<(), RateLimited> {
+    let estimated = estimated_tokens.max(0) as f64;
+    let name = match subject {
+        Subject::Key(_) => "key",
+        Subject::Project(_) => "project",
+    };
+    if let (Some(rpm), Some(b)) = (limits.rpm, st.requests) {
+        if b.level < 1.0 {
+            let wait = ((1.0 - b.level) * MINUTE_MS / f64::from(rpm)).ceil() as i64;
+            return Err(refusal(
+                format!("Rate limit reached for this {name}: {rpm} requests per minute."),
+                wait,
+                st,
+                limits,
+                now_ms,
+            ));
+        }
+    }
+    if let (Some(tpm), Some(b)) = (limits.tpm, st.tokens) {
+        let need = estimated.min(f64::from(tpm));
+        if b.level < need {
+            let wait = ((need - b.level) * MINUTE_MS / f64::from(tpm)).ceil() as i64;
+            return Err(refusal(format!("Rate limit reached for this {name}: {tpm} tokens per minute (this request needs up to {estimated_tokens})."), wait, st, limits, now_ms));
+        }
+    }
+    if let Some(max) = limits.max_concurrent {
+        if st.in_flight >= max {
+            return Err(refusal(
+                format!("Too many concurrent requests for this {name}: at most {max} at once."),
+                1_000,
+                st,
+                limits,
+                now_ms,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Adds one charged subject's allowances to what the client is told: the
+/// key's own limits are what its holder is told about; a project's when the
+/// key has none (subjects come key first).
+pub(crate) fn tell(headers: &mut RateHeaders, st: &State, limits: &Limits, now_ms: i64) {
+    let h = report(st, limits, now_ms);
+    if headers.requests.is_none() {
+        headers.requests = h.requests;
+    }
+    if headers.tokens.is_none() {
+        headers.tokens = h.tokens;
     }
 }
 

@@ -26,6 +26,7 @@ mod security_api;
 mod security_keys;
 mod security_proxy;
 mod security_server;
+mod shared_counters;
 /// The WebAuthn authenticator keyward-auth's tests use, shared by path.
 #[path = "../../../keyward-auth/tests/it/soft_authenticator.rs"]
 mod soft_authenticator;

@@ -412,3 +412,22 @@ pub async fn assert_openai_error(r: reqwest::Response, status: u16, code: Option
     assert_eq!(err["code"].as_str(), code, "error body: {v}");
     err["message"].as_str().unwrap().to_owned()
 }
+
+/// Where the shared-counter (Redis) tests connect; unset means they are
+/// skipped, except under `CI=true`, where a missing Redis fails the run
+/// instead of letting the cluster tests pass vacuously.
+pub const REDIS_URL_VAR: &str = "KEYWARD_TEST_REDIS_URL";
+
+/// The Redis URL to test against, or `None` (after saying so) to skip.
+pub fn redis_url() -> Option<String> {
+    match std::env::var(REDIS_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{REDIS_URL_VAR} is not set, and CI=true: the shared-counter tests must run in CI (.ci/run sets it)")
+        }
+        _ => {
+            println!("skipping: {REDIS_URL_VAR} is not set");
+            None
+        }
+    }
+}
