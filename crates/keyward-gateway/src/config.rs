@@ -72,17 +72,23 @@ pub struct RedisSettings {
     /// Prefix of every key and channel name, so that several deployments (or
     /// parallel tests) can share one Redis.
     pub prefix: String,
+    /// How long an in-flight slot or a budget hold of a node that stopped
+    /// renewing it (it died) stays held in the shared counters.
+    pub lease: std::time::Duration,
 }
 
 impl RedisSettings {
     /// The default prefix, `keyward:`.
     pub const DEFAULT_PREFIX: &'static str = "keyward:";
+    /// The default lease of a slot or hold (see `crate::limits::shared`).
+    pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 
     /// Settings for `url` with the default prefix.
     pub fn new(url: Secret) -> Self {
         Self {
             url,
             prefix: Self::DEFAULT_PREFIX.to_owned(),
+            lease: Self::DEFAULT_LEASE,
         }
     }
 }

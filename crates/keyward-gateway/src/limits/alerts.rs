@@ -10,6 +10,10 @@ use keyward_store::{NewAuditEvent, SharedStore};
 use serde_json::json;
 use std::sync::Arc;
 
+/// Hands crossed thresholds to whoever records and announces them (usually
+/// [`budget_thresholds`] over a [`BudgetAlerts`]; tests collect them).
+pub type RaiseAlerts = Box<dyn Fn(Vec<ThresholdCrossed>) + Send + Sync>;
+
 /// What raising a budget alert needs.
 #[derive(Clone)]
 pub struct BudgetAlerts {

@@ -111,6 +111,11 @@ pub trait Counters: Send + Sync {
 
     /// Gives back a hold of `held` per budget that was never used.
     fn release_budget(&self, budgets: &[(Arc<Budget>, i64)], held: i64);
+
+    /// Returns once every release and settlement handed over before the call
+    /// has been applied (at shutdown, after the last request ended). Nothing
+    /// to wait for when they are applied inline.
+    async fn flush(&self) {}
 }
 
 /// The counters of this process: exact under any concurrency on this node.

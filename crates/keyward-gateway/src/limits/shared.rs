@@ -78,7 +78,7 @@ use crate::limits::budgets::{
 };
 use crate::limits::counters::{Charge, Charged, Counters, Refusal};
 use crate::limits::rate::{tell, within, Bucket, Limits, RateHeaders, State, Subject};
-use crate::metering::BudgetAlerts;
+use crate::limits::alerts::RaiseAlerts;
 use crate::metrics::Metrics;
 use keyward_core::Budget;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -92,7 +92,7 @@ use tokio::sync::{mpsc, oneshot};
 /// How long a slot or a hold outlives its node's last renewal (renewed every
 /// third of it): what a crash costs, against how long Redis may be out of
 /// reach before a live node's holds lapse (they are put back when it returns).
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+pub const DEFAULT_LEASE: Duration = crate::config::RedisSettings::DEFAULT_LEASE;
 
 /// The shortest lease accepted (tests use short ones; a lease shorter than a
 /// few round trips would lapse under a live node).
@@ -159,7 +159,7 @@ struct Shared {
     next_hold: AtomicU64,
     open: Mutex<OpenHolds>,
     metrics: Arc<Metrics>,
-    alerts: BudgetAlerts,
+    alerts: RaiseAlerts,
     scripts: Scripts,
     started: Instant,
     /// When an error was last logged, ms since `started` (+1; 0: never).
@@ -339,7 +339,7 @@ impl RedisCounters {
         key_prefix: &str,
         lease: Duration,
         metrics: Arc<Metrics>,
-        alerts: BudgetAlerts,
+        alerts: RaiseAlerts,
     ) -> Result<Self, SharedCountersError> {
         if key_prefix.is_empty() || key_prefix.chars().any(char::is_whitespace) {
             return Err(SharedCountersError::InvalidPrefix);
@@ -735,6 +735,10 @@ impl Counters for RedisCounters {
             // unreachable: refused either way.
             self.shared.failed("load", &e);
         }
+    }
+
+    async fn flush(&self) {
+        RedisCounters::flush(self).await;
     }
 
     async fn account(&self, id: &AccountId) -> Account {

@@ -12,7 +12,6 @@ pub mod sse_text;
 pub mod usage_parse;
 pub mod writer;
 
-use crate::limits::budgets::ThresholdCrossed;
 use crate::metering::writer::UsageWriter;
 use crate::metrics::Metrics;
 use keyward_core::{Clock, PriceTable};
@@ -20,7 +19,7 @@ use std::sync::Arc;
 
 /// Hands the budget thresholds a settled request crossed to whoever records and
 /// announces them (the alerts of `crate::limits::alerts`), off the request path.
-pub type BudgetAlerts = Box<dyn Fn(Vec<ThresholdCrossed>) + Send + Sync>;
+pub type BudgetAlerts = crate::limits::alerts::RaiseAlerts;
 
 /// What every [`meter::RequestMeter`] needs to write its usage event and settle
 /// its budgets.

@@ -8,7 +8,7 @@ use crate::cluster::Health;
 use crate::config::GatewayConfig;
 use crate::key_cache::KeyCache;
 use crate::limits::alerts::BudgetAlerts;
-use crate::limits::{LocalCounters, SpendControl};
+use crate::limits::{Counters, LocalCounters, RedisCounters, SpendControl};
 use crate::metering::writer::UsageWriter;
 use crate::metering::Metering;
 use crate::metrics::Metrics;
@@ -43,6 +43,9 @@ pub enum StartError {
     /// The Redis settings cannot work.
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    /// The shared counters' settings cannot work.
+    #[error(transparent)]
+    SharedCounters(#[from] crate::limits::shared::SharedCountersError),
     /// Redis is configured over a SQLite store.
     #[error("cluster mode (Redis) needs PostgreSQL as the database: nodes share their durable state there, and a SQLite file belongs to one node")]
     ClusterOnSqlite,
@@ -98,20 +101,39 @@ impl Server {
         );
         let leaks =
             crate::state::LeakState::start(&config.leaks, store.clone(), clock.clone(), sealing);
+        let alerts = BudgetAlerts {
+            store: store.clone(),
+            notifier: leaks.notifier.clone(),
+            clock: clock.clone(),
+            tasks: tokio::runtime::Handle::current(),
+        };
+        let counters: Arc<dyn Counters> = match &config.redis {
+            None => Arc::new(LocalCounters::default()),
+            Some(redis) => {
+                let raise = alerts.clone();
+                Arc::new(
+                    RedisCounters::connect(
+                        redis.url.expose(),
+                        &format!("{}counters:", redis.prefix),
+                        redis.lease,
+                        metrics.clone(),
+                        Box::new(move |crossed| {
+                            crate::limits::alerts::budget_thresholds(&raise, crossed)
+                        }),
+                    )
+                    .await?,
+                )
+            }
+        };
         let limits = SpendControl {
-            counters: Arc::new(LocalCounters::default()),
+            counters,
             store: store.clone(),
             clock: clock.clone(),
             unwritten: Arc::new(usage.clone()),
             route_costs: config.route_costs.clone(),
             projects: TtlMap::new(ttl),
             budgets: TtlMap::new(ttl),
-            alerts: BudgetAlerts {
-                store: store.clone(),
-                notifier: leaks.notifier.clone(),
-                clock: clock.clone(),
-                tasks: tokio::runtime::Handle::current(),
-            },
+            alerts,
         };
         let tasks = tokio::runtime::Handle::current();
         let origins_store = store.clone();
@@ -219,6 +241,8 @@ impl Server {
         if workers.drain(self.state.config.shutdown_grace).await {
             tracing::warn!("shutdown grace period over; cut the remaining connections");
         }
+        // The last requests' slots and holds, then their usage.
+        self.state.limits.counters.flush().await;
         self.state.usage.flush().await;
         workers.release().await;
         tracing::info!("usage flushed; stopped");

@@ -121,8 +121,8 @@ impl Node {
         );
         config.key_cache_ttl = Duration::from_secs(3_600);
         config.redis = Some(RedisSettings {
-            url: keyward_core::Secret::new(redis),
             prefix: deps.prefix.clone(),
+            ..RedisSettings::new(keyward_core::Secret::new(redis))
         });
         let server = Server::new(config, store, Clock::system())
             .await

@@ -40,6 +40,14 @@ pub struct ServeArgs {
     /// invalidations between them [default: none, one node].
     #[arg(long, env = "KEYWARD_REDIS")]
     redis: Option<String>,
+    /// Prefix of every Redis key and channel keyward uses, so that several
+    /// deployments can share one Redis [default: keyward:].
+    #[arg(long, env = "KEYWARD_REDIS_PREFIX")]
+    redis_prefix: Option<String>,
+    /// Milliseconds an in-flight slot or budget hold of a node that died stays
+    /// held in Redis before it expires; live nodes renew theirs [default: 30000].
+    #[arg(long, env = "KEYWARD_REDIS_LEASE_MS")]
+    redis_lease_ms: Option<u64>,
     /// Upstream base URL including /v1, or `simulated` for the built-in simulated upstream
     /// [default: https://api.openai.com/v1].
     #[arg(long, env = "KEYWARD_UPSTREAM")]
@@ -267,6 +275,8 @@ struct FileConfig {
     secrets_key_file: Option<PathBuf>,
     database: Option<String>,
     redis: Option<String>,
+    redis_prefix: Option<String>,
+    redis_lease_ms: Option<u64>,
     upstream: Option<String>,
     upstream_key_env: Option<String>,
     upstream_no_key: Option<bool>,
@@ -353,6 +363,8 @@ impl ServeArgs {
             metrics_listen,
             usage_flush_ms,
             shutdown_grace_secs,
+            redis_prefix,
+            redis_lease_ms,
             workers,
             header_timeout_secs,
             body_timeout_secs,
@@ -421,7 +433,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => format!("sqlite://{}", data_dir.join("keyward.db").display()),
     };
     // Before the database is opened (or a SQLite file created).
-    let redis = cluster_redis(args.redis.as_deref(), &database)?;
+    let mut redis = cluster_redis(args.redis.as_deref(), &database)?;
+    if let Some(redis) = &mut redis {
+        if let Some(prefix) = &args.redis_prefix {
+            if prefix.is_empty() || prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                bail!("--redis-prefix must be non-empty, without spaces or control characters");
+            }
+            redis.prefix = prefix.clone();
+        }
+        if let Some(ms) = args.redis_lease_ms {
+            if ms < 100 {
+                bail!("--redis-lease-ms must be at least 100, not {ms}");
+            }
+            redis.lease = Duration::from_millis(ms);
+        }
+    }
     let store = keyward_store::open(&database)
         .await
         .context("opening the database")?;
@@ -583,8 +609,10 @@ fn cluster_redis(
             "--redis needs --database postgres://…: cluster mode keeps the nodes' shared state in PostgreSQL, and a SQLite database is one node's file"
         );
     }
-    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-        bail!("--redis must be a redis:// or rediss:// URL");
+    if !url.starts_with("redis://") {
+        // The shared counters' client is built without TLS (rustls for Redis
+        // would be one more stack to keep); say so rather than fail later.
+        bail!("--redis must be a redis:// URL (TLS to Redis is not built in: reach Redis over a private network or a TLS tunnel)");
     }
     Ok(Some(keyward_gateway::config::RedisSettings::new(
         Secret::new(url),

@@ -5,6 +5,7 @@ mod cli;
 mod cli_audit;
 mod cli_management;
 mod cli_usage;
+mod cluster;
 mod dashboard;
 mod health;
 mod report;

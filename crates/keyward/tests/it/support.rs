@@ -31,6 +31,17 @@ impl ServeProcess {
     /// Starts listening on `listen` (a fixed port, when the public URL must
     /// name it before the server starts).
     pub fn start_at(listen: &str, data_dir: &Path, extra: &[&str], log_filter: &str) -> Self {
+        Self::start_full(listen, "simulated", data_dir, extra, log_filter)
+    }
+
+    /// Starts in front of `upstream` (a base URL, or `simulated`).
+    pub fn start_full(
+        listen: &str,
+        upstream: &str,
+        data_dir: &Path,
+        extra: &[&str],
+        log_filter: &str,
+    ) -> Self {
         let mut child = keyward()
             .args([
                 "serve",
@@ -39,7 +50,7 @@ impl ServeProcess {
                 "--metrics-listen",
                 "off",
                 "--upstream",
-                "simulated",
+                upstream,
                 "--data-dir",
             ])
             .arg(data_dir)
