@@ -312,7 +312,7 @@ fn proxy_cpu(b: &Bench, target: &str) -> Duration {
 }
 
 /// Builds keyward in release mode and returns the binary's path.
-fn build_keyward(root: &Path) -> anyhow::Result<PathBuf> {
+pub fn build_keyward(root: &Path) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("building keyward (release)…");
     let status = Command::new(&cargo)
@@ -361,7 +361,7 @@ fn start(
     }
 
     let nginx_addr = procs::free_addr()?;
-    let nginx = nginx::start(nginx_bin, dir, nginx_addr, sim_addr, 1_024)?;
+    let nginx = nginx::start(nginx_bin, dir, nginx_addr, &[sim_addr], 1_024)?;
     Ok(Bench {
         simulator,
         nginx,
@@ -467,7 +467,7 @@ fn start_keyward(
 }
 
 /// Runs a `keyward` CLI command against the server and parses its JSON output.
-fn cli(
+pub fn cli(
     bin: &Path,
     addr: SocketAddr,
     admin_key: &str,
@@ -504,7 +504,7 @@ fn metered_requests(k: &Keyward) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-fn loadavg() -> String {
+pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
@@ -522,7 +522,7 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
-fn git_commit(root: &Path) -> String {
+pub fn git_commit(root: &Path) -> String {
     Command::new("git")
         .current_dir(root)
         .args(["rev-parse", "--short", "HEAD"])
@@ -568,7 +568,7 @@ async fn slow_streams(
     let nginx_dir = dir.join("nginx");
     std::fs::create_dir_all(&nginx_dir)?;
     let nginx_addr = procs::free_addr()?;
-    let nginx = nginx::start(nginx_bin, &nginx_dir, nginx_addr, sim_addr, connections)?;
+    let nginx = nginx::start(nginx_bin, &nginx_dir, nginx_addr, &[sim_addr], connections)?;
 
     let [_, (_, stream)] = workloads(&keyward.key);
     let mut out = format!(

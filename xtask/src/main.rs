@@ -4,6 +4,9 @@
 //!   latency of the simulated upstream called directly, through nginx and through
 //!   keyward, in one run on loopback; then many slow streams held at once (a paced
 //!   simulator; CPU per event, memory per stream, the delay added to an event).
+//! - `bench cluster [--duration SECS] [--rounds N] [--postgres URL] [--out FILE]`:
+//!   one node on SQLite, on PostgreSQL, on PostgreSQL + Redis, and three nodes
+//!   behind nginx, with a budgeted, rate-limited key (Redis commands per request).
 //! - `bench keys [--sizes 1000,100000,1000000]`: key verification from cache at
 //!   growing cache sizes (runs the `key_verify` bench of keyward-gateway).
 //! - `bench dashboard [--sizes 1000,100000,1000000]`: the usage page and its
@@ -12,6 +15,7 @@
 //! - `bench load HOST:PORT [--connections N] [--duration SECS] [--stream] [--key KEY]`:
 //!   the gateway benchmark's load against one address, for profiling one target.
 
+mod cluster;
 mod gateway;
 mod load;
 mod nginx;
@@ -26,6 +30,7 @@ use std::time::Duration;
 const USAGE: &str = "usage:
   cargo xtask bench gateway [--duration SECS] [--rounds N] [--out FILE] [--baseline KEYWARD_BIN]
                             [--slow-streams 1000,5000|none] [--stream-events 200] [--stream-rate 50]
+  cargo xtask bench cluster [--duration SECS] [--rounds N] [--postgres URL] [--out FILE]
   cargo xtask bench keys [--sizes 1000,100000,1000000]
   cargo xtask bench dashboard [--sizes 1000,100000,1000000]
   cargo xtask bench load HOST:PORT [--connections N] [--duration SECS] [--stream] [--limited] [--key KEY]";
@@ -145,6 +150,39 @@ fn run() -> anyhow::Result<()> {
                 o.errors
             );
             Ok(())
+        }
+        ["bench", "cluster", rest @ ..] => {
+            let mut opts = cluster::Options {
+                duration: Duration::from_secs(3),
+                rounds: 2,
+                postgres: None,
+                out: None,
+            };
+            let mut it = rest.iter();
+            while let Some(flag) = it.next() {
+                let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+                match *flag {
+                    "--duration" => {
+                        opts.duration = Duration::from_secs_f64(
+                            value()?.parse().context("--duration: seconds")?,
+                        )
+                    }
+                    "--rounds" => opts.rounds = value()?.parse().context("--rounds: a count")?,
+                    "--postgres" => opts.postgres = Some(value()?.to_string()),
+                    "--out" => opts.out = Some(value()?.into()),
+                    other => bail!("unknown flag {other}\n{USAGE}"),
+                }
+            }
+            if opts.rounds == 0
+                || opts.duration.is_zero()
+                || opts.duration > Duration::from_secs(60)
+            {
+                bail!("--rounds must be at least 1 and --duration between 0 and 60 s");
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(cluster::run(opts))
         }
         ["bench", "keys", rest @ ..] => cargo_bench("key_verify", rest),
         ["bench", "dashboard", rest @ ..] => cargo_bench("usage_page", rest),

@@ -35,16 +35,17 @@ pub fn version(bin: &Path) -> String {
 }
 
 /// Starts nginx in the foreground, listening on `listen` and proxying everything to
-/// `upstream`, with its config, pid file, logs and temp dirs under `dir`, each
+/// `upstreams` (round robin), with its config, pid file, logs and temp dirs under `dir`, each
 /// worker holding up to `connections` connections (a proxied request takes two).
 pub fn start(
     bin: &Path,
     dir: &Path,
     listen: SocketAddr,
-    upstream: SocketAddr,
+    upstreams: &[SocketAddr],
     connections: usize,
 ) -> anyhow::Result<Service> {
     let d = dir.display();
+    let servers: String = upstreams.iter().map(|u| format!("server {u}; ")).collect();
     // Each connection is a file; nginx may raise its limit up to the hard one.
     let files = (connections + 64).min(hard_file_limit());
     // `proxy_buffering off` forwards each upstream read at once, as keyward forwards
@@ -67,7 +68,7 @@ http {{
     keepalive_requests 10000000;
     keepalive_timeout 300s;
     upstream simulator {{
-        server {upstream};
+        {servers}
         keepalive 64;
         keepalive_requests 10000000;
     }}

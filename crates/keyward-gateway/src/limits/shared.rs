@@ -73,12 +73,12 @@
 //! slot). Amounts must stay below 2^52 micro-dollars (about $4.5 billion), the
 //! range Lua's numbers hold exactly; larger budget amounts are treated as that.
 
+use crate::limits::alerts::RaiseAlerts;
 use crate::limits::budgets::{
     fit, thresholds_crossed, Account, AccountId, CostBound, PeriodBudgets, ThresholdCrossed,
 };
 use crate::limits::counters::{Charge, Charged, Counters, Refusal};
 use crate::limits::rate::{tell, within, Bucket, Limits, RateHeaders, State, Subject};
-use crate::limits::alerts::RaiseAlerts;
 use crate::metrics::Metrics;
 use keyward_core::Budget;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
