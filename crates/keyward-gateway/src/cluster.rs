@@ -211,7 +211,15 @@ struct RedisBus {
     node: String,
     subscribed: AtomicBool,
     counts: BusCounts,
+    /// This node's messages on their way round (payload, when published),
+    /// oldest first: each comes back to its sender like to every node, and
+    /// the time it took is the bus's lag, on one clock.
+    in_transit: std::sync::Mutex<std::collections::VecDeque<(String, std::time::Instant)>>,
 }
+
+/// This node's messages whose return is awaited; older ones are forgotten
+/// (a message lost with a subscription never comes back).
+const MAX_IN_TRANSIT: usize = 64;
 
 /// The bus's counters, rendered with the server's metrics.
 #[derive(Default)]
@@ -221,6 +229,8 @@ struct BusCounts {
     received: AtomicU64,
     malformed: AtomicU64,
     subscriptions: AtomicU64,
+    /// From publishing a message to receiving it back.
+    lag: crate::metrics::Histogram,
 }
 
 impl Bus {
@@ -247,6 +257,7 @@ impl Bus {
                 node: keyward_core::base62::random(16),
                 subscribed: AtomicBool::new(false),
                 counts: BusCounts::default(),
+                in_transit: Default::default(),
             })),
         })
     }
@@ -269,6 +280,13 @@ impl Bus {
                 Err(_) => continue, // strings only: cannot fail
             };
             let mut conn = bus.publisher.clone();
+            if bus.subscribed.load(Ordering::Relaxed) {
+                let mut in_transit = bus.lock_in_transit();
+                if in_transit.len() == MAX_IN_TRANSIT {
+                    in_transit.pop_front();
+                }
+                in_transit.push_back((payload.clone(), std::time::Instant::now()));
+            }
             let sent = tokio::time::timeout(
                 ROUND_TRIP_LIMIT,
                 redis::cmd("PUBLISH")
@@ -397,6 +415,11 @@ impl Bus {
                 value.load(Ordering::Relaxed)
             );
         }
+        c.lag.render(
+            out,
+            "keyward_invalidation_lag_seconds",
+            "From publishing an invalidation to receiving it back from Redis (what another node waits, less the network between them).",
+        );
         let _ = writeln!(
             out,
             "# HELP keyward_invalidation_subscribed Whether the invalidation subscription is up.\n# TYPE keyward_invalidation_subscribed gauge\nkeyward_invalidation_subscribed {}",
@@ -479,9 +502,29 @@ impl RedisBus {
         }
     }
 
+    fn lock_in_transit(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(String, std::time::Instant)>> {
+        self.in_transit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One of this node's messages came back: how long it took.
+    fn returned(&self, payload: &[u8]) {
+        let mut in_transit = self.lock_in_transit();
+        // Messages come back in the order Redis took them; those before this
+        // one were lost with a subscription (or, rarely, published at the
+        // same moment in the other order: one observation is skipped).
+        while let Some((sent, at)) = in_transit.pop_front() {
+            if sent.as_bytes() == payload {
+                self.counts.lag.observe(at.elapsed());
+                return;
+            }
+        }
+    }
+
     fn receive(&self, payload: &[u8], apply: &(dyn Fn(&Invalidation) + Send + Sync)) {
         match decode(payload) {
-            Ok((node, _)) if node == self.node => {}
+            Ok((node, _)) if node == self.node => self.returned(payload),
             Ok((_, what)) => {
                 apply(&what);
                 self.counts.received.fetch_add(1, Ordering::AcqRel);

@@ -294,6 +294,11 @@ pub struct BatchPolicy {
     pub interval: Duration,
     /// Write as soon as this many events wait.
     pub max_events: usize,
+    /// At most this many events wait in memory (the database unreachable,
+    /// or slower than the traffic): beyond it requests are refused
+    /// (`usage_backlog`) until writes catch up. Bounds memory (an event is
+    /// a few hundred bytes) and what a crash during an outage loses.
+    pub max_pending: usize,
 }
 
 impl Default for BatchPolicy {
@@ -301,6 +306,7 @@ impl Default for BatchPolicy {
         Self {
             interval: Duration::from_millis(25),
             max_events: 2_000,
+            max_pending: 200_000,
         }
     }
 }

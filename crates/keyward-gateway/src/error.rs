@@ -52,6 +52,11 @@ pub enum GatewayError {
     /// through unchecked.
     #[error("The gateway cannot check this key's rate limits and budgets right now (its shared counters are unreachable), so the request was refused rather than risk exceeding them. Try again shortly.")]
     LimitsUnavailable,
+    /// Usage could not be stored for a while (the database is unreachable)
+    /// and as much as the gateway holds in memory is waiting: refused, so
+    /// that nothing is served that could not be counted.
+    #[error("The gateway cannot record usage right now (its database is unreachable and its buffer is full), so the request was refused rather than served uncounted. Try again shortly.")]
+    UsageBacklog,
     /// The upstream could not be reached.
     #[error("The upstream API could not be reached. Try again later.")]
     UpstreamUnreachable,
@@ -116,6 +121,11 @@ impl GatewayError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "api_error",
                 Some("limits_unavailable"),
+            ),
+            GatewayError::UsageBacklog => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "api_error",
+                Some("usage_backlog"),
             ),
             GatewayError::UpstreamUnreachable => (
                 StatusCode::BAD_GATEWAY,

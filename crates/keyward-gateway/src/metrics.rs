@@ -42,6 +42,56 @@ impl Gauge {
     }
 }
 
+/// Upper bounds of [`Histogram`]'s buckets, µs: a loopback round trip is
+/// tens of µs, a cross-zone one a millisecond or two.
+const BUCKETS_US: [u64; 10] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000, 1_000_000,
+];
+
+/// How long something took, in fixed buckets (a Prometheus histogram).
+#[derive(Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last is over the
+    /// highest bound.
+    buckets: [AtomicU64; BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Counts one observation.
+    pub fn observe(&self, took: std::time::Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let i = BUCKETS_US.partition_point(|&bound| bound < us);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Appends it in Prometheus' text format, in seconds.
+    pub fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.load(Ordering::Relaxed);
+            match BUCKETS_US.get(i) {
+                Some(us) => {
+                    let le = *us as f64 / 1e6;
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+}
+
 /// Why an unauthenticated `POST /leaks/github` was refused (a metric label;
 /// never the caller's text).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,6 +178,9 @@ pub struct Metrics {
     /// Failed calls to the shared counters' Redis (cluster mode): unreachable,
     /// timed out, or a script error.
     pub redis_errors: Counter,
+    /// Round trips of the shared counters' check-and-charge script (the one
+    /// on a request's path).
+    pub redis_round_trip: Histogram,
 }
 
 /// Least time between two unpriced-model warnings in the log.
@@ -257,6 +310,13 @@ impl Metrics {
             out,
             "# HELP keyward_usage_events_pending Usage events waiting to be written.\n# TYPE keyward_usage_events_pending gauge\nkeyward_usage_events_pending {pending}"
         );
+        if self.redis_round_trip.count() > 0 {
+            self.redis_round_trip.render(
+                &mut out,
+                "keyward_redis_round_trip_seconds",
+                "Round trips of the shared counters' check-and-charge script, on a request's path.",
+            );
+        }
         out
     }
 }

@@ -14,6 +14,7 @@
 //! - Argon2 runs on the blocking pool: a sign-in never stalls a connection thread.
 
 pub mod oidc;
+pub mod shared_throttle;
 pub mod web;
 
 use crate::config::AccountSettings;
@@ -21,7 +22,7 @@ use crate::sealing::SealingKey;
 use crate::ttl_map::TtlMap;
 use axum::http::HeaderValue;
 use keyward_auth::passkeys::{PasskeyConfig, Passkeys};
-use keyward_auth::throttle::{LocalThrottleCounters, Throttle};
+use keyward_auth::throttle::{Throttle, ThrottleCounters};
 use keyward_store::{Session, User};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -57,13 +58,16 @@ impl Accounts {
     /// Builds the share; `cache_ttl_ms` bounds how long a session read from
     /// storage is trusted (role changes take effect within it). `oidc` is built
     /// from `settings.oidc` first, so that a configuration that cannot work
-    /// stops the start before anything is written.
+    /// stops the start before anything is written. `throttle` keeps the
+    /// failed sign-ins: this node's memory, or Redis in a cluster
+    /// ([`shared_throttle`]).
     pub fn new(
         settings: AccountSettings,
         sealing: SealingKey,
         clock: keyward_core::Clock,
         cache_ttl_ms: i64,
         oidc: Option<oidc::OidcRelyingParty>,
+        throttle: Arc<dyn ThrottleCounters>,
     ) -> Self {
         let origin = settings.public_url.as_ref().and_then(web::origin_of);
         let secure = settings
@@ -82,7 +86,7 @@ impl Accounts {
             cookies: CookieNames::new(secure),
             origin,
             sessions: TtlMap::new(cache_ttl_ms),
-            throttle: Throttle::new(Arc::new(LocalThrottleCounters::default()), clock),
+            throttle: Throttle::new(throttle, clock),
             sealing,
             http: reqwest::Client::new(),
             passkeys: settings.public_url.as_ref().and_then(relying_party),

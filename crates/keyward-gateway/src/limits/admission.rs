@@ -9,7 +9,7 @@ use crate::limits::budgets::{AccountId, CostBound, Exhausted, PeriodBudgets};
 use crate::limits::counters::{Charge, Charged, Refusal};
 use crate::limits::held::{Permit, Reservation};
 use crate::limits::rate::{Limits, RateHeaders, Subject};
-use crate::limits::SpendControl;
+use crate::limits::{Backlog, SpendControl};
 use crate::request::input_bound::input_token_bound;
 use keyward_core::{Budget, BudgetScope, KeyPolicy, ModelPrice};
 use keyward_store::{KeyRecord, Project, UsageFilter};
@@ -67,6 +67,10 @@ pub async fn admit(
     caller: &Caller,
     ask: &Ask<'_>,
 ) -> Result<Admission, GatewayError> {
+    // Checked first: a request served now could not be counted.
+    if limits.unwritten.backlog() == Backlog::Full {
+        return Err(GatewayError::UsageBacklog);
+    }
     let policies: Vec<&KeyPolicy> = std::iter::once(&caller.key.policy)
         .chain(caller.parent.as_ref().map(|p| &p.policy))
         .collect();
@@ -421,7 +425,11 @@ async fn load(
     _caller: &Caller,
     now: i64,
 ) -> Result<(), GatewayError> {
-    // Events still waiting in the batch must count.
+    // Events still waiting in the batch must count; while they cannot be
+    // stored, storage's spend is short of them: refused, not waited for.
+    if limits.unwritten.backlog() != Backlog::Flowing {
+        return Err(GatewayError::LimitsUnavailable);
+    }
     limits.unwritten.flush().await;
     let spent = spent_since(limits, &id.0, id.1).await.map_err(internal)?;
     limits.counters.load(id, spent, now).await;

@@ -116,6 +116,9 @@ pub trait Counters: Send + Sync {
     /// has been applied (at shutdown, after the last request ended). Nothing
     /// to wait for when they are applied inline.
     async fn flush(&self) {}
+
+    /// Appends the implementation's own metrics (Prometheus text format).
+    fn render_metrics(&self, _out: &mut String) {}
 }
 
 /// The counters of this process: exact under any concurrency on this node.

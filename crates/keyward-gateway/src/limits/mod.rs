@@ -52,6 +52,22 @@ use std::sync::Arc;
 pub trait UnwrittenSpend: Send + Sync {
     /// Writes every buffered usage event.
     async fn flush(&self);
+
+    /// How the writing goes (asked on every request: it must be cheap).
+    fn backlog(&self) -> Backlog;
+}
+
+/// How far usage is from storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backlog {
+    /// Writes succeed.
+    Flowing,
+    /// A write failed and is being retried: storage's spend is behind, and
+    /// a flush would wait for the database.
+    Stalled,
+    /// As much usage waits as may: every request is refused until it is
+    /// written.
+    Full,
 }
 
 /// What admission needs at run time: the counters, the records it reads on

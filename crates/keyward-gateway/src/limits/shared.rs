@@ -164,6 +164,8 @@ struct Shared {
     started: Instant,
     /// When an error was last logged, ms since `started` (+1; 0: never).
     logged_at: AtomicU64,
+    /// Settlements waiting for a retry (for the metrics).
+    retries_queued: AtomicU64,
 }
 
 struct Scripts {
@@ -374,6 +376,7 @@ impl RedisCounters {
             scripts: Scripts::new(),
             started: Instant::now(),
             logged_at: AtomicU64::new(0),
+            retries_queued: AtomicU64::new(0),
         });
         // Connect now, from this runtime, so that the connection is driven
         // here and not by the first request's worker.
@@ -580,8 +583,12 @@ impl Counters for RedisCounters {
             call.arg(b.amount_micros.0.clamp(-EXACT, EXACT));
         }
         let mut con = self.shared.redis.clone();
+        let sent = Instant::now();
         let reply: Vec<String> = match call.invoke_async(&mut con).await {
-            Ok(reply) => reply,
+            Ok(reply) => {
+                self.shared.metrics.redis_round_trip.observe(sent.elapsed());
+                reply
+            }
             Err(e) => {
                 self.shared.failed("charge", &e);
                 return Err(Refusal::Unavailable);
@@ -739,6 +746,16 @@ impl Counters for RedisCounters {
 
     async fn flush(&self) {
         RedisCounters::flush(self).await;
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let (slots, holds) = self.open_holds();
+        let queued = self.shared.retries_queued.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP keyward_redis_holds_open In-flight slots and budget holds this node has open in Redis (renewed until released).\n# TYPE keyward_redis_holds_open gauge\nkeyward_redis_holds_open{{kind=\"slot\"}} {slots}\nkeyward_redis_holds_open{{kind=\"budget\"}} {holds}\n# HELP keyward_redis_settlements_waiting Budget settlements Redis did not take yet (retried at each lease renewal).\n# TYPE keyward_redis_settlements_waiting gauge\nkeyward_redis_settlements_waiting {queued}"
+        );
     }
 
     async fn account(&self, id: &AccountId) -> Account {
@@ -916,6 +933,9 @@ async fn apply(shared: &Shared, batch: Vec<Op>, retry: &mut Vec<BudgetOp>) {
             tracing::error!("a budget settlement was dropped: too many wait for Redis");
         }
     }
+    shared
+        .retries_queued
+        .store(retry.len() as u64, Ordering::Relaxed);
     for done in flushed {
         let _ = done.send(());
     }

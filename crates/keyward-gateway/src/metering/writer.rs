@@ -20,6 +20,15 @@
 //! retries and events accumulate: then everything pending is at risk
 //! (`keyward_usage_events_pending`). SIGTERM loses nothing ([`UsageWriter::flush`]).
 //!
+//! # A bounded buffer
+//!
+//! At most [`BatchPolicy::max_pending`] events wait: beyond it
+//! [`UsageWriter::backlog_full`] is true and admission refuses every request
+//! (`usage_backlog`, 503) until the writer catches up, so an outage of the
+//! database costs memory up to a bound and then availability, never a
+//! request served uncounted. Keys already in the cache keep being served
+//! until then (for at most the cache's bound, see `key_cache`).
+//!
 //! Why not a local journal written before answering: a `write(2)` and a
 //! serialisation per request on the worker thread (the gateway spends about
 //! 25-40 µs of CPU per request, docs/BENCHMARKS.md history, `git log -p`), and without an event id in
@@ -32,6 +41,7 @@
 //! gateway benchmark.
 
 use crate::config::BatchPolicy;
+use crate::limits::Backlog;
 use crate::metrics::Metrics;
 use crate::FastMap as HashMap;
 use keyward_core::KeyId;
@@ -53,9 +63,13 @@ pub struct UsageWriter {
     tx: mpsc::UnboundedSender<Msg>,
     /// Events queued and not yet taken by the writer.
     waiting: Arc<AtomicUsize>,
+    /// Events of the batch being retried (taken from the channel, not
+    /// stored); 0 while writes succeed.
+    retrying: Arc<AtomicUsize>,
     /// Wakes the writer before its interval is up.
     wake: Arc<Notify>,
     max_events: usize,
+    max_pending: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -66,15 +80,21 @@ impl UsageWriter {
         let writer = Self {
             tx,
             waiting: Arc::default(),
+            retrying: Arc::default(),
             wake: Arc::default(),
             max_events: policy.max_events.max(1),
+            max_pending: policy.max_pending.max(1),
             metrics: metrics.clone(),
         };
         tokio::spawn(run(
             store,
             policy,
             rx,
-            writer.waiting.clone(),
+            Pending {
+                waiting: writer.waiting.clone(),
+                retrying: writer.retrying.clone(),
+                max: writer.max_pending,
+            },
             writer.wake.clone(),
             metrics,
         ));
@@ -100,6 +120,21 @@ impl UsageWriter {
         }
     }
 
+    /// Whether writes succeed, fail, or failed long enough that
+    /// [`BatchPolicy::max_pending`] events wait. Two loads, no write: it is
+    /// asked on every request.
+    pub fn backlog(&self) -> Backlog {
+        let retrying = self.retrying.load(Ordering::Relaxed);
+        // A write that hangs (not fails) lets the queue grow too.
+        if self.waiting.load(Ordering::Relaxed) + retrying >= self.max_pending {
+            Backlog::Full
+        } else if retrying > 0 {
+            Backlog::Stalled
+        } else {
+            Backlog::Flowing
+        }
+    }
+
     /// Waits until every event queued before this call is stored.
     pub async fn flush(&self) {
         let (ack, done) = oneshot::channel();
@@ -115,13 +150,27 @@ impl crate::limits::UnwrittenSpend for UsageWriter {
     async fn flush(&self) {
         UsageWriter::flush(self).await;
     }
+
+    fn backlog(&self) -> Backlog {
+        UsageWriter::backlog(self)
+    }
+}
+
+/// What the writer reports of the events it has not stored.
+struct Pending {
+    /// Queued, not yet taken.
+    waiting: Arc<AtomicUsize>,
+    /// Taken, in a batch being retried.
+    retrying: Arc<AtomicUsize>,
+    /// [`BatchPolicy::max_pending`].
+    max: usize,
 }
 
 async fn run(
     store: SharedStore,
     policy: BatchPolicy,
     mut rx: mpsc::UnboundedReceiver<Msg>,
-    waiting: Arc<AtomicUsize>,
+    pending: Pending,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
 ) {
@@ -136,22 +185,22 @@ async fn run(
         loop {
             match rx.try_recv() {
                 Ok(Msg::Event(e)) => {
-                    waiting.fetch_sub(1, Ordering::Relaxed);
+                    pending.waiting.fetch_sub(1, Ordering::Relaxed);
                     batch.push(*e);
                     if batch.len() >= policy.max_events {
-                        write(&store, &mut batch, &metrics).await;
+                        write(&store, &mut batch, &pending, &metrics).await;
                     }
                 }
                 Ok(Msg::Flush(ack)) => {
-                    write(&store, &mut batch, &metrics).await;
+                    write(&store, &mut batch, &pending, &metrics).await;
                     let _ = ack.send(());
                 }
                 Err(TryRecvError::Empty) => {
-                    write(&store, &mut batch, &metrics).await;
+                    write(&store, &mut batch, &pending, &metrics).await;
                     break;
                 }
                 Err(TryRecvError::Disconnected) => {
-                    write(&store, &mut batch, &metrics).await;
+                    write(&store, &mut batch, &pending, &metrics).await;
                     return;
                 }
             }
@@ -160,21 +209,40 @@ async fn run(
 }
 
 /// Writes the batch, retrying with backoff until it is stored.
-async fn write(store: &SharedStore, batch: &mut Vec<UsageEvent>, metrics: &Metrics) {
+async fn write(
+    store: &SharedStore,
+    batch: &mut Vec<UsageEvent>,
+    pending: &Pending,
+    metrics: &Metrics,
+) {
     if batch.is_empty() {
         return;
     }
     let mut delay = Duration::from_millis(50);
+    let mut told_full = false;
     loop {
         match store.insert_usage(batch).await {
             Ok(()) => break,
             Err(e) => {
                 metrics.usage_write_failures.inc();
+                pending.retrying.store(batch.len(), Ordering::Relaxed);
                 tracing::warn!(error = %e, events = batch.len(), "writing usage failed; retrying");
+                let waiting = pending.waiting.load(Ordering::Relaxed) + batch.len();
+                if waiting >= pending.max && !told_full {
+                    told_full = true;
+                    tracing::error!(
+                        events = waiting,
+                        "the usage buffer is full: requests are refused (usage_backlog) until usage can be stored"
+                    );
+                }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                // Short: service returns soon after the database does.
+                delay = (delay * 2).min(Duration::from_secs(1));
             }
         }
+    }
+    if pending.retrying.swap(0, Ordering::Relaxed) > 0 {
+        tracing::info!(events = batch.len(), "usage is being stored again");
     }
     let mut last_used: HashMap<KeyId, i64> = HashMap::default();
     for e in batch.iter() {

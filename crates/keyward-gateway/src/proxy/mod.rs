@@ -88,9 +88,15 @@ async fn handle(
         Some(memo),
     )
     .await?;
-    // From here on, every request leaves a usage event, refused or not.
+    // From here on, every request leaves a usage event, refused or not, but
+    // one refused because usage cannot be stored: its event would grow the
+    // very backlog that refused it (the 503s are in the metrics).
     match forward_verified(state, peer, &caller, started, at_ms, req).await {
         Ok(response) => Ok(response),
+        Err(Refusal {
+            error: GatewayError::UsageBacklog,
+            ..
+        }) => Err(GatewayError::UsageBacklog),
         Err(Refusal { meter, error }) => {
             meter.refused(error.status().as_u16());
             Err(error)

@@ -46,6 +46,9 @@ pub enum StartError {
     /// The shared counters' settings cannot work.
     #[error(transparent)]
     SharedCounters(#[from] crate::limits::shared::SharedCountersError),
+    /// The Redis URL of sign-in throttling does not parse.
+    #[error(transparent)]
+    Throttle(#[from] crate::accounts::shared_throttle::InvalidUrl),
     /// Redis is configured over a SQLite store.
     #[error("cluster mode (Redis) needs PostgreSQL as the database: nodes share their durable state there, and a SQLite file belongs to one node")]
     ClusterOnSqlite,
@@ -92,12 +95,23 @@ impl Server {
         );
         let ttl = config.key_cache_ttl.as_millis() as i64;
         let keys = KeyCache::new(ttl);
+        let throttle: Arc<dyn keyward_auth::throttle::ThrottleCounters> = match &config.redis {
+            None => Arc::new(keyward_auth::throttle::LocalThrottleCounters::default()),
+            Some(redis) => Arc::new(
+                crate::accounts::shared_throttle::RedisThrottleCounters::connect(
+                    redis.url.expose(),
+                    &format!("{}throttle:", redis.prefix),
+                    metrics.clone(),
+                )?,
+            ),
+        };
         let accounts = crate::accounts::Accounts::new(
             config.accounts.clone(),
             sealing.clone(),
             clock.clone(),
             ttl,
             oidc,
+            throttle,
         );
         let leaks =
             crate::state::LeakState::start(&config.leaks, store.clone(), clock.clone(), sealing);
@@ -287,6 +301,7 @@ async fn readyz(State(state): State<SharedState>) -> impl IntoResponse {
 async fn render_metrics(State(state): State<SharedState>) -> String {
     let mut text = state.metrics.render();
     state.bus.render_metrics(&mut text);
+    state.limits.counters.render_metrics(&mut text);
     text
 }
 

@@ -107,8 +107,21 @@ impl Node {
         upstream: &Upstream,
         data_dir: &std::path::Path,
     ) -> Self {
+        Self::start_with(deps, &deps.postgres, redis, upstream, data_dir, |_| {}).await
+    }
+
+    /// [`Node::start`] on PostgreSQL at `postgres` (the shared database, or a
+    /// way to it), with `tweak` applied to its configuration.
+    async fn start_with(
+        deps: &Deps,
+        postgres: &str,
+        redis: &str,
+        upstream: &Upstream,
+        data_dir: &std::path::Path,
+        tweak: impl FnOnce(&mut GatewayConfig),
+    ) -> Self {
         let store: SharedStore = Arc::new(
-            PgStore::connect_with_schema(&deps.postgres, &deps.schema)
+            PgStore::connect_with_schema(postgres, &deps.schema)
                 .await
                 .expect("open the shared schema"),
         );
@@ -124,6 +137,7 @@ impl Node {
             prefix: deps.prefix.clone(),
             ..RedisSettings::new(keyward_core::Secret::new(redis))
         });
+        tweak(&mut config);
         let server = Server::new(config, store, Clock::system())
             .await
             .expect("start a node");
@@ -498,18 +512,23 @@ async fn log_out_everywhere_and_a_password_change_reach_the_other_node() {
     .await;
 }
 
-/// A TCP relay to Redis whose connections the test can cut, as a network
-/// failure between a node and Redis would.
+/// A TCP relay to a server (Redis, PostgreSQL) whose connections the test
+/// can cut, or refuse altogether, as a network failure between a node and
+/// that server would.
 struct Relay {
+    /// The server's URL with the relay's address in it.
     url: String,
     live: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Relay {
-    async fn start(redis_url: &str) -> Self {
-        let target = redis_url
-            .strip_prefix("redis://")
-            .expect("a redis:// URL")
+    /// A relay to the server of `url` (`scheme://[user[:pw]@]host:port/…`).
+    async fn start(url: &str) -> Self {
+        let target = url
+            .split_once("://")
+            .expect("a URL")
+            .1
             .split('/')
             .next()
             .unwrap()
@@ -518,11 +537,16 @@ impl Relay {
             .unwrap()
             .to_owned();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = redis_url.replacen(&target, &listener.local_addr().unwrap().to_string(), 1);
+        let url = url.replacen(&target, &listener.local_addr().unwrap().to_string(), 1);
         let live = Arc::new(Mutex::new(Vec::new()));
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let conns = live.clone();
+        let refuse = down.clone();
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
+                if refuse.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
                 let target = target.clone();
                 let relay = tokio::spawn(async move {
                     if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
@@ -532,7 +556,7 @@ impl Relay {
                 conns.lock().unwrap().push(relay.abort_handle());
             }
         });
-        Self { url, live }
+        Self { url, live, down }
     }
 
     /// Closes every connection relayed so far.
@@ -540,6 +564,16 @@ impl Relay {
         for c in self.live.lock().unwrap().drain(..) {
             c.abort();
         }
+    }
+
+    /// Cuts every connection and refuses new ones until [`Relay::up`].
+    fn down(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        self.cut();
+    }
+
+    fn up(&self) {
+        self.down.store(false, Ordering::SeqCst);
     }
 }
 
@@ -746,4 +780,163 @@ async fn redis_over_sqlite_is_refused() {
         }
         Ok(_) => panic!("a node started in cluster mode on SQLite"),
     }
+}
+
+/// The attack on counting: take the database away and keep calling. The
+/// node serves the cached key while its usage waits in memory, up to the
+/// bound (5 events here); then it refuses with `usage_backlog` rather than
+/// serve what it could not count. When the database is back, service
+/// resumes by itself and every request served is stored, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_buffers_usage_to_a_bound_then_refuses_and_loses_nothing() {
+    with_deps(|deps| async move {
+        let postgres = Relay::start(&deps.postgres).await;
+        let upstream = Upstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::start_with(
+            &deps,
+            &postgres.url,
+            &deps.redis,
+            &upstream,
+            dir.path(),
+            |c| c.usage_batch.max_pending = 5,
+        )
+        .await;
+        let admin_key = std::fs::read_to_string(dir.path().join("initial-admin-key")).unwrap();
+        let (s, v) = node
+            .admin_post(
+                admin_key.trim(),
+                "/api/v1/keys",
+                json!({"project": "app", "name": "k", "create_project": true}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let (id, secret) = (v["id"].as_str().unwrap(), v["key"].as_str().unwrap());
+        assert_eq!(node.chat(secret).await, StatusCode::OK);
+        let mut served = 1;
+
+        postgres.down();
+        let refusal = loop {
+            let r = node
+                .http
+                .post(format!("{}/v1/chat/completions", node.url))
+                .bearer_auth(secret)
+                .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            if r.status() != StatusCode::OK {
+                break (r.status(), r.json::<Value>().await.unwrap());
+            }
+            served += 1;
+            assert!(served < 1_000, "the node never stopped serving");
+            // Lets the writer take the events and fail.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(refusal.0, StatusCode::SERVICE_UNAVAILABLE, "{}", refusal.1);
+        assert_eq!(refusal.1["error"]["code"], "usage_backlog", "{}", refusal.1);
+        assert!(served > 1, "cached keys are served while usage fits the buffer");
+        assert!(
+            served <= 1 + 5,
+            "no more than the bound waits in memory: {served} served"
+        );
+
+        postgres.up();
+        while node.chat(secret).await != StatusCode::OK {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        served += 1;
+        node.state.usage.flush().await;
+        let stored = node
+            .state
+            .store
+            .usage_totals(&keyward_store::UsageFilter {
+                key: keyward_core::KeyId::parse(id),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(stored.requests, served, "every request served is stored");
+        node.shutdown().await;
+    })
+    .await;
+}
+
+/// What an operator watches: after a limited key's request and a revocation,
+/// a node's metrics show the charge script's round trip, the bus's lag (its
+/// own message back from Redis) and the holds it has open (none once the
+/// request ended).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_redis_round_trips_bus_lag_and_open_holds() {
+    with_deps(|deps| async move {
+        let pair = Pair::start(&deps, &deps.redis).await;
+        let (s, v) = pair
+            .a
+            .admin_post(
+                &pair.admin_key,
+                "/api/v1/keys",
+                json!({"project": "app", "name": "limited", "create_project": true,
+                       "policy": {"rpm": 100, "max_concurrent": 5}}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let (id, secret) = (v["id"].as_str().unwrap(), v["key"].as_str().unwrap());
+        assert_eq!(pair.a.chat(secret).await, StatusCode::OK);
+        let (s, _) = pair
+            .a
+            .admin_post(
+                &pair.admin_key,
+                &format!("/api/v1/keys/{id}/revoke"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let metrics = || {
+            let state = &pair.a.state;
+            let mut text = state.metrics.render();
+            state.bus.render_metrics(&mut text);
+            state.limits.counters.render_metrics(&mut text);
+            text
+        };
+        let count = |text: &str, series: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
+        };
+        // The revocation's own message comes back asynchronously.
+        while count(&metrics(), "keyward_invalidation_lag_seconds_count") == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        pair.a.state.limits.counters.flush().await;
+        let text = metrics();
+        assert!(
+            count(&text, "keyward_redis_round_trip_seconds_count") >= 1,
+            "{text}"
+        );
+        assert_eq!(
+            count(
+                &text,
+                "keyward_redis_round_trip_seconds_bucket{le=\"+Inf\"}"
+            ),
+            count(&text, "keyward_redis_round_trip_seconds_count")
+        );
+        assert_eq!(
+            count(&text, "keyward_redis_holds_open{kind=\"slot\"}"),
+            0,
+            "{text}"
+        );
+        assert_eq!(
+            count(&text, "keyward_redis_holds_open{kind=\"budget\"}"),
+            0,
+            "{text}"
+        );
+        assert_eq!(
+            count(&text, "keyward_redis_settlements_waiting"),
+            0,
+            "{text}"
+        );
+        assert!(!text.contains(secret), "no key in the metrics");
+        pair.shutdown().await;
+    })
+    .await;
 }

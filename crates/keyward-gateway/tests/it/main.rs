@@ -27,6 +27,7 @@ mod security_keys;
 mod security_proxy;
 mod security_server;
 mod shared_counters;
+mod shared_throttle;
 /// The WebAuthn authenticator keyward-auth's tests use, shared by path.
 #[path = "../../../keyward-auth/tests/it/soft_authenticator.rs"]
 mod soft_authenticator;

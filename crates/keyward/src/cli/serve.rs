@@ -85,6 +85,11 @@ pub struct ServeArgs {
     /// [default: 25].
     #[arg(long, env = "KEYWARD_USAGE_FLUSH_MS")]
     usage_flush_ms: Option<u64>,
+    /// Usage events held in memory while the database cannot store them;
+    /// beyond it requests are refused (503 usage_backlog) until it can
+    /// [default: 200000].
+    #[arg(long, env = "KEYWARD_USAGE_BUFFER_EVENTS")]
+    usage_buffer_events: Option<usize>,
     /// Seconds in-flight requests get to finish at shutdown [default: 30].
     #[arg(long, env = "KEYWARD_SHUTDOWN_GRACE_SECS")]
     shutdown_grace_secs: Option<u64>,
@@ -286,6 +291,7 @@ struct FileConfig {
     upstream_timeout_secs: Option<u64>,
     metrics_listen: Option<String>,
     usage_flush_ms: Option<u64>,
+    usage_buffer_events: Option<usize>,
     shutdown_grace_secs: Option<u64>,
     workers: Option<usize>,
     header_timeout_secs: Option<u64>,
@@ -362,6 +368,7 @@ impl ServeArgs {
             upstream_timeout_secs,
             metrics_listen,
             usage_flush_ms,
+            usage_buffer_events,
             shutdown_grace_secs,
             redis_prefix,
             redis_lease_ms,
@@ -479,6 +486,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(ms) = args.usage_flush_ms {
         config.usage_batch.interval = Duration::from_millis(ms.max(1));
+    }
+    if let Some(n) = args.usage_buffer_events {
+        anyhow::ensure!(n > 0, "--usage-buffer-events must be at least 1");
+        config.usage_batch.max_pending = n;
     }
     if let Some(s) = args.shutdown_grace_secs {
         config.shutdown_grace = Duration::from_secs(s);
