@@ -119,6 +119,21 @@ pub trait Counters: Send + Sync {
 
     /// Appends the implementation's own metrics (Prometheus text format).
     fn render_metrics(&self, _out: &mut String) {}
+
+    /// The budget accounts charged since the last call, for
+    /// [`crate::limits::reconcile`]. None for counters that cannot fall
+    /// behind storage (this process's own: storage only ever lags them).
+    fn charged_accounts(&self) -> Vec<AccountId> {
+        Vec::new()
+    }
+
+    /// Raises an account's spend to `stored`, what storage holds, when the
+    /// counters hold less (they lost settlements); never lowers it (storage
+    /// lags by the usage not written yet). Returns the spend it had when it
+    /// was raised.
+    async fn reconcile(&self, _id: &AccountId, _stored: i64) -> Option<i64> {
+        None
+    }
 }
 
 /// The counters of this process: exact under any concurrency on this node.

@@ -1,7 +1,8 @@
 //! Spend control on the request path: the order of checks a request passes
 //! (`admission`), rate limits (`rate`), budget reservations (`budgets`), the
-//! counters both are kept in (`counters`; `shared` for cluster mode), and the
-//! alerts a budget's thresholds raise (`alerts`).
+//! counters both are kept in (`counters`; `shared` for cluster mode, checked
+//! against storage by `reconcile`), and the alerts a budget's thresholds
+//! raise (`alerts`).
 //!
 //! # The seam
 //!
@@ -34,6 +35,7 @@ pub mod budgets;
 pub mod counters;
 pub mod held;
 pub mod rate;
+pub mod reconcile;
 pub mod shared;
 
 pub use counters::{Counters, LocalCounters};

@@ -16,8 +16,9 @@
 //!
 //! Releases and settlements (`release_rate`, `settle_budget`,
 //! `release_budget`) are called from `Drop` and must not block: they go to an
-//! unbounded channel read by one task, which applies each batch with its
-//! scripts pipelined on the connection and raises budget alerts itself. A
+//! unbounded channel read by one task, which applies everything that ended
+//! since its last batch in one call of `shared/finish.lua` (under load, one
+//! script run for dozens of requests) and raises budget alerts itself. A
 //! settlement that fails (Redis out of reach) is retried at every lease
 //! renewal until Redis answers: the spend must be counted (a settlement
 //! applied twice, when an answer was lost after Redis applied it, counts a
@@ -39,8 +40,11 @@
 //! # Leases
 //!
 //! An in-flight slot or a budget hold is a member of a sorted set scored by
-//! the time its lease ends (the amount held is kept in the account, per
-//! hold). Every script that reads a set first gives back what expired. A live
+//! the time its lease ends (a budget hold's member is `<hold id>~<amount>`,
+//! so that ending or purging it reads nothing else). A charge does not count
+//! slots whose lease ran out (renewals remove them), and gives back budget
+//! holds whose lease ran out only when they would refuse it (until then they
+//! only make the output cap of an uncapped request smaller). A live
 //! node renews the leases of the holds it has open every lease / 3, in one
 //! script call (per 512 holds), and puts back any that went missing (Redis
 //! restarted empty, or a lease ran out while Redis was unreachable), so what
@@ -113,8 +117,9 @@ const MAX_EXACT_PRICE: i64 = 9_000_000_000;
 /// Holds renewed per script call.
 const RENEW_CHUNK: usize = 512;
 
-/// Releases applied per batch (pipelined on the one connection).
-const BATCH: usize = 512;
+/// Requests ended per call of the finish script: a call blocks Redis for
+/// about 256 × 5 commands, a millisecond or so.
+const BATCH: usize = 256;
 
 /// Settlements waiting for Redis beyond this many are dropped (and logged):
 /// memory stays bounded through a long outage.
@@ -170,11 +175,11 @@ struct Shared {
 
 struct Scripts {
     charge: Script,
-    release_rate: Script,
-    settle: Script,
+    finish: Script,
     load: Script,
     account: Script,
     renew: Script,
+    reconcile: Script,
 }
 
 /// `common.lua` then the script: the helpers every script uses.
@@ -191,11 +196,11 @@ impl Scripts {
     fn new() -> Self {
         Self {
             charge: script!("charge.lua"),
-            release_rate: script!("release_rate.lua"),
-            settle: script!("settle.lua"),
+            finish: script!("finish.lua"),
             load: script!("load.lua"),
             account: script!("account.lua"),
             renew: script!("renew.lua"),
+            reconcile: script!("reconcile.lua"),
         }
     }
 }
@@ -209,6 +214,8 @@ struct OpenHolds {
     slots: HashMap<Vec<String>, Vec<u64>>,
     /// Budget holds, by the accounts charged and the amount held on each.
     holds: HashMap<(Vec<String>, i64), Vec<u64>>,
+    /// Accounts charged since reconciliation last asked, by their key.
+    charged: HashMap<String, AccountId>,
 }
 
 /// Takes one of the holds open under `key` (none when the charge was not
@@ -244,6 +251,8 @@ struct BudgetOp {
     accounts: Vec<String>,
     budgets: Vec<(Arc<Budget>, i64)>,
     hold: Option<u64>,
+    /// The amount held on each account.
+    held: i64,
     actual: Option<i64>,
 }
 
@@ -681,6 +690,12 @@ impl Counters for RedisCounters {
                 };
                 let flights = flights(&rate_keys);
                 let mut open = self.shared.lock();
+                for (key, (budget, start)) in accounts.iter().zip(budgets) {
+                    if !open.charged.contains_key(key) {
+                        open.charged
+                            .insert(key.clone(), (budget.scope.clone(), *start));
+                    }
+                }
                 if !flights.is_empty() {
                     open.slots.entry(flights).or_default().push(hold);
                 }
@@ -748,6 +763,32 @@ impl Counters for RedisCounters {
         RedisCounters::flush(self).await;
     }
 
+    fn charged_accounts(&self) -> Vec<AccountId> {
+        std::mem::take(&mut self.shared.lock().charged)
+            .into_values()
+            .collect()
+    }
+
+    async fn reconcile(&self, id: &AccountId, stored: i64) -> Option<i64> {
+        let key = self.shared.account_key(id);
+        let mut con = self.shared.redis.clone();
+        let raised: redis::RedisResult<String> = self
+            .shared
+            .scripts
+            .reconcile
+            .key(&key)
+            .arg(stored.clamp(0, EXACT))
+            .invoke_async(&mut con)
+            .await;
+        match raised {
+            Ok(before) => integer(&before),
+            Err(e) => {
+                self.shared.failed("reconcile", &e);
+                None
+            }
+        }
+    }
+
     fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write;
         let (slots, holds) = self.open_holds();
@@ -810,6 +851,7 @@ impl RedisCounters {
             accounts: key.0,
             budgets: budgets.to_vec(),
             hold,
+            held,
             actual,
         }));
     }
@@ -858,11 +900,14 @@ async fn release_task(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Op>) 
     }
 }
 
-/// Applies a batch, its scripts pipelined on the connection.
+/// Applies a batch in one call of the finish script (one round trip and one
+/// script run for every request that ended since the last batch).
 async fn apply(shared: &Shared, batch: Vec<Op>, retry: &mut Vec<BudgetOp>) {
     let mut flushed = Vec::new();
-    let mut rate = Vec::new();
-    let mut budget = Vec::new();
+    let mut call = shared.scripts.finish.prepare_invoke();
+    call.arg(ACCOUNT_IDLE_MS);
+    let mut budgets = Vec::new();
+    let mut rates = 0;
     for op in batch {
         match op {
             Op::Rate {
@@ -870,67 +915,67 @@ async fn apply(shared: &Shared, batch: Vec<Op>, retry: &mut Vec<BudgetOp>) {
                 hold,
                 estimated,
                 actual,
-            } => rate.push(async move {
-                let mut call = shared.scripts.release_rate.prepare_invoke();
-                for (bucket, flight, _) in &subjects {
-                    call.key(bucket).key(flight);
-                }
-                call.arg(hold.map(|h| shared.hold_id(h)).unwrap_or_default())
+            } => {
+                rates += 1;
+                call.arg("r")
+                    .arg(subjects.len())
+                    .arg(hold.map(|h| shared.hold_id(h)).unwrap_or_default())
                     .arg(estimated)
                     .arg(actual.map(|a| a.to_string()).unwrap_or_default());
-                for (_, _, counts) in &subjects {
+                for (bucket, flight, counts) in &subjects {
+                    call.key(bucket).key(flight);
                     call.arg(if *counts { "1" } else { "0" });
                 }
-                let mut con = shared.redis.clone();
-                if let Err(e) = call.invoke_async::<i64>(&mut con).await {
-                    // Not retried: a slot left behind lapses with its lease,
-                    // and tokens not given back only make the limit stricter.
-                    shared.failed("release_rate", &e);
-                }
-            }),
-            Op::Budget(op) => budget.push(async move {
-                let mut call = shared.scripts.settle.prepare_invoke();
+            }
+            Op::Budget(op) => {
+                call.arg("b")
+                    .arg(op.accounts.len())
+                    .arg(op.hold.map(|h| shared.hold_id(h)).unwrap_or_default())
+                    .arg(op.held)
+                    .arg(op.actual.map(|a| a.to_string()).unwrap_or_default());
                 for a in &op.accounts {
                     call.key(a).key(leases_key(a));
                 }
-                call.arg(op.hold.map(|h| shared.hold_id(h)).unwrap_or_default())
-                    .arg(op.actual.map(|a| a.to_string()).unwrap_or_default())
-                    .arg(ACCOUNT_IDLE_MS);
-                let mut con = shared.redis.clone();
-                match call.invoke_async::<Vec<String>>(&mut con).await {
-                    Ok(spend) => {
-                        let mut crossed = Vec::new();
-                        for ((budget, start), pair) in op.budgets.iter().zip(spend.chunks(2)) {
-                            if let [Some(before), Some(after)] = [
-                                integer(&pair[0]),
-                                integer(pair.get(1).map_or("", String::as_str)),
-                            ] {
-                                crossed.extend(thresholds_crossed(budget, *start, before, after));
-                            }
-                        }
-                        if !crossed.is_empty() {
-                            (shared.alerts)(crossed);
-                        }
-                        None
-                    }
-                    Err(e) => {
-                        shared.failed("settle", &e);
-                        Some(op)
-                    }
-                }
-            }),
+                budgets.push(op);
+            }
             Op::Flush(done) => flushed.push(done),
         }
     }
-    let (_, failed) = tokio::join!(
-        futures_util::future::join_all(rate),
-        futures_util::future::join_all(budget)
-    );
-    for op in failed.into_iter().flatten() {
-        if retry.len() < MAX_RETRIES_QUEUED {
-            retry.push(op);
-        } else {
-            tracing::error!("a budget settlement was dropped: too many wait for Redis");
+    if rates > 0 || !budgets.is_empty() {
+        let mut con = shared.redis.clone();
+        match call.invoke_async::<Vec<String>>(&mut con).await {
+            Ok(spend) => {
+                let mut spend = spend.chunks(2);
+                let mut crossed = Vec::new();
+                for op in &budgets {
+                    for (budget, start) in &op.budgets {
+                        let Some(pair) = spend.next() else { break };
+                        if let [Some(before), Some(after)] = [
+                            integer(&pair[0]),
+                            integer(pair.get(1).map_or("", String::as_str)),
+                        ] {
+                            crossed.extend(thresholds_crossed(budget, *start, before, after));
+                        }
+                    }
+                }
+                if !crossed.is_empty() {
+                    (shared.alerts)(crossed);
+                }
+            }
+            Err(e) => {
+                // Settlements are retried: the spend must be counted. Rate
+                // releases are not: a slot left behind lapses with its
+                // lease, and tokens not given back only make the limit
+                // stricter.
+                shared.failed("finish", &e);
+                for op in budgets {
+                    if retry.len() < MAX_RETRIES_QUEUED {
+                        retry.push(op);
+                    } else {
+                        tracing::error!("a budget settlement was dropped: too many wait for Redis");
+                    }
+                }
+            }
         }
     }
     shared

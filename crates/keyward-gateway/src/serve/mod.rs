@@ -226,6 +226,9 @@ impl Server {
         discover_oidc_provider(self.state.clone());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         crate::invalidation::subscribe(&self.state, stop_rx.clone());
+        if self.state.config.redis.is_some() {
+            crate::limits::reconcile::spawn(self.state.clone(), stop_rx.clone());
+        }
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop_tx.send(true);

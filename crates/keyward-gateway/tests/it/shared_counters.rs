@@ -922,3 +922,112 @@ async fn admission_rebuilds_a_wiped_budget_from_storage() {
         }
     );
 }
+
+/// Redis loses a settlement (a failover to a replica that was behind): its
+/// spend falls below storage's and the budget would admit more than it has.
+/// Reconciliation raises it to storage's; a spend ahead of storage (usage
+/// not written yet) is never lowered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_restores_a_lost_settlement_and_never_lowers_a_spend() {
+    use crate::support::{Keyward, Upstream};
+    use keyward_gateway::limits::admission::{admit, Ask, Caller};
+    use keyward_gateway::limits::{reconcile, SpendControl};
+    use keyward_gateway::ttl_map::TtlMap;
+    use serde_json::json;
+
+    let Some((nodes, prefix)) = cluster(1, Duration::from_secs(30)).await else {
+        return;
+    };
+    let up = Upstream::start().await;
+    let kw = Keyward::start(&up.base_url()).await;
+    let created = kw.create_key_with(json!({})).await;
+    let (id, key) = (
+        created["id"].as_str().unwrap().to_owned(),
+        created["key"].as_str().unwrap().to_owned(),
+    );
+    let r = kw
+        .admin_put(
+            "/api/v1/budgets",
+            json!({"key": id, "usd": 1.0, "period": "none"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let body = json!({"model": "gpt-4o-mini-metered", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40});
+    for _ in 0..3 {
+        assert_eq!(kw.chat(&key, body.clone()).await.status(), 200);
+    }
+    let state = kw.state.clone();
+    let spend = SpendControl {
+        counters: nodes[0].dyn_counters(),
+        store: state.store.clone(),
+        clock: keyward_core::Clock::system(),
+        unwritten: Arc::new(state.usage.clone()),
+        route_costs: Default::default(),
+        projects: TtlMap::new(60_000),
+        budgets: TtlMap::new(60_000),
+        alerts: state.limits.alerts.clone(),
+    };
+    let key_id = KeyId::parse(&id).unwrap();
+    let caller = Caller {
+        key: Arc::new(state.store.get_key(&key_id).await.unwrap().unwrap()),
+        parent: None,
+    };
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let ask = Ask {
+        method: "POST",
+        path: "/v1/chat/completions",
+        model: Some("gpt-4o-mini-metered"),
+        uninspected_body: false,
+        client_ip: "127.0.0.1".parse().unwrap(),
+        origin: None,
+        body: &bytes,
+        requested_output: Some(40),
+        price: state.config.prices.get("gpt-4o-mini-metered").copied(),
+    };
+    let account = (BudgetScope::Key(id.clone()), 0);
+    let redis_key = format!("{prefix}:acct:key:{id}:0");
+    state.usage.flush().await;
+    let stored = state
+        .store
+        .usage_totals(&keyward_store::UsageFilter {
+            key: Some(key_id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .cost_micros;
+    assert!(stored > 0);
+
+    // Loaded from storage by the first admission; then Redis loses it.
+    drop(admit(&spend, &caller, &ask).await.expect("within budget"));
+    nodes[0].counters.flush().await;
+    assert_eq!(nodes[0].counters.account(&account).await.spent, stored);
+    let mut con = raw().await;
+    let _: () = redis::cmd("HSET")
+        .arg(&redis_key)
+        .arg("spent")
+        .arg(0)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    drop(admit(&spend, &caller, &ask).await.expect("within budget"));
+    assert_eq!(reconcile::once(&spend).await, 1, "one account raised");
+    assert_eq!(nodes[0].counters.account(&account).await.spent, stored);
+
+    // Ahead of storage (other nodes' usage not written yet): left alone.
+    let _: () = redis::cmd("HSET")
+        .arg(&redis_key)
+        .arg("spent")
+        .arg(stored + 1_000)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    drop(admit(&spend, &caller, &ask).await.expect("within budget"));
+    assert_eq!(reconcile::once(&spend).await, 0);
+    assert_eq!(
+        nodes[0].counters.account(&account).await.spent,
+        stored + 1_000
+    );
+    // Nothing charged since: nothing to compare.
+    assert_eq!(reconcile::once(&spend).await, 0);
+}

@@ -3,7 +3,7 @@
 -- LocalCounters, in the same order, with the same arithmetic).
 --
 -- KEYS: per subject its bucket hash and its in-flight set; then per account
---   its hash (spent, reserved, h:<hold> = amount held) and its lease set.
+--   its hash (spent, reserved) and its lease set (members hold~amount).
 -- ARGV: 1 now (caller's ms: the buckets' clock), 2 hold id, 3 lease ms,
 --   4 account idle ms, 5 subjects, 6 estimated tokens, 7 accounts,
 --   8 mode ('fixed': 9 = amount to hold; 'auto': 9 = a, 10 = b, 11 = p,
@@ -37,11 +37,13 @@ end
 -- implementations hold the very same levels.
 local function save(bucket, s)
   local lowest = 0
-  if s.rl then
+  if s.rl and s.tl then
+    redis.call('HSET', bucket, 'rl', fmt(s.rl), 'ra', fmt(s.ra), 'tl', fmt(s.tl), 'ta', fmt(s.ta))
+    lowest = math.min(lowest, s.rl, s.tl)
+  elseif s.rl then
     redis.call('HSET', bucket, 'rl', fmt(s.rl), 'ra', fmt(s.ra))
     lowest = math.min(lowest, s.rl)
-  end
-  if s.tl then
+  elseif s.tl then
     redis.call('HSET', bucket, 'tl', fmt(s.tl), 'ta', fmt(s.ta))
     lowest = math.min(lowest, s.tl)
   end
@@ -79,8 +81,8 @@ for i = 1, ns do
     s.tl, s.ta = refill(s.tl, s.ta, tpm)
   end
   if maxc >= 0 then
-    redis.call('ZREMRANGEBYSCORE', flight, '-inf', t)
-    s.in_flight = redis.call('ZCARD', flight)
+    -- Slots whose lease ran out are not counted (renewals remove them).
+    s.in_flight = redis.call('ZCOUNT', flight, '(' .. fmt(t), '+inf')
   end
   subjects[i] = s
   if (rpm >= 0 and s.rl < 1)
@@ -91,12 +93,16 @@ for i = 1, ns do
   end
 end
 
--- Accounts this Redis does not hold: the caller loads them from storage.
+-- Accounts this Redis does not hold (a loaded account always has its
+-- spend): the caller loads them from storage.
+local spent_reserved = {}
 local missing = {}
 for j = 1, nb do
-  if redis.call('EXISTS', KEYS[2 * ns + 2 * j - 1]) == 0 then
+  local a = redis.call('HMGET', KEYS[2 * ns + 2 * j - 1], 'spent', 'reserved')
+  if not a[1] then
     missing[#missing + 1] = fmt(j)
   end
+  spent_reserved[j] = a
 end
 if #missing > 0 then
   save_all(ns)
@@ -105,18 +111,20 @@ end
 
 -- Budgets: what remains of each, and whether the bound fits all of them.
 local remaining = {}
-local tightest = nil
-for j = 1, nb do
-  local acct, leases = KEYS[2 * ns + 2 * j - 1], KEYS[2 * ns + 2 * j]
-  purge(acct, leases, t)
-  local a = redis.call('HMGET', acct, 'spent', 'reserved')
-  local rem = tonumber(ARGV[amounts_at + j]) - tonumber(a[1] or '0') - tonumber(a[2] or '0')
-  remaining[j] = rem
-  if not tightest or rem < tightest then tightest = rem end
+local function measure()
+  local tightest = nil
+  for j = 1, nb do
+    local a = spent_reserved[j]
+    local rem = tonumber(ARGV[amounts_at + j]) - tonumber(a[1]) - tonumber(a[2] or '0')
+    remaining[j] = rem
+    if not tightest or rem < tightest then tightest = rem end
+  end
+  return tightest
 end
-local held = 0
-if nb > 0 then
-  local refuse = false
+
+-- How much to hold, or nil when the bound does not fit every budget.
+local function decide(tightest)
+  local held
   if mode == 'fixed' then
     held = tonumber(ARGV[9])
   else
@@ -135,19 +143,39 @@ if nb > 0 then
     if q * 1000000 + s >= tonumber(ARGV[12]) then
       held = tonumber(ARGV[13])
     elseif q == 0 and s == 0 then
-      refuse = true -- a cap of zero tokens
+      return nil -- a cap of zero tokens
     else
       -- input + affordable * p = rem * 1e6 - m, rounded up to micro-dollars
       held = tightest - math.floor(m / 1000000)
     end
   end
   for j = 1, nb do
-    if refuse or held > remaining[j] then
-      save_all(ns)
-      local out = { 'exhausted' }
-      for k = 1, nb do out[k + 1] = fmt(remaining[k]) end
-      return out
+    if held > remaining[j] then return nil end
+  end
+  return held
+end
+
+local held = 0
+if nb > 0 then
+  held = decide(measure())
+  if not held then
+    -- Holds whose lease ran out only matter when they would refuse: give
+    -- them back, then decide again.
+    local purged = false
+    for j = 1, nb do
+      local acct, leases = KEYS[2 * ns + 2 * j - 1], KEYS[2 * ns + 2 * j]
+      if purge(acct, leases, t) then
+        purged = true
+        spent_reserved[j] = redis.call('HMGET', acct, 'spent', 'reserved')
+      end
     end
+    if purged then held = decide(measure()) end
+  end
+  if not held then
+    save_all(ns)
+    local out = { 'exhausted' }
+    for k = 1, nb do out[k + 1] = fmt(remaining[k]) end
+    return out
   end
 end
 
@@ -166,12 +194,12 @@ for i = 1, ns do
   out[#out + 1] = opt(s.rl)
   out[#out + 1] = opt(s.tl)
 end
+-- The account's expiry is renewed by settlements and lease renewals.
+local m = member(hold, held)
 for j = 1, nb do
   local acct, leases = KEYS[2 * ns + 2 * j - 1], KEYS[2 * ns + 2 * j]
   redis.call('HINCRBY', acct, 'reserved', held)
-  redis.call('HINCRBY', acct, 'h:' .. hold, held)
-  redis.call('ZADD', leases, t + lease, hold)
-  redis.call('PEXPIRE', acct, idle)
+  redis.call('ZADD', leases, t + lease, m)
   redis.call('PEXPIRE', leases, idle)
   out[#out + 1] = fmt(remaining[j])
 end

@@ -19,21 +19,30 @@ local function opt(x)
   return ''
 end
 
+-- A budget hold in an account's lease set: its id and the amount it holds,
+-- so that ending or purging it needs no other field.
+local function member(hold, amount)
+  return hold .. '~' .. fmt(tonumber(amount))
+end
+
+local function amount_of(m)
+  return tonumber(string.match(m, '~(%-?[%d.e+]+)$')) or 0
+end
+
 -- Gives back the budget holds whose lease ran out: their node stopped
--- renewing them (it died, or lost Redis for longer than a lease).
+-- renewing them (it died, or lost Redis for longer than a lease). Returns
+-- whether there were any.
 local function purge(acct, leases, now)
   local gone = redis.call('ZRANGEBYSCORE', leases, '-inf', now)
-  for _, id in ipairs(gone) do
-    local amount = redis.call('HGET', acct, 'h:' .. id)
-    if amount then
-      -- 0 - x, not -x: Redis reads "-0" as no integer.
-      redis.call('HINCRBY', acct, 'reserved', 0 - tonumber(amount))
-      redis.call('HDEL', acct, 'h:' .. id)
-    end
+  if #gone == 0 then return false end
+  local total = 0
+  for _, m in ipairs(gone) do
+    total = total + amount_of(m)
   end
-  if #gone > 0 then
-    redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
-  end
+  -- 0 - x, not -x: Redis reads "-0" as no integer.
+  redis.call('HINCRBY', acct, 'reserved', 0 - total)
+  redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+  return true
 end
 
 -- floor(x / p) for integers x >= 0 and p > 0 whose products stay below 2^53.

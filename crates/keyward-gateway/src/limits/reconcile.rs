@@ -1,0 +1,64 @@
+//! Reconciliation of shared counters against storage (cluster mode): every
+//! [`EVERY`], each node compares the budget accounts it charged since the
+//! last round with the spend in storage and raises any that Redis holds less
+//! of. Redis can fall behind storage only by losing writes (a failover to a
+//! replica that was behind, settlements dropped after a long outage); it is
+//! ahead by design (usage reaches storage in batches), so it is raised,
+//! never lowered, and an account Redis lost entirely is rebuilt from storage
+//! by admission instead (`Refusal::Unloaded`).
+
+use crate::limits::admission::spent_since;
+use crate::limits::{Backlog, SpendControl};
+use std::time::Duration;
+
+/// How often a node reconciles. A lost settlement can let a budget overspend
+/// by what it was worth until then.
+pub const EVERY: Duration = Duration::from_secs(60);
+
+/// One round; returns how many accounts were raised. Skipped while usage
+/// cannot be written (storage is behind by more than the batch).
+pub async fn once(limits: &SpendControl) -> usize {
+    let accounts = limits.counters.charged_accounts();
+    if accounts.is_empty() || limits.unwritten.backlog() != Backlog::Flowing {
+        return 0;
+    }
+    // What this node served is in storage before it is compared.
+    limits.unwritten.flush().await;
+    let mut raised = 0;
+    for id in accounts {
+        let stored = match spent_since(limits, &id.0, id.1).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(error = %e, "reconciling budgets: reading spend failed; next round");
+                return raised;
+            }
+        };
+        if let Some(before) = limits.counters.reconcile(&id, stored).await {
+            raised += 1;
+            tracing::warn!(
+                scope = id.0.kind(),
+                scope_id = id.0.id(),
+                shared = before,
+                stored,
+                "a budget's spend in Redis was behind storage (lost settlements); raised to storage's"
+            );
+        }
+    }
+    raised
+}
+
+/// Runs [`once`] every [`EVERY`] until `stop` turns true.
+pub fn spawn(state: crate::state::SharedState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tick.tick() => {}
+            }
+            once(&state.limits).await;
+        }
+    });
+}
