@@ -15,8 +15,8 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -306,12 +306,29 @@ impl Cluster {
 
     /// A `keyward` client command through node 0, which must succeed.
     fn cli_json(&self, args: &[&str]) -> Value {
-        let out = crate::support::keyward()
+        self.cli_json_with(args, &[], "")
+    }
+
+    /// A `keyward` client command through node 0 with more environment
+    /// variables and `input` on its stdin, which must succeed.
+    fn cli_json_with(&self, args: &[&str], env: &[(&str, &str)], input: &str) -> Value {
+        let mut child = crate::support::keyward()
             .args(args)
             .env("KEYWARD_URL", &self.node(0).url)
             .env("KEYWARD_ADMIN_KEY", &self.admin_key)
-            .output()
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
         assert!(
             out.status.success(),
             "keyward {args:?}: {}",
@@ -693,6 +710,247 @@ fn readyz(url: &str) -> (u16, Value) {
     })
 }
 
+/// The public URL the nodes of the account tests are started with: a load
+/// balancer's address in front of the three, the origin browsers send
+/// (nothing listens there; the nodes only compare it with `Origin`).
+const PUBLIC_URL: &str = "http://127.0.0.1:9";
+
+/// A dashboard user's password.
+const PASSWORD: &str = "a long enough passphrase 7";
+
+/// The channel the nodes publish invalidations on and listen to (the default
+/// Redis prefix).
+const INVALIDATIONS: &str = "keyward:invalidations";
+
+/// A cluster whose three nodes are subscribed to invalidations, and a
+/// subscriber of the test's own on the same channel. Fields drop in order:
+/// the nodes first, the database last.
+struct Watched {
+    cluster: Cluster,
+    channel: Channel,
+    _upstream: Recorder,
+    _redis: Redis,
+    _db: Database,
+}
+
+impl Watched {
+    fn start(pg: &str, extra: &[&str]) -> Self {
+        let db = Database::create(pg);
+        let redis = Redis::start();
+        let upstream = Recorder::start(Duration::ZERO);
+        let cluster = Cluster::start(&db, &redis, &upstream, extra);
+        // Ready means subscribed (and each node's caches dropped once).
+        for url in cluster.urls() {
+            while readyz(&url).0 != 200 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let channel = Channel::watch(&redis);
+        // The three nodes and the watcher: every node listens where the
+        // others publish (a node on another channel, say another
+        // `--redis-prefix`, would hear nothing and still pass the one-second
+        // bound, through its caches' TTL).
+        assert_eq!(
+            channel.listeners(&redis),
+            4,
+            "the nodes and the watcher on {INVALIDATIONS}"
+        );
+        Self {
+            cluster,
+            channel,
+            _upstream: upstream,
+            _redis: redis,
+            _db: db,
+        }
+    }
+}
+
+/// Every message published on the invalidation channel, as JSON.
+///
+/// A node trusts a cached key or session for at most a second (the binary's
+/// fixed `key_cache_ttl`), so it stops accepting one ended elsewhere within
+/// about a second even if nobody tells it: the one-second bound alone cannot
+/// tell a working bus from a silent one. What ends the credential on the other
+/// nodes at once is the message the node that made the change publishes here,
+/// which each test checks was sent.
+struct Channel {
+    messages: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Channel {
+    fn watch(redis: &Redis) -> Self {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
+        let mut con = client.get_connection().unwrap();
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let kept = messages.clone();
+        let (subscribed, ready) = std::sync::mpsc::channel();
+        // Until Redis stops.
+        std::thread::spawn(move || {
+            let mut pubsub = con.as_pubsub();
+            pubsub.subscribe(INVALIDATIONS).unwrap();
+            subscribed.send(()).unwrap();
+            while let Ok(pushed) = pubsub.get_message() {
+                let payload: String = pushed.get_payload().unwrap();
+                let message =
+                    serde_json::from_str(&payload).unwrap_or_else(|e| panic!("{e}: {payload}"));
+                kept.lock().unwrap().push(message);
+            }
+        });
+        ready.recv().unwrap();
+        Self { messages }
+    }
+
+    /// Whether a message of `kind` naming `id` was published.
+    fn saw(&self, kind: &str, id: &str) -> bool {
+        self.messages.lock().unwrap().iter().any(|m| {
+            m["kind"] == kind
+                && m["ids"]
+                    .as_array()
+                    .is_some_and(|ids| ids.iter().any(|i| i == id))
+        })
+    }
+
+    /// How many connections listen on the channel.
+    fn listeners(&self, redis: &Redis) -> i64 {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
+        let mut con = client.get_connection().unwrap();
+        let (_, n): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(INVALIDATIONS)
+            .query(&mut con)
+            .unwrap();
+        n
+    }
+
+    fn messages(&self) -> Vec<Value> {
+        self.messages.lock().unwrap().clone()
+    }
+}
+
+/// What one node did with the requests sent to it after a change returned.
+struct AfterChange {
+    url: String,
+    /// How long after the change returned each accepted request was sent.
+    accepted: Vec<Duration>,
+    /// The status and body of each refused one.
+    refused: Vec<(u16, String)>,
+}
+
+/// Clients call each of `urls` with `request` (status and body; 200 is
+/// accepted) in a loop, a thread a node, so that each node holds the
+/// credential in its caches. Once every node has accepted it a few times,
+/// `change` runs (through another node); the clients go on until a second and
+/// a half after it returned. Until the change starts every request must be
+/// accepted; while it runs either answer is right.
+fn hammer_around(
+    urls: &[String],
+    request: impl Fn(&str) -> (u16, String) + Send + Sync + 'static,
+    change: impl FnOnce(),
+) -> Vec<AfterChange> {
+    const WARM: usize = 5;
+    let request = Arc::new(request);
+    let returned: Arc<OnceLock<Instant>> = Arc::default();
+    let changing = Arc::new(AtomicBool::new(false));
+    let mut hammers: Vec<_> = urls
+        .iter()
+        .map(|url| {
+            let warm = Arc::new(AtomicUsize::new(0));
+            let (url, request, returned, changing, accepted_before) = (
+                url.clone(),
+                request.clone(),
+                returned.clone(),
+                changing.clone(),
+                warm.clone(),
+            );
+            let thread = std::thread::spawn(move || {
+                let mut seen = AfterChange {
+                    url,
+                    accepted: Vec::new(),
+                    refused: Vec::new(),
+                };
+                loop {
+                    let sent = Instant::now();
+                    let (status, body) = request(&seen.url);
+                    match returned.get() {
+                        Some(at) if sent > *at => {
+                            if status == 200 {
+                                seen.accepted.push(sent - *at);
+                            } else {
+                                seen.refused.push((status, body));
+                            }
+                            if sent - *at > Duration::from_millis(1500) {
+                                return seen;
+                            }
+                        }
+                        _ if !changing.load(Ordering::SeqCst) => {
+                            assert_eq!(status, 200, "{} before the change: {body}", seen.url);
+                            accepted_before.fetch_add(1, Ordering::SeqCst);
+                        }
+                        _ => {}
+                    }
+                }
+            });
+            (warm, thread)
+        })
+        .collect();
+    while hammers
+        .iter()
+        .any(|(warm, t)| warm.load(Ordering::SeqCst) < WARM && !t.is_finished())
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A client that stopped before the change failed: say why.
+    if let Some(failed) = hammers.iter().position(|(_, t)| t.is_finished()) {
+        if let Err(panic) = hammers.swap_remove(failed).1.join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+    changing.store(true, Ordering::SeqCst);
+    change();
+    returned.set(Instant::now()).unwrap();
+    hammers
+        .into_iter()
+        .map(|(_, t)| t.join().unwrap())
+        .collect()
+}
+
+/// Every node refused after `change` returned, each time with a 401 whose body
+/// says `refusal`, and accepted no request sent more than a second after.
+fn assert_refused_within_a_second(seen: &[AfterChange], change: &str, refusal: &str) {
+    for node in seen {
+        let last = node
+            .accepted
+            .last()
+            .map(|d| format!(", the last {d:?} after"))
+            .unwrap_or_default();
+        println!(
+            "{}: accepted {} request(s) sent after {change} returned{last}; refused {}",
+            node.url,
+            node.accepted.len(),
+            node.refused.len()
+        );
+        assert!(!node.refused.is_empty(), "{} never refused", node.url);
+        for (status, body) in &node.refused {
+            assert!(
+                *status == 401 && body.contains(refusal),
+                "{}: {status} {body}",
+                node.url
+            );
+        }
+        assert!(
+            node.accepted.iter().all(|d| *d <= Duration::from_secs(1)),
+            "{} accepted requests sent more than a second after {change} returned: {:?}",
+            node.url,
+            node.accepted
+        );
+    }
+}
+
+/// One chat completion with `key`: status and body.
+fn complete(url: &str, key: &str) -> (u16, String) {
+    burst(&[url.to_owned()], key, 1).remove(0)
+}
+
 #[test]
 fn a_key_revoked_through_one_node_is_refused_by_the_others_within_a_second() {
     let Some(pg) =
@@ -700,56 +958,193 @@ fn a_key_revoked_through_one_node_is_refused_by_the_others_within_a_second() {
     else {
         return;
     };
-    let db = Database::create(&pg);
-    let redis = Redis::start();
-    let upstream = Recorder::start(Duration::ZERO);
-    let cluster = Cluster::start(&db, &redis, &upstream, &[]);
-    cluster.cli_json(&["projects", "create", "bench", "--json"]);
-    let (id, key) = cluster.key("to-revoke", &[]);
-    let others = cluster.urls()[1..].to_vec();
-    // Clients hammer nodes 1 and 2 (so both hold the key in their caches)
-    // until a second and a half after the revocation returned.
-    let revoked_at: Arc<std::sync::OnceLock<Instant>> = Arc::default();
-    let hammers: Vec<_> = others
+    let w = Watched::start(&pg, &[]);
+    w.cluster
+        .cli_json(&["projects", "create", "bench", "--json"]);
+    let (id, key) = w.cluster.key("to-revoke", &[]);
+    let seen = hammer_around(
+        &w.cluster.urls()[1..],
+        move |url| complete(url, &key),
+        || {
+            let revoked = w.cluster.cli_json(&["keys", "revoke", &id, "--json"]);
+            assert_eq!(revoked["status"], "revoked", "{revoked}");
+        },
+    );
+    assert_refused_within_a_second(&seen, "the revocation", "has been revoked");
+    assert!(w.channel.saw("keys", &id), "{:?}", w.channel.messages());
+}
+
+#[test]
+fn a_leak_reported_through_one_node_is_refused_by_the_others_within_a_second() {
+    let Some(pg) =
+        dependencies("a_leak_reported_through_one_node_is_refused_by_the_others_within_a_second")
+    else {
+        return;
+    };
+    let w = Watched::start(&pg, &[]);
+    w.cluster
+        .cli_json(&["projects", "create", "bench", "--json"]);
+    let (id, key) = w.cluster.key("to-leak", &[]);
+    let found = format!("{key}\n");
+    let seen = hammer_around(
+        &w.cluster.urls()[1..],
+        move |url| complete(url, &key),
+        || {
+            // As a scanner sends what it found: the token on stdin.
+            let report = w.cluster.cli_json_with(
+                &["leaks", "report", "--location", "app.py:3", "--json"],
+                &[],
+                &found,
+            );
+            assert_eq!(report[0]["result"], "disabled", "{report}");
+        },
+    );
+    assert_refused_within_a_second(&seen, "the leak report", "found exposed");
+    assert!(w.channel.saw("keys", &id), "{:?}", w.channel.messages());
+}
+
+/// A dashboard user made through node 0, then signed in through each node
+/// over HTTP as a browser on the public URL: the user's id, and each node's
+/// session cookie (the `Cookie` header value), in the order of `urls()`.
+fn signed_in_on_every_node(cluster: &Cluster, email: &str) -> (String, Vec<String>) {
+    let user = cluster.cli_json_with(
+        &[
+            "users", "create", "--email", email, "--org", "acme", "--role", "member", "--json",
+        ],
+        &[("KEYWARD_PASSWORD", PASSWORD)],
+        "",
+    );
+    let cookies = cluster
+        .urls()
         .iter()
         .map(|url| {
-            let (url, key, revoked_at) = (url.clone(), key.clone(), revoked_at.clone());
-            std::thread::spawn(move || {
-                let mut accepted_after = Vec::new();
-                let mut refused = 0;
-                loop {
-                    let sent = Instant::now();
-                    let (status, _) = burst(std::slice::from_ref(&url), &key, 1).remove(0);
-                    match revoked_at.get() {
-                        Some(at) if sent > *at => {
-                            if status == 200 {
-                                accepted_after.push(sent - *at);
-                            } else {
-                                refused += 1;
-                            }
-                            if sent - *at > Duration::from_millis(1500) {
-                                return (accepted_after, refused);
-                            }
-                        }
-                        _ => assert_eq!(status, 200),
-                    }
-                }
-            })
+            let (status, body, cookie) = block_on(async {
+                let r = reqwest::Client::new()
+                    .post(format!("{url}/auth/login"))
+                    .header("origin", PUBLIC_URL)
+                    .json(&json!({"email": email, "password": PASSWORD}))
+                    .send()
+                    .await
+                    .unwrap();
+                let cookie = r
+                    .headers()
+                    .get_all("set-cookie")
+                    .iter()
+                    .filter_map(|v| v.to_str().unwrap().split(';').next())
+                    .filter(|pair| !pair.ends_with('='))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                (r.status().as_u16(), r.text().await.unwrap(), cookie)
+            });
+            assert!(
+                status == 200 && body.contains("signed_in") && cookie.contains("keyward_session="),
+                "signing in through {url}: {status} {body}"
+            );
+            cookie
         })
         .collect();
-    // Both nodes have served the key before it is revoked.
-    while upstream.served() < 10 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    cluster.cli_json(&["keys", "revoke", &id, "--json"]);
-    revoked_at.set(Instant::now()).unwrap();
-    for hammer in hammers {
-        let (accepted_after, refused) = hammer.join().unwrap();
-        assert!(refused > 0);
-        println!("accepted after the revocation returned: {accepted_after:?}");
-        assert!(
-            accepted_after.iter().all(|d| *d <= Duration::from_secs(1)),
-            "a node accepted the revoked key more than a second after the revocation: {accepted_after:?}"
-        );
-    }
+    (user["id"].as_str().unwrap().to_owned(), cookies)
+}
+
+/// A browser's request with a session cookie, from the public URL's origin:
+/// status and body.
+fn as_browser(
+    method: reqwest::Method,
+    url: &str,
+    cookie: &str,
+    body: Option<Value>,
+) -> (u16, String) {
+    block_on(async {
+        let mut request = reqwest::Client::new()
+            .request(method, url)
+            .header("origin", PUBLIC_URL)
+            .header("cookie", cookie);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let r = request.send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    })
+}
+
+/// `GET /auth/me`: whether the session is open.
+fn me(url: &str, cookie: &str) -> (u16, String) {
+    as_browser(
+        reqwest::Method::GET,
+        &format!("{url}/auth/me"),
+        cookie,
+        None,
+    )
+}
+
+/// Hammers `/auth/me` on nodes 1 and 2, each with its own session of a user
+/// also signed in on node 0, around `change` (given node 0's URL and cookie),
+/// and checks that the sessions on 1 and 2 ended within a second, through a
+/// message naming the user. Answers node 0's cookie.
+fn sessions_end_on_the_others_within_a_second(
+    pg: &str,
+    change: &str,
+    through_a: impl FnOnce(&str, &str),
+) -> (Watched, String) {
+    let w = Watched::start(pg, &["--public-url", PUBLIC_URL]);
+    let (user, cookies) = signed_in_on_every_node(&w.cluster, "ada@example.com");
+    let urls = w.cluster.urls();
+    let by_node: std::collections::HashMap<String, String> = urls[1..]
+        .iter()
+        .cloned()
+        .zip(cookies[1..].iter().cloned())
+        .collect();
+    let seen = hammer_around(
+        &urls[1..],
+        move |url| me(url, &by_node[url]),
+        || through_a(&urls[0], &cookies[0]),
+    );
+    assert_refused_within_a_second(&seen, change, "unauthorized");
+    assert!(w.channel.saw("user", &user), "{:?}", w.channel.messages());
+    (w, cookies[0].clone())
+}
+
+#[test]
+fn log_out_everywhere_through_one_node_ends_sessions_on_the_others_within_a_second() {
+    let name = "log_out_everywhere_through_one_node_ends_sessions_on_the_others_within_a_second";
+    let Some(pg) = dependencies(name) else {
+        return;
+    };
+    let (w, on_a) =
+        sessions_end_on_the_others_within_a_second(&pg, "log out everywhere", |a, cookie| {
+            let (status, body) = as_browser(
+                reqwest::Method::POST,
+                &format!("{a}/auth/sessions/end-all"),
+                cookie,
+                Some(json!({})),
+            );
+            assert_eq!(status, 200, "{body}");
+        });
+    // Everywhere includes the session that asked.
+    assert_eq!(me(&w.cluster.node(0).url, &on_a).0, 401);
+}
+
+#[test]
+fn a_password_change_through_one_node_ends_sessions_on_the_others_within_a_second() {
+    let name = "a_password_change_through_one_node_ends_sessions_on_the_others_within_a_second";
+    let Some(pg) = dependencies(name) else {
+        return;
+    };
+    let (w, on_a) = sessions_end_on_the_others_within_a_second(
+        &pg,
+        "the password change",
+        |a, cookie| {
+            let (status, body) = as_browser(
+                reqwest::Method::POST,
+                &format!("{a}/auth/password"),
+                cookie,
+                Some(
+                    json!({"current_password": PASSWORD, "new_password": "another long passphrase 8"}),
+                ),
+            );
+            assert_eq!(status, 200, "{body}");
+        },
+    );
+    // Every other session: the one that changed it stays open.
+    assert_eq!(me(&w.cluster.node(0).url, &on_a).0, 200);
 }
