@@ -349,6 +349,9 @@ fn start_target(
         .arg(format!("http://{sim_addr}/v1"))
         .arg("--data-dir")
         .arg(node_dir.join("data"))
+        // One key for every node, made by the first (see sealing.rs).
+        .arg("--secrets-key-file")
+        .arg(dir.join("secrets.key"))
         .args(flags)
         .env("OPENAI_API_KEY", "sk-benchmark-not-a-real-key")
         .env("KEYWARD_LOG", "warn");

@@ -20,6 +20,12 @@
 //! sealed.
 //!
 //! Decisions:
+//! - The first start seals a known value with its key and stores it (the
+//!   setting `sealing_key_check`); every later start, of any node, must open
+//!   it or refuses to start. Nodes that each made a key file of their own
+//!   (separate data directories, no `KEYWARD_SECRETS_KEY`) would otherwise
+//!   start fine and fail later, each unable to open what the others sealed
+//!   (a TOTP secret enrolled through one node and checked by another).
 //! - At start, plaintext webhook secrets are sealed once (a compare-and-set per
 //!   row, so nodes starting together agree), and every sealed one must open with
 //!   the key, or the server refuses to start naming the problem: webhooks are
@@ -114,6 +120,13 @@ pub enum SealingError {
         /// How many sealed secrets are stored.
         sealed: usize,
     },
+    /// The database's key check does not open with the key: another node, or
+    /// an earlier start, sealed with another key.
+    #[error("{source_name} is not the secrets key this database was set up with (another node, or an earlier start, used a different one): give every node the same key, in {KEY_ENV} or the same key file; nothing was changed")]
+    KeyMismatch {
+        /// Where the key came from.
+        source_name: String,
+    },
     /// A stored value does not open: another key, another row, or altered.
     #[error("the stored secret does not open with this server's secrets key (sealed with another key, or altered)")]
     Unopenable,
@@ -205,6 +218,10 @@ impl SealingKey {
     }
 }
 
+/// The setting that holds a value sealed with the database's key, and its
+/// purpose and row in the associated data.
+const KEY_CHECK: &str = "sealing_key_check";
+
 /// The purpose of webhook signing secrets, in their associated data.
 const WEBHOOK_SECRET: &str = "webhook-secret";
 
@@ -227,8 +244,8 @@ pub async fn prepare(
     let hooks = store.list_webhooks().await?;
     let (sealed, plain): (Vec<&Webhook>, Vec<&Webhook>) =
         hooks.iter().partition(|w| is_sealed(&w.secret));
-    let key = match source {
-        SealingKeySource::Key(key) => key.clone(),
+    let (key, created) = match source {
+        SealingKeySource::Key(key) => (key.clone(), None),
         SealingKeySource::File(path) => key_from_file(path, sealed.len())?,
     };
     let failed = sealed
@@ -240,6 +257,18 @@ pub async fn prepare(
             source_name: source.describe(),
             failed,
             sealed: sealed.len(),
+        });
+    }
+    // After the webhooks, whose refusal says more.
+    let check = key.seal(KEY_CHECK, KEY_CHECK, KEY_CHECK);
+    let stored = store.claim_setting(KEY_CHECK, check.expose()).await?;
+    if key.open(KEY_CHECK, KEY_CHECK, &Secret::new(stored)).is_err() {
+        if let Some(path) = created {
+            // Made by this start for nothing: a retry must not find it.
+            let _ = std::fs::remove_file(path);
+        }
+        return Err(SealingError::KeyMismatch {
+            source_name: source.describe(),
         });
     }
     let mut newly_sealed = 0;
@@ -263,8 +292,12 @@ pub async fn prepare(
 }
 
 /// Reads the key file, or creates it (`0600`, a new random key) when it does
-/// not exist and nothing sealed needs an existing key.
-fn key_from_file(path: &Path, sealed: usize) -> Result<SealingKey, SealingError> {
+/// not exist and nothing sealed needs an existing key; with the file's path
+/// when this call created it.
+fn key_from_file(
+    path: &Path,
+    sealed: usize,
+) -> Result<(SealingKey, Option<&Path>), SealingError> {
     let file_error = |source| SealingError::KeyFile {
         path: path.to_owned(),
         source,
@@ -272,7 +305,8 @@ fn key_from_file(path: &Path, sealed: usize) -> Result<SealingKey, SealingError>
     match std::fs::read_to_string(path) {
         Ok(text) => {
             warn_if_open_to_others(path);
-            SealingKey::from_base64(&text, &format!("the key file {}", path.display()))
+            let key = SealingKey::from_base64(&text, &format!("the key file {}", path.display()))?;
+            Ok((key, None))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if sealed > 0 {
@@ -285,7 +319,7 @@ fn key_from_file(path: &Path, sealed: usize) -> Result<SealingKey, SealingError>
             match write_private(path, &format!("{}\n", key.to_base64())) {
                 Ok(()) => {
                     tracing::info!(path = %path.display(), "first start: wrote a new secrets key (mode 0600); back it up with the database");
-                    Ok(key)
+                    Ok((key, Some(path)))
                 }
                 // Another process created it first: use theirs.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {

@@ -27,7 +27,7 @@ pub use leaks::{
 pub use model::*;
 pub use resources::{
     AdminKeyStore, AuditStore, BudgetStore, ChannelStore, DeliveryStore, KeyStore, LeakStore,
-    OrgStore, SessionStore, UsageStore, UserStore,
+    OrgStore, SessionStore, SettingStore, UsageStore, UserStore,
 };
 
 use async_trait::async_trait;
@@ -78,6 +78,7 @@ pub trait Store:
     + DeliveryStore
     + UserStore
     + SessionStore
+    + SettingStore
     + Send
     + Sync
     + 'static
@@ -94,7 +95,7 @@ pub trait Store:
 pub mod prelude {
     pub use crate::resources::{
         AdminKeyStore, AuditStore, BudgetStore, ChannelStore, DeliveryStore, KeyStore, LeakStore,
-        OrgStore, SessionStore, UsageStore, UserStore,
+        OrgStore, SessionStore, SettingStore, UsageStore, UserStore,
     };
     pub use crate::Store;
 }

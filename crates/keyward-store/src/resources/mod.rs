@@ -11,6 +11,7 @@ mod keys;
 mod leaks;
 mod orgs;
 mod sessions;
+mod settings;
 mod usage;
 mod users;
 
@@ -23,6 +24,7 @@ pub use keys::KeyStore;
 pub use leaks::LeakStore;
 pub use orgs::OrgStore;
 pub use sessions::SessionStore;
+pub use settings::SettingStore;
 pub use usage::UsageStore;
 pub use users::UserStore;
 

@@ -357,6 +357,19 @@ impl Cluster {
     }
 }
 
+/// The secrets key every node of a test cluster is given, as an operator
+/// gives every node the same one (a node with a key of its own refuses to
+/// start on a database set up with another).
+fn shared_key_file() -> &'static str {
+    static FILE: OnceLock<String> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("keyward-cluster-{}.key", std::process::id()));
+        // A test's key: the base64 of 32 bytes (a real one is random).
+        std::fs::write(&path, "a2V5d2FyZCB0ZXN0IGNsdXN0ZXI6IG9uZSBrZXkhISE=\n").unwrap();
+        path.to_str().unwrap().to_owned()
+    })
+}
+
 fn start_node(
     dir: &Path,
     db: &Database,
@@ -371,6 +384,8 @@ fn start_node(
         "--redis",
         &redis_url,
         "--upstream-no-key",
+        "--secrets-key-file",
+        shared_key_file(),
     ];
     args.extend_from_slice(extra);
     ServeProcess::start_full("127.0.0.1:0", &upstream.url, dir, &args, "info")
@@ -687,6 +702,8 @@ fn two_nodes_starting_at_once_on_an_empty_database_apply_migrations_once() {
                     "--redis",
                     &redis_url,
                     "--upstream-no-key",
+                    "--secrets-key-file",
+                    shared_key_file(),
                 ],
                 "info",
             )

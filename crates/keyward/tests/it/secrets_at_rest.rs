@@ -181,3 +181,44 @@ fn serve_refuses_a_real_upstream_without_its_key_unless_told_it_needs_none() {
     assert!(log.contains("keyward is serving"), "{log}");
     assert!(log.contains("without upstream credentials"), "{log}");
 }
+
+/// Two nodes on one database that each made a key of their own (separate data
+/// directories, no `KEYWARD_SECRETS_KEY`) would each fail to open what the
+/// other sealed, long after starting: the second refuses to start instead,
+/// naming the problem, and keeps no key file; given the first's key, it starts.
+#[test]
+fn a_node_with_a_key_of_its_own_refuses_a_database_set_up_with_another() {
+    let first = tempfile::tempdir().unwrap();
+    ServeProcess::start(first.path(), &[]).terminate();
+    let db = format!("sqlite://{}", first.path().join("keyward.db").display());
+
+    let second = tempfile::tempdir().unwrap();
+    let out = serve(second.path())
+        .args(["--database", &db])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("is not the secrets key this database was set up with"),
+        "{stderr}"
+    );
+    assert!(
+        !second.path().join("secrets.key").exists(),
+        "the key made for nothing is not kept"
+    );
+
+    let key = std::fs::read_to_string(first.path().join("secrets.key")).unwrap();
+    let mut child = serve(second.path())
+        .args(["--database", &db])
+        .env("KEYWARD_SECRETS_KEY", key.trim())
+        .spawn()
+        .unwrap();
+    let serving = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.contains("keyward is serving"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(serving, "the same key starts");
+}
