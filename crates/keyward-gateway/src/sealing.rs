@@ -262,7 +262,10 @@ pub async fn prepare(
     // After the webhooks, whose refusal says more.
     let check = key.seal(KEY_CHECK, KEY_CHECK, KEY_CHECK);
     let stored = store.claim_setting(KEY_CHECK, check.expose()).await?;
-    if key.open(KEY_CHECK, KEY_CHECK, &Secret::new(stored)).is_err() {
+    if key
+        .open(KEY_CHECK, KEY_CHECK, &Secret::new(stored))
+        .is_err()
+    {
         if let Some(path) = created {
             // Made by this start for nothing: a retry must not find it.
             let _ = std::fs::remove_file(path);
@@ -294,10 +297,7 @@ pub async fn prepare(
 /// Reads the key file, or creates it (`0600`, a new random key) when it does
 /// not exist and nothing sealed needs an existing key; with the file's path
 /// when this call created it.
-fn key_from_file(
-    path: &Path,
-    sealed: usize,
-) -> Result<(SealingKey, Option<&Path>), SealingError> {
+fn key_from_file(path: &Path, sealed: usize) -> Result<(SealingKey, Option<&Path>), SealingError> {
     let file_error = |source| SealingError::KeyFile {
         path: path.to_owned(),
         source,

@@ -5,7 +5,8 @@
 //! replica that was behind, settlements dropped after a long outage); it is
 //! ahead by design (usage reaches storage in batches), so it is raised,
 //! never lowered, and an account Redis lost entirely is rebuilt from storage
-//! by admission instead (`Refusal::Unloaded`).
+//! by admission instead (`Refusal::Unloaded`). The server runs [`once`]
+//! every [`EVERY`] (`serve`).
 
 use crate::limits::admission::spent_since;
 use crate::limits::{Backlog, SpendControl};
@@ -45,20 +46,4 @@ pub async fn once(limits: &SpendControl) -> usize {
         }
     }
     raised
-}
-
-/// Runs [`once`] every [`EVERY`] until `stop` turns true.
-pub fn spawn(state: crate::state::SharedState, mut stop: tokio::sync::watch::Receiver<bool>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
-                _ = tick.tick() => {}
-            }
-            once(&state.limits).await;
-        }
-    });
 }

@@ -227,7 +227,7 @@ impl Server {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         crate::invalidation::subscribe(&self.state, stop_rx.clone());
         if self.state.config.redis.is_some() {
-            crate::limits::reconcile::spawn(self.state.clone(), stop_rx.clone());
+            reconcile_budgets(self.state.clone(), stop_rx.clone());
         }
         tokio::spawn(async move {
             shutdown.await;
@@ -306,6 +306,23 @@ async fn render_metrics(State(state): State<SharedState>) -> String {
     state.bus.render_metrics(&mut text);
     state.limits.counters.render_metrics(&mut text);
     text
+}
+
+/// Reconciles the shared budget counters with storage every
+/// [`crate::limits::reconcile::EVERY`] until `stop` turns true.
+fn reconcile_budgets(state: SharedState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::limits::reconcile::EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tick.tick() => {}
+            }
+            crate::limits::reconcile::once(&state.limits).await;
+        }
+    });
 }
 
 /// Discovers the OpenID provider in the background at start, so that a wrong

@@ -18,12 +18,14 @@ pub trait SettingStore: Send + Sync {
 impl<S: SqlStore> SettingStore for S {
     async fn claim_setting(&self, name: &str, value: &str) -> StoreResult<String> {
         let db = self.db();
-        Stmt::new("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-            .bind(name)
-            .bind(value)
-            .execute(db.writer())
-            .await
-            .map_err(backend)?;
+        Stmt::new(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(db.writer())
+        .await
+        .map_err(backend)?;
         Stmt::new("SELECT value FROM settings WHERE name = $1")
             .bind(name)
             .optional(db.writer(), |row| row.text("value"))
