@@ -812,91 +812,139 @@ async fn script_flushed_is_reloaded() {
     assert_eq!(nodes[0].metrics.redis_errors.get(), 0);
 }
 
+/// A server on its own counters whose key, under a budget of `micros` with
+/// no period, has served three requests (their usage in storage), and
+/// admission for that key on other counters (a node of the cluster).
+struct Budgeted {
+    kw: crate::support::Keyward,
+    _up: crate::support::Upstream,
+    spend: keyward_gateway::limits::SpendControl,
+    caller: keyward_gateway::limits::admission::Caller,
+    id: String,
+    body: Vec<u8>,
+}
+
+impl Budgeted {
+    async fn start(counters: Arc<dyn Counters>, micros: i64) -> Self {
+        use crate::support::{Keyward, Upstream};
+        use keyward_gateway::limits::admission::Caller;
+        use keyward_gateway::limits::SpendControl;
+        use keyward_gateway::ttl_map::TtlMap;
+        use serde_json::json;
+
+        let up = Upstream::start().await;
+        let kw = Keyward::start(&up.base_url()).await;
+        let created = kw.create_key_with(json!({})).await;
+        let (id, key) = (
+            created["id"].as_str().unwrap().to_owned(),
+            created["key"].as_str().unwrap().to_owned(),
+        );
+        let r = kw
+            .admin_put(
+                "/api/v1/budgets",
+                json!({"key": id, "usd": micros as f64 / 1e6, "period": "none"}),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        let body = json!({"model": "gpt-4o-mini-metered", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40});
+        // Spend through the server (its own counters): usage goes to storage.
+        for _ in 0..3 {
+            assert_eq!(kw.chat(&key, body.clone()).await.status(), 200);
+        }
+        let state = kw.state.clone();
+        let spend = SpendControl {
+            counters,
+            store: state.store.clone(),
+            clock: keyward_core::Clock::system(),
+            unwritten: Arc::new(state.usage.clone()),
+            route_costs: Default::default(),
+            projects: TtlMap::new(60_000),
+            budgets: TtlMap::new(60_000),
+            alerts: state.limits.alerts.clone(),
+        };
+        let key_id = KeyId::parse(&id).unwrap();
+        let caller = Caller {
+            key: Arc::new(state.store.get_key(&key_id).await.unwrap().unwrap()),
+            parent: None,
+        };
+        Self {
+            kw,
+            _up: up,
+            spend,
+            caller,
+            id,
+            body: serde_json::to_vec(&body).unwrap(),
+        }
+    }
+
+    fn ask(&self) -> keyward_gateway::limits::admission::Ask<'_> {
+        keyward_gateway::limits::admission::Ask {
+            method: "POST",
+            path: "/v1/chat/completions",
+            model: Some("gpt-4o-mini-metered"),
+            uninspected_body: false,
+            client_ip: "127.0.0.1".parse().unwrap(),
+            origin: None,
+            body: &self.body,
+            requested_output: Some(40),
+            price: self
+                .kw
+                .state
+                .config
+                .prices
+                .get("gpt-4o-mini-metered")
+                .copied(),
+        }
+    }
+
+    async fn admit(&self) -> Result<keyward_gateway::limits::admission::Admission, GatewayError> {
+        keyward_gateway::limits::admission::admit(&self.spend, &self.caller, &self.ask()).await
+    }
+
+    /// The key's spend in storage, once the server's usage is written.
+    async fn stored(&self) -> i64 {
+        self.kw.state.usage.flush().await;
+        self.kw
+            .state
+            .store
+            .usage_totals(&keyward_store::UsageFilter {
+                key: KeyId::parse(&self.id),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .cost_micros
+    }
+
+    fn account(&self) -> (BudgetScope, i64) {
+        (BudgetScope::Key(self.id.clone()), 0)
+    }
+}
+
 /// The whole path a node takes after Redis restarted empty: admission finds
 /// the account unloaded, flushes the usage not yet written, reads the spend
 /// from storage and loads it, so the budget is what storage says, not reset.
 #[tokio::test]
 async fn admission_rebuilds_a_wiped_budget_from_storage() {
-    use crate::support::{Keyward, Upstream};
-    use keyward_gateway::limits::admission::{admit, Ask, Caller};
-    use keyward_gateway::limits::SpendControl;
-    use keyward_gateway::ttl_map::TtlMap;
-    use serde_json::json;
-
     let Some((nodes, prefix)) = cluster(1, Duration::from_secs(30)).await else {
         return;
     };
-    let up = Upstream::start().await;
-    let kw = Keyward::start(&up.base_url()).await;
-    let created = kw.create_key_with(json!({})).await;
-    let (id, key) = (
-        created["id"].as_str().unwrap().to_owned(),
-        created["key"].as_str().unwrap().to_owned(),
-    );
     let amount = 400;
-    let r = kw
-        .admin_put(
-            "/api/v1/budgets",
-            json!({"key": id, "usd": amount as f64 / 1e6, "period": "none"}),
-        )
-        .await;
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    let body = json!({"model": "gpt-4o-mini-metered", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40});
-    // Spend through the server (its own counters): usage goes to storage.
-    for _ in 0..3 {
-        assert_eq!(kw.chat(&key, body.clone()).await.status(), 200);
-    }
-
-    let state = kw.state.clone();
-    let spend = SpendControl {
-        counters: nodes[0].dyn_counters(),
-        store: state.store.clone(),
-        clock: keyward_core::Clock::system(),
-        unwritten: Arc::new(state.usage.clone()),
-        route_costs: Default::default(),
-        projects: TtlMap::new(60_000),
-        budgets: TtlMap::new(60_000),
-        alerts: state.limits.alerts.clone(),
-    };
-    let key_id = KeyId::parse(&id).unwrap();
-    let caller = Caller {
-        key: Arc::new(state.store.get_key(&key_id).await.unwrap().unwrap()),
-        parent: None,
-    };
-    let bytes = serde_json::to_vec(&body).unwrap();
-    let ask = Ask {
-        method: "POST",
-        path: "/v1/chat/completions",
-        model: Some("gpt-4o-mini-metered"),
-        uninspected_body: false,
-        client_ip: "127.0.0.1".parse().unwrap(),
-        origin: None,
-        body: &bytes,
-        requested_output: Some(40),
-        price: state.config.prices.get("gpt-4o-mini-metered").copied(),
-    };
-    let account = (BudgetScope::Key(id.clone()), 0);
-    let first = admit(&spend, &caller, &ask).await.expect("within budget");
+    let b = Budgeted::start(nodes[0].dyn_counters(), amount).await;
+    let account = b.account();
+    let first = b.admit().await.expect("within budget");
     let held = first.reservation.as_ref().unwrap().amount();
     drop(first);
     nodes[0].counters.flush().await;
     let spent = nodes[0].counters.account(&account).await.spent;
-    let stored = state
-        .store
-        .usage_totals(&keyward_store::UsageFilter {
-            key: Some(key_id.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .cost_micros;
+    let stored = b.stored().await;
     assert!(spent > 0);
     assert_eq!(spent, stored, "loaded from storage");
 
     wipe(&prefix).await;
     let mut admitted = Vec::new();
     let refusal = loop {
-        match admit(&spend, &caller, &ask).await {
+        match b.admit().await {
             Ok(a) => admitted.push(a),
             Err(e) => break e,
         }
@@ -929,105 +977,46 @@ async fn admission_rebuilds_a_wiped_budget_from_storage() {
 /// not written yet) is never lowered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciliation_restores_a_lost_settlement_and_never_lowers_a_spend() {
-    use crate::support::{Keyward, Upstream};
-    use keyward_gateway::limits::admission::{admit, Ask, Caller};
-    use keyward_gateway::limits::{reconcile, SpendControl};
-    use keyward_gateway::ttl_map::TtlMap;
-    use serde_json::json;
+    use keyward_gateway::limits::reconcile;
 
     let Some((nodes, prefix)) = cluster(1, Duration::from_secs(30)).await else {
         return;
     };
-    let up = Upstream::start().await;
-    let kw = Keyward::start(&up.base_url()).await;
-    let created = kw.create_key_with(json!({})).await;
-    let (id, key) = (
-        created["id"].as_str().unwrap().to_owned(),
-        created["key"].as_str().unwrap().to_owned(),
-    );
-    let r = kw
-        .admin_put(
-            "/api/v1/budgets",
-            json!({"key": id, "usd": 1.0, "period": "none"}),
-        )
-        .await;
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    let body = json!({"model": "gpt-4o-mini-metered", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40});
-    for _ in 0..3 {
-        assert_eq!(kw.chat(&key, body.clone()).await.status(), 200);
-    }
-    let state = kw.state.clone();
-    let spend = SpendControl {
-        counters: nodes[0].dyn_counters(),
-        store: state.store.clone(),
-        clock: keyward_core::Clock::system(),
-        unwritten: Arc::new(state.usage.clone()),
-        route_costs: Default::default(),
-        projects: TtlMap::new(60_000),
-        budgets: TtlMap::new(60_000),
-        alerts: state.limits.alerts.clone(),
-    };
-    let key_id = KeyId::parse(&id).unwrap();
-    let caller = Caller {
-        key: Arc::new(state.store.get_key(&key_id).await.unwrap().unwrap()),
-        parent: None,
-    };
-    let bytes = serde_json::to_vec(&body).unwrap();
-    let ask = Ask {
-        method: "POST",
-        path: "/v1/chat/completions",
-        model: Some("gpt-4o-mini-metered"),
-        uninspected_body: false,
-        client_ip: "127.0.0.1".parse().unwrap(),
-        origin: None,
-        body: &bytes,
-        requested_output: Some(40),
-        price: state.config.prices.get("gpt-4o-mini-metered").copied(),
-    };
-    let account = (BudgetScope::Key(id.clone()), 0);
-    let redis_key = format!("{prefix}:acct:key:{id}:0");
-    state.usage.flush().await;
-    let stored = state
-        .store
-        .usage_totals(&keyward_store::UsageFilter {
-            key: Some(key_id.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .cost_micros;
+    let b = Budgeted::start(nodes[0].dyn_counters(), 1_000_000).await;
+    let account = b.account();
+    let redis_key = format!("{prefix}:acct:key:{}:0", b.id);
+    let stored = b.stored().await;
     assert!(stored > 0);
+    let set_spent = |spent: i64| {
+        let key = redis_key.clone();
+        async move {
+            let _: () = redis::cmd("HSET")
+                .arg(&key)
+                .arg("spent")
+                .arg(spent)
+                .query_async(&mut raw().await)
+                .await
+                .unwrap();
+        }
+    };
 
     // Loaded from storage by the first admission; then Redis loses it.
-    drop(admit(&spend, &caller, &ask).await.expect("within budget"));
+    drop(b.admit().await.expect("within budget"));
     nodes[0].counters.flush().await;
     assert_eq!(nodes[0].counters.account(&account).await.spent, stored);
-    let mut con = raw().await;
-    let _: () = redis::cmd("HSET")
-        .arg(&redis_key)
-        .arg("spent")
-        .arg(0)
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    drop(admit(&spend, &caller, &ask).await.expect("within budget"));
-    assert_eq!(reconcile::once(&spend).await, 1, "one account raised");
+    set_spent(0).await;
+    drop(b.admit().await.expect("within budget"));
+    assert_eq!(reconcile::once(&b.spend).await, 1, "one account raised");
     assert_eq!(nodes[0].counters.account(&account).await.spent, stored);
 
     // Ahead of storage (other nodes' usage not written yet): left alone.
-    let _: () = redis::cmd("HSET")
-        .arg(&redis_key)
-        .arg("spent")
-        .arg(stored + 1_000)
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    drop(admit(&spend, &caller, &ask).await.expect("within budget"));
-    assert_eq!(reconcile::once(&spend).await, 0);
+    set_spent(stored + 1_000).await;
+    drop(b.admit().await.expect("within budget"));
+    assert_eq!(reconcile::once(&b.spend).await, 0);
     assert_eq!(
         nodes[0].counters.account(&account).await.spent,
         stored + 1_000
     );
     // Nothing charged since: nothing to compare.
-    assert_eq!(reconcile::once(&spend).await, 0);
+    assert_eq!(reconcile::once(&b.spend).await, 0);
 }
