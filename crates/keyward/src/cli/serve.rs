@@ -85,6 +85,12 @@ pub struct ServeArgs {
     /// [default: 25].
     #[arg(long, env = "KEYWARD_USAGE_FLUSH_MS")]
     usage_flush_ms: Option<u64>,
+    /// How long a node trusts a cached key, session, project or budget before
+    /// reading storage again, 1 to 600000 ms [default: 1000]. Changes made
+    /// through this node, or with --redis through any node, apply at once:
+    /// this bounds only what a node that missed one serves.
+    #[arg(long, env = "KEYWARD_CACHE_TTL_MS")]
+    cache_ttl_ms: Option<u64>,
     /// Usage events held in memory while the database cannot store them;
     /// beyond it requests are refused (503 usage_backlog) until it can
     /// [default: 200000].
@@ -291,6 +297,7 @@ struct FileConfig {
     upstream_timeout_secs: Option<u64>,
     metrics_listen: Option<String>,
     usage_flush_ms: Option<u64>,
+    cache_ttl_ms: Option<u64>,
     usage_buffer_events: Option<usize>,
     shutdown_grace_secs: Option<u64>,
     workers: Option<usize>,
@@ -368,6 +375,7 @@ impl ServeArgs {
             upstream_timeout_secs,
             metrics_listen,
             usage_flush_ms,
+            cache_ttl_ms,
             usage_buffer_events,
             shutdown_grace_secs,
             redis_prefix,
@@ -486,6 +494,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(ms) = args.usage_flush_ms {
         config.usage_batch.interval = Duration::from_millis(ms.max(1));
+    }
+    if let Some(ms) = args.cache_ttl_ms {
+        anyhow::ensure!(
+            (1..=600_000).contains(&ms),
+            "--cache-ttl-ms must be between 1 and 600000 (ten minutes)"
+        );
+        config.key_cache_ttl = Duration::from_millis(ms);
     }
     if let Some(n) = args.usage_buffer_events {
         anyhow::ensure!(n > 0, "--usage-buffer-events must be at least 1");

@@ -261,6 +261,30 @@ fn serve_refuses_bad_settings_with_exit_2() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    // Bounds a node that missed an invalidation could serve a stale record:
+    // not zero, not forever; and the usage buffer holds at least one event.
+    for (flag, value, says) in [
+        ("--cache-ttl-ms", "0", "between 1 and 600000"),
+        ("--cache-ttl-ms", "600001", "between 1 and 600000"),
+        ("--usage-buffer-events", "0", "at least 1"),
+    ] {
+        let out = keyward()
+            .args([
+                "serve",
+                "--upstream",
+                "simulated",
+                "--metrics-listen",
+                "off",
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args([flag, value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(says), "{flag} {value}: {stderr}");
+    }
 }
 
 /// Cluster mode shares state through PostgreSQL: `--redis` with the default
