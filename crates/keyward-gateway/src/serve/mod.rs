@@ -8,7 +8,7 @@ use crate::cluster::Health;
 use crate::config::GatewayConfig;
 use crate::key_cache::KeyCache;
 use crate::limits::alerts::BudgetAlerts;
-use crate::limits::{Counters, LocalCounters, RedisCounters, SpendControl};
+use crate::limits::{Backlog, Counters, LocalCounters, RedisCounters, SpendControl};
 use crate::metering::writer::UsageWriter;
 use crate::metering::Metering;
 use crate::metrics::Metrics;
@@ -285,10 +285,18 @@ async fn readyz(State(state): State<SharedState>) -> impl IntoResponse {
         Health::Up => "up",
         Health::Down => "down",
     };
-    let ready = database == Health::Up && redis != Some(Health::Down);
+    // A full usage buffer refuses every request until it drains: not ready,
+    // even once the database answers again.
+    let usage = state.usage.backlog();
+    let ready = database == Health::Up && redis != Some(Health::Down) && usage != Backlog::Full;
     let mut body = serde_json::json!({
         "status": if ready { "ready" } else { "unavailable" },
         "database": word(database),
+        "usage": match usage {
+            Backlog::Flowing => "flowing",
+            Backlog::Stalled => "stalled",
+            Backlog::Full => "full",
+        },
     });
     if let Some(redis) = redis {
         body["redis"] = word(redis).into();

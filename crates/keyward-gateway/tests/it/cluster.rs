@@ -687,7 +687,7 @@ async fn readyz_reports_redis_down() {
             up.readyz().await,
             (
                 StatusCode::OK,
-                json!({"status": "ready", "database": "up", "redis": "up"})
+                json!({"status": "ready", "database": "up", "usage": "flowing", "redis": "up"})
             )
         );
         let down = Node::start(&deps, &format!("redis://{closed}"), &upstream, dir.path()).await;
@@ -695,7 +695,7 @@ async fn readyz_reports_redis_down() {
             down.readyz().await,
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({"status": "unavailable", "database": "up", "redis": "down"})
+                json!({"status": "unavailable", "database": "up", "usage": "flowing", "redis": "down"})
             )
         );
 
@@ -840,6 +840,9 @@ async fn postgres_down_buffers_usage_to_a_bound_then_refuses_and_loses_nothing()
             served <= 1 + 5,
             "no more than the bound waits in memory: {served} served"
         );
+        let (status, ready) = node.readyz().await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+        assert_eq!(ready["usage"], "full", "{ready}");
 
         postgres.up();
         while node.chat(secret).await != StatusCode::OK {
@@ -857,6 +860,8 @@ async fn postgres_down_buffers_usage_to_a_bound_then_refuses_and_loses_nothing()
             .await
             .unwrap();
         assert_eq!(stored.requests, served, "every request served is stored");
+        let (status, ready) = node.readyz().await;
+        assert_eq!((status, &ready["usage"]), (StatusCode::OK, &json!("flowing")), "{ready}");
         node.shutdown().await;
     })
     .await;
