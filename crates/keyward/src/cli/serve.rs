@@ -612,9 +612,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
     };
     let server = Server::new(config, store, Clock::system()).await?;
+    // Registered before the server says it is serving: a SIGTERM sent the
+    // moment it does is a clean shutdown, not the default death by signal.
+    let shutdown = shutdown_signal();
     tracing::info!(addr = %listener.local_addr()?, metrics = ?metrics.as_ref().and_then(|m| m.local_addr().ok()), "keyward is serving");
     server
-        .run(listener, metrics, shutdown_signal())
+        .run(listener, metrics, shutdown)
         .await
         .context("serving")
 }
@@ -728,24 +731,37 @@ fn sealing_key(args: &ServeArgs) -> anyhow::Result<Option<SealingKeySource>> {
     })
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Registers for SIGTERM and Ctrl-C at once (a signal that arrives before the
+/// future is first polled is not lost) and resolves on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let signals = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutdown requested; finishing in-flight requests");
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let (term, int) = signals;
+            tokio::select! { _ = wait(term) => {}, _ = wait(int) => {} }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutdown requested; finishing in-flight requests");
+    }
 }
 
 /// Runs the simulated upstream alone.
