@@ -73,7 +73,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let bin = gateway::build_keyward(&root)?;
     let dir = std::env::temp_dir().join(format!("keyward-cluster-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let databases: Vec<String> = ["postgres", "redis", "three"]
+    let databases: Vec<String> = ["postgres", "redis", "noshare", "three"]
         .iter()
         .map(|n| format!("kwbench_{}_{n}", std::process::id()))
         .collect();
@@ -159,7 +159,26 @@ async fn bench(
         ],
         None,
     )?);
-    let three = db_url(2);
+    let noshare = db_url(2);
+    targets.push(start_target(
+        "postgres+redis, no shares",
+        bin,
+        sim_addr,
+        &node_dir("noshare"),
+        1,
+        &[
+            "--database",
+            &noshare,
+            "--redis",
+            &redis_url,
+            "--redis-prefix",
+            "noshare:",
+            "--redis-share-ms",
+            "0",
+        ],
+        None,
+    )?);
+    let three = db_url(3);
     targets.push(start_target(
         "3 nodes+redis",
         bin,

@@ -75,6 +75,9 @@ pub struct RedisSettings {
     /// How long an in-flight slot or a budget hold of a node that stopped
     /// renewing it (it died) stays held in the shared counters.
     pub lease: std::time::Duration,
+    /// How long a node keeps a share of a limit far from its end, charging
+    /// from it without Redis (`crate::limits::shared`); zero: never.
+    pub share: std::time::Duration,
 }
 
 impl RedisSettings {
@@ -82,6 +85,8 @@ impl RedisSettings {
     pub const DEFAULT_PREFIX: &'static str = "keyward:";
     /// The default lease of a slot or hold (see `crate::limits::shared`).
     pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+    /// The default life of a share.
+    pub const DEFAULT_SHARE: std::time::Duration = std::time::Duration::from_millis(500);
 
     /// Settings for `url` with the default prefix.
     pub fn new(url: Secret) -> Self {
@@ -89,6 +94,7 @@ impl RedisSettings {
             url,
             prefix: Self::DEFAULT_PREFIX.to_owned(),
             lease: Self::DEFAULT_LEASE,
+            share: Self::DEFAULT_SHARE,
         }
     }
 }

@@ -12,7 +12,9 @@
 //! answer (the refusal's message and wait, the headers, the output cap) with
 //! the same functions `LocalCounters` uses ([`within`], [`tell`], [`fit`]), so
 //! both implementations tell a client the same thing. A request with no rate
-//! limit and no budget does not reach Redis at all.
+//! limit and no budget does not reach Redis at all, and neither does one that
+//! this node's shares cover ([`RedisCounters::with_shares`], `shared/shares.rs`):
+//! parts of limits far from their end, taken from Redis by an earlier charge.
 //!
 //! Releases and settlements (`release_rate`, `settle_budget`,
 //! `release_budget`) are called from `Drop` and must not block: they go to an
@@ -77,6 +79,8 @@
 //! slot). Amounts must stay below 2^52 micro-dollars (about $4.5 billion), the
 //! range Lua's numbers hold exactly; larger budget amounts are treated as that.
 
+mod shares;
+
 use crate::limits::alerts::RaiseAlerts;
 use crate::limits::budgets::{
     fit, thresholds_crossed, Account, AccountId, CostBound, PeriodBudgets, ThresholdCrossed,
@@ -87,6 +91,7 @@ use crate::metrics::Metrics;
 use keyward_core::Budget;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
+use shares::{RateGrant, Shares, SlabGrant};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -116,6 +121,9 @@ const MAX_EXACT_PRICE: i64 = 9_000_000_000;
 
 /// Holds renewed per script call.
 const RENEW_CHUNK: usize = 512;
+
+/// How often shares are checked for their age (and slabs synced).
+const SHARE_SWEEP: Duration = Duration::from_millis(100);
 
 /// Requests ended per call of the finish script: a call blocks Redis for
 /// about 256 × 5 commands, a millisecond or so.
@@ -171,6 +179,11 @@ struct Shared {
     logged_at: AtomicU64,
     /// Settlements waiting for a retry (for the metrics).
     retries_queued: AtomicU64,
+    /// How long a share lives, in ms; 0: this node takes none
+    /// ([`RedisCounters::with_shares`]).
+    share_ms: AtomicU64,
+    /// Requests charged from shares (for the metrics).
+    local_charges: AtomicU64,
 }
 
 struct Scripts {
@@ -216,6 +229,8 @@ struct OpenHolds {
     holds: HashMap<(Vec<String>, i64), Vec<u64>>,
     /// Accounts charged since reconciliation last asked, by their key.
     charged: HashMap<String, AccountId>,
+    /// Parts of the limits this node charges by itself.
+    shares: Shares,
 }
 
 /// Takes one of the holds open under `key` (none when the charge was not
@@ -243,8 +258,40 @@ enum Op {
     /// [`Counters::settle_budget`] (`actual` set) or
     /// [`Counters::release_budget`].
     Budget(BudgetOp),
+    /// What is left of a share, back to the shared counters.
+    GiveBack(GiveBack),
     /// Answers once everything sent before it was applied.
     Flush(oneshot::Sender<()>),
+}
+
+/// What is left of a share (see `shares`), given back to a subject's
+/// buckets (within its limits) and in-flight set.
+struct GiveBack {
+    bucket: String,
+    flight: String,
+    /// The share's slots: their member's name, how many it registered and
+    /// how many it registers now.
+    name: String,
+    was: u32,
+    now: u32,
+    requests: f64,
+    tokens: f64,
+    limits: Limits,
+}
+
+/// One change of a slab for the finish script's `'s'` op.
+struct SlabSync {
+    account: String,
+    leases: String,
+    name: String,
+    budget: (Arc<Budget>, i64),
+    /// The amount registered in Redis, and the amount to register now.
+    was: i64,
+    now: i64,
+    /// Spend to add to the account.
+    spend: i64,
+    /// Of `was - now - spend`: the free amount given back.
+    freed: i64,
 }
 
 struct BudgetOp {
@@ -386,6 +433,8 @@ impl RedisCounters {
             started: Instant::now(),
             logged_at: AtomicU64::new(0),
             retries_queued: AtomicU64::new(0),
+            share_ms: AtomicU64::new(0),
+            local_charges: AtomicU64::new(0),
         });
         // Connect now, from this runtime, so that the connection is driven
         // here and not by the first request's worker.
@@ -406,13 +455,33 @@ impl RedisCounters {
     }
 
     /// Waits until every release and settlement sent before this call has
-    /// been tried (at shutdown, and in tests that read the counters after a
-    /// release).
+    /// been tried, and gives back what this node's shares hold unused (at
+    /// shutdown, and in tests that read the counters after a release).
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.ops.send(Op::Flush(tx)).is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Lets this node take shares of the limits, each for `ttl` (zero: none,
+    /// the default), so that most requests are charged without a round trip
+    /// (see `shares`).
+    pub fn with_shares(self, ttl: Duration) -> Self {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.shared.share_ms.store(ms, Ordering::Relaxed);
+        self
+    }
+
+    /// Requests this node charged from its shares, without Redis.
+    pub fn local_charges(&self) -> u64 {
+        self.shared.local_charges.load(Ordering::Relaxed)
+    }
+
+    /// How many shares and slabs this node has (live, or retired with
+    /// requests still open).
+    pub fn shares_open(&self) -> usize {
+        self.shared.lock().shares.count()
     }
 
     /// How many slots and budget holds this node has open.
@@ -491,6 +560,14 @@ impl Shared {
         format!("{}.{n}", self.node)
     }
 
+    /// How long shares live; `None` when this node takes none.
+    fn share_ttl(&self) -> Option<Duration> {
+        match self.share_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
     async fn ping(&self) -> redis::RedisResult<()> {
         let mut con = self.redis.clone();
         redis::cmd("PING").query_async::<()>(&mut con).await
@@ -520,6 +597,74 @@ impl Shared {
             "the shared counters' script and the gateway disagree; refusing"
         );
     }
+}
+
+/// Notes the accounts a charge took from, for reconciliation.
+fn note_charged(
+    charged: &mut HashMap<String, AccountId>,
+    accounts: &[String],
+    budgets: &PeriodBudgets,
+) {
+    for (key, (budget, start)) in accounts.iter().zip(budgets) {
+        if !charged.contains_key(key) {
+            charged.insert(key.clone(), (budget.scope.clone(), *start));
+        }
+    }
+}
+
+/// The subjects' shares the charge script granted: `levels` are the levels
+/// it answered (per subject, requests then tokens, before the grant was
+/// taken), `granted` per subject requests, tokens and slots.
+fn rate_grants(
+    name: &str,
+    keys: &[(String, String, bool)],
+    subjects: &[(Subject, Limits)],
+    levels: &[String],
+    granted: &[String],
+) -> Vec<RateGrant> {
+    keys.iter()
+        .zip(subjects)
+        .enumerate()
+        .map(|(i, ((bucket, flight, _), (_, limits)))| {
+            let requests = number(&granted[3 * i]).unwrap_or(0.0);
+            let tokens = number(&granted[3 * i + 1]).unwrap_or(0.0);
+            let slots = integer(&granted[3 * i + 2]).unwrap_or(0);
+            let slots = u32::try_from(slots).unwrap_or(0);
+            RateGrant {
+                bucket: bucket.clone(),
+                flight: flight.clone(),
+                limits: *limits,
+                requests,
+                tokens,
+                slot_name: format!("{name}/s"),
+                slots,
+                levels: (
+                    number(&levels[2 * i]).map(|l| l - requests),
+                    number(&levels[2 * i + 1]).map(|l| l - tokens),
+                ),
+            }
+        })
+        .collect()
+}
+
+/// The budgets' slabs the charge script granted (`granted`: per account).
+fn slab_grants(
+    name: &str,
+    accounts: &[String],
+    budgets: &PeriodBudgets,
+    granted: &[String],
+) -> Vec<SlabGrant> {
+    accounts
+        .iter()
+        .zip(budgets)
+        .zip(granted)
+        .map(|((account, budget), amount)| SlabGrant {
+            account: account.clone(),
+            name: format!("{name}/b"),
+            budget: budget.clone(),
+            amount: integer(amount).unwrap_or(0),
+        })
+        .collect()
 }
 
 #[async_trait::async_trait]
@@ -559,6 +704,28 @@ impl Counters for RedisCounters {
         };
         let rate_keys = self.rate_keys(subjects);
         let accounts = self.account_keys(budgets);
+        let share_ttl = self.shared.share_ttl();
+        if let Some(ttl) = share_ttl {
+            let buckets: Vec<String> = rate_keys.iter().map(|k| k.0.clone()).collect();
+            let bound = reserve.map(|(_, b)| b);
+            let mut open = self.shared.lock();
+            let local = open.shares.charge(
+                ttl,
+                subjects,
+                &buckets,
+                budgets,
+                &accounts,
+                bound,
+                estimated_tokens,
+                now_ms,
+            );
+            if let Some(charged) = local {
+                note_charged(&mut open.charged, &accounts, budgets);
+                drop(open);
+                self.shared.local_charges.fetch_add(1, Ordering::Relaxed);
+                return Ok(charged);
+            }
+        }
         let hold = self.shared.next_hold.fetch_add(1, Ordering::Relaxed);
         let mut call = self.shared.scripts.charge.prepare_invoke();
         for (bucket, flight, _) in &rate_keys {
@@ -591,6 +758,9 @@ impl Counters for RedisCounters {
         for (b, _) in budgets {
             call.arg(b.amount_micros.0.clamp(-EXACT, EXACT));
         }
+        if share_ttl.is_some() {
+            call.arg("1");
+        }
         let mut con = self.shared.redis.clone();
         let sent = Instant::now();
         let reply: Vec<String> = match call.invoke_async(&mut con).await {
@@ -615,6 +785,12 @@ impl Counters for RedisCounters {
             in_flight,
         };
         let bound = reserve.map(|(_, b)| b);
+        let granted_at = 2 + 2 * subjects.len() + budgets.len();
+        let grants = if share_ttl.is_some() {
+            3 * subjects.len() + budgets.len()
+        } else {
+            0
+        };
         match reply.first().map(String::as_str) {
             Some("rate") if reply.len() == 5 => {
                 let i = integer(&reply[1]).unwrap_or(0) as usize;
@@ -653,7 +829,7 @@ impl Counters for RedisCounters {
                     }
                 }
             }
-            Some("ok") if reply.len() == 2 + 2 * subjects.len() + budgets.len() => {
+            Some("ok") if reply.len() == granted_at + grants => {
                 let held_in_redis = integer(&reply[1]).unwrap_or(0);
                 let mut headers = RateHeaders::default();
                 for (i, (_, limits)) in subjects.iter().enumerate() {
@@ -690,10 +866,16 @@ impl Counters for RedisCounters {
                 };
                 let flights = flights(&rate_keys);
                 let mut open = self.shared.lock();
-                for (key, (budget, start)) in accounts.iter().zip(budgets) {
-                    if !open.charged.contains_key(key) {
-                        open.charged
-                            .insert(key.clone(), (budget.scope.clone(), *start));
+                note_charged(&mut open.charged, &accounts, budgets);
+                let granted = &reply[granted_at..];
+                if granted.iter().any(|g| g != "0") {
+                    let name = self.shared.hold_id(hold);
+                    let back = open.shares.grant(
+                        rate_grants(&name, &rate_keys, subjects, &reply[2..], granted),
+                        slab_grants(&name, &accounts, budgets, &granted[3 * subjects.len()..]),
+                    );
+                    for b in back {
+                        let _ = self.ops.send(Op::GiveBack(b));
                     }
                 }
                 if !flights.is_empty() {
@@ -725,6 +907,20 @@ impl Counters for RedisCounters {
             return;
         }
         let subjects = self.rate_keys(charged);
+        if self.shared.share_ttl().is_some() {
+            let buckets: Vec<String> = subjects.iter().map(|k| k.0.clone()).collect();
+            let local =
+                self.shared
+                    .lock()
+                    .shares
+                    .release_rate(&buckets, estimated_tokens, actual_tokens);
+            if let Some(back) = local {
+                for b in back {
+                    let _ = self.ops.send(Op::GiveBack(b));
+                }
+                return;
+            }
+        }
         let flights = flights(&subjects);
         let hold = if flights.is_empty() {
             None
@@ -793,9 +989,11 @@ impl Counters for RedisCounters {
         use std::fmt::Write;
         let (slots, holds) = self.open_holds();
         let queued = self.shared.retries_queued.load(Ordering::Relaxed);
+        let shares = self.shares_open();
+        let local = self.local_charges();
         let _ = writeln!(
             out,
-            "# HELP keyward_redis_holds_open In-flight slots and budget holds this node has open in Redis (renewed until released).\n# TYPE keyward_redis_holds_open gauge\nkeyward_redis_holds_open{{kind=\"slot\"}} {slots}\nkeyward_redis_holds_open{{kind=\"budget\"}} {holds}\n# HELP keyward_redis_settlements_waiting Budget settlements Redis did not take yet (retried at each lease renewal).\n# TYPE keyward_redis_settlements_waiting gauge\nkeyward_redis_settlements_waiting {queued}"
+            "# HELP keyward_redis_holds_open In-flight slots and budget holds this node has open in Redis (renewed until released).\n# TYPE keyward_redis_holds_open gauge\nkeyward_redis_holds_open{{kind=\"slot\"}} {slots}\nkeyward_redis_holds_open{{kind=\"budget\"}} {holds}\nkeyward_redis_holds_open{{kind=\"share\"}} {shares}\n# HELP keyward_redis_local_charges_total Requests charged from this node's shares of the limits, without a round trip to Redis.\n# TYPE keyward_redis_local_charges_total counter\nkeyward_redis_local_charges_total {local}\n# HELP keyward_redis_settlements_waiting Budget settlements Redis did not take yet (retried at each lease renewal).\n# TYPE keyward_redis_settlements_waiting gauge\nkeyward_redis_settlements_waiting {queued}"
         );
     }
 
@@ -845,6 +1043,12 @@ impl RedisCounters {
             return;
         }
         let accounts = self.account_keys(budgets);
+        if self.shared.share_ttl().is_some() {
+            let local = self.shared.lock().shares.end_hold(&accounts, held, actual);
+            if local.is_some() {
+                return;
+            }
+        }
         let key = (accounts, held);
         let hold = take(&mut self.shared.lock().holds, &key);
         let _ = self.ops.send(Op::Budget(BudgetOp {
@@ -865,6 +1069,8 @@ async fn release_task(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Op>) 
     let mut renewals = tokio::time::interval(period);
     renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry: Vec<BudgetOp> = Vec::new();
+    let mut sweeps = tokio::time::interval(SHARE_SWEEP);
+    sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             op = rx.recv() => {
@@ -877,6 +1083,11 @@ async fn release_task(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Op>) 
                     }
                 }
                 apply(&shared, batch, &mut retry).await;
+            }
+            _ = sweeps.tick(), if shared.share_ttl().is_some() => {
+                let ttl = shared.share_ttl().unwrap_or_default();
+                let back = shared.lock().shares.retire_old(ttl);
+                apply(&shared, back.into_iter().map(Op::GiveBack).collect(), &mut retry).await;
             }
             _ = renewals.tick() => {
                 renew(&shared).await;
@@ -902,10 +1113,14 @@ async fn release_task(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Op>) 
 
 /// Applies a batch in one call of the finish script (one round trip and one
 /// script run for every request that ended since the last batch).
-async fn apply(shared: &Shared, batch: Vec<Op>, retry: &mut Vec<BudgetOp>) {
+async fn apply(shared: &Shared, mut batch: Vec<Op>, retry: &mut Vec<BudgetOp>) {
+    if batch.iter().any(|op| matches!(op, Op::Flush(_))) {
+        let back = shared.lock().shares.retire_old(Duration::ZERO);
+        batch.extend(back.into_iter().map(Op::GiveBack));
+    }
     let mut flushed = Vec::new();
     let mut call = shared.scripts.finish.prepare_invoke();
-    call.arg(ACCOUNT_IDLE_MS);
+    call.arg(ACCOUNT_IDLE_MS).arg(shared.lease_ms);
     let mut budgets = Vec::new();
     let mut rates = 0;
     for op in batch {
@@ -938,31 +1153,73 @@ async fn apply(shared: &Shared, batch: Vec<Op>, retry: &mut Vec<BudgetOp>) {
                 }
                 budgets.push(op);
             }
+            Op::GiveBack(g) => {
+                rates += 1;
+                let limit = |l: Option<u32>| l.map_or(-1, i64::from);
+                call.arg("g")
+                    .arg(&g.name)
+                    .arg(g.was)
+                    .arg(g.now)
+                    .arg(g.requests)
+                    .arg(g.tokens)
+                    .arg(limit(g.limits.rpm))
+                    .arg(limit(g.limits.tpm));
+                call.key(&g.bucket).key(&g.flight);
+            }
             Op::Flush(done) => flushed.push(done),
         }
     }
-    if rates > 0 || !budgets.is_empty() {
+    // Last, so that their answers follow the budget ops'.
+    let syncs = shared.lock().shares.syncs();
+    for s in &syncs {
+        call.arg("s")
+            .arg(&s.name)
+            .arg(s.was)
+            .arg(s.now)
+            .arg(s.spend);
+        call.key(&s.account).key(&s.leases);
+    }
+    if rates > 0 || !budgets.is_empty() || !syncs.is_empty() {
         let mut con = shared.redis.clone();
         match call.invoke_async::<Vec<String>>(&mut con).await {
             Ok(spend) => {
-                let mut spend = spend.chunks(2);
+                // Two answers per account of a budget op, then three per
+                // slab sync.
+                let at = 2 * budgets.iter().map(|op| op.budgets.len()).sum::<usize>();
+                let (pairs, triples) = spend.split_at(at.min(spend.len()));
+                let mut pairs = pairs.chunks(2);
                 let mut crossed = Vec::new();
+                let mut cross = |budget: &Arc<Budget>, start: i64, answer: &[String]| {
+                    if let [Some(before), Some(after)] = [
+                        integer(&answer[0]),
+                        integer(answer.get(1).map_or("", String::as_str)),
+                    ] {
+                        crossed.extend(thresholds_crossed(budget, start, before, after));
+                    }
+                };
                 for op in &budgets {
                     for (budget, start) in &op.budgets {
-                        let Some(pair) = spend.next() else { break };
-                        if let [Some(before), Some(after)] = [
-                            integer(&pair[0]),
-                            integer(pair.get(1).map_or("", String::as_str)),
-                        ] {
-                            crossed.extend(thresholds_crossed(budget, *start, before, after));
-                        }
+                        let Some(pair) = pairs.next() else { break };
+                        cross(budget, *start, pair);
                     }
                 }
+                let mut open = shared.lock();
+                for (s, answer) in syncs.iter().zip(triples.chunks(3)) {
+                    cross(&s.budget.0, s.budget.1, answer);
+                    let held = answer.get(2).is_some_and(|h| h == "1");
+                    open.shares.synced(s, Some(held));
+                }
+                drop(open);
                 if !crossed.is_empty() {
                     (shared.alerts)(crossed);
                 }
             }
             Err(e) => {
+                let mut open = shared.lock();
+                for s in &syncs {
+                    open.shares.synced(s, None);
+                }
+                drop(open);
                 // Settlements are retried: the spend must be counted. Rate
                 // releases are not: a slot left behind lapses with its
                 // lease, and tokens not given back only make the limit
@@ -989,33 +1246,36 @@ async fn apply(shared: &Shared, batch: Vec<Op>, retry: &mut Vec<BudgetOp>) {
 /// Renews the lease of every hold open on this node (and puts back those
 /// Redis lost).
 async fn renew(shared: &Shared) {
-    let mut held: Vec<(String, String, &'static str, u64, i64)> = Vec::new();
+    let mut held: Vec<(String, String, &'static str, String, i64)> = Vec::new();
     {
         let open = shared.lock();
         for (flights, ids) in &open.slots {
             for f in flights {
                 for &id in ids {
-                    held.push((f.clone(), f.clone(), "f", id, 0));
+                    held.push((f.clone(), f.clone(), "f", shared.hold_id(id), 0));
                 }
             }
         }
         for ((accounts, amount), ids) in &open.holds {
             for a in accounts {
                 for &id in ids {
-                    held.push((a.clone(), leases_key(a), "b", id, *amount));
+                    held.push((a.clone(), leases_key(a), "b", shared.hold_id(id), *amount));
                 }
             }
+        }
+        let (slots, slabs) = open.shares.leases();
+        for (set, name, slots) in slots {
+            held.push((set.clone(), set, "s", name, slots));
+        }
+        for (account, leases, name, amount) in slabs {
+            held.push((account, leases, "b", name, amount));
         }
     }
     for chunk in held.chunks(RENEW_CHUNK) {
         let mut call = shared.scripts.renew.prepare_invoke();
         call.arg(shared.lease_ms).arg(ACCOUNT_IDLE_MS);
-        for (a, b, kind, id, amount) in chunk {
-            call.key(a)
-                .key(b)
-                .arg(*kind)
-                .arg(shared.hold_id(*id))
-                .arg(*amount);
+        for (a, b, kind, name, amount) in chunk {
+            call.key(a).key(b).arg(*kind).arg(name).arg(*amount);
         }
         let mut con = shared.redis.clone();
         if let Err(e) = call.invoke_async::<i64>(&mut con).await {

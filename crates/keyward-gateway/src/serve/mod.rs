@@ -135,7 +135,8 @@ impl Server {
                             crate::limits::alerts::budget_thresholds(&raise, crossed)
                         }),
                     )
-                    .await?,
+                    .await?
+                    .with_shares(redis.share),
                 )
             }
         };

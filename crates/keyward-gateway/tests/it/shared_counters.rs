@@ -51,6 +51,22 @@ impl Node {
         }
     }
 
+    /// A node that takes shares of the limits, each for `ttl`.
+    async fn sharing(url: &str, prefix: &str, ttl: Duration) -> Node {
+        let mut node = Node::start(url, prefix, Duration::from_secs(30)).await;
+        let counters = Arc::into_inner(node.counters).expect("only this one");
+        node.counters = Arc::new(counters.with_shares(ttl));
+        node
+    }
+
+    /// Waits until every share of this node was given back and applied.
+    async fn shares_given_back(&self) {
+        while self.counters.shares_open() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.counters.flush().await;
+    }
+
     fn dyn_counters(&self) -> Arc<dyn Counters> {
         self.counters.clone()
     }
@@ -1019,4 +1035,341 @@ async fn reconciliation_restores_a_lost_settlement_and_never_lowers_a_spend() {
     );
     // Nothing charged since: nothing to compare.
     assert_eq!(reconcile::once(&b.spend).await, 0);
+}
+
+/// A key limited every way (requests, tokens, in flight) and a project
+/// budget, all far from their end, charged `n` times on `node`, each request
+/// ended at once with `tokens` tokens and a cost of `cost`. Returns how many
+/// were charged from the node's shares.
+struct FarFromLimits {
+    subjects: Vec<(Subject, Limits)>,
+    budgets: Vec<(Arc<Budget>, i64)>,
+    id: (BudgetScope, i64),
+}
+
+impl FarFromLimits {
+    const RPM: u32 = 100_000;
+    const TPM: u32 = 10_000_000;
+
+    async fn new(node: &Node, amount: i64) -> Self {
+        let project = budget(project_scope(), amount, vec![]);
+        let id = (project.scope.clone(), 0);
+        let far = FarFromLimits {
+            subjects: key_subject(Limits {
+                rpm: Some(Self::RPM),
+                tpm: Some(Self::TPM),
+                max_concurrent: Some(10_000),
+            }),
+            budgets: vec![(project, 0)],
+            id,
+        };
+        node.counters.load(far.id.clone(), 0, 0).await;
+        far
+    }
+
+    fn charge(&self, held: i64) -> Charge<'_> {
+        Charge {
+            subjects: &self.subjects,
+            estimated_tokens: 100,
+            reserve: Some((&self.budgets, fixed(held))),
+            now_ms: 0,
+        }
+    }
+
+    /// Charges and ends one request; `false` when refused.
+    async fn request(&self, node: &Node, held: i64, cost: i64, tokens: i64) -> bool {
+        match node.counters.charge(self.charge(held)).await {
+            Ok(c) => {
+                assert_eq!(c.held, held);
+                let mut permit =
+                    Permit::new(node.dyn_counters(), self.subjects.clone(), 100, c.headers);
+                permit.commit();
+                permit.finish(tokens);
+                let reservation =
+                    Reservation::new(node.dyn_counters(), self.budgets.clone(), c.held);
+                assert!(reservation.settle(cost).is_empty());
+                true
+            }
+            Err(Refusal::Exhausted(_) | Refusal::RateLimited(_)) => false,
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+}
+
+/// The key's bucket levels in Redis (requests, tokens) and its slots in
+/// flight (requests' and shares').
+async fn bucket(prefix: &str, subject: &Subject) -> (Option<f64>, Option<f64>, usize) {
+    let Subject::Key(id) = subject else {
+        unreachable!()
+    };
+    let mut con = raw().await;
+    let (rl, tl): (Option<String>, Option<String>) = redis::cmd("HMGET")
+        .arg(format!("{prefix}:rate:k:{id}"))
+        .arg("rl")
+        .arg("tl")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let flight = format!("{prefix}:flight:k:{id}");
+    let singles: usize = redis::cmd("ZCARD")
+        .arg(&flight)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    // A share's slots: one member, `<hold>/s~<slots>`.
+    let shares: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("{flight}:s"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let flying = singles
+        + shares
+            .iter()
+            .map(|m| m.rsplit_once('~').unwrap().1.parse::<usize>().unwrap())
+            .sum::<usize>();
+    let level = |l: Option<String>| l.map(|l| l.parse().unwrap());
+    (level(rl), level(tl), flying)
+}
+
+#[tokio::test]
+async fn shares_charge_most_requests_without_redis_and_give_everything_back() {
+    let Some(url) = redis_url() else { return };
+    let prefix = prefix();
+    let node = Node::sharing(&url, &prefix, Duration::from_millis(200)).await;
+    let far = FarFromLimits::new(&node, 1_000_000_000).await;
+    for _ in 0..500 {
+        assert!(far.request(&node, 1_000, 600, 70).await);
+    }
+    let local = node.counters.local_charges();
+    assert!(local >= 400, "only {local} of 500 charged from shares");
+    // Once the shares are given back, Redis holds exactly what 500 requests
+    // used, as if each had gone to Redis: nothing held, nothing in flight.
+    node.shares_given_back().await;
+    assert_eq!(
+        node.counters.account(&far.id).await,
+        Account {
+            spent: 500 * 600,
+            reserved: 0
+        }
+    );
+    let (rl, tl, flying) = bucket(&prefix, &far.subjects[0].0).await;
+    assert_eq!(rl, Some(f64::from(FarFromLimits::RPM) - 500.0));
+    assert_eq!(tl, Some(f64::from(FarFromLimits::TPM) - 500.0 * 70.0));
+    assert_eq!(flying, 0);
+    assert_eq!(node.counters.open_holds(), (0, 0));
+}
+
+#[tokio::test]
+async fn shares_never_let_three_nodes_overspend_a_budget_and_lose_none_of_it() {
+    let Some(url) = redis_url() else { return };
+    let prefix = prefix();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Arc::new(
+            Node::sharing(&url, &prefix, Duration::from_millis(200)).await,
+        ));
+    }
+    // 2,000 requests' worth: shares while far from the end, one by one
+    // near it.
+    let amount = 2_000 * 500;
+    let far = Arc::new(FarFromLimits::new(&nodes[0], amount).await);
+    let mut tasks = Vec::new();
+    for node in &nodes {
+        for _ in 0..4 {
+            let (node, far) = (node.clone(), far.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut served = 0;
+                while far.request(&node, 500, 500, 10).await {
+                    served += 1;
+                }
+                served
+            }));
+        }
+    }
+    let mut served = 0;
+    for t in tasks {
+        served += t.await.unwrap();
+    }
+    assert!(
+        served <= 2_000,
+        "{served} requests served on a budget for 2,000"
+    );
+    let local: u64 = nodes.iter().map(|n| n.counters.local_charges()).sum();
+    assert!(local > 0, "no share was taken");
+    // What the shares held unused comes back: the rest of the budget is
+    // served, to the last micro-dollar.
+    for node in &nodes {
+        node.shares_given_back().await;
+    }
+    while far.request(&nodes[0], 500, 500, 10).await {
+        served += 1;
+    }
+    assert_eq!(served, 2_000);
+    nodes[0].shares_given_back().await;
+    assert_eq!(
+        nodes[0].counters.account(&far.id).await,
+        Account {
+            spent: amount,
+            reserved: 0
+        }
+    );
+}
+
+#[tokio::test]
+async fn shares_never_let_three_nodes_exceed_a_rate_limit() {
+    let Some(url) = redis_url() else { return };
+    let prefix = prefix();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Arc::new(
+            Node::sharing(&url, &prefix, Duration::from_millis(200)).await,
+        ));
+    }
+    // No budget; the clock stands still, so nothing refills.
+    let subjects = Arc::new(key_subject(Limits {
+        rpm: Some(3_000),
+        ..Limits::default()
+    }));
+    fn charge(subjects: &[(Subject, Limits)]) -> Charge<'_> {
+        Charge {
+            subjects,
+            estimated_tokens: 0,
+            reserve: None,
+            now_ms: 0,
+        }
+    }
+    let mut tasks = Vec::new();
+    for node in &nodes {
+        let (node, subjects) = (node.clone(), subjects.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut served = 0;
+            loop {
+                match node.counters.charge(charge(&subjects)).await {
+                    Ok(c) => {
+                        let mut p =
+                            Permit::new(node.dyn_counters(), subjects.to_vec(), 0, c.headers);
+                        p.commit();
+                        served += 1;
+                    }
+                    Err(Refusal::RateLimited(_)) => return served,
+                    Err(other) => panic!("{other:?}"),
+                }
+            }
+        }));
+    }
+    let mut served = 0;
+    for t in tasks {
+        served += t.await.unwrap();
+    }
+    assert!(
+        served <= 3_000,
+        "{served} requests through a limit of 3,000"
+    );
+    for node in &nodes {
+        node.shares_given_back().await;
+    }
+    while nodes[1].counters.charge(charge(&subjects)).await.is_ok() {
+        served += 1;
+    }
+    assert_eq!(
+        served, 3_000,
+        "every request of the minute, and not one more"
+    );
+}
+
+#[test]
+fn a_crashed_node_s_shares_expire_with_its_lease() {
+    let Some(url) = redis_url() else { return };
+    let prefix = prefix();
+    let lease = Duration::from_secs(1);
+    let amount = 1_000_000;
+    let project = budget(project_scope(), amount, vec![]);
+    let id = (project.scope.clone(), 0);
+    let budgets = vec![(project, 0)];
+    let subjects = key_subject(Limits {
+        max_concurrent: Some(1_000),
+        ..Limits::default()
+    });
+    let charge = Charge {
+        subjects: &subjects,
+        estimated_tokens: 0,
+        reserve: Some((&budgets, fixed(100))),
+        now_ms: 0,
+    };
+    let doomed = tokio::runtime::Runtime::new().unwrap();
+    doomed.block_on(async {
+        let node = Node::start(&url, &prefix, lease).await;
+        let counters = Arc::into_inner(node.counters)
+            .unwrap()
+            .with_shares(Duration::from_secs(10));
+        let c = charge_loading(&counters, charge, 0)
+            .await
+            .expect("far from the end");
+        assert_eq!(c.held, 100);
+        assert_eq!(counters.shares_open(), 2, "a share of the key and a slab");
+        // Dies with its request, its share and its slab open.
+        std::mem::forget(counters);
+    });
+    doomed.shutdown_background();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let a = Node::start(&url, &prefix, lease).await;
+        let held = a.counters.account(&id).await.reserved;
+        assert!(held > 100, "the slab is held: {held}");
+        let (_, _, flying) = bucket(&prefix, &subjects[0].0).await;
+        assert!(flying > 1, "the share's slots are in flight: {flying}");
+        loop {
+            let account = a.counters.account(&id).await;
+            let (_, _, flying) = bucket(&prefix, &subjects[0].0).await;
+            if account.reserved == 0 && flying == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The whole budget and every slot are usable again.
+        let _ = a
+            .counters
+            .charge(Charge {
+                reserve: Some((&budgets, fixed(amount))),
+                ..charge
+            })
+            .await
+            .expect("the whole budget");
+    });
+}
+
+#[tokio::test]
+async fn a_threshold_crossed_by_requests_charged_from_a_slab_is_raised_once() {
+    let Some(url) = redis_url() else { return };
+    let prefix = prefix();
+    let node = Node::sharing(&url, &prefix, Duration::from_millis(200)).await;
+    let project = budget(project_scope(), 1_000_000, vec![50]);
+    let id = (project.scope.clone(), 0);
+    let budgets = vec![(project.clone(), 0)];
+    node.counters.load(id.clone(), 0, 0).await;
+    let charge = Charge {
+        subjects: &[],
+        estimated_tokens: 0,
+        reserve: Some((&budgets, fixed(1_000))),
+        now_ms: 0,
+    };
+    // 600 requests of 1,000: past half the budget, most from slabs.
+    for _ in 0..600 {
+        let c = node.counters.charge(charge).await.expect("fits");
+        let reservation = Reservation::new(node.dyn_counters(), budgets.clone(), c.held);
+        assert!(reservation.settle(1_000).is_empty());
+    }
+    assert!(node.counters.local_charges() > 0);
+    node.shares_given_back().await;
+    let crossed = node.crossed.lock().unwrap().clone();
+    assert_eq!(crossed.len(), 1, "{crossed:?}");
+    assert_eq!(crossed[0].threshold, 50);
+    assert_eq!(
+        node.counters.account(&id).await,
+        Account {
+            spent: 600_000,
+            reserved: 0
+        }
+    );
 }

@@ -48,6 +48,11 @@ pub struct ServeArgs {
     /// held in Redis before it expires; live nodes renew theirs [default: 30000].
     #[arg(long, env = "KEYWARD_REDIS_LEASE_MS")]
     redis_lease_ms: Option<u64>,
+    /// Milliseconds a node keeps a share of a limit or budget that is far from
+    /// its end, charging requests from it without a Redis round trip; 0: every
+    /// request goes to Redis [default: 500].
+    #[arg(long, env = "KEYWARD_REDIS_SHARE_MS")]
+    redis_share_ms: Option<u64>,
     /// Upstream base URL including /v1, or `simulated` for the built-in simulated upstream
     /// [default: https://api.openai.com/v1].
     #[arg(long, env = "KEYWARD_UPSTREAM")]
@@ -288,6 +293,7 @@ struct FileConfig {
     redis: Option<String>,
     redis_prefix: Option<String>,
     redis_lease_ms: Option<u64>,
+    redis_share_ms: Option<u64>,
     upstream: Option<String>,
     upstream_key_env: Option<String>,
     upstream_no_key: Option<bool>,
@@ -380,6 +386,7 @@ impl ServeArgs {
             shutdown_grace_secs,
             redis_prefix,
             redis_lease_ms,
+            redis_share_ms,
             workers,
             header_timeout_secs,
             body_timeout_secs,
@@ -461,6 +468,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 bail!("--redis-lease-ms must be at least 100, not {ms}");
             }
             redis.lease = Duration::from_millis(ms);
+        }
+        if let Some(ms) = args.redis_share_ms {
+            if ms > 10_000 {
+                bail!("--redis-share-ms must be at most 10000, not {ms}");
+            }
+            redis.share = Duration::from_millis(ms);
         }
     }
     let store = keyward_store::open(&database)

@@ -2,17 +2,22 @@
 -- charges them all (RateLimiter::check/charge and Accounts::check/charge of
 -- LocalCounters, in the same order, with the same arithmetic).
 --
--- KEYS: per subject its bucket hash and its in-flight set; then per account
+-- KEYS: per subject its bucket hash and its in-flight set (the slots of
+--   shares are in '<in-flight set>:s', members '<hold>/s~<slots>': not
+--   Redis Cluster); then per account
 --   its hash (spent, reserved) and its lease set (members hold~amount).
 -- ARGV: 1 now (caller's ms: the buckets' clock), 2 hold id, 3 lease ms,
 --   4 account idle ms, 5 subjects, 6 estimated tokens, 7 accounts,
 --   8 mode ('fixed': 9 = amount to hold; 'auto': 9 = a, 10 = b, 11 = p,
 --   12 = the most output tokens, 13 = amount to hold for that many; see
 --   shared.rs), then per subject rpm, tpm, max in flight (-1: none),
---   then per account its budget's amount.
+--   then per account its budget's amount, then '1' when the caller takes
+--   shares.
 -- Returns {'rate', subject, requests level, tokens level, in flight},
 --   {'unloaded', account...}, {'exhausted', remaining...} or
---   {'ok', held, per subject: requests level, tokens level; remaining...}.
+--   {'ok', held, per subject: requests level, tokens level; remaining...;
+--   when asked for shares, per subject: requests, tokens, slots granted,
+--   then per account: amount granted (all 0 when none is)}.
 
 local now = tonumber(ARGV[1])
 local hold = ARGV[2]
@@ -82,7 +87,7 @@ for i = 1, ns do
   end
   if maxc >= 0 then
     -- Slots whose lease ran out are not counted (renewals remove them).
-    s.in_flight = redis.call('ZCOUNT', flight, '(' .. fmt(t), '+inf')
+    s.in_flight = redis.call('ZCOUNT', flight, '(' .. fmt(t), '+inf') + shared_slots(flight, t)
   end
   subjects[i] = s
   if (rpm >= 0 and s.rl < 1)
@@ -180,27 +185,85 @@ if nb > 0 then
 end
 
 -- Everything fits: charge it all.
-local out = { 'ok', fmt(held) }
 for i = 1, ns do
   local s = subjects[i]
   if s.rl then s.rl = s.rl - 1 end
   if s.tl then s.tl = s.tl - est end
+end
+
+-- Shares (shared.rs, "Shares"): when the caller takes them and every limit
+-- and budget is far from its end (a share is at most 1/64 of what is left),
+-- a part of each for the node to charge by itself, or nothing at all.
+local DIV, MOST = 64, 1024
+local function grants()
+  local g = {}
+  local per = math.max(est, 1)
+  for i = 1, ns do
+    local s = subjects[i]
+    local r, tk, f = 0, 0, 0
+    if s.rl then
+      r = math.min(MOST, math.floor(s.rl / DIV))
+      if r < 4 then return nil end
+    end
+    if s.tl then
+      tk = math.min(MOST * per, math.floor(s.tl / DIV))
+      if tk < 4 * per then return nil end
+    end
+    if s.maxc >= 0 then
+      f = math.min(MOST, math.floor((s.maxc - s.in_flight - 1) / DIV))
+      if f < 2 then return nil end
+    end
+    g[i] = { r, tk, f }
+  end
+  for j = 1, nb do
+    local b = math.min(MOST * held, math.floor((remaining[j] - held) / DIV))
+    if held <= 0 or b < 4 * held then return nil end
+    g[ns + j] = b
+  end
+  return g
+end
+local g = nil
+local shares = ARGV[amounts_at + nb + 1] == '1'
+if shares then g = grants() end
+
+local out = { 'ok', fmt(held) }
+for i = 1, ns do
+  local s = subjects[i]
+  out[#out + 1] = opt(s.rl)
+  out[#out + 1] = opt(s.tl)
+  if g then
+    if s.rl then s.rl = s.rl - g[i][1] end
+    if s.tl then s.tl = s.tl - g[i][2] end
+  end
   save(KEYS[2 * i - 1], s)
   if s.maxc >= 0 then
     local flight = KEYS[2 * i]
     redis.call('ZADD', flight, t + lease, hold)
     redis.call('PEXPIRE', flight, 2 * lease)
+    if g and g[i][3] > 0 then
+      redis.call('ZADD', flight .. ':s', t + lease, member(hold .. '/s', g[i][3]))
+      redis.call('PEXPIRE', flight .. ':s', 2 * lease)
+    end
   end
-  out[#out + 1] = opt(s.rl)
-  out[#out + 1] = opt(s.tl)
 end
 -- The account's expiry is renewed by settlements and lease renewals.
 local m = member(hold, held)
 for j = 1, nb do
   local acct, leases = KEYS[2 * ns + 2 * j - 1], KEYS[2 * ns + 2 * j]
-  redis.call('HINCRBY', acct, 'reserved', held)
-  redis.call('ZADD', leases, t + lease, m)
+  if g then
+    redis.call('HINCRBY', acct, 'reserved', held + g[ns + j])
+    redis.call('ZADD', leases, t + lease, m, t + lease, member(hold .. '/b', g[ns + j]))
+  else
+    redis.call('HINCRBY', acct, 'reserved', held)
+    redis.call('ZADD', leases, t + lease, m)
+  end
   redis.call('PEXPIRE', leases, idle)
   out[#out + 1] = fmt(remaining[j])
+end
+if shares then
+  for i = 1, ns do
+    for n = 1, 3 do out[#out + 1] = g and fmt(g[i][n]) or '0' end
+  end
+  for j = 1, nb do out[#out + 1] = g and fmt(g[ns + j]) or '0' end
 end
 return out

@@ -55,3 +55,14 @@ local function idiv(x, p)
   end
   return q
 end
+
+-- Slots held as shares of a subject's in-flight limit (shares.rs): members
+-- '<hold>/s~<slots>' of '<in-flight set>:s', scored by their lease's end;
+-- those whose lease ran out are not counted.
+local function shared_slots(flight, now)
+  local n = 0
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', flight .. ':s', '(' .. fmt(now), '+inf')) do
+    n = n + amount_of(m)
+  end
+  return n
+end

@@ -10,17 +10,26 @@
 -- absent, not created with a partial spend: the next charge finds it
 -- unloaded and it is read from storage, which has this request's usage.
 --
--- ARGV: 1 account idle ms, then the ops, each with its keys in KEYS in turn:
+-- ARGV: 1 account idle ms, 2 lease ms, then the ops, each with its keys in KEYS in turn:
 --   'r', n subjects, slot hold id ('' none), estimated tokens, actual tokens
 --     ('' never sent), then per subject '1' when it counts requests in
 --     flight; keys: per subject its bucket hash and its in-flight set.
 --   'b', n accounts, hold id ('' none), amount held, actual cost ('' to
 --     release only); keys: per account its hash and its lease set.
+--   'g', share name, slots registered, slots to register now, requests,
+--     tokens, requests a minute (-1: none), tokens a minute (-1: none): gives
+--     back what is left of a share (shared.rs, "Shares"), the levels kept
+--     within the limits; keys: the bucket hash and the in-flight set.
+--   's', slab member, amount registered, amount to register now, spend to
+--     add: brings a budget share up to date; keys: the account hash and its
+--     lease set.
 -- Returns per budget op, per account, the spend before and after ('' ''
---   when absent or only released).
+--   when absent or only released); per 's' op, the spend before and after
+--   ('' '' when absent) and '1' when the slab was still held, else '0'.
 
 local idle = tonumber(ARGV[1])
-local a, k = 2, 1
+local lease_ms = tonumber(ARGV[2])
+local a, k = 3, 1
 local out = {}
 
 local function rate()
@@ -81,7 +90,65 @@ local function budget()
   a = a + 5
 end
 
+local function give_back()
+  local name, was, now = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+  local req, tok = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  local rpm, tpm = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
+  local bucket, flight = KEYS[k], KEYS[k + 1]
+  k = k + 2
+  local slots = flight .. ':s'
+  if tonumber(was) > 0 and redis.call('ZREM', slots, member(name, was)) == 1 and now > 0 then
+    redis.call('ZADD', slots, server_ms() + lease_ms, member(name, now))
+  end
+  -- A bucket that expired is full again: nothing to give back.
+  local f = redis.call('HMGET', bucket, 'rl', 'tl')
+  if f[1] and rpm >= 0 and req > 0 then
+    redis.call('HSET', bucket, 'rl', fmt(math.min(tonumber(f[1]) + req, rpm)))
+  end
+  if f[2] and tpm >= 0 and tok > 0 then
+    redis.call('HSET', bucket, 'tl', fmt(math.min(tonumber(f[2]) + tok, tpm)))
+  end
+  a = a + 8
+end
+
+local function slab()
+  local name, was, now, spend = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local acct, leases = KEYS[k], KEYS[k + 1]
+  k = k + 2
+  local before, after, held = '', '', '0'
+  if redis.call('EXISTS', acct) == 1 then
+    if redis.call('ZREM', leases, member(name, was)) == 1 then
+      held = '1'
+      if now > 0 then
+        redis.call('ZADD', leases, server_ms() + lease_ms, member(name, now))
+      end
+      local less = tonumber(was) - now
+      if less ~= 0 then
+        redis.call('HINCRBY', acct, 'reserved', 0 - less)
+      end
+    end
+    if spend ~= 0 then
+      local spent = redis.call('HINCRBY', acct, 'spent', spend)
+      before, after = fmt(spent - spend), fmt(spent)
+      redis.call('PEXPIRE', acct, idle)
+    end
+  end
+  out[#out + 1] = before
+  out[#out + 1] = after
+  out[#out + 1] = held
+  a = a + 5
+end
+
 while a <= #ARGV do
-  if ARGV[a] == 'r' then rate() else budget() end
+  local op = ARGV[a]
+  if op == 'r' then
+    rate()
+  elseif op == 'b' then
+    budget()
+  elseif op == 'g' then
+    give_back()
+  else
+    slab()
+  end
 end
 return out
