@@ -23,8 +23,13 @@ pub async fn once(limits: &SpendControl) -> usize {
     if accounts.is_empty() || limits.unwritten.backlog() != Backlog::Flowing {
         return 0;
     }
-    // What this node served is in storage before it is compared.
+    // What this node served is in storage, and its settlements (and its
+    // shares' pending spend) in Redis, before the two are compared. Another
+    // node's settlements may still be on their way (its shares sync every
+    // 100 ms): a round that meets one raises Redis by it and counts it
+    // twice, which refuses that much early and never overspends.
     limits.unwritten.flush().await;
+    limits.counters.flush().await;
     let mut raised = 0;
     for id in accounts {
         let stored = match spent_since(limits, &id.0, id.1).await {
