@@ -52,7 +52,21 @@ pub enum StartError {
     /// Redis is configured over a SQLite store.
     #[error("cluster mode (Redis) needs PostgreSQL as the database: nodes share their durable state there, and a SQLite file belongs to one node")]
     ClusterOnSqlite,
+    /// Another node of this database uses another Redis key prefix.
+    #[error("this database's nodes use the Redis prefix {stored:?}, and this node was started with {configured:?}: nodes of one cluster must share their prefix (--redis-prefix), or each would count limits and hear invalidations on its own")]
+    RedisPrefixMismatch {
+        /// The prefix this node was given.
+        configured: String,
+        /// The prefix the database's first cluster node recorded.
+        stored: String,
+    },
+    /// The database failed while starting.
+    #[error("the database failed while starting: {0}")]
+    Store(#[from] keyward_store::StoreError),
 }
+
+/// The setting that records the Redis prefix of a database's cluster.
+const REDIS_PREFIX_SETTING: &str = "redis_prefix";
 
 /// A server ready to run: state built, first-start setup done.
 pub struct Server {
@@ -82,6 +96,19 @@ impl Server {
         }
         let bus = crate::cluster::Bus::new(config.redis.as_ref())?;
         let sealing = crate::sealing::prepare(&config.sealing_key, &store).await?;
+        if let Some(redis) = &config.redis {
+            // The first cluster node records its prefix; a node given another
+            // would be ready and yet alone: refused instead.
+            let stored = store
+                .claim_setting(REDIS_PREFIX_SETTING, &redis.prefix)
+                .await?;
+            if stored != redis.prefix {
+                return Err(StartError::RedisPrefixMismatch {
+                    configured: redis.prefix.clone(),
+                    stored,
+                });
+            }
+        }
         let setup = bootstrap(&store, &config.data_dir, &config.key_format, &clock).await?;
         if let Some((path, reason)) = &setup.written {
             tracing::info!(path = %path.display(), "{reason}: wrote the initial admin key (mode 0600)");

@@ -782,6 +782,46 @@ async fn redis_over_sqlite_is_refused() {
     }
 }
 
+/// A node started with another `--redis-prefix` than its cluster's would be
+/// ready and yet count limits and hear invalidations on its own: refused at
+/// start, with both prefixes named.
+#[tokio::test]
+async fn a_node_with_another_redis_prefix_than_its_cluster_refuses_to_start() {
+    with_deps(|deps| async move {
+        let upstream = Upstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let first = Node::start(&deps, &deps.redis, &upstream, dir.path()).await;
+        let store: SharedStore = Arc::new(
+            PgStore::connect_with_schema(&deps.postgres, &deps.schema)
+                .await
+                .unwrap(),
+        );
+        let mut config = GatewayConfig::new(
+            UpstreamConfig {
+                base_url: upstream.base_url().parse().unwrap(),
+                api_key: Some(keyward_core::Secret::new(UPSTREAM_KEY)),
+            },
+            dir.path().to_owned(),
+        );
+        config.redis = Some(RedisSettings {
+            prefix: format!("{}other:", deps.prefix),
+            ..RedisSettings::new(keyward_core::Secret::new(deps.redis.as_str()))
+        });
+        match Server::new(config, store, Clock::system()).await {
+            Err(e) => {
+                let text = e.to_string();
+                assert!(text.contains(&format!("{:?}", deps.prefix)), "{text}");
+                assert!(text.contains("other:"), "{text}");
+            }
+            Ok(_) => panic!("a node with another prefix started"),
+        }
+        // The same prefix starts, as every node of the cluster does.
+        let second = Node::start(&deps, &deps.redis, &upstream, dir.path()).await;
+        drop((first, second));
+    })
+    .await;
+}
+
 /// The attack on counting: take the database away and keep calling. The
 /// node serves the cached key while its usage waits in memory, up to the
 /// bound (5 events here); then it refuses with `usage_backlog` rather than
