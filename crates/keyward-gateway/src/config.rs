@@ -78,6 +78,23 @@ pub struct RedisSettings {
     /// How long a node keeps a share of a limit far from its end, charging
     /// from it without Redis (`crate::limits::shared`); zero: never.
     pub share: std::time::Duration,
+    /// What the node serves while Redis is out of reach.
+    pub when_down: WhenRedisDown,
+}
+
+/// What a cluster node serves while Redis is out of reach (`--redis-down`).
+/// Requests that need a shared counter are refused either way (hard limits
+/// fail closed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WhenRedisDown {
+    /// Keys with no rate limit, concurrency limit or budget keep working: a
+    /// change made on another node reaches this one through the database
+    /// within the cache bound (`--cache-ttl-ms`) instead of the bus.
+    #[default]
+    ServeUnlimited,
+    /// Every proxied request is refused (503 `limits_unavailable`), for
+    /// operators who would rather stop than serve without the bus.
+    RefuseAll,
 }
 
 impl RedisSettings {
@@ -95,6 +112,7 @@ impl RedisSettings {
             prefix: Self::DEFAULT_PREFIX.to_owned(),
             lease: Self::DEFAULT_LEASE,
             share: Self::DEFAULT_SHARE,
+            when_down: WhenRedisDown::default(),
         }
     }
 }

@@ -183,7 +183,11 @@ async fn forward_verified(
         requested_output: facts.as_ref().and_then(|f| f.requested_output),
         price: asked.price,
     };
-    let admitted = admit(&state.limits, caller, &ask).await;
+    let admitted = if refused_while_redis_is_down(state) {
+        Err(GatewayError::LimitsUnavailable)
+    } else {
+        admit(&state.limits, caller, &ask).await
+    };
     let endpoint = arrival.endpoint.clone();
     let metering = state.metering.clone();
     let (mut meter, rate_headers, output_cap) = match admitted {
@@ -432,4 +436,13 @@ fn clean_response_headers(headers: &mut HeaderMap) {
     for name in names {
         headers.remove(name);
     }
+}
+
+/// Whether this node refuses every request now: its operator chose
+/// `--redis-down refuse-all` and the invalidation bus is not subscribed
+/// (Redis is out of reach).
+fn refused_while_redis_is_down(state: &AppState) -> bool {
+    state.config.redis.as_ref().is_some_and(|r| {
+        r.when_down == crate::config::WhenRedisDown::RefuseAll && !state.bus.is_subscribed()
+    })
 }

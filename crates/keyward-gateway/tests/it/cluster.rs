@@ -12,7 +12,7 @@ use crate::accounts::{Browser, PASSWORD};
 use crate::support::{Upstream, UPSTREAM_KEY};
 use keyward_core::Clock;
 use keyward_gateway::cluster::Invalidation;
-use keyward_gateway::config::RedisSettings;
+use keyward_gateway::config::{RedisSettings, WhenRedisDown};
 use keyward_gateway::state::SharedState;
 use keyward_gateway::{GatewayConfig, Server, UpstreamConfig};
 use keyward_store::postgres::PgStore;
@@ -729,6 +729,57 @@ async fn readyz_reports_redis_down() {
             "{metrics}"
         );
         up.shutdown().await;
+        down.shutdown().await;
+    })
+    .await;
+}
+
+/// An operator who would rather stop than serve without the bus
+/// (`--redis-down refuse-all`): with Redis out of reach, even a key with no
+/// limit is refused, with the OpenAI-shaped `limits_unavailable`; by default
+/// (`readyz_reports_redis_down`) the same key is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuse_all_refuses_even_unlimited_keys_while_redis_is_down() {
+    with_deps(|deps| async move {
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let upstream = Upstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let down = Node::start_with(
+            &deps,
+            &deps.postgres,
+            &format!("redis://{closed}"),
+            &upstream,
+            dir.path(),
+            |config| {
+                if let Some(redis) = config.redis.as_mut() {
+                    redis.when_down = WhenRedisDown::RefuseAll;
+                }
+            },
+        )
+        .await;
+        let admin_key = std::fs::read_to_string(dir.path().join("initial-admin-key")).unwrap();
+        let (s, created) = down
+            .admin_post(
+                admin_key.trim(),
+                "/api/v1/keys",
+                json!({"project": "app", "name": "k", "create_project": true}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{created}");
+        let answer = down
+            .http
+            .post(format!("{}/v1/chat/completions", down.url))
+            .bearer_auth(created["key"].as_str().unwrap())
+            .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body: serde_json::Value = answer.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "limits_unavailable", "{body}");
         down.shutdown().await;
     })
     .await;

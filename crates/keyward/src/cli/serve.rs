@@ -53,6 +53,12 @@ pub struct ServeArgs {
     /// request goes to Redis [default: 500].
     #[arg(long, env = "KEYWARD_REDIS_SHARE_MS")]
     redis_share_ms: Option<u64>,
+    /// While Redis is out of reach: `serve-unlimited` keeps serving keys with no
+    /// rate limit, concurrency limit or budget; `refuse-all` refuses every
+    /// request (503 limits_unavailable). Limited keys are refused either way
+    /// [default: serve-unlimited].
+    #[arg(long, env = "KEYWARD_REDIS_DOWN")]
+    redis_down: Option<String>,
     /// Upstream base URL including /v1, or `simulated` for the built-in simulated upstream
     /// [default: https://api.openai.com/v1].
     #[arg(long, env = "KEYWARD_UPSTREAM")]
@@ -294,6 +300,7 @@ struct FileConfig {
     redis_prefix: Option<String>,
     redis_lease_ms: Option<u64>,
     redis_share_ms: Option<u64>,
+    redis_down: Option<String>,
     upstream: Option<String>,
     upstream_key_env: Option<String>,
     upstream_no_key: Option<bool>,
@@ -387,6 +394,7 @@ impl ServeArgs {
             redis_prefix,
             redis_lease_ms,
             redis_share_ms,
+            redis_down,
             workers,
             header_timeout_secs,
             body_timeout_secs,
@@ -474,6 +482,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 bail!("--redis-share-ms must be at most 10000, not {ms}");
             }
             redis.share = Duration::from_millis(ms);
+        }
+        if let Some(when) = &args.redis_down {
+            redis.when_down = match when.as_str() {
+                "serve-unlimited" => keyward_gateway::config::WhenRedisDown::ServeUnlimited,
+                "refuse-all" => keyward_gateway::config::WhenRedisDown::RefuseAll,
+                other => bail!("--redis-down must be serve-unlimited or refuse-all, not {other:?}"),
+            };
         }
     }
     let store = keyward_store::open(&database)
