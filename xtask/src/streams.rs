@@ -10,7 +10,9 @@
 //! - the delay it adds to an event: the paced simulator stamps each event with
 //!   the moment it wrote it (an SSE comment line, `: sent_us=…`, which SSE
 //!   clients ignore); the client notes when it read it. The proxy's added delay
-//!   is this delay through it minus the same delay measured directly.
+//!   is this delay through it minus the same delay measured directly. Events
+//!   written before every stream was open are not timed: a client reads none
+//!   until then, so their delay is that wait.
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -120,7 +122,13 @@ async fn one(
             bail!("status {}", resp.status());
         }
         let mut body = resp.into_body();
-        let mut scan = Scan::default();
+        // Events the upstream wrote while this client waited for the others
+        // to open were not read yet: their delay is the wait, not the
+        // proxy's. Only events written from now on are timed.
+        let mut scan = Scan {
+            from_us: now_us(),
+            ..Scan::default()
+        };
         while let Some(frame) = body.frame().await {
             if let Ok(data) = frame?.into_data() {
                 scan.push(&data, now_us());
@@ -146,6 +154,8 @@ async fn one(
 struct Scan {
     /// The start of an event not yet complete.
     carry: Vec<u8>,
+    /// Stamps before this (µs since the epoch) are not timed.
+    from_us: u64,
     events: u64,
     delays: Vec<u64>,
     done: bool,
@@ -162,7 +172,9 @@ impl Scan {
                         .ok()
                         .and_then(|s| s.trim().parse::<u64>().ok())
                     {
-                        self.delays.push(now_us.saturating_sub(sent));
+                        if sent >= self.from_us {
+                            self.delays.push(now_us.saturating_sub(sent));
+                        }
                     }
                 } else if line == b"data: [DONE]" {
                     self.done = true;
