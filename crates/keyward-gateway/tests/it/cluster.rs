@@ -188,6 +188,21 @@ impl Node {
         (r.status(), r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Makes a key with no limit through this node, as the first start's
+    /// admin (its key file in `data_dir`); returns the answer (`id`, `key`).
+    async fn new_key(&self, data_dir: &std::path::Path) -> Value {
+        let admin_key = std::fs::read_to_string(data_dir.join("initial-admin-key")).unwrap();
+        let (s, created) = self
+            .admin_post(
+                admin_key.trim(),
+                "/api/v1/keys",
+                json!({"project": "app", "name": "k", "create_project": true}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{created}");
+        created
+    }
+
     async fn readyz(&self) -> (StatusCode, Value) {
         let r = self
             .http
@@ -669,16 +684,19 @@ async fn a_malformed_message_on_the_channel_is_ignored() {
     .await;
 }
 
+/// A loopback address nothing listens on (a Redis that is down).
+fn closed_port() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
 /// `/readyz` names each dependency: with Redis unreachable (a closed port)
 /// the node starts, and says it is not ready and why; with Redis up, ready.
 /// Changes made meanwhile are not held up by the bus.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_reports_redis_down() {
     with_deps(|deps| async move {
-        let closed = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
+        let closed = closed_port();
         let upstream = Upstream::start().await;
         let dir = tempfile::tempdir().unwrap();
         let up = Node::start(&deps, &deps.redis, &upstream, dir.path()).await;
@@ -703,14 +721,7 @@ async fn readyz_reports_redis_down() {
         // answered, takes effect there at once, and the failed publish counts.
         let admin_key = std::fs::read_to_string(dir.path().join("initial-admin-key")).unwrap();
         let admin_key = admin_key.trim();
-        let (s, created) = down
-            .admin_post(
-                admin_key,
-                "/api/v1/keys",
-                json!({"project": "app", "name": "k", "create_project": true}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{created}");
+        let created = down.new_key(dir.path()).await;
         let secret = created["key"].as_str().unwrap();
         assert_eq!(down.chat(secret).await, StatusCode::OK);
         let (s, v) = down
@@ -741,10 +752,7 @@ async fn readyz_reports_redis_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuse_all_refuses_even_unlimited_keys_while_redis_is_down() {
     with_deps(|deps| async move {
-        let closed = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
+        let closed = closed_port();
         let upstream = Upstream::start().await;
         let dir = tempfile::tempdir().unwrap();
         let down = Node::start_with(
@@ -760,15 +768,7 @@ async fn refuse_all_refuses_even_unlimited_keys_while_redis_is_down() {
             },
         )
         .await;
-        let admin_key = std::fs::read_to_string(dir.path().join("initial-admin-key")).unwrap();
-        let (s, created) = down
-            .admin_post(
-                admin_key.trim(),
-                "/api/v1/keys",
-                json!({"project": "app", "name": "k", "create_project": true}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{created}");
+        let created = down.new_key(dir.path()).await;
         let answer = down
             .http
             .post(format!("{}/v1/chat/completions", down.url))
@@ -893,15 +893,7 @@ async fn postgres_down_buffers_usage_to_a_bound_then_refuses_and_loses_nothing()
             |c| c.usage_batch.max_pending = 5,
         )
         .await;
-        let admin_key = std::fs::read_to_string(dir.path().join("initial-admin-key")).unwrap();
-        let (s, v) = node
-            .admin_post(
-                admin_key.trim(),
-                "/api/v1/keys",
-                json!({"project": "app", "name": "k", "create_project": true}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let v = node.new_key(dir.path()).await;
         let (id, secret) = (v["id"].as_str().unwrap(), v["key"].as_str().unwrap());
         assert_eq!(node.chat(secret).await, StatusCode::OK);
         let mut served = 1;

@@ -1161,16 +1161,25 @@ async fn shares_charge_most_requests_without_redis_and_give_everything_back() {
     assert_eq!(node.counters.open_holds(), (0, 0));
 }
 
-#[tokio::test]
-async fn shares_never_let_three_nodes_overspend_a_budget_and_lose_none_of_it() {
-    let Some(url) = redis_url() else { return };
+/// `n` nodes on one prefix taking shares that live 200 ms, or `None` when
+/// the tests are skipped.
+async fn sharing_cluster(n: usize) -> Option<Vec<Arc<Node>>> {
+    let url = redis_url()?;
     let prefix = prefix();
     let mut nodes = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..n {
         nodes.push(Arc::new(
             Node::sharing(&url, &prefix, Duration::from_millis(200)).await,
         ));
     }
+    Some(nodes)
+}
+
+#[tokio::test]
+async fn shares_never_let_three_nodes_overspend_a_budget_and_lose_none_of_it() {
+    let Some(nodes) = sharing_cluster(3).await else {
+        return;
+    };
     // 2,000 requests' worth: shares while far from the end, one by one
     // near it.
     let amount = 2_000 * 500;
@@ -1219,14 +1228,9 @@ async fn shares_never_let_three_nodes_overspend_a_budget_and_lose_none_of_it() {
 
 #[tokio::test]
 async fn shares_never_let_three_nodes_exceed_a_rate_limit() {
-    let Some(url) = redis_url() else { return };
-    let prefix = prefix();
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        nodes.push(Arc::new(
-            Node::sharing(&url, &prefix, Duration::from_millis(200)).await,
-        ));
-    }
+    let Some(nodes) = sharing_cluster(3).await else {
+        return;
+    };
     // No budget; the clock stands still, so nothing refills.
     let subjects = Arc::new(key_subject(Limits {
         rpm: Some(3_000),
