@@ -1085,9 +1085,10 @@ async fn release_task(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Op>) 
                 apply(&shared, batch, &mut retry).await;
             }
             _ = sweeps.tick(), if shared.share_ttl().is_some() => {
-                let ttl = shared.share_ttl().unwrap_or_default();
-                let back = shared.lock().shares.retire_old(ttl);
-                apply(&shared, back.into_iter().map(Op::GiveBack).collect(), &mut retry).await;
+                if let Some(ttl) = shared.share_ttl() {
+                    let back = shared.lock().shares.retire_old(ttl);
+                    apply(&shared, back.into_iter().map(Op::GiveBack).collect(), &mut retry).await;
+                }
             }
             _ = renewals.tick() => {
                 renew(&shared).await;
