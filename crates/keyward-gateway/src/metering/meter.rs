@@ -6,7 +6,7 @@ use crate::limits::admission::Admission;
 use crate::metering::sse_tap::SseTap;
 use crate::metering::usage_parse::read;
 use crate::metering::Metering;
-use crate::upstream::UpstreamBody;
+use crate::upstream::{UpstreamBody, UpstreamError};
 use bytes::Bytes;
 use hyper::body::{Body, Frame};
 use keyward_core::{Micros, ModelPrice, TokenUsage};
@@ -270,12 +270,12 @@ impl MeteredBody {
 
 impl Body for MeteredBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
         loop {
             if this.ended {

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -349,7 +349,7 @@ fn build_upstream_request(
     path_and_query: &PathAndQuery,
     body: Bytes,
     relabel: bool,
-) -> Result<http::Request<Full<Bytes>>, GatewayError> {
+) -> Result<http::Request<Bytes>, GatewayError> {
     let uri = state.upstream.url_for(path_and_query)?;
     let mut req = http::Request::builder()
         .method(parts.method.clone())
@@ -373,8 +373,7 @@ fn build_upstream_request(
     }
     // Set here so the HTTP client does not format it for every request.
     headers.insert(header::HOST, state.upstream.host().clone());
-    req.body(Full::new(body))
-        .map_err(|_| GatewayError::Internal)
+    req.body(body).map_err(|_| GatewayError::Internal)
 }
 
 fn forwardable_request_header(name: &HeaderName) -> bool {

@@ -4,59 +4,67 @@
 //! per thread, a request served by a thread-per-core worker
 //! (`crate::serve::workers`) and its upstream connection stay on that thread.
 //!
-//! No task of its own drives a connection: the request that uses it does
-//! (`Conn`). While it waits for the response's head, the exchange polls the
-//! connection; then the response body polls it from its own `poll_frame`. A
-//! streamed response is a train of small chunks, one per event, and one read
-//! from the upstream's socket holds several; hyper hands a connection's body
-//! over one frame at a time (its channel holds one). Driven by a task of its
-//! own, each event cost a wake-up of the client's task, a write syscall to the
-//! client and a wake-up of the connection's task (profiled: nine writes per
-//! upstream read). Driven from the body, the client's connection takes every
-//! event already read in one pass and writes them together, and an event is
-//! never held back for the next: the pass ends at the first event not yet
-//! read (docs/BENCHMARKS.md, Gateway).
+//! No task of its own drives a connection: the request that uses it writes the
+//! request and reads the response's head, then the response body reads the
+//! socket from its own `poll_frame`. A streamed response is a train of small
+//! chunks, one per event, and one read from the upstream's socket holds
+//! several: the client's connection takes every event already read in one pass
+//! and writes them together, and an event is never held back for the next (the
+//! pass ends at the first event not yet read; docs/BENCHMARKS.md, Gateway).
 //!
-//! The pool is ours, over hyper's HTTP/1 connection API: a per-thread stack of
-//! idle connections, most recently used first. hyper-util's general pool (keyed
-//! maps, locks, waiters) cost about a tenth of the gateway's instructions per
-//! request (docs/BENCHMARKS.md history, `git log -p`). A connection goes back to the stack when its
-//! response body has been read to the end; a body dropped early closes its
-//! connection, which also ends the upstream request (a client hang-up). A
-//! request that an idle connection could not take (closed by the upstream in the
-//! meantime) is sent again once, on a new connection; one already written is
+//! HTTP/1.1 is spoken by [`wire`], ours, rather than hyper's client connection:
+//! hyper's kept about 25 KiB of buffers and channel per connection for its
+//! whole life, half of what an open stream cost (the module doc of [`wire`]).
+//! A connection here holds nothing while it waits for the next event.
+//!
+//! The pool is a per-thread stack of idle connections, most recently used first.
+//! hyper-util's general pool (keyed maps, locks, waiters) cost about a tenth of
+//! the gateway's instructions per request (docs/BENCHMARKS.md history, `git log
+//! -p`). A connection goes back to the stack when its response body has been
+//! read to the end, unless the upstream asked to close it or sent bytes past
+//! the body; a body dropped early closes its connection, which also ends the
+//! upstream request (a client hang-up). An idle connection that the upstream
+//! closed in the meantime is found before the request is written (a read would
+//! not block), and the request goes on a new connection; one already written is
 //! never sent twice. Upstreams are spoken to in HTTP/1.1 (ALPN offers only
 //! `http/1.1`), as reverse proxies commonly do.
 
 pub mod simulated;
+mod wire;
 
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::uri::{PathAndQuery, Uri};
-use http_body_util::Full;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{Connection, SendRequest};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tower_service::Service;
+use wire::Framing;
+pub use wire::Malformed;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-type Sender = SendRequest<Full<Bytes>>;
-type Driver = Connection<MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>, Full<Bytes>>;
+/// A connection's socket (TLS or not), as tokio reads and writes it.
+type Io = TokioIo<MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>>;
 
 /// An idle connection is not reused after this long.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per thread and upstream.
 const MAX_IDLE: usize = 1024;
+/// The most read from the socket at once. Reads land on the stack and only what
+/// arrived is copied to the heap, so a connection waiting for its next event
+/// holds no read buffer.
+const READ_SIZE: usize = 16 * 1024;
+/// A request body up to this size is written in one piece with its head.
+const JOINED_WRITE: usize = 16 * 1024;
 
 /// One thread's connections to one upstream.
 struct Pool {
@@ -92,65 +100,108 @@ enum Failure {
     /// Opening a connection failed.
     Connect(Box<dyn std::error::Error + Send + Sync>),
     /// The connection failed after the request was handed to it.
-    Request(hyper::Error),
-    /// The upstream closed the connection before answering.
+    Request(UpstreamError),
+}
+
+/// An upstream connection that broke, or a response that HTTP/1.1 does not allow.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Reading or writing the socket failed.
+    #[error("upstream connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The response broke HTTP/1.1's rules or one of our limits.
+    #[error("the upstream's response: {0}")]
+    Malformed(Malformed),
+    /// The upstream closed the connection before its answer was complete.
+    #[error("the upstream closed the connection before answering")]
     Closed,
 }
 
-/// One upstream connection: the handle that sends requests on it and the
-/// state machine that reads and writes its socket, which whoever waits on the
-/// connection polls (see the module doc).
+impl From<Malformed> for UpstreamError {
+    fn from(m: Malformed) -> Self {
+        Self::Malformed(m)
+    }
+}
+
+/// One upstream connection. It has no task of its own: the exchange that uses
+/// it, then the response body, reads and writes it (see the module doc).
 struct Conn {
-    sender: Sender,
-    /// `None` once the connection has ended (dropping it closes the socket).
-    driver: Option<Driver>,
+    io: Io,
 }
 
 impl Conn {
-    /// Reads and writes what the socket allows; after the connection ended
-    /// (closed by the upstream, or broken), there is nothing left to drive.
-    fn drive(driver: &mut Option<Driver>, cx: &mut Context<'_>) {
-        let Some(conn) = driver.as_mut() else {
-            return;
-        };
-        if let Poll::Ready(ended) = Pin::new(conn).poll(cx) {
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
+    /// Whether an idle connection is still open: the upstream has neither closed
+    /// it nor sent anything unasked (a read would block).
+    fn is_open(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        Pin::new(&mut self.io)
+            .poll_read(&mut cx, &mut buf)
+            .is_pending()
+    }
+
+    /// Reads what the socket has into `buf` (through a buffer on the stack);
+    /// `Ready(Ok(0))` at the connection's end.
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<std::io::Result<usize>> {
+        let mut space = [0u8; READ_SIZE];
+        let mut read = ReadBuf::new(&mut space);
+        match Pin::new(&mut self.io).poll_read(cx, &mut read) {
+            Poll::Ready(Ok(())) => {
+                buf.extend_from_slice(read.filled());
+                Poll::Ready(Ok(read.filled().len()))
             }
-            *driver = None;
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
         }
     }
 
-    /// Waits for `step` (a future of the sender's) while driving the
-    /// connection; `None` when the connection ended first.
-    async fn drive_until<F: Future>(driver: &mut Option<Driver>, step: F) -> Option<F::Output> {
-        let mut step = pin!(step);
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(out) = step.as_mut().poll(cx) {
-                return Poll::Ready(Some(out));
-            }
-            if driver.is_none() {
-                return Poll::Ready(None);
-            }
-            Self::drive(driver, cx);
-            // What the connection just did (a response head read, the request
-            // written) may have completed the step.
-            match step.as_mut().poll(cx) {
-                Poll::Ready(out) => Poll::Ready(Some(out)),
-                Poll::Pending if driver.is_none() => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await
+    /// Writes a request. The error says whether nothing of it was written
+    /// (the connection had closed), so that it may be sent on another.
+    async fn write_request(
+        &mut self,
+        head: &[u8],
+        body: &[u8],
+    ) -> Result<(), (UpstreamError, bool)> {
+        let joined;
+        let (first, rest): (&[u8], &[u8]) = if body.len() <= JOINED_WRITE {
+            joined = [head, body].concat();
+            (&joined, &[])
+        } else {
+            (head, body)
+        };
+        let n = match self.io.write(first).await {
+            Ok(0) => return Err((UpstreamError::Closed, true)),
+            Err(e) => return Err((e.into(), true)),
+            Ok(n) => n,
+        };
+        let written = async {
+            self.io.write_all(&first[n..]).await?;
+            self.io.write_all(rest).await?;
+            self.io.flush().await
+        };
+        written.await.map_err(|e| (e.into(), false))
     }
 
-    /// Whether the sender can take a request now (driving the connection to find out).
-    async fn ready(&mut self) -> bool {
-        let Self { sender, driver } = self;
-        matches!(
-            Self::drive_until(driver, sender.ready()).await,
-            Some(Ok(()))
-        )
+    /// Reads the response head; what was read past it starts the body.
+    async fn read_head(
+        &mut self,
+        method: &http::Method,
+    ) -> Result<(wire::Head, BytesMut), UpstreamError> {
+        let mut buf = BytesMut::new();
+        loop {
+            let n = std::future::poll_fn(|cx| self.poll_read_into(cx, &mut buf)).await?;
+            if n == 0 {
+                return Err(UpstreamError::Closed);
+            }
+            if let Some(head) = wire::parse_response(&mut buf, method)? {
+                return Ok((head, buf));
+            }
+        }
     }
 }
 
@@ -183,8 +234,8 @@ impl Upstream {
         POOLS.with(|pools| {
             let mut pools = pools.borrow_mut();
             let pool = pools.iter_mut().find(|p| p.upstream == self.id)?;
-            while let Some((conn, since)) = pool.idle.pop_back() {
-                if since.elapsed() < IDLE_TIMEOUT && conn.driver.is_some() {
+            while let Some((mut conn, since)) = pool.idle.pop_back() {
+                if since.elapsed() < IDLE_TIMEOUT && conn.is_open() {
                     return Some(conn);
                 }
             }
@@ -219,56 +270,63 @@ impl Upstream {
             .call(self.base.clone())
             .await
             .map_err(Failure::Connect)?;
-        let (sender, driver) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(Failure::Request)?;
         Ok(Conn {
-            sender,
-            driver: Some(driver),
+            io: TokioIo::new(io),
         })
     }
 
-    /// Sends `req` on `conn`, driving it until the response's head arrives;
-    /// gives the request back when it was never written.
-    async fn send_on(
-        &self,
-        mut conn: Conn,
-        req: http::Request<Full<Bytes>>,
-    ) -> Result<http::Response<UpstreamBody>, (Failure, Option<http::Request<Full<Bytes>>>)> {
-        let Conn { sender, driver } = &mut conn;
-        match Conn::drive_until(driver, sender.try_send_request(req)).await {
-            Some(Ok(resp)) => Ok(pooled(resp, conn, self.id)),
-            Some(Err(mut e)) => {
-                let unsent = e.take_message();
-                Err((Failure::Request(e.into_error()), unsent))
-            }
-            None => Err((Failure::Closed, None)),
-        }
-    }
-
-    /// Sends `req` on an idle connection or a new one.
+    /// Sends a request on an idle connection or a new one, and reads the
+    /// response's head. A request that an idle connection could not take is
+    /// sent once more, on a new connection; one already written never is.
     async fn exchange(
         &self,
-        req: http::Request<Full<Bytes>>,
+        req: http::Request<Bytes>,
     ) -> Result<http::Response<UpstreamBody>, Failure> {
-        let mut req = req;
-        if let Some(mut conn) = self.checkout() {
-            if conn.ready().await {
-                match self.send_on(conn, req).await {
-                    Ok(resp) => return Ok(resp),
-                    // Never written: the connection had closed. Try a new one.
-                    Err((_, Some(unsent))) => req = unsent,
-                    Err((failure, None)) => return Err(failure),
-                }
-            }
+        let (mut parts, body) = req.into_parts();
+        if !parts.headers.contains_key(http::header::HOST) {
+            parts.headers.insert(http::header::HOST, self.host.clone());
         }
-        let mut conn = self.connect().await?;
-        if !conn.ready().await {
-            return Err(Failure::Closed);
-        }
-        self.send_on(conn, req)
+        // The request line carries only the path (origin form): the connection
+        // was opened to the base URL's authority.
+        let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        let mut head = Vec::with_capacity(wire::request_head_len(target, &parts.headers));
+        wire::encode_request(&parts.method, target, &parts.headers, body.len(), &mut head);
+        let mut conn = match self.checkout() {
+            Some(mut idle) => match idle.write_request(&head, &body).await {
+                Ok(()) => idle,
+                Err((_, true)) => self.connect_and_write(&head, &body).await?,
+                Err((e, false)) => return Err(Failure::Request(e)),
+            },
+            None => self.connect_and_write(&head, &body).await?,
+        };
+        drop(head);
+        let (head, buf) = conn
+            .read_head(&parts.method)
             .await
-            .map_err(|(failure, _)| failure)
+            .map_err(Failure::Request)?;
+        let mut resp = http::Response::new(UpstreamBody {
+            conn: Some(conn),
+            buf,
+            framing: head.framing,
+            reusable: head.reusable,
+            upstream: self.id,
+            in_pass: false,
+            broken: None,
+            ended: false,
+        });
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        resp.body_mut().release_if_done();
+        Ok(resp)
+    }
+
+    async fn connect_and_write(&self, head: &[u8], body: &[u8]) -> Result<Conn, Failure> {
+        let mut conn = self.connect().await?;
+        conn.write_request(head, body)
+            .await
+            .map_err(|(e, _)| Failure::Request(e))?;
+        Ok(conn)
     }
 
     /// The `Authorization` header the upstream gets, when a key is configured.
@@ -303,14 +361,8 @@ impl Upstream {
     /// Sends a request, mapping failures to 502 (unreachable) and 504 (no answer in time).
     pub async fn send(
         &self,
-        req: http::Request<Full<Bytes>>,
+        req: http::Request<Bytes>,
     ) -> Result<http::Response<UpstreamBody>, GatewayError> {
-        let mut req = req;
-        // On a connection of its own the request line carries only the path
-        // (origin form); the connection was opened to the base URL's authority.
-        if let Some(pq) = req.uri().path_and_query().cloned() {
-            *req.uri_mut() = Uri::from(pq);
-        }
         match tokio::time::timeout(self.timeout, self.exchange(req)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout),
             Ok(Ok(resp)) => Ok(resp),
@@ -325,13 +377,6 @@ impl Upstream {
                         tracing::warn!(error = %e, connect = false, "upstream request failed");
                         is_timeout(e)
                     }
-                    Failure::Closed => {
-                        tracing::warn!(
-                            connect = false,
-                            "upstream request failed: the upstream closed the connection"
-                        );
-                        false
-                    }
                 };
                 Err(if timed_out {
                     GatewayError::UpstreamTimeout
@@ -343,51 +388,38 @@ impl Upstream {
     }
 }
 
-/// The response with its body wrapped so that it drives its connection, which
-/// returns to this thread's pool once the body has been read to the end.
-fn pooled(
-    resp: http::Response<Incoming>,
-    conn: Conn,
-    upstream: u64,
-) -> http::Response<UpstreamBody> {
-    resp.map(|inner| {
-        let mut body = UpstreamBody {
-            inner,
-            conn: Some(conn),
-            upstream,
-            in_pass: false,
-            broken: None,
-        };
-        body.release_if_done(false);
-        body
-    })
-}
-
-/// An upstream response body. Polling it drives its connection; the
-/// connection goes back to the pool when the body ends, and is closed if the
-/// body is dropped before that.
+/// An upstream response body. Polling it reads its connection; the connection
+/// goes back to this thread's pool when the body has been read to its end, and
+/// is closed if the body is dropped before that (a client hang-up), which also
+/// ends the upstream's work on the request.
 pub struct UpstreamBody {
-    inner: Incoming,
+    /// `None` once the body has ended or broken.
     conn: Option<Conn>,
+    /// Bytes read and not yet handed on (usually none between reads).
+    buf: BytesMut,
+    framing: Framing,
+    /// The connection may carry another request after this body.
+    reusable: bool,
     upstream: u64,
     /// A frame was returned since the body last answered `Pending`.
     in_pass: bool,
     /// An error held back until the frames before it have been written.
-    broken: Option<hyper::Error>,
+    broken: Option<UpstreamError>,
+    ended: bool,
 }
 
 impl UpstreamBody {
-    /// Returns the connection once the body is known to be complete: `ended`
-    /// when it returned its end (a chunked body never reports `is_end_stream`),
-    /// or a body of known length whose last byte was read.
-    fn release_if_done(&mut self, ended: bool) {
-        if !ended && !self.inner.is_end_stream() {
+    /// Returns the connection to the pool once the body has been read to its
+    /// end, unless the upstream sent more than the body or asked to close.
+    fn release_if_done(&mut self) {
+        if !self.framing.is_done() {
             return;
         }
+        self.ended = true;
         let Some(conn) = self.conn.take() else {
             return;
         };
-        if conn.driver.is_none() {
+        if !self.reusable || !self.buf.is_empty() {
             return;
         }
         let upstream = self.upstream;
@@ -404,69 +436,98 @@ impl UpstreamBody {
             }
         });
     }
+
+    /// The body broke: its connection is closed. The error goes out at once,
+    /// unless frames of this pass are still to be written (see `poll_frame`).
+    fn fail(
+        &mut self,
+        e: UpstreamError,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        self.conn = None;
+        self.ended = true;
+        if !self.in_pass {
+            return Poll::Ready(Some(Err(e)));
+        }
+        // The frames of this pass are still in the server's buffer, and an
+        // error makes it drop the connection without writing them: answer
+        // Pending first (it then writes them), the error next.
+        self.in_pass = false;
+        self.broken = Some(e);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
+    /// One frame per poll, as each piece of data is decoded: the server takes
+    /// every frame already read in one pass and writes them together, and a
+    /// frame is never held back for the next (the pass ends at the first
+    /// `Pending`).
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = &mut *self;
         if let Some(e) = this.broken.take() {
             return Poll::Ready(Some(Err(e)));
         }
-        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if polled.is_pending() {
-            let Some(conn) = this.conn.as_mut() else {
-                this.in_pass = false;
-                return Poll::Pending;
-            };
-            // The connection hands the body one frame per poll: decode the
-            // next from what it has read, or read the socket (Pending when it
-            // has nothing, which ends this pass of the client's writes).
-            Conn::drive(&mut conn.driver, cx);
-            polled = Pin::new(&mut this.inner).poll_frame(cx);
-        }
-        let Poll::Ready(frame) = polled else {
-            this.in_pass = false;
-            return Poll::Pending;
-        };
-        match frame {
-            Some(Ok(frame)) => {
-                this.in_pass = true;
-                this.release_if_done(false);
-                Poll::Ready(Some(Ok(frame)))
+        loop {
+            if this.ended {
+                return Poll::Ready(None);
             }
-            None => {
-                this.release_if_done(true);
-                Poll::Ready(None)
-            }
-            // A broken body leaves its connection unusable: close it.
-            Some(Err(e)) => {
-                this.conn = None;
-                if !this.in_pass {
-                    return Poll::Ready(Some(Err(e)));
+            match this.framing.decode(&mut this.buf) {
+                Err(m) => return this.fail(m.into(), cx),
+                Ok(Some(data)) => {
+                    this.in_pass = true;
+                    this.release_if_done();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                // The frames of this pass are still in the server's buffer, and
-                // an error makes it drop the connection without writing them:
-                // answer Pending first (it then writes them), the error next.
-                this.in_pass = false;
-                this.broken = Some(e);
-                cx.waker().wake_by_ref();
-                Poll::Pending
+                Ok(None) if this.framing.is_done() => {
+                    this.release_if_done();
+                    return Poll::Ready(None);
+                }
+                Ok(None) => {}
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return this.fail(UpstreamError::Closed, cx);
+            };
+            match conn.poll_read_into(cx, &mut this.buf) {
+                Poll::Pending => {
+                    this.in_pass = false;
+                    // Hold no buffer while waiting (the frames handed on keep
+                    // theirs until written).
+                    if this.buf.is_empty() {
+                        this.buf = BytesMut::new();
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(0)) => match this.framing.at_close() {
+                    Ok(()) => {
+                        this.conn = None;
+                        this.ended = true;
+                        return Poll::Ready(None);
+                    }
+                    Err(m) => return this.fail(m.into(), cx),
+                },
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return this.fail(e.into(), cx),
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ended
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.framing.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
     }
 }
 

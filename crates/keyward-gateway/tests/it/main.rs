@@ -33,4 +33,5 @@ mod shared_throttle;
 mod soft_authenticator;
 mod streams;
 mod support;
+mod upstream_wire;
 mod watchers;
