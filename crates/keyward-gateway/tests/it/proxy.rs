@@ -251,13 +251,7 @@ async fn five_calls(close_after_each: bool, chunked: bool) -> (usize, Vec<String
     let (_, key) = kw.create_key("app", "k1").await;
     let mut bodies = Vec::new();
     for _ in 0..5 {
-        let r = kw
-            .http
-            .get(format!("{}/v1/models", kw.url))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
+        let r = kw.models(&key).await;
         let status = r.status();
         let body = r.text().await.unwrap();
         assert_eq!(status, 200, "{body}");

@@ -394,6 +394,16 @@ impl Keyward {
             .unwrap()
     }
 
+    /// `GET /v1/models` with `key`.
+    pub async fn models(&self, key: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}/v1/models", self.url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Stops the server gracefully and waits for it.
     pub async fn shutdown(mut self) {
         let _ = self.stop.take().unwrap().send(());

@@ -50,13 +50,7 @@ async fn get_models(base: &str, times: usize) -> Vec<(u16, String)> {
     let (_, key) = kw.create_key("app", "k1").await;
     let mut out = Vec::new();
     for _ in 0..times {
-        let r = kw
-            .http
-            .get(format!("{}/v1/models", kw.url))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
+        let r = kw.models(&key).await;
         out.push((r.status().as_u16(), r.text().await.unwrap()));
     }
     out
@@ -135,13 +129,7 @@ async fn a_body_cut_short_by_the_upstream_is_not_passed_off_as_complete() {
     let (base, _) = scripted_upstream(vec![answer], true).await;
     let kw = Keyward::start(&base).await;
     let (_, key) = kw.create_key("app", "k1").await;
-    let r = kw
-        .http
-        .get(format!("{}/v1/models", kw.url))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let r = kw.models(&key).await;
     assert_eq!(r.status(), 200);
     assert!(r.text().await.is_err(), "a truncated body read as complete");
 }
