@@ -532,6 +532,23 @@ pub fn git_commit(root: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// The targets of the slow-streams cells, in the order of their index.
+const SLOW_TARGETS: [&str; 3] = ["direct", "nginx", "keyward"];
+
+/// One target's measurement in one round of a slow-streams cell.
+struct SlowCell {
+    errors: usize,
+    events: u64,
+    /// The target's CPU per event delivered, µs.
+    cpu_us: f64,
+    /// Its resident memory per open stream, KiB.
+    kib: f64,
+    p50: f64,
+    p99: f64,
+    /// p99 minus the same round's direct p99, µs.
+    added: f64,
+}
+
 /// The many-slow-streams cells: a paced simulator (each event flushed on its
 /// own, `stream_rate` a second, `stream_events` of them) called directly, through
 /// nginx and through keyward, holding N streams open at once. A Markdown section.
@@ -571,57 +588,112 @@ async fn slow_streams(
     let nginx = nginx::start(nginx_bin, &nginx_dir, nginx_addr, &[sim_addr], connections)?;
 
     let [_, (_, stream)] = workloads(&keyward.key);
+    // Streams start at random moments over a fifth of a stream's length (at
+    // least one event period), so that their events are not in step.
+    let period = 1.0 / opts.stream_rate;
+    let ramp = Duration::from_secs_f64((opts.stream_events as f64 * period / 5.0).max(period));
     let mut out = format!(
         "\n## Many slow streams\n\nEach stream: {} events at {} a second, each flushed on its own by the \
-         paced simulator; N streams opened at once, each on its own connection, read to the end. \
+         paced simulator; N streams, each on its own connection, started at random moments over \
+         the first {:.1} s (the same moments for every target), read to the end. \
+         {} rounds, each running every target once (direct first); errors and events are summed, \
+         the other figures are medians of the rounds. \
          CPU per event: the proxy's CPU time over the run ÷ events delivered. Memory per stream: \
-         the proxy's resident memory with every stream open, minus before, ÷ N. Added delay: \
-         the write-to-read delay of stamped events through the proxy minus the same quantile \
-         measured directly.\n\n\
+         the proxy's resident memory with every stream open, minus before, ÷ N (first round; later \
+         ones reuse memory). Delay: write to read of events stamped once every stream was open; \
+         added p99: the p99 through the proxy minus the same round's direct p99 (each round's in \
+         brackets).\n\n\
          | streams | target | errors | events | CPU per event | memory per stream | delay p50 | delay p99 | added p99 |\n\
          |---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
-        opts.stream_events, opts.stream_rate
+        opts.stream_events,
+        opts.stream_rate,
+        ramp.as_secs_f64(),
+        opts.rounds
     );
     for &n in &opts.slow_streams {
-        let mut direct_p99 = f64::NAN;
-        for target in ["direct", "nginx", "keyward"] {
-            let (addr, service) = match target {
-                "direct" => (sim_addr, &simulator),
-                "nginx" => (nginx_addr, &nginx),
-                _ => (keyward.addr, &keyward.service),
-            };
-            let rss_before = crate::streams::rss_kib(service.pids());
-            let cpu_before = service.cpu();
-            let mut rss_open = 0;
-            let o = crate::streams::run(
-                addr,
-                stream.body.clone(),
-                stream.authorization.clone(),
-                n,
-                || rss_open = crate::streams::rss_kib(service.pids()),
-            )
-            .await?;
-            let cpu = service.cpu().saturating_sub(cpu_before);
-            let per_event_us = cpu.as_secs_f64() * 1e6 / o.events.max(1) as f64;
-            let per_stream_kib = rss_open.saturating_sub(rss_before) as f64 / n as f64;
-            let (p50, p99) = (o.delay_us(0.5), o.delay_us(0.99));
-            if target == "direct" {
-                direct_p99 = p99;
+        // Per target, one measurement a round.
+        let mut cells: [Vec<SlowCell>; 3] = Default::default();
+        for round in 0..opts.rounds {
+            // Direct first (a round's added delay is against its own direct
+            // run), then the proxies in turn order.
+            let order = if round % 2 == 0 { [0, 1, 2] } else { [0, 2, 1] };
+            let mut direct_p99 = f64::NAN;
+            for t in order {
+                let target = SLOW_TARGETS[t];
+                let (addr, service) = match t {
+                    0 => (sim_addr, &simulator),
+                    1 => (nginx_addr, &nginx),
+                    _ => (keyward.addr, &keyward.service),
+                };
+                let rss_before = crate::streams::rss_kib(service.pids());
+                let cpu_before = service.cpu();
+                let own_before = procs::own_cpu();
+                let mut rss_open = 0;
+                let o = crate::streams::run(
+                    addr,
+                    stream.body.clone(),
+                    stream.authorization.clone(),
+                    n,
+                    ramp,
+                    || rss_open = crate::streams::rss_kib(service.pids()),
+                )
+                .await?;
+                let events = o.events.max(1) as f64;
+                let cell = SlowCell {
+                    errors: o.errors,
+                    events: o.events,
+                    cpu_us: service.cpu().saturating_sub(cpu_before).as_secs_f64() * 1e6 / events,
+                    kib: rss_open.saturating_sub(rss_before) as f64 / n as f64,
+                    p50: o.delay_us(0.5),
+                    p99: o.delay_us(0.99),
+                    added: o.delay_us(0.99) - direct_p99,
+                };
+                if t == 0 {
+                    direct_p99 = cell.p99;
+                }
+                let own_us =
+                    procs::own_cpu().saturating_sub(own_before).as_secs_f64() * 1e6 / events;
+                eprintln!(
+                    "round {}/{} slow streams {n:>5} {target:8} errors {:>4} events {:>8} cpu/event {:>6.1} µs  mem/stream {:>6.1} KiB  delay p50 {:>7.0} µs p99 {:>7.0} µs  load generator {own_us:.1} µs/event\n  p99 µs by second: {:?}",
+                    round + 1,
+                    opts.rounds,
+                    cell.errors,
+                    cell.events,
+                    cell.cpu_us,
+                    cell.kib,
+                    cell.p50,
+                    cell.p99,
+                    o.p99_by_second
+                );
+                cells[t].push(cell);
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            eprintln!(
-                "slow streams {n:>5} {target:8} errors {:>4} events {:>8} cpu/event {per_event_us:>6.1} µs  mem/stream {per_stream_kib:>6.1} KiB  delay p50 {p50:>7.0} µs p99 {p99:>7.0} µs",
-                o.errors, o.events
-            );
-            let added = if target == "direct" {
+        }
+        for (t, cells) in cells.iter().enumerate() {
+            let median = |f: fn(&SlowCell) -> f64| {
+                let mut v: Vec<f64> = cells.iter().map(f).collect();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let added = if t == 0 {
                 "—".to_owned()
             } else {
-                format!("{:.0} µs", p99 - direct_p99)
+                let all: Vec<String> = cells
+                    .iter()
+                    .map(|c| format!("{:+.2}", c.added / 1e3))
+                    .collect();
+                format!("{:+.2} ms ({})", median(|c| c.added) / 1e3, all.join(", "))
             };
             out.push_str(&format!(
-                "| {n} | {target} | {} | {} | {per_event_us:.1} µs | {per_stream_kib:.1} KiB | {p50:.0} µs | {p99:.0} µs | {added} |\n",
-                o.errors, o.events
+                "| {n} | {} | {} | {} | {:.1} µs | {:.1} KiB | {:.0} µs | {:.0} µs | {added} |\n",
+                SLOW_TARGETS[t],
+                cells.iter().map(|c| c.errors).sum::<usize>(),
+                cells.iter().map(|c| c.events).sum::<u64>(),
+                median(|c| c.cpu_us),
+                cells[0].kib,
+                median(|c| c.p50),
+                median(|c| c.p99),
             ));
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
     Ok(out)
